@@ -1,0 +1,59 @@
+//! Per-hop counters: a hop is one device in one direction.
+
+/// Direction of a TC hook, as seen by the device.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    Ingress = 0,
+    Egress = 1,
+}
+
+impl Direction {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+impl TryFrom<u32> for Direction {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        match value {
+            0 => Ok(Direction::Ingress),
+            1 => Ok(Direction::Egress),
+            other => Err(other),
+        }
+    }
+}
+
+/// Key of the per-CPU hop map. `direction` holds a [`Direction`] as `u32` so the key has no
+/// padding and no invalid bit patterns.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HopKey {
+    pub ifindex: u32,
+    pub direction: u32,
+}
+
+/// Counters of one hop on one CPU. Only the CPU that owns the slot writes it, so plain adds
+/// are race-free; user space sums the CPUs.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct HopCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<HopKey>() == 8);
+const _: () = assert!(core::mem::size_of::<HopCounters>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: both are #[repr(C)] with only integer fields and no padding (sizes asserted
+    // above), so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::HopKey {}
+    unsafe impl aya::Pod for super::HopCounters {}
+}

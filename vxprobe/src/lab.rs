@@ -1,0 +1,290 @@
+//! Throwaway network-namespace topologies, built from code, for the integration tests and
+//! `vxprobe demo`.
+//!
+//! The shape mirrors a Calico VXLAN cluster: two "nodes" joined by an underlay veth, a
+//! `vxlan.calico` device on each (VNI 4096, UDP 4789, MTU 1450, static fdb and neighbour entries,
+//! no learning), one "pod" per node on a `cali*` veth, and a tap device on node 1. Names carry the
+//! process id and a sequence number, so concurrent runs never collide, and every namespace is
+//! deleted when the [`Lab`] is dropped, also while a test panics. Addresses come only from
+//! 198.18.0.0/15 and nothing is routed out of the namespaces.
+
+use std::{
+    io,
+    net::Ipv4Addr,
+    process::{Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+/// Prefix of every namespace a lab creates; [`Lab::remove_stale`] relies on it.
+pub const NETNS_PREFIX: &str = "vxp-";
+
+pub const VNI: u32 = 4096;
+pub const VXLAN_PORT: u16 = 4789;
+pub const VXLAN_DEV: &str = "vxlan.calico";
+pub const UNDERLAY_DEV: &str = "eth0";
+pub const POD_HOST_DEV: &str = "cali0";
+pub const TAP_DEV: &str = "tap0";
+
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    pub overlay_mtu: u32,
+    pub underlay_mtu: u32,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        Self {
+            overlay_mtu: 1450,
+            underlay_mtu: 1500,
+        }
+    }
+}
+
+/// A pod: its own namespace, `eth0` inside, a `cali0` veth on its node.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub netns: String,
+    pub ip: Ipv4Addr,
+}
+
+/// A node: underlay `eth0`, `vxlan.calico`, the host side of its pod's veth.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub netns: String,
+    pub underlay_ip: Ipv4Addr,
+    pub vtep_ip: Ipv4Addr,
+    pub vtep_mac: String,
+    pub pod: Pod,
+}
+
+/// A running lab; dropping it deletes every namespace (and so every device) it made.
+#[derive(Debug)]
+pub struct Lab {
+    pub name: String,
+    pub nodes: [Node; 2],
+    namespaces: Vec<String>,
+}
+
+static SEQUENCE: AtomicU32 = AtomicU32::new(0);
+
+impl Lab {
+    pub fn build(options: &LabOptions) -> io::Result<Lab> {
+        let name = format!(
+            "{NETNS_PREFIX}{}-{}",
+            std::process::id(),
+            SEQUENCE.fetch_add(1, Ordering::Relaxed)
+        );
+        let node = |i: u8| Node {
+            netns: format!("{name}-n{i}"),
+            underlay_ip: Ipv4Addr::new(198, 18, 0, i),
+            vtep_ip: Ipv4Addr::new(198, 19, i, 0),
+            vtep_mac: format!("02:76:78:00:0{i}:00"),
+            pod: Pod {
+                netns: format!("{name}-p{i}"),
+                ip: Ipv4Addr::new(198, 19, i, 2),
+            },
+        };
+        let nodes = [node(1), node(2)];
+        let mut lab = Lab {
+            name,
+            namespaces: Vec::new(),
+            nodes,
+        };
+        // From here on, Drop cleans up whatever was made if a step fails.
+        lab.create(options)?;
+        Ok(lab)
+    }
+
+    fn create(&mut self, options: &LabOptions) -> io::Result<()> {
+        for node in self.nodes.clone() {
+            for ns in [&node.netns, &node.pod.netns] {
+                ip(&format!("netns add {ns}"))?;
+                self.namespaces.push(ns.clone());
+                // No IPv6 unless asked for: router solicitations and MLD reports would add
+                // packets the tests do not send.
+                sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1")?;
+                sysctl(ns, "net.ipv6.conf.default.disable_ipv6", "1")?;
+                ip(&format!("-n {ns} link set lo up"))?;
+            }
+            sysctl(&node.netns, "net.ipv4.ip_forward", "1")?;
+            sysctl(&node.netns, "net.ipv4.conf.all.rp_filter", "0")?;
+            sysctl(&node.netns, "net.ipv4.conf.default.rp_filter", "0")?;
+        }
+        let [n1, n2] = self.nodes.clone();
+        let (overlay_mtu, underlay_mtu) = (options.overlay_mtu, options.underlay_mtu);
+
+        // Underlay: one veth between the nodes, static neighbours both ways.
+        ip(&format!(
+            "link add {UNDERLAY_DEV} netns {} type veth peer name {UNDERLAY_DEV} netns {}",
+            n1.netns, n2.netns
+        ))?;
+        for node in [&n1, &n2] {
+            let (ns, addr) = (&node.netns, node.underlay_ip);
+            ip(&format!(
+                "-n {ns} link set {UNDERLAY_DEV} mtu {underlay_mtu} up"
+            ))?;
+            ip(&format!("-n {ns} addr add {addr}/24 dev {UNDERLAY_DEV}"))?;
+        }
+        for (node, peer) in [(&n1, &n2), (&n2, &n1)] {
+            let peer_mac = mac_of(&peer.netns, UNDERLAY_DEV)?;
+            neigh(&node.netns, peer.underlay_ip, &peer_mac, UNDERLAY_DEV)?;
+        }
+
+        // Overlay: vxlan.calico per node, with Calico's static fdb/neighbour/route entries.
+        for node in [&n1, &n2] {
+            let (ns, local, mac, vtep) =
+                (&node.netns, node.underlay_ip, &node.vtep_mac, node.vtep_ip);
+            ip(&format!(
+                "-n {ns} link add {VXLAN_DEV} type vxlan id {VNI} dstport {VXLAN_PORT} \
+                 local {local} dev {UNDERLAY_DEV} nolearning"
+            ))?;
+            ip(&format!(
+                "-n {ns} link set {VXLAN_DEV} address {mac} mtu {overlay_mtu} up"
+            ))?;
+            ip(&format!("-n {ns} addr add {vtep}/32 dev {VXLAN_DEV}"))?;
+        }
+        for (node, peer) in [(&n1, &n2), (&n2, &n1)] {
+            let (ns, mac, vtep, remote) =
+                (&node.netns, &peer.vtep_mac, peer.vtep_ip, peer.underlay_ip);
+            neigh(ns, vtep, mac, VXLAN_DEV)?;
+            run(
+                "bridge",
+                &format!("-n {ns} fdb add {mac} dev {VXLAN_DEV} dst {remote} self permanent"),
+            )?;
+            ip(&format!(
+                "-n {ns} route add {vtep}/24 via {vtep} dev {VXLAN_DEV} onlink"
+            ))?;
+        }
+
+        // Pods: eth0 in the pod, cali0 on the node, /32 routes and static neighbours.
+        for node in [&n1, &n2] {
+            let (ns, pod_ns, pod_ip) = (&node.netns, &node.pod.netns, node.pod.ip);
+            let gateway = Ipv4Addr::new(198, 19, pod_ip.octets()[2], 1);
+            ip(&format!(
+                "-n {ns} link add {POD_HOST_DEV} type veth peer name eth0 netns {pod_ns}"
+            ))?;
+            ip(&format!(
+                "-n {ns} link set {POD_HOST_DEV} mtu {overlay_mtu} up"
+            ))?;
+            ip(&format!("-n {ns} addr add {gateway}/32 dev {POD_HOST_DEV}"))?;
+            ip(&format!(
+                "-n {ns} route add {pod_ip}/32 dev {POD_HOST_DEV} scope link"
+            ))?;
+            ip(&format!("-n {pod_ns} link set eth0 mtu {overlay_mtu} up"))?;
+            ip(&format!("-n {pod_ns} addr add {pod_ip}/32 dev eth0"))?;
+            ip(&format!(
+                "-n {pod_ns} route add {gateway}/32 dev eth0 scope link"
+            ))?;
+            ip(&format!(
+                "-n {pod_ns} route add 198.18.0.0/15 via {gateway} dev eth0"
+            ))?;
+            neigh(pod_ns, gateway, &mac_of(ns, POD_HOST_DEV)?, "eth0")?;
+            neigh(ns, pod_ip, &mac_of(pod_ns, "eth0")?, POD_HOST_DEV)?;
+        }
+
+        // A tap on node 1, where a user-space engine (Suricata in incident #4) would sit.
+        ip(&format!(
+            "-n {} tuntap add dev {TAP_DEV} mode tap",
+            n1.netns
+        ))?;
+        ip(&format!("-n {} link set {TAP_DEV} up", n1.netns))?;
+        Ok(())
+    }
+
+    /// Runs a command inside a namespace of this lab and waits for it.
+    pub fn exec(netns: &str, program: &str, args: &[&str]) -> io::Result<Output> {
+        Command::new("ip")
+            .args(["netns", "exec", netns, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+    }
+
+    /// A command that will run inside `netns`, for callers that need to spawn it.
+    pub fn command(netns: &str, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns, program]);
+        cmd
+    }
+
+    /// Every namespace of this lab.
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces
+    }
+
+    /// Deletes namespaces left by labs whose process is gone (a crashed test or demo).
+    pub fn remove_stale() -> io::Result<()> {
+        let out = Command::new("ip").args(["netns", "list"]).output()?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(name) = line.split_whitespace().next() else {
+                continue;
+            };
+            let Some(pid) = name
+                .strip_prefix(NETNS_PREFIX)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = ip(&format!("netns del {name}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().rev() {
+            // Kill what still runs inside (iperf3, ping) so the namespace really goes away.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = ip(&format!("netns del {ns}"));
+        }
+    }
+}
+
+fn neigh(ns: &str, addr: Ipv4Addr, mac: &str, dev: &str) -> io::Result<()> {
+    ip(&format!(
+        "-n {ns} neigh replace {addr} lladdr {mac} dev {dev} nud permanent"
+    ))
+}
+
+fn sysctl(ns: &str, key: &str, value: &str) -> io::Result<()> {
+    run("ip", &format!("netns exec {ns} sysctl -qw {key}={value}"))
+}
+
+fn mac_of(ns: &str, dev: &str) -> io::Result<String> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-br", "link", "show", dev])
+        .output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(2)
+        .map(str::to_owned)
+        .ok_or_else(|| io::Error::other(format!("no MAC address for {dev} in {ns}")))
+}
+
+/// Runs `ip` with whitespace-separated arguments (lab names never contain spaces).
+fn ip(args: &str) -> io::Result<()> {
+    run("ip", args)
+}
+
+fn run(program: &str, args: &str) -> io::Result<()> {
+    let out = Command::new(program)
+        .args(args.split_whitespace())
+        .stdin(Stdio::null())
+        .output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{program} {args}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}

@@ -1,0 +1,56 @@
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use vxprobe::{
+    cli::{Cli, Command},
+    error::{UsageError, exit},
+    record,
+};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: print them whole, succeed.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // The contract: one line naming the problem (clap adds usage and hints below it).
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("error: bad usage");
+            eprintln!("vxprobe: {}", first.trim_start_matches("error: "));
+            return code(exit::USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vxprobe: cannot start the async runtime: {e}");
+            return code(exit::RUNTIME);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Record(args) => record::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => code(exit::OK),
+        Err(e) if e.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("vxprobe: {e}");
+            code(exit::USAGE)
+        }
+        Err(e) => {
+            eprintln!("vxprobe: {e:#}");
+            code(exit::RUNTIME)
+        }
+    }
+}
+
+fn code(status: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(status).unwrap_or(1))
+}

@@ -1,0 +1,127 @@
+//! Shared pieces of the root integration tests: running vxprobe inside a lab namespace and
+//! reading what it wrote.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const VXPROBE: &str = env!("CARGO_BIN_EXE_vxprobe");
+
+/// Root tests need root; say why they did nothing instead of failing somewhere obscure.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        eprintln!("skipped: needs root (CAP_BPF, CAP_NET_ADMIN) to load eBPF and build namespaces");
+    }
+    euid == 0
+}
+
+/// A `vxprobe record` running inside a namespace, stopped with SIGTERM.
+pub struct Recorder {
+    child: Child,
+    ready: PathBuf,
+}
+
+impl Recorder {
+    pub fn start(netns: &str, args: &[&str]) -> Recorder {
+        let ready =
+            std::env::temp_dir().join(format!("vxprobe-ready-{}-{}", std::process::id(), netns));
+        let _ = std::fs::remove_file(&ready);
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns, VXPROBE, "record", "--ready-file"])
+            .arg(&ready)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning vxprobe record");
+        let mut recorder = Recorder { child, ready };
+        recorder.wait_ready();
+        recorder
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.ready.exists() {
+            if let Some(status) = self.child.try_wait().expect("polling vxprobe") {
+                let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
+                    .wait_with_output()
+                    .unwrap();
+                panic!(
+                    "vxprobe exited before it was ready ({status}): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            assert!(Instant::now() < deadline, "vxprobe not ready after 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal`, waits for the exit, and returns the status code and the JSON lines.
+    pub fn stop_with(mut self, signal: i32) -> (i32, Vec<Value>) {
+        // SAFETY: kill(2) on our own child's pid; it cannot touch memory.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
+        let out = child.wait_with_output().expect("waiting for vxprobe");
+        let _ = std::fs::remove_file(&self.ready);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        let code = out
+            .status
+            .code()
+            .unwrap_or_else(|| panic!("vxprobe killed by a signal: {:?}\n{stderr}", out.status));
+        assert!(code == 0, "vxprobe exited {code}: {stderr}");
+        (code, lines)
+    }
+
+    pub fn stop(self) -> Vec<Value> {
+        self.stop_with(libc::SIGTERM).1
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sum of a numeric field of the `hop` lines, per (ifname, dir).
+pub fn hop_totals(lines: &[Value], field: &str) -> BTreeMap<(String, String), u64> {
+    let mut totals = BTreeMap::new();
+    for line in lines.iter().filter(|l| l["kind"] == "hop") {
+        let key = (
+            line["ifname"].as_str().unwrap().to_owned(),
+            line["dir"].as_str().unwrap().to_owned(),
+        );
+        *totals.entry(key).or_default() += line[field].as_u64().unwrap();
+    }
+    totals
+}
+
+/// Runs a command in a namespace and insists it succeeds.
+pub fn must(netns: &str, program: &str, args: &[&str]) -> String {
+    let out = vxprobe::lab::Lab::exec(netns, program, args).expect("running a lab command");
+    assert!(
+        out.status.success(),
+        "{program} {args:?} in {netns} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
