@@ -43,10 +43,21 @@ pub struct RecordArgs {
     /// How often each hop's counters are written as a `hop` line.
     #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
     pub stats_interval: Duration,
+    /// How TC programs attach: TCX links (Linux >= 6.6) or clsact filters; `auto` picks TCX
+    /// where the kernel has it.
+    #[arg(long, value_enum, default_value_t = TcAttach::Auto)]
+    pub tc_attach: TcAttach,
     /// Created once every probe is attached (for scripts and tests that must not race the
     /// attach).
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcAttach {
+    Auto,
+    Tcx,
+    Clsact,
 }
 
 /// Parses DUR (`500ms`, `10s`, `2m`): a positive duration with a unit.

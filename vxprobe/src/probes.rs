@@ -13,7 +13,7 @@ use aya::{
 use serde::Serialize;
 use vxprobe_common::names;
 
-use crate::devices::Hop;
+use crate::{cli::TcAttach, devices::Hop};
 
 /// The kernel programs, built by build.rs and embedded in the binary.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vxprobe"));
@@ -29,10 +29,14 @@ pub enum TcMode {
 }
 
 impl TcMode {
-    pub fn for_running_kernel() -> Self {
-        match KernelVersion::current() {
-            Ok(v) if v >= KernelVersion::new(6, 6, 0) => TcMode::Tcx,
-            _ => TcMode::Clsact,
+    pub fn choose(requested: TcAttach) -> Self {
+        match requested {
+            TcAttach::Tcx => TcMode::Tcx,
+            TcAttach::Clsact => TcMode::Clsact,
+            TcAttach::Auto => match KernelVersion::current() {
+                Ok(v) if v >= KernelVersion::new(6, 6, 0) => TcMode::Tcx,
+                _ => TcMode::Clsact,
+            },
         }
     }
 
@@ -51,7 +55,7 @@ pub struct Probes {
 }
 
 impl Probes {
-    pub fn load() -> anyhow::Result<Self> {
+    pub fn load(tc_mode: TcMode) -> anyhow::Result<Self> {
         let mut ebpf = Ebpf::load(EBPF_OBJECT).context("loading vxprobe's eBPF object")?;
         for name in [names::TC_INGRESS, names::TC_EGRESS] {
             let program: &mut SchedClassifier = program(&mut ebpf, name)?;
@@ -59,10 +63,7 @@ impl Probes {
                 .load()
                 .with_context(|| format!("loading program {name} into the kernel"))?;
         }
-        Ok(Self {
-            ebpf,
-            tc_mode: TcMode::for_running_kernel(),
-        })
+        Ok(Self { ebpf, tc_mode })
     }
 
     /// Attaches the TC programs at ingress and egress of every hop.
@@ -73,7 +74,8 @@ impl Probes {
                 match tc::qdisc_add_clsact(ifname) {
                     Ok(()) => {}
                     // Another tool (or an earlier vxprobe) already added it: share it.
-                    Err(TcError::IoError(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(TcError::AlreadyAttached) => {}
+                    Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
                     Err(e) => {
                         return Err(e).with_context(|| format!("adding clsact qdisc to {ifname}"));
                     }

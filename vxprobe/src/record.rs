@@ -20,7 +20,7 @@ use crate::{
     error::UsageError,
     hopstats::HopStats,
     output::{HopLine, JsonLines, timestamp},
-    probes::Probes,
+    probes::{Probes, TcMode},
 };
 
 pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
@@ -44,7 +44,7 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         );
     }
 
-    let mut probes = Probes::load()?;
+    let mut probes = Probes::load(TcMode::choose(args.tc_attach))?;
     probes.attach_tc(&hops)?;
     let mut stats = HopStats::new(probes.ebpf_mut())?;
     let netns = own_netns()?;

@@ -1,0 +1,125 @@
+//! Starting and stopping: bad input exits 2 with one line, and nothing of vxprobe stays
+//! attached after Ctrl-C or SIGTERM, in either TC attach mode.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Recorder, VXPROBE, is_root};
+use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV};
+
+/// What of vxprobe the kernel holds: its loaded programs (an attached program stays loaded
+/// as long as a TCX link or a clsact filter references it), and the clsact filters in `netns`.
+/// Debian's bpftool 7.1 cannot name TCX links, so programs are the proof there.
+fn attachments(netns: &str) -> String {
+    let programs = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("running bpftool");
+    let mut seen: String = String::from_utf8_lossy(&programs.stdout)
+        .lines()
+        .filter(|l| l.contains("vxprobe"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for dev in [POD_HOST_DEV, VXLAN_DEV, UNDERLAY_DEV, TAP_DEV] {
+        for dir in ["ingress", "egress"] {
+            let tc = Command::new("tc")
+                .args(["-n", netns, "filter", "show", "dev", dev, dir])
+                .output()
+                .expect("running tc");
+            seen.push_str(&String::from_utf8_lossy(&tc.stdout));
+        }
+    }
+    seen
+}
+
+#[test]
+fn nothing_stays_attached_after_sigint_or_sigterm() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let ns = &lab.nodes[0].netns;
+    for mode in ["tcx", "clsact"] {
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            let rec = Recorder::start(ns, &["--tc-attach", mode, "-i", "*"]);
+            let during = attachments(ns);
+            assert!(
+                during.contains("vxprobe_tc_ingr") && during.contains("vxprobe_tc_egre"),
+                "{mode}: vxprobe's programs not attached:\n{during}"
+            );
+            if mode == "clsact" {
+                assert!(
+                    during.contains("direct-action"),
+                    "no clsact filter:\n{during}"
+                );
+            }
+            let (code, lines) = rec.stop_with(signal);
+            assert_eq!(code, 0);
+            assert!(
+                lines.iter().any(|l| l["kind"] == "hop"),
+                "no hop lines flushed"
+            );
+            // Detached programs are freed after an RCU grace period: give them a moment.
+            let mut after = attachments(ns);
+            for _ in 0..50 {
+                if !after.contains("vxprobe") {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                after = attachments(ns);
+            }
+            assert!(
+                !after.contains("vxprobe"),
+                "{mode}, signal {signal}: still attached:\n{after}"
+            );
+        }
+    }
+}
+
+#[test]
+fn duration_ends_the_recording() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.nodes[0].netns, VXPROBE, "record"])
+        .args(["--duration", "600ms", "--stats-interval", "200ms"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hops = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"hop\""))
+        .count();
+    // Default selection on node 1: vxlan.calico, its underlay eth0, tap0; two directions;
+    // three intervals of 200 ms (a fourth, partial one may close at the deadline).
+    assert!((18..=24).contains(&hops), "{hops} hop lines");
+}
+
+/// Bad invocations: exit 2 and exactly one line on stderr that names the problem.
+#[test]
+fn bad_usage_exits_2_with_one_line() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["record", "-i", "nosuchdev"], "nosuchdev"),
+        (&["record", "--duration", "tenseconds"], "tenseconds"),
+        (&["record", "--stats-interval", "0s"], "0s"),
+        (&["record", "--bogus-flag"], "--bogus-flag"),
+        (&["frobnicate"], "frobnicate"),
+    ];
+    for (args, named) in cases {
+        let out = Command::new(VXPROBE).args(*args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(named),
+            "{args:?} should name {named}: {stderr}"
+        );
+    }
+}
