@@ -3,6 +3,9 @@
 #![no_std]
 #![no_main]
 
+mod drops;
+mod events;
+mod kernel;
 mod tc;
 
 #[cfg(not(test))]

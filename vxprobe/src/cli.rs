@@ -47,6 +47,10 @@ pub struct RecordArgs {
     /// where the kernel has it.
     #[arg(long, value_enum, default_value_t = TcAttach::Auto)]
     pub tc_attach: TcAttach,
+    /// Leave a hook type out of the ladder (repeatable), e.g. to use the raw tracepoint where
+    /// tp_btf misbehaves.
+    #[arg(long, value_enum, value_name = "HOOK")]
+    pub skip_hook: Vec<crate::probes::HookType>,
     /// Created once every probe is attached (for scripts and tests that must not race the
     /// attach).
     #[arg(long, value_name = "PATH")]

@@ -3,17 +3,24 @@
 //! Data flows one way: kernel maps and ring buffer -> decode -> aggregate -> sinks.
 //! - [`devices`]: which devices to watch and the role of each (rtnetlink);
 //! - [`probes`]: loading and attaching the kernel programs;
+//! - [`kbtf`], [`kallsyms`]: names and offsets from the running kernel;
 //! - [`hopstats`]: per-hop counters read from the kernel and turned into interval deltas;
+//! - [`decode`] -> [`packet`] -> [`anomaly`]: ring-buffer records to typed, named events;
 //! - [`output`]: JSON lines;
 //! - [`record`]: the `record` command that ties them together;
 //! - [`lab`]: network-namespace topologies for tests and `demo`.
 
+pub mod anomaly;
 pub mod caps;
 pub mod cli;
+pub mod decode;
 pub mod devices;
 pub mod error;
 pub mod hopstats;
+pub mod kallsyms;
+pub mod kbtf;
 pub mod lab;
 pub mod output;
+pub mod packet;
 pub mod probes;
 pub mod record;

@@ -1,17 +1,20 @@
 //! Loading vxprobe's kernel programs and attaching them: the only module that touches aya's
-//! program API. Everything attached here is detached when [`Probes`] is dropped.
+//! program API. For each kernel-wide signal it walks a ladder of hooks, best first, keeps the
+//! first that loads and attaches, and records the choice (and why the others failed) for
+//! `meta` lines and `vxprobe probes`. Everything attached is detached when [`Probes`] drops.
 
 use anyhow::Context as _;
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        BtfTracePoint, LinkOrder, RawTracePoint, SchedClassifier, TcAttachType,
         tc::{self, NlOptions, TcAttachOptions, TcError},
     },
     util::KernelVersion,
 };
 use serde::Serialize;
-use vxprobe_common::names;
+use vxprobe_common::{KernelOffsets, names};
 
 use crate::{cli::TcAttach, devices::Hop};
 
@@ -48,22 +51,61 @@ impl TcMode {
     }
 }
 
+/// The hooks of the ladder, in order of preference.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum HookType {
+    TpBtf,
+    RawTracepoint,
+}
+
+impl HookType {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            HookType::TpBtf => "tp_btf",
+            HookType::RawTracepoint => "raw_tracepoint",
+        }
+    }
+}
+
+/// Which hook a signal uses here, and what was tried before it.
+#[derive(Clone, Debug, Serialize)]
+pub struct HookChoice {
+    pub signal: &'static str,
+    /// `tp_btf:kfree_skb`; absent when no rung worked.
+    pub hook: Option<String>,
+    /// Rungs that failed, with the reason, best first.
+    pub unavailable: Vec<String>,
+}
+
 /// The loaded programs and their attachments.
 pub struct Probes {
     ebpf: Ebpf,
     pub tc_mode: TcMode,
+    pub hooks: Vec<HookChoice>,
 }
 
 impl Probes {
-    pub fn load(tc_mode: TcMode) -> anyhow::Result<Self> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).context("loading vxprobe's eBPF object")?;
+    /// Loads the object with the kernel's struct offsets and the TC programs. Without
+    /// `offsets` (no BTF), the kernel-wide hooks stay off and the TC counters still work.
+    pub fn load(tc_mode: TcMode, offsets: Option<&KernelOffsets>) -> anyhow::Result<Self> {
+        let mut loader = EbpfLoader::new();
+        if let Some(offsets) = offsets {
+            loader.override_global(names::OFFSETS, offsets, true);
+        }
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .context("loading vxprobe's eBPF object")?;
         for name in [names::TC_INGRESS, names::TC_EGRESS] {
-            let program: &mut SchedClassifier = program(&mut ebpf, name)?;
-            program
+            program::<SchedClassifier>(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("loading program {name} into the kernel"))?;
         }
-        Ok(Self { ebpf, tc_mode })
+        Ok(Self {
+            ebpf,
+            tc_mode,
+            hooks: Vec::new(),
+        })
     }
 
     /// Attaches the TC programs at ingress and egress of every hop.
@@ -93,8 +135,7 @@ impl Probes {
                     .attach_with_options(ifname, attach_type, options)
                     .with_context(|| {
                         format!(
-                            "attaching {name} to {ifname} ({:?}, {})",
-                            attach_type,
+                            "attaching {name} to {ifname} ({attach_type:?}, {})",
                             self.tc_mode.as_str()
                         )
                     })?;
@@ -103,8 +144,66 @@ impl Probes {
         Ok(())
     }
 
+    /// Drops (`skb:kfree_skb`): tp_btf, then the raw tracepoint. `skip` leaves rungs out (to
+    /// exercise the fallback, or to avoid a hook known to misbehave).
+    pub fn attach_drops(&mut self, skip: &[HookType]) -> &HookChoice {
+        let mut choice = HookChoice {
+            signal: "drop",
+            hook: None,
+            unavailable: Vec::new(),
+        };
+        for rung in [HookType::TpBtf, HookType::RawTracepoint] {
+            let label = format!("{}:kfree_skb", rung.as_str());
+            if skip.contains(&rung) {
+                choice.unavailable.push(format!("{label}: skipped"));
+                continue;
+            }
+            match self.try_attach_drop(rung) {
+                Ok(()) => {
+                    choice.hook = Some(label);
+                    break;
+                }
+                Err(e) => choice.unavailable.push(format!("{label}: {e:#}")),
+            }
+        }
+        self.hooks.push(choice);
+        self.hooks.last().expect("just pushed")
+    }
+
+    fn try_attach_drop(&mut self, rung: HookType) -> anyhow::Result<()> {
+        match rung {
+            HookType::TpBtf => {
+                let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+                let prog = program::<BtfTracePoint>(&mut self.ebpf, names::KFREE_SKB_BTF)?;
+                prog.load("kfree_skb", &btf).context("load")?;
+                prog.attach().context("attach")?;
+            }
+            HookType::RawTracepoint => {
+                let prog = program::<RawTracePoint>(&mut self.ebpf, names::KFREE_SKB_RAW)?;
+                prog.load().context("load")?;
+                prog.attach("kfree_skb").context("attach")?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
+    }
+
+    /// The event ring buffer and the per-kind loss counters, moved out for the reader.
+    pub fn take_event_maps(
+        &mut self,
+    ) -> anyhow::Result<(RingBuf<MapData>, PerCpuArray<MapData, u64>)> {
+        let events = self
+            .ebpf
+            .take_map(names::EVENTS)
+            .context("map EVENTS missing from the eBPF object")?;
+        let lost = self
+            .ebpf
+            .take_map(names::LOST)
+            .context("map LOST missing from the eBPF object")?;
+        Ok((RingBuf::try_from(events)?, PerCpuArray::try_from(lost)?))
     }
 }
 

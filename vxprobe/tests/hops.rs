@@ -75,17 +75,17 @@ fn pings_are_counted_exactly_at_every_hop_of_both_nodes() {
         ] {
             assert!(hop.get(field).is_some(), "hop line lacks {field}: {hop}");
         }
-        assert_eq!(
-            lines.iter().find(|l| l["ifname"] == VXLAN_DEV).unwrap()["role"],
-            "overlay"
-        );
-        assert_eq!(
-            lines.iter().find(|l| l["ifname"] == UNDERLAY_DEV).unwrap()["role"],
-            "underlay"
-        );
-        assert_eq!(
-            lines.iter().find(|l| l["ifname"] == POD_HOST_DEV).unwrap()["role"],
-            "pod"
-        );
+        let role = |dev: &str| {
+            lines
+                .iter()
+                .find(|l| l["kind"] == "hop" && l["ifname"] == dev)
+                .unwrap()["role"]
+                .clone()
+        };
+        assert_eq!(role(VXLAN_DEV), "overlay");
+        assert_eq!(role(UNDERLAY_DEV), "underlay");
+        assert_eq!(role(POD_HOST_DEV), "pod");
+        // Nothing was lost on the way: no hop charged with a drop.
+        assert_eq!(hop_totals(&lines, "drops").values().sum::<u64>(), 0);
     }
 }

@@ -1,0 +1,51 @@
+//! The ring buffer every event goes through, with loss counted per kind in the kernel.
+
+use aya_ebpf::{
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    macros::map,
+    maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
+};
+use vxprobe_common::EventKind;
+
+/// 8 MiB: a burst of ~40k drop events fits between two reads.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Events that found the ring buffer full, per kind (index: `EventKind as u32`).
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(EventKind::COUNT, 0);
+
+/// Records submitted on this CPU; every 64th wakes the reader, the rest are picked up with
+/// it or at the next interval, so a flood costs one wakeup per 64 events, not one each.
+#[map]
+static SUBMITTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+const WAKEUP_EVERY: u64 = 64;
+
+/// Reserves room for a `T`, or counts the loss against `kind`.
+#[inline(always)]
+pub fn reserve<T: 'static>(kind: EventKind) -> Option<RingBufEntry<T>> {
+    let entry = EVENTS.reserve::<T>(0);
+    if entry.is_none()
+        && let Some(lost) = LOST.get_ptr_mut(kind as u32)
+    {
+        // SAFETY: a per-CPU slot, written only by this CPU while this program runs.
+        unsafe { *lost += 1 };
+    }
+    entry
+}
+
+#[inline(always)]
+pub fn submit<T>(entry: RingBufEntry<T>) {
+    let mut flags = u64::from(BPF_RB_NO_WAKEUP);
+    if let Some(count) = SUBMITTED.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot, written only by this CPU while this program runs.
+        unsafe {
+            *count += 1;
+            if *count % WAKEUP_EVERY == 0 {
+                flags = u64::from(BPF_RB_FORCE_WAKEUP);
+            }
+        }
+    }
+    entry.submit(flags);
+}

@@ -1,0 +1,178 @@
+//! Kernel drop signals against the kernel's own counters: checksum failures and netfilter
+//! drops, each at the hop and for the flow where they happen.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Recorder, is_root, must};
+use serde_json::Value;
+use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, UNDERLAY_DEV, VXLAN_DEV};
+
+/// A counter of /proc/net/snmp read inside `netns` (nstat would mix namespaces).
+fn snmp(netns: &str, group: &str, field: &str) -> u64 {
+    let text = must(netns, "cat", &["/proc/net/snmp"]);
+    let mut lines = text.lines().filter(|l| l.starts_with(&format!("{group}:")));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let i = names.split_whitespace().position(|n| n == field).unwrap();
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// Sends `count` UDP datagrams to `dst:port` with a deliberately wrong checksum, through a raw
+/// socket (the kernel fills in the IP header, never the UDP checksum of a raw socket).
+fn send_bad_udp_checksums(netns: &str, dst: &str, port: u16, count: u32) {
+    let script = format!(
+        "import socket,struct\n\
+         s=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_UDP)\n\
+         payload=b'vxprobe-bad-csum'\n\
+         hdr=struct.pack('!HHHH',40000,{port},8+len(payload),0xdead)\n\
+         [s.sendto(hdr+payload,('{dst}',0)) for _ in range({count})]\n"
+    );
+    must(netns, "python3", &["-c", &script]);
+}
+
+fn of_kind<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|l| l["kind"] == kind).collect()
+}
+
+#[test]
+fn bad_udp_checksums_are_csum_errors_matching_the_receivers_counter() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let [n1, n2] = &lab.nodes;
+    let before = snmp(&n2.pod.netns, "Udp", "InCsumErrors");
+    let rec = Recorder::start(&n2.netns, &["--stats-interval", "200ms", "-i", VXLAN_DEV]);
+    const N: u32 = 17;
+    send_bad_udp_checksums(&n1.pod.netns, &n2.pod.ip.to_string(), 5555, N);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let lines = rec.stop();
+    let after = snmp(&n2.pod.netns, "Udp", "InCsumErrors");
+    assert_eq!(after - before, u64::from(N), "the kernel's own count");
+
+    let ours: Vec<_> = of_kind(&lines, "csum_error")
+        .into_iter()
+        .filter(|l| l["flow"]["dport"] == 5555)
+        .collect();
+    assert_eq!(
+        ours.len() as u64,
+        after - before,
+        "csum_error events: {ours:#?}"
+    );
+    let e = ours[0];
+    assert_eq!(e["reason"], "UDP_CSUM");
+    assert_eq!(e["flow"]["proto"], "udp");
+    assert_eq!(e["flow"]["src"], n1.pod.ip.to_string());
+    assert_eq!(e["flow"]["dst"], n2.pod.ip.to_string());
+    assert_eq!(e["ifname"], "eth0", "dropped on the pod's eth0");
+    let pod_netns = std::fs::metadata(format!("/run/netns/{}", n2.pod.netns))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    assert_eq!(e["netns"], pod_netns, "named by the pod's namespace");
+    // Reported once, as its most specific kind.
+    assert!(
+        of_kind(&lines, "drop")
+            .iter()
+            .all(|l| l["flow"]["dport"] != 5555),
+        "a checksum drop is not also a drop"
+    );
+}
+
+#[test]
+fn netfilter_drops_are_charged_to_their_hop_and_match_the_rule_counter() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let [n1, n2] = &lab.nodes;
+    // Drop a third of the ICMP echo requests arriving from pod 1 on node 1's cali0.
+    let ruleset = format!(
+        "table inet vxp {{\n counter dropped {{ }}\n chain vxp_forward {{\n  type filter hook forward priority 0;\n  \
+         iifname \"{POD_HOST_DEV}\" icmp type echo-request numgen random mod 3 == 0 counter name dropped drop\n }}\n}}\n"
+    );
+    let file = std::env::temp_dir().join(format!("vxprobe-nft-{}", std::process::id()));
+    std::fs::write(&file, ruleset).unwrap();
+    must(&n1.netns, "nft", &["-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    let rec = Recorder::start(
+        &n1.netns,
+        &[
+            "--stats-interval",
+            "200ms",
+            "-i",
+            "cali*",
+            "-i",
+            VXLAN_DEV,
+            "-i",
+            UNDERLAY_DEV,
+        ],
+    );
+    let out = vxprobe::lab::Lab::exec(
+        &n1.pod.netns,
+        "ping",
+        &[
+            "-q",
+            "-c",
+            "300",
+            "-i",
+            "0.002",
+            "-W",
+            "1",
+            &n2.pod.ip.to_string(),
+        ],
+    )
+    .unwrap();
+    assert!(out.status.code().is_some(), "ping ran");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let lines = rec.stop();
+    let counter = must(
+        &n1.netns,
+        "nft",
+        &["list", "counter", "inet", "vxp", "dropped"],
+    );
+    let dropped: u64 = counter
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(dropped > 30, "the rule dropped {dropped}");
+
+    let nf: Vec<_> = of_kind(&lines, "drop")
+        .into_iter()
+        .filter(|l| l["reason"] == "NETFILTER_DROP")
+        .collect();
+    assert_eq!(
+        nf.len() as u64,
+        dropped,
+        "one drop event per packet the rule dropped"
+    );
+    assert!(
+        nf.iter()
+            .all(|l| l["ifname"] == POD_HOST_DEV && l["flow"]["proto"] == "icmp")
+    );
+
+    // The hop lines put the whole loss on cali0 ingress, none anywhere else.
+    let mut drops: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut packets: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for l in of_kind(&lines, "hop") {
+        let key = (
+            l["ifname"].as_str().unwrap().into(),
+            l["dir"].as_str().unwrap().into(),
+        );
+        *drops.entry(key.clone()).or_default() += l["drops"].as_u64().unwrap();
+        *packets.entry(key).or_default() += l["packets"].as_u64().unwrap();
+    }
+    let at = (POD_HOST_DEV.to_owned(), "ingress".to_owned());
+    assert_eq!(drops[&at], dropped);
+    assert_eq!(
+        drops.values().sum::<u64>(),
+        dropped,
+        "no other hop charged: {drops:?}"
+    );
+    // Injected share ~1/3: loss at that hop is drops over what reached it.
+    let share = dropped as f64 / packets[&at] as f64;
+    assert!((0.25..0.42).contains(&share), "loss share {share}");
+}
