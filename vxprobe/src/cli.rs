@@ -19,6 +19,18 @@ pub struct Cli {
 pub enum Command {
     /// Export events as JSON lines (and evidence packets as pcapng).
     Record(RecordArgs),
+    /// Which kernel hook each signal uses here (and why the better ones are not used).
+    Probes(ProbesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProbesArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Leave a hook type out of the ladder (repeatable).
+    #[arg(long, value_enum, value_name = "HOOK")]
+    pub skip_hook: Vec<crate::probes::HookType>,
 }
 
 /// Which devices to observe, and which flows.

@@ -23,4 +23,5 @@ pub mod lab;
 pub mod output;
 pub mod packet;
 pub mod probes;
+pub mod probes_cmd;
 pub mod record;

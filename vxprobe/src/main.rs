@@ -4,7 +4,7 @@ use clap::Parser as _;
 use vxprobe::{
     cli::{Cli, Command},
     error::{UsageError, exit},
-    record,
+    probes_cmd, record,
 };
 
 fn main() -> ExitCode {
@@ -36,6 +36,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Record(args) => record::run(args).await,
+            Command::Probes(args) => probes_cmd::run(args),
         }
     });
     match result {

@@ -40,16 +40,59 @@ fn bad_udp_checksums_are_csum_errors_matching_the_receivers_counter() {
     if !is_root() {
         return;
     }
+    bad_udp_checksums_through(&[], "tp_btf:kfree_skb");
+}
+
+/// The raw-tracepoint rung of the ladder counts the same as tp_btf.
+#[test]
+fn the_raw_tracepoint_rung_counts_checksum_failures_too() {
+    if !is_root() {
+        return;
+    }
+    bad_udp_checksums_through(&["--skip-hook", "tp-btf"], "raw_tracepoint:kfree_skb");
+}
+
+#[test]
+fn probes_names_the_hook_of_each_signal() {
+    if !is_root() {
+        return;
+    }
+    let out = std::process::Command::new(common::VXPROBE)
+        .args(["probes", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let drop = report["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["signal"] == "drop")
+        .unwrap();
+    // This kernel has tp_btf; kernels without it fall back (see the raw tracepoint test).
+    assert_eq!(drop["hook"], "tp_btf:kfree_skb");
+    assert_eq!(report["tc_attach"], "tcx");
+}
+
+fn bad_udp_checksums_through(extra_args: &[&str], expected_hook: &str) {
     let lab = Lab::build(&LabOptions::default()).expect("building the lab");
     let [n1, n2] = &lab.nodes;
     let before = snmp(&n2.pod.netns, "Udp", "InCsumErrors");
-    let rec = Recorder::start(&n2.netns, &["--stats-interval", "200ms", "-i", VXLAN_DEV]);
+    let mut args = vec!["--stats-interval", "200ms", "-i", VXLAN_DEV];
+    args.extend(extra_args);
+    let rec = Recorder::start(&n2.netns, &args);
     const N: u32 = 17;
     send_bad_udp_checksums(&n1.pod.netns, &n2.pod.ip.to_string(), 5555, N);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let lines = rec.stop();
     let after = snmp(&n2.pod.netns, "Udp", "InCsumErrors");
     assert_eq!(after - before, u64::from(N), "the kernel's own count");
+    assert_eq!(lines[0]["kind"], "meta");
+    assert_eq!(lines[0]["hooks"][0]["hook"], expected_hook);
 
     let ours: Vec<_> = of_kind(&lines, "csum_error")
         .into_iter()
