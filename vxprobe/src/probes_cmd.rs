@@ -59,7 +59,7 @@ pub fn run(args: ProbesArgs) -> anyhow::Result<()> {
             report.kernel,
             if report.btf { "yes" } else { "no" }
         );
-        println!("{:<12} {}", "hops", format!("tc {}", report.tc_attach));
+        println!("{:<12} tc {}", "hops", report.tc_attach);
         for s in &report.signals {
             println!(
                 "{:<12} {}",
