@@ -8,7 +8,10 @@
 pub mod event;
 pub mod hop;
 
-pub use event::{DropEvent, EventHeader, EventKind, KernelOffsets, PacketInfo, SNAP_LEN};
+pub use event::{
+    DropEvent, EventHeader, EventKind, KernelOffsets, PacketInfo, RetransmitEvent, SNAP_LEN,
+    SendCall, SendErrorEvent, SockFlow,
+};
 pub use hop::{Direction, HopCounters, HopKey};
 
 /// Names of maps and programs, shared so user space never spells one by hand.
@@ -21,6 +24,12 @@ pub mod names {
     pub const OFFSETS: &str = "OFFSETS";
     pub const KFREE_SKB_BTF: &str = "vxprobe_kfree_skb_btf";
     pub const KFREE_SKB_RAW: &str = "vxprobe_kfree_skb_raw";
+    pub const RETRANSMIT_BTF: &str = "vxprobe_retransmit_btf";
+    pub const RETRANSMIT_RAW: &str = "vxprobe_retransmit_raw";
+    pub const SENDTO_ENTER: &str = "vxprobe_sendto_enter";
+    pub const SENDTO_EXIT: &str = "vxprobe_sendto_exit";
+    pub const SENDMSG_ENTER: &str = "vxprobe_sendmsg_enter";
+    pub const SENDMSG_EXIT: &str = "vxprobe_sendmsg_exit";
 }
 
 /// Upper bound on the hops (device x direction) counted at once.

@@ -6,6 +6,8 @@
 mod drops;
 mod events;
 mod kernel;
+mod retransmit;
+mod send_errors;
 mod tc;
 
 #[cfg(not(test))]

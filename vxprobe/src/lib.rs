@@ -20,6 +20,7 @@ pub mod hopstats;
 pub mod kallsyms;
 pub mod kbtf;
 pub mod lab;
+pub mod netns;
 pub mod output;
 pub mod packet;
 pub mod probes;

@@ -8,7 +8,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, LinkOrder, RawTracePoint, SchedClassifier, TcAttachType,
+        BtfTracePoint, LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, TracePoint,
         tc::{self, NlOptions, TcAttachOptions, TcError},
     },
     util::KernelVersion,
@@ -57,6 +57,7 @@ impl TcMode {
 pub enum HookType {
     TpBtf,
     RawTracepoint,
+    Tracepoint,
 }
 
 impl HookType {
@@ -64,6 +65,7 @@ impl HookType {
         match self {
             HookType::TpBtf => "tp_btf",
             HookType::RawTracepoint => "raw_tracepoint",
+            HookType::Tracepoint => "tracepoint",
         }
     }
 }
@@ -144,21 +146,52 @@ impl Probes {
         Ok(())
     }
 
-    /// Drops (`skb:kfree_skb`): tp_btf, then the raw tracepoint. `skip` leaves rungs out (to
-    /// exercise the fallback, or to avoid a hook known to misbehave).
-    pub fn attach_drops(&mut self, skip: &[HookType]) -> &HookChoice {
+    /// Attaches every kernel-wide signal, each through the best rung of its ladder that works
+    /// here. `skip` leaves hook types out (to exercise a fallback, or to avoid a hook known to
+    /// misbehave on some kernel).
+    pub fn attach_signals(&mut self, skip: &[HookType]) -> &[HookChoice] {
+        self.attach_ladder(
+            "drop",
+            &[
+                (HookType::TpBtf, names::KFREE_SKB_BTF, "kfree_skb"),
+                (HookType::RawTracepoint, names::KFREE_SKB_RAW, "kfree_skb"),
+            ],
+            skip,
+        );
+        self.attach_ladder(
+            "retransmit",
+            &[
+                (HookType::TpBtf, names::RETRANSMIT_BTF, "tcp_retransmit_skb"),
+                (
+                    HookType::RawTracepoint,
+                    names::RETRANSMIT_RAW,
+                    "tcp_retransmit_skb",
+                ),
+            ],
+            skip,
+        );
+        self.attach_send_errors(skip);
+        &self.hooks
+    }
+
+    fn attach_ladder(
+        &mut self,
+        signal: &'static str,
+        rungs: &[(HookType, &str, &str)],
+        skip: &[HookType],
+    ) {
         let mut choice = HookChoice {
-            signal: "drop",
+            signal,
             hook: None,
             unavailable: Vec::new(),
         };
-        for rung in [HookType::TpBtf, HookType::RawTracepoint] {
-            let label = format!("{}:kfree_skb", rung.as_str());
+        for &(rung, program_name, target) in rungs {
+            let label = format!("{}:{target}", rung.as_str());
             if skip.contains(&rung) {
                 choice.unavailable.push(format!("{label}: skipped"));
                 continue;
             }
-            match self.try_attach_drop(rung) {
+            match self.try_attach(rung, program_name, target) {
                 Ok(()) => {
                     choice.hook = Some(label);
                     break;
@@ -167,24 +200,66 @@ impl Probes {
             }
         }
         self.hooks.push(choice);
-        self.hooks.last().expect("just pushed")
     }
 
-    fn try_attach_drop(&mut self, rung: HookType) -> anyhow::Result<()> {
+    fn try_attach(
+        &mut self,
+        rung: HookType,
+        program_name: &str,
+        target: &str,
+    ) -> anyhow::Result<()> {
         match rung {
             HookType::TpBtf => {
                 let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
-                let prog = program::<BtfTracePoint>(&mut self.ebpf, names::KFREE_SKB_BTF)?;
-                prog.load("kfree_skb", &btf).context("load")?;
+                let prog = program::<BtfTracePoint>(&mut self.ebpf, program_name)?;
+                prog.load(target, &btf).context("load")?;
                 prog.attach().context("attach")?;
             }
             HookType::RawTracepoint => {
-                let prog = program::<RawTracePoint>(&mut self.ebpf, names::KFREE_SKB_RAW)?;
+                let prog = program::<RawTracePoint>(&mut self.ebpf, program_name)?;
                 prog.load().context("load")?;
-                prog.attach("kfree_skb").context("attach")?;
+                prog.attach(target).context("attach")?;
+            }
+            HookType::Tracepoint => {
+                let (category, name) = target.split_once('/').context("category/name")?;
+                let prog = program::<TracePoint>(&mut self.ebpf, program_name)?;
+                prog.load().context("load")?;
+                prog.attach(category, name).context("attach")?;
             }
         }
         Ok(())
+    }
+
+    /// EMSGSIZE from sendto/sendmsg: the syscall tracepoints (every kernel has them; they need
+    /// tracefs, mounted here if it is not).
+    fn attach_send_errors(&mut self, skip: &[HookType]) {
+        let label = "tracepoint:syscalls/sys_exit_sendto+sendmsg";
+        let mut choice = HookChoice {
+            signal: "send_emsgsize",
+            hook: None,
+            unavailable: Vec::new(),
+        };
+        if skip.contains(&HookType::Tracepoint) {
+            choice.unavailable.push(format!("{label}: skipped"));
+        } else {
+            let attached = ensure_tracefs().and_then(|()| {
+                for (program_name, target) in [
+                    (names::SENDTO_ENTER, "syscalls/sys_enter_sendto"),
+                    (names::SENDTO_EXIT, "syscalls/sys_exit_sendto"),
+                    (names::SENDMSG_ENTER, "syscalls/sys_enter_sendmsg"),
+                    (names::SENDMSG_EXIT, "syscalls/sys_exit_sendmsg"),
+                ] {
+                    self.try_attach(HookType::Tracepoint, program_name, target)
+                        .with_context(|| target.to_owned())?;
+                }
+                Ok(())
+            });
+            match attached {
+                Ok(()) => choice.hook = Some(label.to_owned()),
+                Err(e) => choice.unavailable.push(format!("{label}: {e:#}")),
+            }
+        }
+        self.hooks.push(choice);
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
@@ -217,4 +292,33 @@ where
     program
         .try_into()
         .with_context(|| format!("program {name} has an unexpected type"))
+}
+
+/// Classic tracepoints are found through tracefs; a fresh node may not have it mounted.
+fn ensure_tracefs() -> anyhow::Result<()> {
+    const TRACEFS: &str = "/sys/kernel/tracing";
+    for dir in [TRACEFS, "/sys/kernel/debug/tracing"] {
+        if std::path::Path::new(dir).join("events").is_dir() {
+            return Ok(());
+        }
+    }
+    let target = std::ffi::CString::new(TRACEFS)?;
+    let fstype = std::ffi::CString::new("tracefs")?;
+    // SAFETY: mount(2) with valid NUL-terminated strings and no data.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        anyhow::bail!(
+            "tracefs is not mounted and mounting it at {TRACEFS} failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }

@@ -74,12 +74,14 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     let mut probes = Probes::load(TcMode::choose(args.tc_attach), offsets.as_ref())?;
     probes.attach_tc(&hops)?;
     if offsets.is_some() {
-        let choice = probes.attach_drops(&args.skip_hook);
-        if choice.hook.is_none() {
-            eprintln!(
-                "vxprobe: no hook for drops: {}",
-                choice.unavailable.join("; ")
-            );
+        for choice in probes.attach_signals(&args.skip_hook) {
+            if choice.hook.is_none() {
+                eprintln!(
+                    "vxprobe: {} not observed: {}",
+                    choice.signal,
+                    choice.unavailable.join("; ")
+                );
+            }
         }
     }
     let mut stats = HopStats::new(probes.ebpf_mut())?;
@@ -232,6 +234,8 @@ impl LostCounter {
 fn event_kind_name(kind: EventKind) -> &'static str {
     match kind {
         EventKind::Drop => "drop",
+        EventKind::Retransmit => "retransmit",
+        EventKind::SendError => "oversize",
     }
 }
 
@@ -278,6 +282,8 @@ impl Pipeline<'_> {
         while let Some(record) = ring.next() {
             let anomaly = match decode::decode(&record) {
                 Ok(KernelEvent::Drop(event)) => self.enricher.drop_event(&event),
+                Ok(KernelEvent::Retransmit(event)) => self.enricher.retransmit(&event),
+                Ok(KernelEvent::SendError(event)) => self.enricher.send_error(&event),
                 Err(e) => {
                     eprintln!("vxprobe: skipping a kernel record: {e}");
                     continue;
