@@ -155,6 +155,21 @@ pub struct RetransmitEvent {
 pub enum SendCall {
     Sendto = 1,
     Sendmsg = 2,
+    /// fexit of the kernel function (the better rung: the socket is at hand).
+    PacketSendmsg = 3,
+    UdpSendmsg = 4,
+}
+
+impl SendCall {
+    pub fn name(call: u32) -> &'static str {
+        match call {
+            1 => "sendto",
+            2 => "sendmsg",
+            3 => "packet_sendmsg",
+            4 => "udp_sendmsg",
+            _ => "send",
+        }
+    }
 }
 
 /// A send that failed with EMSGSIZE, seen at the system call's exit.

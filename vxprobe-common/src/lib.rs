@@ -30,6 +30,11 @@ pub mod names {
     pub const SENDTO_EXIT: &str = "vxprobe_sendto_exit";
     pub const SENDMSG_ENTER: &str = "vxprobe_sendmsg_enter";
     pub const SENDMSG_EXIT: &str = "vxprobe_sendmsg_exit";
+    pub const PACKET_SENDMSG_FEXIT: &str = "vxprobe_packet_sendmsg_fexit";
+    pub const UDP_SENDMSG_FEXIT: &str = "vxprobe_udp_sendmsg_fexit";
+    pub const KFREE_SKB_KPROBE_SK: &str = "vxprobe_sk_skb_reason_drop_kprobe";
+    pub const KFREE_SKB_KPROBE: &str = "vxprobe_kfree_skb_reason_kprobe";
+    pub const RETRANSMIT_KPROBE: &str = "vxprobe_retransmit_kprobe";
 }
 
 /// Upper bound on the hops (device x direction) counted at once.

@@ -168,11 +168,7 @@ impl Enricher {
         let mut anomaly = Anomaly::new(AnomalyKind::Oversize, event.header.netns);
         anomaly.len = Some(event.len);
         anomaly.errno = Some(event.errno);
-        anomaly.func = Some(if event.call == SendCall::Sendmsg as u32 {
-            "sendmsg"
-        } else {
-            "sendto"
-        });
+        anomaly.func = Some(SendCall::name(event.call));
         anomaly.process = Some(Process {
             pid: event.tgid,
             comm: c_string(&event.comm),

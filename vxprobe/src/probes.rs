@@ -8,7 +8,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, TracePoint,
+        BtfTracePoint, FEntry, FExit, KProbe, LinkOrder, RawTracePoint, SchedClassifier,
+        TcAttachType, TracePoint,
         tc::{self, NlOptions, TcAttachOptions, TcError},
     },
     util::KernelVersion,
@@ -55,7 +56,10 @@ impl TcMode {
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum HookType {
+    Fentry,
+    Fexit,
     TpBtf,
+    Kprobe,
     RawTracepoint,
     Tracepoint,
 }
@@ -63,12 +67,86 @@ pub enum HookType {
 impl HookType {
     pub const fn as_str(self) -> &'static str {
         match self {
+            HookType::Fentry => "fentry",
+            HookType::Fexit => "fexit",
             HookType::TpBtf => "tp_btf",
+            HookType::Kprobe => "kprobe",
             HookType::RawTracepoint => "raw_tracepoint",
             HookType::Tracepoint => "tracepoint",
         }
     }
 }
+
+/// One rung of a ladder: a hook type and the programs (with their targets) it needs, all of
+/// which must attach.
+struct Rung {
+    hook: HookType,
+    programs: &'static [(&'static str, &'static str)],
+}
+
+/// Every kernel-wide signal with its hooks, best first.
+const LADDERS: &[(&str, &[Rung])] = &[
+    (
+        "drop",
+        &[
+            Rung {
+                hook: HookType::TpBtf,
+                programs: &[(names::KFREE_SKB_BTF, "kfree_skb")],
+            },
+            // The freeing function: sk_skb_reason_drop since 6.11, kfree_skb_reason before.
+            Rung {
+                hook: HookType::Kprobe,
+                programs: &[(names::KFREE_SKB_KPROBE_SK, "sk_skb_reason_drop")],
+            },
+            Rung {
+                hook: HookType::Kprobe,
+                programs: &[(names::KFREE_SKB_KPROBE, "kfree_skb_reason")],
+            },
+            Rung {
+                hook: HookType::RawTracepoint,
+                programs: &[(names::KFREE_SKB_RAW, "kfree_skb")],
+            },
+        ],
+    ),
+    (
+        "retransmit",
+        &[
+            Rung {
+                hook: HookType::TpBtf,
+                programs: &[(names::RETRANSMIT_BTF, "tcp_retransmit_skb")],
+            },
+            Rung {
+                hook: HookType::Kprobe,
+                programs: &[(names::RETRANSMIT_KPROBE, "tcp_retransmit_skb")],
+            },
+            Rung {
+                hook: HookType::RawTracepoint,
+                programs: &[(names::RETRANSMIT_RAW, "tcp_retransmit_skb")],
+            },
+        ],
+    ),
+    (
+        "send_emsgsize",
+        &[
+            Rung {
+                hook: HookType::Fexit,
+                programs: &[
+                    (names::PACKET_SENDMSG_FEXIT, "packet_sendmsg"),
+                    (names::UDP_SENDMSG_FEXIT, "udp_sendmsg"),
+                ],
+            },
+            Rung {
+                hook: HookType::Tracepoint,
+                programs: &[
+                    (names::SENDTO_ENTER, "syscalls/sys_enter_sendto"),
+                    (names::SENDTO_EXIT, "syscalls/sys_exit_sendto"),
+                    (names::SENDMSG_ENTER, "syscalls/sys_enter_sendmsg"),
+                    (names::SENDMSG_EXIT, "syscalls/sys_exit_sendmsg"),
+                ],
+            },
+        ],
+    ),
+];
 
 /// Which hook a signal uses here, and what was tried before it.
 #[derive(Clone, Debug, Serialize)]
@@ -150,53 +228,42 @@ impl Probes {
     /// here. `skip` leaves hook types out (to exercise a fallback, or to avoid a hook known to
     /// misbehave on some kernel).
     pub fn attach_signals(&mut self, skip: &[HookType]) -> &[HookChoice] {
-        self.attach_ladder(
-            "drop",
-            &[
-                (HookType::TpBtf, names::KFREE_SKB_BTF, "kfree_skb"),
-                (HookType::RawTracepoint, names::KFREE_SKB_RAW, "kfree_skb"),
-            ],
-            skip,
-        );
-        self.attach_ladder(
-            "retransmit",
-            &[
-                (HookType::TpBtf, names::RETRANSMIT_BTF, "tcp_retransmit_skb"),
-                (
-                    HookType::RawTracepoint,
-                    names::RETRANSMIT_RAW,
-                    "tcp_retransmit_skb",
-                ),
-            ],
-            skip,
-        );
-        self.attach_send_errors(skip);
+        for (signal, rungs) in LADDERS {
+            self.attach_ladder(signal, rungs, skip);
+        }
         &self.hooks
     }
 
-    fn attach_ladder(
-        &mut self,
-        signal: &'static str,
-        rungs: &[(HookType, &str, &str)],
-        skip: &[HookType],
-    ) {
+    fn attach_ladder(&mut self, signal: &'static str, rungs: &[Rung], skip: &[HookType]) {
         let mut choice = HookChoice {
             signal,
             hook: None,
             unavailable: Vec::new(),
         };
-        for &(rung, program_name, target) in rungs {
-            let label = format!("{}:{target}", rung.as_str());
-            if skip.contains(&rung) {
+        for rung in rungs {
+            let targets: Vec<&str> = rung.programs.iter().map(|(_, target)| *target).collect();
+            let label = format!("{}:{}", rung.hook.as_str(), targets.join("+"));
+            if skip.contains(&rung.hook) {
                 choice.unavailable.push(format!("{label}: skipped"));
                 continue;
             }
-            match self.try_attach(rung, program_name, target) {
+            let attached = rung.programs.iter().try_for_each(|&(program, target)| {
+                self.try_attach(rung.hook, program, target)
+                    .with_context(|| target.to_owned())
+            });
+            match attached {
                 Ok(()) => {
                     choice.hook = Some(label);
                     break;
                 }
-                Err(e) => choice.unavailable.push(format!("{label}: {e:#}")),
+                Err(e) => {
+                    // A rung is all or nothing: what did attach must not double-count with
+                    // the next rung.
+                    for &(program, _) in rung.programs {
+                        self.unload(rung.hook, program);
+                    }
+                    choice.unavailable.push(format!("{label}: {e:#}"));
+                }
             }
         }
         self.hooks.push(choice);
@@ -204,16 +271,33 @@ impl Probes {
 
     fn try_attach(
         &mut self,
-        rung: HookType,
+        hook: HookType,
         program_name: &str,
         target: &str,
     ) -> anyhow::Result<()> {
-        match rung {
+        match hook {
+            HookType::Fentry => {
+                let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+                let prog = program::<FEntry>(&mut self.ebpf, program_name)?;
+                prog.load(target, &btf).context("load")?;
+                prog.attach().context("attach")?;
+            }
+            HookType::Fexit => {
+                let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+                let prog = program::<FExit>(&mut self.ebpf, program_name)?;
+                prog.load(target, &btf).context("load")?;
+                prog.attach().context("attach")?;
+            }
             HookType::TpBtf => {
                 let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
                 let prog = program::<BtfTracePoint>(&mut self.ebpf, program_name)?;
                 prog.load(target, &btf).context("load")?;
                 prog.attach().context("attach")?;
+            }
+            HookType::Kprobe => {
+                let prog = program::<KProbe>(&mut self.ebpf, program_name)?;
+                prog.load().context("load")?;
+                prog.attach(target, 0).context("attach")?;
             }
             HookType::RawTracepoint => {
                 let prog = program::<RawTracePoint>(&mut self.ebpf, program_name)?;
@@ -221,6 +305,7 @@ impl Probes {
                 prog.attach(target).context("attach")?;
             }
             HookType::Tracepoint => {
+                ensure_tracefs()?;
                 let (category, name) = target.split_once('/').context("category/name")?;
                 let prog = program::<TracePoint>(&mut self.ebpf, program_name)?;
                 prog.load().context("load")?;
@@ -230,36 +315,22 @@ impl Probes {
         Ok(())
     }
 
-    /// EMSGSIZE from sendto/sendmsg: the syscall tracepoints (every kernel has them; they need
-    /// tracefs, mounted here if it is not).
-    fn attach_send_errors(&mut self, skip: &[HookType]) {
-        let label = "tracepoint:syscalls/sys_exit_sendto+sendmsg";
-        let mut choice = HookChoice {
-            signal: "send_emsgsize",
-            hook: None,
-            unavailable: Vec::new(),
-        };
-        if skip.contains(&HookType::Tracepoint) {
-            choice.unavailable.push(format!("{label}: skipped"));
-        } else {
-            let attached = ensure_tracefs().and_then(|()| {
-                for (program_name, target) in [
-                    (names::SENDTO_ENTER, "syscalls/sys_enter_sendto"),
-                    (names::SENDTO_EXIT, "syscalls/sys_exit_sendto"),
-                    (names::SENDMSG_ENTER, "syscalls/sys_enter_sendmsg"),
-                    (names::SENDMSG_EXIT, "syscalls/sys_exit_sendmsg"),
-                ] {
-                    self.try_attach(HookType::Tracepoint, program_name, target)
-                        .with_context(|| target.to_owned())?;
-                }
-                Ok(())
-            });
-            match attached {
-                Ok(()) => choice.hook = Some(label.to_owned()),
-                Err(e) => choice.unavailable.push(format!("{label}: {e:#}")),
+    /// Detaches and unloads a program, if it was loaded (best effort: used on a failed rung).
+    fn unload(&mut self, hook: HookType, program_name: &str) {
+        let _ = match hook {
+            HookType::Fentry => program::<FEntry>(&mut self.ebpf, program_name).map(|p| p.unload()),
+            HookType::Fexit => program::<FExit>(&mut self.ebpf, program_name).map(|p| p.unload()),
+            HookType::TpBtf => {
+                program::<BtfTracePoint>(&mut self.ebpf, program_name).map(|p| p.unload())
             }
-        }
-        self.hooks.push(choice);
+            HookType::Kprobe => program::<KProbe>(&mut self.ebpf, program_name).map(|p| p.unload()),
+            HookType::RawTracepoint => {
+                program::<RawTracePoint>(&mut self.ebpf, program_name).map(|p| p.unload())
+            }
+            HookType::Tracepoint => {
+                program::<TracePoint>(&mut self.ebpf, program_name).map(|p| p.unload())
+            }
+        };
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
