@@ -6,17 +6,22 @@
 #![no_std]
 
 pub mod event;
+pub mod flow;
 pub mod hop;
 
 pub use event::{
-    DropEvent, EventHeader, EventKind, KernelOffsets, PacketInfo, RetransmitEvent, SNAP_LEN,
-    SendCall, SendErrorEvent, SockFlow,
+    DropEvent, EventHeader, EventKind, HopEvent, KernelOffsets, PacketInfo, RetransmitEvent,
+    SNAP_LEN, SendCall, SendErrorEvent, SockFlow,
 };
+pub use flow::{FlowCounters, FlowFilter, FlowKey, FragInfo, FragKey, OuterHeader};
 pub use hop::{Direction, HopCounters, HopKey};
 
 /// Names of maps and programs, shared so user space never spells one by hand.
 pub mod names {
     pub const HOP_STATS: &str = "HOP_STATS";
+    pub const FLOW_STATS: &str = "FLOW_STATS";
+    pub const DEVICE_INFO: &str = "DEVICE_INFO";
+    pub const FILTER: &str = "FILTER";
     pub const TC_INGRESS: &str = "vxprobe_tc_ingress";
     pub const TC_EGRESS: &str = "vxprobe_tc_egress";
     pub const EVENTS: &str = "EVENTS";
@@ -39,3 +44,20 @@ pub mod names {
 
 /// Upper bound on the hops (device x direction) counted at once.
 pub const MAX_HOPS: u32 = 4096;
+
+/// Default size of the per-CPU LRU flow map (flows x hops x directions). Beyond it the least
+/// recently seen entries are evicted.
+pub const MAX_FLOWS: u32 = 65536;
+
+/// What user space tells the TC programs about a device, by ifindex.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub mtu: u32,
+    /// 1 when frames start with the IP header (tun, ipip...), 0 for Ethernet.
+    pub l3: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], two u32, no padding.
+unsafe impl aya::Pod for DeviceInfo {}

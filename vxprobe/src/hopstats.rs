@@ -1,59 +1,123 @@
-//! Per-hop counters: read from the kernel's per-CPU map, summed, turned into interval deltas.
+//! Counters the TC programs keep in per-CPU maps, summed over CPUs and turned into interval
+//! deltas: per hop, and per flow at each hop.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, hash::Hash};
 
 use anyhow::Context as _;
-use aya::maps::{MapData, PerCpuHashMap};
-use vxprobe_common::{HopCounters, HopKey, names};
+use aya::{
+    Pod,
+    maps::{MapData, PerCpuHashMap, PerCpuValues},
+};
+use vxprobe_common::{FlowCounters, FlowKey, HopCounters, HopKey, names};
 
-/// Owns the kernel's hop map and the totals last seen, to report what changed since.
-pub struct HopStats {
-    map: PerCpuHashMap<MapData, HopKey, HopCounters>,
-    last: BTreeMap<HopKey, HopCounters>,
+/// Counter structs that can be summed over CPUs and subtracted between intervals.
+pub trait Counters: Pod + Default + Copy {
+    fn merge(&mut self, other: &Self);
+    /// `self - before`, for the additive fields; gauges (max_len, outer) are kept.
+    fn since(&self, before: &Self) -> Self;
+    fn packets(&self) -> u64;
 }
 
-impl HopStats {
-    pub fn new(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
+impl Counters for HopCounters {
+    fn merge(&mut self, other: &Self) {
+        HopCounters::merge(self, other);
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        HopCounters {
+            packets: self.packets.saturating_sub(before.packets),
+            bytes: self.bytes.saturating_sub(before.bytes),
+            segs: self.segs.saturating_sub(before.segs),
+            fragments: self.fragments.saturating_sub(before.fragments),
+            oversize: self.oversize.saturating_sub(before.oversize),
+            max_len: self.max_len,
+        }
+    }
+
+    fn packets(&self) -> u64 {
+        self.packets
+    }
+}
+
+impl Counters for FlowCounters {
+    fn merge(&mut self, other: &Self) {
+        FlowCounters::merge(self, other);
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        FlowCounters {
+            packets: self.packets.saturating_sub(before.packets),
+            bytes: self.bytes.saturating_sub(before.bytes),
+            segs: self.segs.saturating_sub(before.segs),
+            fragments: self.fragments.saturating_sub(before.fragments),
+            oversize: self.oversize.saturating_sub(before.oversize),
+            max_len: self.max_len,
+            outer: self.outer,
+            _pad: 0,
+        }
+    }
+
+    fn packets(&self) -> u64 {
+        self.packets
+    }
+}
+
+/// One per-CPU counter map and the totals last seen.
+pub struct CounterMap<K: Pod + Ord + Hash, V: Counters> {
+    map: PerCpuHashMap<MapData, K, V>,
+    last: BTreeMap<K, V>,
+}
+
+pub type HopStats = CounterMap<HopKey, HopCounters>;
+pub type FlowStats = CounterMap<FlowKey, FlowCounters>;
+
+impl<K: Pod + Ord + Hash, V: Counters> CounterMap<K, V> {
+    pub fn take(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<Self> {
         let map = ebpf
-            .take_map(names::HOP_STATS)
-            .with_context(|| format!("map {} missing from the eBPF object", names::HOP_STATS))?;
+            .take_map(name)
+            .with_context(|| format!("map {name} missing from the eBPF object"))?;
         Ok(Self {
             map: PerCpuHashMap::try_from(map)?,
             last: BTreeMap::new(),
         })
     }
 
-    /// Totals since attach, summed over CPUs.
-    fn totals(&self) -> anyhow::Result<BTreeMap<HopKey, HopCounters>> {
+    fn totals(&self) -> anyhow::Result<BTreeMap<K, V>> {
         let mut totals = BTreeMap::new();
         for entry in self.map.iter() {
-            let (key, per_cpu) = entry.context("reading the hop map")?;
-            let sum = per_cpu
-                .iter()
-                .fold(HopCounters::default(), |acc, c| HopCounters {
-                    packets: acc.packets + c.packets,
-                    bytes: acc.bytes + c.bytes,
-                });
+            let (key, per_cpu): (K, PerCpuValues<V>) = entry.context("reading a counter map")?;
+            let mut sum = V::default();
+            for value in per_cpu.iter() {
+                sum.merge(value);
+            }
             totals.insert(key, sum);
         }
         Ok(totals)
     }
 
-    /// What each hop counted since the previous call.
-    pub fn interval(&mut self) -> anyhow::Result<BTreeMap<HopKey, HopCounters>> {
+    /// What each key counted since the previous call; keys that counted nothing are left out.
+    /// Keys gone from the map (LRU eviction) are forgotten.
+    pub fn interval(&mut self) -> anyhow::Result<BTreeMap<K, V>> {
         let totals = self.totals()?;
         let deltas = totals
             .iter()
-            .map(|(key, now)| {
-                let before = self.last.get(key).copied().unwrap_or_default();
-                let delta = HopCounters {
-                    packets: now.packets.saturating_sub(before.packets),
-                    bytes: now.bytes.saturating_sub(before.bytes),
+            .filter_map(|(key, now)| {
+                let delta = match self.last.get(key) {
+                    Some(before) => now.since(before),
+                    None => *now,
                 };
-                (*key, delta)
+                (delta.packets() > 0).then_some((*key, delta))
             })
             .collect();
         self.last = totals;
         Ok(deltas)
     }
+}
+
+pub fn hop_stats(ebpf: &mut aya::Ebpf) -> anyhow::Result<HopStats> {
+    CounterMap::take(ebpf, names::HOP_STATS)
+}
+
+pub fn flow_stats(ebpf: &mut aya::Ebpf) -> anyhow::Result<FlowStats> {
+    CounterMap::take(ebpf, names::FLOW_STATS)
 }

@@ -15,9 +15,12 @@ use aya::{
     util::KernelVersion,
 };
 use serde::Serialize;
-use vxprobe_common::{KernelOffsets, names};
+use vxprobe_common::{DeviceInfo, FlowFilter, KernelOffsets, names};
 
-use crate::{cli::TcAttach, devices::Hop};
+use crate::{
+    cli::TcAttach,
+    devices::{DeviceKind, Hop},
+};
 
 /// The kernel programs, built by build.rs and embedded in the binary.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vxprobe"));
@@ -168,11 +171,18 @@ pub struct Probes {
 impl Probes {
     /// Loads the object with the kernel's struct offsets and the TC programs. Without
     /// `offsets` (no BTF), the kernel-wide hooks stay off and the TC counters still work.
-    pub fn load(tc_mode: TcMode, offsets: Option<&KernelOffsets>) -> anyhow::Result<Self> {
+    pub fn load(
+        tc_mode: TcMode,
+        offsets: Option<&KernelOffsets>,
+        filter: &FlowFilter,
+        max_flows: u32,
+    ) -> anyhow::Result<Self> {
         let mut loader = EbpfLoader::new();
         if let Some(offsets) = offsets {
             loader.override_global(names::OFFSETS, offsets, true);
         }
+        loader.override_global(names::FILTER, filter, true);
+        loader.map_max_entries(names::FLOW_STATS, max_flows);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading vxprobe's eBPF object")?;
@@ -188,8 +198,23 @@ impl Probes {
         })
     }
 
-    /// Attaches the TC programs at ingress and egress of every hop.
+    /// Attaches the TC programs at ingress and egress of every hop, after telling them each
+    /// device's MTU and link type.
     pub fn attach_tc(&mut self, hops: &[Hop]) -> anyhow::Result<()> {
+        let mut devices: aya::maps::HashMap<_, u32, DeviceInfo> = aya::maps::HashMap::try_from(
+            self.ebpf
+                .map_mut(names::DEVICE_INFO)
+                .context("map DEVICE_INFO missing from the eBPF object")?,
+        )?;
+        for hop in hops {
+            let info = DeviceInfo {
+                mtu: hop.device.mtu,
+                l3: u32::from(hop.device.kind == DeviceKind::Tun),
+            };
+            devices
+                .insert(hop.device.ifindex, info, 0)
+                .context("writing DEVICE_INFO")?;
+        }
         for hop in hops {
             let ifname = hop.device.name.as_str();
             if self.tc_mode == TcMode::Clsact {
