@@ -129,13 +129,18 @@ fn ipv6(ctx: &TcContext, off: usize, ip: &mut Ip) -> Option<()> {
     // Extension headers: hop-by-hop (0), routing (43), fragment (44), destination (60).
     for _ in 0..4 {
         match ip.proto {
+            // A chain cut short still leaves a flow: addresses known, ports not.
             0 | 43 | 60 => {
-                let ext = ctx.load::<[u8; 2]>(ip.l4).ok()?;
+                let Ok(ext) = ctx.load::<[u8; 2]>(ip.l4) else {
+                    break;
+                };
                 ip.proto = ext[0];
                 ip.l4 += (usize::from(ext[1]) + 1) * 8;
             }
             44 => {
-                let frag = ctx.load::<[u8; 8]>(ip.l4).ok()?;
+                let Ok(frag) = ctx.load::<[u8; 8]>(ip.l4) else {
+                    break;
+                };
                 ip.proto = frag[0];
                 let off_flags = be16(&frag, 2);
                 ip.frag_offset = u32::from(off_flags & 0xfff8);
