@@ -222,3 +222,54 @@ fn ipv6_pod_traffic_crosses_the_overlay_counted_and_attributed() {
     assert_eq!(underlay["flow"]["dst"], n2.pod.ip6.to_string());
     assert_eq!(underlay["outer"]["src"], n1.underlay_ip.to_string());
 }
+
+/// Incident #3: with tx checksum offload off on the VXLAN device (so TSO is off too), the
+/// underlay carries MTU-sized packets built in software while the pod still hands 64 KiB GSO
+/// packets to its veth. The hop lines show it in `max_len`, the largest packet per interval.
+#[test]
+fn offloads_off_on_the_vxlan_show_as_mtu_sized_packets_on_the_underlay() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let [n1, n2] = &lab.nodes;
+    let mut largest = Vec::new();
+    for offload in ["on", "off"] {
+        must(&n1.netns, "ethtool", &["-K", VXLAN_DEV, "tx", offload]);
+        let mut server = vxprobe::lab::Lab::command(&n2.pod.netns, "iperf3")
+            .args(["-s", "-1", "-p", "5201"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let rec = Recorder::start(&n1.netns, ALL_HOPS);
+        must(
+            &n1.pod.netns,
+            "iperf3",
+            &["-c", &n2.pod.ip.to_string(), "-p", "5201", "-t", "2"],
+        );
+        let lines = rec.stop();
+        let _ = server.wait();
+        let max = |dev: &str, dir: &str| {
+            lines
+                .iter()
+                .filter(|l| l["kind"] == "hop" && l["ifname"] == dev && l["dir"] == dir)
+                .map(|l| l["max_len"].as_u64().unwrap())
+                .max()
+                .unwrap()
+        };
+        largest.push((
+            offload,
+            max(POD_HOST_DEV, "ingress"),
+            max(UNDERLAY_DEV, "egress"),
+        ));
+    }
+    let [(_, pod_on, underlay_on), (_, pod_off, underlay_off)] = largest[..] else {
+        unreachable!()
+    };
+    // The pod side is the same either way: GSO packets far above the MTU.
+    assert!(pod_on > 3 * 1450 && pod_off > 3 * 1450, "{largest:?}");
+    // With offloads on, GSO survives encapsulation; off, every packet is one MTU at most.
+    assert!(underlay_on > 3 * 1500, "{largest:?}");
+    assert!(underlay_off <= 1514, "{largest:?}");
+}
