@@ -43,7 +43,10 @@ pub struct FlowCounters {
     pub segs: u64,
     pub fragments: u64,
     pub oversize: u64,
-    pub max_len: u64,
+    /// Largest packet (skb length) seen in epoch `max_epoch`; user space bumps the epoch
+    /// every interval, so this is the largest packet of the interval.
+    pub max_len: u32,
+    pub max_epoch: u32,
     /// The tunnel header last seen for this flow.
     pub outer: OuterHeader,
     pub _pad: u32,
@@ -56,7 +59,11 @@ impl FlowCounters {
         self.segs += other.segs;
         self.fragments += other.fragments;
         self.oversize += other.oversize;
-        self.max_len = self.max_len.max(other.max_len);
+        // The newest epoch wins; within one epoch, the largest packet.
+        if (other.max_epoch, other.max_len) > (self.max_epoch, self.max_len) {
+            self.max_epoch = other.max_epoch;
+            self.max_len = other.max_len;
+        }
         if other.outer.family != 0 {
             self.outer = other.outer;
         }

@@ -51,8 +51,10 @@ pub struct HopCounters {
     pub fragments: u64,
     /// Non-GSO packets longer than the device MTU allows.
     pub oversize: u64,
-    /// Largest packet (skb length), for the segment-size signature of offloads being off.
-    pub max_len: u64,
+    /// Largest packet (skb length) seen in epoch `max_epoch`; user space bumps the epoch
+    /// every interval, so this is the largest packet of the interval.
+    pub max_len: u32,
+    pub max_epoch: u32,
 }
 
 impl HopCounters {
@@ -63,7 +65,11 @@ impl HopCounters {
         self.segs += other.segs;
         self.fragments += other.fragments;
         self.oversize += other.oversize;
-        self.max_len = self.max_len.max(other.max_len);
+        // The newest epoch wins; within one epoch, the largest packet.
+        if (other.max_epoch, other.max_len) > (self.max_epoch, self.max_len) {
+            self.max_epoch = other.max_epoch;
+            self.max_len = other.max_len;
+        }
     }
 }
 

@@ -22,6 +22,7 @@ pub mod names {
     pub const FLOW_STATS: &str = "FLOW_STATS";
     pub const DEVICE_INFO: &str = "DEVICE_INFO";
     pub const FILTER: &str = "FILTER";
+    pub const EPOCH: &str = "EPOCH";
     pub const TC_INGRESS: &str = "vxprobe_tc_ingress";
     pub const TC_EGRESS: &str = "vxprobe_tc_egress";
     pub const EVENTS: &str = "EVENTS";

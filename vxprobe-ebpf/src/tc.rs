@@ -6,7 +6,7 @@ use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
     programs::TcContext,
 };
 use vxprobe_common::{
@@ -34,6 +34,10 @@ static FRAGMENTS: LruHashMap<FragKey, FragInfo> = LruHashMap::with_max_entries(8
 /// MTU and link type per ifindex, filled in by user space when it attaches.
 #[map]
 static DEVICE_INFO: HashMap<u32, DeviceInfo> = HashMap::with_max_entries(MAX_HOPS, 0);
+
+/// The stats interval number, bumped by user space: per-interval maxima restart with it.
+#[map]
+static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
 /// `--host/--port/--proto`, set at load time.
 #[unsafe(no_mangle)]
@@ -94,7 +98,8 @@ fn observe(ctx: &TcContext, direction: Direction) {
         segs,
         fragments: 0,
         oversize: 0,
-        max_len: u64::from(len),
+        max_len: len,
+        max_epoch: EPOCH.get(0).copied().unwrap_or(0),
     };
     if !is_ip {
         count_hop(ifindex, direction, &sample);
@@ -249,8 +254,17 @@ fn add(counters: &mut HopCounters, sample: &HopCounters) {
     counters.segs += sample.segs;
     counters.fragments += sample.fragments;
     counters.oversize += sample.oversize;
-    if sample.max_len > counters.max_len {
-        counters.max_len = sample.max_len;
+    raise_max(&mut counters.max_len, &mut counters.max_epoch, sample);
+}
+
+/// The largest packet of the current epoch: a new epoch starts over.
+#[inline(always)]
+fn raise_max(max_len: &mut u32, max_epoch: &mut u32, sample: &HopCounters) {
+    if *max_epoch != sample.max_epoch {
+        *max_epoch = sample.max_epoch;
+        *max_len = sample.max_len;
+    } else if sample.max_len > *max_len {
+        *max_len = sample.max_len;
     }
 }
 
@@ -265,9 +279,7 @@ fn count_flow(key: &FlowKey, sample: &HopCounters, outer: &OuterHeader, first: &
             flow.segs += sample.segs;
             flow.fragments += sample.fragments;
             flow.oversize += sample.oversize;
-            if sample.max_len > flow.max_len {
-                flow.max_len = sample.max_len;
-            }
+            raise_max(&mut flow.max_len, &mut flow.max_epoch, sample);
             if outer.family != 0 {
                 flow.outer = *outer;
             }
@@ -279,6 +291,7 @@ fn count_flow(key: &FlowKey, sample: &HopCounters, outer: &OuterHeader, first: &
             first.fragments = sample.fragments;
             first.oversize = sample.oversize;
             first.max_len = sample.max_len;
+            first.max_epoch = sample.max_epoch;
             first.outer = *outer;
             first._pad = 0;
             // LRU: a full map evicts the least recently seen flow.

@@ -13,8 +13,9 @@ use vxprobe_common::{FlowCounters, FlowKey, HopCounters, HopKey, names};
 /// Counter structs that can be summed over CPUs and subtracted between intervals.
 pub trait Counters: Pod + Default + Copy {
     fn merge(&mut self, other: &Self);
-    /// `self - before`, for the additive fields; gauges (max_len, outer) are kept.
-    fn since(&self, before: &Self) -> Self;
+    /// `self - before`, for the additive fields; gauges (outer) are kept, and the maximum is
+    /// kept only if it belongs to `epoch`.
+    fn since(&self, before: &Self, epoch: u32) -> Self;
     fn packets(&self) -> u64;
 }
 
@@ -23,14 +24,19 @@ impl Counters for HopCounters {
         HopCounters::merge(self, other);
     }
 
-    fn since(&self, before: &Self) -> Self {
+    fn since(&self, before: &Self, epoch: u32) -> Self {
         HopCounters {
             packets: self.packets.saturating_sub(before.packets),
             bytes: self.bytes.saturating_sub(before.bytes),
             segs: self.segs.saturating_sub(before.segs),
             fragments: self.fragments.saturating_sub(before.fragments),
             oversize: self.oversize.saturating_sub(before.oversize),
-            max_len: self.max_len,
+            max_len: if self.max_epoch == epoch {
+                self.max_len
+            } else {
+                0
+            },
+            max_epoch: epoch,
         }
     }
 
@@ -44,14 +50,19 @@ impl Counters for FlowCounters {
         FlowCounters::merge(self, other);
     }
 
-    fn since(&self, before: &Self) -> Self {
+    fn since(&self, before: &Self, epoch: u32) -> Self {
         FlowCounters {
             packets: self.packets.saturating_sub(before.packets),
             bytes: self.bytes.saturating_sub(before.bytes),
             segs: self.segs.saturating_sub(before.segs),
             fragments: self.fragments.saturating_sub(before.fragments),
             oversize: self.oversize.saturating_sub(before.oversize),
-            max_len: self.max_len,
+            max_len: if self.max_epoch == epoch {
+                self.max_len
+            } else {
+                0
+            },
+            max_epoch: epoch,
             outer: self.outer,
             _pad: 0,
         }
@@ -97,15 +108,12 @@ impl<K: Pod + Ord + Hash, V: Counters> CounterMap<K, V> {
 
     /// What each key counted since the previous call; keys that counted nothing are left out.
     /// Keys gone from the map (LRU eviction) are forgotten.
-    pub fn interval(&mut self) -> anyhow::Result<BTreeMap<K, V>> {
+    pub fn interval(&mut self, epoch: u32) -> anyhow::Result<BTreeMap<K, V>> {
         let totals = self.totals()?;
         let deltas = totals
             .iter()
             .filter_map(|(key, now)| {
-                let delta = match self.last.get(key) {
-                    Some(before) => now.since(before),
-                    None => *now,
-                };
+                let delta = now.since(self.last.get(key).unwrap_or(&V::default()), epoch);
                 (delta.packets() > 0).then_some((*key, delta))
             })
             .collect();
@@ -120,4 +128,35 @@ pub fn hop_stats(ebpf: &mut aya::Ebpf) -> anyhow::Result<HopStats> {
 
 pub fn flow_stats(ebpf: &mut aya::Ebpf) -> anyhow::Result<FlowStats> {
     CounterMap::take(ebpf, names::FLOW_STATS)
+}
+
+/// The interval number the TC programs stamp their maxima with.
+pub struct Epoch {
+    map: aya::maps::Array<MapData, u32>,
+    current: u32,
+}
+
+impl Epoch {
+    pub fn take(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
+        let map = ebpf
+            .take_map(names::EPOCH)
+            .with_context(|| format!("map {} missing from the eBPF object", names::EPOCH))?;
+        Ok(Self {
+            map: aya::maps::Array::try_from(map)?,
+            current: 0,
+        })
+    }
+
+    /// The epoch that is ending.
+    pub fn current(&self) -> u32 {
+        self.current
+    }
+
+    /// Starts the next interval's epoch.
+    pub fn advance(&mut self) -> anyhow::Result<()> {
+        self.current = self.current.wrapping_add(1);
+        self.map
+            .set(0, self.current, 0)
+            .context("writing the EPOCH map")
+    }
 }

@@ -94,6 +94,7 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     }
     let mut hop_stats = hopstats::hop_stats(probes.ebpf_mut())?;
     let mut flow_stats = hopstats::flow_stats(probes.ebpf_mut())?;
+    let mut epoch = hopstats::Epoch::take(probes.ebpf_mut())?;
     let (ring, lost) = probes.take_event_maps()?;
     // SAFETY: the AsyncFd owns the RingBuf, which owns the fd, so the fd stays open for as
     // long as it is registered.
@@ -148,11 +149,10 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         // Records submitted without a wakeup are picked up here, before the interval closes.
         pipeline.drain(ring.get_mut())?;
         let now = Instant::now();
-        pipeline.write_interval(
-            &hop_stats.interval()?,
-            &flow_stats.interval()?,
-            now - interval_start,
-        )?;
+        let ending = epoch.current();
+        let (hop_deltas, flow_deltas) = (hop_stats.interval(ending)?, flow_stats.interval(ending)?);
+        epoch.advance()?;
+        pipeline.write_interval(&hop_deltas, &flow_deltas, now - interval_start)?;
         interval_start = now;
         pipeline.sink.flush().context("writing JSON lines")?;
         if stop {
@@ -376,7 +376,7 @@ impl Pipeline<'_> {
                     loss_pct: loss_pct(counters.packets, dropped),
                     segs: counters.segs,
                     mean_segment: mean_segment(counters.bytes, counters.segs),
-                    max_len: counters.max_len,
+                    max_len: u64::from(counters.max_len),
                     fragments: counters.fragments,
                     oversize: counters.oversize,
                     interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
@@ -406,7 +406,7 @@ impl Pipeline<'_> {
                 bytes: counters.bytes,
                 segs: counters.segs,
                 mean_segment: mean_segment(counters.bytes, counters.segs),
-                max_len: counters.max_len,
+                max_len: u64::from(counters.max_len),
                 fragments: counters.fragments,
                 oversize: counters.oversize,
             })?;

@@ -90,7 +90,7 @@ fn counted(packet: &[u8]) -> BTreeMap<FlowKey, FlowCounters> {
     }
     hopstats::flow_stats(probes.ebpf_mut())
         .unwrap()
-        .interval()
+        .interval(0)
         .unwrap()
 }
 
@@ -246,7 +246,7 @@ fn later_ipv4_fragments_take_the_ports_of_the_first() {
     }
     let flows = hopstats::flow_stats(probes.ebpf_mut())
         .unwrap()
-        .interval()
+        .interval(0)
         .unwrap();
     assert_eq!(flows.len(), 1, "both fragments are one flow: {flows:?}");
     let (key, c) = flows.into_iter().next().unwrap();
