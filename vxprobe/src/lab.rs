@@ -29,6 +29,10 @@ pub const TAP_DEV: &str = "tap0";
 pub struct LabOptions {
     pub overlay_mtu: u32,
     pub underlay_mtu: u32,
+    /// Create `vxlan.calico` with `dev eth0` (default). Without, it has only its `local`
+    /// address, as Calico creates it on real nodes; the kernel then does not cap its MTU at the
+    /// underlay's minus 50, so an oversized overlay MTU can be set.
+    pub vxlan_lower_dev: bool,
 }
 
 impl Default for LabOptions {
@@ -36,6 +40,7 @@ impl Default for LabOptions {
         Self {
             overlay_mtu: 1450,
             underlay_mtu: 1500,
+            vxlan_lower_dev: true,
         }
     }
 }
@@ -131,12 +136,17 @@ impl Lab {
         }
 
         // Overlay: vxlan.calico per node, with Calico's static fdb/neighbour/route entries.
+        let lower_dev = if options.vxlan_lower_dev {
+            format!("dev {UNDERLAY_DEV}")
+        } else {
+            String::new()
+        };
         for node in [&n1, &n2] {
             let (ns, local, mac, vtep) =
                 (&node.netns, node.underlay_ip, &node.vtep_mac, node.vtep_ip);
             ip(&format!(
                 "-n {ns} link add {VXLAN_DEV} type vxlan id {VNI} dstport {VXLAN_PORT} \
-                 local {local} dev {UNDERLAY_DEV} nolearning"
+                 local {local} {lower_dev} nolearning"
             ))?;
             ip(&format!(
                 "-n {ns} link set {VXLAN_DEV} address {mac} mtu {overlay_mtu} up"

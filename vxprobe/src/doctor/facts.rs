@@ -214,10 +214,11 @@ async fn gather_rtnetlink(handle: &Handle) -> Result<Vec<DeviceFacts>, FactsErro
         let mut remotes: HashMap<u32, Vec<IpAddr>> = HashMap::new();
         while let Some(msg) = fdb.try_next().await.map_err(netlink("fdb entries"))? {
             for attr in &msg.attributes {
-                let addr = match attr {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => (*a).into(),
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => (*a).into(),
-                    _ => continue,
+                let NeighbourAttribute::Destination(dst) = attr else {
+                    continue;
+                };
+                let Some(addr) = neighbour_ip(dst) else {
+                    continue;
                 };
                 let list = remotes.entry(msg.header.ifindex).or_default();
                 if !addr_is_unspecified(addr) && !list.contains(&addr) && list.len() < MAX_REMOTES {
@@ -244,6 +245,20 @@ async fn gather_rtnetlink(handle: &Handle) -> Result<Vec<DeviceFacts>, FactsErro
         }
     }
     Ok(devices)
+}
+
+/// An fdb entry's remote VTEP. In AF_BRIDGE messages the crate leaves NDA_DST as raw bytes.
+fn neighbour_ip(dst: &NeighbourAddress) -> Option<IpAddr> {
+    match dst {
+        NeighbourAddress::Inet(a) => Some((*a).into()),
+        NeighbourAddress::Inet6(a) => Some((*a).into()),
+        NeighbourAddress::Other(raw) => match raw.len() {
+            4 => <[u8; 4]>::try_from(raw.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(raw.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn addr_is_unspecified(addr: IpAddr) -> bool {
