@@ -17,9 +17,14 @@ use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_D
 
 /// Runs `vxprobe doctor ARGS` in `netns`: exit status, stdout, stderr.
 fn doctor_raw(netns: &str, args: &[&str]) -> (i32, String, String) {
+    doctor_env(netns, args, &[])
+}
+
+fn doctor_env(netns: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new("ip")
         .args(["netns", "exec", netns, VXPROBE, "doctor"])
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("running vxprobe doctor");
@@ -427,6 +432,42 @@ fn an_underlay_down_cuts_the_tunnel() {
     let report = doctor(ns, &[]);
     let f = finding(&report, VXLAN_DEV, "underlay-down");
     assert_eq!(f["evidence"]["underlay_up"], false);
+}
+
+#[test]
+fn the_ioctl_fallback_reads_what_ethtool_netlink_reads() {
+    if !is_root() {
+        return;
+    }
+    // Kernels before 5.6 have no ethtool netlink; doctor then uses SIOCETHTOOL. Both must see
+    // the same on this kernel, fixed and requested states included, and so find the same.
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let ns = &lab.nodes[0].netns;
+    let _engine = TapEngine::attach(ns, TAP_DEV);
+    must(ns, "ethtool", &["-K", VXLAN_DEV, "tx", "off"]);
+    must(ns, "ethtool", &["-K", TAP_DEV, "tso", "off", "gso", "off"]);
+    let netlink = doctor(ns, &[]);
+    let (code, stdout, stderr) = doctor_env(ns, &["--json"], &[("VXPROBE_ETHTOOL", "ioctl")]);
+    assert_eq!(code, 0, "{stderr}");
+    let ioctl: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(netlink["features_from"], "netlink");
+    assert_eq!(ioctl["features_from"], "ioctl");
+    let features = |report: &Value| -> Vec<(Value, Value)> {
+        report["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["ifname"].clone(), d["features"].clone()))
+            .collect()
+    };
+    assert!(features(&netlink).iter().all(|(_, f)| f.is_object()));
+    assert_eq!(features(&ioctl), features(&netlink));
+    assert_eq!(codes(&ioctl), codes(&netlink));
+    assert_eq!(
+        ioctl["devices"].as_array().unwrap().len(),
+        netlink["devices"].as_array().unwrap().len()
+    );
+    assert_eq!(codes(&ioctl).len(), 2, "{ioctl:#}");
 }
 
 #[test]

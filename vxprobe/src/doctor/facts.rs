@@ -30,6 +30,8 @@ const MAX_REMOTES: usize = 8;
 pub struct Facts {
     pub kernel: KernelRelease,
     pub devices: Vec<DeviceFacts>,
+    /// How offload features were read: `netlink` (ethtool netlink) or `ioctl` (SIOCETHTOOL).
+    pub features_from: Option<&'static str>,
     /// Why offload features are unknown, when they are.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub features_error: Option<String>,
@@ -163,20 +165,46 @@ pub async fn gather() -> Result<Facts, FactsError> {
     let result = gather_rtnetlink(&handle).await;
     task.abort();
     let mut devices = result?;
-    let features_error = match features::dump_netlink().await {
-        Ok(mut by_index) => {
-            for device in &mut devices {
-                device.features = by_index.remove(&device.ifindex);
-            }
-            None
-        }
-        Err(e) => Some(e.to_string()),
-    };
+    let (features, features_from, features_error) = read_features(&devices).await;
+    let mut features = features.unwrap_or_default();
+    for device in &mut devices {
+        device.features = features.remove(&device.ifindex);
+    }
     Ok(Facts {
         kernel,
         devices,
+        features_from,
         features_error,
     })
+}
+
+/// Set to `ioctl` to read features with the `SIOCETHTOOL` fallback even where ethtool netlink
+/// works (the tests compare both).
+pub const ETHTOOL_ENV: &str = "VXPROBE_ETHTOOL";
+
+/// Offload features over ethtool netlink, or the ioctl where the kernel has no ethtool netlink
+/// (before 5.6). Returns them, which way they were read, and why not, if not.
+async fn read_features(
+    devices: &[DeviceFacts],
+) -> (
+    Option<HashMap<u32, Features>>,
+    Option<&'static str>,
+    Option<String>,
+) {
+    let by_ioctl = || features::dump_ioctl(devices.iter().map(|d| (d.ifindex, d.name.as_str())));
+    if std::env::var_os(ETHTOOL_ENV).is_some_and(|v| v == "ioctl") {
+        return match by_ioctl() {
+            Ok(f) => (Some(f), Some("ioctl"), None),
+            Err(e) => (None, None, Some(e.to_string())),
+        };
+    }
+    match features::dump_netlink().await {
+        Ok(f) => (Some(f), Some("netlink"), None),
+        Err(netlink) => match by_ioctl() {
+            Ok(f) => (Some(f), Some("ioctl"), None),
+            Err(ioctl) => (None, None, Some(format!("{netlink}; {ioctl}"))),
+        },
+    }
 }
 
 async fn gather_rtnetlink(handle: &Handle) -> Result<Vec<DeviceFacts>, FactsError> {

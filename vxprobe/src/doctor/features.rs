@@ -108,6 +108,12 @@ pub enum FeaturesError {
     Socket(#[source] std::io::Error),
     #[error("ethtool netlink (ETHTOOL_MSG_FEATURES_GET) failed: {0}")]
     Netlink(#[source] ethtool::EthtoolError),
+    #[error("SIOCETHTOOL {what} failed: {source}")]
+    Ioctl {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Features of every device of this network namespace, by ifindex, in one ethtool netlink dump.
@@ -160,6 +166,182 @@ pub async fn dump_netlink() -> Result<HashMap<u32, Features>, FeaturesError> {
     .await;
     task.abort();
     result
+}
+
+/// Features over the ethtool ioctl (`SIOCETHTOOL` with `ETHTOOL_GSSET_INFO`,
+/// `ETHTOOL_GSTRINGS` and `ETHTOOL_GFEATURES`), for kernels without ethtool netlink: before
+/// 5.6, which includes the < 5.7 kernels the VXLAN NAT checksum bug lives on. Same sets, same
+/// meaning: changeable = available and not never-changed.
+pub fn dump_ioctl<'a>(
+    devices: impl IntoIterator<Item = (u32, &'a str)>,
+) -> Result<HashMap<u32, Features>, FeaturesError> {
+    let devices: Vec<(u32, &str)> = devices.into_iter().collect();
+    let Some(&(_, first)) = devices.first() else {
+        return Ok(HashMap::new());
+    };
+    let sock = ioctl::Socket::new().map_err(|source| FeaturesError::Ioctl {
+        what: "socket".into(),
+        source,
+    })?;
+    let names = sock
+        .feature_names(first)
+        .map_err(|source| FeaturesError::Ioctl {
+            what: format!("ETHTOOL_GSTRINGS on {first}"),
+            source,
+        })?;
+    let mut by_index = HashMap::new();
+    for (ifindex, ifname) in devices {
+        let blocks = match sock.features(ifname, names.len()) {
+            Ok(blocks) => blocks,
+            // A device that went away, or a driver without ethtool support: no features.
+            Err(_) => continue,
+        };
+        let mut sets: [BTreeSet<String>; 4] = Default::default();
+        for (bit, name) in names.iter().enumerate() {
+            let Some(block) = blocks.get(bit / 32) else {
+                break;
+            };
+            let mask = 1u32 << (bit % 32);
+            let is = |word: u32| word & mask != 0;
+            if is(block.available) && !is(block.never_changed) {
+                sets[0].insert(name.clone());
+            }
+            if is(block.requested) {
+                sets[1].insert(name.clone());
+            }
+            if is(block.active) {
+                sets[2].insert(name.clone());
+            }
+            if is(block.never_changed) {
+                sets[3].insert(name.clone());
+            }
+        }
+        let [changeable, wanted, active, nochange] = &sets;
+        by_index.insert(
+            ifindex,
+            Features::from_sets(changeable, wanted, active, nochange),
+        );
+    }
+    Ok(by_index)
+}
+
+/// The few `SIOCETHTOOL` calls the fallback needs (`linux/ethtool.h`).
+mod ioctl {
+    use std::{
+        io,
+        os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    };
+
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GSTRINGS: u32 = 0x1b;
+    const ETHTOOL_GSSET_INFO: u32 = 0x37;
+    const ETHTOOL_GFEATURES: u32 = 0x3a;
+    const ETH_SS_FEATURES: u32 = 4;
+    const ETH_GSTRING_LEN: usize = 32;
+
+    /// `struct ethtool_get_features_block`.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default)]
+    pub struct FeaturesBlock {
+        pub available: u32,
+        pub requested: u32,
+        pub active: u32,
+        pub never_changed: u32,
+    }
+
+    /// `struct ifreq` with `ifr_data`.
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut libc::c_void,
+        _pad: [u8; 16],
+    }
+
+    pub struct Socket(OwnedFd);
+
+    impl Socket {
+        /// A datagram socket of the current network namespace, to address its devices.
+        pub fn new() -> io::Result<Socket> {
+            // SAFETY: socket(2) with constant arguments; the result is checked before use.
+            let fd =
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+            Ok(Socket(unsafe { OwnedFd::from_raw_fd(fd) }))
+        }
+
+        /// `SIOCETHTOOL` on `ifname` with the command buffer `data` (which starts with `cmd`).
+        fn call<T>(&self, ifname: &str, data: &mut [T]) -> io::Result<()> {
+            let mut req = IfReq {
+                name: [0; libc::IFNAMSIZ],
+                data: data.as_mut_ptr().cast(),
+                _pad: [0; 16],
+            };
+            let bytes = ifname.as_bytes();
+            if bytes.len() >= libc::IFNAMSIZ {
+                return Err(io::Error::from(io::ErrorKind::InvalidInput));
+            }
+            req.name[..bytes.len()].copy_from_slice(bytes);
+            // SAFETY: SIOCETHTOOL reads the ifreq and the command buffer it points to; every
+            // caller sizes `data` for its command's reply (counts set in the buffer itself), and
+            // both outlive the call.
+            let rc = unsafe { libc::ioctl(self.0.as_raw_fd(), SIOCETHTOOL as _, &mut req) };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        }
+
+        /// The names of the feature bits (`ethtool -k`'s names), in bit order.
+        pub fn feature_names(&self, ifname: &str) -> io::Result<Vec<String>> {
+            // struct ethtool_sset_info: cmd, reserved, sset_mask (u64), data[1].
+            let mut info = [0u32; 5];
+            info[0] = ETHTOOL_GSSET_INFO;
+            let mask = 1u64 << ETH_SS_FEATURES;
+            info[2] = mask as u32;
+            info[3] = (mask >> 32) as u32;
+            self.call(ifname, &mut info)?;
+            let count = info[4] as usize;
+            if count == 0 || count > 4096 {
+                return Err(io::Error::other(format!("{count} feature names")));
+            }
+            // struct ethtool_gstrings: cmd, string_set, len, then len * 32 bytes.
+            let mut strings = vec![0u32; 3 + count * ETH_GSTRING_LEN / 4];
+            strings[0] = ETHTOOL_GSTRINGS;
+            strings[1] = ETH_SS_FEATURES;
+            strings[2] = count as u32;
+            self.call(ifname, &mut strings)?;
+            let bytes: Vec<u8> = strings[3..].iter().flat_map(|w| w.to_ne_bytes()).collect();
+            Ok(bytes
+                .chunks(ETH_GSTRING_LEN)
+                .map(|raw| {
+                    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+                    String::from_utf8_lossy(&raw[..end]).into_owned()
+                })
+                .collect())
+        }
+
+        /// The feature blocks of `ifname` (32 features each).
+        pub fn features(&self, ifname: &str, count: usize) -> io::Result<Vec<FeaturesBlock>> {
+            let blocks = count.div_ceil(32);
+            // struct ethtool_gfeatures: cmd, size, then `size` blocks of four u32.
+            let mut buf = vec![0u32; 2 + blocks * 4];
+            buf[0] = ETHTOOL_GFEATURES;
+            buf[1] = blocks as u32;
+            self.call(ifname, &mut buf)?;
+            Ok(buf[2..]
+                .chunks_exact(4)
+                .map(|b| FeaturesBlock {
+                    available: b[0],
+                    requested: b[1],
+                    active: b[2],
+                    never_changed: b[3],
+                })
+                .collect())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ pub struct Report<'a> {
     pub kernel: &'a str,
     pub devices: Vec<DeviceView<'a>>,
     pub findings: &'a [Finding],
+    /// How offload features were read: `netlink` or `ioctl` (kernels before 5.6).
+    pub features_from: Option<&'a str>,
     /// Why offload features are missing from `devices`, when they are.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub features_error: Option<&'a str>,
@@ -130,6 +132,7 @@ impl<'a> Report<'a> {
             kernel: &facts.kernel.release,
             devices,
             findings,
+            features_from: facts.features_from,
             features_error: facts.features_error.as_deref(),
         }
     }

@@ -727,6 +727,7 @@ mod tests {
                 dev(5, "cali0", DeviceKind::Veth, 1450),
                 tap,
             ],
+            features_from: Some("netlink"),
             features_error: None,
         }
     }
