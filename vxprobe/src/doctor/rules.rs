@@ -100,7 +100,8 @@ pub struct Finding {
     pub evidence: Value,
 }
 
-/// VXLAN's overhead on an IPv4 underlay: outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8.
+/// VXLAN's overhead on an IPv4 underlay, counted against the underlay's MTU: outer IPv4 20 +
+/// UDP 8 + VXLAN 8 + the inner Ethernet header 14.
 pub const VXLAN_OVERHEAD_V4: u32 = 50;
 /// On IPv6: the outer IP header is 40 bytes.
 pub const VXLAN_OVERHEAD_V6: u32 = 70;
@@ -301,7 +302,7 @@ fn tunnel_underlay(facts: &Facts, device: &DeviceFacts, findings: &mut Vec<Findi
                 dev = device.name,
                 under = under.name,
                 need = device.mtu + overhead,
-                probe = (device.mtu + overhead).saturating_sub(28 + 14),
+                probe = (device.mtu + overhead).saturating_sub(if ipv6 { 48 } else { 28 }),
             ),
             evidence: json!({
                 "mtu": device.mtu,
@@ -431,18 +432,20 @@ fn vxlan_tx_checksum(facts: &Facts, device: &DeviceFacts, findings: &mut Vec<Fin
             message: format!(
                 "Linux {} is older than {}.{} and tx checksum offload is on for {}: when NAT \
                  (kube-proxy's MASQUERADE --random-fully) rewrites the outer UDP header of a \
-                 VXLAN packet {}, these kernels leave a wrong checksum, the receiver drops the \
-                 packet, and connections to NodePorts and ClusterIPs hang for about 63 seconds \
-                 (projectcalico/calico#3145)",
+                 VXLAN packet sent without a UDP checksum, these kernels leave a wrong \
+                 checksum, the receiver drops the packet, and connections to NodePorts and \
+                 ClusterIPs hang for about 63 seconds (projectcalico/calico#3145).{}",
                 facts.kernel.release,
                 NAT_CSUM_FIXED_IN.0,
                 NAT_CSUM_FIXED_IN.1,
                 device.name,
-                if zero_csum {
-                    "sent without a UDP checksum (as here)"
-                } else {
-                    "(this device sets a UDP checksum, which narrows the bug to other VXLAN \
-                     senders' packets)"
+                match udp_csum {
+                    Some(false) => " This device sends no outer UDP checksum.",
+                    None => " Whether this device sets an outer UDP checksum is unknown.",
+                    Some(true) => {
+                        " This device sets an outer UDP checksum, which narrows the exposure; \
+                         Calico still turns the offload off on such kernels."
+                    }
                 }
             ),
             fix: format!(
