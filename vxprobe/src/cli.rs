@@ -27,8 +27,10 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
-    #[command(flatten)]
-    pub selection: Selection,
+    /// Device to report on, in vxprobe's network namespace; repeatable, shell globs allowed
+    /// (`cali*`). Default: every device but `lo`. The rules always see every device.
+    #[arg(short = 'i', long = "iface", value_name = "NAME")]
+    pub ifaces: Vec<String>,
     /// Print one JSON document (`{"devices": [...], "findings": [...]}`) instead of a report.
     #[arg(long)]
     pub json: bool,

@@ -126,6 +126,9 @@ pub struct TunnelFacts {
     pub df: Option<String>,
     /// Whether the outer UDP header carries a checksum.
     pub udp_csum: Option<bool>,
+    /// `external` (collect_metadata): a program (OVS, Cilium's eBPF) sets the remote per packet,
+    /// and the device's own MTU does not bound what the pods send.
+    pub external: bool,
 }
 
 impl TunnelFacts {
@@ -357,6 +360,7 @@ fn tunnel_extras(data: &InfoData, tunnel: &mut TunnelFacts) {
             for attr in attrs {
                 match attr {
                     InfoVxlan::UDPCsum(on) => tunnel.udp_csum = Some(*on),
+                    InfoVxlan::CollectMetadata(on) => tunnel.external = *on,
                     InfoVxlan::Df(df) => tunnel.df = Some(format!("{df:?}").to_lowercase()),
                     _ => {}
                 }
@@ -366,6 +370,7 @@ fn tunnel_extras(data: &InfoData, tunnel: &mut TunnelFacts) {
             for attr in attrs {
                 match attr {
                     InfoGeneve::UdpCsum(on) => tunnel.udp_csum = Some(*on),
+                    InfoGeneve::CollectMetadata => tunnel.external = true,
                     InfoGeneve::Df(df) => tunnel.df = Some(format!("{df:?}").to_lowercase()),
                     InfoGeneve::Local(a) => tunnel.local = Some((*a).into()),
                     InfoGeneve::Local6(a) => tunnel.local = Some((*a).into()),

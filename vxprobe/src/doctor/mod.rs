@@ -20,7 +20,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
         facts.kernel = facts::KernelRelease::parse(release);
     }
     let names: Vec<&str> = facts.devices.iter().map(|d| d.name.as_str()).collect();
-    let selected = select(&names, &args.selection.ifaces)?;
+    let selected = select(&names, &args.ifaces)?;
     let findings: Vec<rules::Finding> = rules::diagnose(&facts)
         .into_iter()
         .filter(|f| selected.as_ref().is_none_or(|s| s.contains(&f.ifname)))

@@ -55,6 +55,7 @@ pub struct TunnelView<'a> {
     pub fdb_remotes: &'a [IpAddr],
     pub df: Option<&'a str>,
     pub udp_csum: Option<bool>,
+    pub external: bool,
     /// Encapsulation overhead in bytes (Geneve: without options).
     pub overhead: Option<u32>,
     pub underlay: Option<&'a str>,
@@ -98,6 +99,7 @@ impl<'a> Report<'a> {
                         fdb_remotes: &t.fdb_remotes,
                         df: t.df.as_deref(),
                         udp_csum: t.udp_csum,
+                        external: t.external,
                         overhead: rules::encap_overhead(d),
                         underlay: under.map(|(u, _)| u.name.as_str()),
                         underlay_mtu: under.map(|(u, _)| u.mtu),
@@ -177,6 +179,7 @@ impl<'a> Report<'a> {
                     detail.push(format!("udpcsum {}", if csum { "on" } else { "off" }));
                 }
                 match (t.underlay, t.underlay_mtu, t.overhead) {
+                    _ if t.external => detail.push("external".to_owned()),
                     (Some(u), Some(mtu), Some(o)) => {
                         detail.push(format!("over {u} (mtu {mtu}, -{o})"));
                     }

@@ -121,7 +121,8 @@ const CALICO_VXLAN: &str = "vxlan.calico";
 pub fn diagnose(facts: &Facts) -> Vec<Finding> {
     let mut findings = Vec::new();
     for device in &facts.devices {
-        if device.tunnel.is_some() {
+        // External (collect_metadata) tunnels have no underlay or MTU of their own to judge.
+        if device.tunnel.as_ref().is_some_and(|t| !t.external) {
             tunnel_underlay(facts, device, &mut findings);
         }
         if device.kind == DeviceKind::Vxlan {
@@ -619,7 +620,7 @@ fn pod_mtu(facts: &Facts, findings: &mut Vec<Finding>) {
     let Some(overlay) = facts
         .devices
         .iter()
-        .filter(|d| d.tunnel.is_some())
+        .filter(|d| d.tunnel.as_ref().is_some_and(|t| !t.external))
         .min_by_key(|d| d.mtu)
     else {
         return;
@@ -824,6 +825,19 @@ mod tests {
 
     fn tunnel_mut(facts: &mut Facts) -> &mut TunnelFacts {
         device(facts, "vxlan.calico").tunnel.as_mut().unwrap()
+    }
+
+    #[test]
+    fn external_tunnels_have_no_mtu_of_their_own_to_judge() {
+        // OVS's genev_sys_6081 or cilium_vxlan: MTU 65000/1500, remotes set per packet.
+        let mut facts = node();
+        let mut geneve = dev(9, "genev_sys_6081", DeviceKind::Geneve, 65000);
+        geneve.tunnel = Some(TunnelFacts {
+            external: true,
+            ..Default::default()
+        });
+        facts.devices.push(geneve);
+        assert_eq!(codes(&diagnose(&facts)), []);
     }
 
     #[test]
