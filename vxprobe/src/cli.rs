@@ -21,6 +21,33 @@ pub enum Command {
     Record(RecordArgs),
     /// Which kernel hook each signal uses here (and why the better ones are not used).
     Probes(ProbesArgs),
+    /// Name the misconfiguration behind the numbers: MTUs, checksum/TSO/GSO offloads, kernel.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Device to report on, in vxprobe's network namespace; repeatable, shell globs allowed
+    /// (`cali*`). Default: every device but `lo`. The rules always see every device.
+    #[arg(short = 'i', long = "iface", value_name = "NAME")]
+    pub ifaces: Vec<String>,
+    /// Print one JSON document (`{"devices": [...], "findings": [...]}`) instead of a report.
+    #[arg(long)]
+    pub json: bool,
+    /// Judge the devices as if the kernel were RELEASE (e.g. 4.19.0), to check a node's
+    /// settings against a kernel it will run or used to run.
+    #[arg(long, value_name = "RELEASE", value_parser = parse_kernel_release)]
+    pub assume_kernel: Option<String>,
+}
+
+/// Parses a kernel release for `--assume-kernel`: it must start with MAJOR.MINOR.
+pub fn parse_kernel_release(text: &str) -> Result<String, String> {
+    match crate::doctor::facts::KernelRelease::parse(text).version {
+        Some(_) => Ok(text.trim().to_owned()),
+        None => Err(format!(
+            "'{text}' is not a kernel release like 4.19.0 or 5.10"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]

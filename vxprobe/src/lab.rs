@@ -31,6 +31,11 @@ pub struct LabOptions {
     pub underlay_mtu: u32,
     /// Pods also get fd00::/8 addresses, routed over the same overlay.
     pub ipv6: bool,
+    /// Create `vxlan.calico` with `dev eth0` (default). Without, it has only its `local`
+    /// address, as Calico creates it on real nodes; the kernel then does not cap its MTU at the
+    /// underlay's minus 50, so an oversized overlay MTU can be set. An overlay MTU above the
+    /// underlay's minus 50 implies no lower device.
+    pub vxlan_lower_dev: bool,
 }
 
 impl Default for LabOptions {
@@ -39,6 +44,7 @@ impl Default for LabOptions {
             overlay_mtu: 1450,
             underlay_mtu: 1500,
             ipv6: false,
+            vxlan_lower_dev: true,
         }
     }
 }
@@ -153,8 +159,8 @@ impl Lab {
                 (&node.netns, node.underlay_ip, &node.vtep_mac, node.vtep_ip);
             // The kernel refuses a vxlan MTU above its lower device's minus the overhead, so an
             // oversized overlay (the MTU-mismatch fault) is made without a lower device, as
-            // Calico does when it cannot find one.
-            let lower = if overlay_mtu + VXLAN_OVERHEAD > underlay_mtu {
+            // Calico creates it (local address only).
+            let lower = if !options.vxlan_lower_dev || overlay_mtu + VXLAN_OVERHEAD > underlay_mtu {
                 String::new()
             } else {
                 format!("dev {UNDERLAY_DEV}")

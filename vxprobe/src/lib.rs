@@ -8,6 +8,7 @@
 //! - [`decode`] -> [`packet`] -> [`anomaly`]: ring-buffer records to typed, named events;
 //! - [`output`]: JSON lines;
 //! - [`record`]: the `record` command that ties them together;
+//! - [`doctor`]: the `doctor` command: device facts to named misconfigurations;
 //! - [`lab`]: network-namespace topologies for tests and `demo`.
 
 pub mod anomaly;
@@ -15,6 +16,7 @@ pub mod caps;
 pub mod cli;
 pub mod decode;
 pub mod devices;
+pub mod doctor;
 pub mod error;
 pub mod filter;
 pub mod hopstats;
