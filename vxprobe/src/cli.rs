@@ -98,6 +98,16 @@ pub struct RecordArgs {
     /// Where the JSON lines go; `-` is stdout.
     #[arg(long, short = 'o', value_name = "PATH", default_value = "-")]
     pub output: String,
+    /// Write the packets behind drop/csum_error/oversize/fragment events to this pcapng file.
+    #[arg(long, value_name = "PATH")]
+    pub pcap: Option<PathBuf>,
+    /// Bytes kept of each evidence packet (headers, not payload: at most 128 are captured).
+    #[arg(long, value_name = "BYTES", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=128))]
+    pub snaplen: u32,
+    /// Size of the kernel-to-user event ring buffer: a power of two, 4 KiB to 1 GiB. Events
+    /// that find it full are counted and reported as `lost` lines.
+    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, value_parser = parse_ring_size)]
+    pub ring_size: u32,
     /// How often each hop's counters are written as a `hop` line.
     #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
     pub stats_interval: Duration,
@@ -136,6 +146,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// A ring buffer size the kernel accepts: a power of two and a multiple of the page size.
+pub fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let size: u32 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of bytes"))?;
+    if !size.is_power_of_two() || !(4096..=1 << 30).contains(&size) {
+        return Err(format!(
+            "{size} is not a power of two between 4096 and 1073741824"
+        ));
+    }
+    Ok(size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +174,14 @@ mod tests {
     fn bad_durations_are_refused() {
         for bad in ["", "10", "ten seconds", "0s", "-1s", "5x"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn ring_sizes_are_powers_of_two_in_range() {
+        assert_eq!(parse_ring_size("65536"), Ok(65536));
+        for bad in ["0", "1000", "2048", "3000000", "big"] {
+            assert!(parse_ring_size(bad).is_err(), "{bad}");
         }
     }
 

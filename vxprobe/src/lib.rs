@@ -6,8 +6,10 @@
 //! - [`kbtf`], [`kallsyms`]: names and offsets from the running kernel;
 //! - [`hopstats`]: per-hop counters read from the kernel and turned into interval deltas;
 //! - [`decode`] -> [`packet`] -> [`anomaly`]: ring-buffer records to typed, named events;
-//! - [`output`]: JSON lines;
-//! - [`record`]: the `record` command that ties them together;
+//! - [`output`]: JSON lines; [`pcap`]: pcapng evidence;
+//! - [`session`]: one observation (selected hops, attached programs, maps, ring buffer);
+//! - [`pipeline`]: the loop from kernel to sinks, shared by `record` and `top`;
+//! - [`record`]: the `record` command;
 //! - [`doctor`]: the `doctor` command: device facts to named misconfigurations;
 //! - [`lab`]: network-namespace topologies for tests and `demo`.
 
@@ -26,6 +28,9 @@ pub mod lab;
 pub mod netns;
 pub mod output;
 pub mod packet;
+pub mod pcap;
+pub mod pipeline;
 pub mod probes;
 pub mod probes_cmd;
 pub mod record;
+pub mod session;
