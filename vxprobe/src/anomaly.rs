@@ -107,6 +107,9 @@ pub struct Anomaly {
     /// The packet's first bytes, for the pcapng evidence file.
     #[serde(skip)]
     pub evidence: Option<Evidence>,
+    /// The packet's frame number in the evidence file (`--pcap`), 1-based as Wireshark shows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pcap_frame: Option<u64>,
 }
 
 /// What a packet capture needs of an anomaly's packet.
@@ -151,6 +154,7 @@ impl Anomaly {
             hop_direction: None,
             dropped: false,
             evidence: None,
+            pcap_frame: None,
         }
     }
 }

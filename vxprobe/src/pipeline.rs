@@ -42,14 +42,18 @@ pub struct Summary {
 
 /// Runs until `stop` resolves, then closes a last (partial) interval so nothing counted is
 /// left unreported, and hands every sink the summary.
+/// `number_evidence`: give every anomaly with a packet its frame number in the evidence file
+/// (`pcap_frame`), so a JSON line leads straight to its packet in Wireshark.
 pub async fn run(
     session: &mut Session,
     sinks: &mut [&mut dyn Sink],
     stats_interval: Duration,
+    number_evidence: bool,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let mut summary = Summary::default();
+    let mut frames = number_evidence.then_some(0u64);
     let mut flows_seen = std::collections::HashSet::new();
     for sink in sinks.iter_mut() {
         sink.meta(session.meta())?;
@@ -62,14 +66,14 @@ pub async fn run(
         let stopping = tokio::select! {
             ready = session.events_ready() => {
                 ready?;
-                drain(session, sinks, &mut summary)?;
+                drain(session, sinks, &mut summary, &mut frames)?;
                 continue;
             }
             _ = ticker.tick() => false,
             () = &mut stop => true,
         };
         // Records submitted without a wakeup are picked up here, before the interval closes.
-        drain(session, sinks, &mut summary)?;
+        drain(session, sinks, &mut summary, &mut frames)?;
         let now = Instant::now();
         let report = session.close_interval(now - interval_start)?;
         interval_start = now;
@@ -97,11 +101,18 @@ fn drain(
     session: &mut Session,
     sinks: &mut [&mut dyn Sink],
     summary: &mut Summary,
+    frames: &mut Option<u64>,
 ) -> anyhow::Result<()> {
-    session.drain(|anomaly| {
+    session.drain(|mut anomaly| {
         *summary.events.entry(anomaly.kind.as_str()).or_default() += 1;
+        if let Some(frame) = frames
+            && anomaly.evidence.is_some()
+        {
+            *frame += 1;
+            anomaly.pcap_frame = Some(*frame);
+        }
         for sink in sinks.iter_mut() {
-            sink.anomaly(anomaly)?;
+            sink.anomaly(&anomaly)?;
         }
         Ok(())
     })

@@ -43,7 +43,15 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         sinks.push(evidence);
     }
     sinks.push(&mut json);
-    pipeline::run(&mut session, &mut sinks, args.stats_interval, stop).await?;
+    let numbered = args.pcap.is_some();
+    pipeline::run(
+        &mut session,
+        &mut sinks,
+        args.stats_interval,
+        numbered,
+        stop,
+    )
+    .await?;
     session.stop();
     Ok(())
 }

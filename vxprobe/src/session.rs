@@ -64,14 +64,18 @@ pub struct HopReport {
 }
 
 impl HopReport {
-    /// drops / (packets seen + drops), in percent: a packet dropped at a hop may or may not
-    /// have been counted by the hop's TC program, depending on where in the device it died.
+    /// The share of the hop's packets that died there, in percent. At ingress the TC program
+    /// counts a packet before the stack can drop it, so drops are part of `packets`; at egress
+    /// the stack drops before TC sees the packet, so they come on top.
     pub fn loss_pct(&self) -> f64 {
-        let total = self.counters.packets + self.drops;
+        let (lost, total) = match self.dir {
+            Direction::Ingress => (self.drops.min(self.counters.packets), self.counters.packets),
+            Direction::Egress => (self.drops, self.counters.packets + self.drops),
+        };
         if total == 0 {
             0.0
         } else {
-            (self.drops as f64 * 100.0 / total as f64 * 100.0).round() / 100.0
+            (lost as f64 * 100.0 / total as f64 * 100.0).round() / 100.0
         }
     }
 }
@@ -241,7 +245,7 @@ impl Session {
     /// flow filter to `out`, and charges drops to their hops.
     pub fn drain(
         &mut self,
-        mut out: impl FnMut(&Anomaly) -> anyhow::Result<()>,
+        mut out: impl FnMut(Anomaly) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let ring = self.ring.get_mut();
         while let Some(record) = ring.next() {
@@ -260,7 +264,7 @@ impl Session {
                 continue;
             }
             charge_hop(&mut self.hop_drops, &self.hops, self.netns, &anomaly);
-            out(&anomaly)?;
+            out(anomaly)?;
         }
         Ok(())
     }

@@ -4,20 +4,7 @@ mod common;
 
 use common::{Recorder, is_root, must};
 use serde_json::Value;
-use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV};
-
-fn snmp(netns: &str, group: &str, field: &str) -> u64 {
-    let file = if group == "TcpExt" {
-        "/proc/net/netstat"
-    } else {
-        "/proc/net/snmp"
-    };
-    let text = must(netns, "cat", &[file]);
-    let mut lines = text.lines().filter(|l| l.starts_with(&format!("{group}:")));
-    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
-    let i = names.split_whitespace().position(|n| n == field).unwrap();
-    values.split_whitespace().nth(i).unwrap().parse().unwrap()
-}
+use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV, faults};
 
 /// The Suricata-into-tap case of incident #4: frames larger than the tap's MTU, written with
 /// AF_PACKET while TSO/GSO are off, fail with EMSGSIZE. Half the sends name the device in
@@ -36,24 +23,7 @@ fn oversized_af_packet_sends_into_a_tap_are_oversize_events() {
     );
     let rec = Recorder::start(node, &["--stats-interval", "200ms", "-i", TAP_DEV]);
     const N: u32 = 9;
-    let script = format!(
-        "import socket\n\
-         frame=b'\\x02'*6+b'\\x04'*6+b'\\x08\\x00'+b'\\x45'+b'\\x00'*1985\n\
-         a=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n\
-         b=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n\
-         b.bind(('{TAP_DEV}',0))\n\
-         failed=0\n\
-         for i in range({N}):\n\
-         \x20 try:\n\
-         \x20\x20 a.sendto(frame,('{TAP_DEV}',0)) if i%2==0 else b.send(frame)\n\
-         \x20 except OSError as e:\n\
-         \x20\x20 failed+= e.errno==90\n\
-         print(failed)\n"
-    );
-    let failed: u32 = must(node, "python3", &["-c", &script])
-        .trim()
-        .parse()
-        .unwrap();
+    let failed = faults::packet_sends(node, TAP_DEV, 2000, N).unwrap();
     assert_eq!(failed, N, "every send failed with EMSGSIZE");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let lines = rec.stop();
@@ -67,7 +37,11 @@ fn oversized_af_packet_sends_into_a_tap_are_oversize_events() {
         assert_eq!(e["ifname"], TAP_DEV, "{e}");
         assert_eq!(e["mtu"], 1500);
         assert_eq!(e["len"], 2000);
-        assert_eq!(e["process"]["comm"], "python3");
+        assert_eq!(
+            e["process"]["pid"],
+            std::process::id(),
+            "the sender is this test"
+        );
         assert!(e["func"] == "sendto", "{e}");
     }
     // Charged to the tap's egress.
@@ -103,8 +77,8 @@ fn retransmits_match_the_senders_retrans_segs() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let before = snmp(&n1.pod.netns, "Tcp", "RetransSegs");
-    let probes_before = snmp(&n1.pod.netns, "TcpExt", "TCPLossProbes");
+    let before = faults::snmp(&n1.pod.netns, "Tcp", "RetransSegs").unwrap();
+    let probes_before = faults::snmp(&n1.pod.netns, "TcpExt", "TCPLossProbes").unwrap();
     let rec = Recorder::start(
         &n1.netns,
         &["--stats-interval", "500ms", "-i", POD_HOST_DEV],
@@ -126,7 +100,7 @@ fn retransmits_match_the_senders_retrans_segs() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     let lines = rec.stop();
     let _ = server.wait();
-    let after = snmp(&n1.pod.netns, "Tcp", "RetransSegs");
+    let after = faults::snmp(&n1.pod.netns, "Tcp", "RetransSegs").unwrap();
     let retrans_segs = after - before;
     assert!(
         retrans_segs > 5,
@@ -150,7 +124,7 @@ fn retransmits_match_the_senders_retrans_segs() {
         segments,
         retrans_segs,
         "retransmit events vs TcpRetransSegs (loss probes {})",
-        snmp(&n1.pod.netns, "TcpExt", "TCPLossProbes") - probes_before
+        faults::snmp(&n1.pod.netns, "TcpExt", "TCPLossProbes").unwrap() - probes_before
     );
     assert_eq!(events[0]["flow"]["proto"], "tcp");
     assert_eq!(events[0]["flow"]["dst"], n2.pod.ip.to_string());

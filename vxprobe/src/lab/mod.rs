@@ -8,6 +8,8 @@
 //! deleted when the [`Lab`] is dropped, also while a test panics. Addresses come only from
 //! 198.18.0.0/15 and nothing is routed out of the namespaces.
 
+pub mod faults;
+
 use std::{
     io,
     net::{Ipv4Addr, Ipv6Addr},
