@@ -8,6 +8,7 @@
 //! - [`decode`] -> [`packet`] -> [`anomaly`]: ring-buffer records to typed, named events;
 //! - [`output`]: JSON lines;
 //! - [`record`]: the `record` command that ties them together;
+//! - [`tui`]: the `top` terminal UI, fed typed messages;
 //! - [`lab`]: network-namespace topologies for tests and `demo`.
 
 pub mod anomaly;
@@ -25,3 +26,4 @@ pub mod packet;
 pub mod probes;
 pub mod probes_cmd;
 pub mod record;
+pub mod tui;

@@ -1,0 +1,253 @@
+//! What the UI is fed: owned, typed messages. Nothing here refers into the pipeline, the kernel
+//! maps or eBPF; the pipeline builds these values and sends them over a channel.
+
+use std::time::{Duration, SystemTime};
+
+use crossterm::event::KeyEvent;
+pub use vxprobe_common::Direction;
+
+use crate::anomaly::Anomaly;
+pub use crate::{
+    anomaly::AnomalyKind,
+    devices::Role,
+    packet::{Flow, Outer},
+};
+
+/// A hop: one device in one direction.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HopId {
+    pub ifindex: u32,
+    pub dir: Direction,
+}
+
+/// Offload features of a device, as `ethtool -k` shows them.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Offload {
+    /// `tx-checksumming` (any of `tx-checksum-ip-generic`, `-ipv4`, `-ipv6`).
+    pub tx_csum: bool,
+    /// `tcp-segmentation-offload`.
+    pub tso: bool,
+    /// `generic-segmentation-offload`.
+    pub gso: bool,
+}
+
+/// What one hop saw during one interval. The pipeline sends one per selected hop and interval,
+/// zero counts included. Counts are for the interval, not totals. Fields the pipeline cannot
+/// measure yet stay 0 or `None`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HopSample {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub dir: Direction,
+    pub role: Role,
+    pub mtu: u32,
+    /// `None`: not known (not read yet, or the device does not say).
+    pub offload: Option<Offload>,
+    /// Packets (skbs: a GSO super-packet counts once) and their bytes seen at the hop.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets freed at this hop, every kind included: `csum_errors` and `oversize` are parts
+    /// of `drops`, not additions to it.
+    pub drops: u64,
+    pub csum_errors: u64,
+    pub oversize: u64,
+    /// IP fragments seen (not a loss).
+    pub fragments: u64,
+    /// TCP retransmissions seen (not a loss at this hop, a symptom of one somewhere).
+    pub retransmits: u64,
+    /// Packets that were GSO super-packets (`gso_size` set).
+    pub gso_packets: u64,
+    /// Mean packet length at the hop, when the pipeline measures it; `None` makes the UI use
+    /// `bytes / packets`, the same figure at a TC hook (one skb, one packet).
+    pub mean_segment: Option<u32>,
+    /// How long this interval was.
+    pub interval: Duration,
+}
+
+impl HopSample {
+    /// A hop with every count zero.
+    pub fn new(
+        ifname: impl Into<String>,
+        ifindex: u32,
+        dir: Direction,
+        role: Role,
+        mtu: u32,
+        interval: Duration,
+    ) -> Self {
+        Self {
+            ifname: ifname.into(),
+            ifindex,
+            dir,
+            role,
+            mtu,
+            offload: None,
+            packets: 0,
+            bytes: 0,
+            drops: 0,
+            csum_errors: 0,
+            oversize: 0,
+            fragments: 0,
+            retransmits: 0,
+            gso_packets: 0,
+            mean_segment: None,
+            interval,
+        }
+    }
+
+    pub fn id(&self) -> HopId {
+        HopId {
+            ifindex: self.ifindex,
+            dir: self.dir,
+        }
+    }
+}
+
+/// The counts one flow has at one hop.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HopCounts {
+    pub packets: u64,
+    pub bytes: u64,
+    pub drops: u64,
+    pub csum_errors: u64,
+    pub oversize: u64,
+    pub fragments: u64,
+    pub retransmits: u64,
+}
+
+impl HopCounts {
+    pub fn add(&mut self, other: &HopCounts) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.drops += other.drops;
+        self.csum_errors += other.csum_errors;
+        self.oversize += other.oversize;
+        self.fragments += other.fragments;
+        self.retransmits += other.retransmits;
+    }
+
+    /// Retransmits, checksum errors, oversize drops, fragments and drops: what makes a flow
+    /// worth looking at.
+    pub fn trouble(&self) -> u64 {
+        self.drops + self.retransmits + self.fragments
+    }
+}
+
+/// One flow at one hop during an interval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowHop {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub dir: Direction,
+    pub counts: HopCounts,
+}
+
+impl FlowHop {
+    pub fn id(&self) -> HopId {
+        HopId {
+            ifindex: self.ifindex,
+            dir: self.dir,
+        }
+    }
+}
+
+/// What one flow did during one interval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowSample {
+    /// The inner flow of a tunnel packet, as [`crate::packet::parse_ip`] reports it.
+    pub flow: Flow,
+    pub outer: Option<Outer>,
+    /// The hops the flow crossed, in the order its packets crossed them.
+    pub hops: Vec<FlowHop>,
+    /// The flow's totals: `packets` and `bytes` as sent (counted once, at its first hop, not
+    /// summed over hops); `drops` and the rest summed over every hop.
+    pub total: HopCounts,
+}
+
+/// What the events panel can show: the pipeline's anomaly kinds, and the kinds the contract
+/// adds that the pipeline does not report yet.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKindView {
+    Drop,
+    CsumError,
+    Oversize,
+    Fragment,
+    Retransmit,
+}
+
+impl EventKindView {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventKindView::Drop => "drop",
+            EventKindView::CsumError => "csum_error",
+            EventKindView::Oversize => "oversize",
+            EventKindView::Fragment => "fragment",
+            EventKindView::Retransmit => "retransmit",
+        }
+    }
+}
+
+impl From<AnomalyKind> for EventKindView {
+    fn from(kind: AnomalyKind) -> Self {
+        match kind {
+            AnomalyKind::Drop => EventKindView::Drop,
+            AnomalyKind::CsumError => EventKindView::CsumError,
+            AnomalyKind::Oversize => EventKindView::Oversize,
+        }
+    }
+}
+
+/// One anomaly for the events panel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnomalySample {
+    pub ts: SystemTime,
+    pub kind: EventKindView,
+    /// `None` for faults seen at the socket layer, with no device.
+    pub ifname: Option<String>,
+    pub dir: Option<Direction>,
+    /// The kernel's drop reason, e.g. `TCP_CSUM`.
+    pub reason: String,
+    /// The kernel function that freed the packet.
+    pub location: String,
+    pub len: u32,
+    pub flow: Option<Flow>,
+}
+
+impl AnomalySample {
+    /// The pipeline's anomaly, as seen at `ts`.
+    pub fn from_anomaly(anomaly: &Anomaly, ts: SystemTime) -> Self {
+        Self {
+            ts,
+            kind: anomaly.kind.into(),
+            ifname: anomaly.ifname.clone(),
+            dir: anomaly.hop_direction,
+            reason: anomaly.reason.clone(),
+            location: anomaly.location.clone(),
+            len: anomaly.len,
+            flow: anomaly.flow.clone(),
+        }
+    }
+}
+
+/// Everything the UI reacts to: data from the pipeline and input from the terminal.
+#[derive(Clone, Debug)]
+pub enum AppEvent {
+    /// One interval of every hop and of the flows seen in it; `lost`: events the kernel could
+    /// not hand over (full ring buffer) during the interval.
+    Interval {
+        hops: Vec<HopSample>,
+        flows: Vec<FlowSample>,
+        lost: u64,
+    },
+    Anomaly(AnomalySample),
+    Key(KeyEvent),
+    Resize,
+    /// What the pipeline observes with: hooks in use (e.g. `tc:tcx`, `tp_btf:kfree_skb`), and
+    /// the interval length.
+    Status {
+        hooks: Vec<String>,
+        interval: Duration,
+    },
+    /// The pipeline stopped sending (recording ended or failed); the screen stays for reading.
+    FeedEnded,
+    Quit,
+}
