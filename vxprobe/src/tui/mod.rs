@@ -1,7 +1,7 @@
 //! `top`: a live terminal view of the hops, the worst flows and the latest anomalies.
 //!
 //! The UI knows nothing about eBPF: the pipeline sends [`AppEvent`]s (owned data, see
-//! [`model`]) over a tokio channel. State and its changes
+//! [`model`]) over a tokio channel to [`run`], which owns the terminal. State and its changes
 //! live in [`App`] ([`App::handle_event`]); drawing is `impl Widget for &App` in [`render`],
 //! which reads the state and nothing else, so every screen can be tested on ratatui's
 //! `TestBackend` by feeding events.
@@ -11,6 +11,7 @@ pub mod demo;
 pub mod filter;
 pub mod model;
 pub mod render;
+pub mod terminal;
 
 #[cfg(test)]
 mod tests;
@@ -22,3 +23,4 @@ pub use model::{
     Offload,
 };
 pub use render::render_once;
+pub use terminal::run;
