@@ -540,15 +540,33 @@ fn render_hops(app: &App, area: Rect, buf: &mut Buffer) {
         .map_or_else(String::new, |d| format!(" · last {}", seconds(d)));
     let hops: Vec<&HopSample> = app.visible_hops().collect();
     let range = page(app.hop_sel, hops.len(), data_rows(area));
-    let title = Line::from(vec![
+    let mut title = vec![
         Span::styled(" Hops", HEADER),
         Span::raw(if range.len() < hops.len() {
             format!("{interval} · {} ", rows_note(&range, hops.len()))
         } else {
             format!("{interval} ")
         }),
-    ]);
-    let block = panel_block(app, Panel::Hops, title);
+    ];
+    // The hop losing most must stand out even when it is not on the page shown.
+    if let Some(worst) = hops[range.clone()]
+        .iter()
+        .all(|h| Some(h.id()) != app.worst_hop)
+        .then(|| hops.iter().find(|h| Some(h.id()) == app.worst_hop))
+        .flatten()
+    {
+        let loss = app::loss_pct(worst.packets, worst.drops);
+        title.push(Span::styled(
+            format!(
+                "▶ {} {} {} (j/k) ",
+                worst.ifname,
+                dir_name(worst.dir),
+                pct(loss)
+            ),
+            WORST,
+        ));
+    }
+    let block = panel_block(app, Panel::Hops, Line::from(title));
     if hops.is_empty() {
         let text = if app.hops.is_empty() {
             "waiting for the first interval…"

@@ -205,6 +205,18 @@ fn the_hop_losing_most_is_marked_in_bold_red() {
 }
 
 #[test]
+fn the_hop_losing_most_shows_in_the_title_when_off_the_page() {
+    let mut app = demo_app();
+    // Worst is eth0 ingress, the 5th hop; at this height the table shows 2 rows a page.
+    let rows = lines(&buffer(&app, 80, 12));
+    assert!(rows[0].contains("▶ eth0 ingress"), "{}", rows[0]);
+    feed(&mut app, [ch('j'), ch('j'), ch('j'), ch('j')]);
+    let rows = lines(&buffer(&app, 80, 12));
+    assert!(!rows[0].contains('▶'), "on the page: marked in its row");
+    assert_eq!(rows.iter().filter(|r| r.contains("▶ eth0")).count(), 1);
+}
+
+#[test]
 fn the_offload_signature_is_hinted_and_highlighted() {
     let app = demo_app();
     let hint = app.offload_hint.as_ref().expect("a hint");
