@@ -175,6 +175,7 @@ pub enum PathVerdict {
 /// MTU-sized segments while a pod veth carries GSO super-packets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OffloadHint {
+    /// The hop sending MTU-sized packets: the tunnel device, or its underlay.
     pub overlay: HopId,
     pub pod: HopId,
     pub text: String,
@@ -611,26 +612,39 @@ impl App {
 
 /// Finds a tunnel device transmitting MTU-sized packets while a pod veth carries GSO
 /// super-packets (see [`OffloadHint`]).
+///
+/// At a TC egress hook a packet is seen before the device's own software segmentation, so
+/// with TSO off on the tunnel the small packets may show only on the tunnel's underlay: a
+/// small underlay egress counts too, charged to the tunnel device.
 fn offload_hint(hops: &[HopSample]) -> Option<OffloadHint> {
-    let pod = hops
+    let (pod, pod_mean) = hops
         .iter()
         .filter(|h| h.role == Role::Pod && h.packets >= MIN_PACKETS_FOR_SIZE)
         .filter_map(|h| mean_segment(h).map(|m| (h, m)))
         .filter(|(_, mean)| *mean >= GSO_MEAN)
         .max_by_key(|(h, _)| h.bytes)?;
-    let overlay = hops
-        .iter()
-        .filter(|h| {
-            h.role == Role::Overlay
-                && h.dir == super::model::Direction::Egress
-                && h.packets >= MIN_PACKETS_FOR_SIZE
-        })
-        .filter_map(|h| mean_segment(h).map(|m| (h, m)))
-        .filter(|(h, mean)| *mean <= h.mtu.saturating_add(64))
-        .max_by_key(|(h, _)| h.bytes)?;
-    let (pod, pod_mean) = pod;
-    let (overlay, overlay_mean) = overlay;
-    let off: Vec<&str> = match overlay.offload {
+    let small_egress = |role: Role| {
+        hops.iter()
+            .filter(|h| {
+                h.role == role
+                    && h.dir == super::model::Direction::Egress
+                    && h.packets >= MIN_PACKETS_FOR_SIZE
+            })
+            .filter_map(|h| mean_segment(h).map(|m| (h, m)))
+            .filter(|(h, mean)| *mean <= h.mtu.saturating_add(64))
+            .max_by_key(|(h, _)| h.bytes)
+    };
+    let (small, small_mean) =
+        small_egress(Role::Overlay).or_else(|| small_egress(Role::Underlay))?;
+    // The tunnel device: the small hop itself, or the busiest overlay egress above it.
+    let tunnel = if small.role == Role::Overlay {
+        Some(small)
+    } else {
+        hops.iter()
+            .filter(|h| h.role == Role::Overlay && h.dir == super::model::Direction::Egress)
+            .max_by_key(|h| h.bytes)
+    };
+    let off: Vec<&str> = match tunnel.and_then(|t| t.offload) {
         Some(o) => [
             (!o.tx_csum, "TX checksum"),
             (!o.tso, "TSO"),
@@ -641,22 +655,21 @@ fn offload_hint(hops: &[HopSample]) -> Option<OffloadHint> {
         .collect(),
         None => Vec::new(),
     };
-    let cause = if off.is_empty() {
-        "segmentation offload looks off".to_owned()
-    } else {
-        format!("{} off", off.join(" and "))
+    let cause = match (tunnel, off.is_empty()) {
+        (Some(t), false) => format!("{} off on {}", off.join(" and "), t.ifname),
+        (Some(t), true) => format!("segmentation offload looks off on {}", t.ifname),
+        (None, _) => format!("segmented in software before {}", small.ifname),
     };
     Some(OffloadHint {
-        overlay: overlay.id(),
+        overlay: small.id(),
         pod: pod.id(),
         text: format!(
-            "{} {}: {overlay_mean} B packets, {} {}: {} GSO packets → {cause} on {}",
-            overlay.ifname,
-            overlay.dir.as_str(),
+            "{} {}: {small_mean} B packets, {} {}: {} GSO packets → {cause}",
+            small.ifname,
+            small.dir.as_str(),
             pod.ifname,
             pod.dir.as_str(),
             super::render::human_bytes(u64::from(pod_mean)),
-            overlay.ifname,
         ),
     })
 }

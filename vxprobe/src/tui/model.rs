@@ -125,8 +125,8 @@ impl HopCounts {
         self.retransmits += other.retransmits;
     }
 
-    /// Retransmits, checksum errors, oversize drops, fragments and drops: what makes a flow
-    /// worth looking at.
+    /// Drops (checksum errors and oversize included), retransmits and fragments: what makes a
+    /// flow worth looking at.
     pub fn trouble(&self) -> u64 {
         self.drops + self.retransmits + self.fragments
     }

@@ -271,6 +271,33 @@ fn the_offload_signature_is_hinted_and_highlighted() {
 }
 
 #[test]
+fn the_signature_may_show_only_on_the_underlay() {
+    // The tunnel's TC egress still sees the GSO packet (segmentation comes after the hook);
+    // its underlay sees the segments.
+    let mut app = App::new();
+    let mut events = demo_interval(0);
+    if let AppEvent::Interval { hops, .. } = &mut events[0] {
+        for hop in hops
+            .iter_mut()
+            .filter(|h| h.ifname == "vxlan.calico" && h.dir == Direction::Egress)
+        {
+            hop.mean_segment = Some(60_000);
+        }
+    }
+    feed(&mut app, events);
+    let hint = app.offload_hint.as_ref().expect("a hint");
+    assert_eq!(hint.overlay.ifindex, 2, "eth0");
+    assert!(
+        hint.text.starts_with("eth0 egress: 1446 B packets")
+            && hint
+                .text
+                .ends_with("TX checksum and TSO off on vxlan.calico"),
+        "{}",
+        hint.text
+    );
+}
+
+#[test]
 fn no_hint_without_gso_on_the_pod_side() {
     let mut app = App::new();
     let mut events = demo_interval(0);
