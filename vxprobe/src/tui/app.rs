@@ -34,7 +34,7 @@ pub const MAX_HELD: usize = 1_000;
 /// drops / (packets seen + drops), in percent, as `record` computes it: a packet dropped at a
 /// hop may or may not have been counted by the hop's TC program.
 pub fn loss_pct(packets: u64, drops: u64) -> f64 {
-    let total = packets + drops;
+    let total = packets.saturating_add(drops);
     if total == 0 {
         0.0
     } else {
@@ -381,7 +381,7 @@ impl App {
 
     fn apply_interval(&mut self, hops: Vec<HopSample>, flows: Vec<FlowSample>, lost: u64) {
         self.intervals_seen += 1;
-        self.lost_events += lost;
+        self.lost_events = self.lost_events.saturating_add(lost);
         if self.interval.is_none() {
             self.interval = hops.first().map(|h| h.interval);
         }
@@ -389,7 +389,7 @@ impl App {
             self.loss_history.pop_front();
         }
         self.loss_history
-            .push_back(hops.iter().map(|h| h.drops).sum());
+            .push_back(hops.iter().fold(0, |sum, h| sum.saturating_add(h.drops)));
         self.worst_hop = hops
             .iter()
             .filter(|h| h.drops > 0)
@@ -600,7 +600,7 @@ impl App {
         entry
             .hops
             .windows(2)
-            .position(|w| w[1].counts.bytes < w[0].counts.bytes * 4 / 5)
+            .position(|w| u128::from(w[1].counts.bytes) * 5 < u128::from(w[0].counts.bytes) * 4)
             .map_or(PathVerdict::Clean, |at| PathVerdict::VanishesBefore(at + 1))
     }
 

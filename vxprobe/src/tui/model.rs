@@ -115,20 +115,24 @@ pub struct HopCounts {
 }
 
 impl HopCounts {
+    /// Adds `other` (saturating: a bogus count from the feed must not bring the UI down).
     pub fn add(&mut self, other: &HopCounts) {
-        self.packets += other.packets;
-        self.bytes += other.bytes;
-        self.drops += other.drops;
-        self.csum_errors += other.csum_errors;
-        self.oversize += other.oversize;
-        self.fragments += other.fragments;
-        self.retransmits += other.retransmits;
+        let add = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+        add(&mut self.packets, other.packets);
+        add(&mut self.bytes, other.bytes);
+        add(&mut self.drops, other.drops);
+        add(&mut self.csum_errors, other.csum_errors);
+        add(&mut self.oversize, other.oversize);
+        add(&mut self.fragments, other.fragments);
+        add(&mut self.retransmits, other.retransmits);
     }
 
     /// Drops (checksum errors and oversize included), retransmits and fragments: what makes a
     /// flow worth looking at.
     pub fn trouble(&self) -> u64 {
-        self.drops + self.retransmits + self.fragments
+        self.drops
+            .saturating_add(self.retransmits)
+            .saturating_add(self.fragments)
     }
 }
 

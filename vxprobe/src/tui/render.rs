@@ -24,7 +24,7 @@ use ratatui::{
 
 use super::{
     app::{self, App, FlowEntry, Panel, PathVerdict, SortKey},
-    model::{AnomalySample, Direction, EventKindView, Flow, HopCounts, HopSample},
+    model::{AnomalySample, EventKindView, Flow, HopCounts, HopSample},
 };
 
 /// Below this the panels do not fit: a summary is shown instead.
@@ -76,8 +76,11 @@ pub fn render_once(app: &App, width: u16, height: u16) -> Duration {
 }
 
 fn render_panels(app: &App, area: Rect, buf: &mut Buffer) {
-    let hop_rows = app.visible_hops().count() as u16;
-    let hops_height = (hop_rows.max(1) + 3).min((area.height * 2 / 5).max(5));
+    let hop_rows = u16::try_from(app.visible_hops().count()).unwrap_or(u16::MAX);
+    let hops_height = hop_rows
+        .max(1)
+        .saturating_add(3)
+        .min((area.height / 5 * 2).max(5));
     let hint_height = u16::from(app.offload_hint.is_some() && area.height >= 16);
     let history_height = if area.height >= 24 { 2 } else { 0 };
     let [hops_area, hint_area, rest, history_area, status_area] = Layout::vertical([
@@ -105,7 +108,7 @@ fn render_panels(app: &App, area: Rect, buf: &mut Buffer) {
     } else {
         // The flows take what their rows need, up to 3/5 of the space; the events the rest.
         let wanted = u16::try_from(app.flow_view.len().max(1) + 3).unwrap_or(u16::MAX);
-        let flows = wanted.min((rest.height * 3 / 5).max(4));
+        let flows = wanted.min((rest.height / 5 * 3).max(4));
         let [f, e] = Layout::vertical([Constraint::Length(flows), Constraint::Fill(1)]).areas(rest);
         (f, e)
     };
@@ -217,10 +220,6 @@ fn fault_cell(n: u64, color: Color) -> Txt {
     } else {
         styled(human_count(n), Style::new().fg(color))
     }
-}
-
-fn dir_name(dir: Direction) -> &'static str {
-    dir.as_str()
 }
 
 pub fn flow_label(flow: &Flow) -> String {
@@ -511,7 +510,7 @@ fn hop_cells(app: &App, hop: &HopSample) -> Vec<Txt> {
     vec![
         styled(if worst { "▶" } else { " " }, WORST),
         txt(hop.ifname.clone()),
-        txt(dir_name(hop.dir)),
+        txt(hop.dir.as_str()),
         txt(hop.role.as_str()),
         txt(human_rate(per_sec(hop.packets))),
         txt(human_byte_rate(per_sec(hop.bytes))),
@@ -560,7 +559,7 @@ fn render_hops(app: &App, area: Rect, buf: &mut Buffer) {
             format!(
                 "▶ {} {} {} (j/k) ",
                 worst.ifname,
-                dir_name(worst.dir),
+                worst.dir.as_str(),
                 pct(loss)
             ),
             WORST,
@@ -745,7 +744,7 @@ fn kind_style(kind: EventKindView) -> Style {
 
 fn event_cells(e: &AnomalySample) -> Vec<Txt> {
     let device = match (&e.ifname, e.dir) {
-        (Some(name), Some(dir)) => format!("{name} {}", dir_name(dir)),
+        (Some(name), Some(dir)) => format!("{name} {}", dir.as_str()),
         (Some(name), None) => name.clone(),
         (None, _) => "(socket)".into(),
     };
@@ -820,7 +819,7 @@ fn render_history(app: &App, area: Rect, buf: &mut Buffer) {
     let peak = history.iter().copied().max().unwrap_or(0);
     let span = app
         .interval
-        .map(|d| d * u32::try_from(history.len()).unwrap_or(u32::MAX));
+        .and_then(|d| d.checked_mul(u32::try_from(history.len()).unwrap_or(u32::MAX)));
     let title = Line::from(vec![
         Span::styled(" Drops per interval", HEADER),
         Span::raw(" · now "),
@@ -1027,7 +1026,7 @@ fn render_path(app: &App, area: Rect, buf: &mut Buffer) {
         let cells = [
             txt(format!("{}", at + 1)),
             txt(hop.ifname.clone()),
-            txt(dir_name(hop.dir)),
+            txt(hop.dir.as_str()),
             txt(role),
             txt(human_count(c.packets)),
             txt(human_bytes(c.bytes)),
@@ -1072,7 +1071,7 @@ fn render_path(app: &App, area: Rect, buf: &mut Buffer) {
             };
             Line::from(vec![
                 Span::styled("✗ loses packets at ", WORST),
-                Span::styled(format!("{} {}", hop.ifname, dir_name(hop.dir)), WORST),
+                Span::styled(format!("{} {}", hop.ifname, hop.dir.as_str()), WORST),
                 Span::raw(format!(
                     ": {} dropped{kinds}, {} of what reached it",
                     human_count(c.drops),
@@ -1088,9 +1087,9 @@ fn render_path(app: &App, area: Rect, buf: &mut Buffer) {
                     format!(
                         "{} {} and {} {}",
                         before.ifname,
-                        dir_name(before.dir),
+                        before.dir.as_str(),
                         hop.ifname,
-                        dir_name(hop.dir)
+                        hop.dir.as_str()
                     ),
                     WORST,
                 ),
@@ -1171,7 +1170,7 @@ fn render_summary(app: &App, area: Rect, buf: &mut Buffer) {
             let loss = app::loss_pct(hop.packets, hop.drops);
             lines.push(Line::from(vec![
                 Span::styled("▶ ", WORST),
-                Span::styled(format!("{} {}", hop.ifname, dir_name(hop.dir)), WORST),
+                Span::styled(format!("{} {}", hop.ifname, hop.dir.as_str()), WORST),
                 Span::raw(" "),
                 Span::styled(pct(loss), loss_style(loss)),
             ]));

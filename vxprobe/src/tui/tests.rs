@@ -202,6 +202,41 @@ fn any_size_renders() {
     }
 }
 
+#[test]
+fn absurd_counts_do_not_panic() {
+    let mut app = App::new();
+    for _ in 0..2 {
+        let mut events = demo_interval(0);
+        if let AppEvent::Interval { hops, flows, lost } = &mut events[0] {
+            *lost = u64::MAX;
+            for hop in hops.iter_mut() {
+                (hop.packets, hop.bytes, hop.drops) = (u64::MAX, u64::MAX, u64::MAX);
+                hop.interval = std::time::Duration::ZERO;
+                hop.mtu = u32::MAX;
+            }
+            for flow in flows.iter_mut() {
+                flow.total.packets = u64::MAX;
+                flow.total.drops = u64::MAX;
+                for hop in &mut flow.hops {
+                    hop.counts.bytes = u64::MAX;
+                }
+            }
+        }
+        feed(&mut app, events);
+    }
+    feed(
+        &mut app,
+        [AppEvent::Status {
+            hooks: vec!["x".repeat(500)],
+            interval: std::time::Duration::MAX,
+        }],
+    );
+    feed(&mut app, [press(KeyCode::Tab), press(KeyCode::Enter)]);
+    for (w, h) in [(140, 40), (60, 20), (20, 5)] {
+        draw(&app, w, h);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // What stands out.
 
