@@ -186,11 +186,23 @@ const GSO_MEAN: u32 = 16 * 1024;
 /// Samples with fewer packets are too few to judge sizes by.
 const MIN_PACKETS_FOR_SIZE: u64 = 10;
 
-/// The mean packet length of a hop sample (see [`HopSample::mean_segment`]).
+/// Bytes per segment at a hop (see [`HopSample::mean_segment`]).
 pub fn mean_segment(hop: &HopSample) -> Option<u32> {
     hop.mean_segment.or_else(|| {
-        (hop.packets > 0).then(|| u32::try_from(hop.bytes / hop.packets).unwrap_or(u32::MAX))
+        let per = if hop.segs > 0 { hop.segs } else { hop.packets };
+        hop.bytes
+            .checked_div(per)
+            .map(|m| u32::try_from(m).unwrap_or(u32::MAX))
     })
+}
+
+/// The packet size the offload signature is judged by: the interval's largest packet when the
+/// pipeline measures it, else the mean segment.
+fn size_signal(hop: &HopSample) -> Option<(u32, &'static str)> {
+    match hop.max_len {
+        Some(max) => Some((max, "largest")),
+        None => mean_segment(hop).map(|m| (m, "mean")),
+    }
 }
 
 #[derive(Debug)]
@@ -603,11 +615,6 @@ impl App {
             .position(|w| u128::from(w[1].counts.bytes) * 5 < u128::from(w[0].counts.bytes) * 4)
             .map_or(PathVerdict::Clean, |at| PathVerdict::VanishesBefore(at + 1))
     }
-
-    /// The role of a hop, from the last interval (flows do not carry it).
-    pub fn role_of(&self, id: HopId) -> Option<Role> {
-        self.hops.iter().find(|h| h.id() == id).map(|h| h.role)
-    }
 }
 
 /// Finds a tunnel device transmitting MTU-sized packets while a pod veth carries GSO
@@ -617,24 +624,26 @@ impl App {
 /// with TSO off on the tunnel the small packets may show only on the tunnel's underlay: a
 /// small underlay egress counts too, charged to the tunnel device.
 fn offload_hint(hops: &[HopSample]) -> Option<OffloadHint> {
-    let (pod, pod_mean) = hops
+    let (pod, (pod_size, _)) = hops
         .iter()
         .filter(|h| h.role == Role::Pod && h.packets >= MIN_PACKETS_FOR_SIZE)
-        .filter_map(|h| mean_segment(h).map(|m| (h, m)))
-        .filter(|(_, mean)| *mean >= GSO_MEAN)
+        .filter_map(|h| size_signal(h).map(|s| (h, s)))
+        .filter(|(_, (size, _))| *size >= GSO_MEAN)
         .max_by_key(|(h, _)| h.bytes)?;
+    // The small packets must carry most of the pod's bytes, or they are other traffic.
     let small_egress = |role: Role| {
         hops.iter()
             .filter(|h| {
                 h.role == role
                     && h.dir == super::model::Direction::Egress
                     && h.packets >= MIN_PACKETS_FOR_SIZE
+                    && u128::from(h.bytes) * 2 >= u128::from(pod.bytes)
             })
-            .filter_map(|h| mean_segment(h).map(|m| (h, m)))
-            .filter(|(h, mean)| *mean <= h.mtu.saturating_add(64))
+            .filter_map(|h| size_signal(h).map(|s| (h, s)))
+            .filter(|(h, (size, _))| *size <= h.mtu.saturating_add(64))
             .max_by_key(|(h, _)| h.bytes)
     };
-    let (small, small_mean) =
+    let (small, (small_size, measure)) =
         small_egress(Role::Overlay).or_else(|| small_egress(Role::Underlay))?;
     // The tunnel device: the small hop itself, or the busiest overlay egress above it.
     let tunnel = if small.role == Role::Overlay {
@@ -664,12 +673,12 @@ fn offload_hint(hops: &[HopSample]) -> Option<OffloadHint> {
         overlay: small.id(),
         pod: pod.id(),
         text: format!(
-            "{} {}: {small_mean} B packets, {} {}: {} GSO packets → {cause}",
+            "{} {}: {measure} packet {small_size} B, {} {}: {} GSO packets → {cause}",
             small.ifname,
             small.dir.as_str(),
             pod.ifname,
             pod.dir.as_str(),
-            super::render::human_bytes(u64::from(pod_mean)),
+            super::render::human_bytes(u64::from(pod_size)),
         ),
     })
 }

@@ -20,10 +20,13 @@ const INTERVAL: Duration = Duration::from_secs(1);
 /// 2026-11-22 01:02:03 UTC: fixed, so screens are the same on every run.
 const START_SECS: u64 = 1_795_309_323;
 
-const ETH0: (&str, u32) = ("eth0", 2);
-const VXLAN: (&str, u32) = ("vxlan.calico", 4);
-const CALI0: (&str, u32) = ("cali0", 7);
-const TAP0: (&str, u32) = ("tap0", 9);
+type Device = (&'static str, u32, Role);
+const ETH0: Device = ("eth0", 2, Role::Underlay);
+const VXLAN: Device = ("vxlan.calico", 4, Role::Overlay);
+const CALI0: Device = ("cali0", 7, Role::Pod);
+const TAP0: Device = ("tap0", 9, Role::Tap);
+/// A 64 KiB GSO packet: IP length 65,212 plus the Ethernet header.
+const GSO_LEN: u32 = 65_226;
 
 fn ip(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, d))
@@ -62,11 +65,12 @@ fn counts(packets: u64, mean: u64) -> HopCounts {
     }
 }
 
-fn hop((name, ifindex): (&str, u32), dir: Direction, counts: HopCounts) -> FlowHop {
+fn hop((name, ifindex, role): Device, dir: Direction, counts: HopCounts) -> FlowHop {
     FlowHop {
         ifname: name.to_owned(),
         ifindex,
         dir,
+        role,
         counts,
     }
 }
@@ -112,15 +116,21 @@ fn interval(node: &Node, i: usize) -> AppEvent {
     let csum = CSUM_DROPS[i];
     let fw = FW_DROPS[i];
     let tap_drops = TAP_DROPS[i];
+    // The iperf client sends GSO packets of 45 segments; the tunnel's TC hook still sees
+    // them whole, the underlay sees the segments (software segmentation in between).
     let gso = 86 + wobble;
     let segments = gso * 45;
     let acks = 1_100 + wobble * 3;
     let retrans = 30 + wobble * 3;
+    let web_in = 180 + wobble;
 
-    let data = FlowSample {
-        flow: node.data.clone(),
-        outer: vxlan_outer(ip(198, 18, 0, 1), 47000, ip(198, 18, 0, 2)),
-        hops: vec![
+    // Hops listed out of order on purpose: from_hops puts them in path order.
+    let data = FlowSample::from_hops(
+        node.data.clone(),
+        vxlan_outer(ip(198, 18, 0, 1), 47000, ip(198, 18, 0, 2)),
+        vec![
+            hop(ETH0, Egress, counts(segments, 1_448)),
+            hop(VXLAN, Egress, counts(gso, 64_330)),
             hop(
                 CALI0,
                 Ingress,
@@ -129,48 +139,38 @@ fn interval(node: &Node, i: usize) -> AppEvent {
                     ..counts(gso, 64_330)
                 },
             ),
-            hop(VXLAN, Egress, counts(segments, 1_398)),
-            hop(ETH0, Egress, counts(segments, 1_448)),
         ],
-        total: HopCounts {
-            retransmits: retrans,
-            ..counts(gso, 64_330)
-        },
-    };
-    let ack_drops = HopCounts {
-        drops: csum,
-        csum_errors: csum,
-        ..counts(acks, 116)
-    };
-    let acks_flow = FlowSample {
-        flow: node.acks.clone(),
-        outer: vxlan_outer(ip(198, 18, 0, 2), 47001, ip(198, 18, 0, 1)),
-        hops: vec![
-            hop(ETH0, Ingress, ack_drops.clone()),
+    );
+    let acks_flow = FlowSample::from_hops(
+        node.acks.clone(),
+        vxlan_outer(ip(198, 18, 0, 2), 47001, ip(198, 18, 0, 1)),
+        vec![
+            hop(
+                ETH0,
+                Ingress,
+                HopCounts {
+                    drops: csum,
+                    csum_errors: csum,
+                    ..counts(acks, 116)
+                },
+            ),
             hop(VXLAN, Ingress, counts(acks - csum, 66)),
             hop(CALI0, Egress, counts(acks - csum, 66)),
         ],
-        total: HopCounts {
-            drops: csum,
-            csum_errors: csum,
-            ..counts(acks, 116)
-        },
-    };
-    let dns = FlowSample {
-        flow: node.dns.clone(),
-        outer: vxlan_outer(ip(198, 18, 0, 1), 51000, ip(198, 18, 0, 3)),
-        hops: vec![
+    );
+    let dns = FlowSample::from_hops(
+        node.dns.clone(),
+        vxlan_outer(ip(198, 18, 0, 1), 51000, ip(198, 18, 0, 3)),
+        vec![
             hop(CALI0, Ingress, counts(4, 74)),
             hop(VXLAN, Egress, counts(4, 74)),
             hop(ETH0, Egress, counts(4, 124)),
         ],
-        total: counts(4, 74),
-    };
-    let web_in = 180 + wobble;
-    let web = FlowSample {
-        flow: node.web.clone(),
-        outer: vxlan_outer(ip(198, 18, 0, 2), 47100, ip(198, 18, 0, 1)),
-        hops: vec![
+    );
+    let web = FlowSample::from_hops(
+        node.web.clone(),
+        vxlan_outer(ip(198, 18, 0, 2), 47100, ip(198, 18, 0, 1)),
+        vec![
             hop(
                 ETH0,
                 Ingress,
@@ -182,23 +182,11 @@ fn interval(node: &Node, i: usize) -> AppEvent {
             hop(VXLAN, Ingress, counts(web_in - fw, 850)),
             hop(CALI0, Egress, counts(web_in - fw, 850)),
         ],
-        total: HopCounts {
-            drops: fw,
-            ..counts(web_in, 900)
-        },
-    };
-    let media = FlowSample {
-        flow: node.media.clone(),
-        outer: None,
-        hops: vec![
-            hop(
-                ETH0,
-                Ingress,
-                HopCounts {
-                    fragments: 6,
-                    ..counts(400, 1_200)
-                },
-            ),
+    );
+    let media = FlowSample::from_hops(
+        node.media.clone(),
+        None,
+        vec![
             hop(
                 TAP0,
                 Egress,
@@ -208,18 +196,20 @@ fn interval(node: &Node, i: usize) -> AppEvent {
                     ..counts(400 - tap_drops, 1_150)
                 },
             ),
+            hop(
+                ETH0,
+                Ingress,
+                HopCounts {
+                    fragments: 6,
+                    ..counts(400, 1_200)
+                },
+            ),
         ],
-        total: HopCounts {
-            drops: tap_drops,
-            oversize: tap_drops,
-            fragments: 6,
-            ..counts(400, 1_200)
-        },
-    };
-    let https = FlowSample {
-        flow: node.https.clone(),
-        outer: vxlan_outer(ip(198, 18, 0, 1), 47200, ip(198, 18, 0, 2)),
-        hops: vec![
+    );
+    let https = FlowSample::from_hops(
+        node.https.clone(),
+        vxlan_outer(ip(198, 18, 0, 1), 47200, ip(198, 18, 0, 2)),
+        vec![
             hop(
                 CALI0,
                 Ingress,
@@ -231,56 +221,82 @@ fn interval(node: &Node, i: usize) -> AppEvent {
             hop(VXLAN, Egress, counts(20, 1_300)),
             hop(ETH0, Egress, counts(10, 1_350)),
         ],
-        total: HopCounts {
-            retransmits: 3,
-            ..counts(20, 1_300)
-        },
-    };
+    );
 
     let on = Offload {
         tx_csum: true,
         tso: true,
         gso: true,
     };
-    let device = |(name, ifindex): (&str, u32), dir, role, mtu, offload| {
+    let device = |(name, ifindex, role): Device, dir, mtu, offload| {
         let mut h = HopSample::new(name, ifindex, dir, role, mtu, INTERVAL);
         h.offload = offload;
         h
     };
-    let mut cali_in = device(CALI0, Ingress, Role::Pod, 1450, Some(on));
-    cali_in.packets = gso + 4 + 20;
-    cali_in.bytes = gso * 64_330 + 4 * 74 + 20 * 1_300;
-    cali_in.gso_packets = gso;
+    // A hop's packets, bytes, segments and largest packet, as the pipeline counts them.
+    let size = |h: &mut HopSample, packets: u64, bytes: u64, segs: u64, max_len: u32| {
+        h.packets = packets;
+        h.bytes = bytes;
+        h.segs = segs;
+        h.mean_segment = bytes.checked_div(segs).and_then(|m| u32::try_from(m).ok());
+        h.max_len = Some(max_len);
+    };
+    let pod_out_bytes = gso * 64_330 + 4 * 74 + 20 * 1_300;
+    let pod_out_packets = gso + 4 + 20;
+    let mut cali_in = device(CALI0, Ingress, 1450, Some(on));
+    size(
+        &mut cali_in,
+        pod_out_packets,
+        pod_out_bytes,
+        segments + 24,
+        GSO_LEN,
+    );
     cali_in.retransmits = retrans + 3;
-    let mut cali_eg = device(CALI0, Egress, Role::Pod, 1450, Some(on));
-    cali_eg.packets = acks - csum + web_in - fw;
-    cali_eg.bytes = (acks - csum) * 66 + (web_in - fw) * 850;
+    let mut cali_eg = device(CALI0, Egress, 1450, Some(on));
+    let pod_in = acks - csum + web_in - fw;
+    let pod_in_bytes = (acks - csum) * 66 + (web_in - fw) * 850;
+    size(&mut cali_eg, pod_in, pod_in_bytes, pod_in, 1_200);
     let tunnel_offload = Some(Offload {
         tx_csum: false,
         tso: false,
         gso: true,
     });
-    let mut vx_in = device(VXLAN, Ingress, Role::Overlay, 1450, tunnel_offload);
-    vx_in.packets = cali_eg.packets;
-    vx_in.bytes = cali_eg.bytes;
-    let mut vx_eg = device(VXLAN, Egress, Role::Overlay, 1450, tunnel_offload);
-    vx_eg.packets = segments + 4 + 20;
-    vx_eg.bytes = segments * 1_398 + 4 * 74 + 20 * 1_300;
-    let mut eth_in = device(ETH0, Ingress, Role::Underlay, 1500, Some(on));
-    eth_in.packets = acks + web_in + 400;
-    eth_in.bytes = acks * 116 + web_in * 900 + 400 * 1_200;
+    let mut vx_in = device(VXLAN, Ingress, 1450, tunnel_offload);
+    size(&mut vx_in, pod_in, pod_in_bytes, pod_in, 1_200);
+    let mut vx_eg = device(VXLAN, Egress, 1450, tunnel_offload);
+    size(
+        &mut vx_eg,
+        pod_out_packets,
+        pod_out_bytes,
+        segments + 24,
+        GSO_LEN,
+    );
+    let mut eth_in = device(ETH0, Ingress, 1500, Some(on));
+    let wire_in = acks + web_in + 400;
+    size(
+        &mut eth_in,
+        wire_in,
+        acks * 116 + web_in * 900 + 400 * 1_200,
+        wire_in,
+        1_514,
+    );
     eth_in.drops = csum + fw;
     eth_in.csum_errors = csum;
     eth_in.fragments = 6;
-    let mut eth_eg = device(ETH0, Egress, Role::Underlay, 1500, Some(on));
-    eth_eg.packets = segments + 4 + 10;
-    eth_eg.bytes = segments * 1_448 + 4 * 124 + 10 * 1_350;
-    let mut tap_in = device(TAP0, Ingress, Role::Tap, 1500, None);
-    tap_in.packets = 12;
-    tap_in.bytes = 12 * 90;
-    let mut tap_eg = device(TAP0, Egress, Role::Tap, 1500, None);
-    tap_eg.packets = 400 - tap_drops;
-    tap_eg.bytes = (400 - tap_drops) * 1_150;
+    let mut eth_eg = device(ETH0, Egress, 1500, Some(on));
+    let wire_out = segments + 4 + 10;
+    size(
+        &mut eth_eg,
+        wire_out,
+        segments * 1_448 + 4 * 124 + 10 * 1_350,
+        wire_out,
+        1_514,
+    );
+    let mut tap_in = device(TAP0, Ingress, 1500, None);
+    size(&mut tap_in, 12, 12 * 90, 12, 90);
+    let mut tap_eg = device(TAP0, Egress, 1500, None);
+    let tap_out = 400 - tap_drops;
+    size(&mut tap_eg, tap_out, tap_out * 1_150, tap_out, 1_514);
     tap_eg.drops = tap_drops;
     tap_eg.oversize = tap_drops;
 
@@ -298,7 +314,7 @@ fn interval(node: &Node, i: usize) -> AppEvent {
 fn anomalies(node: &Node, i: usize) -> Vec<AppEvent> {
     let mut out = Vec::new();
     let mut push =
-        |millis, kind, device: (&str, u32), dir, reason: &str, location: &str, len, flow: &Flow| {
+        |millis, kind, device: Device, dir, reason: &str, location: &str, len, flow: &Flow| {
             out.push(AppEvent::Anomaly(AnomalySample {
                 ts: at(i as u64, millis),
                 kind,
@@ -401,22 +417,21 @@ pub fn many_flows(n: usize, seed: u32) -> AppEvent {
                 ..counts(packets, 900)
             };
             let packets = 10 + u64::from(k % 97);
-            FlowSample {
-                flow: flow(
+            FlowSample::from_hops(
+                flow(
                     TCP,
                     ip(198, 19, (k >> 16) as u8, (k >> 8) as u8),
                     (k & 0xffff) as u16,
                     ip(198, 19, 200, (k % 250) as u8),
                     443,
                 ),
-                outer: vxlan_outer(ip(198, 18, 0, 1), 40000, ip(198, 18, 0, 2)),
-                hops: vec![
+                vxlan_outer(ip(198, 18, 0, 1), 40000, ip(198, 18, 0, 2)),
+                vec![
                     hop(CALI0, Ingress, counts(packets, 900)),
                     hop(VXLAN, Egress, counts(packets, 900)),
                     hop(ETH0, Egress, sample(packets)),
                 ],
-                total: sample(packets),
-            }
+            )
         })
         .collect();
     match interval(&Node::new(), 4) {

@@ -55,11 +55,16 @@ pub struct HopSample {
     pub fragments: u64,
     /// TCP retransmissions seen (not a loss at this hop, a symptom of one somewhere).
     pub retransmits: u64,
-    /// Packets that were GSO super-packets (`gso_size` set).
-    pub gso_packets: u64,
-    /// Mean packet length at the hop, when the pipeline measures it; `None` makes the UI use
-    /// `bytes / packets`, the same figure at a TC hook (one skb, one packet).
+    /// Segments the packets stand for (a GSO packet counts its `gso_segs`); 0: not measured.
+    pub segs: u64,
+    /// Bytes per segment, when the pipeline computes it; `None` makes the UI use
+    /// `bytes / segs`, or `bytes / packets` when `segs` is 0.
     pub mean_segment: Option<u32>,
+    /// The largest packet of the interval. The dependable half of the offload-off signature:
+    /// with TX checksum/TSO off on a tunnel, its underlay's largest packet falls to the MTU
+    /// while the pod still sends 64 KiB GSO packets (the mean is not: under load TCP sends
+    /// mostly MSS-sized packets either way).
+    pub max_len: Option<u32>,
     /// How long this interval was.
     pub interval: Duration,
 }
@@ -88,8 +93,9 @@ impl HopSample {
             oversize: 0,
             fragments: 0,
             retransmits: 0,
-            gso_packets: 0,
+            segs: 0,
             mean_segment: None,
+            max_len: None,
             interval,
         }
     }
@@ -142,6 +148,7 @@ pub struct FlowHop {
     pub ifname: String,
     pub ifindex: u32,
     pub dir: Direction,
+    pub role: Role,
     pub counts: HopCounts,
 }
 
@@ -150,6 +157,22 @@ impl FlowHop {
         HopId {
             ifindex: self.ifindex,
             dir: self.dir,
+        }
+    }
+
+    /// Where a hop comes on a packet's way through the node: in from the wire (underlay,
+    /// then tunnel), to the local ends (pods, taps), out to the wire (tunnel, then underlay).
+    /// Outbound `cali0 ingress -> vxlan.calico egress -> eth0 egress` and inbound
+    /// `eth0 ingress -> vxlan.calico ingress -> cali0 egress` both sort in order.
+    pub fn path_rank(&self) -> u8 {
+        let outer = match self.role {
+            Role::Physical | Role::Underlay => 0,
+            Role::Overlay => 1,
+            Role::Pod | Role::Tap | Role::Other => 2,
+        };
+        match self.dir {
+            Direction::Ingress => outer,
+            Direction::Egress => 5 - outer,
         }
     }
 }
@@ -165,6 +188,32 @@ pub struct FlowSample {
     /// The flow's totals: `packets` and `bytes` as sent (counted once, at its first hop, not
     /// summed over hops); `drops` and the rest summed over every hop.
     pub total: HopCounts,
+}
+
+impl FlowSample {
+    /// A sample from the flow's per-hop counts in any order: hops are put in path order
+    /// ([`FlowHop::path_rank`]) and the totals computed as [`FlowSample::total`] says.
+    pub fn from_hops(flow: Flow, outer: Option<Outer>, mut hops: Vec<FlowHop>) -> Self {
+        hops.sort_by_key(|h| (h.path_rank(), h.ifindex));
+        let mut total = HopCounts::default();
+        for hop in &hops {
+            total.add(&HopCounts {
+                packets: 0,
+                bytes: 0,
+                ..hop.counts.clone()
+            });
+        }
+        if let Some(first) = hops.first() {
+            total.packets = first.counts.packets;
+            total.bytes = first.counts.bytes;
+        }
+        Self {
+            flow,
+            outer,
+            hops,
+            total,
+        }
+    }
 }
 
 /// What the events panel can show: the pipeline's anomaly kinds, and the kinds the contract

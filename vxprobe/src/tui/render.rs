@@ -453,7 +453,7 @@ fn table_width(area: Rect) -> u16 {
 // ---------------------------------------------------------------------------------------------
 // Hops.
 
-const HOP_COLUMNS: [Column; 15] = [
+const HOP_COLUMNS: [Column; 16] = [
     left("", 1, 0),
     left("device", 12, 0),
     left("dir", 7, 3),
@@ -466,7 +466,8 @@ const HOP_COLUMNS: [Column; 15] = [
     col("ovsz", 5, 6),
     col("frag", 5, 10),
     col("retr", 5, 8),
-    col("seg", 6, 5),
+    col("seg", 6, 6),
+    col("max", 6, 5),
     col("mtu", 5, 11),
     left("offload", 12, 7),
 ];
@@ -501,6 +502,11 @@ fn hop_cells(app: &App, hop: &HopSample) -> Vec<Txt> {
         .as_ref()
         .is_some_and(|h| h.overlay == hop.id() || h.pod == hop.id());
     let seg = app::mean_segment(hop);
+    let size_style = if signature {
+        SIZE_SIGNATURE
+    } else {
+        Style::new()
+    };
     let (offload, offload_style) = offload_text(hop);
     let drops_style = if hop.drops == 0 {
         DIM
@@ -520,13 +526,10 @@ fn hop_cells(app: &App, hop: &HopSample) -> Vec<Txt> {
         fault_cell(hop.oversize, Color::Magenta),
         fault_cell(hop.fragments, Color::Cyan),
         fault_cell(hop.retransmits, Color::Yellow),
+        styled(seg.map_or_else(|| "-".into(), segment_size), size_style),
         styled(
-            seg.map_or_else(|| "-".into(), segment_size),
-            if signature {
-                SIZE_SIGNATURE
-            } else {
-                Style::new()
-            },
+            hop.max_len.map_or_else(|| "-".into(), segment_size),
+            size_style,
         ),
         txt(hop.mtu.to_string()),
         styled(offload, offload_style),
@@ -1020,14 +1023,11 @@ fn render_path(app: &App, area: Rect, buf: &mut Buffer) {
             PathVerdict::DropsAt(i) | PathVerdict::VanishesBefore(i) => i == at,
             PathVerdict::Clean => false,
         };
-        let role = app
-            .role_of(hop.id())
-            .map_or_else(|| "-".to_owned(), |r| r.as_str().to_owned());
         let cells = [
             txt(format!("{}", at + 1)),
             txt(hop.ifname.clone()),
             txt(hop.dir.as_str()),
-            txt(role),
+            txt(hop.role.as_str()),
             txt(human_count(c.packets)),
             txt(human_bytes(c.bytes)),
             styled(
@@ -1116,9 +1116,9 @@ const HELP: &[(&str, &str)] = &[
 
 const HELP_NOTES: &[&str] = &[
     "Hops: rates per second over the last interval; csum, ovsz (oversize),",
-    "frag, retr: counts in it. seg: mean packet size. ▶ marks the hop",
-    "losing most. Yellow seg cells: MTU-sized segments on a tunnel while",
-    "a pod carries GSO packets, the signature of offload being off.",
+    "frag, retr: counts in it. seg: bytes per segment, max: largest packet.",
+    "▶ marks the hop losing most. Yellow size cells: MTU-sized packets out",
+    "of the tunnel while a pod sends GSO packets: offload is off.",
     "Flows: totals since start, worst first. Loss = drops/(pkts+drops).",
 ];
 
@@ -1233,6 +1233,15 @@ mod tests {
         let chosen = fit_columns(&mut HOP_COLUMNS.clone(), 40, 1);
         let names: Vec<_> = chosen.iter().map(|&i| HOP_COLUMNS[i].header).collect();
         assert_eq!(names, ["", "device", "pkt/s", "drops/s", "loss"]);
+        let chosen = fit_columns(&mut HOP_COLUMNS.clone(), 90, 1);
+        let names: Vec<_> = chosen.iter().map(|&i| HOP_COLUMNS[i].header).collect();
+        assert_eq!(
+            names,
+            [
+                "", "device", "dir", "pkt/s", "B/s", "drops/s", "loss", "csum", "ovsz", "seg",
+                "max"
+            ]
+        );
         assert_eq!(fit_columns(&mut HOP_COLUMNS.clone(), 0, 1), [0]);
         // A text column is cut rather than dropped when it may be.
         let mut columns = EVENT_COLUMNS;

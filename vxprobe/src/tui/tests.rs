@@ -8,7 +8,7 @@ use super::{
     App, AppEvent,
     app::{self, HISTORY_LEN, MAX_EVENTS, MAX_FLOWS, MAX_HELD, Panel, PathVerdict, SortKey},
     demo::{demo_events, demo_interval, many_flows},
-    model::{AnomalySample, Direction, EventKindView, HopId},
+    model::{AnomalySample, Direction, EventKindView, HopId, HopSample},
 };
 
 fn press(code: KeyCode) -> AppEvent {
@@ -273,14 +273,27 @@ fn the_hop_losing_most_shows_in_the_title_when_off_the_page() {
     assert_eq!(rows.iter().filter(|r| r.contains("▶ eth0")).count(), 1);
 }
 
+/// The demo's first interval with `change` applied to its hops.
+fn demo_with_hops(change: impl Fn(&mut HopSample)) -> App {
+    let mut app = App::new();
+    let mut events = demo_interval(0);
+    if let AppEvent::Interval { hops, .. } = &mut events[0] {
+        hops.iter_mut().for_each(change);
+    }
+    feed(&mut app, events);
+    app
+}
+
 #[test]
 fn the_offload_signature_is_hinted_and_highlighted() {
+    // The tunnel's TC hook still sees 64 KiB packets (segmentation comes after it); eth0's
+    // largest packet is 1514 B while cali0 ingress carries GSO packets.
     let app = demo_app();
     let hint = app.offload_hint.as_ref().expect("a hint");
     assert_eq!(
         hint.overlay,
         HopId {
-            ifindex: 4,
+            ifindex: 2,
             dir: Direction::Egress
         }
     );
@@ -291,11 +304,10 @@ fn the_offload_signature_is_hinted_and_highlighted() {
             dir: Direction::Ingress
         }
     );
-    assert!(
-        hint.text
-            .contains("TX checksum and TSO off on vxlan.calico"),
-        "{}",
-        hint.text
+    assert_eq!(
+        hint.text,
+        "eth0 egress: largest packet 1514 B, cali0 ingress: 63.7K GSO packets → TX checksum and \
+         TSO off on vxlan.calico"
     );
     let buf = buffer(&app, 140, 40);
     let highlighted = (0..buf.area.height)
@@ -306,43 +318,97 @@ fn the_offload_signature_is_hinted_and_highlighted() {
 }
 
 #[test]
-fn the_signature_may_show_only_on_the_underlay() {
-    // The tunnel's TC egress still sees the GSO packet (segmentation comes after the hook);
-    // its underlay sees the segments.
-    let mut app = App::new();
-    let mut events = demo_interval(0);
-    if let AppEvent::Interval { hops, .. } = &mut events[0] {
-        for hop in hops
-            .iter_mut()
-            .filter(|h| h.ifname == "vxlan.calico" && h.dir == Direction::Egress)
-        {
-            hop.mean_segment = Some(60_000);
+fn the_signature_on_the_tunnel_itself_names_it() {
+    let app = demo_with_hops(|hop| {
+        if hop.ifname == "vxlan.calico" && hop.dir == Direction::Egress {
+            hop.max_len = Some(1_464);
         }
-    }
-    feed(&mut app, events);
+    });
     let hint = app.offload_hint.as_ref().expect("a hint");
-    assert_eq!(hint.overlay.ifindex, 2, "eth0");
+    assert_eq!(hint.overlay.ifindex, 4);
     assert!(
-        hint.text.starts_with("eth0 egress: 1446 B packets")
-            && hint
-                .text
-                .ends_with("TX checksum and TSO off on vxlan.calico"),
+        hint.text
+            .starts_with("vxlan.calico egress: largest packet 1464 B"),
         "{}",
         hint.text
     );
 }
 
 #[test]
-fn no_hint_without_gso_on_the_pod_side() {
-    let mut app = App::new();
-    let mut events = demo_interval(0);
-    if let AppEvent::Interval { hops, .. } = &mut events[0] {
-        for hop in hops.iter_mut().filter(|h| h.ifname == "cali0") {
-            hop.mean_segment = Some(1_400);
+fn without_max_len_the_mean_segment_judges() {
+    let app = demo_with_hops(|hop| {
+        hop.max_len = None;
+        hop.mean_segment = None;
+        hop.segs = 0;
+    });
+    let hint = app.offload_hint.as_ref().expect("a hint");
+    assert!(
+        hint.text.starts_with("eth0 egress: mean packet 1446 B"),
+        "{}",
+        hint.text
+    );
+}
+
+#[test]
+fn no_hint_when_gso_survives_or_is_absent() {
+    // Offload on: the underlay carries the GSO packets too.
+    let app = demo_with_hops(|hop| {
+        if hop.ifname == "eth0" && hop.dir == Direction::Egress {
+            hop.max_len = Some(65_280);
         }
-    }
-    feed(&mut app, events);
+    });
     assert!(app.offload_hint.is_none());
+    // The pod sends no GSO packets.
+    let app = demo_with_hops(|hop| {
+        if hop.ifname == "cali0" {
+            hop.max_len = Some(1_400);
+        }
+    });
+    assert!(app.offload_hint.is_none());
+    // Small packets on the underlay that are not the pod's (a tenth of its bytes).
+    let app = demo_with_hops(|hop| {
+        if hop.ifname == "eth0" && hop.dir == Direction::Egress {
+            hop.bytes /= 10;
+        }
+    });
+    assert!(app.offload_hint.is_none());
+}
+
+#[test]
+fn flow_samples_from_hops_in_any_order() {
+    use super::model::{FlowHop, FlowSample, HopCounts, Role};
+    let hop = |name: &str, ifindex, dir, role, packets, drops| FlowHop {
+        ifname: name.into(),
+        ifindex,
+        dir,
+        role,
+        counts: HopCounts {
+            packets,
+            bytes: packets * 100,
+            drops,
+            retransmits: 1,
+            ..HopCounts::default()
+        },
+    };
+    let flow = demo_app().flow_rows().next().unwrap().flow.clone();
+    let sample = FlowSample::from_hops(
+        flow,
+        None,
+        vec![
+            hop("cali0", 7, Direction::Egress, Role::Pod, 90, 0),
+            hop("eth0", 2, Direction::Ingress, Role::Underlay, 100, 10),
+            hop("vxlan.calico", 4, Direction::Ingress, Role::Overlay, 90, 0),
+        ],
+    );
+    let order: Vec<_> = sample.hops.iter().map(|h| h.ifname.as_str()).collect();
+    assert_eq!(order, ["eth0", "vxlan.calico", "cali0"]);
+    assert_eq!((sample.total.packets, sample.total.bytes), (100, 10_000));
+    assert_eq!((sample.total.drops, sample.total.retransmits), (10, 3));
+    // Outbound, and to a tap.
+    let rank = |dir, role| hop("x", 1, dir, role, 0, 0).path_rank();
+    assert!(rank(Direction::Ingress, Role::Pod) < rank(Direction::Egress, Role::Overlay));
+    assert!(rank(Direction::Egress, Role::Overlay) < rank(Direction::Egress, Role::Underlay));
+    assert!(rank(Direction::Ingress, Role::Physical) < rank(Direction::Egress, Role::Tap));
 }
 
 // ---------------------------------------------------------------------------------------------
