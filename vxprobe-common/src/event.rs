@@ -12,13 +12,27 @@ pub const SNAP_LEN: usize = 128;
 pub enum EventKind {
     /// A packet freed with a drop reason (`skb:kfree_skb`).
     Drop = 1,
+    /// A TCP segment retransmitted (`tcp:tcp_retransmit_skb`).
+    Retransmit = 2,
+    /// A send(2) family call that failed with EMSGSIZE ("Message too long").
+    SendError = 3,
+    /// An IP fragment seen at a hop (TC).
+    Fragment = 4,
+    /// A non-GSO packet longer than its device's MTU allows, seen at a hop (TC).
+    HopOversize = 5,
 }
 
 impl EventKind {
     /// Every kind, for per-kind counters indexed by `kind as u32`.
-    pub const ALL: [EventKind; 1] = [EventKind::Drop];
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Drop,
+        EventKind::Retransmit,
+        EventKind::SendError,
+        EventKind::Fragment,
+        EventKind::HopOversize,
+    ];
     /// One past the largest kind value: the size of per-kind arrays.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 6;
 }
 
 impl TryFrom<u32> for EventKind {
@@ -27,6 +41,10 @@ impl TryFrom<u32> for EventKind {
     fn try_from(value: u32) -> Result<Self, Self::Error> {
         match value {
             1 => Ok(EventKind::Drop),
+            2 => Ok(EventKind::Retransmit),
+            3 => Ok(EventKind::SendError),
+            4 => Ok(EventKind::Fragment),
+            5 => Ok(EventKind::HopOversize),
             other => Err(other),
         }
     }
@@ -77,6 +95,142 @@ pub struct DropEvent {
     pub packet: PacketInfo,
 }
 
+impl KernelOffsets {
+    /// All zero: the placeholder the kernel object carries until user space fills it in.
+    pub const ZERO: Self = Self {
+        skb_len: 0,
+        skb_dev: 0,
+        skb_head: 0,
+        skb_tail: 0,
+        skb_network_header: 0,
+        skb_iif: 0,
+        skb_protocol: 0,
+        dev_ifindex: 0,
+        dev_name: 0,
+        dev_nd_net: 0,
+        net_ns_inum: 0,
+        task_nsproxy: 0,
+        nsproxy_net_ns: 0,
+        sk_family: 0,
+        sk_num: 0,
+        sk_dport: 0,
+        sk_rcv_saddr: 0,
+        sk_daddr: 0,
+        sk_v6_rcv_saddr: 0,
+        sk_v6_daddr: 0,
+        sk_net: 0,
+        sk_state: 0,
+        skb_tcp_gso_segs: 0,
+        task_files: 0,
+        files_fdt: 0,
+        fdt_max_fds: 0,
+        fdt_fd: 0,
+        file_private_data: 0,
+        socket_sk: 0,
+        packet_ifindex: 0,
+        reason_consumed: 0,
+        retransmit_has_err: 0,
+    };
+}
+
+/// A connection's addresses as the socket holds them.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct SockFlow {
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// Local port, host order.
+    pub sport: u16,
+    /// Remote port, host order.
+    pub dport: u16,
+    pub _pad: u16,
+    /// IPv4 addresses use the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// `tcp:tcp_retransmit_skb`: one retransmitted skb (a GSO skb may carry several segments).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct RetransmitEvent {
+    pub header: EventHeader,
+    pub flow: SockFlow,
+    /// TCP state of the socket (TCP_ESTABLISHED = 1, TCP_SYN_SENT = 2, ...).
+    pub state: u32,
+    /// Segments in the skb (`tcp_skb_pcount`): what TcpRetransSegs adds for it.
+    pub segs: u32,
+}
+
+/// Which system call a [`SendErrorEvent`] failed in.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum SendCall {
+    Sendto = 1,
+    Sendmsg = 2,
+    /// fexit of the kernel function (the better rung: the socket is at hand).
+    PacketSendmsg = 3,
+    UdpSendmsg = 4,
+}
+
+impl SendCall {
+    pub fn name(call: u32) -> &'static str {
+        match call {
+            1 => "sendto",
+            2 => "sendmsg",
+            3 => "packet_sendmsg",
+            4 => "udp_sendmsg",
+            _ => "send",
+        }
+    }
+}
+
+/// A send that failed with EMSGSIZE, seen at the system call's exit.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct SendErrorEvent {
+    pub header: EventHeader,
+    pub tgid: u32,
+    pub pid: u32,
+    pub comm: [u8; 16],
+    /// The errno (positive: 90 for EMSGSIZE).
+    pub errno: u32,
+    /// A [`SendCall`] as `u32`.
+    pub call: u32,
+    pub fd: u32,
+    /// Bytes the caller tried to send.
+    pub len: u32,
+    /// Destination address family from the call's sockaddr (0: none given).
+    pub addr_family: u16,
+    /// Destination port (AF_INET/AF_INET6), host order.
+    pub addr_port: u16,
+    /// `sll_ifindex` of an AF_PACKET destination.
+    pub addr_ifindex: u32,
+    /// Destination address (AF_INET: first 4 bytes).
+    pub addr: [u8; 16],
+}
+
+/// A packet worth reporting seen by a TC program: a fragment or an oversized packet.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct HopEvent {
+    pub header: EventHeader,
+    /// The (inner) flow, with the hop's ifindex and direction.
+    pub flow: crate::FlowKey,
+    pub outer: crate::OuterHeader,
+    /// Length of the packet at the hop (skb length, link header included).
+    pub len: u32,
+    /// The device MTU vxprobe knew at attach time (0: unknown).
+    pub mtu: u32,
+    pub gso_segs: u32,
+    /// Fragment offset in bytes, and 1 when more fragments follow.
+    pub frag_offset: u32,
+    pub frag_more: u32,
+    /// Valid bytes of `frame`.
+    pub cap_len: u32,
+    /// The packet from its link-layer header on (what a pcap shows).
+    pub frame: [u8; SNAP_LEN],
+}
+
 /// Kernel struct field offsets, read from the running kernel's BTF by user space and handed to
 /// the programs as a read-only global: Rust eBPF cannot emit CO-RE relocations, and offsets
 /// baked in at build time would be right for one kernel only.
@@ -96,14 +250,39 @@ pub struct KernelOffsets {
     pub net_ns_inum: u32,
     pub task_nsproxy: u32,
     pub nsproxy_net_ns: u32,
+    pub sk_family: u32,
+    pub sk_num: u32,
+    pub sk_dport: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_net: u32,
+    pub sk_state: u32,
+    /// `tcp_skb_pcount`: `skb->cb` + the offset of `tcp_gso_segs` in `struct tcp_skb_cb`.
+    pub skb_tcp_gso_segs: u32,
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    /// `struct packet_sock` `ifindex` (0: unknown, e.g. af_packet without BTF).
+    pub packet_ifindex: u32,
     /// The `SKB_CONSUMED` value: frees with it are not drops.
     pub reason_consumed: u32,
+    /// 1 when `tcp_retransmit_skb` has the `err` argument (and fires on failed retransmits).
+    pub retransmit_has_err: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
+const _: () = assert!(core::mem::size_of::<HopEvent>() == 16 + 44 + 44 + 24 + SNAP_LEN);
 const _: () = assert!(core::mem::size_of::<PacketInfo>() == 24 + 16 + SNAP_LEN);
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 16 + 16 + 168);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 14 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
+const _: () = assert!(core::mem::size_of::<SockFlow>() == 40);
+const _: () = assert!(core::mem::size_of::<RetransmitEvent>() == 16 + 40 + 8);
+const _: () = assert!(core::mem::size_of::<SendErrorEvent>() == 16 + 8 + 16 + 16 + 8 + 16);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -3,26 +3,11 @@
 //! bad pointer yields `None`, never a fault.
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
-use vxprobe_common::{KernelOffsets, PacketInfo, SNAP_LEN};
+use vxprobe_common::{KernelOffsets, PacketInfo, SNAP_LEN, SockFlow};
 
 /// Filled in by user space at load time (`EbpfLoader::set_global`); read-only for programs.
 #[unsafe(no_mangle)]
-static OFFSETS: KernelOffsets = KernelOffsets {
-    skb_len: 0,
-    skb_dev: 0,
-    skb_head: 0,
-    skb_tail: 0,
-    skb_network_header: 0,
-    skb_iif: 0,
-    skb_protocol: 0,
-    dev_ifindex: 0,
-    dev_name: 0,
-    dev_nd_net: 0,
-    net_ns_inum: 0,
-    task_nsproxy: 0,
-    nsproxy_net_ns: 0,
-    reason_consumed: 0,
-};
+static OFFSETS: KernelOffsets = KernelOffsets::ZERO;
 
 #[inline(always)]
 pub fn offsets() -> KernelOffsets {
@@ -43,7 +28,7 @@ pub fn read<T>(base: *const u8, offset: u32) -> Option<T> {
 
 /// Namespace inode of a `struct net *`.
 #[inline(always)]
-fn net_inum(net: *const u8, o: &KernelOffsets) -> u32 {
+pub fn net_inum(net: *const u8, o: &KernelOffsets) -> u32 {
     read::<u32>(net, o.net_ns_inum).unwrap_or(0)
 }
 
@@ -94,4 +79,29 @@ pub fn fill_packet_info(skb: *const u8, info: &mut PacketInfo, o: &KernelOffsets
         }
     }
     netns
+}
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// The addresses and ports of a `struct sock`, and its namespace inode.
+#[inline(always)]
+pub fn read_sock(sk: *const u8, flow: &mut SockFlow, o: &KernelOffsets) -> u32 {
+    flow.family = read::<u16>(sk, o.sk_family).unwrap_or(0);
+    flow.sport = read::<u16>(sk, o.sk_num).unwrap_or(0);
+    flow.dport = u16::from_be(read::<u16>(sk, o.sk_dport).unwrap_or(0));
+    flow._pad = 0;
+    flow.saddr = [0; 16];
+    flow.daddr = [0; 16];
+    if flow.family == AF_INET {
+        let s = read::<[u8; 4]>(sk, o.sk_rcv_saddr).unwrap_or([0; 4]);
+        let d = read::<[u8; 4]>(sk, o.sk_daddr).unwrap_or([0; 4]);
+        flow.saddr[..4].copy_from_slice(&s);
+        flow.daddr[..4].copy_from_slice(&d);
+    } else if flow.family == AF_INET6 {
+        flow.saddr = read::<[u8; 16]>(sk, o.sk_v6_rcv_saddr).unwrap_or([0; 16]);
+        flow.daddr = read::<[u8; 16]>(sk, o.sk_v6_daddr).unwrap_or([0; 16]);
+    }
+    let net = read::<*const u8>(sk, o.sk_net).unwrap_or(core::ptr::null());
+    net_inum(net, o)
 }

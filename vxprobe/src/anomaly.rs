@@ -1,12 +1,18 @@
 //! Decoded kernel events to the contract's anomaly records: the kind (each fault reported once,
 //! as its most specific kind), the reason and location by name, the hop, the flow.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use serde::Serialize;
-use vxprobe_common::{Direction, DropEvent, PacketInfo};
+use vxprobe_common::{
+    Direction, DropEvent, EventKind, FlowKey, HopEvent, OuterHeader, PacketInfo, RetransmitEvent,
+    SendCall, SendErrorEvent, SockFlow,
+};
 
 use crate::{
     kallsyms::Kallsyms,
     kbtf::DropReasons,
+    netns,
     packet::{self, Flow, Outer},
 };
 
@@ -16,6 +22,8 @@ pub enum AnomalyKind {
     Drop,
     CsumError,
     Oversize,
+    Retransmit,
+    Fragment,
 }
 
 impl AnomalyKind {
@@ -24,6 +32,8 @@ impl AnomalyKind {
             AnomalyKind::Drop => "drop",
             AnomalyKind::CsumError => "csum_error",
             AnomalyKind::Oversize => "oversize",
+            AnomalyKind::Retransmit => "retransmit",
+            AnomalyKind::Fragment => "fragment",
         }
     }
 }
@@ -37,7 +47,14 @@ fn at_socket_layer(location: &str) -> bool {
     location.contains("recvmsg") || location.starts_with("__skb_recv")
 }
 
-/// One anomaly, ready for every sink.
+/// The process behind an event.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// One anomaly, ready for every sink. Fields a kind does not have stay out of its JSON line.
 #[derive(Debug, Clone, Serialize)]
 pub struct Anomaly {
     /// Written as the line's `kind` by the sink.
@@ -48,23 +65,78 @@ pub struct Anomaly {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ifindex: Option<u32>,
     pub netns: u64,
-    pub reason: String,
-    pub location: String,
-    pub len: u32,
+    /// `ingress`/`egress`, for events from device hooks (TC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub len: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<u32>,
+    /// Fragment offset in bytes, and whether more fragments follow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub more: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub func: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    /// Segments this line stands for, when more than one (a retransmitted GSO skb).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flow: Option<Flow>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outer: Option<Outer>,
-    /// Where the packet was on its device (not a contract field of kernel-wide events: used to
-    /// charge the drop to a hop).
+    /// Where the packet was on its device: used to charge the fault to a hop, not written
+    /// (kernel-wide hooks are not device hooks).
     #[serde(skip)]
     pub hop_direction: Option<Direction>,
+    /// The packet died (or the send was refused): counts toward its hop's `drops`.
+    #[serde(skip)]
+    pub dropped: bool,
 }
 
-/// What turns raw events into anomalies: names from this kernel.
+impl Anomaly {
+    fn new(kind: AnomalyKind, netns: u32) -> Self {
+        Self {
+            kind,
+            ifname: None,
+            ifindex: None,
+            netns: u64::from(netns),
+            dir: None,
+            reason: None,
+            location: None,
+            len: None,
+            mtu: None,
+            errno: None,
+            offset: None,
+            more: None,
+            func: None,
+            process: None,
+            count: None,
+            flow: None,
+            outer: None,
+            hop_direction: None,
+            dropped: false,
+        }
+    }
+}
+
+/// What turns raw events into anomalies: names from this kernel, and our own hops.
 pub struct Enricher {
     pub reasons: DropReasons,
     pub kallsyms: Kallsyms,
+    /// Namespace inode vxprobe runs in: where the TC hooks are.
+    pub netns: u64,
+    /// Names of the observed devices by ifindex (in `netns`).
+    pub hop_names: std::collections::HashMap<u32, String>,
 }
 
 impl Enricher {
@@ -79,40 +151,149 @@ impl Enricher {
             AnomalyKind::Drop
         };
         let info = &event.packet;
-        let device = if at_socket_layer(&location) || info.ifindex == 0 {
-            None
+        let has_device = !at_socket_layer(&location) && info.ifindex != 0;
+        let netns = if has_device {
+            event.header.netns
         } else {
-            Some((ifname(info), info.ifindex))
+            info.task_netns
         };
-        let netns = match device {
-            Some(_) => event.header.netns,
-            None => info.task_netns,
-        };
-        let parsed = packet_bytes(info).and_then(packet::parse_ip);
-        Anomaly {
-            kind,
-            hop_direction: device.as_ref().map(|_| {
-                if info.iif == info.ifindex {
-                    Direction::Ingress
-                } else {
-                    Direction::Egress
-                }
-            }),
-            ifname: device.as_ref().map(|(name, _)| name.clone()),
-            ifindex: device.map(|(_, index)| index),
-            netns: u64::from(netns),
-            reason,
-            location,
-            len: info.skb_len,
-            flow: parsed.as_ref().map(|p| p.flow.clone()),
-            outer: parsed.and_then(|p| p.outer),
+        let mut anomaly = Anomaly::new(kind, netns);
+        anomaly.dropped = true;
+        if has_device {
+            anomaly.ifname = Some(c_string(&info.ifname));
+            anomaly.ifindex = Some(info.ifindex);
+            anomaly.hop_direction = Some(if info.iif == info.ifindex {
+                Direction::Ingress
+            } else {
+                Direction::Egress
+            });
         }
+        anomaly.len = Some(info.skb_len);
+        if let Some(parsed) = packet_bytes(info).and_then(packet::parse_ip) {
+            anomaly.flow = Some(parsed.flow);
+            anomaly.outer = parsed.outer;
+        }
+        anomaly.reason = Some(reason);
+        anomaly.location = Some(location);
+        anomaly
+    }
+
+    /// A fragment or an oversized packet seen at one of our TC hooks.
+    pub fn hop_event(&self, event: &HopEvent) -> Anomaly {
+        let kind = if event.header.kind == EventKind::HopOversize as u32 {
+            AnomalyKind::Oversize
+        } else {
+            AnomalyKind::Fragment
+        };
+        let mut anomaly = Anomaly::new(kind, 0);
+        anomaly.netns = self.netns;
+        let direction = Direction::try_from(u32::from(event.flow.direction)).ok();
+        anomaly.hop_direction = direction;
+        anomaly.dir = direction.map(Direction::as_str);
+        anomaly.ifindex = Some(event.flow.ifindex);
+        anomaly.ifname = self.hop_names.get(&event.flow.ifindex).cloned();
+        anomaly.len = Some(event.len);
+        anomaly.flow = flow_of(&event.flow);
+        anomaly.outer = outer_of(&event.outer);
+        match kind {
+            AnomalyKind::Fragment => {
+                anomaly.offset = Some(event.frag_offset);
+                anomaly.more = Some(event.frag_more != 0);
+            }
+            _ => anomaly.mtu = (event.mtu != 0).then_some(event.mtu),
+        }
+        anomaly
+    }
+
+    pub fn retransmit(&self, event: &RetransmitEvent) -> Anomaly {
+        let mut anomaly = Anomaly::new(AnomalyKind::Retransmit, event.header.netns);
+        anomaly.flow = sock_flow(&event.flow);
+        anomaly.count = (event.segs > 1).then_some(event.segs);
+        anomaly
+    }
+
+    /// A send refused with EMSGSIZE. The device comes from the destination (AF_PACKET's
+    /// sll_ifindex) or the socket's binding, looked up in the sender's namespace.
+    pub fn send_error(&self, event: &SendErrorEvent) -> Anomaly {
+        let mut anomaly = Anomaly::new(AnomalyKind::Oversize, event.header.netns);
+        anomaly.dropped = true;
+        anomaly.len = Some(event.len);
+        anomaly.errno = Some(event.errno);
+        anomaly.func = Some(SendCall::name(event.call));
+        anomaly.process = Some(Process {
+            pid: event.tgid,
+            comm: c_string(&event.comm),
+        });
+        const AF_PACKET: u16 = 17;
+        // The kernel names the device from the destination or the socket's binding; if it
+        // could not (no BTF for af_packet), ask /proc while the sender is still there.
+        let ifindex = match event.addr_family {
+            AF_PACKET | 0 if event.addr_ifindex != 0 => Some(event.addr_ifindex),
+            0 => netns::packet_socket_ifindex(event.tgid, event.fd),
+            _ => None,
+        };
+        if let Some(ifindex) = ifindex {
+            anomaly.ifindex = Some(ifindex);
+            anomaly.hop_direction = Some(Direction::Egress);
+            if let Some((name, mtu)) = netns::device_in_netns(anomaly.netns, ifindex) {
+                anomaly.ifname = Some(name);
+                anomaly.mtu = Some(mtu);
+            }
+        }
+        anomaly
     }
 }
 
-fn ifname(info: &PacketInfo) -> String {
-    let end = info.ifname.iter().position(|&b| b == 0).unwrap_or(16);
-    String::from_utf8_lossy(&info.ifname[..end]).into_owned()
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+fn ip_of(family: u8, raw: &[u8; 16]) -> Option<IpAddr> {
+    match family {
+        4 => Some(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).into()),
+        6 => Some(Ipv6Addr::from(*raw).into()),
+        _ => None,
+    }
+}
+
+/// A kernel flow key as the contract's flow.
+pub fn flow_of(key: &FlowKey) -> Option<Flow> {
+    Some(Flow {
+        proto: key.proto,
+        src: ip_of(key.family, &key.src)?,
+        dst: ip_of(key.family, &key.dst)?,
+        sport: key.sport,
+        dport: key.dport,
+    })
+}
+
+/// A kernel tunnel header as the contract's `outer`.
+pub fn outer_of(outer: &OuterHeader) -> Option<Outer> {
+    Some(Outer {
+        src: ip_of(outer.family, &outer.src)?,
+        dst: ip_of(outer.family, &outer.dst)?,
+        sport: outer.sport,
+        dport: outer.dport,
+        vni: outer.vni,
+    })
+}
+
+fn sock_flow(flow: &SockFlow) -> Option<Flow> {
+    let addr = |raw: &[u8; 16]| -> Option<IpAddr> {
+        match flow.family {
+            2 => Some(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).into()),
+            10 => Some(Ipv6Addr::from(*raw).into()),
+            _ => None,
+        }
+    };
+    Some(Flow {
+        proto: 6,
+        src: addr(&flow.saddr)?,
+        dst: addr(&flow.daddr)?,
+        sport: flow.sport,
+        dport: flow.dport,
+    })
 }
 
 /// The captured bytes, when they start with an IP header.
@@ -120,4 +301,14 @@ pub fn packet_bytes(info: &PacketInfo) -> Option<&[u8]> {
     let len = usize::try_from(info.cap_len).ok()?.min(info.packet.len());
     let bytes = &info.packet[..len];
     matches!(bytes.first().map(|b| b >> 4), Some(4 | 6)).then_some(bytes)
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// An anomaly with nothing set, for tests to fill in.
+    pub fn empty() -> Anomaly {
+        Anomaly::new(AnomalyKind::Drop, 0)
+    }
 }

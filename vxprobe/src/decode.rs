@@ -1,6 +1,8 @@
 //! Ring-buffer records to typed events: the one place kernel bytes are interpreted.
 
-use vxprobe_common::{DropEvent, EventHeader, EventKind};
+use vxprobe_common::{
+    DropEvent, EventHeader, EventKind, HopEvent, RetransmitEvent, SendErrorEvent,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -17,6 +19,10 @@ pub enum DecodeError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelEvent {
     Drop(DropEvent),
+    Retransmit(RetransmitEvent),
+    SendError(SendErrorEvent),
+    /// A fragment or an oversized packet at a TC hook.
+    Hop(HopEvent),
 }
 
 /// Copies a `T` out of `bytes` after checking the length.
@@ -39,6 +45,11 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     let header: EventHeader = read(bytes, "event header")?;
     match EventKind::try_from(header.kind).map_err(DecodeError::UnknownKind)? {
         EventKind::Drop => Ok(KernelEvent::Drop(read(bytes, "drop event")?)),
+        EventKind::Retransmit => Ok(KernelEvent::Retransmit(read(bytes, "retransmit event")?)),
+        EventKind::SendError => Ok(KernelEvent::SendError(read(bytes, "send error event")?)),
+        EventKind::Fragment | EventKind::HopOversize => {
+            Ok(KernelEvent::Hop(read(bytes, "hop event")?))
+        }
     }
 }
 
@@ -67,7 +78,9 @@ mod tests {
         let mut bytes = vec![0u8; size_of::<DropEvent>()];
         bytes[0] = EventKind::Drop as u8;
         bytes[24..28].copy_from_slice(&11u32.to_ne_bytes()); // reason
-        let KernelEvent::Drop(event) = decode(&bytes).unwrap();
+        let Ok(KernelEvent::Drop(event)) = decode(&bytes) else {
+            panic!("not a drop");
+        };
         assert_eq!(event.reason, 11);
     }
 }

@@ -144,8 +144,71 @@ impl KernelBtf {
             net_ns_inum: self.offset_of("net", &["ns", "inum"])?,
             task_nsproxy: self.offset_of("task_struct", &["nsproxy"])?,
             nsproxy_net_ns: self.offset_of("nsproxy", &["net_ns"])?,
+            sk_family: self.offset_of("sock_common", &["skc_family"])?,
+            sk_num: self.offset_of("sock_common", &["skc_num"])?,
+            sk_dport: self.offset_of("sock_common", &["skc_dport"])?,
+            sk_rcv_saddr: self.offset_of("sock_common", &["skc_rcv_saddr"])?,
+            sk_daddr: self.offset_of("sock_common", &["skc_daddr"])?,
+            // Kernels built without IPv6 have no v6 fields: IPv4 sockets still work.
+            sk_v6_rcv_saddr: self
+                .offset_of("sock_common", &["skc_v6_rcv_saddr"])
+                .unwrap_or(0),
+            sk_v6_daddr: self
+                .offset_of("sock_common", &["skc_v6_daddr"])
+                .unwrap_or(0),
+            sk_net: self.offset_of("sock_common", &["skc_net", "net"])?,
+            sk_state: self.offset_of("sock_common", &["skc_state"])?,
+            skb_tcp_gso_segs: self.offset_of("sk_buff", &["cb"])?
+                + self.offset_of("tcp_skb_cb", &["tcp_gso_segs"])?,
+            task_files: self.offset_of("task_struct", &["files"])?,
+            files_fdt: self.offset_of("files_struct", &["fdt"])?,
+            fdt_max_fds: self.offset_of("fdtable", &["max_fds"])?,
+            fdt_fd: self.offset_of("fdtable", &["fd"])?,
+            file_private_data: self.offset_of("file", &["private_data"])?,
+            socket_sk: self.offset_of("socket", &["sk"])?,
+            packet_ifindex: self.packet_sock_ifindex().unwrap_or(0),
             reason_consumed: reasons.value_of("SKB_CONSUMED").unwrap_or(1),
+            retransmit_has_err: u32::from(self.tracepoint_arity("tcp_retransmit_skb")? >= 3),
         })
+    }
+
+    /// `struct packet_sock` lives in af_packet, built in or a module with its own split BTF.
+    fn packet_sock_ifindex(&self) -> Result<u32, KernelBtfError> {
+        if let Ok(offset) = self.offset_of("packet_sock", &["ifindex"]) {
+            return Ok(offset);
+        }
+        let module = Path::new("/sys/kernel/btf/af_packet");
+        let split = Btf::from_split_file(module, &self.btf).map_err(|source| {
+            KernelBtfError::Unreadable {
+                path: module.display().to_string(),
+                source,
+            }
+        })?;
+        KernelBtf { btf: split }.offset_of("packet_sock", &["ifindex"])
+    }
+
+    /// Number of arguments of a tracepoint (without the leading context pointer), from its
+    /// `btf_trace_<name>` typedef.
+    pub fn tracepoint_arity(&self, name: &str) -> Result<usize, KernelBtfError> {
+        let typedef = format!("btf_trace_{name}");
+        let mut ty = self
+            .btf
+            .resolve_types_by_name(&typedef)
+            .ok()
+            .and_then(|t| t.into_iter().next())
+            .ok_or_else(|| KernelBtfError::MissingType(typedef.clone()))?;
+        for _ in 0..4 {
+            match ty {
+                Type::FuncProto(proto) => return Ok(proto.parameters.len().saturating_sub(1)),
+                Type::Typedef(_) | Type::Ptr(_) => {
+                    ty = self.btf.resolve_chained_type(
+                        ty.as_btf_type().expect("typedef and ptr are BTF types"),
+                    )?;
+                }
+                _ => break,
+            }
+        }
+        Err(KernelBtfError::MissingType(format!("{typedef} prototype")))
     }
 }
 
@@ -198,6 +261,18 @@ mod tests {
         assert_eq!(offsets.skb_dev, 16);
         assert!(offsets.skb_len > offsets.skb_dev);
         assert!(offsets.skb_network_header > offsets.skb_len);
+        // skc_daddr is the first field of sock_common.
+        assert_eq!(offsets.sk_daddr, 0);
+    }
+
+    #[test]
+    fn tracepoint_arity_is_read_from_btf() {
+        let Some(btf) = kernel() else { return };
+        assert_eq!(
+            btf.tracepoint_arity("kfree_skb").ok().map(|n| n >= 3),
+            Some(true)
+        );
+        assert!(btf.tracepoint_arity("no_such_tracepoint").is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`decode`] -> [`packet`] -> [`anomaly`]: ring-buffer records to typed, named events;
 //! - [`output`]: JSON lines;
 //! - [`record`]: the `record` command that ties them together;
+//! - [`doctor`]: the `doctor` command: device facts to named misconfigurations;
 //! - [`tui`]: the `top` terminal UI, fed typed messages;
 //! - [`lab`]: network-namespace topologies for tests and `demo`.
 
@@ -16,11 +17,14 @@ pub mod caps;
 pub mod cli;
 pub mod decode;
 pub mod devices;
+pub mod doctor;
 pub mod error;
+pub mod filter;
 pub mod hopstats;
 pub mod kallsyms;
 pub mod kbtf;
 pub mod lab;
+pub mod netns;
 pub mod output;
 pub mod packet;
 pub mod probes;

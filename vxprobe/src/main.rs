@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use vxprobe::{
     cli::{Cli, Command},
+    doctor,
     error::{UsageError, exit},
     probes_cmd, record,
 };
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Record(args) => record::run(args).await,
             Command::Probes(args) => probes_cmd::run(args),
+            Command::Doctor(args) => doctor::run(args).await,
         }
     });
     match result {
@@ -46,7 +48,7 @@ fn main() -> ExitCode {
             code(exit::USAGE)
         }
         Err(e) => {
-            eprintln!("vxprobe: {e:#}");
+            eprintln!("vxprobe: {}", shorten(&format!("{e:#}")));
             code(exit::RUNTIME)
         }
     }
@@ -54,4 +56,20 @@ fn main() -> ExitCode {
 
 fn code(status: i32) -> ExitCode {
     ExitCode::from(u8::try_from(status).unwrap_or(1))
+}
+
+/// A verifier rejection carries the whole verifier log: keep the first line and the end (where
+/// the verifier says why), unless VXPROBE_VERBOSE asks for everything.
+fn shorten(message: &str) -> String {
+    const KEEP: usize = 12;
+    let lines: Vec<&str> = message.lines().collect();
+    if lines.len() <= KEEP * 2 || std::env::var_os("VXPROBE_VERBOSE").is_some() {
+        return message.to_owned();
+    }
+    format!(
+        "{}\n  [... {} lines of verifier log; VXPROBE_VERBOSE=1 shows them ...]\n{}",
+        lines[0],
+        lines.len() - 1 - KEEP,
+        lines[lines.len() - KEEP..].join("\n")
+    )
 }

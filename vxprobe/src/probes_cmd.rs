@@ -32,10 +32,15 @@ pub fn run(args: ProbesArgs) -> anyhow::Result<()> {
         btf.kernel_offsets(&reasons)
     });
     let tc_mode = TcMode::choose(TcAttach::Auto);
-    let mut probes = Probes::load(tc_mode, kernel.as_ref().ok())?;
+    let mut probes = Probes::load(
+        tc_mode,
+        kernel.as_ref().ok(),
+        &vxprobe_common::FlowFilter::NONE,
+        vxprobe_common::MAX_FLOWS,
+    )?;
     let mut signals = Vec::new();
     match &kernel {
-        Ok(_) => signals.push(probes.attach_drops(&args.skip_hook).clone()),
+        Ok(_) => signals.extend(probes.attach_signals(&args.skip_hook).iter().cloned()),
         Err(e) => signals.push(HookChoice {
             signal: "drop",
             hook: None,
@@ -59,15 +64,15 @@ pub fn run(args: ProbesArgs) -> anyhow::Result<()> {
             report.kernel,
             if report.btf { "yes" } else { "no" }
         );
-        println!("{:<12} tc {}", "hops", report.tc_attach);
+        println!("{:<14} tc {}", "hops", report.tc_attach);
         for s in &report.signals {
             println!(
-                "{:<12} {}",
+                "{:<14} {}",
                 s.signal,
                 s.hook.as_deref().unwrap_or("UNAVAILABLE")
             );
             for why in &s.unavailable {
-                println!("{:<12}   not used: {why}", "");
+                println!("{:<14}   not used: {why}", "");
             }
         }
     }

@@ -216,8 +216,7 @@ impl FlowSample {
     }
 }
 
-/// What the events panel can show: the pipeline's anomaly kinds, and the kinds the contract
-/// adds that the pipeline does not report yet.
+/// What the events panel can show: the pipeline's anomaly kinds, with their display names.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventKindView {
     Drop,
@@ -245,6 +244,8 @@ impl From<AnomalyKind> for EventKindView {
             AnomalyKind::Drop => EventKindView::Drop,
             AnomalyKind::CsumError => EventKindView::CsumError,
             AnomalyKind::Oversize => EventKindView::Oversize,
+            AnomalyKind::Retransmit => EventKindView::Retransmit,
+            AnomalyKind::Fragment => EventKindView::Fragment,
         }
     }
 }
@@ -257,10 +258,11 @@ pub struct AnomalySample {
     /// `None` for faults seen at the socket layer, with no device.
     pub ifname: Option<String>,
     pub dir: Option<Direction>,
-    /// The kernel's drop reason, e.g. `TCP_CSUM`.
+    /// The kernel's drop reason, e.g. `TCP_CSUM`; empty when the kind has none.
     pub reason: String,
-    /// The kernel function that freed the packet.
+    /// The kernel function that freed the packet (or refused the send); may be empty.
     pub location: String,
+    /// Packet length; 0 when unknown.
     pub len: u32,
     pub flow: Option<Flow>,
 }
@@ -273,9 +275,13 @@ impl AnomalySample {
             kind: anomaly.kind.into(),
             ifname: anomaly.ifname.clone(),
             dir: anomaly.hop_direction,
-            reason: anomaly.reason.clone(),
-            location: anomaly.location.clone(),
-            len: anomaly.len,
+            reason: anomaly.reason.clone().unwrap_or_default(),
+            location: anomaly
+                .location
+                .clone()
+                .or_else(|| anomaly.func.map(str::to_owned))
+                .unwrap_or_default(),
+            len: anomaly.len.unwrap_or(0),
             flow: anomaly.flow.clone(),
         }
     }

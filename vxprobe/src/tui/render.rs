@@ -774,7 +774,7 @@ fn render_events(app: &App, area: Rect, buf: &mut Buffer) {
     let block = panel_block(app, Panel::Events, title);
     if events.is_empty() {
         let text = if app.event_count() == 0 {
-            "no drop, checksum error or oversize packet seen"
+            "no drop, checksum error, oversize packet, fragment or retransmit seen"
         } else {
             "no event matches the filter"
         };

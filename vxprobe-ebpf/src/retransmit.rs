@@ -1,0 +1,69 @@
+//! `tcp:tcp_retransmit_skb`: TCP retransmits per flow. tp_btf first, a kprobe on
+//! `tcp_retransmit_skb` next (it sees attempts, failed ones included), the raw tracepoint
+//! last; all get (sk, skb, ...).
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_tracepoint, kprobe, raw_tracepoint},
+    programs::{BtfTracePointContext, ProbeContext, RawTracePointContext},
+};
+use vxprobe_common::{EventKind, RetransmitEvent};
+
+use crate::{events, kernel};
+
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn vxprobe_retransmit_btf(ctx: BtfTracePointContext) -> i32 {
+    let offsets = kernel::offsets();
+    // Newer kernels pass `err` and fire on failed retransmits too: count the ones that went out.
+    let err: i32 = if offsets.retransmit_has_err != 0 {
+        ctx.arg(2)
+    } else {
+        0
+    };
+    if err == 0 {
+        on_retransmit(ctx.arg(0), ctx.arg(1));
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn vxprobe_retransmit_raw(ctx: RawTracePointContext) -> i32 {
+    let offsets = kernel::offsets();
+    let err: i64 = if offsets.retransmit_has_err != 0 {
+        ctx.arg(2)
+    } else {
+        0
+    };
+    if err as i32 == 0 {
+        on_retransmit(ctx.arg(0), ctx.arg(1));
+    }
+    0
+}
+
+#[kprobe]
+pub fn vxprobe_retransmit_kprobe(ctx: ProbeContext) -> u32 {
+    let sk: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
+    let skb: *const u8 = ctx.arg(1).unwrap_or(core::ptr::null());
+    on_retransmit(sk, skb);
+    0
+}
+
+#[inline(always)]
+fn on_retransmit(sk: *const u8, skb: *const u8) {
+    let offsets = kernel::offsets();
+    let Some(mut entry) = events::reserve::<RetransmitEvent>(EventKind::Retransmit) else {
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved, exclusively owned ring-buffer record; every field
+    // is written before submit.
+    unsafe {
+        (*event).header.kind = EventKind::Retransmit as u32;
+        (*event).header.ktime_ns = bpf_ktime_get_ns();
+        (*event).header.netns = kernel::read_sock(sk, &mut (*event).flow, &offsets);
+        (*event).state = u32::from(kernel::read::<u8>(sk, offsets.sk_state).unwrap_or(0));
+        (*event).segs =
+            u32::from(kernel::read::<u16>(skb, offsets.skb_tcp_gso_segs).unwrap_or(1)).max(1);
+    }
+    events::submit(entry);
+}

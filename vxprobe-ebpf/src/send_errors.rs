@@ -1,0 +1,272 @@
+//! Sends refused with EMSGSIZE ("Message too long"), seen where every kernel has a hook: the
+//! sendto/sendmsg syscall tracepoints. The enter hook remembers the call's arguments per
+//! thread; the exit hook reports the failures and reads the destination address then (the
+//! caller's memory is still there while it waits in the syscall).
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
+};
+use vxprobe_common::{EventKind, SendCall, SendErrorEvent};
+
+use crate::{events, kernel};
+
+const EMSGSIZE: i64 = 90;
+const AF_INET: u16 = 2;
+const AF_PACKET: u16 = 17;
+const AF_INET6: u16 = 10;
+
+/// Syscall tracepoint records: 8 bytes of common fields, the syscall number, then each
+/// argument (or the return value) in an 8-byte slot. This layout is the same on every kernel.
+const ARG0: usize = 16;
+const ARG_SLOT: usize = 8;
+
+#[derive(Copy, Clone)]
+#[repr(C)]
+struct PendingSend {
+    call: u32,
+    fd: u32,
+    /// sendto: the buffer length; sendmsg: 0 (summed from the iovecs at exit).
+    len: u64,
+    /// sendto: the sockaddr; sendmsg: the msghdr.
+    user_ptr: u64,
+}
+
+/// In-flight send calls by pid_tgid. LRU: a thread killed inside the call cannot leak its slot.
+#[map]
+static PENDING_SENDS: LruHashMap<u64, PendingSend> = LruHashMap::with_max_entries(16384, 0);
+
+fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: reads within the tracepoint record, whose layout is fixed for syscalls.
+    unsafe { ctx.read_at::<u64>(ARG0 + n * ARG_SLOT) }.unwrap_or(0)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
+pub fn vxprobe_sendto_enter(ctx: TracePointContext) -> u32 {
+    remember(&ctx, SendCall::Sendto, arg(&ctx, 2), arg(&ctx, 4));
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
+pub fn vxprobe_sendmsg_enter(ctx: TracePointContext) -> u32 {
+    remember(&ctx, SendCall::Sendmsg, 0, arg(&ctx, 1));
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_sendto")]
+pub fn vxprobe_sendto_exit(ctx: TracePointContext) -> u32 {
+    finish(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_sendmsg")]
+pub fn vxprobe_sendmsg_exit(ctx: TracePointContext) -> u32 {
+    finish(&ctx);
+    0
+}
+
+#[inline(always)]
+fn remember(ctx: &TracePointContext, call: SendCall, len: u64, user_ptr: u64) {
+    let pending = PendingSend {
+        call: call as u32,
+        fd: arg(ctx, 0) as u32,
+        len,
+        user_ptr,
+    };
+    let _ = PENDING_SENDS.insert(&aya_ebpf::helpers::bpf_get_current_pid_tgid(), &pending, 0);
+}
+
+#[inline(always)]
+fn finish(ctx: &TracePointContext) {
+    let key = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed below.
+    let Some(pending) = (unsafe { PENDING_SENDS.get(&key) }).copied() else {
+        return;
+    };
+    let _ = PENDING_SENDS.remove(&key);
+    let ret = arg(ctx, 0) as i64;
+    if ret != -EMSGSIZE {
+        return;
+    }
+    let Some(mut entry) = events::reserve::<SendErrorEvent>(EventKind::SendError) else {
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved, exclusively owned ring-buffer record; every field
+    // is written before submit. User memory is only read through bpf_probe_read_user.
+    unsafe {
+        (*event).header.kind = EventKind::SendError as u32;
+        (*event).header.ktime_ns = bpf_ktime_get_ns();
+        (*event).header.netns = kernel::task_netns(&kernel::offsets());
+        (*event).tgid = (key >> 32) as u32;
+        (*event).pid = key as u32;
+        (*event).comm = ctx.command().unwrap_or([0; 16]);
+        (*event).errno = EMSGSIZE as u32;
+        (*event).call = pending.call;
+        (*event).fd = pending.fd;
+        (*event).addr_family = 0;
+        (*event).addr_port = 0;
+        (*event).addr_ifindex = 0;
+        (*event).addr = [0; 16];
+        let mut len = pending.len;
+        let mut sockaddr = pending.user_ptr as *const u8;
+        if pending.call == SendCall::Sendmsg as u32 && !sockaddr.is_null() {
+            // struct msghdr { void *msg_name; int msg_namelen; struct iovec *msg_iov; size_t msg_iovlen; ... }
+            let msg = sockaddr;
+            sockaddr = bpf_probe_read_user(msg.cast::<*const u8>()).unwrap_or(core::ptr::null());
+            let iov =
+                bpf_probe_read_user(msg.add(16).cast::<*const u64>()).unwrap_or(core::ptr::null());
+            let iovlen = bpf_probe_read_user(msg.add(24).cast::<u64>()).unwrap_or(0);
+            len = 0;
+            // struct iovec { void *iov_base; size_t iov_len; }: the first four pieces.
+            for i in 0..4u64 {
+                if i >= iovlen || iov.is_null() {
+                    break;
+                }
+                len += bpf_probe_read_user(iov.add((i * 2 + 1) as usize)).unwrap_or(0);
+            }
+        }
+        (*event).len = len as u32;
+        if sockaddr.is_null() {
+            // No destination given: the socket's binding names the device (AF_PACKET).
+            (*event).addr_ifindex = bound_packet_ifindex(pending.fd);
+        }
+        if !sockaddr.is_null() {
+            let family = bpf_probe_read_user(sockaddr.cast::<u16>()).unwrap_or(0);
+            (*event).addr_family = family;
+            if family == AF_PACKET {
+                // struct sockaddr_ll { u16 family; be16 protocol; int ifindex; ... }
+                (*event).addr_ifindex =
+                    bpf_probe_read_user(sockaddr.add(4).cast::<i32>()).unwrap_or(0) as u32;
+            } else if family == AF_INET {
+                (*event).addr_port =
+                    u16::from_be(bpf_probe_read_user(sockaddr.add(2).cast::<u16>()).unwrap_or(0));
+                let a = bpf_probe_read_user(sockaddr.add(4).cast::<[u8; 4]>()).unwrap_or([0; 4]);
+                let mut addr = [0u8; 16];
+                addr[..4].copy_from_slice(&a);
+                (*event).addr = addr;
+            } else if family == AF_INET6 {
+                (*event).addr_port =
+                    u16::from_be(bpf_probe_read_user(sockaddr.add(2).cast::<u16>()).unwrap_or(0));
+                (*event).addr =
+                    bpf_probe_read_user(sockaddr.add(8).cast::<[u8; 16]>()).unwrap_or([0; 16]);
+            }
+        }
+    }
+    events::submit(entry);
+}
+
+/// The ifindex an AF_PACKET socket is bound to, from the current task's fd table:
+/// task->files->fdt->fd[fd]->private_data (struct socket)->sk. 0 when any step fails or the
+/// socket is not AF_PACKET.
+#[inline(always)]
+fn bound_packet_ifindex(fd: u32) -> u32 {
+    const AF_PACKET_FAMILY: u16 = 17;
+    let o = kernel::offsets();
+    if o.packet_ifindex == 0 {
+        return 0;
+    }
+    // SAFETY: bpf_get_current_task has no preconditions; the pointer is only dereferenced
+    // through bpf_probe_read_kernel.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+    let null = core::ptr::null();
+    let files = kernel::read::<*const u8>(task, o.task_files).unwrap_or(null);
+    let fdt = kernel::read::<*const u8>(files, o.files_fdt).unwrap_or(null);
+    let max_fds = kernel::read::<u32>(fdt, o.fdt_max_fds).unwrap_or(0);
+    if fd >= max_fds {
+        return 0;
+    }
+    let table = kernel::read::<*const u8>(fdt, o.fdt_fd).unwrap_or(null);
+    let file = kernel::read::<*const u8>(table, fd.wrapping_mul(8)).unwrap_or(null);
+    let socket = kernel::read::<*const u8>(file, o.file_private_data).unwrap_or(null);
+    let sk = kernel::read::<*const u8>(socket, o.socket_sk).unwrap_or(null);
+    if kernel::read::<u16>(sk, o.sk_family) != Some(AF_PACKET_FAMILY) {
+        return 0;
+    }
+    kernel::read::<i32>(sk, o.packet_ifindex).unwrap_or(0) as u32
+}
+
+/// The better rung where fexit exists: the kernel functions that refuse the send, with the
+/// socket in hand (no per-call state, and the device straight from the packet socket).
+#[aya_ebpf::macros::fexit(function = "packet_sendmsg")]
+pub fn vxprobe_packet_sendmsg_fexit(ctx: aya_ebpf::programs::FExitContext) -> i32 {
+    // int packet_sendmsg(struct socket *sock, struct msghdr *msg, size_t len)
+    let ret: i64 = ctx.arg(3);
+    if ret as i32 == -(EMSGSIZE as i32) {
+        let o = kernel::offsets();
+        let sock: *const u8 = ctx.arg(0);
+        let sk = kernel::read::<*const u8>(sock, o.socket_sk).unwrap_or(core::ptr::null());
+        report_kernel_send(&ctx, SendCall::PacketSendmsg, sk, ctx.arg(1), ctx.arg(2));
+    }
+    0
+}
+
+#[aya_ebpf::macros::fexit(function = "udp_sendmsg")]
+pub fn vxprobe_udp_sendmsg_fexit(ctx: aya_ebpf::programs::FExitContext) -> i32 {
+    // int udp_sendmsg(struct sock *sk, struct msghdr *msg, size_t len)
+    let ret: i64 = ctx.arg(3);
+    if ret as i32 == -(EMSGSIZE as i32) {
+        report_kernel_send(
+            &ctx,
+            SendCall::UdpSendmsg,
+            ctx.arg(0),
+            ctx.arg(1),
+            ctx.arg(2),
+        );
+    }
+    0
+}
+
+#[inline(always)]
+fn report_kernel_send(
+    ctx: &aya_ebpf::programs::FExitContext,
+    call: SendCall,
+    sk: *const u8,
+    msg: *const u8,
+    len: u64,
+) {
+    let o = kernel::offsets();
+    let Some(mut entry) = events::reserve::<SendErrorEvent>(EventKind::SendError) else {
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    // SAFETY: `event` points to a reserved, exclusively owned ring-buffer record; every field
+    // is written before submit. Kernel memory is only read through bpf_probe_read_kernel.
+    unsafe {
+        (*event).header.kind = EventKind::SendError as u32;
+        (*event).header.ktime_ns = bpf_ktime_get_ns();
+        (*event).header.netns = kernel::task_netns(&o);
+        (*event).tgid = (pid_tgid >> 32) as u32;
+        (*event).pid = pid_tgid as u32;
+        (*event).comm = aya_ebpf::EbpfContext::command(ctx).unwrap_or([0; 16]);
+        (*event).errno = EMSGSIZE as u32;
+        (*event).call = call as u32;
+        (*event).fd = 0;
+        (*event).len = len as u32;
+        (*event).addr_family = 0;
+        (*event).addr_port = 0;
+        (*event).addr_ifindex = 0;
+        (*event).addr = [0; 16];
+        // msghdr.msg_name (offset 0) is a kernel copy of the destination, if one was given.
+        let name = kernel::read::<*const u8>(msg, 0).unwrap_or(core::ptr::null());
+        let family = kernel::read::<u16>(name, 0).unwrap_or(0);
+        if family == AF_PACKET {
+            (*event).addr_family = family;
+            (*event).addr_ifindex = kernel::read::<i32>(name, 4).unwrap_or(0) as u32;
+        } else if family == AF_INET {
+            (*event).addr_family = family;
+            (*event).addr_port = u16::from_be(kernel::read::<u16>(name, 2).unwrap_or(0));
+            let a = kernel::read::<[u8; 4]>(name, 4).unwrap_or([0; 4]);
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&a);
+            (*event).addr = addr;
+        } else if call == SendCall::PacketSendmsg && o.packet_ifindex != 0 {
+            (*event).addr_ifindex = kernel::read::<i32>(sk, o.packet_ifindex).unwrap_or(0) as u32;
+        }
+    }
+    events::submit(entry);
+}

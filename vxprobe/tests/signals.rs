@@ -1,0 +1,157 @@
+//! Send failures and retransmits against the kernel's own counters.
+
+mod common;
+
+use common::{Recorder, is_root, must};
+use serde_json::Value;
+use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV};
+
+fn snmp(netns: &str, group: &str, field: &str) -> u64 {
+    let file = if group == "TcpExt" {
+        "/proc/net/netstat"
+    } else {
+        "/proc/net/snmp"
+    };
+    let text = must(netns, "cat", &[file]);
+    let mut lines = text.lines().filter(|l| l.starts_with(&format!("{group}:")));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let i = names.split_whitespace().position(|n| n == field).unwrap();
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// The Suricata-into-tap case of incident #4: frames larger than the tap's MTU, written with
+/// AF_PACKET while TSO/GSO are off, fail with EMSGSIZE. Half the sends name the device in
+/// the destination address, half go through a socket bound to it.
+#[test]
+fn oversized_af_packet_sends_into_a_tap_are_oversize_events() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let node = &lab.nodes[0].netns;
+    must(
+        node,
+        "ethtool",
+        &["-K", TAP_DEV, "tso", "off", "gso", "off"],
+    );
+    let rec = Recorder::start(node, &["--stats-interval", "200ms", "-i", TAP_DEV]);
+    const N: u32 = 9;
+    let script = format!(
+        "import socket\n\
+         frame=b'\\x02'*6+b'\\x04'*6+b'\\x08\\x00'+b'\\x45'+b'\\x00'*1985\n\
+         a=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n\
+         b=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n\
+         b.bind(('{TAP_DEV}',0))\n\
+         failed=0\n\
+         for i in range({N}):\n\
+         \x20 try:\n\
+         \x20\x20 a.sendto(frame,('{TAP_DEV}',0)) if i%2==0 else b.send(frame)\n\
+         \x20 except OSError as e:\n\
+         \x20\x20 failed+= e.errno==90\n\
+         print(failed)\n"
+    );
+    let failed: u32 = must(node, "python3", &["-c", &script])
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(failed, N, "every send failed with EMSGSIZE");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let lines = rec.stop();
+
+    let oversize: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["kind"] == "oversize" && l["errno"] == 90)
+        .collect();
+    assert_eq!(oversize.len() as u32, N, "{oversize:#?}");
+    for e in &oversize {
+        assert_eq!(e["ifname"], TAP_DEV, "{e}");
+        assert_eq!(e["mtu"], 1500);
+        assert_eq!(e["len"], 2000);
+        assert_eq!(e["process"]["comm"], "python3");
+        assert!(e["func"] == "sendto", "{e}");
+    }
+    // Charged to the tap's egress.
+    let drops: u64 = lines
+        .iter()
+        .filter(|l| l["kind"] == "hop" && l["ifname"] == TAP_DEV && l["dir"] == "egress")
+        .map(|l| l["drops"].as_u64().unwrap())
+        .sum();
+    assert_eq!(drops, u64::from(N));
+}
+
+/// TCP through a hop that loses 1 packet in 20: every retransmitted segment is counted for the
+/// flow, exactly as the sender's TcpRetransSegs counts them.
+#[test]
+fn retransmits_match_the_senders_retrans_segs() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let [n1, n2] = &lab.nodes;
+    let ruleset = format!(
+        "table inet vxp {{\n chain vxp_forward {{\n  type filter hook forward priority 0;\n  \
+         iifname \"{POD_HOST_DEV}\" tcp dport 5201 numgen random mod 20 == 0 drop\n }}\n}}\n"
+    );
+    let file = std::env::temp_dir().join(format!("vxprobe-nft-rt-{}", std::process::id()));
+    std::fs::write(&file, ruleset).unwrap();
+    must(&n1.netns, "nft", &["-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+
+    let mut server = vxprobe::lab::Lab::command(&n2.pod.netns, "iperf3")
+        .args(["-s", "-1", "-p", "5201"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = snmp(&n1.pod.netns, "Tcp", "RetransSegs");
+    let probes_before = snmp(&n1.pod.netns, "TcpExt", "TCPLossProbes");
+    let rec = Recorder::start(
+        &n1.netns,
+        &["--stats-interval", "500ms", "-i", POD_HOST_DEV],
+    );
+    must(
+        &n1.pod.netns,
+        "iperf3",
+        &[
+            "-c",
+            &n2.pod.ip.to_string(),
+            "-p",
+            "5201",
+            "-t",
+            "2",
+            "-b",
+            "20M",
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let lines = rec.stop();
+    let _ = server.wait();
+    let after = snmp(&n1.pod.netns, "Tcp", "RetransSegs");
+    let retrans_segs = after - before;
+    assert!(
+        retrans_segs > 5,
+        "the lossy hop caused retransmits: {retrans_segs}"
+    );
+
+    let events: Vec<&Value> = lines
+        .iter()
+        .filter(|l| {
+            l["kind"] == "retransmit"
+                && l["flow"]["src"] == n1.pod.ip.to_string()
+                && l["flow"]["dport"] == 5201
+        })
+        .collect();
+    // A line stands for `count` segments (default 1): a retransmitted skb can carry several.
+    let segments: u64 = events
+        .iter()
+        .map(|e| e["count"].as_u64().unwrap_or(1))
+        .sum();
+    assert_eq!(
+        segments,
+        retrans_segs,
+        "retransmit events vs TcpRetransSegs (loss probes {})",
+        snmp(&n1.pod.netns, "TcpExt", "TCPLossProbes") - probes_before
+    );
+    assert_eq!(events[0]["flow"]["proto"], "tcp");
+    assert_eq!(events[0]["flow"]["dst"], n2.pod.ip.to_string());
+}
