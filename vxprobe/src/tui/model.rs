@@ -6,7 +6,10 @@ use std::time::{Duration, SystemTime};
 use crossterm::event::KeyEvent;
 pub use vxprobe_common::Direction;
 
-use crate::anomaly::Anomaly;
+use crate::{
+    anomaly::Anomaly,
+    doctor::features::{self as feature, Features},
+};
 pub use crate::{
     anomaly::AnomalyKind,
     devices::Role,
@@ -29,6 +32,22 @@ pub struct Offload {
     pub tso: bool,
     /// `generic-segmentation-offload`.
     pub gso: bool,
+}
+
+impl Offload {
+    /// From the features `doctor` reads over ethtool netlink; `None` when the device reports
+    /// none of them.
+    pub fn from_features(features: &Features) -> Option<Self> {
+        let on = |name| features.get(name).map(|f| f.on);
+        let tx_csum = features.tx_checksum().map(|f| f.on);
+        let tso = on(feature::TSO);
+        let gso = on(feature::GSO);
+        (tx_csum.is_some() || tso.is_some() || gso.is_some()).then(|| Self {
+            tx_csum: tx_csum.unwrap_or(false),
+            tso: tso.unwrap_or(false),
+            gso: gso.unwrap_or(false),
+        })
+    }
 }
 
 /// What one hop saw during one interval. The pipeline sends one per selected hop and interval,

@@ -375,6 +375,38 @@ fn no_hint_when_gso_survives_or_is_absent() {
 }
 
 #[test]
+fn offload_from_doctor_features() {
+    use crate::doctor::features::{FeatureState, Features};
+
+    use super::model::Offload;
+    let state = |on| FeatureState {
+        on,
+        fixed: false,
+        requested: on,
+    };
+    let features = Features(
+        [
+            ("tx-checksum-ip-generic", state(false)),
+            ("tx-tcp-segmentation", state(false)),
+            ("tx-generic-segmentation", state(true)),
+            ("rx-gro", state(true)),
+        ]
+        .into_iter()
+        .map(|(name, s)| (name.to_owned(), s))
+        .collect(),
+    );
+    assert_eq!(
+        Offload::from_features(&features),
+        Some(Offload {
+            tx_csum: false,
+            tso: false,
+            gso: true
+        })
+    );
+    assert_eq!(Offload::from_features(&Features::default()), None);
+}
+
+#[test]
 fn flow_samples_from_hops_in_any_order() {
     use super::model::{FlowHop, FlowSample, HopCounts, Role};
     let hop = |name: &str, ifindex, dir, role, packets, drops| FlowHop {
