@@ -11,6 +11,7 @@
 //! - [`pipeline`]: the loop from kernel to sinks, shared by `record` and `top`;
 //! - [`record`]: the `record` command;
 //! - [`doctor`]: the `doctor` command: device facts to named misconfigurations;
+//! - [`tui`]: the `top` terminal UI, fed typed messages;
 //! - [`lab`]: network-namespace topologies for tests and `demo`.
 
 pub mod anomaly;
@@ -34,3 +35,4 @@ pub mod probes;
 pub mod probes_cmd;
 pub mod record;
 pub mod session;
+pub mod tui;
