@@ -132,6 +132,15 @@ pub enum Link {
 }
 
 impl Anomaly {
+    /// Frees the kernel reports as drops although the packet was delivered: an ICMP echo
+    /// reply is handed to raw sockets (root's ping) as a copy, then the original is freed
+    /// with NO_SOCKET in `ping_rcv` when no unprivileged ping socket wants it.
+    pub fn is_benign(&self) -> bool {
+        self.kind == AnomalyKind::Drop
+            && self.reason.as_deref() == Some("NO_SOCKET")
+            && self.location.as_deref() == Some("ping_rcv")
+    }
+
     fn new(kind: AnomalyKind, netns: u32) -> Self {
         Self {
             kind,

@@ -19,6 +19,8 @@ pub struct Cli {
 pub enum Command {
     /// Export events as JSON lines (and evidence packets as pcapng).
     Record(RecordArgs),
+    /// Live terminal UI of per-hop loss and the worst flows.
+    Top(TopArgs),
     /// Which kernel hook each signal uses here (and why the better ones are not used).
     Probes(ProbesArgs),
     /// Name the misconfiguration behind the numbers: MTUs, checksum/TSO/GSO offloads, kernel.
@@ -58,6 +60,10 @@ pub struct ProbesArgs {
     /// Leave a hook type out of the ladder (repeatable).
     #[arg(long, value_enum, value_name = "HOOK")]
     pub skip_hook: Vec<crate::probes::HookType>,
+    /// Also report frees that are not losses, such as NO_SOCKET in ping_rcv for echo replies
+    /// a raw socket (root's ping) already received.
+    #[arg(long)]
+    pub all_drops: bool,
 }
 
 /// Which devices to observe, and which flows.
@@ -104,13 +110,35 @@ pub struct RecordArgs {
     /// Bytes kept of each evidence packet (headers, not payload: at most 128 are captured).
     #[arg(long, value_name = "BYTES", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=128))]
     pub snaplen: u32,
-    /// Size of the kernel-to-user event ring buffer: a power of two, 4 KiB to 1 GiB. Events
-    /// that find it full are counted and reported as `lost` lines.
-    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, value_parser = parse_ring_size)]
-    pub ring_size: u32,
     /// How often each hop's counters are written as a `hop` line.
     #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
     pub stats_interval: Duration,
+    #[command(flatten)]
+    pub probe: ProbeOptions,
+    /// Created once every probe is attached (for scripts and tests that must not race the
+    /// attach).
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    /// How often the screen's counters are refreshed.
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    #[command(flatten)]
+    pub probe: ProbeOptions,
+}
+
+/// How the kernel side is set up; the defaults suit almost everyone.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeOptions {
+    /// Size of the kernel-to-user event ring buffer: a power of two, 4 KiB to 1 GiB. Events
+    /// that find it full are counted and reported as `lost`.
+    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, value_parser = parse_ring_size)]
+    pub ring_size: u32,
     /// Capacity of the kernel's per-flow table (flows x hops x directions); beyond it the
     /// least recently seen entries are evicted.
     #[arg(long, value_name = "N", default_value_t = vxprobe_common::MAX_FLOWS, value_parser = clap::value_parser!(u32).range(64..=4_194_304))]
@@ -123,10 +151,10 @@ pub struct RecordArgs {
     /// tp_btf misbehaves.
     #[arg(long, value_enum, value_name = "HOOK")]
     pub skip_hook: Vec<crate::probes::HookType>,
-    /// Created once every probe is attached (for scripts and tests that must not race the
-    /// attach).
-    #[arg(long, value_name = "PATH")]
-    pub ready_file: Option<PathBuf>,
+    /// Also report frees that are not losses, such as NO_SOCKET in ping_rcv for echo replies
+    /// a raw socket (root's ping) already received.
+    #[arg(long)]
+    pub all_drops: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]

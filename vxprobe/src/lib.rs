@@ -35,4 +35,5 @@ pub mod probes;
 pub mod probes_cmd;
 pub mod record;
 pub mod session;
+pub mod top;
 pub mod tui;

@@ -5,7 +5,7 @@ use vxprobe::{
     cli::{Cli, Command},
     doctor,
     error::{UsageError, exit},
-    probes_cmd, record,
+    probes_cmd, record, top,
 };
 
 fn main() -> ExitCode {
@@ -37,6 +37,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Record(args) => record::run(args).await,
+            Command::Top(args) => top::run(args).await,
             Command::Probes(args) => probes_cmd::run(args),
             Command::Doctor(args) => doctor::run(args).await,
         }

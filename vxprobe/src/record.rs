@@ -28,10 +28,11 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
 
     let mut session = Session::start(&SessionConfig {
         selection: args.selection.clone(),
-        tc_attach: args.tc_attach,
-        skip_hook: args.skip_hook.clone(),
-        max_flows: args.max_flows,
-        ring_size: args.ring_size,
+        tc_attach: args.probe.tc_attach,
+        skip_hook: args.probe.skip_hook.clone(),
+        max_flows: args.probe.max_flows,
+        ring_size: args.probe.ring_size,
+        all_drops: args.probe.all_drops,
     })
     .await?;
     session::signal_ready(args.ready_file.as_ref())?;

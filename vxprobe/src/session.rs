@@ -32,6 +32,8 @@ pub struct SessionConfig {
     pub skip_hook: Vec<HookType>,
     pub max_flows: u32,
     pub ring_size: u32,
+    /// Also report drops that are not losses ([`Anomaly::is_benign`]).
+    pub all_drops: bool,
 }
 
 /// What this session watches, with which hooks: the `meta` line, the TUI's status line.
@@ -115,6 +117,7 @@ pub struct Session {
     enricher: Enricher,
     /// `--host/--port/--proto` for events the kernel could not filter (kernel-wide hooks).
     selector: FlowSelector,
+    all_drops: bool,
     /// Faults charged to each hop in the current interval.
     hop_drops: BTreeMap<HopKey, u64>,
 }
@@ -222,6 +225,7 @@ impl Session {
             lost: LostCounter::new(lost),
             enricher,
             selector,
+            all_drops: config.all_drops,
             hop_drops: BTreeMap::new(),
         })
     }
@@ -260,7 +264,7 @@ impl Session {
                 }
             };
             drop(record);
-            if !self.selector.matches(&anomaly) {
+            if !self.selector.matches(&anomaly) || (anomaly.is_benign() && !self.all_drops) {
                 continue;
             }
             charge_hop(&mut self.hop_drops, &self.hops, self.netns, &anomaly);

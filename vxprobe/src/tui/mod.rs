@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod demo;
+pub mod feed;
 pub mod filter;
 pub mod model;
 pub mod render;
