@@ -18,6 +18,7 @@ pub mod anomaly;
 pub mod caps;
 pub mod cli;
 pub mod decode;
+pub mod demo;
 pub mod devices;
 pub mod doctor;
 pub mod error;

@@ -245,6 +245,21 @@ impl Sink for JsonSink {
         Ok(self.lines.flush()?)
     }
 
+    fn note(&mut self, text: &str) -> anyhow::Result<()> {
+        #[derive(Serialize)]
+        struct NoteLine<'a> {
+            kind: &'static str,
+            ts: String,
+            text: &'a str,
+        }
+        self.lines.write(&NoteLine {
+            kind: "note",
+            ts: timestamp(SystemTime::now()),
+            text,
+        })?;
+        Ok(self.lines.flush()?)
+    }
+
     fn finish(&mut self, summary: &mut Summary) -> anyhow::Result<()> {
         self.lines.write(&SummaryLine {
             kind: "summary",
