@@ -27,20 +27,27 @@ fn demo_record_finds_every_fault_where_it_was_injected_and_cleans_up() {
         return;
     }
     let file = std::env::temp_dir().join(format!("vxprobe-demo-{}.json", std::process::id()));
-    let out = Command::new(VXPROBE)
+    let demo = Command::new(VXPROBE)
         .args(["demo", "--record", file.to_str().unwrap(), "--phase", "4s"])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let demo_pid = demo.id();
+    let out = demo.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "demo failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let demo_pid = {
-        // Namespaces of the demo carry its pid; none may be left.
-        let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
-        String::from_utf8_lossy(&list.stdout).into_owned()
-    };
+    // The demo's namespaces carry its pid; none may be left.
+    let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let left = String::from_utf8_lossy(&list.stdout).into_owned();
+    let ours = format!("{NETNS_PREFIX}{demo_pid}-");
+    assert!(
+        !left.lines().any(|l| l.starts_with(&ours)),
+        "demo (pid {demo_pid}) namespaces left behind:\n{left}"
+    );
     let lines: Vec<Value> = std::fs::read_to_string(&file)
         .unwrap()
         .lines()
@@ -48,13 +55,6 @@ fn demo_record_finds_every_fault_where_it_was_injected_and_cleans_up() {
         .collect();
     let _ = std::fs::remove_file(&file);
     let node = lines[0]["netns"].as_u64().unwrap();
-    let prefix = format!("{NETNS_PREFIX}");
-    assert!(
-        !demo_pid
-            .lines()
-            .any(|l| l.starts_with(&prefix) && !l.contains(&format!("-{}-", std::process::id()))),
-        "demo namespaces left behind:\n{demo_pid}"
-    );
 
     // Bad checksums: csum_error UDP_CSUM on pod 2's eth0 (another namespace than the node's).
     let csum: Vec<_> = phase(&lines, "fault: bad UDP checksums")
@@ -116,8 +116,7 @@ fn demo_record_finds_every_fault_where_it_was_injected_and_cleans_up() {
     let last = offload_off
         .iter()
         .filter(|l| l["kind"] == "hop" && l["ifname"] == UNDERLAY_DEV && l["dir"] == "egress")
-        .filter(|l| l["packets"].as_u64().unwrap() > 0)
-        .last()
+        .rfind(|l| l["packets"].as_u64().unwrap() > 0)
         .expect("underlay traffic while offload is off");
     assert!(
         last["max_len"].as_u64().unwrap() <= 1514,
