@@ -192,7 +192,15 @@ fn a_recording_with_every_kind_matches_the_schema_and_its_pcapng() {
     settle();
     faults::bad_udp_checksums(&n1.pod.netns, n2.pod.ip, 5555, 5).unwrap(); // csum_error
     settle();
-    faults::udp_datagrams(&n1.pod.netns, n2.pod.ip.into(), 7777, 3000, 3, true).unwrap(); // fragment
+    faults::udp_datagrams(
+        &n1.pod.netns,
+        n2.pod.ip.into(),
+        7777,
+        3000,
+        3,
+        faults::Df::Clear,
+    )
+    .unwrap(); // fragment
     settle();
     assert_eq!(
         faults::packet_sends(&n1.netns, TAP_DEV, 2000, 4).unwrap(),

@@ -80,16 +80,27 @@ pub fn bad_udp_checksums(netns: &str, dst: Ipv4Addr, port: u16, count: u32) -> i
     })
 }
 
-/// Sends `count` UDP datagrams of `size` bytes from port 40001 to `dst:port`. With
-/// `fragment_ok`, DF is cleared (IP_PMTUDISC_DONT) so the sender fragments instead of refusing.
-/// Returns how many the kernel refused with EMSGSIZE (a learned path MTU below `size`).
+/// How a sender treats the Don't Fragment bit (IP_MTU_DISCOVER).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Df {
+    /// DF clear: routers fragment (IP_PMTUDISC_DONT).
+    Clear,
+    /// The socket default: DF set, but the sender fragments to a learned path MTU.
+    Default,
+    /// DF set and never fragment: sends above the path MTU fail with EMSGSIZE
+    /// (IP_PMTUDISC_DO).
+    Always,
+}
+
+/// Sends `count` UDP datagrams of `size` bytes from port 40001 to `dst:port`. Returns how many
+/// the kernel refused with EMSGSIZE (a learned path MTU below `size`, with [`Df::Always`]).
 pub fn udp_datagrams(
     netns: &str,
     dst: IpAddr,
     port: u16,
     size: usize,
     count: u32,
-    fragment_ok: bool,
+    df: Df,
 ) -> io::Result<u32> {
     in_netns(netns, move || {
         let bind: SocketAddr = match dst {
@@ -97,8 +108,13 @@ pub fn udp_datagrams(
             IpAddr::V6(_) => "[::]:40001".parse().expect("literal"),
         };
         let sock = UdpSocket::bind(bind)?;
-        if fragment_ok && dst.is_ipv4() {
-            let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
+        let mode = match df {
+            Df::Clear => Some(libc::IP_PMTUDISC_DONT),
+            Df::Default => None,
+            Df::Always => Some(libc::IP_PMTUDISC_DO),
+        };
+        if let (Some(mode), true) = (mode, dst.is_ipv4()) {
+            let dont: libc::c_int = mode;
             // SAFETY: setsockopt reads one c_int we own.
             check(unsafe {
                 libc::setsockopt(
