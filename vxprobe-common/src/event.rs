@@ -20,19 +20,22 @@ pub enum EventKind {
     Fragment = 4,
     /// A non-GSO packet longer than its device's MTU allows, seen at a hop (TC).
     HopOversize = 5,
+    /// An ICMP "fragmentation needed" the kernel sent back for a packet (`icmp:icmp_send`).
+    FragNeeded = 6,
 }
 
 impl EventKind {
     /// Every kind, for per-kind counters indexed by `kind as u32`.
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::Drop,
         EventKind::Retransmit,
         EventKind::SendError,
         EventKind::Fragment,
         EventKind::HopOversize,
+        EventKind::FragNeeded,
     ];
     /// One past the largest kind value: the size of per-kind arrays.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 impl TryFrom<u32> for EventKind {
@@ -45,6 +48,7 @@ impl TryFrom<u32> for EventKind {
             3 => Ok(EventKind::SendError),
             4 => Ok(EventKind::Fragment),
             5 => Ok(EventKind::HopOversize),
+            6 => Ok(EventKind::FragNeeded),
             other => Err(other),
         }
     }
@@ -131,6 +135,15 @@ impl KernelOffsets {
         reason_consumed: 0,
         retransmit_has_err: 0,
     };
+}
+
+/// `icmp:icmp_send` of type 3 code 4: the node told a sender its packet is too big for the
+/// path (PMTU discovery); `packet` is the packet that triggered it.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct FragNeededEvent {
+    pub header: EventHeader,
+    pub packet: PacketInfo,
 }
 
 /// A connection's addresses as the socket holds them.
@@ -279,6 +292,7 @@ const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<HopEvent>() == 16 + 44 + 44 + 24 + SNAP_LEN);
 const _: () = assert!(core::mem::size_of::<PacketInfo>() == 24 + 16 + SNAP_LEN);
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 16 + 16 + 168);
+const _: () = assert!(core::mem::size_of::<FragNeededEvent>() == 16 + 168);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
 const _: () = assert!(core::mem::size_of::<SockFlow>() == 40);
 const _: () = assert!(core::mem::size_of::<RetransmitEvent>() == 16 + 40 + 8);

@@ -10,8 +10,8 @@ pub mod flow;
 pub mod hop;
 
 pub use event::{
-    DropEvent, EventHeader, EventKind, HopEvent, KernelOffsets, PacketInfo, RetransmitEvent,
-    SNAP_LEN, SendCall, SendErrorEvent, SockFlow,
+    DropEvent, EventHeader, EventKind, FragNeededEvent, HopEvent, KernelOffsets, PacketInfo,
+    RetransmitEvent, SNAP_LEN, SendCall, SendErrorEvent, SockFlow,
 };
 pub use flow::{FlowCounters, FlowFilter, FlowKey, FragInfo, FragKey, OuterHeader};
 pub use hop::{Direction, HopCounters, HopKey};
@@ -41,6 +41,8 @@ pub mod names {
     pub const KFREE_SKB_KPROBE_SK: &str = "vxprobe_sk_skb_reason_drop_kprobe";
     pub const KFREE_SKB_KPROBE: &str = "vxprobe_kfree_skb_reason_kprobe";
     pub const RETRANSMIT_KPROBE: &str = "vxprobe_retransmit_kprobe";
+    pub const ICMP_SEND_BTF: &str = "vxprobe_icmp_send_btf";
+    pub const ICMP_SEND_RAW: &str = "vxprobe_icmp_send_raw";
 }
 
 /// Upper bound on the hops (device x direction) counted at once.

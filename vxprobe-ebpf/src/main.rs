@@ -7,6 +7,7 @@ mod drops;
 mod events;
 mod kernel;
 mod parse;
+mod pmtu;
 mod retransmit;
 mod send_errors;
 mod tc;

@@ -8,8 +8,8 @@ use std::{
 
 use serde::Serialize;
 use vxprobe_common::{
-    Direction, DropEvent, EventKind, FlowKey, HopEvent, OuterHeader, PacketInfo, RetransmitEvent,
-    SendCall, SendErrorEvent, SockFlow,
+    Direction, DropEvent, EventKind, FlowKey, FragNeededEvent, HopEvent, OuterHeader, PacketInfo,
+    RetransmitEvent, SendCall, SendErrorEvent, SockFlow,
 };
 
 use crate::{
@@ -27,6 +27,8 @@ pub enum AnomalyKind {
     Oversize,
     Retransmit,
     Fragment,
+    /// The node sent ICMP "fragmentation needed" for a packet too big for the next hop.
+    FragNeeded,
 }
 
 impl AnomalyKind {
@@ -37,6 +39,7 @@ impl AnomalyKind {
             AnomalyKind::Oversize => "oversize",
             AnomalyKind::Retransmit => "retransmit",
             AnomalyKind::Fragment => "fragment",
+            AnomalyKind::FragNeeded => "frag_needed",
         }
     }
 }
@@ -262,6 +265,22 @@ impl Enricher {
                 anomaly.more = Some(event.frag_more != 0);
             }
             _ => anomaly.mtu = (event.mtu != 0).then_some(event.mtu),
+        }
+        anomaly
+    }
+
+    /// ICMP fragmentation-needed sent for a packet: the device it arrived on and its flow.
+    pub fn frag_needed(&self, event: &FragNeededEvent) -> Anomaly {
+        let info = &event.packet;
+        let mut anomaly = Anomaly::new(AnomalyKind::FragNeeded, event.header.netns);
+        if info.ifindex != 0 {
+            anomaly.ifname = Some(c_string(&info.ifname));
+            anomaly.ifindex = Some(info.ifindex);
+        }
+        anomaly.len = Some(info.skb_len);
+        if let Some(parsed) = packet_bytes(info).and_then(packet::parse_ip) {
+            anomaly.flow = Some(parsed.flow);
+            anomaly.outer = parsed.outer;
         }
         anomaly
     }

@@ -161,6 +161,7 @@ fn event_kind_name(kind: vxprobe_common::EventKind) -> &'static str {
         EventKind::Retransmit => "retransmit",
         EventKind::SendError | EventKind::HopOversize => "oversize",
         EventKind::Fragment => "fragment",
+        EventKind::FragNeeded => "frag_needed",
     }
 }
 

@@ -129,6 +129,19 @@ const LADDERS: &[(&str, &[Rung])] = &[
         ],
     ),
     (
+        "frag_needed",
+        &[
+            Rung {
+                hook: HookType::TpBtf,
+                programs: &[(names::ICMP_SEND_BTF, "icmp_send")],
+            },
+            Rung {
+                hook: HookType::RawTracepoint,
+                programs: &[(names::ICMP_SEND_RAW, "icmp_send")],
+            },
+        ],
+    ),
+    (
         "send_emsgsize",
         &[
             Rung {

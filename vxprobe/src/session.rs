@@ -258,6 +258,7 @@ impl Session {
                 Ok(KernelEvent::Retransmit(event)) => self.enricher.retransmit(&event),
                 Ok(KernelEvent::SendError(event)) => self.enricher.send_error(&event),
                 Ok(KernelEvent::Hop(event)) => self.enricher.hop_event(&event),
+                Ok(KernelEvent::FragNeeded(event)) => self.enricher.frag_needed(&event),
                 Err(e) => {
                     eprintln!("vxprobe: skipping a kernel record: {e}");
                     continue;

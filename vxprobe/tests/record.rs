@@ -131,6 +131,7 @@ fn check_schema(lines: &[Value]) -> std::collections::BTreeSet<String> {
                 assert_eq!(line["flow"]["proto"], "tcp", "{line}");
                 assert!(line["netns"].as_u64().is_some(), "{line}");
             }
+            "frag_needed" => check_device(line, false),
             "lost" => assert!(line["count"].as_u64().is_some_and(|c| c >= 1), "{line}"),
             "summary" => assert!(line["events"].is_object(), "{line}"),
             other => panic!("a kind the contract does not know: {other}: {line}"),

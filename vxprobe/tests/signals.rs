@@ -167,7 +167,14 @@ fn df_traffic_above_the_overlay_mtu_is_refused_at_the_hop_then_at_the_sender() {
         .filter(ours)
         .filter(|l| l["reason"] == "PKT_TOO_BIG")
         .collect();
-    assert!(!at_hop.is_empty(), "refused where forwarded");
+    let seen: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["flow"]["dport"] == 7780)
+        .collect();
+    assert!(
+        !at_hop.is_empty(),
+        "refused where forwarded; refused at the sender: {refused}; lines of the flow: {seen:#?}"
+    );
     assert!(
         at_hop
             .iter()
