@@ -195,10 +195,11 @@ pub struct Hop {
 }
 
 /// Roles of every device, from the topology: the lower device of a tunnel is its underlay.
-fn role_of(device: &Device, underlays: &BTreeSet<u32>) -> Role {
-    match device.kind {
+/// The role of a device of this kind, given which devices carry a tunnel's packets.
+pub fn role_of(kind: &DeviceKind, ifindex: u32, underlays: &BTreeSet<u32>) -> Role {
+    match kind {
         DeviceKind::Vxlan | DeviceKind::Geneve => Role::Overlay,
-        _ if underlays.contains(&device.ifindex) => Role::Underlay,
+        _ if underlays.contains(&ifindex) => Role::Underlay,
         DeviceKind::Tap | DeviceKind::Tun => Role::Tap,
         DeviceKind::Veth => Role::Pod,
         DeviceKind::Physical => Role::Physical,
@@ -209,11 +210,14 @@ fn role_of(device: &Device, underlays: &BTreeSet<u32>) -> Role {
 /// Picks the hops to observe. With patterns (`-i`, shell globs), every device whose name matches
 /// one; each pattern must match at least one device. Without, every tunnel device, each one's
 /// underlay, every tun/tap and every physical NIC.
-pub fn select(devices: &[Device], patterns: &[String]) -> Result<Vec<Hop>, UsageError> {
-    let underlays: BTreeSet<u32> = devices
-        .iter()
-        .filter_map(|d| d.tunnel.as_ref()?.lower_ifindex)
-        .collect();
+///
+/// `underlays`: the devices tunnels send through (their lower device, or the one routing to
+/// their remote VTEP; see `doctor::rules::underlay`).
+pub fn select(
+    devices: &[Device],
+    patterns: &[String],
+    underlays: &BTreeSet<u32>,
+) -> Result<Vec<Hop>, UsageError> {
     let chosen: Vec<&Device> = if patterns.is_empty() {
         devices
             .iter()
@@ -248,7 +252,7 @@ pub fn select(devices: &[Device], patterns: &[String]) -> Result<Vec<Hop>, Usage
         .into_iter()
         .map(|d| Hop {
             device: d.clone(),
-            role: role_of(d, &underlays),
+            role: role_of(&d.kind, d.ifindex, underlays),
         })
         .collect())
 }
@@ -287,7 +291,7 @@ mod tests {
 
     #[test]
     fn default_selection_is_tunnels_underlays_taps_and_nics() {
-        let hops = select(&node(), &[]).unwrap();
+        let hops = select(&node(), &[], &BTreeSet::from([2])).unwrap();
         let got: Vec<(&str, Role)> = hops
             .iter()
             .map(|h| (h.device.name.as_str(), h.role))
@@ -305,7 +309,7 @@ mod tests {
 
     #[test]
     fn globs_select_veths_as_pods() {
-        let hops = select(&node(), &["cali*".into()]).unwrap();
+        let hops = select(&node(), &["cali*".into()], &BTreeSet::from([2])).unwrap();
         assert_eq!(hops.len(), 1);
         assert_eq!(hops[0].device.name, "cali1234");
         assert_eq!(hops[0].role, Role::Pod);
@@ -313,7 +317,12 @@ mod tests {
 
     #[test]
     fn an_unmatched_pattern_names_itself() {
-        let err = select(&node(), &["eth0".into(), "nosuchdev".into()]).unwrap_err();
+        let err = select(
+            &node(),
+            &["eth0".into(), "nosuchdev".into()],
+            &BTreeSet::new(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("nosuchdev"), "{err}");
     }
 }

@@ -127,7 +127,16 @@ impl Session {
         let devices = devices::list_devices()
             .await
             .context("listing network devices over rtnetlink")?;
-        let hops = devices::select(&devices, &config.selection.ifaces)?;
+        // Tunnels without a lower device send through the device routing to their remote
+        // VTEP: doctor's facts know it (routes, fdb, addresses).
+        let underlays = match crate::doctor::facts::gather().await {
+            Ok(facts) => crate::doctor::rules::underlays(&facts),
+            Err(_) => devices
+                .iter()
+                .filter_map(|d| d.tunnel.as_ref()?.lower_ifindex)
+                .collect(),
+        };
+        let hops = devices::select(&devices, &config.selection.ifaces, &underlays)?;
         if hops.is_empty() {
             return Err(UsageError::new(
                 "no device to observe here (no VXLAN/Geneve, tun/tap or physical NIC): name some with -i",
