@@ -129,6 +129,19 @@ const LADDERS: &[(&str, &[Rung])] = &[
         ],
     ),
     (
+        "retransmit_synack",
+        &[
+            Rung {
+                hook: HookType::TpBtf,
+                programs: &[(names::RETRANSMIT_SYNACK_BTF, "tcp_retransmit_synack")],
+            },
+            Rung {
+                hook: HookType::RawTracepoint,
+                programs: &[(names::RETRANSMIT_SYNACK_RAW, "tcp_retransmit_synack")],
+            },
+        ],
+    ),
+    (
         "frag_needed",
         &[
             Rung {

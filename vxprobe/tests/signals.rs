@@ -197,3 +197,56 @@ fn df_traffic_above_the_overlay_mtu_is_refused_at_the_hop_then_at_the_sender() {
         "each datagram refused once, somewhere"
     );
 }
+
+/// A client whose handshake ACK is lost: the server sends its SYN-ACK again, and each one is a
+/// retransmit of the server's flow, as its TcpRetransSegs counts them.
+#[test]
+fn syn_ack_retransmits_are_counted() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let [n1, n2] = &lab.nodes;
+    faults::nft(
+        &n1.netns,
+        &format!(
+            "table inet vxp_ack {{\n chain forward {{\n  type filter hook forward priority 0;\n  \
+             iifname \"{POD_HOST_DEV}\" tcp dport 7900 tcp flags & (syn|ack|fin|rst|psh) == ack drop\n }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let listener = faults::in_netns(&n2.pod.netns, || {
+        std::net::TcpListener::bind("0.0.0.0:7900")
+    })
+    .unwrap();
+    let before = faults::snmp(&n2.pod.netns, "Tcp", "RetransSegs").unwrap();
+    let rec = Recorder::start(
+        &n1.netns,
+        &["--stats-interval", "200ms", "-i", POD_HOST_DEV],
+    );
+    let server = n2.pod.ip;
+    let client = faults::in_netns(&n1.pod.netns, move || {
+        std::net::TcpStream::connect((server, 7900))
+    })
+    .unwrap();
+    // Initial RTO 1 s: the SYN-ACK goes again at about 1 s and 3 s.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let after = faults::snmp(&n2.pod.netns, "Tcp", "RetransSegs").unwrap();
+    let lines = rec.stop();
+    drop((client, listener));
+    let synacks: u64 = lines
+        .iter()
+        .filter(|l| {
+            l["kind"] == "retransmit"
+                && l["flow"]["sport"] == 7900
+                && l["flow"]["src"] == n2.pod.ip.to_string()
+        })
+        .map(|l| l["count"].as_u64().unwrap_or(1))
+        .sum();
+    assert!(after - before >= 1, "the server retransmitted its SYN-ACK");
+    assert_eq!(
+        synacks,
+        after - before,
+        "SYN-ACK retransmits vs the server's TcpRetransSegs"
+    );
+}
