@@ -42,6 +42,10 @@ pub struct DoctorArgs {
     /// settings against a kernel it will run or used to run.
     #[arg(long, value_name = "RELEASE", value_parser = parse_kernel_release)]
     pub assume_kernel: Option<String>,
+    /// Also watch the live signals for this long (attaching like `record`) and add to each
+    /// finding what its devices did meanwhile (`evidence.observed`).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub watch: Option<Duration>,
 }
 
 /// Parses a kernel release for `--assume-kernel`: it must start with MAJOR.MINOR.
