@@ -10,8 +10,8 @@ pub mod flow;
 pub mod hop;
 
 pub use event::{
-    DropEvent, EventHeader, EventKind, FragNeededEvent, HopEvent, KernelOffsets, PacketInfo,
-    RetransmitEvent, SNAP_LEN, SendCall, SendErrorEvent, SockFlow,
+    CsumEvent, CsumOrigin, DropEvent, EventHeader, EventKind, FragNeededEvent, HopEvent,
+    KernelOffsets, PacketInfo, RetransmitEvent, SNAP_LEN, SendCall, SendErrorEvent, SockFlow,
 };
 pub use flow::{FlowCounters, FlowFilter, FlowKey, FragInfo, FragKey, OuterHeader};
 pub use hop::{Direction, HopCounters, HopKey};
@@ -44,6 +44,9 @@ pub mod names {
     pub const RETRANSMIT_SYNACK_BTF: &str = "vxprobe_retransmit_synack_btf";
     pub const RETRANSMIT_SYNACK_RAW: &str = "vxprobe_retransmit_synack_raw";
     pub const ICMP_SEND_BTF: &str = "vxprobe_icmp_send_btf";
+    pub const TCP_BAD_CSUM_BTF: &str = "vxprobe_tcp_bad_csum_btf";
+    pub const TCP_BAD_CSUM_RAW: &str = "vxprobe_tcp_bad_csum_raw";
+    pub const RX_CSUM_FAULT_KPROBE: &str = "vxprobe_rx_csum_fault_kprobe";
     pub const ICMP_SEND_RAW: &str = "vxprobe_icmp_send_raw";
 }
 

@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod csum;
 mod drops;
 mod events;
 mod kernel;

@@ -8,8 +8,8 @@ use std::{
 
 use serde::Serialize;
 use vxprobe_common::{
-    Direction, DropEvent, EventKind, FlowKey, FragNeededEvent, HopEvent, OuterHeader, PacketInfo,
-    RetransmitEvent, SendCall, SendErrorEvent, SockFlow,
+    CsumEvent, CsumOrigin, Direction, DropEvent, EventKind, FlowKey, FragNeededEvent, HopEvent,
+    OuterHeader, PacketInfo, RetransmitEvent, SendCall, SendErrorEvent, SockFlow,
 };
 
 use crate::{
@@ -265,6 +265,32 @@ impl Enricher {
                 anomaly.more = Some(event.frag_more != 0);
             }
             _ => anomaly.mtu = (event.mtu != 0).then_some(event.mtu),
+        }
+        anomaly
+    }
+
+    /// A checksum failure from `tcp_bad_csum` (the packet is dropped) or
+    /// `netdev_rx_csum_fault` (flagged: the device's checksum value was wrong).
+    pub fn csum(&self, event: &CsumEvent) -> Anomaly {
+        let info = &event.packet;
+        let mut anomaly = Anomaly::new(AnomalyKind::CsumError, event.header.netns);
+        let (reason, location) = if event.origin == CsumOrigin::RxCsumFault as u32 {
+            ("HW_CSUM_FAULT", "netdev_rx_csum_fault")
+        } else {
+            ("TCP_CSUM", "tcp_bad_csum")
+        };
+        anomaly.reason = Some(reason.to_owned());
+        anomaly.location = Some(location.to_owned());
+        anomaly.dropped = event.origin == CsumOrigin::TcpBadCsum as u32;
+        if info.ifindex != 0 {
+            anomaly.ifname = Some(c_string(&info.ifname));
+            anomaly.ifindex = Some(info.ifindex);
+            anomaly.hop_direction = Some(Direction::Ingress);
+        }
+        anomaly.len = Some(info.skb_len);
+        if let Some(parsed) = packet_bytes(info).and_then(packet::parse_ip) {
+            anomaly.flow = Some(parsed.flow);
+            anomaly.outer = parsed.outer;
         }
         anomaly
     }

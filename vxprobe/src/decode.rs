@@ -1,7 +1,8 @@
 //! Ring-buffer records to typed events: the one place kernel bytes are interpreted.
 
 use vxprobe_common::{
-    DropEvent, EventHeader, EventKind, FragNeededEvent, HopEvent, RetransmitEvent, SendErrorEvent,
+    CsumEvent, DropEvent, EventHeader, EventKind, FragNeededEvent, HopEvent, RetransmitEvent,
+    SendErrorEvent,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -24,6 +25,7 @@ pub enum KernelEvent {
     /// A fragment or an oversized packet at a TC hook.
     Hop(HopEvent),
     FragNeeded(FragNeededEvent),
+    Csum(CsumEvent),
 }
 
 /// Copies a `T` out of `bytes` after checking the length.
@@ -49,6 +51,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         EventKind::Retransmit => Ok(KernelEvent::Retransmit(read(bytes, "retransmit event")?)),
         EventKind::SendError => Ok(KernelEvent::SendError(read(bytes, "send error event")?)),
         EventKind::FragNeeded => Ok(KernelEvent::FragNeeded(read(bytes, "frag-needed event")?)),
+        EventKind::Csum => Ok(KernelEvent::Csum(read(bytes, "checksum event")?)),
         EventKind::Fragment | EventKind::HopOversize => {
             Ok(KernelEvent::Hop(read(bytes, "hop event")?))
         }

@@ -162,6 +162,7 @@ fn event_kind_name(kind: vxprobe_common::EventKind) -> &'static str {
         EventKind::SendError | EventKind::HopOversize => "oversize",
         EventKind::Fragment => "fragment",
         EventKind::FragNeeded => "frag_needed",
+        EventKind::Csum => "csum_error",
     }
 }
 

@@ -155,6 +155,14 @@ const LADDERS: &[(&str, &[Rung])] = &[
         ],
     ),
     (
+        // A device's CHECKSUM_COMPLETE value found wrong by the stack (no tracepoint exists).
+        "rx_csum_fault",
+        &[Rung {
+            hook: HookType::Kprobe,
+            programs: &[(names::RX_CSUM_FAULT_KPROBE, "netdev_rx_csum_fault")],
+        }],
+    ),
+    (
         "send_emsgsize",
         &[
             Rung {
@@ -175,6 +183,21 @@ const LADDERS: &[(&str, &[Rung])] = &[
             },
         ],
     ),
+];
+
+/// Names signals to leave out, comma-separated.
+pub const SKIP_SIGNALS_ENV: &str = "VXPROBE_SKIP_SIGNALS";
+
+/// `tcp:tcp_bad_csum`, for kernels whose drops carry no reason.
+const TCP_BAD_CSUM_LADDER: &[Rung] = &[
+    Rung {
+        hook: HookType::TpBtf,
+        programs: &[(names::TCP_BAD_CSUM_BTF, "tcp_bad_csum")],
+    },
+    Rung {
+        hook: HookType::RawTracepoint,
+        programs: &[(names::TCP_BAD_CSUM_RAW, "tcp_bad_csum")],
+    },
 ];
 
 /// Which hook a signal uses here, and what was tried before it.
@@ -281,8 +304,35 @@ impl Probes {
     /// here. `skip` leaves hook types out (to exercise a fallback, or to avoid a hook known to
     /// misbehave on some kernel).
     pub fn attach_signals(&mut self, skip: &[HookType]) -> &[HookChoice] {
+        // VXPROBE_SKIP_SIGNALS=drop,retransmit leaves whole signals out (a hook that
+        // misbehaves on some kernel; the tests use it to exercise stand-ins).
+        let skipped = std::env::var(SKIP_SIGNALS_ENV).unwrap_or_default();
+        let skipped: Vec<&str> = skipped.split(',').map(str::trim).collect();
         for (signal, rungs) in LADDERS {
+            if skipped.contains(signal) {
+                self.hooks.push(HookChoice {
+                    signal,
+                    hook: None,
+                    unavailable: vec![format!("skipped ({SKIP_SIGNALS_ENV})")],
+                });
+                continue;
+            }
             self.attach_ladder(signal, rungs, skip);
+        }
+        // TCP checksum failures have their own tracepoint; it only stands in when drops (and
+        // with them TCP_CSUM) have no hook, so nothing is counted twice.
+        let drops_seen = self
+            .hooks
+            .iter()
+            .any(|h| h.signal == "drop" && h.hook.is_some());
+        if drops_seen {
+            self.hooks.push(HookChoice {
+                signal: "tcp_bad_csum",
+                hook: None,
+                unavailable: vec!["not needed: drops carry TCP_CSUM".to_owned()],
+            });
+        } else {
+            self.attach_ladder("tcp_bad_csum", TCP_BAD_CSUM_LADDER, skip);
         }
         &self.hooks
     }

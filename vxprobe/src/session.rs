@@ -268,6 +268,7 @@ impl Session {
                 Ok(KernelEvent::SendError(event)) => self.enricher.send_error(&event),
                 Ok(KernelEvent::Hop(event)) => self.enricher.hop_event(&event),
                 Ok(KernelEvent::FragNeeded(event)) => self.enricher.frag_needed(&event),
+                Ok(KernelEvent::Csum(event)) => self.enricher.csum(&event),
                 Err(e) => {
                     eprintln!("vxprobe: skipping a kernel record: {e}");
                     continue;

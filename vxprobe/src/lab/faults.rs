@@ -92,6 +92,45 @@ pub enum Df {
     Always,
 }
 
+/// Sends `count` TCP SYNs to `dst:port` whose checksum is wrong, from a raw socket: the
+/// receiver's TCP drops them (TCP_CSUM) and counts TcpInCsumErrors.
+pub fn bad_tcp_checksums(netns: &str, dst: Ipv4Addr, port: u16, count: u32) -> io::Result<()> {
+    in_netns(netns, move || {
+        let fd = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP)?;
+        let mut segment = Vec::with_capacity(20);
+        segment.extend(40002u16.to_be_bytes());
+        segment.extend(port.to_be_bytes());
+        segment.extend(1u32.to_be_bytes()); // sequence
+        segment.extend(0u32.to_be_bytes()); // ack
+        segment.extend([0x50, 0x02]); // 5 words, SYN
+        segment.extend(64240u16.to_be_bytes()); // window
+        segment.extend(0xbeefu16.to_be_bytes()); // a wrong checksum
+        segment.extend([0, 0]);
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(dst.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        for _ in 0..count {
+            // SAFETY: the buffer and the sockaddr_in outlive the call; lengths match them.
+            check(unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    segment.as_ptr().cast(),
+                    segment.len(),
+                    0,
+                    (&raw const addr).cast(),
+                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                ) as libc::c_int
+            })?;
+        }
+        Ok(())
+    })
+}
+
 /// Sends `count` UDP datagrams of `size` bytes from port 40001 to `dst:port`. Returns how many
 /// the kernel refused with EMSGSIZE (a learned path MTU below `size`, with [`Df::Always`]).
 pub fn udp_datagrams(
