@@ -16,13 +16,23 @@ pub enum EventKind {
     Retransmit = 2,
     /// A send(2) family call that failed with EMSGSIZE ("Message too long").
     SendError = 3,
+    /// An IP fragment seen at a hop (TC).
+    Fragment = 4,
+    /// A non-GSO packet longer than its device's MTU allows, seen at a hop (TC).
+    HopOversize = 5,
 }
 
 impl EventKind {
     /// Every kind, for per-kind counters indexed by `kind as u32`.
-    pub const ALL: [EventKind; 3] = [EventKind::Drop, EventKind::Retransmit, EventKind::SendError];
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Drop,
+        EventKind::Retransmit,
+        EventKind::SendError,
+        EventKind::Fragment,
+        EventKind::HopOversize,
+    ];
     /// One past the largest kind value: the size of per-kind arrays.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 6;
 }
 
 impl TryFrom<u32> for EventKind {
@@ -33,6 +43,8 @@ impl TryFrom<u32> for EventKind {
             1 => Ok(EventKind::Drop),
             2 => Ok(EventKind::Retransmit),
             3 => Ok(EventKind::SendError),
+            4 => Ok(EventKind::Fragment),
+            5 => Ok(EventKind::HopOversize),
             other => Err(other),
         }
     }
@@ -155,6 +167,21 @@ pub struct RetransmitEvent {
 pub enum SendCall {
     Sendto = 1,
     Sendmsg = 2,
+    /// fexit of the kernel function (the better rung: the socket is at hand).
+    PacketSendmsg = 3,
+    UdpSendmsg = 4,
+}
+
+impl SendCall {
+    pub fn name(call: u32) -> &'static str {
+        match call {
+            1 => "sendto",
+            2 => "sendmsg",
+            3 => "packet_sendmsg",
+            4 => "udp_sendmsg",
+            _ => "send",
+        }
+    }
 }
 
 /// A send that failed with EMSGSIZE, seen at the system call's exit.
@@ -180,6 +207,28 @@ pub struct SendErrorEvent {
     pub addr_ifindex: u32,
     /// Destination address (AF_INET: first 4 bytes).
     pub addr: [u8; 16],
+}
+
+/// A packet worth reporting seen by a TC program: a fragment or an oversized packet.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct HopEvent {
+    pub header: EventHeader,
+    /// The (inner) flow, with the hop's ifindex and direction.
+    pub flow: crate::FlowKey,
+    pub outer: crate::OuterHeader,
+    /// Length of the packet at the hop (skb length, link header included).
+    pub len: u32,
+    /// The device MTU vxprobe knew at attach time (0: unknown).
+    pub mtu: u32,
+    pub gso_segs: u32,
+    /// Fragment offset in bytes, and 1 when more fragments follow.
+    pub frag_offset: u32,
+    pub frag_more: u32,
+    /// Valid bytes of `frame`.
+    pub cap_len: u32,
+    /// The packet from its link-layer header on (what a pcap shows).
+    pub frame: [u8; SNAP_LEN],
 }
 
 /// Kernel struct field offsets, read from the running kernel's BTF by user space and handed to
@@ -227,6 +276,7 @@ pub struct KernelOffsets {
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
+const _: () = assert!(core::mem::size_of::<HopEvent>() == 16 + 44 + 44 + 24 + SNAP_LEN);
 const _: () = assert!(core::mem::size_of::<PacketInfo>() == 24 + 16 + SNAP_LEN);
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 16 + 16 + 168);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);

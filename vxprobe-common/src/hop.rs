@@ -45,10 +45,36 @@ pub struct HopKey {
 pub struct HopCounters {
     pub packets: u64,
     pub bytes: u64,
+    /// Segments the packets stand for: `gso_segs` of GSO packets, 1 for the others.
+    pub segs: u64,
+    /// IP fragments (inner or outer).
+    pub fragments: u64,
+    /// Non-GSO packets longer than the device MTU allows.
+    pub oversize: u64,
+    /// Largest packet (skb length) seen in epoch `max_epoch`; user space bumps the epoch
+    /// every interval, so this is the largest packet of the interval.
+    pub max_len: u32,
+    pub max_epoch: u32,
+}
+
+impl HopCounters {
+    /// Adds `other` (another CPU's slot, or a later interval).
+    pub fn merge(&mut self, other: &HopCounters) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.segs += other.segs;
+        self.fragments += other.fragments;
+        self.oversize += other.oversize;
+        // The newest epoch wins; within one epoch, the largest packet.
+        if (other.max_epoch, other.max_len) > (self.max_epoch, self.max_len) {
+            self.max_epoch = other.max_epoch;
+            self.max_len = other.max_len;
+        }
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<HopKey>() == 8);
-const _: () = assert!(core::mem::size_of::<HopCounters>() == 16);
+const _: () = assert!(core::mem::size_of::<HopCounters>() == 48);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -6,17 +6,23 @@
 #![no_std]
 
 pub mod event;
+pub mod flow;
 pub mod hop;
 
 pub use event::{
-    DropEvent, EventHeader, EventKind, KernelOffsets, PacketInfo, RetransmitEvent, SNAP_LEN,
-    SendCall, SendErrorEvent, SockFlow,
+    DropEvent, EventHeader, EventKind, HopEvent, KernelOffsets, PacketInfo, RetransmitEvent,
+    SNAP_LEN, SendCall, SendErrorEvent, SockFlow,
 };
+pub use flow::{FlowCounters, FlowFilter, FlowKey, FragInfo, FragKey, OuterHeader};
 pub use hop::{Direction, HopCounters, HopKey};
 
 /// Names of maps and programs, shared so user space never spells one by hand.
 pub mod names {
     pub const HOP_STATS: &str = "HOP_STATS";
+    pub const FLOW_STATS: &str = "FLOW_STATS";
+    pub const DEVICE_INFO: &str = "DEVICE_INFO";
+    pub const FILTER: &str = "FILTER";
+    pub const EPOCH: &str = "EPOCH";
     pub const TC_INGRESS: &str = "vxprobe_tc_ingress";
     pub const TC_EGRESS: &str = "vxprobe_tc_egress";
     pub const EVENTS: &str = "EVENTS";
@@ -30,7 +36,29 @@ pub mod names {
     pub const SENDTO_EXIT: &str = "vxprobe_sendto_exit";
     pub const SENDMSG_ENTER: &str = "vxprobe_sendmsg_enter";
     pub const SENDMSG_EXIT: &str = "vxprobe_sendmsg_exit";
+    pub const PACKET_SENDMSG_FEXIT: &str = "vxprobe_packet_sendmsg_fexit";
+    pub const UDP_SENDMSG_FEXIT: &str = "vxprobe_udp_sendmsg_fexit";
+    pub const KFREE_SKB_KPROBE_SK: &str = "vxprobe_sk_skb_reason_drop_kprobe";
+    pub const KFREE_SKB_KPROBE: &str = "vxprobe_kfree_skb_reason_kprobe";
+    pub const RETRANSMIT_KPROBE: &str = "vxprobe_retransmit_kprobe";
 }
 
 /// Upper bound on the hops (device x direction) counted at once.
 pub const MAX_HOPS: u32 = 4096;
+
+/// Default size of the per-CPU LRU flow map (flows x hops x directions). Beyond it the least
+/// recently seen entries are evicted.
+pub const MAX_FLOWS: u32 = 65536;
+
+/// What user space tells the TC programs about a device, by ifindex.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub mtu: u32,
+    /// 1 when frames start with the IP header (tun, ipip...), 0 for Ethernet.
+    pub l3: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], two u32, no padding.
+unsafe impl aya::Pod for DeviceInfo {}

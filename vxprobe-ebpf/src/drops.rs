@@ -1,11 +1,12 @@
-//! `skb:kfree_skb`: every packet the kernel frees with a drop reason. Two rungs of the hook
-//! ladder share one body: tp_btf where the kernel offers BTF-typed tracepoints, the raw
-//! tracepoint otherwise; both see the tracepoint's arguments (skb, location, reason, ...).
+//! `skb:kfree_skb`: every packet the kernel frees with a drop reason. The rungs of the hook
+//! ladder share one body: tp_btf where the kernel offers BTF-typed tracepoints, kprobes on the
+//! freeing function (`sk_skb_reason_drop` since 6.11, `kfree_skb_reason` before), the raw
+//! tracepoint last.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, raw_tracepoint},
-    programs::{BtfTracePointContext, RawTracePointContext},
+    macros::{btf_tracepoint, kprobe, raw_tracepoint},
+    programs::{BtfTracePointContext, ProbeContext, RawTracePointContext},
 };
 use vxprobe_common::{DropEvent, EventKind};
 
@@ -21,6 +22,45 @@ pub fn vxprobe_kfree_skb_btf(ctx: BtfTracePointContext) -> i32 {
 pub fn vxprobe_kfree_skb_raw(ctx: RawTracePointContext) -> i32 {
     on_kfree_skb(ctx.arg(0), ctx.arg(1), ctx.arg(2));
     0
+}
+
+#[kprobe]
+pub fn vxprobe_sk_skb_reason_drop_kprobe(ctx: ProbeContext) -> u32 {
+    let skb: *const u8 = ctx.arg(1).unwrap_or(core::ptr::null());
+    let reason: u64 = ctx.arg(2).unwrap_or(0);
+    on_kfree_skb(skb, caller(&ctx), reason as u32);
+    0
+}
+
+#[kprobe]
+pub fn vxprobe_kfree_skb_reason_kprobe(ctx: ProbeContext) -> u32 {
+    let skb: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
+    let reason: u64 = ctx.arg(1).unwrap_or(0);
+    on_kfree_skb(skb, caller(&ctx), reason as u32);
+    0
+}
+
+/// The return address at function entry: where the skb was freed from (what the tracepoint's
+/// `location` holds). On x86_64 it is the word at the stack pointer.
+#[inline(always)]
+fn caller(ctx: &ProbeContext) -> u64 {
+    #[cfg(bpf_target_arch = "x86_64")]
+    {
+        // SAFETY: ctx.regs is the pt_regs the kernel handed us; the stack word is read with
+        // bpf_probe_read_kernel, which fails cleanly.
+        let sp = unsafe { (*ctx.regs).rsp } as *const u8;
+        kernel::read::<u64>(sp, 0).unwrap_or(0)
+    }
+    #[cfg(bpf_target_arch = "aarch64")]
+    {
+        // SAFETY: ctx.regs is the pt_regs the kernel handed us; x30 is the link register.
+        unsafe { (*ctx.regs).regs[30] }
+    }
+    #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
+    {
+        let _ = ctx;
+        0
+    }
 }
 
 #[inline(always)]

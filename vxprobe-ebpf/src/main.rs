@@ -6,6 +6,7 @@
 mod drops;
 mod events;
 mod kernel;
+mod parse;
 mod retransmit;
 mod send_errors;
 mod tc;

@@ -1,10 +1,11 @@
-//! `tcp:tcp_retransmit_skb`: TCP retransmits per flow. tp_btf first, the raw tracepoint as the
-//! fallback rung; both get (sk, skb[, err]).
+//! `tcp:tcp_retransmit_skb`: TCP retransmits per flow. tp_btf first, a kprobe on
+//! `tcp_retransmit_skb` next (it sees attempts, failed ones included), the raw tracepoint
+//! last; all get (sk, skb, ...).
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, raw_tracepoint},
-    programs::{BtfTracePointContext, RawTracePointContext},
+    macros::{btf_tracepoint, kprobe, raw_tracepoint},
+    programs::{BtfTracePointContext, ProbeContext, RawTracePointContext},
 };
 use vxprobe_common::{EventKind, RetransmitEvent};
 
@@ -36,6 +37,14 @@ pub fn vxprobe_retransmit_raw(ctx: RawTracePointContext) -> i32 {
     if err as i32 == 0 {
         on_retransmit(ctx.arg(0), ctx.arg(1));
     }
+    0
+}
+
+#[kprobe]
+pub fn vxprobe_retransmit_kprobe(ctx: ProbeContext) -> u32 {
+    let sk: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
+    let skb: *const u8 = ctx.arg(1).unwrap_or(core::ptr::null());
+    on_retransmit(sk, skb);
     0
 }
 

@@ -188,3 +188,85 @@ fn bound_packet_ifindex(fd: u32) -> u32 {
     }
     kernel::read::<i32>(sk, o.packet_ifindex).unwrap_or(0) as u32
 }
+
+/// The better rung where fexit exists: the kernel functions that refuse the send, with the
+/// socket in hand (no per-call state, and the device straight from the packet socket).
+#[aya_ebpf::macros::fexit(function = "packet_sendmsg")]
+pub fn vxprobe_packet_sendmsg_fexit(ctx: aya_ebpf::programs::FExitContext) -> i32 {
+    // int packet_sendmsg(struct socket *sock, struct msghdr *msg, size_t len)
+    let ret: i64 = ctx.arg(3);
+    if ret as i32 == -(EMSGSIZE as i32) {
+        let o = kernel::offsets();
+        let sock: *const u8 = ctx.arg(0);
+        let sk = kernel::read::<*const u8>(sock, o.socket_sk).unwrap_or(core::ptr::null());
+        report_kernel_send(&ctx, SendCall::PacketSendmsg, sk, ctx.arg(1), ctx.arg(2));
+    }
+    0
+}
+
+#[aya_ebpf::macros::fexit(function = "udp_sendmsg")]
+pub fn vxprobe_udp_sendmsg_fexit(ctx: aya_ebpf::programs::FExitContext) -> i32 {
+    // int udp_sendmsg(struct sock *sk, struct msghdr *msg, size_t len)
+    let ret: i64 = ctx.arg(3);
+    if ret as i32 == -(EMSGSIZE as i32) {
+        report_kernel_send(
+            &ctx,
+            SendCall::UdpSendmsg,
+            ctx.arg(0),
+            ctx.arg(1),
+            ctx.arg(2),
+        );
+    }
+    0
+}
+
+#[inline(always)]
+fn report_kernel_send(
+    ctx: &aya_ebpf::programs::FExitContext,
+    call: SendCall,
+    sk: *const u8,
+    msg: *const u8,
+    len: u64,
+) {
+    let o = kernel::offsets();
+    let Some(mut entry) = events::reserve::<SendErrorEvent>(EventKind::SendError) else {
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    // SAFETY: `event` points to a reserved, exclusively owned ring-buffer record; every field
+    // is written before submit. Kernel memory is only read through bpf_probe_read_kernel.
+    unsafe {
+        (*event).header.kind = EventKind::SendError as u32;
+        (*event).header.ktime_ns = bpf_ktime_get_ns();
+        (*event).header.netns = kernel::task_netns(&o);
+        (*event).tgid = (pid_tgid >> 32) as u32;
+        (*event).pid = pid_tgid as u32;
+        (*event).comm = aya_ebpf::EbpfContext::command(ctx).unwrap_or([0; 16]);
+        (*event).errno = EMSGSIZE as u32;
+        (*event).call = call as u32;
+        (*event).fd = 0;
+        (*event).len = len as u32;
+        (*event).addr_family = 0;
+        (*event).addr_port = 0;
+        (*event).addr_ifindex = 0;
+        (*event).addr = [0; 16];
+        // msghdr.msg_name (offset 0) is a kernel copy of the destination, if one was given.
+        let name = kernel::read::<*const u8>(msg, 0).unwrap_or(core::ptr::null());
+        let family = kernel::read::<u16>(name, 0).unwrap_or(0);
+        if family == AF_PACKET {
+            (*event).addr_family = family;
+            (*event).addr_ifindex = kernel::read::<i32>(name, 4).unwrap_or(0) as u32;
+        } else if family == AF_INET {
+            (*event).addr_family = family;
+            (*event).addr_port = u16::from_be(kernel::read::<u16>(name, 2).unwrap_or(0));
+            let a = kernel::read::<[u8; 4]>(name, 4).unwrap_or([0; 4]);
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&a);
+            (*event).addr = addr;
+        } else if call == SendCall::PacketSendmsg && o.packet_ifindex != 0 {
+            (*event).addr_ifindex = kernel::read::<i32>(sk, o.packet_ifindex).unwrap_or(0) as u32;
+        }
+    }
+    events::submit(entry);
+}

@@ -1,16 +1,47 @@
 //! TC classifiers: the per-hop view of the datapath. Attached at ingress and egress of every
-//! selected device; they only observe and always hand the packet on unchanged.
+//! selected device; they count per hop and per flow (inner flow for tunnel traffic), report
+//! fragments and oversized packets, and always hand the packet on unchanged.
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
+    helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::PerCpuHashMap,
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
     programs::TcContext,
 };
-use vxprobe_common::{Direction, HopCounters, HopKey, MAX_HOPS};
+use vxprobe_common::{
+    DeviceInfo, Direction, EventKind, FlowCounters, FlowFilter, FlowKey, FragInfo, FragKey,
+    HopCounters, HopEvent, HopKey, MAX_FLOWS, MAX_HOPS, OuterHeader, SNAP_LEN,
+};
+
+use crate::{
+    events,
+    parse::{self, Ip, Packet},
+};
 
 #[map]
 static HOP_STATS: PerCpuHashMap<HopKey, HopCounters> = PerCpuHashMap::with_max_entries(MAX_HOPS, 0);
+
+/// Resized by user space (`--max-flows`) before load.
+#[map]
+static FLOW_STATS: LruPerCpuHashMap<FlowKey, FlowCounters> =
+    LruPerCpuHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// What the first fragment of a packet told, for the fragments after it.
+#[map]
+static FRAGMENTS: LruHashMap<FragKey, FragInfo> = LruHashMap::with_max_entries(8192, 0);
+
+/// MTU and link type per ifindex, filled in by user space when it attaches.
+#[map]
+static DEVICE_INFO: HashMap<u32, DeviceInfo> = HashMap::with_max_entries(MAX_HOPS, 0);
+
+/// The stats interval number, bumped by user space: per-interval maxima restart with it.
+#[map]
+static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
+/// `--host/--port/--proto`, set at load time.
+#[unsafe(no_mangle)]
+static FILTER: FlowFilter = FlowFilter::NONE;
 
 /// TC_ACT_UNSPEC (TCX_NEXT on TCX): "no verdict", so the next program on the hook (Cilium's,
 /// Calico's) still runs and decides. An observer never ends classification.
@@ -28,36 +59,299 @@ pub fn vxprobe_tc_egress(ctx: TcContext) -> i32 {
     PASS_ON
 }
 
+/// Per-CPU working memory for one program run (the BPF stack is 512 bytes).
+struct Scratch {
+    packet: Packet,
+    frag: FragInfo,
+    flow: FlowCounters,
+}
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
 #[inline(always)]
 fn observe(ctx: &TcContext, direction: Direction) {
-    // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed to this program; ifindex is a
-    // plain field of its context struct, readable for every TC program.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed to this program; these are plain
+    // fields of the context, readable by every TC program.
+    let (ifindex, gso_segs) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_segs) };
+    let len = ctx.len();
+    // SAFETY: a lookup in a map only user space writes; the value is copied out at once.
+    let device = unsafe { DEVICE_INFO.get(&ifindex) }
+        .copied()
+        .unwrap_or_default();
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch slot; programs on one CPU do not preempt each other, so no
+    // one else uses it during this run.
+    let scratch = unsafe { &mut *scratch };
+    let is_ip = parse::packet(ctx, device.l3 != 0, &mut scratch.packet);
+    let filter = filter();
+    if filter.flags != 0 && !(is_ip && matches(&filter, &scratch.packet)) {
+        return;
+    }
+
+    let segs = u64::from(gso_segs.max(1));
+    let mut sample = HopCounters {
+        packets: 1,
+        bytes: u64::from(len),
+        segs,
+        fragments: 0,
+        oversize: 0,
+        max_len: len,
+        max_epoch: EPOCH.get(0).copied().unwrap_or(0),
+    };
+    if !is_ip {
+        count_hop(ifindex, direction, &sample);
+        return;
+    }
+    let fragment = fragment_of(&scratch.packet);
+    if let Some(ip) = fragment {
+        sample.fragments = 1;
+        remember_or_recall(&ip, &mut scratch.packet, &mut scratch.frag);
+    }
+    let packet = &scratch.packet;
+    let link_header = if device.l3 != 0 { 0 } else { 14 };
+    let oversize = gso_segs <= 1 && device.mtu != 0 && len > device.mtu + link_header;
+    if oversize {
+        sample.oversize = 1;
+    }
+    count_hop(ifindex, direction, &sample);
+
+    let key = FlowKey {
+        ifindex,
+        direction: direction as u8,
+        proto: packet.flow.proto,
+        family: packet.flow.family,
+        _pad: 0,
+        sport: packet.flow.sport,
+        dport: packet.flow.dport,
+        src: packet.flow.src,
+        dst: packet.flow.dst,
+    };
+    count_flow(&key, &sample, &packet.outer, &mut scratch.flow);
+
+    if fragment.is_some() || oversize {
+        let kind = if oversize {
+            EventKind::HopOversize
+        } else {
+            EventKind::Fragment
+        };
+        let frag = fragment.unwrap_or(packet.flow);
+        report(
+            ctx,
+            kind,
+            &key,
+            &packet.outer,
+            len,
+            device.mtu,
+            gso_segs,
+            &frag,
+        );
+    }
+}
+
+#[inline(always)]
+fn filter() -> FlowFilter {
+    // SAFETY: a plain read of a static; volatile so the compiler cannot fold the placeholder.
+    unsafe { core::ptr::read_volatile(&FILTER) }
+}
+
+#[inline(always)]
+fn matches(filter: &FlowFilter, p: &Packet) -> bool {
+    let outer = &p.outer;
+    let tunneled = outer.family != 0;
+    if filter.flags & FlowFilter::HOST != 0 {
+        let host = &filter.host;
+        let inner = p.flow.src == *host || p.flow.dst == *host;
+        let outer_hit = tunneled && (outer.src == *host || outer.dst == *host);
+        if !(inner || outer_hit) {
+            return false;
+        }
+    }
+    if filter.flags & FlowFilter::PORT != 0 {
+        let port = filter.port;
+        let inner = p.flow.sport == port || p.flow.dport == port;
+        let outer_hit = tunneled && (outer.sport == port || outer.dport == port);
+        if !(inner || outer_hit) {
+            return false;
+        }
+    }
+    if filter.flags & FlowFilter::PROTO != 0 && p.flow.proto != filter.proto {
+        return false;
+    }
+    true
+}
+
+/// The IP header that is fragmented, if any: the outer one (tunnel packets split on the
+/// underlay) or the flow's own.
+#[inline(always)]
+fn fragment_of(packet: &Packet) -> Option<Ip> {
+    if packet.outer_ip.family != 0 && packet.outer_ip.is_fragment() {
+        return Some(packet.outer_ip);
+    }
+    packet.flow.is_fragment().then_some(packet.flow)
+}
+
+/// First fragments record their flow; later ones (no transport header) take it back.
+#[inline(always)]
+fn remember_or_recall(ip: &Ip, packet: &mut Packet, info: &mut FragInfo) {
+    let key = FragKey {
+        id: ip.frag_id,
+        proto: ip.proto,
+        family: ip.family,
+        _pad: 0,
+        src: ip.src,
+        dst: ip.dst,
+    };
+    if ip.has_transport() {
+        info.flow = FlowKey {
+            ifindex: 0,
+            direction: 0,
+            proto: packet.flow.proto,
+            family: packet.flow.family,
+            _pad: 0,
+            sport: packet.flow.sport,
+            dport: packet.flow.dport,
+            src: packet.flow.src,
+            dst: packet.flow.dst,
+        };
+        info.outer = packet.outer;
+        let _ = FRAGMENTS.insert(&key, info, 0);
+    } else if let Some(stored) = FRAGMENTS.get_ptr(&key) {
+        // SAFETY: a valid map value pointer for the duration of this program run.
+        let info = unsafe { &*stored };
+        packet.flow.proto = info.flow.proto;
+        packet.flow.family = info.flow.family;
+        packet.flow.sport = info.flow.sport;
+        packet.flow.dport = info.flow.dport;
+        packet.flow.src = info.flow.src;
+        packet.flow.dst = info.flow.dst;
+        packet.outer = info.outer;
+    }
+}
+
+#[inline(always)]
+fn count_hop(ifindex: u32, direction: Direction, sample: &HopCounters) {
     let key = HopKey {
         ifindex,
         direction: direction as u32,
     };
-    count_hop(&key, ctx.len());
+    match HOP_STATS.get_ptr_mut(&key) {
+        // SAFETY: a per-CPU slot: only this CPU writes it while this program runs.
+        Some(counters) => unsafe { add(&mut *counters, sample) },
+        None => {
+            // A full map loses this packet's count; MAX_HOPS is far above any node's devices.
+            let _ = HOP_STATS.insert(&key, sample, 0);
+        }
+    }
 }
 
 #[inline(always)]
-fn count_hop(key: &HopKey, len: u32) {
-    match HOP_STATS.get_ptr_mut(key) {
-        Some(counters) => {
-            // SAFETY: a per-CPU slot: only this CPU writes it while this program runs, and the
-            // pointer stays valid for the whole program run.
-            unsafe {
-                (*counters).packets += 1;
-                (*counters).bytes += u64::from(len);
+fn add(counters: &mut HopCounters, sample: &HopCounters) {
+    counters.packets += sample.packets;
+    counters.bytes += sample.bytes;
+    counters.segs += sample.segs;
+    counters.fragments += sample.fragments;
+    counters.oversize += sample.oversize;
+    raise_max(&mut counters.max_len, &mut counters.max_epoch, sample);
+}
+
+/// The largest packet of the current epoch: a new epoch starts over.
+#[inline(always)]
+fn raise_max(max_len: &mut u32, max_epoch: &mut u32, sample: &HopCounters) {
+    if *max_epoch != sample.max_epoch {
+        *max_epoch = sample.max_epoch;
+        *max_len = sample.max_len;
+    } else if sample.max_len > *max_len {
+        *max_len = sample.max_len;
+    }
+}
+
+#[inline(always)]
+fn count_flow(key: &FlowKey, sample: &HopCounters, outer: &OuterHeader, first: &mut FlowCounters) {
+    match FLOW_STATS.get_ptr_mut(key) {
+        Some(flow) => {
+            // SAFETY: a per-CPU slot: only this CPU writes it while this program runs.
+            let flow = unsafe { &mut *flow };
+            flow.packets += sample.packets;
+            flow.bytes += sample.bytes;
+            flow.segs += sample.segs;
+            flow.fragments += sample.fragments;
+            flow.oversize += sample.oversize;
+            raise_max(&mut flow.max_len, &mut flow.max_epoch, sample);
+            if outer.family != 0 {
+                flow.outer = *outer;
             }
         }
         None => {
-            let first = HopCounters {
-                packets: 1,
-                bytes: u64::from(len),
-            };
-            // A full map loses this packet's count; MAX_HOPS is far above any node's devices.
-            let _ = HOP_STATS.insert(key, &first, 0);
+            first.packets = sample.packets;
+            first.bytes = sample.bytes;
+            first.segs = sample.segs;
+            first.fragments = sample.fragments;
+            first.oversize = sample.oversize;
+            first.max_len = sample.max_len;
+            first.max_epoch = sample.max_epoch;
+            first.outer = *outer;
+            first._pad = 0;
+            // LRU: a full map evicts the least recently seen flow.
+            let _ = FLOW_STATS.insert(key, first, 0);
         }
     }
+}
+
+#[inline(always)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "a flat record filled in one place"
+)]
+fn report(
+    ctx: &TcContext,
+    kind: EventKind,
+    key: &FlowKey,
+    outer: &OuterHeader,
+    len: u32,
+    mtu: u32,
+    gso_segs: u32,
+    frag: &Ip,
+) {
+    let Some(mut entry) = events::reserve::<HopEvent>(kind) else {
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved, exclusively owned ring-buffer record; every field
+    // is written before submit.
+    unsafe {
+        (*event).header.kind = kind as u32;
+        (*event).header.netns = 0;
+        (*event).header.ktime_ns = bpf_ktime_get_ns();
+        (*event).flow = *key;
+        (*event).outer = *outer;
+        (*event).len = len;
+        (*event).mtu = mtu;
+        (*event).gso_segs = gso_segs;
+        (*event).frag_offset = frag.frag_offset;
+        (*event).frag_more = u32::from(frag.frag_more);
+        (*event).cap_len = copy_frame(ctx, &mut (*event).frame, len);
+    }
+    events::submit(entry);
+}
+
+/// Copies the first bytes of the packet into `frame`; returns how many.
+#[inline(always)]
+fn copy_frame(ctx: &TcContext, frame: &mut [u8; SNAP_LEN], len: u32) -> u32 {
+    let n = if len < SNAP_LEN as u32 {
+        len
+    } else {
+        SNAP_LEN as u32
+    };
+    // The verifier needs to see a length in 1..=SNAP_LEN.
+    if n == 0 || n > SNAP_LEN as u32 {
+        return 0;
+    }
+    // SAFETY: bpf_skb_load_bytes writes at most `n` <= SNAP_LEN bytes into `frame`.
+    let ret = unsafe {
+        aya_ebpf::helpers::bpf_skb_load_bytes(ctx.skb.skb.cast(), 0, frame.as_mut_ptr().cast(), n)
+    };
+    if ret == 0 { n } else { 0 }
 }

@@ -5,7 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 use vxprobe_common::{
-    Direction, DropEvent, PacketInfo, RetransmitEvent, SendCall, SendErrorEvent, SockFlow,
+    Direction, DropEvent, EventKind, FlowKey, HopEvent, OuterHeader, PacketInfo, RetransmitEvent,
+    SendCall, SendErrorEvent, SockFlow,
 };
 
 use crate::{
@@ -22,6 +23,7 @@ pub enum AnomalyKind {
     CsumError,
     Oversize,
     Retransmit,
+    Fragment,
 }
 
 impl AnomalyKind {
@@ -31,6 +33,7 @@ impl AnomalyKind {
             AnomalyKind::CsumError => "csum_error",
             AnomalyKind::Oversize => "oversize",
             AnomalyKind::Retransmit => "retransmit",
+            AnomalyKind::Fragment => "fragment",
         }
     }
 }
@@ -62,6 +65,9 @@ pub struct Anomaly {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ifindex: Option<u32>,
     pub netns: u64,
+    /// `ingress`/`egress`, for events from device hooks (TC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,6 +78,11 @@ pub struct Anomaly {
     pub mtu: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errno: Option<u32>,
+    /// Fragment offset in bytes, and whether more fragments follow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub more: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub func: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,6 +98,9 @@ pub struct Anomaly {
     /// (kernel-wide hooks are not device hooks).
     #[serde(skip)]
     pub hop_direction: Option<Direction>,
+    /// The packet died (or the send was refused): counts toward its hop's `drops`.
+    #[serde(skip)]
+    pub dropped: bool,
 }
 
 impl Anomaly {
@@ -96,25 +110,33 @@ impl Anomaly {
             ifname: None,
             ifindex: None,
             netns: u64::from(netns),
+            dir: None,
             reason: None,
             location: None,
             len: None,
             mtu: None,
             errno: None,
+            offset: None,
+            more: None,
             func: None,
             process: None,
             count: None,
             flow: None,
             outer: None,
             hop_direction: None,
+            dropped: false,
         }
     }
 }
 
-/// What turns raw events into anomalies: names from this kernel.
+/// What turns raw events into anomalies: names from this kernel, and our own hops.
 pub struct Enricher {
     pub reasons: DropReasons,
     pub kallsyms: Kallsyms,
+    /// Namespace inode vxprobe runs in: where the TC hooks are.
+    pub netns: u64,
+    /// Names of the observed devices by ifindex (in `netns`).
+    pub hop_names: std::collections::HashMap<u32, String>,
 }
 
 impl Enricher {
@@ -136,6 +158,7 @@ impl Enricher {
             info.task_netns
         };
         let mut anomaly = Anomaly::new(kind, netns);
+        anomaly.dropped = true;
         if has_device {
             anomaly.ifname = Some(c_string(&info.ifname));
             anomaly.ifindex = Some(info.ifindex);
@@ -155,6 +178,33 @@ impl Enricher {
         anomaly
     }
 
+    /// A fragment or an oversized packet seen at one of our TC hooks.
+    pub fn hop_event(&self, event: &HopEvent) -> Anomaly {
+        let kind = if event.header.kind == EventKind::HopOversize as u32 {
+            AnomalyKind::Oversize
+        } else {
+            AnomalyKind::Fragment
+        };
+        let mut anomaly = Anomaly::new(kind, 0);
+        anomaly.netns = self.netns;
+        let direction = Direction::try_from(u32::from(event.flow.direction)).ok();
+        anomaly.hop_direction = direction;
+        anomaly.dir = direction.map(Direction::as_str);
+        anomaly.ifindex = Some(event.flow.ifindex);
+        anomaly.ifname = self.hop_names.get(&event.flow.ifindex).cloned();
+        anomaly.len = Some(event.len);
+        anomaly.flow = flow_of(&event.flow);
+        anomaly.outer = outer_of(&event.outer);
+        match kind {
+            AnomalyKind::Fragment => {
+                anomaly.offset = Some(event.frag_offset);
+                anomaly.more = Some(event.frag_more != 0);
+            }
+            _ => anomaly.mtu = (event.mtu != 0).then_some(event.mtu),
+        }
+        anomaly
+    }
+
     pub fn retransmit(&self, event: &RetransmitEvent) -> Anomaly {
         let mut anomaly = Anomaly::new(AnomalyKind::Retransmit, event.header.netns);
         anomaly.flow = sock_flow(&event.flow);
@@ -166,13 +216,10 @@ impl Enricher {
     /// sll_ifindex) or the socket's binding, looked up in the sender's namespace.
     pub fn send_error(&self, event: &SendErrorEvent) -> Anomaly {
         let mut anomaly = Anomaly::new(AnomalyKind::Oversize, event.header.netns);
+        anomaly.dropped = true;
         anomaly.len = Some(event.len);
         anomaly.errno = Some(event.errno);
-        anomaly.func = Some(if event.call == SendCall::Sendmsg as u32 {
-            "sendmsg"
-        } else {
-            "sendto"
-        });
+        anomaly.func = Some(SendCall::name(event.call));
         anomaly.process = Some(Process {
             pid: event.tgid,
             comm: c_string(&event.comm),
@@ -202,6 +249,36 @@ fn c_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
+fn ip_of(family: u8, raw: &[u8; 16]) -> Option<IpAddr> {
+    match family {
+        4 => Some(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).into()),
+        6 => Some(Ipv6Addr::from(*raw).into()),
+        _ => None,
+    }
+}
+
+/// A kernel flow key as the contract's flow.
+pub fn flow_of(key: &FlowKey) -> Option<Flow> {
+    Some(Flow {
+        proto: key.proto,
+        src: ip_of(key.family, &key.src)?,
+        dst: ip_of(key.family, &key.dst)?,
+        sport: key.sport,
+        dport: key.dport,
+    })
+}
+
+/// A kernel tunnel header as the contract's `outer`.
+pub fn outer_of(outer: &OuterHeader) -> Option<Outer> {
+    Some(Outer {
+        src: ip_of(outer.family, &outer.src)?,
+        dst: ip_of(outer.family, &outer.dst)?,
+        sport: outer.sport,
+        dport: outer.dport,
+        vni: outer.vni,
+    })
+}
+
 fn sock_flow(flow: &SockFlow) -> Option<Flow> {
     let addr = |raw: &[u8; 16]| -> Option<IpAddr> {
         match flow.family {
@@ -224,4 +301,14 @@ pub fn packet_bytes(info: &PacketInfo) -> Option<&[u8]> {
     let len = usize::try_from(info.cap_len).ok()?.min(info.packet.len());
     let bytes = &info.packet[..len];
     matches!(bytes.first().map(|b| b >> 4), Some(4 | 6)).then_some(bytes)
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// An anomaly with nothing set, for tests to fill in.
+    pub fn empty() -> Anomaly {
+        Anomaly::new(AnomalyKind::Drop, 0)
+    }
 }

@@ -40,6 +40,25 @@ pub struct Selection {
     /// (`cali*`). Default: every VXLAN/Geneve device, its underlay, every tun/tap, every NIC.
     #[arg(short = 'i', long = "iface", value_name = "NAME")]
     pub ifaces: Vec<String>,
+    /// Only flows to or from this address (inner or outer header).
+    #[arg(long, value_name = "IP")]
+    pub host: Option<std::net::IpAddr>,
+    /// Only flows with this source or destination port (inner or outer header).
+    #[arg(long, value_name = "N")]
+    pub port: Option<u16>,
+    /// Only this protocol.
+    #[arg(long, value_enum)]
+    pub proto: Option<crate::filter::Proto>,
+}
+
+impl Selection {
+    pub fn flows(&self) -> crate::filter::FlowSelector {
+        crate::filter::FlowSelector {
+            host: self.host,
+            port: self.port,
+            proto: self.proto,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -55,6 +74,10 @@ pub struct RecordArgs {
     /// How often each hop's counters are written as a `hop` line.
     #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
     pub stats_interval: Duration,
+    /// Capacity of the kernel's per-flow table (flows x hops x directions); beyond it the
+    /// least recently seen entries are evicted.
+    #[arg(long, value_name = "N", default_value_t = vxprobe_common::MAX_FLOWS, value_parser = clap::value_parser!(u32).range(64..=4_194_304))]
+    pub max_flows: u32,
     /// How TC programs attach: TCX links (Linux >= 6.6) or clsact filters; `auto` picks TCX
     /// where the kernel has it.
     #[arg(long, value_enum, default_value_t = TcAttach::Auto)]

@@ -1,6 +1,8 @@
 //! Ring-buffer records to typed events: the one place kernel bytes are interpreted.
 
-use vxprobe_common::{DropEvent, EventHeader, EventKind, RetransmitEvent, SendErrorEvent};
+use vxprobe_common::{
+    DropEvent, EventHeader, EventKind, HopEvent, RetransmitEvent, SendErrorEvent,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -19,6 +21,8 @@ pub enum KernelEvent {
     Drop(DropEvent),
     Retransmit(RetransmitEvent),
     SendError(SendErrorEvent),
+    /// A fragment or an oversized packet at a TC hook.
+    Hop(HopEvent),
 }
 
 /// Copies a `T` out of `bytes` after checking the length.
@@ -43,6 +47,9 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         EventKind::Drop => Ok(KernelEvent::Drop(read(bytes, "drop event")?)),
         EventKind::Retransmit => Ok(KernelEvent::Retransmit(read(bytes, "retransmit event")?)),
         EventKind::SendError => Ok(KernelEvent::SendError(read(bytes, "send error event")?)),
+        EventKind::Fragment | EventKind::HopOversize => {
+            Ok(KernelEvent::Hop(read(bytes, "hop event")?))
+        }
     }
 }
 

@@ -1,59 +1,162 @@
-//! Per-hop counters: read from the kernel's per-CPU map, summed, turned into interval deltas.
+//! Counters the TC programs keep in per-CPU maps, summed over CPUs and turned into interval
+//! deltas: per hop, and per flow at each hop.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, hash::Hash};
 
 use anyhow::Context as _;
-use aya::maps::{MapData, PerCpuHashMap};
-use vxprobe_common::{HopCounters, HopKey, names};
+use aya::{
+    Pod,
+    maps::{MapData, PerCpuHashMap, PerCpuValues},
+};
+use vxprobe_common::{FlowCounters, FlowKey, HopCounters, HopKey, names};
 
-/// Owns the kernel's hop map and the totals last seen, to report what changed since.
-pub struct HopStats {
-    map: PerCpuHashMap<MapData, HopKey, HopCounters>,
-    last: BTreeMap<HopKey, HopCounters>,
+/// Counter structs that can be summed over CPUs and subtracted between intervals.
+pub trait Counters: Pod + Default + Copy {
+    fn merge(&mut self, other: &Self);
+    /// `self - before`, for the additive fields; gauges (outer) are kept, and the maximum is
+    /// kept only if it belongs to `epoch`.
+    fn since(&self, before: &Self, epoch: u32) -> Self;
+    fn packets(&self) -> u64;
 }
 
-impl HopStats {
-    pub fn new(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
+impl Counters for HopCounters {
+    fn merge(&mut self, other: &Self) {
+        HopCounters::merge(self, other);
+    }
+
+    fn since(&self, before: &Self, epoch: u32) -> Self {
+        HopCounters {
+            packets: self.packets.saturating_sub(before.packets),
+            bytes: self.bytes.saturating_sub(before.bytes),
+            segs: self.segs.saturating_sub(before.segs),
+            fragments: self.fragments.saturating_sub(before.fragments),
+            oversize: self.oversize.saturating_sub(before.oversize),
+            max_len: if self.max_epoch == epoch {
+                self.max_len
+            } else {
+                0
+            },
+            max_epoch: epoch,
+        }
+    }
+
+    fn packets(&self) -> u64 {
+        self.packets
+    }
+}
+
+impl Counters for FlowCounters {
+    fn merge(&mut self, other: &Self) {
+        FlowCounters::merge(self, other);
+    }
+
+    fn since(&self, before: &Self, epoch: u32) -> Self {
+        FlowCounters {
+            packets: self.packets.saturating_sub(before.packets),
+            bytes: self.bytes.saturating_sub(before.bytes),
+            segs: self.segs.saturating_sub(before.segs),
+            fragments: self.fragments.saturating_sub(before.fragments),
+            oversize: self.oversize.saturating_sub(before.oversize),
+            max_len: if self.max_epoch == epoch {
+                self.max_len
+            } else {
+                0
+            },
+            max_epoch: epoch,
+            outer: self.outer,
+            _pad: 0,
+        }
+    }
+
+    fn packets(&self) -> u64 {
+        self.packets
+    }
+}
+
+/// One per-CPU counter map and the totals last seen.
+pub struct CounterMap<K: Pod + Ord + Hash, V: Counters> {
+    map: PerCpuHashMap<MapData, K, V>,
+    last: BTreeMap<K, V>,
+}
+
+pub type HopStats = CounterMap<HopKey, HopCounters>;
+pub type FlowStats = CounterMap<FlowKey, FlowCounters>;
+
+impl<K: Pod + Ord + Hash, V: Counters> CounterMap<K, V> {
+    pub fn take(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<Self> {
         let map = ebpf
-            .take_map(names::HOP_STATS)
-            .with_context(|| format!("map {} missing from the eBPF object", names::HOP_STATS))?;
+            .take_map(name)
+            .with_context(|| format!("map {name} missing from the eBPF object"))?;
         Ok(Self {
             map: PerCpuHashMap::try_from(map)?,
             last: BTreeMap::new(),
         })
     }
 
-    /// Totals since attach, summed over CPUs.
-    fn totals(&self) -> anyhow::Result<BTreeMap<HopKey, HopCounters>> {
+    fn totals(&self) -> anyhow::Result<BTreeMap<K, V>> {
         let mut totals = BTreeMap::new();
         for entry in self.map.iter() {
-            let (key, per_cpu) = entry.context("reading the hop map")?;
-            let sum = per_cpu
-                .iter()
-                .fold(HopCounters::default(), |acc, c| HopCounters {
-                    packets: acc.packets + c.packets,
-                    bytes: acc.bytes + c.bytes,
-                });
+            let (key, per_cpu): (K, PerCpuValues<V>) = entry.context("reading a counter map")?;
+            let mut sum = V::default();
+            for value in per_cpu.iter() {
+                sum.merge(value);
+            }
             totals.insert(key, sum);
         }
         Ok(totals)
     }
 
-    /// What each hop counted since the previous call.
-    pub fn interval(&mut self) -> anyhow::Result<BTreeMap<HopKey, HopCounters>> {
+    /// What each key counted since the previous call; keys that counted nothing are left out.
+    /// Keys gone from the map (LRU eviction) are forgotten.
+    pub fn interval(&mut self, epoch: u32) -> anyhow::Result<BTreeMap<K, V>> {
         let totals = self.totals()?;
         let deltas = totals
             .iter()
-            .map(|(key, now)| {
-                let before = self.last.get(key).copied().unwrap_or_default();
-                let delta = HopCounters {
-                    packets: now.packets.saturating_sub(before.packets),
-                    bytes: now.bytes.saturating_sub(before.bytes),
-                };
-                (*key, delta)
+            .filter_map(|(key, now)| {
+                let delta = now.since(self.last.get(key).unwrap_or(&V::default()), epoch);
+                (delta.packets() > 0).then_some((*key, delta))
             })
             .collect();
         self.last = totals;
         Ok(deltas)
+    }
+}
+
+pub fn hop_stats(ebpf: &mut aya::Ebpf) -> anyhow::Result<HopStats> {
+    CounterMap::take(ebpf, names::HOP_STATS)
+}
+
+pub fn flow_stats(ebpf: &mut aya::Ebpf) -> anyhow::Result<FlowStats> {
+    CounterMap::take(ebpf, names::FLOW_STATS)
+}
+
+/// The interval number the TC programs stamp their maxima with.
+pub struct Epoch {
+    map: aya::maps::Array<MapData, u32>,
+    current: u32,
+}
+
+impl Epoch {
+    pub fn take(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
+        let map = ebpf
+            .take_map(names::EPOCH)
+            .with_context(|| format!("map {} missing from the eBPF object", names::EPOCH))?;
+        Ok(Self {
+            map: aya::maps::Array::try_from(map)?,
+            current: 0,
+        })
+    }
+
+    /// The epoch that is ending.
+    pub fn current(&self) -> u32 {
+        self.current
+    }
+
+    /// Starts the next interval's epoch.
+    pub fn advance(&mut self) -> anyhow::Result<()> {
+        self.current = self.current.wrapping_add(1);
+        self.map
+            .set(0, self.current, 0)
+            .context("writing the EPOCH map")
     }
 }

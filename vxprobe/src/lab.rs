@@ -10,7 +10,7 @@
 
 use std::{
     io,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -29,6 +29,8 @@ pub const TAP_DEV: &str = "tap0";
 pub struct LabOptions {
     pub overlay_mtu: u32,
     pub underlay_mtu: u32,
+    /// Pods also get fd00::/8 addresses, routed over the same overlay.
+    pub ipv6: bool,
 }
 
 impl Default for LabOptions {
@@ -36,15 +38,21 @@ impl Default for LabOptions {
         Self {
             overlay_mtu: 1450,
             underlay_mtu: 1500,
+            ipv6: false,
         }
     }
 }
+
+/// VXLAN over IPv4 adds 50 bytes (outer IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14).
+pub const VXLAN_OVERHEAD: u32 = 50;
 
 /// A pod: its own namespace, `eth0` inside, a `cali0` veth on its node.
 #[derive(Clone, Debug)]
 pub struct Pod {
     pub netns: String,
     pub ip: Ipv4Addr,
+    /// Used when the lab was built with `ipv6`.
+    pub ip6: Ipv6Addr,
 }
 
 /// A node: underlay `eth0`, `vxlan.calico`, the host side of its pod's veth.
@@ -82,6 +90,7 @@ impl Lab {
             pod: Pod {
                 netns: format!("{name}-p{i}"),
                 ip: Ipv4Addr::new(198, 19, i, 2),
+                ip6: Ipv6Addr::new(0xfd00, 0x19, u16::from(i), 0, 0, 0, 0, 2),
             },
         };
         let nodes = [node(1), node(2)];
@@ -101,12 +110,20 @@ impl Lab {
                 ip(&format!("netns add {ns}"))?;
                 self.namespaces.push(ns.clone());
                 // No IPv6 unless asked for: router solicitations and MLD reports would add
-                // packets the tests do not send.
-                sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1")?;
-                sysctl(ns, "net.ipv6.conf.default.disable_ipv6", "1")?;
+                // packets the tests do not send. With it, no autoconfigured addresses either.
+                let off = if options.ipv6 { "0" } else { "1" };
+                sysctl(ns, "net.ipv6.conf.all.disable_ipv6", off)?;
+                sysctl(ns, "net.ipv6.conf.default.disable_ipv6", off)?;
+                if options.ipv6 {
+                    sysctl(ns, "net.ipv6.conf.default.addr_gen_mode", "1")?;
+                    sysctl(ns, "net.ipv6.conf.default.accept_ra", "0")?;
+                }
                 ip(&format!("-n {ns} link set lo up"))?;
             }
             sysctl(&node.netns, "net.ipv4.ip_forward", "1")?;
+            if options.ipv6 {
+                sysctl(&node.netns, "net.ipv6.conf.all.forwarding", "1")?;
+            }
             sysctl(&node.netns, "net.ipv4.conf.all.rp_filter", "0")?;
             sysctl(&node.netns, "net.ipv4.conf.default.rp_filter", "0")?;
         }
@@ -134,9 +151,17 @@ impl Lab {
         for node in [&n1, &n2] {
             let (ns, local, mac, vtep) =
                 (&node.netns, node.underlay_ip, &node.vtep_mac, node.vtep_ip);
+            // The kernel refuses a vxlan MTU above its lower device's minus the overhead, so an
+            // oversized overlay (the MTU-mismatch fault) is made without a lower device, as
+            // Calico does when it cannot find one.
+            let lower = if overlay_mtu + VXLAN_OVERHEAD > underlay_mtu {
+                String::new()
+            } else {
+                format!("dev {UNDERLAY_DEV}")
+            };
             ip(&format!(
                 "-n {ns} link add {VXLAN_DEV} type vxlan id {VNI} dstport {VXLAN_PORT} \
-                 local {local} dev {UNDERLAY_DEV} nolearning"
+                 local {local} {lower} nolearning"
             ))?;
             ip(&format!(
                 "-n {ns} link set {VXLAN_DEV} address {mac} mtu {overlay_mtu} up"
@@ -154,6 +179,17 @@ impl Lab {
             ip(&format!(
                 "-n {ns} route add {vtep}/24 via {vtep} dev {VXLAN_DEV} onlink"
             ))?;
+            if options.ipv6 {
+                let vtep6 = vtep6_of(peer);
+                ip(&format!(
+                    "-n {ns} addr add {}/128 dev {VXLAN_DEV} nodad",
+                    vtep6_of(node)
+                ))?;
+                neigh6(ns, vtep6, mac, VXLAN_DEV)?;
+                ip(&format!(
+                    "-n {ns} -6 route add {vtep6}/64 via {vtep6} dev {VXLAN_DEV} onlink"
+                ))?;
+            }
         }
 
         // Pods: eth0 in the pod, cali0 on the node, /32 routes and static neighbours.
@@ -180,6 +216,22 @@ impl Lab {
             ))?;
             neigh(pod_ns, gateway, &mac_of(ns, POD_HOST_DEV)?, "eth0")?;
             neigh(ns, pod_ip, &mac_of(pod_ns, "eth0")?, POD_HOST_DEV)?;
+            if options.ipv6 {
+                let (pod6, gw6) = (node.pod.ip6, gateway6_of(node));
+                ip(&format!(
+                    "-n {ns} addr add {gw6}/128 dev {POD_HOST_DEV} nodad"
+                ))?;
+                ip(&format!(
+                    "-n {ns} -6 route add {pod6}/128 dev {POD_HOST_DEV}"
+                ))?;
+                ip(&format!("-n {pod_ns} addr add {pod6}/128 dev eth0 nodad"))?;
+                ip(&format!("-n {pod_ns} -6 route add {gw6}/128 dev eth0"))?;
+                ip(&format!(
+                    "-n {pod_ns} -6 route add fd00::/8 via {gw6} dev eth0"
+                ))?;
+                neigh6(pod_ns, gw6, &mac_of(ns, POD_HOST_DEV)?, "eth0")?;
+                neigh6(ns, pod6, &mac_of(pod_ns, "eth0")?, POD_HOST_DEV)?;
+            }
         }
 
         // A tap on node 1, where a user-space engine (Suricata in incident #4) would sit.
@@ -252,6 +304,26 @@ fn neigh(ns: &str, addr: Ipv4Addr, mac: &str, dev: &str) -> io::Result<()> {
     ip(&format!(
         "-n {ns} neigh replace {addr} lladdr {mac} dev {dev} nud permanent"
     ))
+}
+
+fn neigh6(ns: &str, addr: Ipv6Addr, mac: &str, dev: &str) -> io::Result<()> {
+    ip(&format!(
+        "-n {ns} -6 neigh replace {addr} lladdr {mac} dev {dev} nud permanent"
+    ))
+}
+
+/// The node's address on its pod veth, the pod's IPv6 gateway: fd00:19:N::1.
+fn gateway6_of(node: &Node) -> Ipv6Addr {
+    let mut seg = node.pod.ip6.segments();
+    seg[7] = 1;
+    Ipv6Addr::from(seg)
+}
+
+/// The node's IPv6 address on vxlan.calico: fd00:19:N::.
+fn vtep6_of(node: &Node) -> Ipv6Addr {
+    let mut seg = node.pod.ip6.segments();
+    seg[7] = 0;
+    Ipv6Addr::from(seg)
 }
 
 fn sysctl(ns: &str, key: &str, value: &str) -> io::Result<()> {

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod decode;
 pub mod devices;
 pub mod error;
+pub mod filter;
 pub mod hopstats;
 pub mod kallsyms;
 pub mod kbtf;

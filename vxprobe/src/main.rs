@@ -46,7 +46,7 @@ fn main() -> ExitCode {
             code(exit::USAGE)
         }
         Err(e) => {
-            eprintln!("vxprobe: {e:#}");
+            eprintln!("vxprobe: {}", shorten(&format!("{e:#}")));
             code(exit::RUNTIME)
         }
     }
@@ -54,4 +54,20 @@ fn main() -> ExitCode {
 
 fn code(status: i32) -> ExitCode {
     ExitCode::from(u8::try_from(status).unwrap_or(1))
+}
+
+/// A verifier rejection carries the whole verifier log: keep the first line and the end (where
+/// the verifier says why), unless VXPROBE_VERBOSE asks for everything.
+fn shorten(message: &str) -> String {
+    const KEEP: usize = 12;
+    let lines: Vec<&str> = message.lines().collect();
+    if lines.len() <= KEEP * 2 || std::env::var_os("VXPROBE_VERBOSE").is_some() {
+        return message.to_owned();
+    }
+    format!(
+        "{}\n  [... {} lines of verifier log; VXPROBE_VERBOSE=1 shows them ...]\n{}",
+        lines[0],
+        lines.len() - 1 - KEEP,
+        lines[lines.len() - KEEP..].join("\n")
+    )
 }

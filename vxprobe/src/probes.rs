@@ -8,15 +8,19 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, TracePoint,
+        BtfTracePoint, FEntry, FExit, KProbe, LinkOrder, RawTracePoint, SchedClassifier,
+        TcAttachType, TracePoint,
         tc::{self, NlOptions, TcAttachOptions, TcError},
     },
     util::KernelVersion,
 };
 use serde::Serialize;
-use vxprobe_common::{KernelOffsets, names};
+use vxprobe_common::{DeviceInfo, FlowFilter, KernelOffsets, names};
 
-use crate::{cli::TcAttach, devices::Hop};
+use crate::{
+    cli::TcAttach,
+    devices::{DeviceKind, Hop},
+};
 
 /// The kernel programs, built by build.rs and embedded in the binary.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vxprobe"));
@@ -55,7 +59,10 @@ impl TcMode {
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum HookType {
+    Fentry,
+    Fexit,
     TpBtf,
+    Kprobe,
     RawTracepoint,
     Tracepoint,
 }
@@ -63,12 +70,86 @@ pub enum HookType {
 impl HookType {
     pub const fn as_str(self) -> &'static str {
         match self {
+            HookType::Fentry => "fentry",
+            HookType::Fexit => "fexit",
             HookType::TpBtf => "tp_btf",
+            HookType::Kprobe => "kprobe",
             HookType::RawTracepoint => "raw_tracepoint",
             HookType::Tracepoint => "tracepoint",
         }
     }
 }
+
+/// One rung of a ladder: a hook type and the programs (with their targets) it needs, all of
+/// which must attach.
+struct Rung {
+    hook: HookType,
+    programs: &'static [(&'static str, &'static str)],
+}
+
+/// Every kernel-wide signal with its hooks, best first.
+const LADDERS: &[(&str, &[Rung])] = &[
+    (
+        "drop",
+        &[
+            Rung {
+                hook: HookType::TpBtf,
+                programs: &[(names::KFREE_SKB_BTF, "kfree_skb")],
+            },
+            // The freeing function: sk_skb_reason_drop since 6.11, kfree_skb_reason before.
+            Rung {
+                hook: HookType::Kprobe,
+                programs: &[(names::KFREE_SKB_KPROBE_SK, "sk_skb_reason_drop")],
+            },
+            Rung {
+                hook: HookType::Kprobe,
+                programs: &[(names::KFREE_SKB_KPROBE, "kfree_skb_reason")],
+            },
+            Rung {
+                hook: HookType::RawTracepoint,
+                programs: &[(names::KFREE_SKB_RAW, "kfree_skb")],
+            },
+        ],
+    ),
+    (
+        "retransmit",
+        &[
+            Rung {
+                hook: HookType::TpBtf,
+                programs: &[(names::RETRANSMIT_BTF, "tcp_retransmit_skb")],
+            },
+            Rung {
+                hook: HookType::Kprobe,
+                programs: &[(names::RETRANSMIT_KPROBE, "tcp_retransmit_skb")],
+            },
+            Rung {
+                hook: HookType::RawTracepoint,
+                programs: &[(names::RETRANSMIT_RAW, "tcp_retransmit_skb")],
+            },
+        ],
+    ),
+    (
+        "send_emsgsize",
+        &[
+            Rung {
+                hook: HookType::Fexit,
+                programs: &[
+                    (names::PACKET_SENDMSG_FEXIT, "packet_sendmsg"),
+                    (names::UDP_SENDMSG_FEXIT, "udp_sendmsg"),
+                ],
+            },
+            Rung {
+                hook: HookType::Tracepoint,
+                programs: &[
+                    (names::SENDTO_ENTER, "syscalls/sys_enter_sendto"),
+                    (names::SENDTO_EXIT, "syscalls/sys_exit_sendto"),
+                    (names::SENDMSG_ENTER, "syscalls/sys_enter_sendmsg"),
+                    (names::SENDMSG_EXIT, "syscalls/sys_exit_sendmsg"),
+                ],
+            },
+        ],
+    ),
+];
 
 /// Which hook a signal uses here, and what was tried before it.
 #[derive(Clone, Debug, Serialize)]
@@ -90,11 +171,18 @@ pub struct Probes {
 impl Probes {
     /// Loads the object with the kernel's struct offsets and the TC programs. Without
     /// `offsets` (no BTF), the kernel-wide hooks stay off and the TC counters still work.
-    pub fn load(tc_mode: TcMode, offsets: Option<&KernelOffsets>) -> anyhow::Result<Self> {
+    pub fn load(
+        tc_mode: TcMode,
+        offsets: Option<&KernelOffsets>,
+        filter: &FlowFilter,
+        max_flows: u32,
+    ) -> anyhow::Result<Self> {
         let mut loader = EbpfLoader::new();
         if let Some(offsets) = offsets {
             loader.override_global(names::OFFSETS, offsets, true);
         }
+        loader.override_global(names::FILTER, filter, true);
+        loader.map_max_entries(names::FLOW_STATS, max_flows);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading vxprobe's eBPF object")?;
@@ -110,8 +198,23 @@ impl Probes {
         })
     }
 
-    /// Attaches the TC programs at ingress and egress of every hop.
+    /// Attaches the TC programs at ingress and egress of every hop, after telling them each
+    /// device's MTU and link type.
     pub fn attach_tc(&mut self, hops: &[Hop]) -> anyhow::Result<()> {
+        let mut devices: aya::maps::HashMap<_, u32, DeviceInfo> = aya::maps::HashMap::try_from(
+            self.ebpf
+                .map_mut(names::DEVICE_INFO)
+                .context("map DEVICE_INFO missing from the eBPF object")?,
+        )?;
+        for hop in hops {
+            let info = DeviceInfo {
+                mtu: hop.device.mtu,
+                l3: u32::from(hop.device.kind == DeviceKind::Tun),
+            };
+            devices
+                .insert(hop.device.ifindex, info, 0)
+                .context("writing DEVICE_INFO")?;
+        }
         for hop in hops {
             let ifname = hop.device.name.as_str();
             if self.tc_mode == TcMode::Clsact {
@@ -150,53 +253,42 @@ impl Probes {
     /// here. `skip` leaves hook types out (to exercise a fallback, or to avoid a hook known to
     /// misbehave on some kernel).
     pub fn attach_signals(&mut self, skip: &[HookType]) -> &[HookChoice] {
-        self.attach_ladder(
-            "drop",
-            &[
-                (HookType::TpBtf, names::KFREE_SKB_BTF, "kfree_skb"),
-                (HookType::RawTracepoint, names::KFREE_SKB_RAW, "kfree_skb"),
-            ],
-            skip,
-        );
-        self.attach_ladder(
-            "retransmit",
-            &[
-                (HookType::TpBtf, names::RETRANSMIT_BTF, "tcp_retransmit_skb"),
-                (
-                    HookType::RawTracepoint,
-                    names::RETRANSMIT_RAW,
-                    "tcp_retransmit_skb",
-                ),
-            ],
-            skip,
-        );
-        self.attach_send_errors(skip);
+        for (signal, rungs) in LADDERS {
+            self.attach_ladder(signal, rungs, skip);
+        }
         &self.hooks
     }
 
-    fn attach_ladder(
-        &mut self,
-        signal: &'static str,
-        rungs: &[(HookType, &str, &str)],
-        skip: &[HookType],
-    ) {
+    fn attach_ladder(&mut self, signal: &'static str, rungs: &[Rung], skip: &[HookType]) {
         let mut choice = HookChoice {
             signal,
             hook: None,
             unavailable: Vec::new(),
         };
-        for &(rung, program_name, target) in rungs {
-            let label = format!("{}:{target}", rung.as_str());
-            if skip.contains(&rung) {
+        for rung in rungs {
+            let targets: Vec<&str> = rung.programs.iter().map(|(_, target)| *target).collect();
+            let label = format!("{}:{}", rung.hook.as_str(), targets.join("+"));
+            if skip.contains(&rung.hook) {
                 choice.unavailable.push(format!("{label}: skipped"));
                 continue;
             }
-            match self.try_attach(rung, program_name, target) {
+            let attached = rung.programs.iter().try_for_each(|&(program, target)| {
+                self.try_attach(rung.hook, program, target)
+                    .with_context(|| target.to_owned())
+            });
+            match attached {
                 Ok(()) => {
                     choice.hook = Some(label);
                     break;
                 }
-                Err(e) => choice.unavailable.push(format!("{label}: {e:#}")),
+                Err(e) => {
+                    // A rung is all or nothing: what did attach must not double-count with
+                    // the next rung.
+                    for &(program, _) in rung.programs {
+                        self.unload(rung.hook, program);
+                    }
+                    choice.unavailable.push(format!("{label}: {e:#}"));
+                }
             }
         }
         self.hooks.push(choice);
@@ -204,16 +296,33 @@ impl Probes {
 
     fn try_attach(
         &mut self,
-        rung: HookType,
+        hook: HookType,
         program_name: &str,
         target: &str,
     ) -> anyhow::Result<()> {
-        match rung {
+        match hook {
+            HookType::Fentry => {
+                let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+                let prog = program::<FEntry>(&mut self.ebpf, program_name)?;
+                prog.load(target, &btf).context("load")?;
+                prog.attach().context("attach")?;
+            }
+            HookType::Fexit => {
+                let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+                let prog = program::<FExit>(&mut self.ebpf, program_name)?;
+                prog.load(target, &btf).context("load")?;
+                prog.attach().context("attach")?;
+            }
             HookType::TpBtf => {
                 let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
                 let prog = program::<BtfTracePoint>(&mut self.ebpf, program_name)?;
                 prog.load(target, &btf).context("load")?;
                 prog.attach().context("attach")?;
+            }
+            HookType::Kprobe => {
+                let prog = program::<KProbe>(&mut self.ebpf, program_name)?;
+                prog.load().context("load")?;
+                prog.attach(target, 0).context("attach")?;
             }
             HookType::RawTracepoint => {
                 let prog = program::<RawTracePoint>(&mut self.ebpf, program_name)?;
@@ -221,6 +330,7 @@ impl Probes {
                 prog.attach(target).context("attach")?;
             }
             HookType::Tracepoint => {
+                ensure_tracefs()?;
                 let (category, name) = target.split_once('/').context("category/name")?;
                 let prog = program::<TracePoint>(&mut self.ebpf, program_name)?;
                 prog.load().context("load")?;
@@ -230,36 +340,22 @@ impl Probes {
         Ok(())
     }
 
-    /// EMSGSIZE from sendto/sendmsg: the syscall tracepoints (every kernel has them; they need
-    /// tracefs, mounted here if it is not).
-    fn attach_send_errors(&mut self, skip: &[HookType]) {
-        let label = "tracepoint:syscalls/sys_exit_sendto+sendmsg";
-        let mut choice = HookChoice {
-            signal: "send_emsgsize",
-            hook: None,
-            unavailable: Vec::new(),
-        };
-        if skip.contains(&HookType::Tracepoint) {
-            choice.unavailable.push(format!("{label}: skipped"));
-        } else {
-            let attached = ensure_tracefs().and_then(|()| {
-                for (program_name, target) in [
-                    (names::SENDTO_ENTER, "syscalls/sys_enter_sendto"),
-                    (names::SENDTO_EXIT, "syscalls/sys_exit_sendto"),
-                    (names::SENDMSG_ENTER, "syscalls/sys_enter_sendmsg"),
-                    (names::SENDMSG_EXIT, "syscalls/sys_exit_sendmsg"),
-                ] {
-                    self.try_attach(HookType::Tracepoint, program_name, target)
-                        .with_context(|| target.to_owned())?;
-                }
-                Ok(())
-            });
-            match attached {
-                Ok(()) => choice.hook = Some(label.to_owned()),
-                Err(e) => choice.unavailable.push(format!("{label}: {e:#}")),
+    /// Detaches and unloads a program, if it was loaded (best effort: used on a failed rung).
+    fn unload(&mut self, hook: HookType, program_name: &str) {
+        let _ = match hook {
+            HookType::Fentry => program::<FEntry>(&mut self.ebpf, program_name).map(|p| p.unload()),
+            HookType::Fexit => program::<FExit>(&mut self.ebpf, program_name).map(|p| p.unload()),
+            HookType::TpBtf => {
+                program::<BtfTracePoint>(&mut self.ebpf, program_name).map(|p| p.unload())
             }
-        }
-        self.hooks.push(choice);
+            HookType::Kprobe => program::<KProbe>(&mut self.ebpf, program_name).map(|p| p.unload()),
+            HookType::RawTracepoint => {
+                program::<RawTracePoint>(&mut self.ebpf, program_name).map(|p| p.unload())
+            }
+            HookType::Tracepoint => {
+                program::<TracePoint>(&mut self.ebpf, program_name).map(|p| p.unload())
+            }
+        };
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {

@@ -32,7 +32,12 @@ pub fn run(args: ProbesArgs) -> anyhow::Result<()> {
         btf.kernel_offsets(&reasons)
     });
     let tc_mode = TcMode::choose(TcAttach::Auto);
-    let mut probes = Probes::load(tc_mode, kernel.as_ref().ok())?;
+    let mut probes = Probes::load(
+        tc_mode,
+        kernel.as_ref().ok(),
+        &vxprobe_common::FlowFilter::NONE,
+        vxprobe_common::MAX_FLOWS,
+    )?;
     let mut signals = Vec::new();
     match &kernel {
         Ok(_) => signals.extend(probes.attach_signals(&args.skip_hook).iter().cloned()),

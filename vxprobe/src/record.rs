@@ -18,19 +18,21 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     time::{Instant, MissedTickBehavior},
 };
-use vxprobe_common::{Direction, EventKind, HopCounters, HopKey};
+use vxprobe_common::{Direction, EventKind, FlowCounters, FlowKey, HopCounters, HopKey};
 
 use crate::{
     anomaly::{Anomaly, Enricher},
+    anomaly::{flow_of, outer_of},
     caps,
     cli::RecordArgs,
     decode::{self, KernelEvent},
     devices::{self, Hop},
     error::UsageError,
-    hopstats::HopStats,
+    filter::FlowSelector,
+    hopstats,
     kallsyms::Kallsyms,
     kbtf::KernelBtf,
-    output::{HopLine, JsonLines, timestamp},
+    output::{FlowLine, HopLine, JsonLines, mean_segment, timestamp},
     probes::{HookChoice, Probes, TcMode},
 };
 
@@ -71,7 +73,13 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         }
     };
 
-    let mut probes = Probes::load(TcMode::choose(args.tc_attach), offsets.as_ref())?;
+    let selector = args.selection.flows();
+    let mut probes = Probes::load(
+        TcMode::choose(args.tc_attach),
+        offsets.as_ref(),
+        &selector.to_kernel(),
+        args.max_flows,
+    )?;
     probes.attach_tc(&hops)?;
     if offsets.is_some() {
         for choice in probes.attach_signals(&args.skip_hook) {
@@ -84,7 +92,9 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let mut stats = HopStats::new(probes.ebpf_mut())?;
+    let mut hop_stats = hopstats::hop_stats(probes.ebpf_mut())?;
+    let mut flow_stats = hopstats::flow_stats(probes.ebpf_mut())?;
+    let mut epoch = hopstats::Epoch::take(probes.ebpf_mut())?;
     let (ring, lost) = probes.take_event_maps()?;
     // SAFETY: the AsyncFd owns the RingBuf, which owns the fd, so the fd stays open for as
     // long as it is registered.
@@ -98,7 +108,13 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         enricher: Enricher {
             reasons,
             kallsyms: Kallsyms::load(),
+            netns,
+            hop_names: hops
+                .iter()
+                .map(|h| (h.device.ifindex, h.device.name.clone()))
+                .collect(),
         },
+        selector,
         lost: LostCounter::new(lost),
         hop_drops: BTreeMap::new(),
     };
@@ -133,7 +149,10 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         // Records submitted without a wakeup are picked up here, before the interval closes.
         pipeline.drain(ring.get_mut())?;
         let now = Instant::now();
-        pipeline.write_interval(&stats.interval()?, now - interval_start)?;
+        let ending = epoch.current();
+        let (hop_deltas, flow_deltas) = (hop_stats.interval(ending)?, flow_stats.interval(ending)?);
+        epoch.advance()?;
+        pipeline.write_interval(&hop_deltas, &flow_deltas, now - interval_start)?;
         interval_start = now;
         pipeline.sink.flush().context("writing JSON lines")?;
         if stop {
@@ -236,6 +255,8 @@ fn event_kind_name(kind: EventKind) -> &'static str {
         EventKind::Drop => "drop",
         EventKind::Retransmit => "retransmit",
         EventKind::SendError => "oversize",
+        EventKind::Fragment => "fragment",
+        EventKind::HopOversize => "oversize",
     }
 }
 
@@ -244,6 +265,8 @@ struct Pipeline<'a> {
     hops: &'a [Hop],
     netns: u64,
     enricher: Enricher,
+    /// `--host/--port/--proto` for events the kernel could not filter (kernel-wide hooks).
+    selector: FlowSelector,
     lost: LostCounter,
     /// Faults charged to each hop in the current interval.
     hop_drops: BTreeMap<HopKey, u64>,
@@ -284,11 +307,15 @@ impl Pipeline<'_> {
                 Ok(KernelEvent::Drop(event)) => self.enricher.drop_event(&event),
                 Ok(KernelEvent::Retransmit(event)) => self.enricher.retransmit(&event),
                 Ok(KernelEvent::SendError(event)) => self.enricher.send_error(&event),
+                Ok(KernelEvent::Hop(event)) => self.enricher.hop_event(&event),
                 Err(e) => {
                     eprintln!("vxprobe: skipping a kernel record: {e}");
                     continue;
                 }
             };
+            if !self.selector.matches(&anomaly) {
+                continue;
+            }
             self.charge_hop(&anomaly);
             self.sink.write(&AnomalyLine {
                 kind: anomaly.kind.as_str(),
@@ -304,6 +331,9 @@ impl Pipeline<'_> {
         let (Some(ifindex), Some(direction)) = (anomaly.ifindex, anomaly.hop_direction) else {
             return;
         };
+        if !anomaly.dropped {
+            return;
+        }
         if anomaly.netns != self.netns || !self.hops.iter().any(|h| h.device.ifindex == ifindex) {
             return;
         }
@@ -319,6 +349,7 @@ impl Pipeline<'_> {
     fn write_interval(
         &mut self,
         deltas: &BTreeMap<HopKey, HopCounters>,
+        flows: &BTreeMap<FlowKey, FlowCounters>,
         interval: Duration,
     ) -> anyhow::Result<()> {
         let ts = timestamp(SystemTime::now());
@@ -343,9 +374,42 @@ impl Pipeline<'_> {
                     bytes: counters.bytes,
                     drops: dropped,
                     loss_pct: loss_pct(counters.packets, dropped),
+                    segs: counters.segs,
+                    mean_segment: mean_segment(counters.bytes, counters.segs),
+                    max_len: u64::from(counters.max_len),
+                    fragments: counters.fragments,
+                    oversize: counters.oversize,
                     interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
                 })?;
             }
+        }
+        for (key, counters) in flows {
+            let (Some(hop), Ok(direction), Some(flow)) = (
+                self.hops.iter().find(|h| h.device.ifindex == key.ifindex),
+                Direction::try_from(u32::from(key.direction)),
+                flow_of(key),
+            ) else {
+                continue;
+            };
+            let outer = outer_of(&counters.outer);
+            self.sink.write(&FlowLine {
+                kind: "flow",
+                ts: &ts,
+                ifname: &hop.device.name,
+                ifindex: key.ifindex,
+                netns: self.netns,
+                dir: direction.as_str(),
+                role: hop.role,
+                flow: &flow,
+                outer: outer.as_ref(),
+                packets: counters.packets,
+                bytes: counters.bytes,
+                segs: counters.segs,
+                mean_segment: mean_segment(counters.bytes, counters.segs),
+                max_len: u64::from(counters.max_len),
+                fragments: counters.fragments,
+                oversize: counters.oversize,
+            })?;
         }
         for (kind, count) in self.lost.since_last()? {
             self.sink.write(&LostLine {

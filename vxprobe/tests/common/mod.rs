@@ -27,6 +27,16 @@ pub fn is_root() -> bool {
 pub struct Recorder {
     child: Child,
     ready: PathBuf,
+    stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+fn drain(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = pipe.read_to_end(&mut out);
+        out
+    })
 }
 
 impl Recorder {
@@ -34,7 +44,7 @@ impl Recorder {
         let ready =
             std::env::temp_dir().join(format!("vxprobe-ready-{}-{}", std::process::id(), netns));
         let _ = std::fs::remove_file(&ready);
-        let child = Command::new("ip")
+        let mut child = Command::new("ip")
             .args(["netns", "exec", netns, VXPROBE, "record", "--ready-file"])
             .arg(&ready)
             .args(args)
@@ -43,7 +53,15 @@ impl Recorder {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawning vxprobe record");
-        let mut recorder = Recorder { child, ready };
+        // Read stdout and stderr as they come, so a chatty vxprobe never blocks on a full pipe.
+        let stdout = drain(child.stdout.take().unwrap());
+        let stderr = drain(child.stderr.take().unwrap());
+        let mut recorder = Recorder {
+            child,
+            ready,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        };
         recorder.wait_ready();
         recorder
     }
@@ -52,12 +70,10 @@ impl Recorder {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.ready.exists() {
             if let Some(status) = self.child.try_wait().expect("polling vxprobe") {
-                let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
-                    .wait_with_output()
-                    .unwrap();
+                let stderr = self.stderr.take().unwrap().join().unwrap();
                 panic!(
                     "vxprobe exited before it was ready ({status}): {}",
-                    String::from_utf8_lossy(&out.stderr)
+                    String::from_utf8_lossy(&stderr)
                 );
             }
             assert!(Instant::now() < deadline, "vxprobe not ready after 20 s");
@@ -73,18 +89,18 @@ impl Recorder {
     pub fn stop_with(mut self, signal: i32) -> (i32, Vec<Value>) {
         // SAFETY: kill(2) on our own child's pid; it cannot touch memory.
         unsafe { libc::kill(self.child.id() as i32, signal) };
-        let child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
-        let out = child.wait_with_output().expect("waiting for vxprobe");
+        let status = self.child.wait().expect("waiting for vxprobe");
         let _ = std::fs::remove_file(&self.ready);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let lines = String::from_utf8_lossy(&out.stdout)
+        let stdout = self.stdout.take().unwrap().join().unwrap();
+        let stderr = self.stderr.take().unwrap().join().unwrap();
+        let stderr = String::from_utf8_lossy(&stderr);
+        let lines = String::from_utf8_lossy(&stdout)
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
             .collect();
-        let code = out
-            .status
+        let code = status
             .code()
-            .unwrap_or_else(|| panic!("vxprobe killed by a signal: {:?}\n{stderr}", out.status));
+            .unwrap_or_else(|| panic!("vxprobe killed by a signal: {status:?}\n{stderr}"));
         assert!(code == 0, "vxprobe exited {code}: {stderr}");
         (code, lines)
     }

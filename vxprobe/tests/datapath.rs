@@ -1,0 +1,275 @@
+//! The TC side across the lab: fragments at every hop with exact counts, outer fragments on
+//! the underlay attributed to the inner flow, IPv6 pod traffic, and the segment-size signature
+//! of offloads being off.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Recorder, is_root, must};
+use serde_json::Value;
+use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, UNDERLAY_DEV, VXLAN_DEV};
+
+const ALL_HOPS: &[&str] = &[
+    "--stats-interval",
+    "200ms",
+    "-i",
+    "cali*",
+    "-i",
+    VXLAN_DEV,
+    "-i",
+    UNDERLAY_DEV,
+];
+
+/// Sends `count` UDP datagrams of `size` bytes from `netns` to `dst:port`; `fragment_ok`
+/// clears DF (IP_PMTUDISC_DONT) so the sender's kernel fragments instead of refusing.
+fn send_udp(netns: &str, dst: &str, port: u16, size: usize, count: u32, fragment_ok: bool) {
+    let family = if dst.contains(':') {
+        "AF_INET6"
+    } else {
+        "AF_INET"
+    };
+    let pmtu = if fragment_ok {
+        "s.setsockopt(socket.IPPROTO_IP, 10, 0)\n" // IP_MTU_DISCOVER = IP_PMTUDISC_DONT
+    } else {
+        ""
+    };
+    let script = format!(
+        "import socket\n\
+         s=socket.socket(socket.{family},socket.SOCK_DGRAM)\n\
+         s.bind(('', 40001))\n\
+         {pmtu}\
+         [s.sendto(b'v'*{size},('{dst}',{port})) for _ in range({count})]\n"
+    );
+    must(netns, "python3", &["-c", &script]);
+}
+
+/// Per (ifname, dir): the sum of `field` over `kind` lines that match `keep`.
+fn totals(
+    lines: &[Value],
+    kind: &str,
+    field: Option<&str>,
+    keep: impl Fn(&Value) -> bool,
+) -> BTreeMap<(String, String), u64> {
+    let mut out = BTreeMap::new();
+    for l in lines.iter().filter(|l| l["kind"] == kind && keep(l)) {
+        let key = (
+            l["ifname"].as_str().unwrap().to_owned(),
+            l["dir"].as_str().unwrap().to_owned(),
+        );
+        *out.entry(key).or_default() += field.map_or(1, |f| l[f].as_u64().unwrap());
+    }
+    out
+}
+
+fn key(dev: &str, dir: &str) -> (String, String) {
+    (dev.to_owned(), dir.to_owned())
+}
+
+#[test]
+fn udp_datagrams_of_3000_bytes_are_fragments_at_every_hop() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let [n1, n2] = &lab.nodes;
+    let rec1 = Recorder::start(&n1.netns, ALL_HOPS);
+    let rec2 = Recorder::start(&n2.netns, ALL_HOPS);
+    const N: u64 = 12;
+    send_udp(
+        &n1.pod.netns,
+        &n2.pod.ip.to_string(),
+        7777,
+        3000,
+        N as u32,
+        true,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    // 3008 bytes of UDP in 1450-byte packets: 1424 + 1424 + 160 bytes of payload.
+    let expected = 3 * N;
+    let ours = |l: &Value| l["flow"]["dport"] == 7777 && l["flow"]["sport"] == 40001;
+    for (node, rec, hops) in [
+        (
+            "node1",
+            rec1,
+            [
+                (POD_HOST_DEV, "ingress"),
+                (VXLAN_DEV, "egress"),
+                (UNDERLAY_DEV, "egress"),
+            ],
+        ),
+        (
+            "node2",
+            rec2,
+            [
+                (UNDERLAY_DEV, "ingress"),
+                (VXLAN_DEV, "ingress"),
+                (POD_HOST_DEV, "egress"),
+            ],
+        ),
+    ] {
+        let lines = rec.stop();
+        let events = totals(&lines, "fragment", None, ours);
+        let flow_fragments = totals(&lines, "flow", Some("fragments"), ours);
+        let hop_fragments = totals(&lines, "hop", Some("fragments"), |_| true);
+        for (dev, dir) in hops {
+            let k = key(dev, dir);
+            assert_eq!(
+                events.get(&k),
+                Some(&expected),
+                "{node} {dev} {dir} fragment events: {events:?}"
+            );
+            assert_eq!(
+                flow_fragments.get(&k),
+                Some(&expected),
+                "{node} {dev} {dir} flow fragments"
+            );
+            assert_eq!(
+                hop_fragments.get(&k),
+                Some(&expected),
+                "{node} {dev} {dir} hop fragments"
+            );
+        }
+        // On the underlay the inner flow is reported, with the tunnel header alongside.
+        let on_underlay = lines
+            .iter()
+            .find(|l| l["kind"] == "fragment" && l["ifname"] == UNDERLAY_DEV && ours(l))
+            .unwrap();
+        assert_eq!(on_underlay["outer"]["vni"], 4096);
+        assert_eq!(on_underlay["outer"]["dport"], 4789);
+        assert_eq!(on_underlay["flow"]["src"], n1.pod.ip.to_string());
+    }
+}
+
+#[test]
+fn an_overlay_mtu_above_the_underlay_fragments_outer_packets_of_the_inner_flow() {
+    if !is_root() {
+        return;
+    }
+    let options = LabOptions {
+        overlay_mtu: 1500,
+        ..LabOptions::default()
+    };
+    let lab = Lab::build(&options).expect("building the lab");
+    let [n1, n2] = &lab.nodes;
+    let rec = Recorder::start(&n1.netns, ALL_HOPS);
+    const N: u64 = 10;
+    // 1472 bytes of UDP: a full 1500-byte inner packet, 1550 once encapsulated.
+    send_udp(
+        &n1.pod.netns,
+        &n2.pod.ip.to_string(),
+        7778,
+        1472,
+        N as u32,
+        true,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let lines = rec.stop();
+    let ours = |l: &Value| l["flow"]["dport"] == 7778;
+    let events = totals(&lines, "fragment", None, ours);
+    // No inner fragmentation (the pod's MTU fits), two outer pieces per packet on the underlay.
+    assert_eq!(events.get(&key(POD_HOST_DEV, "ingress")), None);
+    assert_eq!(
+        events.get(&key(UNDERLAY_DEV, "egress")),
+        Some(&(2 * N)),
+        "{events:?}"
+    );
+    let flow = totals(&lines, "flow", Some("fragments"), ours);
+    assert_eq!(flow.get(&key(UNDERLAY_DEV, "egress")), Some(&(2 * N)));
+}
+
+#[test]
+fn ipv6_pod_traffic_crosses_the_overlay_counted_and_attributed() {
+    if !is_root() {
+        return;
+    }
+    let options = LabOptions {
+        ipv6: true,
+        ..LabOptions::default()
+    };
+    let lab = Lab::build(&options).expect("building the lab");
+    let [n1, n2] = &lab.nodes;
+    let rec = Recorder::start(&n1.netns, ALL_HOPS);
+    const N: u64 = 15;
+    send_udp(
+        &n1.pod.netns,
+        &n2.pod.ip6.to_string(),
+        7779,
+        200,
+        N as u32,
+        false,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let lines = rec.stop();
+    let ours = |l: &Value| l["flow"]["dport"] == 7779 && l["flow"]["src"] == n1.pod.ip6.to_string();
+    let packets = totals(&lines, "flow", Some("packets"), ours);
+    for (dev, dir) in [
+        (POD_HOST_DEV, "ingress"),
+        (VXLAN_DEV, "egress"),
+        (UNDERLAY_DEV, "egress"),
+    ] {
+        assert_eq!(
+            packets.get(&key(dev, dir)),
+            Some(&N),
+            "{dev} {dir}: {packets:?}"
+        );
+    }
+    let underlay = lines
+        .iter()
+        .find(|l| l["kind"] == "flow" && l["ifname"] == UNDERLAY_DEV && ours(l))
+        .unwrap();
+    assert_eq!(underlay["flow"]["dst"], n2.pod.ip6.to_string());
+    assert_eq!(underlay["outer"]["src"], n1.underlay_ip.to_string());
+}
+
+/// Incident #3: with tx checksum offload off on the VXLAN device (so TSO is off too), the
+/// underlay carries MTU-sized packets built in software while the pod still hands 64 KiB GSO
+/// packets to its veth. The hop lines show it in `max_len`, the largest packet per interval.
+#[test]
+fn offloads_off_on_the_vxlan_show_as_mtu_sized_packets_on_the_underlay() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let [n1, n2] = &lab.nodes;
+    let mut largest = Vec::new();
+    for offload in ["on", "off"] {
+        must(&n1.netns, "ethtool", &["-K", VXLAN_DEV, "tx", offload]);
+        let mut server = vxprobe::lab::Lab::command(&n2.pod.netns, "iperf3")
+            .args(["-s", "-1", "-p", "5201"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let rec = Recorder::start(&n1.netns, ALL_HOPS);
+        must(
+            &n1.pod.netns,
+            "iperf3",
+            &["-c", &n2.pod.ip.to_string(), "-p", "5201", "-t", "2"],
+        );
+        let lines = rec.stop();
+        let _ = server.wait();
+        let max = |dev: &str, dir: &str| {
+            lines
+                .iter()
+                .filter(|l| l["kind"] == "hop" && l["ifname"] == dev && l["dir"] == dir)
+                .map(|l| l["max_len"].as_u64().unwrap())
+                .max()
+                .unwrap()
+        };
+        largest.push((
+            offload,
+            max(POD_HOST_DEV, "ingress"),
+            max(UNDERLAY_DEV, "egress"),
+        ));
+    }
+    let [(_, pod_on, underlay_on), (_, pod_off, underlay_off)] = largest[..] else {
+        unreachable!()
+    };
+    // The pod side is the same either way: GSO packets far above the MTU.
+    assert!(pod_on > 3 * 1450 && pod_off > 3 * 1450, "{largest:?}");
+    // With offloads on, GSO survives encapsulation; off, every packet is one MTU at most.
+    assert!(underlay_on > 3 * 1500, "{largest:?}");
+    assert!(underlay_off <= 1514, "{largest:?}");
+}

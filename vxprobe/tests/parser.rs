@@ -1,0 +1,346 @@
+//! The TC packet parser, run for real in the kernel on crafted packets with BPF_PROG_TEST_RUN:
+//! truncated headers, VLAN tags, IPv6 extension headers, fragments, VXLAN with a garbage inner
+//! packet, Geneve with options. Each case reads back the flow the program counted.
+
+mod common;
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use common::is_root;
+use vxprobe::{anomaly, hopstats, probes::Probes, probes::TcMode};
+use vxprobe_common::{FlowCounters, FlowFilter, FlowKey, MAX_FLOWS, names};
+
+fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+    f.extend(ethertype.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+fn vlan(tpid: u16, inner_type: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+    f.extend(tpid.to_be_bytes());
+    f.extend([0x00, 0x64]);
+    f.extend(inner_type.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+fn ipv4(proto: u8, src: [u8; 4], dst: [u8; 4], id: u16, frag: u16, payload: &[u8]) -> Vec<u8> {
+    let total = (20 + payload.len()) as u16;
+    let mut p = vec![0x45, 0];
+    p.extend(total.to_be_bytes());
+    p.extend(id.to_be_bytes());
+    p.extend(frag.to_be_bytes());
+    p.extend([64, proto, 0, 0]);
+    p.extend(src);
+    p.extend(dst);
+    p.extend(payload);
+    p
+}
+
+fn ipv6(next: u8, src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend((payload.len() as u16).to_be_bytes());
+    p.extend([next, 64]);
+    p.extend(src.parse::<std::net::Ipv6Addr>().unwrap().octets());
+    p.extend(dst.parse::<std::net::Ipv6Addr>().unwrap().octets());
+    p.extend(payload);
+    p
+}
+
+fn l4(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend(sport.to_be_bytes());
+    p.extend(dport.to_be_bytes());
+    p.extend(((8 + payload.len()) as u16).to_be_bytes());
+    p.extend([0, 0]);
+    p.extend(payload);
+    p
+}
+
+fn vxlan(vni: u32, inner_frame: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x08, 0, 0, 0];
+    p.extend((vni << 8).to_be_bytes());
+    p.extend(inner_frame);
+    p
+}
+
+/// The flows one run of the ingress program counted for `packet`.
+fn counted(packet: &[u8]) -> BTreeMap<FlowKey, FlowCounters> {
+    let mut probes = Probes::load(TcMode::Tcx, None, &FlowFilter::NONE, MAX_FLOWS)
+        .expect("loading the eBPF object");
+    {
+        let prog: &mut SchedClassifier = probes
+            .ebpf_mut()
+            .program_mut(names::TC_INGRESS)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            ..Default::default()
+        };
+        let result = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+        assert_eq!(
+            result.return_value as i32, -1,
+            "the packet is passed on (TC_ACT_UNSPEC)"
+        );
+    }
+    hopstats::flow_stats(probes.ebpf_mut())
+        .unwrap()
+        .interval(0)
+        .unwrap()
+}
+
+fn only_flow(packet: &[u8]) -> (vxprobe::packet::Flow, FlowCounters) {
+    let flows = counted(packet);
+    assert_eq!(flows.len(), 1, "exactly one flow counted: {flows:?}");
+    let (key, counters) = flows.into_iter().next().unwrap();
+    (anomaly::flow_of(&key).expect("an IP flow"), counters)
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn plain_udp_and_tcp() {
+    if !is_root() {
+        return;
+    }
+    let (flow, c) = only_flow(&eth(
+        0x0800,
+        &ipv4(
+            17,
+            [198, 19, 1, 2],
+            [198, 19, 2, 2],
+            1,
+            0,
+            &l4(1111, 53, b"q"),
+        ),
+    ));
+    assert_eq!((flow.proto, flow.sport, flow.dport), (17, 1111, 53));
+    assert_eq!((flow.src, flow.dst), (ip("198.19.1.2"), ip("198.19.2.2")));
+    assert_eq!((c.packets, c.fragments, c.outer.family), (1, 0, 0));
+}
+
+/// (BPF_PROG_TEST_RUN itself refuses frames whose IP header is incomplete, so the cuts are
+/// inside the transport header, an IPv6 extension chain, or a tunnel's inner packet.)
+#[test]
+fn truncated_headers_keep_what_could_be_read() {
+    if !is_root() {
+        return;
+    }
+    // Cut inside the UDP header: the flow is known, the ports are not.
+    let full = eth(
+        0x0800,
+        &ipv4(17, [198, 19, 1, 2], [198, 19, 2, 2], 1, 0, &l4(1, 2, &[])),
+    );
+    let (flow, _) = only_flow(&full[..14 + 20 + 2]);
+    assert_eq!((flow.proto, flow.sport, flow.dport), (17, 0, 0));
+
+    // Cut inside an IPv6 extension header chain: addresses, no ports.
+    let ext = [60u8, 0, 0, 0, 0, 0, 0, 0, 17];
+    let (flow, _) = only_flow(&eth(0x86dd, &ipv6(0, "fd00::1", "fd00::2", &ext)));
+    assert_eq!((flow.src, flow.sport, flow.dport), (ip("fd00::1"), 0, 0));
+
+    // VXLAN whose inner IPv4 header is cut: the outer flow, no tunnel decoding.
+    let inner = eth(
+        0x0800,
+        &ipv4(6, [198, 19, 1, 2], [198, 19, 2, 2], 5, 0, &l4(1, 2, &[])),
+    );
+    let outer = eth(
+        0x0800,
+        &ipv4(
+            17,
+            [198, 18, 0, 1],
+            [198, 18, 0, 2],
+            9,
+            0,
+            &l4(51000, 4789, &vxlan(1, &inner[..14 + 8])),
+        ),
+    );
+    let (flow, c) = only_flow(&outer);
+    assert_eq!((flow.dport, c.outer.family), (4789, 0));
+}
+
+#[test]
+fn vlan_and_qinq_tags_are_skipped() {
+    if !is_root() {
+        return;
+    }
+    let ip4 = ipv4(
+        6,
+        [198, 19, 1, 2],
+        [198, 19, 2, 2],
+        1,
+        0,
+        &l4(40000, 443, &[0; 12]),
+    );
+    let (flow, _) = only_flow(&vlan(0x8100, 0x0800, &ip4));
+    assert_eq!((flow.proto, flow.dport), (6, 443));
+    let mut inner_tag = vec![0x00, 0x65];
+    inner_tag.extend(0x0800u16.to_be_bytes());
+    inner_tag.extend(&ip4);
+    let (flow, _) = only_flow(&vlan(0x88a8, 0x8100, &inner_tag));
+    assert_eq!((flow.proto, flow.dport), (6, 443));
+}
+
+#[test]
+fn ipv6_extension_headers_and_fragment_header() {
+    if !is_root() {
+        return;
+    }
+    // hop-by-hop (8 bytes) -> destination options (8 bytes) -> UDP
+    let mut ext = vec![60, 0, 0, 0, 0, 0, 0, 0, 17, 0, 0, 0, 0, 0, 0, 0];
+    ext.extend(l4(5000, 6000, b"x"));
+    let (flow, c) = only_flow(&eth(0x86dd, &ipv6(0, "fd00::1", "fd00::2", &ext)));
+    assert_eq!((flow.proto, flow.sport, flow.dport), (17, 5000, 6000));
+    assert_eq!(flow.src, ip("fd00::1"));
+    assert_eq!(c.fragments, 0);
+
+    // A first fragment (offset 0, M=1) keeps its ports and counts as a fragment.
+    let mut frag = vec![17, 0, 0x00, 0x01, 0, 0, 0, 42];
+    frag.extend(l4(5000, 6000, &[0; 32]));
+    let (flow, c) = only_flow(&eth(0x86dd, &ipv6(44, "fd00::1", "fd00::2", &frag)));
+    assert_eq!((flow.sport, flow.dport, c.fragments), (5000, 6000, 1));
+}
+
+#[test]
+fn later_ipv4_fragments_take_the_ports_of_the_first() {
+    if !is_root() {
+        return;
+    }
+    let mut probes = Probes::load(TcMode::Tcx, None, &FlowFilter::NONE, MAX_FLOWS).unwrap();
+    let first = eth(
+        0x0800,
+        &ipv4(
+            17,
+            [198, 19, 1, 2],
+            [198, 19, 2, 2],
+            77,
+            0x2000,
+            &l4(1234, 7777, &[0; 64]),
+        ),
+    );
+    let second = eth(
+        0x0800,
+        &ipv4(17, [198, 19, 1, 2], [198, 19, 2, 2], 77, 9, &[0; 40]),
+    );
+    {
+        let prog: &mut SchedClassifier = probes
+            .ebpf_mut()
+            .program_mut(names::TC_INGRESS)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        for packet in [&first, &second] {
+            let opts = TestRunOptions {
+                data_in: Some(packet),
+                ..Default::default()
+            };
+            prog.test_run(opts).unwrap();
+        }
+    }
+    let flows = hopstats::flow_stats(probes.ebpf_mut())
+        .unwrap()
+        .interval(0)
+        .unwrap();
+    assert_eq!(flows.len(), 1, "both fragments are one flow: {flows:?}");
+    let (key, c) = flows.into_iter().next().unwrap();
+    assert_eq!((key.sport, key.dport), (1234, 7777));
+    assert_eq!((c.packets, c.fragments), (2, 2));
+}
+
+#[test]
+fn vxlan_is_counted_by_its_inner_flow_with_the_outer_header_kept() {
+    if !is_root() {
+        return;
+    }
+    let inner = eth(
+        0x0800,
+        &ipv4(
+            6,
+            [198, 19, 1, 2],
+            [198, 19, 2, 2],
+            5,
+            0,
+            &l4(33000, 80, &[0; 12]),
+        ),
+    );
+    let outer = eth(
+        0x0800,
+        &ipv4(
+            17,
+            [198, 18, 0, 1],
+            [198, 18, 0, 2],
+            9,
+            0,
+            &l4(51000, 4789, &vxlan(4096, &inner)),
+        ),
+    );
+    let (flow, c) = only_flow(&outer);
+    assert_eq!((flow.proto, flow.sport, flow.dport), (6, 33000, 80));
+    assert_eq!(flow.src, ip("198.19.1.2"));
+    let o = anomaly::outer_of(&c.outer).expect("outer header kept");
+    assert_eq!((o.vni, o.dport, o.src), (4096, 4789, ip("198.18.0.1")));
+}
+
+#[test]
+fn vxlan_with_a_garbage_inner_packet_is_the_outer_flow() {
+    if !is_root() {
+        return;
+    }
+    let garbage = [0xffu8; 30];
+    let outer = eth(
+        0x0800,
+        &ipv4(
+            17,
+            [198, 18, 0, 1],
+            [198, 18, 0, 2],
+            9,
+            0,
+            &l4(51000, 4789, &vxlan(7, &garbage)),
+        ),
+    );
+    let (flow, c) = only_flow(&outer);
+    assert_eq!(
+        (flow.proto, flow.dport, flow.src),
+        (17, 4789, ip("198.18.0.1"))
+    );
+    assert_eq!(c.outer.family, 0);
+}
+
+#[test]
+fn geneve_options_are_skipped() {
+    if !is_root() {
+        return;
+    }
+    let inner = eth(
+        0x86dd,
+        &ipv6(17, "fd00::a", "fd00::b", &l4(7000, 8000, b"y")),
+    );
+    // Geneve: ver/optlen = 2 words (8 bytes of options), protocol 0x6558, VNI 99.
+    let mut geneve = vec![0x02, 0x00, 0x65, 0x58, 0, 0, 99, 0];
+    geneve.extend([0u8; 8]);
+    geneve.extend(inner);
+    let outer = eth(
+        0x0800,
+        &ipv4(
+            17,
+            [198, 18, 0, 1],
+            [198, 18, 0, 2],
+            9,
+            0,
+            &l4(51000, 6081, &geneve),
+        ),
+    );
+    let (flow, c) = only_flow(&outer);
+    assert_eq!(
+        (flow.sport, flow.dport, flow.dst),
+        (7000, 8000, ip("fd00::b"))
+    );
+    assert_eq!(c.outer.vni, 99);
+}
