@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Recorder, is_root, must};
+use common::{Recorder, hook_of, is_root, must};
 use serde_json::Value;
 use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV};
 
@@ -27,6 +27,21 @@ fn oversized_af_packet_sends_into_a_tap_are_oversize_events() {
     if !is_root() {
         return;
     }
+    oversized_af_packet_sends_through(&[]);
+}
+
+/// The syscall-tracepoint rung (every kernel has it) counts the same as fexit.
+#[test]
+fn the_syscall_tracepoint_rung_counts_oversized_sends_too() {
+    if !is_root() {
+        return;
+    }
+    let hook = oversized_af_packet_sends_through(&["--skip-hook", "fexit"]);
+    assert!(hook.starts_with("tracepoint:"), "{hook}");
+}
+
+/// Runs the tap case with `extra_args` for `record`; returns the hook that counted.
+fn oversized_af_packet_sends_through(extra_args: &[&str]) -> String {
     let lab = Lab::build(&LabOptions::default()).expect("building the lab");
     let node = &lab.nodes[0].netns;
     must(
@@ -34,7 +49,9 @@ fn oversized_af_packet_sends_into_a_tap_are_oversize_events() {
         "ethtool",
         &["-K", TAP_DEV, "tso", "off", "gso", "off"],
     );
-    let rec = Recorder::start(node, &["--stats-interval", "200ms", "-i", TAP_DEV]);
+    let mut args = vec!["--stats-interval", "200ms", "-i", TAP_DEV];
+    args.extend(extra_args);
+    let rec = Recorder::start(node, &args);
     const N: u32 = 9;
     let script = format!(
         "import socket\n\
@@ -57,6 +74,13 @@ fn oversized_af_packet_sends_into_a_tap_are_oversize_events() {
     assert_eq!(failed, N, "every send failed with EMSGSIZE");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let lines = rec.stop();
+    let hook = hook_of(&lines, "send_emsgsize");
+    // fexit names the kernel function, the syscall tracepoints the system call.
+    let func = if hook.starts_with("fexit:") {
+        "packet_sendmsg"
+    } else {
+        "sendto"
+    };
 
     let oversize: Vec<&Value> = lines
         .iter()
@@ -68,7 +92,7 @@ fn oversized_af_packet_sends_into_a_tap_are_oversize_events() {
         assert_eq!(e["mtu"], 1500);
         assert_eq!(e["len"], 2000);
         assert_eq!(e["process"]["comm"], "python3");
-        assert!(e["func"] == "sendto", "{e}");
+        assert!(e["func"] == func, "{hook}: {e}");
     }
     // Charged to the tap's egress.
     let drops: u64 = lines
@@ -77,6 +101,7 @@ fn oversized_af_packet_sends_into_a_tap_are_oversize_events() {
         .map(|l| l["drops"].as_u64().unwrap())
         .sum();
     assert_eq!(drops, u64::from(N));
+    hook
 }
 
 /// TCP through a hop that loses 1 packet in 20: every retransmitted segment is counted for the
@@ -86,6 +111,24 @@ fn retransmits_match_the_senders_retrans_segs() {
     if !is_root() {
         return;
     }
+    retransmits_through(&[]);
+}
+
+/// The kprobe rung on tcp_retransmit_skb counts the same as tp_btf.
+#[test]
+#[ignore = "the kprobe rung over-counts in the VM matrix (Debian 6.1: 495 events for 145 \
+            RetransSegs; 6.12: 223 for 197): tcp_retransmit_skb is entered for attempts that \
+            fail or get split too; run with --ignored once the rung is fixed"]
+fn the_kprobe_rung_counts_retransmits_too() {
+    if !is_root() || !common::has_kprobes() {
+        return;
+    }
+    let hook = retransmits_through(&["--skip-hook", "tp-btf"]);
+    assert_eq!(hook, "kprobe:tcp_retransmit_skb");
+}
+
+/// TCP through the lossy hop with `extra_args` for `record`; returns the hook that counted.
+fn retransmits_through(extra_args: &[&str]) -> String {
     let lab = Lab::build(&LabOptions::default()).expect("building the lab");
     let [n1, n2] = &lab.nodes;
     let ruleset = format!(
@@ -105,10 +148,9 @@ fn retransmits_match_the_senders_retrans_segs() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     let before = snmp(&n1.pod.netns, "Tcp", "RetransSegs");
     let probes_before = snmp(&n1.pod.netns, "TcpExt", "TCPLossProbes");
-    let rec = Recorder::start(
-        &n1.netns,
-        &["--stats-interval", "500ms", "-i", POD_HOST_DEV],
-    );
+    let mut args = vec!["--stats-interval", "500ms", "-i", POD_HOST_DEV];
+    args.extend(extra_args);
+    let rec = Recorder::start(&n1.netns, &args);
     must(
         &n1.pod.netns,
         "iperf3",
@@ -154,4 +196,5 @@ fn retransmits_match_the_senders_retrans_segs() {
     );
     assert_eq!(events[0]["flow"]["proto"], "tcp");
     assert_eq!(events[0]["flow"]["dst"], n2.pod.ip.to_string());
+    hook_of(&lines, "retransmit")
 }
