@@ -54,14 +54,14 @@ pub const FLAVORS: &[Flavor] = &[
         search: r"^linux-image-6\.1\.0-[0-9]+-amd64$",
         prefix: "linux-image-6.1.0-",
         expect_hooks: "tc=clsact,drop=tp_btf:kfree_skb,retransmit=tp_btf:tcp_retransmit_skb,\
-                       send_emsgsize=tracepoint:syscalls/sys_exit_sendto+sendmsg",
+                       send_emsgsize=fexit:packet_sendmsg+udp_sendmsg",
     },
     Flavor {
         name: "debian-6.12",
         search: r"^linux-image-6\.12\.[0-9]+\+deb[0-9]+-amd64$",
         prefix: "linux-image-6.12.",
         expect_hooks: "tc=tcx,drop=tp_btf:kfree_skb,retransmit=tp_btf:tcp_retransmit_skb,\
-                       send_emsgsize=tracepoint:syscalls/sys_exit_sendto+sendmsg",
+                       send_emsgsize=fexit:packet_sendmsg+udp_sendmsg",
     },
 ];
 
@@ -668,6 +668,8 @@ fn guest_script(
         ))
     );
     s += "export HOME=/root TMPDIR=/tmp LANG=C.UTF-8\n";
+    // TCG is several times slower than the host: the tests' waits stretch by this much
+    s += "export VXPROBE_TEST_TIME_SCALE=5\n";
     s += &format!(
         "export VXPROBE_EXPECT_HOOKS={} VXPROBE_VM_KERNEL={}\n",
         sh_quote(&flavor.expect_hooks.split_whitespace().collect::<String>()),
