@@ -1,7 +1,10 @@
 //! Decoded kernel events to the contract's anomaly records: the kind (each fault reported once,
 //! as its most specific kind), the reason and location by name, the hop, the flow.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use serde::Serialize;
 use vxprobe_common::{
@@ -101,9 +104,43 @@ pub struct Anomaly {
     /// The packet died (or the send was refused): counts toward its hop's `drops`.
     #[serde(skip)]
     pub dropped: bool,
+    /// The packet's first bytes, for the pcapng evidence file.
+    #[serde(skip)]
+    pub evidence: Option<Evidence>,
+    /// The packet's frame number in the evidence file (`--pcap`), 1-based as Wireshark shows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pcap_frame: Option<u64>,
+}
+
+/// What a packet capture needs of an anomaly's packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evidence {
+    /// Frames from TC start at the Ethernet header; packets from kernel hooks at IP.
+    pub link: Link,
+    pub bytes: Vec<u8>,
+    /// The packet's length before it was cut.
+    pub original_len: u32,
+    /// CLOCK_MONOTONIC nanoseconds when the kernel saw it.
+    pub ktime_ns: u64,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Link {
+    Ethernet,
+    /// The packet starts with its IP header.
+    Ip,
 }
 
 impl Anomaly {
+    /// Frees the kernel reports as drops although the packet was delivered: an ICMP echo
+    /// reply is handed to raw sockets (root's ping) as a copy, then the original is freed
+    /// with NO_SOCKET in `ping_rcv` when no unprivileged ping socket wants it.
+    pub fn is_benign(&self) -> bool {
+        self.kind == AnomalyKind::Drop
+            && self.reason.as_deref() == Some("NO_SOCKET")
+            && self.location.as_deref() == Some("ping_rcv")
+    }
+
     fn new(kind: AnomalyKind, netns: u32) -> Self {
         Self {
             kind,
@@ -125,6 +162,8 @@ impl Anomaly {
             outer: None,
             hop_direction: None,
             dropped: false,
+            evidence: None,
+            pcap_frame: None,
         }
     }
 }
@@ -135,8 +174,10 @@ pub struct Enricher {
     pub kallsyms: Kallsyms,
     /// Namespace inode vxprobe runs in: where the TC hooks are.
     pub netns: u64,
-    /// Names of the observed devices by ifindex (in `netns`).
-    pub hop_names: std::collections::HashMap<u32, String>,
+    /// The observed devices by ifindex (in `netns`): name, and whether frames start at IP.
+    pub hops: HashMap<u32, (String, Link)>,
+    /// Devices of other namespaces already looked up, by (netns, ifindex).
+    pub foreign_devices: HashMap<(u64, u32), Option<(String, u32)>>,
 }
 
 impl Enricher {
@@ -169,9 +210,17 @@ impl Enricher {
             });
         }
         anomaly.len = Some(info.skb_len);
-        if let Some(parsed) = packet_bytes(info).and_then(packet::parse_ip) {
-            anomaly.flow = Some(parsed.flow);
-            anomaly.outer = parsed.outer;
+        if let Some(bytes) = packet_bytes(info) {
+            if let Some(parsed) = packet::parse_ip(bytes) {
+                anomaly.flow = Some(parsed.flow);
+                anomaly.outer = parsed.outer;
+            }
+            anomaly.evidence = Some(Evidence {
+                link: Link::Ip,
+                bytes: bytes.to_vec(),
+                original_len: info.skb_len.max(bytes.len() as u32),
+                ktime_ns: event.header.ktime_ns,
+            });
         }
         anomaly.reason = Some(reason);
         anomaly.location = Some(location);
@@ -191,7 +240,19 @@ impl Enricher {
         anomaly.hop_direction = direction;
         anomaly.dir = direction.map(Direction::as_str);
         anomaly.ifindex = Some(event.flow.ifindex);
-        anomaly.ifname = self.hop_names.get(&event.flow.ifindex).cloned();
+        let hop = self.hops.get(&event.flow.ifindex);
+        anomaly.ifname = hop.map(|(name, _)| name.clone());
+        let captured = usize::try_from(event.cap_len)
+            .unwrap_or(0)
+            .min(event.frame.len());
+        if captured > 0 {
+            anomaly.evidence = Some(Evidence {
+                link: hop.map_or(Link::Ethernet, |(_, link)| *link),
+                bytes: event.frame[..captured].to_vec(),
+                original_len: event.len,
+                ktime_ns: event.header.ktime_ns,
+            });
+        }
         anomaly.len = Some(event.len);
         anomaly.flow = flow_of(&event.flow);
         anomaly.outer = outer_of(&event.outer);
@@ -214,7 +275,7 @@ impl Enricher {
 
     /// A send refused with EMSGSIZE. The device comes from the destination (AF_PACKET's
     /// sll_ifindex) or the socket's binding, looked up in the sender's namespace.
-    pub fn send_error(&self, event: &SendErrorEvent) -> Anomaly {
+    pub fn send_error(&mut self, event: &SendErrorEvent) -> Anomaly {
         let mut anomaly = Anomaly::new(AnomalyKind::Oversize, event.header.netns);
         anomaly.dropped = true;
         anomaly.len = Some(event.len);
@@ -235,7 +296,12 @@ impl Enricher {
         if let Some(ifindex) = ifindex {
             anomaly.ifindex = Some(ifindex);
             anomaly.hop_direction = Some(Direction::Egress);
-            if let Some((name, mtu)) = netns::device_in_netns(anomaly.netns, ifindex) {
+            let netns = anomaly.netns;
+            let device = self
+                .foreign_devices
+                .entry((netns, ifindex))
+                .or_insert_with(|| netns::device_in_netns(netns, ifindex));
+            if let Some((name, mtu)) = device.clone() {
                 anomaly.ifname = Some(name);
                 anomaly.mtu = Some(mtu);
             }

@@ -19,8 +19,39 @@ pub struct Cli {
 pub enum Command {
     /// Export events as JSON lines (and evidence packets as pcapng).
     Record(RecordArgs),
+    /// Live terminal UI of per-hop loss and the worst flows.
+    Top(TopArgs),
+    /// A throwaway lab with the incidents' faults injected one after another, watched by top.
+    Demo(DemoArgs),
     /// Which kernel hook each signal uses here (and why the better ones are not used).
     Probes(ProbesArgs),
+    /// Name the misconfiguration behind the numbers: MTUs, checksum/TSO/GSO offloads, kernel.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Device to report on, in vxprobe's network namespace; repeatable, shell globs allowed
+    /// (`cali*`). Default: every device but `lo`. The rules always see every device.
+    #[arg(short = 'i', long = "iface", value_name = "NAME")]
+    pub ifaces: Vec<String>,
+    /// Print one JSON document (`{"devices": [...], "findings": [...]}`) instead of a report.
+    #[arg(long)]
+    pub json: bool,
+    /// Judge the devices as if the kernel were RELEASE (e.g. 4.19.0), to check a node's
+    /// settings against a kernel it will run or used to run.
+    #[arg(long, value_name = "RELEASE", value_parser = parse_kernel_release)]
+    pub assume_kernel: Option<String>,
+}
+
+/// Parses a kernel release for `--assume-kernel`: it must start with MAJOR.MINOR.
+pub fn parse_kernel_release(text: &str) -> Result<String, String> {
+    match crate::doctor::facts::KernelRelease::parse(text).version {
+        Some(_) => Ok(text.trim().to_owned()),
+        None => Err(format!(
+            "'{text}' is not a kernel release like 4.19.0 or 5.10"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -31,6 +62,10 @@ pub struct ProbesArgs {
     /// Leave a hook type out of the ladder (repeatable).
     #[arg(long, value_enum, value_name = "HOOK")]
     pub skip_hook: Vec<crate::probes::HookType>,
+    /// Also report frees that are not losses, such as NO_SOCKET in ping_rcv for echo replies
+    /// a raw socket (root's ping) already received.
+    #[arg(long)]
+    pub all_drops: bool,
 }
 
 /// Which devices to observe, and which flows.
@@ -71,9 +106,57 @@ pub struct RecordArgs {
     /// Where the JSON lines go; `-` is stdout.
     #[arg(long, short = 'o', value_name = "PATH", default_value = "-")]
     pub output: String,
+    /// Write the packets behind drop/csum_error/oversize/fragment events to this pcapng file.
+    #[arg(long, value_name = "PATH")]
+    pub pcap: Option<PathBuf>,
+    /// Bytes kept of each evidence packet (headers, not payload: at most 128 are captured).
+    #[arg(long, value_name = "BYTES", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=128))]
+    pub snaplen: u32,
     /// How often each hop's counters are written as a `hop` line.
     #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
     pub stats_interval: Duration,
+    #[command(flatten)]
+    pub probe: ProbeOptions,
+    /// Created once every probe is attached (for scripts and tests that must not race the
+    /// attach).
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    /// How often the screen's counters are refreshed.
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    #[command(flatten)]
+    pub probe: ProbeOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Run headless and write the recording (JSON lines) here instead of opening top.
+    #[arg(long, value_name = "PATH")]
+    pub record: Option<PathBuf>,
+    /// With --record: also write the evidence packets here (pcapng).
+    #[arg(long, value_name = "PATH", requires = "record")]
+    pub pcap: Option<PathBuf>,
+    /// How long each fault lasts.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub phase: Duration,
+    /// With --record: stop after this long (default: every phase once).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "record")]
+    pub duration: Option<Duration>,
+}
+
+/// How the kernel side is set up; the defaults suit almost everyone.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeOptions {
+    /// Size of the kernel-to-user event ring buffer: a power of two, 4 KiB to 1 GiB. Events
+    /// that find it full are counted and reported as `lost`.
+    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, value_parser = parse_ring_size)]
+    pub ring_size: u32,
     /// Capacity of the kernel's per-flow table (flows x hops x directions); beyond it the
     /// least recently seen entries are evicted.
     #[arg(long, value_name = "N", default_value_t = vxprobe_common::MAX_FLOWS, value_parser = clap::value_parser!(u32).range(64..=4_194_304))]
@@ -86,10 +169,10 @@ pub struct RecordArgs {
     /// tp_btf misbehaves.
     #[arg(long, value_enum, value_name = "HOOK")]
     pub skip_hook: Vec<crate::probes::HookType>,
-    /// Created once every probe is attached (for scripts and tests that must not race the
-    /// attach).
-    #[arg(long, value_name = "PATH")]
-    pub ready_file: Option<PathBuf>,
+    /// Also report frees that are not losses, such as NO_SOCKET in ping_rcv for echo replies
+    /// a raw socket (root's ping) already received.
+    #[arg(long)]
+    pub all_drops: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -109,6 +192,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// A ring buffer size the kernel accepts: a power of two and a multiple of the page size.
+pub fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let size: u32 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of bytes"))?;
+    if !size.is_power_of_two() || !(4096..=1 << 30).contains(&size) {
+        return Err(format!(
+            "{size} is not a power of two between 4096 and 1073741824"
+        ));
+    }
+    Ok(size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +220,14 @@ mod tests {
     fn bad_durations_are_refused() {
         for bad in ["", "10", "ten seconds", "0s", "-1s", "5x"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn ring_sizes_are_powers_of_two_in_range() {
+        assert_eq!(parse_ring_size("65536"), Ok(65536));
+        for bad in ["0", "1000", "2048", "3000000", "big"] {
+            assert!(parse_ring_size(bad).is_err(), "{bad}");
         }
     }
 

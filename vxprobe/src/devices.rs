@@ -86,7 +86,7 @@ pub struct Device {
 }
 
 impl Device {
-    fn from_message(msg: &LinkMessage) -> Option<Self> {
+    pub fn from_message(msg: &LinkMessage) -> Option<Self> {
         let mut name = None;
         let mut mtu = 0;
         let mut link = None;

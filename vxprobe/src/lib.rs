@@ -6,15 +6,21 @@
 //! - [`kbtf`], [`kallsyms`]: names and offsets from the running kernel;
 //! - [`hopstats`]: per-hop counters read from the kernel and turned into interval deltas;
 //! - [`decode`] -> [`packet`] -> [`anomaly`]: ring-buffer records to typed, named events;
-//! - [`output`]: JSON lines;
-//! - [`record`]: the `record` command that ties them together;
+//! - [`output`]: JSON lines; [`pcap`]: pcapng evidence;
+//! - [`session`]: one observation (selected hops, attached programs, maps, ring buffer);
+//! - [`pipeline`]: the loop from kernel to sinks, shared by `record` and `top`;
+//! - [`record`]: the `record` command;
+//! - [`doctor`]: the `doctor` command: device facts to named misconfigurations;
+//! - [`tui`]: the `top` terminal UI, fed typed messages;
 //! - [`lab`]: network-namespace topologies for tests and `demo`.
 
 pub mod anomaly;
 pub mod caps;
 pub mod cli;
 pub mod decode;
+pub mod demo;
 pub mod devices;
+pub mod doctor;
 pub mod error;
 pub mod filter;
 pub mod hopstats;
@@ -24,6 +30,11 @@ pub mod lab;
 pub mod netns;
 pub mod output;
 pub mod packet;
+pub mod pcap;
+pub mod pipeline;
 pub mod probes;
 pub mod probes_cmd;
 pub mod record;
+pub mod session;
+pub mod top;
+pub mod tui;

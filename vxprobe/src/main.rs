@@ -3,8 +3,9 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use vxprobe::{
     cli::{Cli, Command},
+    demo, doctor,
     error::{UsageError, exit},
-    probes_cmd, record,
+    probes_cmd, record, top,
 };
 
 fn main() -> ExitCode {
@@ -36,7 +37,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Record(args) => record::run(args).await,
+            Command::Top(args) => top::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
             Command::Probes(args) => probes_cmd::run(args),
+            Command::Doctor(args) => doctor::run(args).await,
         }
     });
     match result {

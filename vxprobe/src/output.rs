@@ -3,15 +3,18 @@
 
 use std::{
     fs::File,
-    io::{self, BufWriter, Write},
+    io::{self, Write},
     time::SystemTime,
 };
 
 use serde::Serialize;
 
 use crate::{
+    anomaly::Anomaly,
     devices::Role,
     packet::{Flow, Outer},
+    pipeline::{Sink, Summary},
+    session::{IntervalReport, Meta},
 };
 
 /// RFC 3339 timestamp in UTC, as every line's `ts`.
@@ -71,13 +74,20 @@ pub fn mean_segment(bytes: u64, segs: u64) -> u64 {
     bytes.checked_div(segs).unwrap_or(0)
 }
 
-/// Writes one JSON object per line. Lines are buffered and handed to the OS by [`flush`]
-/// (every interval and at exit), so a reader never sees half a line from a finished interval.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Writes one JSON object per line. Lines are gathered and handed to the OS whole, at every
+/// interval ([`flush`]) or when a burst fills the buffer, never cut at a buffer boundary: if
+/// vxprobe dies, every line that reached the file is complete.
 ///
 /// [`flush`]: JsonLines::flush
 pub struct JsonLines {
-    out: BufWriter<Box<dyn Write + Send>>,
+    out: Box<dyn Write + Send>,
+    pending: Vec<u8>,
 }
+
+/// Complete lines kept before they are written even within an interval (an event burst).
+const PENDING_LIMIT: usize = 256 * 1024;
 
 impl JsonLines {
     /// `-` is stdout; anything else is a file, created or truncated.
@@ -88,16 +98,186 @@ impl JsonLines {
             Box::new(File::create(path)?)
         };
         Ok(Self {
-            out: BufWriter::new(out),
+            out,
+            pending: Vec::with_capacity(PENDING_LIMIT),
         })
     }
 
     pub fn write<T: Serialize>(&mut self, line: &T) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, line)?;
-        self.out.write_all(b"\n")
+        serde_json::to_writer(&mut self.pending, line)?;
+        self.pending.push(b'\n');
+        if self.pending.len() >= PENDING_LIMIT {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
+        self.out.write_all(&self.pending)?;
+        self.pending.clear();
         self.out.flush()
+    }
+}
+
+#[derive(Serialize)]
+struct MetaLine<'a> {
+    kind: &'static str,
+    ts: String,
+    schema_version: u32,
+    #[serde(flatten)]
+    meta: &'a Meta,
+}
+
+#[derive(Serialize)]
+struct AnomalyLine<'a> {
+    kind: &'static str,
+    ts: &'a str,
+    #[serde(flatten)]
+    anomaly: &'a Anomaly,
+}
+
+#[derive(Serialize)]
+struct LostLine<'a> {
+    kind: &'static str,
+    ts: &'a str,
+    count: u64,
+    /// The kind of events that were lost.
+    event_kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct SummaryLine<'a> {
+    kind: &'static str,
+    ts: String,
+    #[serde(flatten)]
+    summary: &'a Summary,
+}
+
+/// Events of a kind as lines name them.
+fn event_kind_name(kind: vxprobe_common::EventKind) -> &'static str {
+    use vxprobe_common::EventKind;
+    match kind {
+        EventKind::Drop => "drop",
+        EventKind::Retransmit => "retransmit",
+        EventKind::SendError | EventKind::HopOversize => "oversize",
+        EventKind::Fragment => "fragment",
+    }
+}
+
+/// The `record` sink: every line of the contract, flushed at each interval and at the end.
+pub struct JsonSink {
+    lines: JsonLines,
+    /// The namespace of the TC hops, from the meta data.
+    netns: u64,
+}
+
+impl JsonSink {
+    pub fn new(lines: JsonLines) -> Self {
+        Self { lines, netns: 0 }
+    }
+}
+
+impl Sink for JsonSink {
+    fn meta(&mut self, meta: &Meta) -> anyhow::Result<()> {
+        self.netns = meta.netns;
+        self.lines.write(&MetaLine {
+            kind: "meta",
+            ts: timestamp(SystemTime::now()),
+            schema_version: SCHEMA_VERSION,
+            meta,
+        })?;
+        Ok(self.lines.flush()?)
+    }
+
+    fn anomaly(&mut self, anomaly: &Anomaly) -> anyhow::Result<()> {
+        let ts = timestamp(SystemTime::now());
+        Ok(self.lines.write(&AnomalyLine {
+            kind: anomaly.kind.as_str(),
+            ts: &ts,
+            anomaly,
+        })?)
+    }
+
+    /// One `hop` line per selected device and direction, zero counts included (a hop that
+    /// goes quiet is visible as such), the flows that moved, then any `lost` lines.
+    fn interval(&mut self, report: &IntervalReport) -> anyhow::Result<()> {
+        let ts = timestamp(report.ts);
+        let interval_ms = u64::try_from(report.interval.as_millis()).unwrap_or(u64::MAX);
+        for h in &report.hops {
+            let c = &h.counters;
+            self.lines.write(&HopLine {
+                kind: "hop",
+                ts: &ts,
+                ifname: &h.hop.ifname,
+                ifindex: h.hop.ifindex,
+                netns: self.netns,
+                dir: h.dir.as_str(),
+                role: h.hop.role,
+                packets: c.packets,
+                bytes: c.bytes,
+                drops: h.drops,
+                loss_pct: h.loss_pct(),
+                segs: c.segs,
+                mean_segment: mean_segment(c.bytes, c.segs),
+                max_len: u64::from(c.max_len),
+                fragments: c.fragments,
+                oversize: c.oversize,
+                interval_ms,
+            })?;
+        }
+        for f in &report.flows {
+            let c = &f.counters;
+            self.lines.write(&FlowLine {
+                kind: "flow",
+                ts: &ts,
+                ifname: &f.hop.ifname,
+                ifindex: f.hop.ifindex,
+                netns: self.netns,
+                dir: f.dir.as_str(),
+                role: f.hop.role,
+                flow: &f.flow,
+                outer: f.outer.as_ref(),
+                packets: c.packets,
+                bytes: c.bytes,
+                segs: c.segs,
+                mean_segment: mean_segment(c.bytes, c.segs),
+                max_len: u64::from(c.max_len),
+                fragments: c.fragments,
+                oversize: c.oversize,
+            })?;
+        }
+        for (kind, count) in &report.lost {
+            self.lines.write(&LostLine {
+                kind: "lost",
+                ts: &ts,
+                count: *count,
+                event_kind: event_kind_name(*kind),
+            })?;
+        }
+        Ok(self.lines.flush()?)
+    }
+
+    fn note(&mut self, text: &str) -> anyhow::Result<()> {
+        #[derive(Serialize)]
+        struct NoteLine<'a> {
+            kind: &'static str,
+            ts: String,
+            text: &'a str,
+        }
+        self.lines.write(&NoteLine {
+            kind: "note",
+            ts: timestamp(SystemTime::now()),
+            text,
+        })?;
+        Ok(self.lines.flush()?)
+    }
+
+    fn finish(&mut self, summary: &mut Summary) -> anyhow::Result<()> {
+        self.lines.write(&SummaryLine {
+            kind: "summary",
+            ts: timestamp(SystemTime::now()),
+            summary,
+        })?;
+        Ok(self.lines.flush()?)
     }
 }

@@ -176,6 +176,7 @@ impl Probes {
         offsets: Option<&KernelOffsets>,
         filter: &FlowFilter,
         max_flows: u32,
+        ring_size: u32,
     ) -> anyhow::Result<Self> {
         let mut loader = EbpfLoader::new();
         if let Some(offsets) = offsets {
@@ -183,6 +184,7 @@ impl Probes {
         }
         loader.override_global(names::FILTER, filter, true);
         loader.map_max_entries(names::FLOW_STATS, max_flows);
+        loader.map_max_entries(names::EVENTS, ring_size);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading vxprobe's eBPF object")?;

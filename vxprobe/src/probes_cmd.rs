@@ -37,6 +37,7 @@ pub fn run(args: ProbesArgs) -> anyhow::Result<()> {
         kernel.as_ref().ok(),
         &vxprobe_common::FlowFilter::NONE,
         vxprobe_common::MAX_FLOWS,
+        4096,
     )?;
     let mut signals = Vec::new();
     match &kernel {

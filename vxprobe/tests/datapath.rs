@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use common::{Recorder, is_root, must};
 use serde_json::Value;
-use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, UNDERLAY_DEV, VXLAN_DEV};
+use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, UNDERLAY_DEV, VXLAN_DEV, faults};
 
 const ALL_HOPS: &[&str] = &[
     "--stats-interval",
@@ -20,29 +20,6 @@ const ALL_HOPS: &[&str] = &[
     "-i",
     UNDERLAY_DEV,
 ];
-
-/// Sends `count` UDP datagrams of `size` bytes from `netns` to `dst:port`; `fragment_ok`
-/// clears DF (IP_PMTUDISC_DONT) so the sender's kernel fragments instead of refusing.
-fn send_udp(netns: &str, dst: &str, port: u16, size: usize, count: u32, fragment_ok: bool) {
-    let family = if dst.contains(':') {
-        "AF_INET6"
-    } else {
-        "AF_INET"
-    };
-    let pmtu = if fragment_ok {
-        "s.setsockopt(socket.IPPROTO_IP, 10, 0)\n" // IP_MTU_DISCOVER = IP_PMTUDISC_DONT
-    } else {
-        ""
-    };
-    let script = format!(
-        "import socket\n\
-         s=socket.socket(socket.{family},socket.SOCK_DGRAM)\n\
-         s.bind(('', 40001))\n\
-         {pmtu}\
-         [s.sendto(b'v'*{size},('{dst}',{port})) for _ in range({count})]\n"
-    );
-    must(netns, "python3", &["-c", &script]);
-}
 
 /// Per (ifname, dir): the sum of `field` over `kind` lines that match `keep`.
 fn totals(
@@ -76,14 +53,15 @@ fn udp_datagrams_of_3000_bytes_are_fragments_at_every_hop() {
     let rec1 = Recorder::start(&n1.netns, ALL_HOPS);
     let rec2 = Recorder::start(&n2.netns, ALL_HOPS);
     const N: u64 = 12;
-    send_udp(
+    faults::udp_datagrams(
         &n1.pod.netns,
-        &n2.pod.ip.to_string(),
+        n2.pod.ip.into(),
         7777,
         3000,
         N as u32,
-        true,
-    );
+        faults::Df::Clear,
+    )
+    .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
 
     // 3008 bytes of UDP in 1450-byte packets: 1424 + 1424 + 160 bytes of payload.
@@ -156,14 +134,15 @@ fn an_overlay_mtu_above_the_underlay_fragments_outer_packets_of_the_inner_flow()
     let rec = Recorder::start(&n1.netns, ALL_HOPS);
     const N: u64 = 10;
     // 1472 bytes of UDP: a full 1500-byte inner packet, 1550 once encapsulated.
-    send_udp(
+    faults::udp_datagrams(
         &n1.pod.netns,
-        &n2.pod.ip.to_string(),
+        n2.pod.ip.into(),
         7778,
         1472,
         N as u32,
-        true,
-    );
+        faults::Df::Clear,
+    )
+    .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let lines = rec.stop();
     let ours = |l: &Value| l["flow"]["dport"] == 7778;
@@ -192,14 +171,15 @@ fn ipv6_pod_traffic_crosses_the_overlay_counted_and_attributed() {
     let [n1, n2] = &lab.nodes;
     let rec = Recorder::start(&n1.netns, ALL_HOPS);
     const N: u64 = 15;
-    send_udp(
+    faults::udp_datagrams(
         &n1.pod.netns,
-        &n2.pod.ip6.to_string(),
+        n2.pod.ip6.into(),
         7779,
         200,
         N as u32,
-        false,
-    );
+        faults::Df::Default,
+    )
+    .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let lines = rec.stop();
     let ours = |l: &Value| l["flow"]["dport"] == 7779 && l["flow"]["src"] == n1.pod.ip6.to_string();

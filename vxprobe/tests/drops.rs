@@ -7,29 +7,7 @@ use std::collections::BTreeMap;
 
 use common::{Recorder, is_root, must};
 use serde_json::Value;
-use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, UNDERLAY_DEV, VXLAN_DEV};
-
-/// A counter of /proc/net/snmp read inside `netns` (nstat would mix namespaces).
-fn snmp(netns: &str, group: &str, field: &str) -> u64 {
-    let text = must(netns, "cat", &["/proc/net/snmp"]);
-    let mut lines = text.lines().filter(|l| l.starts_with(&format!("{group}:")));
-    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
-    let i = names.split_whitespace().position(|n| n == field).unwrap();
-    values.split_whitespace().nth(i).unwrap().parse().unwrap()
-}
-
-/// Sends `count` UDP datagrams to `dst:port` with a deliberately wrong checksum, through a raw
-/// socket (the kernel fills in the IP header, never the UDP checksum of a raw socket).
-fn send_bad_udp_checksums(netns: &str, dst: &str, port: u16, count: u32) {
-    let script = format!(
-        "import socket,struct\n\
-         s=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_UDP)\n\
-         payload=b'vxprobe-bad-csum'\n\
-         hdr=struct.pack('!HHHH',40000,{port},8+len(payload),0xdead)\n\
-         [s.sendto(hdr+payload,('{dst}',0)) for _ in range({count})]\n"
-    );
-    must(netns, "python3", &["-c", &script]);
-}
+use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, UNDERLAY_DEV, VXLAN_DEV, faults};
 
 fn of_kind<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
     lines.iter().filter(|l| l["kind"] == kind).collect()
@@ -104,15 +82,15 @@ fn probes_names_the_hook_of_each_signal() {
 fn bad_udp_checksums_through(extra_args: &[&str], expected_hook: &str) {
     let lab = Lab::build(&LabOptions::default()).expect("building the lab");
     let [n1, n2] = &lab.nodes;
-    let before = snmp(&n2.pod.netns, "Udp", "InCsumErrors");
+    let before = faults::snmp(&n2.pod.netns, "Udp", "InCsumErrors").unwrap();
     let mut args = vec!["--stats-interval", "200ms", "-i", VXLAN_DEV];
     args.extend(extra_args);
     let rec = Recorder::start(&n2.netns, &args);
     const N: u32 = 17;
-    send_bad_udp_checksums(&n1.pod.netns, &n2.pod.ip.to_string(), 5555, N);
+    faults::bad_udp_checksums(&n1.pod.netns, n2.pod.ip, 5555, N).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let lines = rec.stop();
-    let after = snmp(&n2.pod.netns, "Udp", "InCsumErrors");
+    let after = faults::snmp(&n2.pod.netns, "Udp", "InCsumErrors").unwrap();
     assert_eq!(after - before, u64::from(N), "the kernel's own count");
     assert_eq!(lines[0]["kind"], "meta");
     assert_eq!(lines[0]["hooks"][0]["hook"], expected_hook);
@@ -154,7 +132,8 @@ fn netfilter_drops_are_charged_to_their_hop_and_match_the_rule_counter() {
     let [n1, n2] = &lab.nodes;
     // Drop a third of the ICMP echo requests arriving from pod 1 on node 1's cali0.
     let ruleset = format!(
-        "table inet vxp {{\n counter dropped {{ }}\n chain vxp_forward {{\n  type filter hook forward priority 0;\n  \
+        "table inet vxp {{\n counter seen {{ }}\n counter dropped {{ }}\n chain vxp_forward {{\n  type filter hook forward priority 0;\n  \
+         iifname \"{POD_HOST_DEV}\" counter name seen\n  \
          iifname \"{POD_HOST_DEV}\" icmp type echo-request numgen random mod 3 == 0 counter name dropped drop\n }}\n}}\n"
     );
     let file = std::env::temp_dir().join(format!("vxprobe-nft-{}", std::process::id()));
@@ -192,18 +171,16 @@ fn netfilter_drops_are_charged_to_their_hop_and_match_the_rule_counter() {
     assert!(out.status.code().is_some(), "ping ran");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let lines = rec.stop();
-    let counter = must(
-        &n1.netns,
-        "nft",
-        &["list", "counter", "inet", "vxp", "dropped"],
-    );
-    let dropped: u64 = counter
-        .split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let nft_counter = |name: &str| -> u64 {
+        must(&n1.netns, "nft", &["list", "counter", "inet", "vxp", name])
+            .split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (dropped, seen) = (nft_counter("dropped"), nft_counter("seen"));
     assert!(dropped > 30, "the rule dropped {dropped}");
 
     let nf: Vec<_> = of_kind(&lines, "drop")
@@ -238,7 +215,16 @@ fn netfilter_drops_are_charged_to_their_hop_and_match_the_rule_counter() {
         dropped,
         "no other hop charged: {drops:?}"
     );
-    // Injected share ~1/3: loss at that hop is drops over what reached it.
-    let share = dropped as f64 / packets[&at] as f64;
-    assert!((0.25..0.42).contains(&share), "loss share {share}");
+    // The hop's loss over the run is the share the rule dropped, within two points.
+    let injected = dropped as f64 * 100.0 / seen as f64;
+    let reported = drops[&at] as f64 * 100.0 / packets[&at] as f64;
+    assert!(
+        (injected - reported).abs() <= 2.0,
+        "loss at cali0 ingress {reported:.2}% vs injected {injected:.2}%"
+    );
+    for l in of_kind(&lines, "hop") {
+        if l["ifname"] != POD_HOST_DEV || l["dir"] != "ingress" {
+            assert_eq!(l["loss_pct"], 0.0, "only the lossy hop shows loss: {l}");
+        }
+    }
 }

@@ -69,7 +69,7 @@ fn vxlan(vni: u32, inner_frame: &[u8]) -> Vec<u8> {
 
 /// The flows one run of the ingress program counted for `packet`.
 fn counted(packet: &[u8]) -> BTreeMap<FlowKey, FlowCounters> {
-    let mut probes = Probes::load(TcMode::Tcx, None, &FlowFilter::NONE, MAX_FLOWS)
+    let mut probes = Probes::load(TcMode::Tcx, None, &FlowFilter::NONE, MAX_FLOWS, 4096)
         .expect("loading the eBPF object");
     {
         let prog: &mut SchedClassifier = probes
@@ -213,7 +213,7 @@ fn later_ipv4_fragments_take_the_ports_of_the_first() {
     if !is_root() {
         return;
     }
-    let mut probes = Probes::load(TcMode::Tcx, None, &FlowFilter::NONE, MAX_FLOWS).unwrap();
+    let mut probes = Probes::load(TcMode::Tcx, None, &FlowFilter::NONE, MAX_FLOWS, 4096).unwrap();
     let first = eth(
         0x0800,
         &ipv4(

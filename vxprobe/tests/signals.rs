@@ -4,20 +4,7 @@ mod common;
 
 use common::{Recorder, hook_of, is_root, must};
 use serde_json::Value;
-use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV};
-
-fn snmp(netns: &str, group: &str, field: &str) -> u64 {
-    let file = if group == "TcpExt" {
-        "/proc/net/netstat"
-    } else {
-        "/proc/net/snmp"
-    };
-    let text = must(netns, "cat", &[file]);
-    let mut lines = text.lines().filter(|l| l.starts_with(&format!("{group}:")));
-    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
-    let i = names.split_whitespace().position(|n| n == field).unwrap();
-    values.split_whitespace().nth(i).unwrap().parse().unwrap()
-}
+use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV, faults};
 
 /// The Suricata-into-tap case of incident #4: frames larger than the tap's MTU, written with
 /// AF_PACKET while TSO/GSO are off, fail with EMSGSIZE. Half the sends name the device in
@@ -53,24 +40,7 @@ fn oversized_af_packet_sends_through(extra_args: &[&str]) -> String {
     args.extend(extra_args);
     let rec = Recorder::start(node, &args);
     const N: u32 = 9;
-    let script = format!(
-        "import socket\n\
-         frame=b'\\x02'*6+b'\\x04'*6+b'\\x08\\x00'+b'\\x45'+b'\\x00'*1985\n\
-         a=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n\
-         b=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n\
-         b.bind(('{TAP_DEV}',0))\n\
-         failed=0\n\
-         for i in range({N}):\n\
-         \x20 try:\n\
-         \x20\x20 a.sendto(frame,('{TAP_DEV}',0)) if i%2==0 else b.send(frame)\n\
-         \x20 except OSError as e:\n\
-         \x20\x20 failed+= e.errno==90\n\
-         print(failed)\n"
-    );
-    let failed: u32 = must(node, "python3", &["-c", &script])
-        .trim()
-        .parse()
-        .unwrap();
+    let failed = faults::packet_sends(node, TAP_DEV, 2000, N).unwrap();
     assert_eq!(failed, N, "every send failed with EMSGSIZE");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let lines = rec.stop();
@@ -91,7 +61,11 @@ fn oversized_af_packet_sends_through(extra_args: &[&str]) -> String {
         assert_eq!(e["ifname"], TAP_DEV, "{e}");
         assert_eq!(e["mtu"], 1500);
         assert_eq!(e["len"], 2000);
-        assert_eq!(e["process"]["comm"], "python3");
+        assert_eq!(
+            e["process"]["pid"],
+            std::process::id(),
+            "the sender is this test"
+        );
         assert!(e["func"] == func, "{hook}: {e}");
     }
     // Charged to the tap's egress.
@@ -146,8 +120,8 @@ fn retransmits_through(extra_args: &[&str]) -> String {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let before = snmp(&n1.pod.netns, "Tcp", "RetransSegs");
-    let probes_before = snmp(&n1.pod.netns, "TcpExt", "TCPLossProbes");
+    let before = faults::snmp(&n1.pod.netns, "Tcp", "RetransSegs").unwrap();
+    let probes_before = faults::snmp(&n1.pod.netns, "TcpExt", "TCPLossProbes").unwrap();
     let mut args = vec!["--stats-interval", "500ms", "-i", POD_HOST_DEV];
     args.extend(extra_args);
     let rec = Recorder::start(&n1.netns, &args);
@@ -168,7 +142,7 @@ fn retransmits_through(extra_args: &[&str]) -> String {
     std::thread::sleep(std::time::Duration::from_millis(300));
     let lines = rec.stop();
     let _ = server.wait();
-    let after = snmp(&n1.pod.netns, "Tcp", "RetransSegs");
+    let after = faults::snmp(&n1.pod.netns, "Tcp", "RetransSegs").unwrap();
     let retrans_segs = after - before;
     assert!(
         retrans_segs > 5,
@@ -192,9 +166,70 @@ fn retransmits_through(extra_args: &[&str]) -> String {
         segments,
         retrans_segs,
         "retransmit events vs TcpRetransSegs (loss probes {})",
-        snmp(&n1.pod.netns, "TcpExt", "TCPLossProbes") - probes_before
+        faults::snmp(&n1.pod.netns, "TcpExt", "TCPLossProbes").unwrap() - probes_before
     );
     assert_eq!(events[0]["flow"]["proto"], "tcp");
     assert_eq!(events[0]["flow"]["dst"], n2.pod.ip.to_string());
     hook_of(&lines, "retransmit")
+}
+
+/// DF traffic larger than the overlay's MTU (the pod and its veth at 1500 over a 1450
+/// overlay): the first datagram is refused where it is forwarded (oversize at cali0), the
+/// node sends ICMP fragmentation-needed, and the sender's later sends fail with EMSGSIZE, each
+/// counted.
+#[test]
+fn df_traffic_above_the_overlay_mtu_is_refused_at_the_hop_then_at_the_sender() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let [n1, n2] = &lab.nodes;
+    faults::set_mtu(&n1.pod.netns, "eth0", 1500).unwrap();
+    faults::set_mtu(&n1.netns, POD_HOST_DEV, 1500).unwrap();
+    let rec = Recorder::start(&n1.netns, &["--stats-interval", "200ms", "-i", "cali*"]);
+    const N: u32 = 10;
+    let mut refused = 0;
+    for _ in 0..N {
+        // One datagram at a time: the ICMP reply has time to teach the sender the path MTU.
+        refused += faults::udp_datagrams(
+            &n1.pod.netns,
+            n2.pod.ip.into(),
+            7780,
+            1472,
+            1,
+            faults::Df::Always,
+        )
+        .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let lines = rec.stop();
+    let ours = |l: &&Value| l["kind"] == "oversize" && l["flow"]["dport"] == 7780;
+    let at_hop: Vec<&Value> = lines
+        .iter()
+        .filter(ours)
+        .filter(|l| l["reason"] == "PKT_TOO_BIG")
+        .collect();
+    assert!(!at_hop.is_empty(), "refused where forwarded");
+    assert!(
+        at_hop
+            .iter()
+            .all(|l| l["ifname"] == POD_HOST_DEV && l["location"] == "ip_forward")
+    );
+    let at_sender = lines
+        .iter()
+        .filter(|l| {
+            l["kind"] == "oversize" && l["errno"] == 90 && l["process"]["pid"] == std::process::id()
+        })
+        .count() as u32;
+    assert!(refused > 0, "the sender learned the path MTU");
+    assert_eq!(
+        at_sender, refused,
+        "every EMSGSIZE the sender got is counted"
+    );
+    assert_eq!(
+        at_hop.len() as u32 + refused,
+        N,
+        "each datagram refused once, somewhere"
+    );
 }

@@ -8,6 +8,9 @@
 //! deleted when the [`Lab`] is dropped, also while a test panics. Addresses come only from
 //! 198.18.0.0/15 and nothing is routed out of the namespaces.
 
+pub mod faults;
+pub mod scenario;
+
 use std::{
     io,
     net::{Ipv4Addr, Ipv6Addr},
@@ -31,6 +34,11 @@ pub struct LabOptions {
     pub underlay_mtu: u32,
     /// Pods also get fd00::/8 addresses, routed over the same overlay.
     pub ipv6: bool,
+    /// Create `vxlan.calico` with `dev eth0` (default). Without, it has only its `local`
+    /// address, as Calico creates it on real nodes; the kernel then does not cap its MTU at the
+    /// underlay's minus 50, so an oversized overlay MTU can be set. An overlay MTU above the
+    /// underlay's minus 50 implies no lower device.
+    pub vxlan_lower_dev: bool,
 }
 
 impl Default for LabOptions {
@@ -39,6 +47,7 @@ impl Default for LabOptions {
             overlay_mtu: 1450,
             underlay_mtu: 1500,
             ipv6: false,
+            vxlan_lower_dev: true,
         }
     }
 }
@@ -153,8 +162,8 @@ impl Lab {
                 (&node.netns, node.underlay_ip, &node.vtep_mac, node.vtep_ip);
             // The kernel refuses a vxlan MTU above its lower device's minus the overhead, so an
             // oversized overlay (the MTU-mismatch fault) is made without a lower device, as
-            // Calico does when it cannot find one.
-            let lower = if overlay_mtu + VXLAN_OVERHEAD > underlay_mtu {
+            // Calico creates it (local address only).
+            let lower = if !options.vxlan_lower_dev || overlay_mtu + VXLAN_OVERHEAD > underlay_mtu {
                 String::new()
             } else {
                 format!("dev {UNDERLAY_DEV}")
@@ -291,8 +300,12 @@ impl Drop for Lab {
         for ns in self.namespaces.iter().rev() {
             // Kill what still runs inside (iperf3, ping) so the namespace really goes away.
             if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                let me = std::process::id().to_string();
                 for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
+                    // A process may watch a lab node from inside (the demo): not itself.
+                    if pid != me {
+                        let _ = Command::new("kill").args(["-9", pid]).status();
+                    }
                 }
             }
             let _ = ip(&format!("netns del {ns}"));

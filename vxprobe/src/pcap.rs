@@ -1,0 +1,179 @@
+//! Evidence: the packets behind anomaly events as a pcapng file that tshark and Wireshark
+//! open. One interface block per hop (device, namespace and link type), each packet cut at
+//! the snap length and commented with its kind, reason, hop and flow.
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    fs::File,
+    io::{self, BufWriter, Write as _},
+    path::Path,
+    time::Duration,
+};
+
+use pcap_file::{
+    DataLink,
+    pcapng::{
+        PcapNgWriter,
+        blocks::{
+            enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption},
+            interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
+        },
+    },
+};
+
+use crate::{
+    anomaly::{Anomaly, Link},
+    pipeline::{Sink, Summary},
+    session::IntervalReport,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PcapError {
+    #[error("pcapng: {0}")]
+    Pcap(#[from] pcap_file::PcapError),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+pub struct EvidenceFile {
+    writer: PcapNgWriter<BufWriter<File>>,
+    /// Interface ids by (namespace, device name, link type).
+    interfaces: HashMap<(u64, String, Link), u32>,
+    snaplen: usize,
+    /// CLOCK_REALTIME - CLOCK_MONOTONIC, to turn the kernel's timestamps into wall time.
+    realtime_offset_ns: i128,
+    packets: u64,
+}
+
+impl EvidenceFile {
+    pub fn create(path: &Path, snaplen: u32) -> Result<Self, PcapError> {
+        let file = File::create(path)?;
+        Ok(Self {
+            writer: PcapNgWriter::new(BufWriter::new(file))?,
+            interfaces: HashMap::new(),
+            snaplen: snaplen as usize,
+            realtime_offset_ns: realtime_offset_ns(),
+            packets: 0,
+        })
+    }
+
+    /// Writes the anomaly's packet, if it has one; returns whether it did.
+    pub fn write(&mut self, kind: &str, anomaly: &Anomaly) -> Result<bool, PcapError> {
+        let Some(evidence) = &anomaly.evidence else {
+            return Ok(false);
+        };
+        let hop = anomaly
+            .ifname
+            .clone()
+            .unwrap_or_else(|| "(socket)".to_owned());
+        let interface_id = self.interface(anomaly.netns, &hop, evidence.link)?;
+        let data = &evidence.bytes[..evidence.bytes.len().min(self.snaplen)];
+        let wall = i128::from(evidence.ktime_ns) + self.realtime_offset_ns;
+        let timestamp = Duration::from_nanos(u64::try_from(wall).unwrap_or(0));
+        self.writer.write_pcapng_block(EnhancedPacketBlock {
+            interface_id,
+            timestamp,
+            original_len: evidence.original_len,
+            data: Cow::Borrowed(data),
+            options: vec![EnhancedPacketOption::Comment(Cow::Owned(comment(
+                kind, anomaly,
+            )))],
+        })?;
+        self.packets += 1;
+        Ok(true)
+    }
+
+    fn interface(&mut self, netns: u64, hop: &str, link: Link) -> Result<u32, PcapError> {
+        let key = (netns, hop.to_owned(), link);
+        if let Some(id) = self.interfaces.get(&key) {
+            return Ok(*id);
+        }
+        let id = self.interfaces.len() as u32;
+        self.writer.write_pcapng_block(InterfaceDescriptionBlock {
+            linktype: match link {
+                Link::Ethernet => DataLink::ETHERNET,
+                Link::Ip => DataLink::RAW,
+            },
+            snaplen: self.snaplen as u32,
+            options: vec![
+                InterfaceDescriptionOption::IfName(Cow::Owned(hop.to_owned())),
+                InterfaceDescriptionOption::IfDescription(Cow::Owned(format!("netns {netns}"))),
+                // Timestamps are written in nanoseconds.
+                InterfaceDescriptionOption::IfTsResol(9),
+            ],
+        })?;
+        self.interfaces.insert(key, id);
+        Ok(id)
+    }
+
+    pub fn packets(&self) -> u64 {
+        self.packets
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.writer.get_mut().flush()
+    }
+}
+
+/// `csum_error reason=UDP_CSUM hop=eth0/ingress netns=4026532290 udp 198.19.1.2:40000 >
+/// 198.19.2.2:5555`
+fn comment(kind: &str, a: &Anomaly) -> String {
+    let mut text = kind.to_owned();
+    if let Some(reason) = &a.reason {
+        text.push_str(&format!(" reason={reason}"));
+    }
+    if let Some(location) = &a.location {
+        text.push_str(&format!(" location={location}"));
+    }
+    let hop = a.ifname.as_deref().unwrap_or("-");
+    match a.dir {
+        Some(dir) => text.push_str(&format!(" hop={hop}/{dir}")),
+        None => text.push_str(&format!(" hop={hop}")),
+    }
+    text.push_str(&format!(" netns={}", a.netns));
+    if let Some(f) = &a.flow {
+        text.push_str(&format!(
+            " {} {}:{} > {}:{}",
+            f.proto_name(),
+            f.src,
+            f.sport,
+            f.dst,
+            f.dport
+        ));
+    }
+    if let Some(o) = &a.outer {
+        text.push_str(&format!(" vni={}", o.vni));
+    }
+    text
+}
+
+fn realtime_offset_ns() -> i128 {
+    let read = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec we own.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+    };
+    read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC)
+}
+
+impl Sink for EvidenceFile {
+    fn anomaly(&mut self, anomaly: &Anomaly) -> anyhow::Result<()> {
+        self.write(anomaly.kind.as_str(), anomaly)?;
+        Ok(())
+    }
+
+    fn interval(&mut self, _report: &IntervalReport) -> anyhow::Result<()> {
+        Ok(self.flush()?)
+    }
+
+    fn finish(&mut self, summary: &mut Summary) -> anyhow::Result<()> {
+        self.flush()?;
+        summary.evidence_packets = Some(self.packets);
+        Ok(())
+    }
+}

@@ -1,0 +1,398 @@
+//! A live observation: devices selected, kernel programs loaded and attached, the maps and the
+//! ring buffer in hand. `record` and `top` both run one; dropping it detaches everything.
+
+use std::{collections::BTreeMap, os::unix::fs::MetadataExt as _, path::PathBuf, time::SystemTime};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+use vxprobe_common::{Direction, EventKind, HopKey};
+
+use crate::{
+    anomaly::{Anomaly, Enricher, Link, flow_of, outer_of},
+    caps,
+    cli::{Selection, TcAttach},
+    decode::{self, KernelEvent},
+    devices::{self, DeviceKind, Hop, Role},
+    error::UsageError,
+    filter::FlowSelector,
+    hopstats::{self, Epoch, FlowStats, HopStats},
+    kallsyms::Kallsyms,
+    kbtf::KernelBtf,
+    packet::{Flow, Outer},
+    probes::{HookChoice, HookType, Probes, TcMode},
+};
+
+/// How to observe, from the command line.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub selection: Selection,
+    pub tc_attach: TcAttach,
+    pub skip_hook: Vec<HookType>,
+    pub max_flows: u32,
+    pub ring_size: u32,
+    /// Also report drops that are not losses ([`Anomaly::is_benign`]).
+    pub all_drops: bool,
+}
+
+/// What this session watches, with which hooks: the `meta` line, the TUI's status line.
+#[derive(Debug, Clone, Serialize)]
+pub struct Meta {
+    pub vxprobe_version: &'static str,
+    pub kernel: String,
+    pub netns: u64,
+    pub tc_attach: &'static str,
+    pub hooks: Vec<HookChoice>,
+    pub hops: Vec<MetaHop>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MetaHop {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub role: Role,
+    pub mtu: u32,
+}
+
+/// One hop over one interval.
+#[derive(Debug, Clone)]
+pub struct HopReport {
+    pub hop: MetaHop,
+    pub dir: Direction,
+    pub counters: vxprobe_common::HopCounters,
+    /// Faults charged to this hop: drops, checksum failures, refused sends.
+    pub drops: u64,
+}
+
+impl HopReport {
+    /// The share of the hop's packets that died there, in percent. At ingress the TC program
+    /// counts a packet before the stack can drop it, so drops are part of `packets`; at egress
+    /// the stack drops before TC sees the packet, so they come on top.
+    pub fn loss_pct(&self) -> f64 {
+        let (lost, total) = match self.dir {
+            Direction::Ingress => (self.drops.min(self.counters.packets), self.counters.packets),
+            Direction::Egress => (self.drops, self.counters.packets + self.drops),
+        };
+        if total == 0 {
+            0.0
+        } else {
+            (lost as f64 * 100.0 / total as f64 * 100.0).round() / 100.0
+        }
+    }
+}
+
+/// One flow at one hop over one interval.
+#[derive(Debug, Clone)]
+pub struct FlowReport {
+    pub hop: MetaHop,
+    pub dir: Direction,
+    pub flow: Flow,
+    pub outer: Option<Outer>,
+    pub counters: vxprobe_common::FlowCounters,
+}
+
+/// Everything an interval produced besides the anomalies themselves.
+#[derive(Debug, Clone)]
+pub struct IntervalReport {
+    pub ts: SystemTime,
+    pub interval: std::time::Duration,
+    /// Every selected hop in both directions, quiet ones included.
+    pub hops: Vec<HopReport>,
+    pub flows: Vec<FlowReport>,
+    /// Events the kernel could not hand over (ring buffer full), per kind.
+    pub lost: Vec<(EventKind, u64)>,
+}
+
+pub struct Session {
+    probes: Probes,
+    hops: Vec<Hop>,
+    netns: u64,
+    meta: Meta,
+    hop_stats: HopStats,
+    flow_stats: FlowStats,
+    epoch: Epoch,
+    ring: AsyncFd<RingBuf<MapData>>,
+    lost: LostCounter,
+    enricher: Enricher,
+    /// `--host/--port/--proto` for events the kernel could not filter (kernel-wide hooks).
+    selector: FlowSelector,
+    all_drops: bool,
+    /// Faults charged to each hop in the current interval.
+    hop_drops: BTreeMap<HopKey, u64>,
+}
+
+impl Session {
+    pub async fn start(config: &SessionConfig) -> anyhow::Result<Self> {
+        let devices = devices::list_devices()
+            .await
+            .context("listing network devices over rtnetlink")?;
+        let hops = devices::select(&devices, &config.selection.ifaces)?;
+        if hops.is_empty() {
+            return Err(UsageError::new(
+                "no device to observe here (no VXLAN/Geneve, tun/tap or physical NIC): name some with -i",
+            )
+            .into());
+        }
+        let missing = caps::missing();
+        if !missing.is_empty() {
+            anyhow::bail!(
+                "vxprobe needs {} (run as root, or grant them with setcap or a securityContext)",
+                missing.join(", ")
+            );
+        }
+
+        // Kernel-wide hooks need the running kernel's BTF; without it, say so and count hops.
+        let kernel = KernelBtf::load().and_then(|btf| {
+            let reasons = btf.drop_reasons()?;
+            let offsets = btf.kernel_offsets(&reasons)?;
+            Ok((reasons, offsets))
+        });
+        let (offsets, reasons) = match kernel {
+            Ok((reasons, offsets)) => (Some(offsets), reasons),
+            Err(e) => {
+                eprintln!("vxprobe: drops, retransmits and refused sends are not observed: {e}");
+                (None, Default::default())
+            }
+        };
+
+        let selector = config.selection.flows();
+        let mut probes = Probes::load(
+            TcMode::choose(config.tc_attach),
+            offsets.as_ref(),
+            &selector.to_kernel(),
+            config.max_flows,
+            config.ring_size,
+        )?;
+        probes.attach_tc(&hops)?;
+        if offsets.is_some() {
+            for choice in probes.attach_signals(&config.skip_hook) {
+                if choice.hook.is_none() {
+                    eprintln!(
+                        "vxprobe: {} not observed: {}",
+                        choice.signal,
+                        choice.unavailable.join("; ")
+                    );
+                }
+            }
+        }
+        let hop_stats = hopstats::hop_stats(probes.ebpf_mut())?;
+        let flow_stats = hopstats::flow_stats(probes.ebpf_mut())?;
+        let epoch = Epoch::take(probes.ebpf_mut())?;
+        let (ring, lost) = probes.take_event_maps()?;
+        // SAFETY: the AsyncFd owns the RingBuf, which owns the fd, so the fd stays open for
+        // as long as it is registered.
+        let ring = unsafe { AsyncFd::register(ring) }.context("watching the event ring buffer")?;
+        let netns = std::fs::metadata("/proc/self/ns/net")
+            .context("reading /proc/self/ns/net")?
+            .ino();
+        let meta = Meta {
+            vxprobe_version: env!("CARGO_PKG_VERSION"),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default(),
+            netns,
+            tc_attach: probes.tc_mode.as_str(),
+            hooks: probes.hooks.clone(),
+            hops: hops.iter().map(meta_hop).collect(),
+        };
+        let enricher = Enricher {
+            reasons,
+            kallsyms: Kallsyms::load(),
+            netns,
+            hops: hops
+                .iter()
+                .map(|h| {
+                    let link = if h.device.kind == DeviceKind::Tun {
+                        Link::Ip
+                    } else {
+                        Link::Ethernet
+                    };
+                    (h.device.ifindex, (h.device.name.clone(), link))
+                })
+                .collect(),
+            foreign_devices: Default::default(),
+        };
+        Ok(Self {
+            probes,
+            hops,
+            netns,
+            meta,
+            hop_stats,
+            flow_stats,
+            epoch,
+            ring,
+            lost: LostCounter::new(lost),
+            enricher,
+            selector,
+            all_drops: config.all_drops,
+            hop_drops: BTreeMap::new(),
+        })
+    }
+
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// Waits until the kernel wakes us for new events.
+    pub async fn events_ready(&mut self) -> anyhow::Result<()> {
+        let mut guard = self
+            .ring
+            .readable_mut()
+            .await
+            .context("waiting on the ring buffer")?;
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Decodes every record waiting in the ring buffer, hands each anomaly that passes the
+    /// flow filter to `out`, and charges drops to their hops.
+    pub fn drain(
+        &mut self,
+        mut out: impl FnMut(Anomaly) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let ring = self.ring.get_mut();
+        while let Some(record) = ring.next() {
+            let anomaly = match decode::decode(&record) {
+                Ok(KernelEvent::Drop(event)) => self.enricher.drop_event(&event),
+                Ok(KernelEvent::Retransmit(event)) => self.enricher.retransmit(&event),
+                Ok(KernelEvent::SendError(event)) => self.enricher.send_error(&event),
+                Ok(KernelEvent::Hop(event)) => self.enricher.hop_event(&event),
+                Err(e) => {
+                    eprintln!("vxprobe: skipping a kernel record: {e}");
+                    continue;
+                }
+            };
+            drop(record);
+            if !self.selector.matches(&anomaly) || (anomaly.is_benign() && !self.all_drops) {
+                continue;
+            }
+            charge_hop(&mut self.hop_drops, &self.hops, self.netns, &anomaly);
+            out(anomaly)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the interval: counters since the last call, per hop and per flow.
+    pub fn close_interval(
+        &mut self,
+        interval: std::time::Duration,
+    ) -> anyhow::Result<IntervalReport> {
+        let ending = self.epoch.current();
+        let hop_deltas = self.hop_stats.interval(ending)?;
+        let flow_deltas = self.flow_stats.interval(ending)?;
+        self.epoch.advance()?;
+        let drops = std::mem::take(&mut self.hop_drops);
+        let mut hops = Vec::with_capacity(self.hops.len() * 2);
+        for hop in &self.hops {
+            for dir in [Direction::Ingress, Direction::Egress] {
+                let key = HopKey {
+                    ifindex: hop.device.ifindex,
+                    direction: dir as u32,
+                };
+                hops.push(HopReport {
+                    hop: meta_hop(hop),
+                    dir,
+                    counters: hop_deltas.get(&key).copied().unwrap_or_default(),
+                    drops: drops.get(&key).copied().unwrap_or(0),
+                });
+            }
+        }
+        let flows = flow_deltas
+            .iter()
+            .filter_map(|(key, counters)| {
+                let hop = self.hops.iter().find(|h| h.device.ifindex == key.ifindex)?;
+                Some(FlowReport {
+                    hop: meta_hop(hop),
+                    dir: Direction::try_from(u32::from(key.direction)).ok()?,
+                    flow: flow_of(key)?,
+                    outer: outer_of(&counters.outer),
+                    counters: *counters,
+                })
+            })
+            .collect();
+        Ok(IntervalReport {
+            ts: SystemTime::now(),
+            interval,
+            hops,
+            flows,
+            lost: self.lost.since_last()?,
+        })
+    }
+
+    /// Detaches everything (also what Drop does; explicit for the reader).
+    pub fn stop(self) {
+        drop(self.probes);
+    }
+}
+
+fn meta_hop(hop: &Hop) -> MetaHop {
+    MetaHop {
+        ifname: hop.device.name.clone(),
+        ifindex: hop.device.ifindex,
+        role: hop.role,
+        mtu: hop.device.mtu,
+    }
+}
+
+/// Counts a fault against the hop it happened at, when that hop is one of ours.
+fn charge_hop(drops: &mut BTreeMap<HopKey, u64>, hops: &[Hop], netns: u64, anomaly: &Anomaly) {
+    let (Some(ifindex), Some(direction)) = (anomaly.ifindex, anomaly.hop_direction) else {
+        return;
+    };
+    if !anomaly.dropped
+        || anomaly.netns != netns
+        || !hops.iter().any(|h| h.device.ifindex == ifindex)
+    {
+        return;
+    }
+    let key = HopKey {
+        ifindex,
+        direction: direction as u32,
+    };
+    *drops.entry(key).or_default() += u64::from(anomaly.count.unwrap_or(1));
+}
+
+/// Events lost to a full ring buffer, as counted by the kernel per kind.
+struct LostCounter {
+    map: PerCpuArray<MapData, u64>,
+    seen: [u64; EventKind::COUNT as usize],
+}
+
+impl LostCounter {
+    fn new(map: PerCpuArray<MapData, u64>) -> Self {
+        Self {
+            map,
+            seen: Default::default(),
+        }
+    }
+
+    /// (kind, newly lost) for every kind that lost events since the last call.
+    fn since_last(&mut self) -> anyhow::Result<Vec<(EventKind, u64)>> {
+        let mut fresh = Vec::new();
+        for kind in EventKind::ALL {
+            let index = kind as u32;
+            let total: u64 = self
+                .map
+                .get(&index, 0)
+                .context("reading the LOST map")?
+                .iter()
+                .sum();
+            let seen = &mut self.seen[index as usize];
+            if total > *seen {
+                fresh.push((kind, total - *seen));
+                *seen = total;
+            }
+        }
+        Ok(fresh)
+    }
+}
+
+/// Where a ready file goes once everything is attached.
+pub fn signal_ready(path: Option<&PathBuf>) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, b"ready\n")
+            .with_context(|| format!("writing the ready file {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! `vxprobe top`: the live UI over the same pipeline as `record`. The UI runs as its own task;
+//! when the user quits (or a signal ends it) the pipeline stops, detaches and exits 0.
+
+use std::{collections::HashMap, time::Duration};
+
+use tokio::sync::mpsc::Receiver;
+
+use crate::{
+    cli::TopArgs,
+    doctor::features,
+    pipeline::{self, Sink},
+    session::{Session, SessionConfig},
+    tui::{self, Offload, feed::TuiFeed},
+};
+
+pub async fn run(args: TopArgs) -> anyhow::Result<()> {
+    // Attach (and report problems) before the terminal switches to the UI.
+    let mut session = Session::start(&SessionConfig {
+        selection: args.selection.clone(),
+        tc_attach: args.probe.tc_attach,
+        skip_hook: args.probe.skip_hook.clone(),
+        max_flows: args.probe.max_flows,
+        ring_size: args.probe.ring_size,
+        all_drops: args.probe.all_drops,
+    })
+    .await?;
+    let result = show(&mut session, args.interval, None).await;
+    session.stop();
+    result
+}
+
+/// Runs the UI over `session` until the user quits; `notes` go to its status line.
+pub async fn show(
+    session: &mut Session,
+    interval: Duration,
+    notes: Option<Receiver<String>>,
+) -> anyhow::Result<()> {
+    let offloads: HashMap<u32, Offload> = match features::dump_netlink().await {
+        Ok(by_index) => by_index
+            .iter()
+            .filter_map(|(ifindex, f)| Some((*ifindex, Offload::from_features(f)?)))
+            .collect(),
+        Err(_) => HashMap::new(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4096);
+    let (quit_tx, quit_rx) = tokio::sync::oneshot::channel::<()>();
+    let ui = tokio::spawn(async move {
+        let result = tui::run(rx).await;
+        let _ = quit_tx.send(());
+        result
+    });
+    let mut feed = TuiFeed::new(tx, interval, offloads);
+    let stop = async {
+        let _ = quit_rx.await;
+    };
+    let mut sinks: [&mut dyn Sink; 1] = [&mut feed];
+    let piped = pipeline::run(session, &mut sinks, interval, false, notes, stop).await;
+    drop(feed);
+    ui.await??;
+    piped.map(drop)
+}
