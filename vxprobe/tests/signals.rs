@@ -91,8 +91,8 @@ fn retransmits_match_the_senders_retrans_segs() {
 /// The kprobe rung on tcp_retransmit_skb counts the same as tp_btf.
 #[test]
 #[ignore = "the kprobe rung over-counts in the VM matrix (Debian 6.1: 495 events for 145 \
-            RetransSegs; 6.12: 223 for 197): tcp_retransmit_skb is entered for attempts that \
-            fail or get split too; run with --ignored once the rung is fixed"]
+            RetransSegs; 6.12: 223 for 197), probably because it counts calls: attempts that \
+            fail (-EBUSY) and skbs later split to `segs` too; run with --ignored once fixed"]
 fn the_kprobe_rung_counts_retransmits_too() {
     if !is_root() || !common::has_kprobes() {
         return;
