@@ -349,6 +349,9 @@ fn copy_frame(ctx: &TcContext, frame: &mut [u8; SNAP_LEN], len: u32) -> u32 {
     if n == 0 || n > SNAP_LEN as u32 {
         return 0;
     }
+    // Older verifiers (Debian's 6.1) learn nothing from `n != 0` and reject a length that may
+    // be 0: rebuild the range from arithmetic they track (SNAP_LEN is a power of two).
+    let n = (core::hint::black_box(n - 1) & (SNAP_LEN as u32 - 1)) + 1;
     // SAFETY: bpf_skb_load_bytes writes at most `n` <= SNAP_LEN bytes into `frame`.
     let ret = unsafe {
         aya_ebpf::helpers::bpf_skb_load_bytes(ctx.skb.skb.cast(), 0, frame.as_mut_ptr().cast(), n)

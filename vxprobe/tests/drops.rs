@@ -27,7 +27,24 @@ fn the_raw_tracepoint_rung_counts_checksum_failures_too() {
     if !is_root() {
         return;
     }
-    bad_udp_checksums_through(&["--skip-hook", "tp-btf"], "raw_tracepoint:kfree_skb");
+    bad_udp_checksums_through(
+        &["--skip-hook", "tp-btf", "--skip-hook", "kprobe"],
+        "raw_tracepoint:kfree_skb",
+    );
+}
+
+/// The kprobe rung (on the function that frees the skb) counts the same as tp_btf.
+#[test]
+fn the_kprobe_rung_counts_checksum_failures_too() {
+    if !is_root() || !common::has_kprobes() {
+        return;
+    }
+    let expected = if common::kernel_version() >= (6, 11) {
+        "kprobe:sk_skb_reason_drop"
+    } else {
+        "kprobe:kfree_skb_reason"
+    };
+    bad_udp_checksums_through(&["--skip-hook", "tp-btf"], expected);
 }
 
 #[test]
@@ -53,7 +70,13 @@ fn probes_names_the_hook_of_each_signal() {
         .unwrap();
     // This kernel has tp_btf; kernels without it fall back (see the raw tracepoint test).
     assert_eq!(drop["hook"], "tp_btf:kfree_skb");
-    assert_eq!(report["tc_attach"], "tcx");
+    // TCX links exist since Linux 6.6; before, `auto` adds clsact filters.
+    let expected = if common::kernel_version() >= (6, 6) {
+        "tcx"
+    } else {
+        "clsact"
+    };
+    assert_eq!(report["tc_attach"], expected, "on {}", report["kernel"]);
 }
 
 fn bad_udp_checksums_through(extra_args: &[&str], expected_hook: &str) {

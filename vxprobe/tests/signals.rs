@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Recorder, is_root, must};
+use common::{Recorder, hook_of, is_root, must};
 use serde_json::Value;
 use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV, faults};
 
@@ -14,6 +14,21 @@ fn oversized_af_packet_sends_into_a_tap_are_oversize_events() {
     if !is_root() {
         return;
     }
+    oversized_af_packet_sends_through(&[]);
+}
+
+/// The syscall-tracepoint rung (every kernel has it) counts the same as fexit.
+#[test]
+fn the_syscall_tracepoint_rung_counts_oversized_sends_too() {
+    if !is_root() {
+        return;
+    }
+    let hook = oversized_af_packet_sends_through(&["--skip-hook", "fexit"]);
+    assert!(hook.starts_with("tracepoint:"), "{hook}");
+}
+
+/// Runs the tap case with `extra_args` for `record`; returns the hook that counted.
+fn oversized_af_packet_sends_through(extra_args: &[&str]) -> String {
     let lab = Lab::build(&LabOptions::default()).expect("building the lab");
     let node = &lab.nodes[0].netns;
     must(
@@ -21,12 +36,21 @@ fn oversized_af_packet_sends_into_a_tap_are_oversize_events() {
         "ethtool",
         &["-K", TAP_DEV, "tso", "off", "gso", "off"],
     );
-    let rec = Recorder::start(node, &["--stats-interval", "200ms", "-i", TAP_DEV]);
+    let mut args = vec!["--stats-interval", "200ms", "-i", TAP_DEV];
+    args.extend(extra_args);
+    let rec = Recorder::start(node, &args);
     const N: u32 = 9;
     let failed = faults::packet_sends(node, TAP_DEV, 2000, N).unwrap();
     assert_eq!(failed, N, "every send failed with EMSGSIZE");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let lines = rec.stop();
+    let hook = hook_of(&lines, "send_emsgsize");
+    // fexit names the kernel function, the syscall tracepoints the system call.
+    let func = if hook.starts_with("fexit:") {
+        "packet_sendmsg"
+    } else {
+        "sendto"
+    };
 
     let oversize: Vec<&Value> = lines
         .iter()
@@ -42,7 +66,7 @@ fn oversized_af_packet_sends_into_a_tap_are_oversize_events() {
             std::process::id(),
             "the sender is this test"
         );
-        assert!(e["func"] == "sendto", "{e}");
+        assert!(e["func"] == func, "{hook}: {e}");
     }
     // Charged to the tap's egress.
     let drops: u64 = lines
@@ -51,6 +75,7 @@ fn oversized_af_packet_sends_into_a_tap_are_oversize_events() {
         .map(|l| l["drops"].as_u64().unwrap())
         .sum();
     assert_eq!(drops, u64::from(N));
+    hook
 }
 
 /// TCP through a hop that loses 1 packet in 20: every retransmitted segment is counted for the
@@ -60,6 +85,24 @@ fn retransmits_match_the_senders_retrans_segs() {
     if !is_root() {
         return;
     }
+    retransmits_through(&[]);
+}
+
+/// The kprobe rung on tcp_retransmit_skb counts the same as tp_btf.
+#[test]
+#[ignore = "the kprobe rung over-counts in the VM matrix (Debian 6.1: 495 events for 145 \
+            RetransSegs; 6.12: 223 for 197), probably because it counts calls: attempts that \
+            fail (-EBUSY) and skbs later split to `segs` too; run with --ignored once fixed"]
+fn the_kprobe_rung_counts_retransmits_too() {
+    if !is_root() || !common::has_kprobes() {
+        return;
+    }
+    let hook = retransmits_through(&["--skip-hook", "tp-btf"]);
+    assert_eq!(hook, "kprobe:tcp_retransmit_skb");
+}
+
+/// TCP through the lossy hop with `extra_args` for `record`; returns the hook that counted.
+fn retransmits_through(extra_args: &[&str]) -> String {
     let lab = Lab::build(&LabOptions::default()).expect("building the lab");
     let [n1, n2] = &lab.nodes;
     let ruleset = format!(
@@ -79,10 +122,9 @@ fn retransmits_match_the_senders_retrans_segs() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     let before = faults::snmp(&n1.pod.netns, "Tcp", "RetransSegs").unwrap();
     let probes_before = faults::snmp(&n1.pod.netns, "TcpExt", "TCPLossProbes").unwrap();
-    let rec = Recorder::start(
-        &n1.netns,
-        &["--stats-interval", "500ms", "-i", POD_HOST_DEV],
-    );
+    let mut args = vec!["--stats-interval", "500ms", "-i", POD_HOST_DEV];
+    args.extend(extra_args);
+    let rec = Recorder::start(&n1.netns, &args);
     must(
         &n1.pod.netns,
         "iperf3",
@@ -128,6 +170,7 @@ fn retransmits_match_the_senders_retrans_segs() {
     );
     assert_eq!(events[0]["flow"]["proto"], "tcp");
     assert_eq!(events[0]["flow"]["dst"], n2.pod.ip.to_string());
+    hook_of(&lines, "retransmit")
 }
 
 /// DF traffic larger than the overlay's MTU (the pod and its veth at 1500 over a 1450
