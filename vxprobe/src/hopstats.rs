@@ -106,6 +106,20 @@ impl<K: Pod + Ord + Hash, V: Counters> CounterMap<K, V> {
         Ok(totals)
     }
 
+    /// Deletes the keys `which` picks from the kernel map (a vanished device's), with what was
+    /// last seen of them; returns how many.
+    pub fn forget(&mut self, which: impl Fn(&K) -> bool) -> u64 {
+        let keys: Vec<K> = self.last.keys().filter(|k| which(k)).copied().collect();
+        let mut deleted = 0;
+        for key in keys {
+            self.last.remove(&key);
+            if self.map.remove(&key).is_ok() {
+                deleted += 1;
+            }
+        }
+        deleted
+    }
+
     /// What each key counted since the previous call; keys that counted nothing are left out.
     /// Keys gone from the map (LRU eviction) are forgotten.
     pub fn interval(&mut self, epoch: u32) -> anyhow::Result<BTreeMap<K, V>> {

@@ -9,6 +9,7 @@
 //! - [`output`]: JSON lines; [`pcap`]: pcapng evidence;
 //! - [`session`]: one observation (selected hops, attached programs, maps, ring buffer);
 //! - [`pipeline`]: the loop from kernel to sinks, shared by `record` and `top`;
+//! - [`watch`]: device churn (rtnetlink link notifications) as typed changes for the pipeline;
 //! - [`record`]: the `record` command;
 //! - [`doctor`]: the `doctor` command: device facts to named misconfigurations;
 //! - [`tui`]: the `top` terminal UI, fed typed messages;
@@ -37,3 +38,4 @@ pub mod record;
 pub mod session;
 pub mod top;
 pub mod tui;
+pub mod watch;

@@ -14,7 +14,7 @@ use crate::{
     devices::Role,
     packet::{Flow, Outer},
     pipeline::{Sink, Summary},
-    session::{IntervalReport, Meta},
+    session::{HopChange, IntervalReport, Meta},
 };
 
 /// RFC 3339 timestamp in UTC, as every line's `ts`.
@@ -133,6 +133,19 @@ struct LostLine<'a> {
     event_kind: &'static str,
 }
 
+/// A device that started (`added`) or stopped (`removed`: it vanished) being observed.
+#[derive(Serialize)]
+struct DeviceLine<'a> {
+    kind: &'static str,
+    ts: String,
+    event: &'static str,
+    ifname: &'a str,
+    ifindex: u32,
+    netns: u64,
+    role: Role,
+    mtu: u32,
+}
+
 #[derive(Serialize)]
 struct SummaryLine<'a> {
     kind: &'static str,
@@ -242,6 +255,20 @@ impl Sink for JsonSink {
                 event_kind: event_kind_name(*kind),
             })?;
         }
+        Ok(self.lines.flush()?)
+    }
+
+    fn device(&mut self, change: &HopChange) -> anyhow::Result<()> {
+        self.lines.write(&DeviceLine {
+            kind: "device",
+            ts: timestamp(change.ts),
+            event: if change.added { "added" } else { "removed" },
+            ifname: &change.hop.ifname,
+            ifindex: change.hop.ifindex,
+            netns: self.netns,
+            role: change.hop.role,
+            mtu: change.hop.mtu,
+        })?;
         Ok(self.lines.flush()?)
     }
 

@@ -1,6 +1,7 @@
 //! The one loop every front end runs: kernel events as they arrive (batched wakeups), interval
-//! reports every `--stats-interval`, until `stop` resolves. Sinks (JSON lines, pcapng, the
-//! TUI) receive typed data; nothing here knows how it is shown.
+//! reports every `--stats-interval`, device changes as the watcher sees them, until `stop`
+//! resolves. Sinks (JSON lines, pcapng, the TUI) receive typed data; nothing here knows how it
+//! is shown.
 
 use std::{collections::BTreeMap, future::Future, time::Duration};
 
@@ -8,7 +9,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::{
     anomaly::Anomaly,
-    session::{IntervalReport, Meta, Session},
+    session::{HopChange, IntervalReport, Meta, Session},
+    watch::{DeviceChange, DeviceWatch},
 };
 
 /// Where pipeline output goes.
@@ -18,6 +20,10 @@ pub trait Sink {
     }
     fn anomaly(&mut self, anomaly: &Anomaly) -> anyhow::Result<()>;
     fn interval(&mut self, report: &IntervalReport) -> anyhow::Result<()>;
+    /// A device started or stopped being observed (device churn).
+    fn device(&mut self, _change: &HopChange) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Last call; a sink may add what it knows to the summary for the sinks after it.
     fn finish(&mut self, _summary: &mut Summary) -> anyhow::Result<()> {
         Ok(())
@@ -58,6 +64,14 @@ pub async fn run(
     for sink in sinks.iter_mut() {
         sink.meta(session.meta())?;
     }
+    // Devices come and go while we run; without the watcher, the hops stay as they started.
+    let mut watch = match DeviceWatch::spawn(session.patterns(), session.hops()) {
+        Ok(watch) => Some(watch),
+        Err(e) => {
+            eprintln!("vxprobe: device changes are not followed: {e:#}");
+            None
+        }
+    };
     let mut ticker = tokio::time::interval_at(Instant::now() + stats_interval, stats_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut interval_start = Instant::now();
@@ -67,6 +81,10 @@ pub async fn run(
             ready = session.events_ready() => {
                 ready?;
                 drain(session, sinks, &mut summary, &mut frames)?;
+                continue;
+            }
+            change = next_change(&mut watch) => {
+                apply(session, sinks, change)?;
                 continue;
             }
             _ = ticker.tick() => false,
@@ -116,4 +134,60 @@ fn drain(
         }
         Ok(())
     })
+}
+
+/// The watcher's next change; never, without a watcher.
+async fn next_change(watch: &mut Option<DeviceWatch>) -> DeviceChange {
+    if let Some(w) = watch
+        && let Some(change) = w.next().await
+    {
+        return change;
+    }
+    *watch = None;
+    std::future::pending().await
+}
+
+/// Applies a device change to the session and tells the sinks. A device that cannot be
+/// attached (it vanished again, or the kernel refused) is reported on stderr and skipped: the
+/// recording goes on.
+fn apply(
+    session: &mut Session,
+    sinks: &mut [&mut dyn Sink],
+    change: DeviceChange,
+) -> anyhow::Result<()> {
+    let applied = match change {
+        DeviceChange::Added(hop) => {
+            let name = hop.device.name.clone();
+            let ifindex = hop.device.ifindex;
+            match session.add_hop(hop) {
+                Ok(true) => session
+                    .meta()
+                    .hops
+                    .iter()
+                    .find(|h| h.ifindex == ifindex)
+                    .cloned()
+                    .map(HopChange::added),
+                Ok(false) => None,
+                Err(e) => {
+                    eprintln!("vxprobe: not observing new device {name}: {e:#}");
+                    None
+                }
+            }
+        }
+        DeviceChange::Removed { ifindex, .. } => {
+            session.remove_hop(ifindex).map(HopChange::removed)
+        }
+        DeviceChange::Updated(hop) => {
+            if let Err(e) = session.update_hop(&hop) {
+                eprintln!("vxprobe: {}: new MTU not applied: {e:#}", hop.device.name);
+            }
+            None
+        }
+    };
+    if let Some(change) = applied {
+        for sink in sinks.iter_mut() {
+            sink.device(&change)?;
+        }
+    }
+    Ok(())
 }

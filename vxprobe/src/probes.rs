@@ -3,6 +3,8 @@
 //! first that loads and attaches, and records the choice (and why the others failed) for
 //! `meta` lines and `vxprobe probes`. Everything attached is detached when [`Probes`] drops.
 
+use std::collections::HashMap;
+
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
@@ -10,7 +12,7 @@ use aya::{
     programs::{
         BtfTracePoint, FEntry, FExit, KProbe, LinkOrder, RawTracePoint, SchedClassifier,
         TcAttachType, TracePoint,
-        tc::{self, NlOptions, TcAttachOptions, TcError},
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
     },
     util::KernelVersion,
 };
@@ -166,6 +168,8 @@ pub struct Probes {
     ebpf: Ebpf,
     pub tc_mode: TcMode,
     pub hooks: Vec<HookChoice>,
+    /// The TC attachments of each hop, by ifindex.
+    tc_links: HashMap<u32, Vec<(&'static str, SchedClassifierLinkId)>>,
 }
 
 impl Probes {
@@ -197,58 +201,120 @@ impl Probes {
             ebpf,
             tc_mode,
             hooks: Vec::new(),
+            tc_links: HashMap::new(),
         })
     }
 
     /// Attaches the TC programs at ingress and egress of every hop, after telling them each
-    /// device's MTU and link type.
+    /// device's MTU and link type. A device that vanished since it was listed is skipped with
+    /// a note (the device watcher catches up with it); any other failure is an error.
     pub fn attach_tc(&mut self, hops: &[Hop]) -> anyhow::Result<()> {
-        let mut devices: aya::maps::HashMap<_, u32, DeviceInfo> = aya::maps::HashMap::try_from(
-            self.ebpf
-                .map_mut(names::DEVICE_INFO)
-                .context("map DEVICE_INFO missing from the eBPF object")?,
-        )?;
         for hop in hops {
-            let info = DeviceInfo {
-                mtu: hop.device.mtu,
-                l3: u32::from(hop.device.kind == DeviceKind::Tun),
-            };
-            devices
-                .insert(hop.device.ifindex, info, 0)
-                .context("writing DEVICE_INFO")?;
-        }
-        for hop in hops {
-            let ifname = hop.device.name.as_str();
-            if self.tc_mode == TcMode::Clsact {
-                match tc::qdisc_add_clsact(ifname) {
-                    Ok(()) => {}
-                    // Another tool (or an earlier vxprobe) already added it: share it.
-                    Err(TcError::AlreadyAttached) => {}
-                    Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("adding clsact qdisc to {ifname}"));
-                    }
+            if let Err(e) = self.attach_hop(hop) {
+                if device_index(&hop.device.name) != Some(hop.device.ifindex) {
+                    eprintln!(
+                        "vxprobe: {} vanished while vxprobe attached to it",
+                        hop.device.name
+                    );
+                    continue;
                 }
-            }
-            for (name, attach_type) in [
-                (names::TC_INGRESS, TcAttachType::Ingress),
-                (names::TC_EGRESS, TcAttachType::Egress),
-            ] {
-                let options = match self.tc_mode {
-                    TcMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    TcMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
-                };
-                program::<SchedClassifier>(&mut self.ebpf, name)?
-                    .attach_with_options(ifname, attach_type, options)
-                    .with_context(|| {
-                        format!(
-                            "attaching {name} to {ifname} ({attach_type:?}, {})",
-                            self.tc_mode.as_str()
-                        )
-                    })?;
+                return Err(e);
             }
         }
         Ok(())
+    }
+
+    /// Attaches the TC programs at ingress and egress of one hop, all or nothing.
+    pub fn attach_hop(&mut self, hop: &Hop) -> anyhow::Result<()> {
+        let ifname = hop.device.name.as_str();
+        let ifindex = hop.device.ifindex;
+        self.set_device_info(hop)?;
+        // aya attaches by name: make sure the name still means this device (a pod's veth can
+        // be deleted and its name reused in the time it takes to get here).
+        if device_index(ifname) != Some(ifindex) {
+            anyhow::bail!("{ifname} (ifindex {ifindex}) is gone");
+        }
+        if self.tc_mode == TcMode::Clsact {
+            match tc::qdisc_add_clsact(ifname) {
+                Ok(()) => {}
+                // Another tool (or an earlier vxprobe) already added it: share it.
+                Err(TcError::AlreadyAttached) => {}
+                Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("adding clsact qdisc to {ifname}"));
+                }
+            }
+        }
+        let mut links = Vec::with_capacity(2);
+        for (name, attach_type) in [
+            (names::TC_INGRESS, TcAttachType::Ingress),
+            (names::TC_EGRESS, TcAttachType::Egress),
+        ] {
+            let options = match self.tc_mode {
+                TcMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
+                TcMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
+            };
+            let attached = program::<SchedClassifier>(&mut self.ebpf, name)?
+                .attach_with_options(ifname, attach_type, options)
+                .with_context(|| {
+                    format!(
+                        "attaching {name} to {ifname} ({attach_type:?}, {})",
+                        self.tc_mode.as_str()
+                    )
+                });
+            match attached {
+                Ok(link) => links.push((name, link)),
+                Err(e) => {
+                    self.detach_links(links);
+                    return Err(e);
+                }
+            }
+        }
+        self.tc_links.insert(ifindex, links);
+        Ok(())
+    }
+
+    /// Whether a hop's TC programs are attached.
+    pub fn is_attached(&self, ifindex: u32) -> bool {
+        self.tc_links.contains_key(&ifindex)
+    }
+
+    /// Detaches the TC programs from a hop (best effort: its device may be gone already,
+    /// which detached them in the kernel) and forgets its device facts.
+    pub fn detach_hop(&mut self, ifindex: u32) {
+        if let Some(links) = self.tc_links.remove(&ifindex) {
+            self.detach_links(links);
+        }
+        if let Ok(mut devices) = self.device_info() {
+            let _ = devices.remove(&ifindex);
+        }
+    }
+
+    /// Tells the TC programs a device's MTU and link type (also when its MTU changes).
+    pub fn set_device_info(&mut self, hop: &Hop) -> anyhow::Result<()> {
+        let info = DeviceInfo {
+            mtu: hop.device.mtu,
+            l3: u32::from(hop.device.kind == DeviceKind::Tun),
+        };
+        self.device_info()?
+            .insert(hop.device.ifindex, info, 0)
+            .context("writing DEVICE_INFO")
+    }
+
+    fn device_info(&mut self) -> anyhow::Result<aya::maps::HashMap<&mut MapData, u32, DeviceInfo>> {
+        Ok(aya::maps::HashMap::try_from(
+            self.ebpf
+                .map_mut(names::DEVICE_INFO)
+                .context("map DEVICE_INFO missing from the eBPF object")?,
+        )?)
+    }
+
+    fn detach_links(&mut self, links: Vec<(&'static str, SchedClassifierLinkId)>) {
+        for (name, link) in links {
+            if let Ok(program) = program::<SchedClassifier>(&mut self.ebpf, name) {
+                let _ = program.detach(link);
+            }
+        }
     }
 
     /// Attaches every kernel-wide signal, each through the best rung of its ladder that works
@@ -390,6 +456,14 @@ where
     program
         .try_into()
         .with_context(|| format!("program {name} has an unexpected type"))
+}
+
+/// The ifindex a device name stands for right now, if any.
+pub fn device_index(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
 }
 
 /// Classic tracepoints are found through tracefs; a fresh node may not have it mounted.

@@ -55,6 +55,32 @@ pub struct MetaHop {
     pub mtu: u32,
 }
 
+/// A hop that started (a device appeared) or stopped (it vanished) being observed.
+#[derive(Debug, Clone)]
+pub struct HopChange {
+    pub ts: SystemTime,
+    pub added: bool,
+    pub hop: MetaHop,
+}
+
+impl HopChange {
+    pub fn added(hop: MetaHop) -> Self {
+        Self {
+            ts: SystemTime::now(),
+            added: true,
+            hop,
+        }
+    }
+
+    pub fn removed(hop: MetaHop) -> Self {
+        Self {
+            ts: SystemTime::now(),
+            added: false,
+            hop,
+        }
+    }
+}
+
 /// One hop over one interval.
 #[derive(Debug, Clone)]
 pub struct HopReport {
@@ -107,6 +133,11 @@ pub struct IntervalReport {
 pub struct Session {
     probes: Probes,
     hops: Vec<Hop>,
+    /// Hops whose device vanished during this interval: reported one last time, then
+    /// forgotten.
+    gone: Vec<Hop>,
+    /// `-i` patterns, for the device watcher.
+    patterns: Vec<String>,
     netns: u64,
     meta: Meta,
     hop_stats: HopStats,
@@ -165,6 +196,11 @@ impl Session {
             config.ring_size,
         )?;
         probes.attach_tc(&hops)?;
+        // Leave out what vanished while attaching; the device watcher catches up.
+        let hops: Vec<Hop> = hops
+            .into_iter()
+            .filter(|h| probes.is_attached(h.device.ifindex))
+            .collect();
         if offsets.is_some() {
             for choice in probes.attach_signals(&config.skip_hook) {
                 if choice.hook.is_none() {
@@ -202,20 +238,15 @@ impl Session {
             netns,
             hops: hops
                 .iter()
-                .map(|h| {
-                    let link = if h.device.kind == DeviceKind::Tun {
-                        Link::Ip
-                    } else {
-                        Link::Ethernet
-                    };
-                    (h.device.ifindex, (h.device.name.clone(), link))
-                })
+                .map(|h| (h.device.ifindex, (h.device.name.clone(), link_of(h))))
                 .collect(),
             foreign_devices: Default::default(),
         };
         Ok(Self {
             probes,
             hops,
+            gone: Vec::new(),
+            patterns: config.selection.ifaces.clone(),
             netns,
             meta,
             hop_stats,
@@ -232,6 +263,58 @@ impl Session {
 
     pub fn meta(&self) -> &Meta {
         &self.meta
+    }
+
+    /// The hops observed now.
+    pub fn hops(&self) -> &[Hop] {
+        &self.hops
+    }
+
+    /// The `-i` patterns the hops were selected by (empty: the default selection).
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    /// Starts observing a device that appeared. `Ok(false)` when it is observed already.
+    pub fn add_hop(&mut self, hop: Hop) -> anyhow::Result<bool> {
+        let ifindex = hop.device.ifindex;
+        if self.hops.iter().any(|h| h.device.ifindex == ifindex) {
+            return Ok(false);
+        }
+        self.probes.attach_hop(&hop)?;
+        self.enricher
+            .hops
+            .insert(ifindex, (hop.device.name.clone(), link_of(&hop)));
+        self.meta.hops.push(meta_hop(&hop));
+        self.hops.push(hop);
+        Ok(true)
+    }
+
+    /// Stops observing a device that vanished. Its counts of the current interval are still
+    /// reported when the interval closes; then it is forgotten. `None` when it was not
+    /// observed.
+    pub fn remove_hop(&mut self, ifindex: u32) -> Option<MetaHop> {
+        let at = self.hops.iter().position(|h| h.device.ifindex == ifindex)?;
+        let hop = self.hops.remove(at);
+        self.probes.detach_hop(ifindex);
+        self.meta.hops.retain(|h| h.ifindex != ifindex);
+        let gone = meta_hop(&hop);
+        self.gone.push(hop);
+        Some(gone)
+    }
+
+    /// An observed device changed its MTU: the kernel programs judge sizes by it.
+    pub fn update_hop(&mut self, hop: &Hop) -> anyhow::Result<()> {
+        let ifindex = hop.device.ifindex;
+        let Some(known) = self.hops.iter_mut().find(|h| h.device.ifindex == ifindex) else {
+            return Ok(());
+        };
+        known.device = hop.device.clone();
+        self.probes.set_device_info(hop)?;
+        for m in self.meta.hops.iter_mut().filter(|m| m.ifindex == ifindex) {
+            m.mtu = hop.device.mtu;
+        }
+        Ok(())
     }
 
     /// Waits until the kernel wakes us for new events.
@@ -267,7 +350,12 @@ impl Session {
             if !self.selector.matches(&anomaly) || (anomaly.is_benign() && !self.all_drops) {
                 continue;
             }
-            charge_hop(&mut self.hop_drops, &self.hops, self.netns, &anomaly);
+            charge_hop(
+                &mut self.hop_drops,
+                self.hops.iter().chain(&self.gone),
+                self.netns,
+                &anomaly,
+            );
             out(anomaly)?;
         }
         Ok(())
@@ -283,8 +371,8 @@ impl Session {
         let flow_deltas = self.flow_stats.interval(ending)?;
         self.epoch.advance()?;
         let drops = std::mem::take(&mut self.hop_drops);
-        let mut hops = Vec::with_capacity(self.hops.len() * 2);
-        for hop in &self.hops {
+        let mut hops = Vec::with_capacity((self.hops.len() + self.gone.len()) * 2);
+        for hop in self.hops.iter().chain(&self.gone) {
             for dir in [Direction::Ingress, Direction::Egress] {
                 let key = HopKey {
                     ifindex: hop.device.ifindex,
@@ -301,7 +389,11 @@ impl Session {
         let flows = flow_deltas
             .iter()
             .filter_map(|(key, counters)| {
-                let hop = self.hops.iter().find(|h| h.device.ifindex == key.ifindex)?;
+                let hop = self
+                    .hops
+                    .iter()
+                    .chain(&self.gone)
+                    .find(|h| h.device.ifindex == key.ifindex)?;
                 Some(FlowReport {
                     hop: meta_hop(hop),
                     dir: Direction::try_from(u32::from(key.direction)).ok()?,
@@ -311,6 +403,16 @@ impl Session {
                 })
             })
             .collect();
+        // Vanished devices had their last line: free their slots in the kernel's maps.
+        for hop in std::mem::take(&mut self.gone) {
+            let ifindex = hop.device.ifindex;
+            if self.hops.iter().any(|h| h.device.ifindex == ifindex) {
+                continue; // back already (a device moved out and in again)
+            }
+            self.hop_stats.forget(|key| key.ifindex == ifindex);
+            self.flow_stats.forget(|key| key.ifindex == ifindex);
+            self.enricher.hops.remove(&ifindex);
+        }
         Ok(IntervalReport {
             ts: SystemTime::now(),
             interval,
@@ -335,15 +437,26 @@ fn meta_hop(hop: &Hop) -> MetaHop {
     }
 }
 
+/// How a hop's frames start: tun devices carry IP packets, the others Ethernet frames.
+fn link_of(hop: &Hop) -> Link {
+    if hop.device.kind == DeviceKind::Tun {
+        Link::Ip
+    } else {
+        Link::Ethernet
+    }
+}
+
 /// Counts a fault against the hop it happened at, when that hop is one of ours.
-fn charge_hop(drops: &mut BTreeMap<HopKey, u64>, hops: &[Hop], netns: u64, anomaly: &Anomaly) {
+fn charge_hop<'a>(
+    drops: &mut BTreeMap<HopKey, u64>,
+    mut hops: impl Iterator<Item = &'a Hop>,
+    netns: u64,
+    anomaly: &Anomaly,
+) {
     let (Some(ifindex), Some(direction)) = (anomaly.ifindex, anomaly.hop_direction) else {
         return;
     };
-    if !anomaly.dropped
-        || anomaly.netns != netns
-        || !hops.iter().any(|h| h.device.ifindex == ifindex)
-    {
+    if !anomaly.dropped || anomaly.netns != netns || !hops.any(|h| h.device.ifindex == ifindex) {
         return;
     }
     let key = HopKey {
