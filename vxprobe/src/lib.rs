@@ -36,6 +36,7 @@ pub mod probes;
 pub mod probes_cmd;
 pub mod record;
 pub mod session;
+pub mod stale;
 pub mod top;
 pub mod tui;
 pub mod watch;

@@ -173,6 +173,10 @@ impl Session {
             );
         }
 
+        // A vxprobe killed in clsact mode left filters that run for no one: remove them (only
+        // vxprobe's, and only those no running vxprobe holds).
+        crate::stale::remove_stale_filters().await;
+
         // Kernel-wide hooks need the running kernel's BTF; without it, say so and count hops.
         let kernel = KernelBtf::load().and_then(|btf| {
             let reasons = btf.drop_reasons()?;
