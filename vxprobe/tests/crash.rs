@@ -11,22 +11,83 @@ use std::{
 };
 
 use common::{Recorder, hop_totals, is_root, must};
+use serde_json::Value;
 use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV};
 
 const DEVICES: [&str; 4] = [POD_HOST_DEV, VXLAN_DEV, UNDERLAY_DEV, TAP_DEV];
 
-/// vxprobe's programs loaded anywhere (an attached program stays loaded while a TCX link or
-/// a clsact filter holds it; Debian's bpftool 7.1 cannot list TCX links themselves).
-fn vxprobe_programs() -> String {
+/// Loaded BPF programs named vxprobe_*: (id, name, pids holding them). Other vxprobe
+/// instances may run on this machine: tests look at the ids of the instances they started.
+fn vxprobe_programs() -> Vec<(u64, String, Vec<u64>)> {
     let out = Command::new("bpftool")
-        .args(["prog", "show"])
+        .args(["-j", "prog", "show"])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("vxprobe_"))
-        .map(|l| format!("{l}\n"))
+    let programs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    programs
+        .iter()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("vxprobe_"))
+        })
+        .map(|p| {
+            let pids = p["pids"]
+                .as_array()
+                .map(|pids| pids.iter().filter_map(|x| x["pid"].as_u64()).collect())
+                .unwrap_or_default();
+            (
+                p["id"].as_u64().unwrap(),
+                p["name"].as_str().unwrap().to_owned(),
+                pids,
+            )
+        })
         .collect()
+}
+
+/// The ids of the BPF programs process `pid` holds open (its /proc fdinfo; Debian's bpftool
+/// is built without the skeleton that names a program's holders).
+fn programs_of(pid: i32) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        if target.as_os_str() != "anon_inode:bpf-prog" {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        ids.extend(vxprobe::stale::prog_id(&info).map(u64::from));
+    }
+    assert!(!ids.is_empty(), "process {pid} holds no BPF program");
+    ids
+}
+
+/// Which of `ids` are loaded now.
+fn loaded(ids: &[u64]) -> Vec<(u64, String, Vec<u64>)> {
+    vxprobe_programs()
+        .into_iter()
+        .filter(|(id, _, _)| ids.contains(id))
+        .collect()
+}
+
+/// Which of `ids` are still loaded, after waiting up to 5 s for them to go (detached
+/// programs are freed after an RCU grace period).
+fn still_loaded(ids: &[u64]) -> Vec<(u64, String, Vec<u64>)> {
+    let mut left = Vec::new();
+    for _ in 0..50 {
+        left = loaded(ids);
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    left
 }
 
 /// The TC filters of the lab devices in `netns`, and what `bpftool net show` lists there.
@@ -46,20 +107,6 @@ fn filters(netns: &str) -> String {
     seen
 }
 
-/// Waits (detached programs are freed after an RCU grace period) until `probe` shows no
-/// vxprobe; returns what it last showed.
-fn settle(probe: impl Fn() -> String) -> String {
-    let mut seen = probe();
-    for _ in 0..50 {
-        if !seen.contains("vxprobe") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        seen = probe();
-    }
-    seen
-}
-
 #[test]
 fn after_sigkill_in_tcx_mode_nothing_stays_attached() {
     if !is_root() {
@@ -67,19 +114,16 @@ fn after_sigkill_in_tcx_mode_nothing_stays_attached() {
     }
     let lab = Lab::build(&LabOptions::default()).expect("building the lab");
     let ns = &lab.nodes[0].netns;
-    assert!(
-        settle(vxprobe_programs).is_empty(),
-        "another vxprobe runs on this machine"
-    );
     let rec = Recorder::start(ns, &["--tc-attach", "tcx", "-i", "*"]);
-    let during = vxprobe_programs();
-    assert!(during.contains("vxprobe_tc_ingr"), "{during}");
-    rec.kill();
-    let programs = settle(vxprobe_programs);
+    let ours = programs_of(rec.pid());
+    let names: Vec<String> = loaded(&ours).into_iter().map(|(_, name, _)| name).collect();
     assert!(
-        programs.is_empty(),
-        "still loaded after SIGKILL:\n{programs}"
+        names.iter().any(|n| n.starts_with("vxprobe_tc_ingr")),
+        "{names:?}"
     );
+    rec.kill();
+    let left = still_loaded(&ours);
+    assert!(left.is_empty(), "still loaded after SIGKILL: {left:?}");
     let filters = filters(ns);
     assert!(!filters.contains("vxprobe"), "{filters}");
 }
@@ -195,10 +239,13 @@ fn after_sigkill_in_clsact_mode_the_next_start_removes_only_vxprobes_filters() {
     assert!(foreign_before.contains("u32"), "{foreign_before}");
 
     let rec = Recorder::start(ns, &["--tc-attach", "clsact", "-i", "*"]);
+    let killed = programs_of(rec.pid());
     rec.kill();
-    // The kernel keeps clsact filters: they belong to the device, not the process.
+    // The kernel keeps clsact filters: they belong to the device, not the process, and they
+    // hold the killed instance's TC programs.
     let stale = filters(ns);
     assert!(stale.contains("vxprobe_tc_ingress"), "{stale}");
+    assert!(!loaded(&killed).is_empty());
 
     // The next start (TCX here, so any clsact filter left would be the old one's).
     let rec = Recorder::start(ns, &["--tc-attach", "tcx", "-i", "*"]);
@@ -212,10 +259,11 @@ fn after_sigkill_in_clsact_mode_the_next_start_removes_only_vxprobes_filters() {
         during.matches("bpf").count() >= foreign_before.matches("bpf").count(),
         "another tool's BPF filter removed:\n{foreign_before}\n---\n{during}"
     );
+    let second = programs_of(rec.pid());
     let lines = rec.stop();
     assert!(lines.iter().any(|l| l["kind"] == "hop"));
-    let programs = settle(vxprobe_programs);
-    assert!(programs.is_empty(), "{programs}");
+    let left = still_loaded(&[killed, second].concat());
+    assert!(left.is_empty(), "{left:?}");
     let after = filters(ns);
     assert!(
         after.contains("u32") && !after.contains("vxprobe"),
@@ -254,6 +302,7 @@ fn two_recorders_on_the_same_devices_count_exactly_and_independently() {
         let first = Recorder::start(ns, &args);
         // The second start must not take the first one's clsact filters for stale ones.
         let second = Recorder::start(ns, &args);
+        let ids = [programs_of(first.pid()), programs_of(second.pid())].concat();
         ping(&lab, 10);
         let first_lines = first.stop();
         ping(&lab, 7);
@@ -269,7 +318,7 @@ fn two_recorders_on_the_same_devices_count_exactly_and_independently() {
                 );
             }
         }
-        let programs = settle(vxprobe_programs);
-        assert!(programs.is_empty(), "{mode}: {programs}");
+        let left = still_loaded(&ids);
+        assert!(left.is_empty(), "{mode}: {left:?}");
     }
 }
