@@ -20,6 +20,7 @@ pub mod caps;
 pub mod cli;
 pub mod decode;
 pub mod devices;
+pub mod distinct;
 pub mod doctor;
 pub mod error;
 pub mod filter;

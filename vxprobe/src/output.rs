@@ -146,6 +146,16 @@ struct DeviceLine<'a> {
     mtu: u32,
 }
 
+/// Flow entries the kernel's full flow table evicted in an interval.
+#[derive(Serialize)]
+struct EvictedLine<'a> {
+    kind: &'static str,
+    ts: &'a str,
+    count: u64,
+    /// The table's capacity (`--max-flows`).
+    capacity: u32,
+}
+
 #[derive(Serialize)]
 struct SummaryLine<'a> {
     kind: &'static str,
@@ -170,17 +180,23 @@ pub struct JsonSink {
     lines: JsonLines,
     /// The namespace of the TC hops, from the meta data.
     netns: u64,
+    max_flows: u32,
 }
 
 impl JsonSink {
     pub fn new(lines: JsonLines) -> Self {
-        Self { lines, netns: 0 }
+        Self {
+            lines,
+            netns: 0,
+            max_flows: 0,
+        }
     }
 }
 
 impl Sink for JsonSink {
     fn meta(&mut self, meta: &Meta) -> anyhow::Result<()> {
         self.netns = meta.netns;
+        self.max_flows = meta.max_flows;
         self.lines.write(&MetaLine {
             kind: "meta",
             ts: timestamp(SystemTime::now()),
@@ -253,6 +269,14 @@ impl Sink for JsonSink {
                 ts: &ts,
                 count: *count,
                 event_kind: event_kind_name(*kind),
+            })?;
+        }
+        if report.evicted > 0 {
+            self.lines.write(&EvictedLine {
+                kind: "evicted",
+                ts: &ts,
+                count: report.evicted,
+                capacity: self.max_flows,
             })?;
         }
         Ok(self.lines.flush()?)

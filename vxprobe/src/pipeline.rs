@@ -9,6 +9,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::{
     anomaly::Anomaly,
+    distinct::DistinctCount,
     session::{HopChange, IntervalReport, Meta, Session},
     watch::{DeviceChange, DeviceWatch},
 };
@@ -39,7 +40,9 @@ pub struct Summary {
     pub events: BTreeMap<&'static str, u64>,
     /// Events the kernel could not hand over, all kinds.
     pub lost: u64,
-    /// Distinct (hop, direction, flow) entries reported.
+    /// Flow entries evicted from the kernel's full flow table (`--max-flows`).
+    pub evicted: u64,
+    /// Distinct (hop, direction, flow) entries reported (estimated beyond 65,536).
     pub flow_entries: u64,
     /// Packets written to the pcapng file, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -60,7 +63,7 @@ pub async fn run(
     let started = Instant::now();
     let mut summary = Summary::default();
     let mut frames = number_evidence.then_some(0u64);
-    let mut flows_seen = std::collections::HashSet::new();
+    let mut flows_seen = DistinctCount::default();
     for sink in sinks.iter_mut() {
         sink.meta(session.meta())?;
     }
@@ -97,8 +100,9 @@ pub async fn run(
         interval_start = now;
         summary.intervals += 1;
         summary.lost += report.lost.iter().map(|(_, n)| n).sum::<u64>();
+        summary.evicted += report.evicted;
         for f in &report.flows {
-            flows_seen.insert((f.hop.ifindex, f.dir, f.flow.clone()));
+            flows_seen.insert(&(f.hop.ifindex, f.dir, &f.flow));
         }
         for sink in sinks.iter_mut() {
             sink.interval(&report)?;
@@ -108,7 +112,7 @@ pub async fn run(
         }
     }
     summary.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    summary.flow_entries = flows_seen.len() as u64;
+    summary.flow_entries = flows_seen.count();
     for sink in sinks.iter_mut() {
         sink.finish(&mut summary)?;
     }

@@ -17,7 +17,7 @@ use crate::{
     devices::{self, DeviceKind, Hop, Role},
     error::UsageError,
     filter::FlowSelector,
-    hopstats::{self, Epoch, FlowStats, HopStats},
+    hopstats::{self, Epoch, Evictions, FlowStats, HopStats},
     kallsyms::Kallsyms,
     kbtf::KernelBtf,
     packet::{Flow, Outer},
@@ -43,6 +43,8 @@ pub struct Meta {
     pub kernel: String,
     pub netns: u64,
     pub tc_attach: &'static str,
+    /// Capacity of the kernel's flow table (`--max-flows`).
+    pub max_flows: u32,
     pub hooks: Vec<HookChoice>,
     pub hops: Vec<MetaHop>,
 }
@@ -128,6 +130,9 @@ pub struct IntervalReport {
     pub flows: Vec<FlowReport>,
     /// Events the kernel could not hand over (ring buffer full), per kind.
     pub lost: Vec<(EventKind, u64)>,
+    /// Flow entries the kernel's full flow table evicted (least recently seen first) in this
+    /// interval; their counts since the last read are missing from `flows` (hops stay exact).
+    pub evicted: u64,
 }
 
 pub struct Session {
@@ -138,10 +143,13 @@ pub struct Session {
     gone: Vec<Hop>,
     /// `-i` patterns, for the device watcher.
     patterns: Vec<String>,
+    /// The last drain stopped at its batch limit: records are waiting.
+    backlog: bool,
     netns: u64,
     meta: Meta,
     hop_stats: HopStats,
     flow_stats: FlowStats,
+    evictions: Evictions,
     epoch: Epoch,
     ring: AsyncFd<RingBuf<MapData>>,
     lost: LostCounter,
@@ -218,6 +226,7 @@ impl Session {
         }
         let hop_stats = hopstats::hop_stats(probes.ebpf_mut())?;
         let flow_stats = hopstats::flow_stats(probes.ebpf_mut())?;
+        let evictions = Evictions::take(probes.ebpf_mut())?;
         let epoch = Epoch::take(probes.ebpf_mut())?;
         let (ring, lost) = probes.take_event_maps()?;
         // SAFETY: the AsyncFd owns the RingBuf, which owns the fd, so the fd stays open for
@@ -233,6 +242,7 @@ impl Session {
                 .unwrap_or_default(),
             netns,
             tc_attach: probes.tc_mode.as_str(),
+            max_flows: config.max_flows,
             hooks: probes.hooks.clone(),
             hops: hops.iter().map(meta_hop).collect(),
         };
@@ -251,10 +261,12 @@ impl Session {
             hops,
             gone: Vec::new(),
             patterns: config.selection.ifaces.clone(),
+            backlog: false,
             netns,
             meta,
             hop_stats,
             flow_stats,
+            evictions,
             epoch,
             ring,
             lost: LostCounter::new(lost),
@@ -321,8 +333,14 @@ impl Session {
         Ok(())
     }
 
-    /// Waits until the kernel wakes us for new events.
+    /// Waits until the kernel wakes us for new events (at once when a drain left some).
     pub async fn events_ready(&mut self) -> anyhow::Result<()> {
+        if self.backlog {
+            // Let the timer, signals and device changes in between two batches.
+            tokio::task::yield_now().await;
+            self.backlog = false;
+            return Ok(());
+        }
         let mut guard = self
             .ring
             .readable_mut()
@@ -332,14 +350,20 @@ impl Session {
         Ok(())
     }
 
-    /// Decodes every record waiting in the ring buffer, hands each anomaly that passes the
-    /// flow filter to `out`, and charges drops to their hops.
+    /// Decodes the records waiting in the ring buffer (at most [`DRAIN_BATCH`] per call, so a
+    /// flood cannot starve the interval timer), hands each anomaly that passes the flow filter
+    /// to `out`, and charges drops to their hops.
     pub fn drain(
         &mut self,
         mut out: impl FnMut(Anomaly) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let ring = self.ring.get_mut();
+        let mut taken = 0;
         while let Some(record) = ring.next() {
+            taken += 1;
+            if taken >= DRAIN_BATCH {
+                self.backlog = true;
+            }
             let anomaly = match decode::decode(&record) {
                 Ok(KernelEvent::Drop(event)) => self.enricher.drop_event(&event),
                 Ok(KernelEvent::Retransmit(event)) => self.enricher.retransmit(&event),
@@ -361,6 +385,9 @@ impl Session {
                 &anomaly,
             );
             out(anomaly)?;
+            if self.backlog {
+                break;
+            }
         }
         Ok(())
     }
@@ -372,7 +399,9 @@ impl Session {
     ) -> anyhow::Result<IntervalReport> {
         let ending = self.epoch.current();
         let hop_deltas = self.hop_stats.interval(ending)?;
+        let created = self.evictions.created()?;
         let flow_deltas = self.flow_stats.interval(ending)?;
+        let evicted = self.evictions.since_last(created, self.flow_stats.len());
         self.epoch.advance()?;
         let drops = std::mem::take(&mut self.hop_drops);
         let mut hops = Vec::with_capacity((self.hops.len() + self.gone.len()) * 2);
@@ -414,7 +443,8 @@ impl Session {
                 continue; // back already (a device moved out and in again)
             }
             self.hop_stats.forget(|key| key.ifindex == ifindex);
-            self.flow_stats.forget(|key| key.ifindex == ifindex);
+            let deleted = self.flow_stats.forget(|key| key.ifindex == ifindex);
+            self.evictions.deleted(deleted);
             self.enricher.hops.remove(&ifindex);
         }
         Ok(IntervalReport {
@@ -423,6 +453,7 @@ impl Session {
             hops,
             flows,
             lost: self.lost.since_last()?,
+            evicted,
         })
     }
 
@@ -440,6 +471,9 @@ fn meta_hop(hop: &Hop) -> MetaHop {
         mtu: hop.device.mtu,
     }
 }
+
+/// Records decoded per [`Session::drain`] call at most.
+pub const DRAIN_BATCH: usize = 16 * 1024;
 
 /// How a hop's frames start: tun devices carry IP packets, the others Ethernet frames.
 fn link_of(hop: &Hop) -> Link {
