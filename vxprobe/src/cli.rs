@@ -21,6 +21,8 @@ pub enum Command {
     Record(RecordArgs),
     /// Live terminal UI of per-hop loss and the worst flows.
     Top(TopArgs),
+    /// A throwaway lab with the incidents' faults injected one after another, watched by top.
+    Demo(DemoArgs),
     /// Which kernel hook each signal uses here (and why the better ones are not used).
     Probes(ProbesArgs),
     /// Name the misconfiguration behind the numbers: MTUs, checksum/TSO/GSO offloads, kernel.
@@ -130,6 +132,22 @@ pub struct TopArgs {
     pub interval: Duration,
     #[command(flatten)]
     pub probe: ProbeOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Run headless and write the recording (JSON lines) here instead of opening top.
+    #[arg(long, value_name = "PATH")]
+    pub record: Option<PathBuf>,
+    /// With --record: also write the evidence packets here (pcapng).
+    #[arg(long, value_name = "PATH", requires = "record")]
+    pub pcap: Option<PathBuf>,
+    /// How long each fault lasts.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub phase: Duration,
+    /// With --record: stop after this long (default: every phase once).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "record")]
+    pub duration: Option<Duration>,
 }
 
 /// How the kernel side is set up; the defaults suit almost everyone.

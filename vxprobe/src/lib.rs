@@ -19,6 +19,7 @@ pub mod anomaly;
 pub mod caps;
 pub mod cli;
 pub mod decode;
+pub mod demo;
 pub mod devices;
 pub mod distinct;
 pub mod doctor;

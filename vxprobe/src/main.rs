@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use vxprobe::{
     cli::{Cli, Command},
-    doctor,
+    demo, doctor,
     error::{UsageError, exit},
     probes_cmd, record, top,
 };
@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Record(args) => record::run(args).await,
             Command::Top(args) => top::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
             Command::Probes(args) => probes_cmd::run(args),
             Command::Doctor(args) => doctor::run(args).await,
         }

@@ -3,7 +3,7 @@
 
 use std::{
     fs::File,
-    io::{self, BufWriter, Write},
+    io::{self, Write},
     time::SystemTime,
 };
 
@@ -76,13 +76,18 @@ pub fn mean_segment(bytes: u64, segs: u64) -> u64 {
 
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// Writes one JSON object per line. Lines are buffered and handed to the OS by [`flush`]
-/// (every interval and at exit), so a reader never sees half a line from a finished interval.
+/// Writes one JSON object per line. Lines are gathered and handed to the OS whole, at every
+/// interval ([`flush`]) or when a burst fills the buffer, never cut at a buffer boundary: if
+/// vxprobe dies, every line that reached the file is complete.
 ///
 /// [`flush`]: JsonLines::flush
 pub struct JsonLines {
-    out: BufWriter<Box<dyn Write + Send>>,
+    out: Box<dyn Write + Send>,
+    pending: Vec<u8>,
 }
+
+/// Complete lines kept before they are written even within an interval (an event burst).
+const PENDING_LIMIT: usize = 256 * 1024;
 
 impl JsonLines {
     /// `-` is stdout; anything else is a file, created or truncated.
@@ -93,16 +98,23 @@ impl JsonLines {
             Box::new(File::create(path)?)
         };
         Ok(Self {
-            out: BufWriter::new(out),
+            out,
+            pending: Vec::with_capacity(PENDING_LIMIT),
         })
     }
 
     pub fn write<T: Serialize>(&mut self, line: &T) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, line)?;
-        self.out.write_all(b"\n")
+        serde_json::to_writer(&mut self.pending, line)?;
+        self.pending.push(b'\n');
+        if self.pending.len() >= PENDING_LIMIT {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
+        self.out.write_all(&self.pending)?;
+        self.pending.clear();
         self.out.flush()
     }
 }
@@ -292,6 +304,21 @@ impl Sink for JsonSink {
             netns: self.netns,
             role: change.hop.role,
             mtu: change.hop.mtu,
+        })?;
+        Ok(self.lines.flush()?)
+    }
+
+    fn note(&mut self, text: &str) -> anyhow::Result<()> {
+        #[derive(Serialize)]
+        struct NoteLine<'a> {
+            kind: &'static str,
+            ts: String,
+            text: &'a str,
+        }
+        self.lines.write(&NoteLine {
+            kind: "note",
+            ts: timestamp(SystemTime::now()),
+            text,
         })?;
         Ok(self.lines.flush()?)
     }

@@ -25,6 +25,10 @@ pub trait Sink {
     fn device(&mut self, _change: &HopChange) -> anyhow::Result<()> {
         Ok(())
     }
+    /// A remark from whoever drives the session (the demo names the fault it injects).
+    fn note(&mut self, _text: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Last call; a sink may add what it knows to the summary for the sinks after it.
     fn finish(&mut self, _summary: &mut Summary) -> anyhow::Result<()> {
         Ok(())
@@ -53,11 +57,13 @@ pub struct Summary {
 /// left unreported, and hands every sink the summary.
 /// `number_evidence`: give every anomaly with a packet its frame number in the evidence file
 /// (`pcap_frame`), so a JSON line leads straight to its packet in Wireshark.
+/// `notes`: remarks to pass to the sinks as they come.
 pub async fn run(
     session: &mut Session,
     sinks: &mut [&mut dyn Sink],
     stats_interval: Duration,
     number_evidence: bool,
+    mut notes: Option<tokio::sync::mpsc::Receiver<String>>,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
@@ -90,6 +96,12 @@ pub async fn run(
                 apply(session, sinks, change)?;
                 continue;
             }
+            Some(text) = next_note(&mut notes) => {
+                for sink in sinks.iter_mut() {
+                    sink.note(&text)?;
+                }
+                continue;
+            }
             _ = ticker.tick() => false,
             () = &mut stop => true,
         };
@@ -117,6 +129,13 @@ pub async fn run(
         sink.finish(&mut summary)?;
     }
     Ok(summary)
+}
+
+async fn next_note(notes: &mut Option<tokio::sync::mpsc::Receiver<String>>) -> Option<String> {
+    match notes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn drain(

@@ -28,7 +28,15 @@ fn a_full_flow_table_evicts_counts_and_keeps_hops_exact() {
     );
     // One datagram to each of FLOWS ports: FLOWS flows at cali0 ingress.
     for port in 0..FLOWS as u16 {
-        faults::udp_datagrams(&n1.pod.netns, n2.pod.ip.into(), 20000 + port, 64, 1, false).unwrap();
+        faults::udp_datagrams(
+            &n1.pod.netns,
+            n2.pod.ip.into(),
+            20000 + port,
+            64,
+            1,
+            faults::Df::Default,
+        )
+        .unwrap();
     }
     std::thread::sleep(std::time::Duration::from_millis(400));
     let lines = rec.stop();
@@ -83,7 +91,15 @@ fn a_full_ring_buffer_loses_events_and_counts_every_one() {
     );
     // 3000-byte datagrams through a 1450-byte MTU: three fragments each, an event each.
     let started = std::time::Instant::now();
-    faults::udp_datagrams(&n1.pod.netns, n2.pod.ip.into(), 5555, 3000, 20_000, true).unwrap();
+    faults::udp_datagrams(
+        &n1.pod.netns,
+        n2.pod.ip.into(),
+        5555,
+        3000,
+        20_000,
+        faults::Df::Clear,
+    )
+    .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(400));
     let elapsed = started.elapsed();
     let lines = rec.stop();

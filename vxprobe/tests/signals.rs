@@ -129,3 +129,64 @@ fn retransmits_match_the_senders_retrans_segs() {
     assert_eq!(events[0]["flow"]["proto"], "tcp");
     assert_eq!(events[0]["flow"]["dst"], n2.pod.ip.to_string());
 }
+
+/// DF traffic larger than the overlay's MTU (the pod and its veth at 1500 over a 1450
+/// overlay): the first datagram is refused where it is forwarded (oversize at cali0), the
+/// node sends ICMP fragmentation-needed, and the sender's later sends fail with EMSGSIZE, each
+/// counted.
+#[test]
+fn df_traffic_above_the_overlay_mtu_is_refused_at_the_hop_then_at_the_sender() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let [n1, n2] = &lab.nodes;
+    faults::set_mtu(&n1.pod.netns, "eth0", 1500).unwrap();
+    faults::set_mtu(&n1.netns, POD_HOST_DEV, 1500).unwrap();
+    let rec = Recorder::start(&n1.netns, &["--stats-interval", "200ms", "-i", "cali*"]);
+    const N: u32 = 10;
+    let mut refused = 0;
+    for _ in 0..N {
+        // One datagram at a time: the ICMP reply has time to teach the sender the path MTU.
+        refused += faults::udp_datagrams(
+            &n1.pod.netns,
+            n2.pod.ip.into(),
+            7780,
+            1472,
+            1,
+            faults::Df::Always,
+        )
+        .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let lines = rec.stop();
+    let ours = |l: &&Value| l["kind"] == "oversize" && l["flow"]["dport"] == 7780;
+    let at_hop: Vec<&Value> = lines
+        .iter()
+        .filter(ours)
+        .filter(|l| l["reason"] == "PKT_TOO_BIG")
+        .collect();
+    assert!(!at_hop.is_empty(), "refused where forwarded");
+    assert!(
+        at_hop
+            .iter()
+            .all(|l| l["ifname"] == POD_HOST_DEV && l["location"] == "ip_forward")
+    );
+    let at_sender = lines
+        .iter()
+        .filter(|l| {
+            l["kind"] == "oversize" && l["errno"] == 90 && l["process"]["pid"] == std::process::id()
+        })
+        .count() as u32;
+    assert!(refused > 0, "the sender learned the path MTU");
+    assert_eq!(
+        at_sender, refused,
+        "every EMSGSIZE the sender got is counted"
+    );
+    assert_eq!(
+        at_hop.len() as u32 + refused,
+        N,
+        "each datagram refused once, somewhere"
+    );
+}

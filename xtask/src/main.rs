@@ -25,6 +25,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Install what is missing, build, then run `vxprobe demo` (as root): a throwaway lab with
+    /// the incidents' faults, watched by `top`.
+    Demo {
+        /// Extra arguments for `vxprobe demo`, e.g. `--record demo.json`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// rustfmt check and clippy with warnings as errors.
     Lint,
     /// Only install what is missing (toolchain parts, bpf-linker, packages, mounts).
@@ -37,6 +44,18 @@ fn main() -> anyhow::Result<()> {
     match cli.task {
         Task::Setup => Ok(()),
         Task::Build => cargo(&env, &["build", "--release", "--package", "vxprobe"]),
+        Task::Demo { args } => {
+            cargo(&env, &["build", "--release", "--package", "vxprobe"])?;
+            let status = Command::new("target/release/vxprobe")
+                .arg("demo")
+                .args(&args)
+                .status()
+                .context("running target/release/vxprobe demo")?;
+            if !status.success() {
+                bail!("vxprobe demo failed ({status})");
+            }
+            Ok(())
+        }
         Task::Lint => {
             cargo(&env, &["fmt", "--all", "--check"])?;
             cargo(&env, &["clippy", "--all-targets", "--", "-D", "warnings"])

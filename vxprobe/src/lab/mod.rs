@@ -9,6 +9,7 @@
 //! 198.18.0.0/15 and nothing is routed out of the namespaces.
 
 pub mod faults;
+pub mod scenario;
 
 use std::{
     io,
@@ -288,8 +289,12 @@ impl Drop for Lab {
         for ns in self.namespaces.iter().rev() {
             // Kill what still runs inside (iperf3, ping) so the namespace really goes away.
             if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                let me = std::process::id().to_string();
                 for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
+                    // A process may watch a lab node from inside (the demo): not itself.
+                    if pid != me {
+                        let _ = Command::new("kill").args(["-9", pid]).status();
+                    }
                 }
             }
             let _ = ip(&format!("netns del {ns}"));

@@ -199,6 +199,11 @@ impl Sink for TuiFeed {
         Ok(())
     }
 
+    fn note(&mut self, text: &str) -> anyhow::Result<()> {
+        self.send(AppEvent::Notice(Some(text.to_owned())));
+        Ok(())
+    }
+
     fn finish(&mut self, _summary: &mut Summary) -> anyhow::Result<()> {
         self.send(AppEvent::FeedEnded);
         Ok(())

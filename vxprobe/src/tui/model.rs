@@ -325,6 +325,9 @@ pub enum AppEvent {
         hooks: Vec<String>,
         interval: Duration,
     },
+    /// A line for the status bar from whoever drives the session (the demo names the fault it
+    /// is injecting); `None` clears it.
+    Notice(Option<String>),
     /// The pipeline stopped sending (recording ended or failed); the screen stays for reading.
     FeedEnded,
     Quit,

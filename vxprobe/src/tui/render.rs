@@ -882,6 +882,13 @@ fn render_status(app: &App, area: Rect, buf: &mut Buffer) {
         ));
         spans.push(Span::raw(" "));
     }
+    if let Some(notice) = &app.notice {
+        spans.push(Span::styled(
+            format!(" {notice} "),
+            Style::new().fg(Color::Black).bg(Color::Yellow),
+        ));
+        spans.push(Span::raw(" "));
+    }
     if !app.filter.is_empty() {
         spans.push(Span::styled(
             format!("filter: {}", app.filter.text()),
