@@ -22,6 +22,7 @@ use vxprobe_common::{DeviceInfo, FlowFilter, KernelOffsets, names};
 use crate::{
     cli::TcAttach,
     devices::{DeviceKind, Hop},
+    error::UsageError,
 };
 
 /// The kernel programs, built by build.rs and embedded in the binary.
@@ -46,6 +47,19 @@ impl TcMode {
                 Ok(v) if v >= KernelVersion::new(6, 6, 0) => TcMode::Tcx,
                 _ => TcMode::Clsact,
             },
+        }
+    }
+
+    /// `--tc-attach tcx` where the kernel has no TCX (before 6.6) is bad input for this node.
+    pub fn check(requested: TcAttach, kernel: Option<KernelVersion>) -> Result<(), UsageError> {
+        match kernel {
+            Some(v) if requested == TcAttach::Tcx && v < KernelVersion::new(6, 6, 0) => {
+                Err(UsageError::new(format!(
+                    "--tc-attach tcx needs Linux 6.6 or later (this kernel is {v}): use \
+                     --tc-attach clsact or auto"
+                )))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -189,13 +203,19 @@ impl Probes {
         loader.override_global(names::FILTER, filter, true);
         loader.map_max_entries(names::FLOW_STATS, max_flows);
         loader.map_max_entries(names::EVENTS, ring_size);
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .context("loading vxprobe's eBPF object")?;
+        raise_memlock_limit();
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
+            let hint = refused_hint(&e);
+            anyhow::Error::new(e).context(format!("loading vxprobe's eBPF object{hint}"))
+        })?;
         for name in [names::TC_INGRESS, names::TC_EGRESS] {
             program::<SchedClassifier>(&mut ebpf, name)?
                 .load()
-                .with_context(|| format!("loading program {name} into the kernel"))?;
+                .map_err(|e| {
+                    let hint = refused_hint(&e);
+                    anyhow::Error::new(e)
+                        .context(format!("loading program {name} into the kernel{hint}"))
+                })?;
         }
         Ok(Self {
             ebpf,
@@ -325,6 +345,18 @@ impl Probes {
             self.attach_ladder(signal, rungs, skip);
         }
         &self.hooks
+    }
+
+    /// Without the kernel's BTF no kernel-wide hook can be used: each signal says why (in the
+    /// `meta` line and the UI's status line).
+    pub fn signals_unavailable(&mut self, why: &str) {
+        for (signal, _) in LADDERS {
+            self.hooks.push(HookChoice {
+                signal,
+                hook: None,
+                unavailable: vec![why.to_owned()],
+            });
+        }
     }
 
     fn attach_ladder(&mut self, signal: &'static str, rungs: &[Rung], skip: &[HookType]) {
@@ -458,6 +490,35 @@ where
         .with_context(|| format!("program {name} has an unexpected type"))
 }
 
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK, whose default (64 KiB or 8 MiB) is
+/// too small for the ring buffer and the flow table: lift it (best effort; later kernels
+/// account with memory cgroups and ignore it).
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads one rlimit struct we own.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+/// When the kernel refused with EPERM although the capabilities are there, say where else
+/// that comes from.
+fn refused_hint(error: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(libc::EPERM)
+        {
+            return " (the kernel refused bpf(): capabilities in a user namespace do not count, \
+                    and a seccomp or LSM policy (a container runtime's default profile) can \
+                    forbid it)";
+        }
+        source = e.source();
+    }
+    ""
+}
+
 /// The ifindex a device name stands for right now, if any.
 pub fn device_index(name: &str) -> Option<u32> {
     let name = std::ffi::CString::new(name).ok()?;
@@ -488,9 +549,32 @@ fn ensure_tracefs() -> anyhow::Result<()> {
     };
     if rc != 0 {
         anyhow::bail!(
-            "tracefs is not mounted and mounting it at {TRACEFS} failed: {}",
+            "tracefs is not mounted and mounting it at {TRACEFS} failed: {} (mount it with \
+             `mount -t tracefs nodev {TRACEFS}`, or grant CAP_SYS_ADMIN)",
             std::io::Error::last_os_error()
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcx_on_an_old_kernel_is_bad_input_naming_the_way_out() {
+        let old = Some(KernelVersion::new(5, 15, 0));
+        let err = TcMode::check(TcAttach::Tcx, old).unwrap_err().to_string();
+        assert!(err.contains("6.6") && err.contains("5.15.0") && err.contains("clsact"));
+        assert!(TcMode::check(TcAttach::Auto, old).is_ok());
+        assert!(TcMode::check(TcAttach::Tcx, Some(KernelVersion::new(6, 6, 0))).is_ok());
+    }
+
+    #[test]
+    fn eperm_gets_a_hint_and_other_errors_none() {
+        let eperm = std::io::Error::from_raw_os_error(libc::EPERM);
+        assert!(refused_hint(&eperm).contains("seccomp"));
+        let enoent = std::io::Error::from_raw_os_error(libc::ENOENT);
+        assert_eq!(refused_hint(&enoent), "");
+    }
 }

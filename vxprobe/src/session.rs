@@ -181,6 +181,7 @@ impl Session {
             );
         }
 
+        TcMode::check(config.tc_attach, aya::util::KernelVersion::current().ok())?;
         // A vxprobe killed in clsact mode left filters that run for no one: remove them (only
         // vxprobe's, and only those no running vxprobe holds).
         crate::stale::remove_stale_filters().await;
@@ -191,11 +192,11 @@ impl Session {
             let offsets = btf.kernel_offsets(&reasons)?;
             Ok((reasons, offsets))
         });
-        let (offsets, reasons) = match kernel {
-            Ok((reasons, offsets)) => (Some(offsets), reasons),
+        let (offsets, reasons, no_btf) = match kernel {
+            Ok((reasons, offsets)) => (Some(offsets), reasons, None),
             Err(e) => {
                 eprintln!("vxprobe: drops, retransmits and refused sends are not observed: {e}");
-                (None, Default::default())
+                (None, Default::default(), Some(e.to_string()))
             }
         };
 
@@ -213,7 +214,9 @@ impl Session {
             .into_iter()
             .filter(|h| probes.is_attached(h.device.ifindex))
             .collect();
-        if offsets.is_some() {
+        if let Some(why) = no_btf {
+            probes.signals_unavailable(&why);
+        } else {
             for choice in probes.attach_signals(&config.skip_hook) {
                 if choice.hook.is_none() {
                     eprintln!(
@@ -536,6 +539,38 @@ impl LostCounter {
             }
         }
         Ok(fresh)
+    }
+}
+
+/// Checks `--ready-file` before anything is attached: its directory must exist and be
+/// writable, and a ready file left by an earlier run is removed (a script waiting for it must
+/// not see it before this run is ready).
+pub fn check_ready_file(path: Option<&PathBuf>) -> Result<(), UsageError> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let bad = |why: &str| UsageError::new(format!("--ready-file {}: {why}", path.display()));
+    if path.is_dir() {
+        return Err(bad("is a directory"));
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(bad(&format!("no such directory {}", dir.display())));
+    }
+    let c_dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| bad("contains a NUL byte"))?;
+    // SAFETY: access(2) reads a NUL-terminated path we own.
+    if unsafe { libc::access(c_dir.as_ptr(), libc::W_OK) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(bad(&format!("cannot write in {}: {e}", dir.display())));
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(bad(&format!("cannot remove the old one: {e}"))),
     }
 }
 

@@ -322,3 +322,44 @@ fn two_recorders_on_the_same_devices_count_exactly_and_independently() {
         assert!(left.is_empty(), "{mode}: {left:?}");
     }
 }
+
+/// SIGTERM while vxprobe is still attaching (loading, BTF, hook ladders take a moment): the
+/// recording ends as soon as it starts, exit 0, everything detached, also in clsact mode.
+#[test]
+fn sigterm_while_attaching_ends_cleanly() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let ns = &lab.nodes[0].netns;
+    for delay_ms in [150, 400] {
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                common::VXPROBE,
+                "record",
+                "--tc-attach",
+                "clsact",
+            ])
+            .args(["-i", "*"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "after {delay_ms} ms: {stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("\"kind\":\"summary\""), "{stdout}");
+        let filters = filters(ns);
+        assert!(
+            !filters.contains("vxprobe"),
+            "after {delay_ms} ms:\n{filters}"
+        );
+    }
+}
