@@ -20,6 +20,7 @@ pub use hop::{Direction, HopCounters, HopKey};
 pub mod names {
     pub const HOP_STATS: &str = "HOP_STATS";
     pub const FLOW_STATS: &str = "FLOW_STATS";
+    pub const FLOW_INSERTS: &str = "FLOW_INSERTS";
     pub const DEVICE_INFO: &str = "DEVICE_INFO";
     pub const FILTER: &str = "FILTER";
     pub const EPOCH: &str = "EPOCH";

@@ -171,6 +171,9 @@ impl Anomaly {
     }
 }
 
+/// Devices of other namespaces remembered at most (a cache: forgotten ones are looked up again).
+const FOREIGN_DEVICES_MAX: usize = 4096;
+
 /// What turns raw events into anomalies: names from this kernel, and our own hops.
 pub struct Enricher {
     pub reasons: DropReasons,
@@ -342,6 +345,10 @@ impl Enricher {
             anomaly.ifindex = Some(ifindex);
             anomaly.hop_direction = Some(Direction::Egress);
             let netns = anomaly.netns;
+            // Pods come and go for weeks: keep the cache bounded.
+            if self.foreign_devices.len() >= FOREIGN_DEVICES_MAX {
+                self.foreign_devices.clear();
+            }
             let device = self
                 .foreign_devices
                 .entry((netns, ifindex))

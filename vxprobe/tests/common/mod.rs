@@ -118,6 +118,13 @@ impl Recorder {
     pub fn stop(self) -> Vec<Value> {
         self.stop_with(libc::SIGTERM).1
     }
+
+    /// SIGKILL: no chance to detach anything. Returns once the process is gone.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.ready);
+    }
 }
 
 impl Drop for Recorder {
