@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask build | test`. Each installs what it needs first (idempotent,
 //! no prompts), so a fresh machine needs nothing but this repository and rustup.
 
+mod fuzz;
 mod setup;
 mod vm;
 
@@ -70,6 +71,16 @@ enum Task {
     },
     /// rustfmt check and clippy with warnings as errors.
     Lint,
+    /// Fuzz the parsers of untrusted bytes with cargo-fuzz (installed if missing; nightly,
+    /// libFuzzer): each target for a bounded time; a crash is saved in fuzz/regressions/.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (decode, packet, pcap, cli, netlink, text).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Only install what is missing (toolchain parts, bpf-linker, packages, mounts).
     Setup,
 }
@@ -91,6 +102,10 @@ fn main() -> anyhow::Result<()> {
                 bail!("vxprobe demo failed ({status})");
             }
             Ok(())
+        }
+        Task::Fuzz { seconds, target } => {
+            setup::ensure_fuzz_packages()?;
+            fuzz::run(&env, &fuzz::Options { seconds, target })
         }
         Task::Lint => {
             cargo(&env, &["fmt", "--all", "--check"])?;
