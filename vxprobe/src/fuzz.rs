@@ -60,6 +60,8 @@ pub fn decode(data: &[u8]) {
         KernelEvent::Drop(e) => enricher.drop_event(&e),
         KernelEvent::Retransmit(e) => enricher.retransmit(&e),
         KernelEvent::Hop(e) => enricher.hop_event(&e),
+        KernelEvent::FragNeeded(e) => enricher.frag_needed(&e),
+        KernelEvent::Csum(e) => enricher.csum(&e),
         KernelEvent::SendError(mut e) => {
             // Stay off /proc and other namespaces: a send without a device names none, and
             // the device of one with an ifindex is already known.
@@ -214,7 +216,8 @@ pub fn netlink(data: &[u8]) {
         };
         let matchers = devices::matchers(&["cali*".to_owned()]).unwrap();
         for matchers in [Vec::new(), matchers] {
-            let _ = devices::selected(std::slice::from_ref(&device), &matchers);
+            let devices = std::slice::from_ref(&device);
+            let _ = devices::selected(devices, &matchers, &devices::lower_devices(devices));
             let mut tracker = Tracker::new(matchers, &[]);
             let _ = tracker.link_changed(device.clone());
             let _ = tracker.link_removed(device.ifindex);
