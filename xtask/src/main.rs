@@ -75,6 +75,12 @@ enum Task {
     },
     /// rustfmt check and clippy with warnings as errors.
     Lint,
+    /// The soak (as root): `record` over the lab for N minutes of traffic, faults and device
+    /// churn (release build); prints RSS and open descriptors over time, fails if they grow.
+    Soak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// Fuzz the parsers of untrusted bytes with cargo-fuzz (installed if missing; nightly,
     /// libFuzzer): each target for a bounded time; a crash is saved in fuzz/regressions/.
     Fuzz {
@@ -115,6 +121,27 @@ fn main() -> anyhow::Result<()> {
                 .context("running target/release/vxprobe demo")?;
             if !status.success() {
                 bail!("vxprobe demo failed ({status})");
+            }
+            Ok(())
+        }
+        Task::Soak { minutes } => {
+            let secs = (minutes * 60).to_string();
+            let status = Command::new(env!("CARGO"))
+                .args([
+                    "test",
+                    "--release",
+                    "--package",
+                    "vxprobe",
+                    "--test",
+                    "soak",
+                ])
+                .args(["--", "--ignored", "--nocapture"])
+                .env("PATH", &env.path)
+                .env("VXPROBE_SOAK_SECS", &secs)
+                .status()
+                .context("running the soak")?;
+            if !status.success() {
+                bail!("the soak failed ({status})");
             }
             Ok(())
         }
