@@ -196,6 +196,9 @@ impl Sink for TuiFeed {
             .collect();
         let lost = report.lost.iter().map(|(_, n)| n).sum();
         self.send(AppEvent::Interval { hops, flows, lost });
+        if report.evicted > 0 {
+            self.send(AppEvent::Evicted(report.evicted));
+        }
         Ok(())
     }
 
