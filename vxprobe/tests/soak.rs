@@ -156,6 +156,7 @@ fn ten_minutes_of_traffic_faults_and_churn_keep_rss_flat() {
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
+    let _ = std::fs::remove_file(&ready);
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(0), "{stderr}");
