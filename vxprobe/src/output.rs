@@ -14,7 +14,7 @@ use crate::{
     devices::Role,
     packet::{Flow, Outer},
     pipeline::{Sink, Summary},
-    session::{IntervalReport, Meta},
+    session::{HopChange, IntervalReport, Meta},
 };
 
 /// RFC 3339 timestamp in UTC, as every line's `ts`.
@@ -145,6 +145,29 @@ struct LostLine<'a> {
     event_kind: &'static str,
 }
 
+/// A device that started (`added`) or stopped (`removed`: it vanished) being observed.
+#[derive(Serialize)]
+struct DeviceLine<'a> {
+    kind: &'static str,
+    ts: String,
+    event: &'static str,
+    ifname: &'a str,
+    ifindex: u32,
+    netns: u64,
+    role: Role,
+    mtu: u32,
+}
+
+/// Flow entries the kernel's full flow table evicted in an interval.
+#[derive(Serialize)]
+struct EvictedLine<'a> {
+    kind: &'static str,
+    ts: &'a str,
+    count: u64,
+    /// The table's capacity (`--max-flows`).
+    capacity: u32,
+}
+
 #[derive(Serialize)]
 struct SummaryLine<'a> {
     kind: &'static str,
@@ -161,6 +184,8 @@ fn event_kind_name(kind: vxprobe_common::EventKind) -> &'static str {
         EventKind::Retransmit => "retransmit",
         EventKind::SendError | EventKind::HopOversize => "oversize",
         EventKind::Fragment => "fragment",
+        EventKind::FragNeeded => "frag_needed",
+        EventKind::Csum => "csum_error",
     }
 }
 
@@ -169,17 +194,23 @@ pub struct JsonSink {
     lines: JsonLines,
     /// The namespace of the TC hops, from the meta data.
     netns: u64,
+    max_flows: u32,
 }
 
 impl JsonSink {
     pub fn new(lines: JsonLines) -> Self {
-        Self { lines, netns: 0 }
+        Self {
+            lines,
+            netns: 0,
+            max_flows: 0,
+        }
     }
 }
 
 impl Sink for JsonSink {
     fn meta(&mut self, meta: &Meta) -> anyhow::Result<()> {
         self.netns = meta.netns;
+        self.max_flows = meta.max_flows;
         self.lines.write(&MetaLine {
             kind: "meta",
             ts: timestamp(SystemTime::now()),
@@ -254,6 +285,28 @@ impl Sink for JsonSink {
                 event_kind: event_kind_name(*kind),
             })?;
         }
+        if report.evicted > 0 {
+            self.lines.write(&EvictedLine {
+                kind: "evicted",
+                ts: &ts,
+                count: report.evicted,
+                capacity: self.max_flows,
+            })?;
+        }
+        Ok(self.lines.flush()?)
+    }
+
+    fn device(&mut self, change: &HopChange) -> anyhow::Result<()> {
+        self.lines.write(&DeviceLine {
+            kind: "device",
+            ts: timestamp(change.ts),
+            event: if change.added { "added" } else { "removed" },
+            ifname: &change.hop.ifname,
+            ifindex: change.hop.ifindex,
+            netns: self.netns,
+            role: change.hop.role,
+            mtu: change.hop.mtu,
+        })?;
         Ok(self.lines.flush()?)
     }
 

@@ -1,6 +1,7 @@
 //! The one loop every front end runs: kernel events as they arrive (batched wakeups), interval
-//! reports every `--stats-interval`, until `stop` resolves. Sinks (JSON lines, pcapng, the
-//! TUI) receive typed data; nothing here knows how it is shown.
+//! reports every `--stats-interval`, device changes as the watcher sees them, until `stop`
+//! resolves. Sinks (JSON lines, pcapng, the TUI) receive typed data; nothing here knows how it
+//! is shown.
 
 use std::{collections::BTreeMap, future::Future, time::Duration};
 
@@ -8,7 +9,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::{
     anomaly::Anomaly,
-    session::{IntervalReport, Meta, Session},
+    distinct::DistinctCount,
+    session::{HopChange, IntervalReport, Meta, Session},
+    watch::{DeviceChange, DeviceWatch},
 };
 
 /// Where pipeline output goes.
@@ -18,6 +21,10 @@ pub trait Sink {
     }
     fn anomaly(&mut self, anomaly: &Anomaly) -> anyhow::Result<()>;
     fn interval(&mut self, report: &IntervalReport) -> anyhow::Result<()>;
+    /// A device started or stopped being observed (device churn).
+    fn device(&mut self, _change: &HopChange) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// A remark from whoever drives the session (the demo names the fault it injects).
     fn note(&mut self, _text: &str) -> anyhow::Result<()> {
         Ok(())
@@ -37,7 +44,9 @@ pub struct Summary {
     pub events: BTreeMap<&'static str, u64>,
     /// Events the kernel could not hand over, all kinds.
     pub lost: u64,
-    /// Distinct (hop, direction, flow) entries reported.
+    /// Flow entries evicted from the kernel's full flow table (`--max-flows`).
+    pub evicted: u64,
+    /// Distinct (hop, direction, flow) entries reported (estimated beyond 65,536).
     pub flow_entries: u64,
     /// Packets written to the pcapng file, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -60,10 +69,18 @@ pub async fn run(
     let started = Instant::now();
     let mut summary = Summary::default();
     let mut frames = number_evidence.then_some(0u64);
-    let mut flows_seen = std::collections::HashSet::new();
+    let mut flows_seen = DistinctCount::default();
     for sink in sinks.iter_mut() {
         sink.meta(session.meta())?;
     }
+    // Devices come and go while we run; without the watcher, the hops stay as they started.
+    let mut watch = match DeviceWatch::spawn(session.patterns(), session.hops()) {
+        Ok(watch) => Some(watch),
+        Err(e) => {
+            eprintln!("vxprobe: device changes are not followed: {e:#}");
+            None
+        }
+    };
     let mut ticker = tokio::time::interval_at(Instant::now() + stats_interval, stats_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut interval_start = Instant::now();
@@ -73,6 +90,10 @@ pub async fn run(
             ready = session.events_ready() => {
                 ready?;
                 drain(session, sinks, &mut summary, &mut frames)?;
+                continue;
+            }
+            change = next_change(&mut watch) => {
+                apply(session, sinks, change)?;
                 continue;
             }
             Some(text) = next_note(&mut notes) => {
@@ -91,8 +112,9 @@ pub async fn run(
         interval_start = now;
         summary.intervals += 1;
         summary.lost += report.lost.iter().map(|(_, n)| n).sum::<u64>();
+        summary.evicted += report.evicted;
         for f in &report.flows {
-            flows_seen.insert((f.hop.ifindex, f.dir, f.flow.clone()));
+            flows_seen.insert(&(f.hop.ifindex, f.dir, &f.flow));
         }
         for sink in sinks.iter_mut() {
             sink.interval(&report)?;
@@ -102,7 +124,7 @@ pub async fn run(
         }
     }
     summary.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    summary.flow_entries = flows_seen.len() as u64;
+    summary.flow_entries = flows_seen.count();
     for sink in sinks.iter_mut() {
         sink.finish(&mut summary)?;
     }
@@ -135,4 +157,60 @@ fn drain(
         }
         Ok(())
     })
+}
+
+/// The watcher's next change; never, without a watcher.
+async fn next_change(watch: &mut Option<DeviceWatch>) -> DeviceChange {
+    if let Some(w) = watch
+        && let Some(change) = w.next().await
+    {
+        return change;
+    }
+    *watch = None;
+    std::future::pending().await
+}
+
+/// Applies a device change to the session and tells the sinks. A device that cannot be
+/// attached (it vanished again, or the kernel refused) is reported on stderr and skipped: the
+/// recording goes on.
+fn apply(
+    session: &mut Session,
+    sinks: &mut [&mut dyn Sink],
+    change: DeviceChange,
+) -> anyhow::Result<()> {
+    let applied = match change {
+        DeviceChange::Added(hop) => {
+            let name = hop.device.name.clone();
+            let ifindex = hop.device.ifindex;
+            match session.add_hop(hop) {
+                Ok(true) => session
+                    .meta()
+                    .hops
+                    .iter()
+                    .find(|h| h.ifindex == ifindex)
+                    .cloned()
+                    .map(HopChange::added),
+                Ok(false) => None,
+                Err(e) => {
+                    eprintln!("vxprobe: not observing new device {name}: {e:#}");
+                    None
+                }
+            }
+        }
+        DeviceChange::Removed { ifindex, .. } => {
+            session.remove_hop(ifindex).map(HopChange::removed)
+        }
+        DeviceChange::Updated(hop) => {
+            if let Err(e) = session.update_hop(&hop) {
+                eprintln!("vxprobe: {}: new MTU not applied: {e:#}", hop.device.name);
+            }
+            None
+        }
+    };
+    if let Some(change) = applied {
+        for sink in sinks.iter_mut() {
+            sink.device(&change)?;
+        }
+    }
+    Ok(())
 }

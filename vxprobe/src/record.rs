@@ -20,6 +20,20 @@ use crate::{
 
 pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     // Output paths are the user's input: check them before touching the kernel.
+    if let Some(pcap) = &args.pcap
+        && args.output != "-"
+        && same_file(Path::new(&args.output), pcap)
+    {
+        return Err(UsageError::new(format!(
+            "--output and --pcap name the same file ({})",
+            pcap.display()
+        ))
+        .into());
+    }
+    session::check_ready_file(args.ready_file.as_ref())?;
+    // Signals first: a SIGTERM while attaching (which takes a moment) then ends the recording
+    // cleanly as soon as it starts, instead of killing vxprobe half-attached.
+    let stop = stop_signal(args.duration)?;
     let outputs = Outputs::open(&args.output, args.pcap.as_deref(), args.snaplen)?;
     let mut session = Session::start(&SessionConfig {
         selection: args.selection.clone(),
@@ -31,7 +45,6 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     })
     .await?;
     session::signal_ready(args.ready_file.as_ref())?;
-    let stop = stop_signal(args.duration)?;
     outputs
         .write(&mut session, args.stats_interval, None, stop)
         .await?;
@@ -81,15 +94,27 @@ impl Outputs {
     }
 }
 
-/// Resolves on SIGINT, SIGTERM or when `duration` has passed.
+/// Whether two paths name one file: the same path, or the same existing inode.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    if a == b {
+        return true;
+    }
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+/// Resolves on SIGINT, SIGTERM or when `duration` has passed since it was first polled (the
+/// handlers are installed at once, the clock starts with the recording).
 pub fn stop_signal(duration: Option<Duration>) -> anyhow::Result<impl Future<Output = ()>> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
-    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
     Ok(async move {
         let after = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
                 None => std::future::pending().await,
             }
         };

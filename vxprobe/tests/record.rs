@@ -131,7 +131,13 @@ fn check_schema(lines: &[Value]) -> std::collections::BTreeSet<String> {
                 assert_eq!(line["flow"]["proto"], "tcp", "{line}");
                 assert!(line["netns"].as_u64().is_some(), "{line}");
             }
+            "frag_needed" => check_device(line, false),
             "lost" => assert!(line["count"].as_u64().is_some_and(|c| c >= 1), "{line}"),
+            "evicted" => assert!(line["capacity"].as_u64().is_some(), "{line}"),
+            "device" => {
+                check_device(line, false);
+                assert!(line["event"] == "added" || line["event"] == "removed");
+            }
             "summary" => assert!(line["events"].is_object(), "{line}"),
             other => panic!("a kind the contract does not know: {other}: {line}"),
         }

@@ -88,7 +88,23 @@ fn retransmits_match_the_senders_retrans_segs() {
     retransmits_through(&[]);
 }
 
-/// The kprobe rung on tcp_retransmit_skb counts the same as tp_btf.
+/// The raw-tracepoint rung counts retransmits exactly as tp_btf does.
+#[test]
+fn the_raw_tracepoint_rung_counts_retransmits_too() {
+    if !is_root() {
+        return;
+    }
+    if std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
+        // With kprobes, skipping tp_btf also brings in the kprobe rungs, and on Debian 6.1
+        // under QEMU/TCG vxprobe then aborts (SIGABRT, nothing on stderr): under investigation.
+        eprintln!("skipped where kprobes exist: see the_kprobe_rung_counts_checksum_failures_too");
+        return;
+    }
+    let hook = retransmits_through(&["--skip-hook", "tp-btf"]);
+    assert_eq!(hook, "raw_tracepoint:tcp_retransmit_skb");
+}
+
+/// The kprobe rung on tcp_retransmit_skb (last: it sees attempts) counts the same as tp_btf.
 #[test]
 #[ignore = "the kprobe rung over-counts in the VM matrix (Debian 6.1: 495 events for 145 \
             RetransSegs; 6.12: 223 for 197), probably because it counts calls: attempts that \
@@ -97,7 +113,7 @@ fn the_kprobe_rung_counts_retransmits_too() {
     if !is_root() || !common::has_kprobes() {
         return;
     }
-    let hook = retransmits_through(&["--skip-hook", "tp-btf"]);
+    let hook = retransmits_through(&["--skip-hook", "tp-btf", "--skip-hook", "raw-tracepoint"]);
     assert_eq!(hook, "kprobe:tcp_retransmit_skb");
 }
 
@@ -210,7 +226,14 @@ fn df_traffic_above_the_overlay_mtu_is_refused_at_the_hop_then_at_the_sender() {
         .filter(ours)
         .filter(|l| l["reason"] == "PKT_TOO_BIG")
         .collect();
-    assert!(!at_hop.is_empty(), "refused where forwarded");
+    let seen: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["flow"]["dport"] == 7780)
+        .collect();
+    assert!(
+        !at_hop.is_empty(),
+        "refused where forwarded; refused at the sender: {refused}; lines of the flow: {seen:#?}"
+    );
     assert!(
         at_hop
             .iter()
@@ -231,5 +254,58 @@ fn df_traffic_above_the_overlay_mtu_is_refused_at_the_hop_then_at_the_sender() {
         at_hop.len() as u32 + refused,
         N,
         "each datagram refused once, somewhere"
+    );
+}
+
+/// A client whose handshake ACK is lost: the server sends its SYN-ACK again, and each one is a
+/// retransmit of the server's flow, as its TcpRetransSegs counts them.
+#[test]
+fn syn_ack_retransmits_are_counted() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let [n1, n2] = &lab.nodes;
+    faults::nft(
+        &n1.netns,
+        &format!(
+            "table inet vxp_ack {{\n chain forward {{\n  type filter hook forward priority 0;\n  \
+             iifname \"{POD_HOST_DEV}\" tcp dport 7900 tcp flags & (syn|ack|fin|rst|psh) == ack drop\n }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let listener = faults::in_netns(&n2.pod.netns, || {
+        std::net::TcpListener::bind("0.0.0.0:7900")
+    })
+    .unwrap();
+    let before = faults::snmp(&n2.pod.netns, "Tcp", "RetransSegs").unwrap();
+    let rec = Recorder::start(
+        &n1.netns,
+        &["--stats-interval", "200ms", "-i", POD_HOST_DEV],
+    );
+    let server = n2.pod.ip;
+    let client = faults::in_netns(&n1.pod.netns, move || {
+        std::net::TcpStream::connect((server, 7900))
+    })
+    .unwrap();
+    // Initial RTO 1 s: the SYN-ACK goes again at about 1 s and 3 s.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let after = faults::snmp(&n2.pod.netns, "Tcp", "RetransSegs").unwrap();
+    let lines = rec.stop();
+    drop((client, listener));
+    let synacks: u64 = lines
+        .iter()
+        .filter(|l| {
+            l["kind"] == "retransmit"
+                && l["flow"]["sport"] == 7900
+                && l["flow"]["src"] == n2.pod.ip.to_string()
+        })
+        .map(|l| l["count"].as_u64().unwrap_or(1))
+        .sum();
+    assert!(after - before >= 1, "the server retransmitted its SYN-ACK");
+    assert_eq!(
+        synacks,
+        after - before,
+        "SYN-ACK retransmits vs the server's TcpRetransSegs"
     );
 }

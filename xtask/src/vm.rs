@@ -53,7 +53,10 @@ pub const FLAVORS: &[Flavor] = &[
         name: "debian-6.1",
         search: r"^linux-image-6\.1\.0-[0-9]+-amd64$",
         prefix: "linux-image-6.1.0-",
+        // tcp_bad_csum is a stand-in only attached when drops have no hook.
         expect_hooks: "tc=clsact,drop=tp_btf:kfree_skb,retransmit=tp_btf:tcp_retransmit_skb,\
+                       retransmit_synack=tp_btf:tcp_retransmit_synack,frag_needed=tp_btf:icmp_send,\
+                       rx_csum_fault=kprobe:netdev_rx_csum_fault,tcp_bad_csum=UNAVAILABLE,\
                        send_emsgsize=fexit:packet_sendmsg+udp_sendmsg",
     },
     Flavor {
@@ -61,6 +64,8 @@ pub const FLAVORS: &[Flavor] = &[
         search: r"^linux-image-6\.12\.[0-9]+\+deb[0-9]+-amd64$",
         prefix: "linux-image-6.12.",
         expect_hooks: "tc=tcx,drop=tp_btf:kfree_skb,retransmit=tp_btf:tcp_retransmit_skb,\
+                       retransmit_synack=tp_btf:tcp_retransmit_synack,frag_needed=tp_btf:icmp_send,\
+                       rx_csum_fault=kprobe:netdev_rx_csum_fault,tcp_bad_csum=UNAVAILABLE,\
                        send_emsgsize=fexit:packet_sendmsg+udp_sendmsg",
     },
 ];

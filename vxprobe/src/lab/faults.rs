@@ -42,12 +42,39 @@ fn socket(domain: libc::c_int, kind: libc::c_int, proto: libc::c_int) -> io::Res
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Sends `count` copies of `payload` (a transport header and data) to `dst` through a raw
+/// socket of protocol `proto`: the kernel adds the IP header and leaves the rest as given.
+fn raw_sends(proto: libc::c_int, dst: Ipv4Addr, payload: &[u8], count: u32) -> io::Result<()> {
+    let fd = socket(libc::AF_INET, libc::SOCK_RAW, proto)?;
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(dst.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    for _ in 0..count {
+        // SAFETY: the buffer and the sockaddr_in outlive the call; lengths match them.
+        check(unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                payload.as_ptr().cast(),
+                payload.len(),
+                0,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ) as libc::c_int
+        })?;
+    }
+    Ok(())
+}
+
 /// Sends `count` UDP datagrams to `dst:port` whose checksum is wrong, from a raw socket (the
 /// kernel fills in the IP header, never a raw socket's UDP checksum). The receiver drops them
 /// with UDP_CSUM and counts UdpInCsumErrors.
 pub fn bad_udp_checksums(netns: &str, dst: Ipv4Addr, port: u16, count: u32) -> io::Result<()> {
     in_netns(netns, move || {
-        let fd = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP)?;
         let payload = b"vxprobe-bad-csum";
         let mut datagram = Vec::with_capacity(8 + payload.len());
         datagram.extend(40000u16.to_be_bytes());
@@ -55,28 +82,24 @@ pub fn bad_udp_checksums(netns: &str, dst: Ipv4Addr, port: u16, count: u32) -> i
         datagram.extend(((8 + payload.len()) as u16).to_be_bytes());
         datagram.extend(0xdeadu16.to_be_bytes());
         datagram.extend(payload);
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(dst.octets()),
-            },
-            sin_zero: [0; 8],
-        };
-        for _ in 0..count {
-            // SAFETY: the buffer and the sockaddr_in outlive the call; lengths match them.
-            check(unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    datagram.as_ptr().cast(),
-                    datagram.len(),
-                    0,
-                    (&raw const addr).cast(),
-                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                ) as libc::c_int
-            })?;
-        }
-        Ok(())
+        raw_sends(libc::IPPROTO_UDP, dst, &datagram, count)
+    })
+}
+
+/// Sends `count` TCP SYNs to `dst:port` whose checksum is wrong, from a raw socket: the
+/// receiver's TCP drops them (TCP_CSUM) and counts TcpInCsumErrors.
+pub fn bad_tcp_checksums(netns: &str, dst: Ipv4Addr, port: u16, count: u32) -> io::Result<()> {
+    in_netns(netns, move || {
+        let mut segment = Vec::with_capacity(20);
+        segment.extend(40002u16.to_be_bytes());
+        segment.extend(port.to_be_bytes());
+        segment.extend(1u32.to_be_bytes()); // sequence
+        segment.extend(0u32.to_be_bytes()); // ack
+        segment.extend([0x50, 0x02]); // 5 words, SYN
+        segment.extend(64240u16.to_be_bytes()); // window
+        segment.extend(0xbeefu16.to_be_bytes()); // a wrong checksum
+        segment.extend([0, 0]);
+        raw_sends(libc::IPPROTO_TCP, dst, &segment, count)
     })
 }
 

@@ -68,7 +68,7 @@ fn tally(counts: &mut HopCounts, anomaly: &Anomaly) {
         AnomalyKind::Oversize => counts.oversize += n,
         AnomalyKind::Fragment => counts.fragments += n,
         AnomalyKind::Retransmit => counts.retransmits += n,
-        AnomalyKind::Drop => {}
+        AnomalyKind::Drop | AnomalyKind::FragNeeded => {}
     }
 }
 

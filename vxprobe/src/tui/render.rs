@@ -739,7 +739,7 @@ fn kind_style(kind: EventKindView) -> Style {
     match kind {
         EventKindView::Drop => Style::new().fg(Color::Red),
         EventKindView::CsumError => Style::new().fg(Color::Yellow),
-        EventKindView::Oversize => Style::new().fg(Color::Magenta),
+        EventKindView::Oversize | EventKindView::FragNeeded => Style::new().fg(Color::Magenta),
         EventKindView::Fragment => Style::new().fg(Color::Cyan),
         EventKindView::Retransmit => Style::new().fg(Color::Yellow),
     }

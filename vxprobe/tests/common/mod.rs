@@ -41,6 +41,11 @@ fn drain(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHand
 
 impl Recorder {
     pub fn start(netns: &str, args: &[&str]) -> Recorder {
+        Self::start_with_env(netns, args, &[])
+    }
+
+    /// Like [`Recorder::start`], with extra environment variables for vxprobe.
+    pub fn start_with_env(netns: &str, args: &[&str], env: &[(&str, &str)]) -> Recorder {
         let ready =
             std::env::temp_dir().join(format!("vxprobe-ready-{}-{}", std::process::id(), netns));
         let _ = std::fs::remove_file(&ready);
@@ -48,6 +53,7 @@ impl Recorder {
             .args(["netns", "exec", netns, VXPROBE, "record", "--ready-file"])
             .arg(&ready)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -111,6 +117,13 @@ impl Recorder {
 
     pub fn stop(self) -> Vec<Value> {
         self.stop_with(libc::SIGTERM).1
+    }
+
+    /// SIGKILL: no chance to detach anything. Returns once the process is gone.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.ready);
     }
 }
 
