@@ -53,7 +53,6 @@ const PROGRAMS: &[&str] = &[
     names::KFREE_SKB_KPROBE,
     names::RETRANSMIT_BTF,
     names::RETRANSMIT_RAW,
-    names::RETRANSMIT_KPROBE,
     names::SENDTO_ENTER,
     names::SENDTO_EXIT,
     names::SENDMSG_ENTER,

@@ -41,7 +41,6 @@ pub mod names {
     pub const UDP_SENDMSG_FEXIT: &str = "vxprobe_udp_sendmsg_fexit";
     pub const KFREE_SKB_KPROBE_SK: &str = "vxprobe_sk_skb_reason_drop_kprobe";
     pub const KFREE_SKB_KPROBE: &str = "vxprobe_kfree_skb_reason_kprobe";
-    pub const RETRANSMIT_KPROBE: &str = "vxprobe_retransmit_kprobe";
     pub const RETRANSMIT_SYNACK_BTF: &str = "vxprobe_retransmit_synack_btf";
     pub const RETRANSMIT_SYNACK_RAW: &str = "vxprobe_retransmit_synack_raw";
     pub const ICMP_SEND_BTF: &str = "vxprobe_icmp_send_btf";

@@ -1,11 +1,11 @@
-//! `tcp:tcp_retransmit_skb`: TCP retransmits per flow. tp_btf first, a kprobe on
-//! `tcp_retransmit_skb` next (it sees attempts, failed ones included), the raw tracepoint
-//! last; all get (sk, skb, ...).
+//! `tcp:tcp_retransmit_skb`: TCP retransmits per flow, from tp_btf or the raw tracepoint
+//! (both get sk, skb, ...). No kprobe: one on `tcp_retransmit_skb` sees attempts, failed
+//! ones included.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, kprobe, raw_tracepoint},
-    programs::{BtfTracePointContext, ProbeContext, RawTracePointContext},
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
 };
 use vxprobe_common::{EventKind, RetransmitEvent};
 
@@ -51,14 +51,6 @@ pub fn vxprobe_retransmit_synack_btf(ctx: BtfTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "tcp_retransmit_synack")]
 pub fn vxprobe_retransmit_synack_raw(ctx: RawTracePointContext) -> i32 {
     on_retransmit(ctx.arg(1), core::ptr::null());
-    0
-}
-
-#[kprobe]
-pub fn vxprobe_retransmit_kprobe(ctx: ProbeContext) -> u32 {
-    let sk: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
-    let skb: *const u8 = ctx.arg(1).unwrap_or(core::ptr::null());
-    on_retransmit(sk, skb);
     0
 }
 

@@ -67,19 +67,32 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let (notes_tx, notes_rx) = tokio::sync::mpsc::channel(16);
     let stop = Arc::new(AtomicBool::new(false));
+    let (phases_done_tx, phases_done) = tokio::sync::oneshot::channel::<()>();
     let injector = {
         let (lab, stop, phase) = (Arc::clone(&lab), Arc::clone(&stop), args.phase);
         let cycle = args.record.is_none();
-        std::thread::spawn(move || inject(&lab, phase, cycle, &stop, &notes_tx))
+        std::thread::spawn(move || {
+            let injected = inject(&lab, phase, cycle, &stop, &notes_tx);
+            let _ = phases_done_tx.send(());
+            injected
+        })
     };
     let interval = Duration::from_secs(1);
     let result = match outputs {
         Some(outputs) => {
-            // Long enough for every phase once, unless told otherwise.
-            let duration = args
-                .duration
-                .unwrap_or(args.phase * Phase::ALL.len() as u32);
-            let until = stop_signal(Some(duration))?;
+            // Every phase once (however slow the machine makes them), then one more interval
+            // so the last phase's counters are written; or `--duration`, or a signal.
+            let signal_or_duration = stop_signal(args.duration)?;
+            let until = async move {
+                let phases_then_flush = async {
+                    let _ = phases_done.await;
+                    tokio::time::sleep(interval + interval / 2).await;
+                };
+                tokio::select! {
+                    () = signal_or_duration => {}
+                    () = phases_then_flush => {}
+                }
+            };
             outputs
                 .write(&mut session, interval, Some(notes_rx), until)
                 .await
@@ -99,6 +112,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     result?;
     injected.context("injecting faults")
 }
+
+/// The note after the last phase of a recorded demo.
+pub const SCENARIO_OVER: &str = "end: every fault removed";
 
 /// Runs the phases (once, or over and over for the interactive demo) until `stop`.
 fn inject(
@@ -123,6 +139,8 @@ fn inject(
             phase.stop(lab)?;
         }
         if !cycle {
+            // Marks where the last phase ends in a recording: what follows is fault-free.
+            let _ = notes.blocking_send(SCENARIO_OVER.to_owned());
             return Ok(());
         }
     }

@@ -134,16 +134,12 @@ const LADDERS: &[(&str, &[Rung])] = &[
                 hook: HookType::TpBtf,
                 programs: &[(names::RETRANSMIT_BTF, "tcp_retransmit_skb")],
             },
-            // The raw tracepoint before the kprobe: a kprobe on tcp_retransmit_skb sees every
-            // attempt, failed ones too (-EBUSY while the original is still queued), and
-            // over-counts (measured on Debian 6.1 and 6.12); the tracepoint sees what went out.
+            // No kprobe rung: a kprobe on tcp_retransmit_skb sees every attempt, failed ones
+            // too (-EBUSY while the original is still queued), and over-counted 3x on Debian
+            // 6.1; the tracepoint sees what went out, and every kernel with BTF has it raw.
             Rung {
                 hook: HookType::RawTracepoint,
                 programs: &[(names::RETRANSMIT_RAW, "tcp_retransmit_skb")],
-            },
-            Rung {
-                hook: HookType::Kprobe,
-                programs: &[(names::RETRANSMIT_KPROBE, "tcp_retransmit_skb")],
             },
         ],
     ),

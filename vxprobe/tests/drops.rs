@@ -35,9 +35,6 @@ fn the_raw_tracepoint_rung_counts_checksum_failures_too() {
 
 /// The kprobe rung (on the function that frees the skb) counts the same as tp_btf.
 #[test]
-#[ignore = "vxprobe aborts (SIGABRT, nothing on stderr) with --skip-hook tp-btf on Debian 6.1 \
-            under QEMU/TCG since the ladders grew (SYN-ACK, icmp_send, netdev_rx_csum_fault); \
-            it passed before: run with --ignored while investigating"]
 fn the_kprobe_rung_counts_checksum_failures_too() {
     if !is_root() || !common::has_kprobes() {
         return;

@@ -100,27 +100,8 @@ fn the_raw_tracepoint_rung_counts_retransmits_too() {
     if !is_root() {
         return;
     }
-    if std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
-        // With kprobes, skipping tp_btf also brings in the kprobe rungs, and on Debian 6.1
-        // under QEMU/TCG vxprobe then aborts (SIGABRT, nothing on stderr): under investigation.
-        eprintln!("skipped where kprobes exist: see the_kprobe_rung_counts_checksum_failures_too");
-        return;
-    }
     let hook = retransmits_through(&["--skip-hook", "tp-btf"]);
     assert_eq!(hook, "raw_tracepoint:tcp_retransmit_skb");
-}
-
-/// The kprobe rung on tcp_retransmit_skb (last: it sees attempts) counts the same as tp_btf.
-#[test]
-#[ignore = "the kprobe rung over-counts in the VM matrix (Debian 6.1: 495 events for 145 \
-            RetransSegs; 6.12: 223 for 197), probably because it counts calls: attempts that \
-            fail (-EBUSY) and skbs later split to `segs` too; run with --ignored once fixed"]
-fn the_kprobe_rung_counts_retransmits_too() {
-    if !is_root() || !common::has_kprobes() {
-        return;
-    }
-    let hook = retransmits_through(&["--skip-hook", "tp-btf", "--skip-hook", "raw-tracepoint"]);
-    assert_eq!(hook, "kprobe:tcp_retransmit_skb");
 }
 
 /// TCP through the lossy hop with `extra_args` for `record`; returns the hook that counted.

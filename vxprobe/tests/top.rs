@@ -47,13 +47,15 @@ fn top_shows_the_lossy_hop_and_flow_and_quits_cleanly() {
         &command,
     ]);
     let mut ping = vxprobe::lab::Lab::command(&n1.pod.netns, "ping")
-        .args(["-q", "-i", "0.01", "-c", "600", &n2.pod.ip.to_string()])
+        // Until the screen shows it (killed below): a debug vxprobe under QEMU/TCG takes
+        // many seconds to attach.
+        .args(["-q", "-i", "0.01", "-w", "90", &n2.pod.ip.to_string()])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
 
     // Wait until the screen shows the loss at cali0 and the pods' flow.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut screen = String::new();
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
