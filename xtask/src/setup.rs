@@ -52,7 +52,7 @@ pub fn ensure_all() -> anyhow::Result<BuildEnv> {
     })
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     output("id", &["-u"]).is_ok_and(|uid| uid.trim() == "0")
 }
 

@@ -1,0 +1,499 @@
+//! The report: one JSON document (everything measured, every run) and a markdown page
+//! (medians with their spread, the targets and whether each holds), written as a timestamped
+//! pair and as `latest.json`/`latest.md`.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::{
+    attach::Attach, events::Events, flows::Flows, procfs, progcost::ProgCost, render::Render,
+    throughput::Throughput,
+};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub kernel: String,
+    /// Load averages (1, 5, 15 min) when the run started and ended.
+    pub load_before: [f64; 3],
+    pub load_after: [f64; 3],
+    /// Share of the machine's CPU time that was busy during the run (the benchmarks
+    /// included): other work on the machine shows as the part the benchmarks do not explain.
+    pub busy_share: f64,
+    pub uptime: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub name: &'static str,
+    pub goal: &'static str,
+    pub measured: String,
+    /// `None`: not measured in this run.
+    pub holds: Option<bool>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub schema: u32,
+    pub started: String,
+    pub finished: String,
+    pub wall_seconds: f64,
+    pub quick: bool,
+    pub git: String,
+    pub machine: Machine,
+    pub targets: Vec<Target>,
+    pub tcp: Option<Throughput>,
+    pub udp: Option<Throughput>,
+    pub prog_cost: Option<ProgCost>,
+    pub events: Option<Events>,
+    pub flows: Option<Flows>,
+    pub attach: Option<Attach>,
+    pub render: Option<Render>,
+    pub section_seconds: BTreeMap<String, f64>,
+    pub errors: BTreeMap<String, String>,
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+impl Report {
+    pub fn begin(quick: bool, now: SystemTime) -> Self {
+        let dirty =
+            !command_line("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+        Self {
+            schema: 1,
+            started: rfc3339(now),
+            quick,
+            git: format!(
+                "{}{}",
+                command_line("git", &["rev-parse", "--short=12", "HEAD"]),
+                if dirty { "+uncommitted" } else { "" }
+            ),
+            machine: Machine {
+                cpus: procfs::online_cpus(),
+                kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
+                load_before: procfs::load_average(),
+                uptime: command_line("uptime", &[]),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    pub fn finish(&mut self, now: SystemTime, cpu_start: &procfs::CpuSnapshot, wall: Duration) {
+        self.finished = rfc3339(now);
+        self.wall_seconds = wall.as_secs_f64();
+        self.machine.load_after = procfs::load_average();
+        self.machine.busy_share = procfs::CpuSnapshot::take().busy_since(cpu_start);
+        self.targets = self.targets();
+    }
+
+    fn targets(&self) -> Vec<Target> {
+        let mut t = Vec::new();
+        t.push(Target {
+            name: "throughput",
+            goal: "TCP throughput with everything attached >= 0.98 of bare",
+            measured: self.tcp.as_ref().map_or("-".into(), |x| {
+                format!(
+                    "{} (median of per-round ratios)",
+                    x.ratio_vxprobe.show(1.0, 3)
+                )
+            }),
+            holds: self.tcp.as_ref().map(|x| x.ratio_vxprobe.median >= 0.98),
+        });
+        let tc = self.prog_cost.as_ref().map(|p| {
+            ["tcp", "udp64"]
+                .iter()
+                .filter_map(|l| p.tc.get(*l).map(|d| (*l, d.median)))
+                .collect::<Vec<_>>()
+        });
+        t.push(Target {
+            name: "tc_cost",
+            goal: "<= 60 ns mean per TC program run under iperf3 load",
+            measured: tc.as_ref().map_or("-".into(), |v| {
+                v.iter()
+                    .map(|(l, ns)| format!("{ns:.0} ns ({l})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }),
+            holds: tc.map(|v| !v.is_empty() && v.iter().all(|(_, ns)| *ns <= 60.0)),
+        });
+        t.push(Target {
+            name: "events",
+            goal: ">= 1 M anomaly events/s on 2 cores, every loss counted",
+            measured: self.events.as_ref().map_or("-".into(), |e| {
+                format!(
+                    "{:.0} k/s without loss; every loss counted: {}",
+                    e.sustained_rate / 1e3,
+                    if e.every_loss_counted { "yes" } else { "no" }
+                )
+            }),
+            holds: self
+                .events
+                .as_ref()
+                .map(|e| e.sustained_rate >= 1e6 && e.every_loss_counted),
+        });
+        let at_100k = self
+            .flows
+            .as_ref()
+            .and_then(|f| f.points.iter().find(|p| p.flows == 100_000));
+        t.push(Target {
+            name: "memory",
+            goal: "RSS <= 64 MiB at 100k flows",
+            measured: at_100k.map_or("-".into(), |p| {
+                format!(
+                    "peak {} MiB, at the end {} MiB",
+                    p.hwm_mib.show(1.0, 1),
+                    p.rss_mib.show(1.0, 1)
+                )
+            }),
+            holds: at_100k.map(|p| p.hwm_mib.max <= 64.0),
+        });
+        t.push(Target {
+            name: "attach",
+            goal: "every hook attached < 1 s",
+            measured: self
+                .attach
+                .as_ref()
+                .map_or("-".into(), |a| format!("{} ms", a.attach_ms.show(1.0, 0))),
+            holds: self.attach.as_ref().map(|a| a.attach_ms.median < 1000.0),
+        });
+        t
+    }
+
+    /// Writes `<stamp>.json`/`.md` and `latest.json`/`.md` into `dir`.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let stamp = self.started.replace([':', '-'], "");
+        let json = serde_json::to_string_pretty(self)? + "\n";
+        let md = self.markdown();
+        let mut written = Vec::new();
+        for name in [format!("run-{stamp}"), "latest".to_owned()] {
+            for (ext, text) in [("json", &json), ("md", &md)] {
+                let path = dir.join(format!("{name}.{ext}"));
+                // Written whole, then renamed: a reader never sees half a report.
+                let tmp = dir.join(format!("{name}.{ext}.tmp"));
+                std::fs::write(&tmp, text)?;
+                std::fs::rename(&tmp, &path)?;
+                written.push(path);
+            }
+        }
+        Ok(written)
+    }
+
+    fn markdown(&self) -> String {
+        let mut md = String::new();
+        let m = &self.machine;
+        let _ = writeln!(md, "# vxprobe benchmark report\n");
+        let _ = writeln!(
+            md,
+            "`cargo xtask bench{}` at {} (vxprobe {}), {:.0} s. Machine: {} CPUs, Linux {}. \
+             Load average {:.2} / {:.2} / {:.2} at the start, {:.2} / {:.2} / {:.2} at the end; \
+             the CPUs were {:.0}% busy over the run (the benchmark included).\n",
+            if self.quick { " --quick" } else { "" },
+            self.started,
+            self.git,
+            self.wall_seconds,
+            m.cpus,
+            m.kernel,
+            m.load_before[0],
+            m.load_before[1],
+            m.load_before[2],
+            m.load_after[0],
+            m.load_after[1],
+            m.load_after[2],
+            m.busy_share * 100.0
+        );
+        let _ = writeln!(
+            md,
+            "Figures are medians, with (min-max) over the repeated runs; arms interleave, with the \
+             order rotating every round.\n"
+        );
+        let _ = writeln!(md, "## Targets\n");
+        let _ = writeln!(md, "| target | measured | holds |\n| --- | --- | --- |");
+        for t in &self.targets {
+            let holds = match t.holds {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "not measured",
+            };
+            let _ = writeln!(md, "| {} | {} | {holds} |", t.goal, t.measured);
+        }
+        md.push('\n');
+        for (title, t) in [
+            ("1. TCP throughput pod to pod over VXLAN", &self.tcp),
+            ("2. Small-packet UDP", &self.udp),
+        ] {
+            if let Some(t) = t {
+                throughput_md(&mut md, title, t);
+            }
+        }
+        if let Some(p) = &self.prog_cost {
+            prog_cost_md(&mut md, p);
+        }
+        if let Some(e) = &self.events {
+            events_md(&mut md, e);
+        }
+        if let Some(f) = &self.flows {
+            flows_md(&mut md, f);
+        }
+        if let Some(a) = &self.attach {
+            let _ = writeln!(md, "## 6. Time to attach\n");
+            let _ = writeln!(
+                md,
+                "`vxprobe record` on cali0, vxlan.calico and eth0 of a lab node with every hook \
+                 ({}), started through `ip netns exec`, {} runs.\n\n\
+                 | | ms |\n| --- | --- |\n\
+                 | start to `--ready-file` (everything attached) | {} |\n\
+                 | SIGTERM to exit (drain, flush, detach) | {} |\n\
+                 | idle RSS after attach (MiB) | {} |\n",
+                a.hooks.join(", "),
+                a.runs,
+                a.attach_ms.show(1.0, 0),
+                a.stop_ms.show(1.0, 0),
+                a.idle_rss_mib.show(1.0, 1)
+            );
+        }
+        if let Some(r) = &self.render {
+            render_md(&mut md, r);
+        }
+        if !self.errors.is_empty() {
+            let _ = writeln!(md, "## Failed measurements\n");
+            for (name, e) in &self.errors {
+                let _ = writeln!(md, "- {name}: {e}");
+            }
+            md.push('\n');
+        }
+        let _ = writeln!(md, "Seconds per measurement: {}.", {
+            self.section_seconds
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        md
+    }
+}
+
+fn throughput_md(md: &mut String, title: &str, t: &Throughput) {
+    let (scale, unit, digits) = if t.unit == "bit/s" {
+        (1e-9, "Gbit/s", 2)
+    } else {
+        (1e-3, "k datagrams/s received", 1)
+    };
+    let _ = writeln!(md, "## {title}\n");
+    let _ = writeln!(
+        md,
+        "{}, {} rounds of {} s runs (after a 1 s warm-up each). vxprobe: `record -i 'cali*' -i \
+         vxlan.calico -i eth0 -o /dev/null` on the sending node, every hook attached. tcpdump: \
+         `tcpdump -i DEV -w /dev/null` on the same three devices.\n",
+        t.load, t.rounds, t.seconds_per_run
+    );
+    let _ = writeln!(
+        md,
+        "| arm | {unit} | ratio to bare | observer CPU (% of a core) |\n| --- | --- | --- | --- |"
+    );
+    let _ = writeln!(
+        md,
+        "| nothing attached | {} | 1 | - |",
+        t.bare.rate.show(scale, digits)
+    );
+    let _ = writeln!(
+        md,
+        "| vxprobe record | {} | {} | {} |",
+        t.vxprobe.rate.show(scale, digits),
+        t.ratio_vxprobe.show(1.0, 3),
+        t.vxprobe.observer_cpu_pct.show(1.0, 1)
+    );
+    let _ = writeln!(
+        md,
+        "| tcpdump -w | {} | {} | {} |",
+        t.tcpdump.rate.show(scale, digits),
+        t.ratio_tcpdump.show(1.0, 3),
+        t.tcpdump.observer_cpu_pct.show(1.0, 1)
+    );
+    let _ = writeln!(
+        md,
+        "\nvxprobe lost {} events; tcpdump captured {} packets and the kernel dropped {} before \
+         tcpdump read them.\n",
+        t.vxprobe_lost_events, t.tcpdump_captured, t.tcpdump_dropped
+    );
+}
+
+fn prog_cost_md(md: &mut String, p: &ProgCost) {
+    let _ = writeln!(md, "## 3. Cost per program run\n");
+    let _ = writeln!(
+        md,
+        "From `kernel.bpf_stats_enabled=1` (restored afterwards) and `bpftool prog show` \
+         (run_time_ns / run_cnt) for the programs of the benchmark's own recorder, over {} \
+         rounds of windows: `tcp` and `udp64` are iperf3 runs of {} s; `faults` injects \
+         refused sends into the tap, bad UDP checksums and fragments. Mean ns per run (min-max \
+         over windows), runs counted in all windows.\n",
+        p.rounds, p.seconds_per_window
+    );
+    let loads = ["tcp", "udp64", "faults"];
+    let _ = writeln!(
+        md,
+        "| program | {} |\n| --- | --- | --- | --- |",
+        loads.join(" | ")
+    );
+    let cell = |w: Option<&crate::progcost::WindowCost>| match w {
+        Some(w) if w.runs > 0 => format!("{} ns ({} runs)", w.ns_per_run.show(1.0, 0), w.runs),
+        _ => "not run".into(),
+    };
+    for prog in &p.programs {
+        let _ = writeln!(
+            md,
+            "| {} | {} |",
+            prog.program,
+            loads
+                .iter()
+                .map(|l| cell(prog.loads.get(*l)))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+    let _ = writeln!(
+        md,
+        "| **both TC programs** | {} |\n",
+        loads
+            .iter()
+            .map(|l| p
+                .tc
+                .get(*l)
+                .map_or("-".into(), |d| format!("{} ns", d.show(1.0, 0))))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+}
+
+fn events_md(md: &mut String, e: &Events) {
+    let _ = writeln!(md, "## 4. Anomaly events per second\n");
+    let _ = writeln!(
+        md,
+        "Refused sends into the lab's tap (TSO/GSO off, 2000-byte frames: EMSGSIZE, one \
+         `oversize` event each), offered at rising rates for {} s each, against a fresh `record` \
+         (every hop and the tap, `--ring-size {}`) whose JSON lines stream into a pipe the \
+         benchmark counts. Generated: sends the kernel refused; delivered: `oversize` lines of \
+         our sender; lost: the `lost` lines' counts.\n",
+        e.seconds_per_step, e.ring_size
+    );
+    let _ = writeln!(
+        md,
+        "| offered | generated | delivered | lost | accounted (delivered+lost)/generated | vxprobe CPU |\n| --- | --- | --- | --- | --- | --- |"
+    );
+    for s in &e.steps {
+        let offered = s.offered.map_or_else(
+            || {
+                format!(
+                    "max, {} sender thread{}",
+                    s.threads,
+                    if s.threads > 1 { "s" } else { "" }
+                )
+            },
+            |r| format!("{:.0} k/s", r / 1e3),
+        );
+        let _ = writeln!(
+            md,
+            "| {offered} | {:.0} k/s | {:.0} k/s | {} ({:.2}%) | {:.4} | {:.0}% |",
+            s.generated_rate / 1e3,
+            s.delivered_rate / 1e3,
+            s.lost,
+            s.lost_share * 100.0,
+            s.accounted,
+            s.vxprobe_cpu_pct
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nSustained without loss: **{:.0} k events/s**. Every loss counted: {}.\n",
+        e.sustained_rate / 1e3,
+        if e.every_loss_counted {
+            "yes"
+        } else {
+            "**no**"
+        }
+    );
+}
+
+fn flows_md(md: &mut String, f: &Flows) {
+    let _ = writeln!(md, "## 5. `record` at 1k, 10k and 100k live flows\n");
+    let _ = writeln!(
+        md,
+        "One UDP datagram per flow per second from pod 1 (a raw socket, a port pair per flow) \
+         to pod 2, `record` on the sending node's three hops with `--max-flows {}`, JSON lines \
+         into a counting pipe. CPU over a {} s window once every flow is in the table; {} \
+         round(s).\n",
+        f.max_flows_arg, f.window_seconds, f.rounds
+    );
+    let _ = writeln!(
+        md,
+        "| flows | flow lines per interval | datagrams/s sent | CPU (% of a core) | RSS at end (MiB) | peak RSS (MiB) |\n| --- | --- | --- | --- | --- | --- |"
+    );
+    for p in &f.points {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            p.flows,
+            p.flow_lines_per_interval.show(1.0, 0),
+            p.sent_rate.show(1.0, 0),
+            p.cpu_pct.show(1.0, 1),
+            p.rss_mib.show(1.0, 1),
+            p.hwm_mib.show(1.0, 1)
+        );
+    }
+    md.push('\n');
+}
+
+fn render_md(md: &mut String, r: &Render) {
+    let _ = writeln!(md, "## 7. `top` at {} flows\n", r.flows);
+    let _ = writeln!(
+        md,
+        "In process, no terminal: {} intervals of {} flows x 3 hops through `TuiFeed` and \
+         `App::handle_event`, then `tui::render_once` into an off-screen buffer.\n",
+        r.intervals, r.flows
+    );
+    let _ = writeln!(
+        md,
+        "| step | CPU ms |\n| --- | --- |\n| interval report -> UI message (`TuiFeed`) | {} |\n| message applied (`App`) | {} |",
+        r.feed_cpu_ms.show(1.0, 2),
+        r.apply_cpu_ms.show(1.0, 2)
+    );
+    for f in &r.frames {
+        let _ = writeln!(
+            md,
+            "| frame {}x{} ({} frames; wall {} ms) | {} |",
+            f.width,
+            f.height,
+            f.frames,
+            f.frame_ms.show(1.0, 2),
+            f.frame_cpu_ms.show(1.0, 2)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nUI side at a 1 s interval (one interval applied, two frames): {:.1}% of a core. The \
+         kernel-map side of the same load is `record`'s CPU at 10k flows above.\n",
+        r.ui_cpu_pct_at_1s
+    );
+}
