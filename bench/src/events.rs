@@ -225,7 +225,7 @@ fn drain(ctx: &Ctx, netns: &str, marker: &str) -> anyhow::Result<Drain> {
     let wall = t0.elapsed();
     let cpu = rec.cpu_time()? - cpu0;
     let done = rec.stop()?;
-    let delivered = rec_delivered(&done.lines);
+    let delivered = done.lines.marked;
     let out = Drain {
         ring_size,
         events: generated,
@@ -241,8 +241,4 @@ fn drain(ctx: &Ctx, netns: &str, marker: &str) -> anyhow::Result<Drain> {
         out.cpu_us_per_event
     ));
     Ok(out)
-}
-
-fn rec_delivered(lines: &crate::recorder::LineCounts) -> u64 {
-    lines.marked
 }

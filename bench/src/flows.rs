@@ -32,6 +32,8 @@ pub struct Point {
     pub cpu_pct: Dist,
     pub rss_mib: Dist,
     pub hwm_mib: Dist,
+    /// The anonymous part of RSS (the heap); the rest is mostly the ring buffer's mapping.
+    pub anon_mib: Dist,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -49,6 +51,7 @@ struct Sample {
     cpu_pct: f64,
     rss: f64,
     hwm: f64,
+    anon: f64,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -96,10 +99,8 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Flows> {
             let done = rec.stop()?;
             let intervals = done.lines.kind("hop") as f64 / 6.0;
             ctx.log(&format!(
-                "    {intervals} intervals, {} flow lines, {} sent in all, summary {:?}",
+                "    {intervals} intervals, {} flow lines, {flows_total} datagrams sent in all",
                 done.lines.kind("flow"),
-                flows_total,
-                done.lines.summary
             ));
             let sample = Sample {
                 lines_per_interval: done.lines.kind("flow") as f64 / intervals.max(1.0),
@@ -108,10 +109,11 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Flows> {
                 cpu_pct: cpu,
                 rss: mem.rss as f64 / MIB,
                 hwm: mem.hwm as f64 / MIB,
+                anon: mem.anon as f64 / MIB,
             };
             ctx.log(&format!(
-                "  {n:>6} flows: {:.0} flow lines/interval, sent {:.0}/s, CPU {:.1}%, RSS {:.1} MiB, peak {:.1} MiB",
-                sample.lines_per_interval, sample.sent_rate, cpu, sample.rss, sample.hwm
+                "  {n:>6} flows: {:.0} flow lines/interval, sent {:.0}/s, CPU {:.1}%, RSS {:.1} MiB (anon {:.1}), peak {:.1} MiB",
+                sample.lines_per_interval, sample.sent_rate, cpu, sample.rss, sample.anon, sample.hwm
             ));
             samples[i].push(sample);
         }
@@ -133,6 +135,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Flows> {
                 cpu_pct: dist(s, |s| s.cpu_pct),
                 rss_mib: dist(s, |s| s.rss),
                 hwm_mib: dist(s, |s| s.hwm),
+                anon_mib: dist(s, |s| s.anon),
             })
             .collect(),
     })

@@ -34,6 +34,9 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
 pub struct Memory {
     pub rss: u64,
     pub hwm: u64,
+    /// The anonymous part of `rss` (heap, stacks); the rest is mapped files and shared
+    /// mappings, such as the BPF ring buffer's pages.
+    pub anon: u64,
 }
 
 pub fn memory(pid: u32) -> anyhow::Result<Memory> {
@@ -54,6 +57,7 @@ pub fn memory(pid: u32) -> anyhow::Result<Memory> {
     Ok(Memory {
         rss: field("VmRSS:")?,
         hwm: field("VmHWM:")?,
+        anon: field("RssAnon:")?,
     })
 }
 

@@ -448,21 +448,28 @@ fn flows_md(md: &mut String, f: &Flows) {
     );
     let _ = writeln!(
         md,
-        "| flows | flow lines per interval | datagrams/s sent | CPU (% of a core) | RSS at end (MiB) | peak RSS (MiB) |\n| --- | --- | --- | --- | --- | --- |"
+        "| flows | flow lines per interval | datagrams/s sent | CPU (% of a core) | RSS at end (MiB) | of it anonymous (heap) | peak RSS (MiB) |\n| --- | --- | --- | --- | --- | --- | --- |"
     );
     for p in &f.points {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             p.flows,
             p.flow_lines_per_interval.show(1.0, 0),
             p.sent_rate.show(1.0, 0),
             p.cpu_pct.show(1.0, 1),
             p.rss_mib.show(1.0, 1),
+            p.anon_mib.show(1.0, 1),
             p.hwm_mib.show(1.0, 1)
         );
     }
-    md.push('\n');
+    let _ = writeln!(
+        md,
+        "\nRSS counts the event ring buffer's pages twice (the kernel maps its data area twice, \
+         so records can wrap): the default 8 MiB ring is 16 MiB of RSS from the first moment. \
+         A slow sender on a busy machine sends less than a round a second; flows then show up in \
+         fewer intervals, not fewer in the table.\n"
+    );
 }
 
 fn render_md(md: &mut String, r: &Render) {
