@@ -30,6 +30,10 @@ pub struct Point {
     pub sent_rate: Dist,
     pub received_rate: Dist,
     pub cpu_pct: Dist,
+    /// Recorder CPU per interval closed during the window.
+    pub cpu_ms_per_interval: Dist,
+    /// Wall time per interval closed during the window (1 s asked for).
+    pub interval_s: Dist,
     pub rss_mib: Dist,
     pub hwm_mib: Dist,
     /// The anonymous part of RSS (the heap); the rest is mostly the ring buffer's mapping.
@@ -49,6 +53,8 @@ struct Sample {
     sent_rate: f64,
     received_rate: f64,
     cpu_pct: f64,
+    cpu_ms_per_interval: f64,
+    interval_s: f64,
     rss: f64,
     hwm: f64,
     anon: f64,
@@ -73,7 +79,10 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Flows> {
                 &ctx.vxprobe,
                 &n1.netns,
                 &args,
-                Output::Counted { marker: None },
+                // Hop lines mark the intervals: six per interval (three hops, two ways).
+                Output::Counted {
+                    marker: Some("{\"kind\":\"hop\"".into()),
+                },
             )?;
             let period = Duration::from_secs(1);
             let limit = Duration::from_secs_f64(window + 30.0);
@@ -88,9 +97,11 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Flows> {
             }
             std::thread::sleep(Duration::from_millis(1500));
             let (sent0, recv0) = (flows.count.load(relaxed()), sink.count.load(relaxed()));
-            let (cpu0, t0) = (rec.cpu_time()?, Instant::now());
+            let (cpu0, t0, hops0) = (rec.cpu_time()?, Instant::now(), rec.marked());
             std::thread::sleep(Duration::from_secs_f64(window));
-            let cpu = pct(rec.cpu_time()? - cpu0, t0.elapsed());
+            let cpu_time = rec.cpu_time()? - cpu0;
+            let cpu = pct(cpu_time, t0.elapsed());
+            let closed = (rec.marked() - hops0) as f64 / 6.0;
             let wall = t0.elapsed().as_secs_f64();
             let sent = flows.count.load(relaxed()) - sent0;
             let received = sink.count.load(relaxed()) - recv0;
@@ -107,6 +118,12 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Flows> {
                 sent_rate: sent as f64 / wall,
                 received_rate: received as f64 / wall,
                 cpu_pct: cpu,
+                cpu_ms_per_interval: cpu_time.as_secs_f64() * 1e3 / closed.max(1.0),
+                interval_s: if closed > 0.0 {
+                    wall / closed
+                } else {
+                    f64::NAN
+                },
                 rss: mem.rss as f64 / MIB,
                 hwm: mem.hwm as f64 / MIB,
                 anon: mem.anon as f64 / MIB,
@@ -133,6 +150,8 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Flows> {
                 sent_rate: dist(s, |s| s.sent_rate),
                 received_rate: dist(s, |s| s.received_rate),
                 cpu_pct: dist(s, |s| s.cpu_pct),
+                cpu_ms_per_interval: dist(s, |s| s.cpu_ms_per_interval),
+                interval_s: dist(s, |s| s.interval_s),
                 rss_mib: dist(s, |s| s.rss),
                 hwm_mib: dist(s, |s| s.hwm),
                 anon_mib: dist(s, |s| s.anon),

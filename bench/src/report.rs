@@ -47,6 +47,8 @@ pub struct Report {
     pub finished: String,
     pub wall_seconds: f64,
     pub quick: bool,
+    /// The benchmark's nice value (its children inherit it).
+    pub nice: i32,
     pub git: String,
     pub machine: Machine,
     pub targets: Vec<Target>,
@@ -227,7 +229,9 @@ impl Report {
         let _ = writeln!(
             md,
             "Figures are medians, with (min-max) over the repeated runs; arms interleave, with the \
-             order rotating every round.\n"
+             order rotating every round. The benchmark and all it starts ran at nice {} so the \
+             other work on the machine disturbs them less; CPU-time figures do not depend on it.\n",
+            self.nice
         );
         let _ = writeln!(md, "## Targets\n");
         let _ = writeln!(md, "| target | measured | holds |\n| --- | --- | --- |");
@@ -434,6 +438,21 @@ fn events_md(md: &mut String, e: &Events) {
             "**no**"
         }
     );
+    if let Some(d) = &e.drain {
+        let _ = writeln!(
+            md,
+            "The pipeline alone: {} events queued while the recorder was stopped (SIGSTOP, \
+             `--ring-size {}`), then drained with no sender running: {:.0} k events/s of wall \
+             time, **{:.2} us of recorder CPU per event** ({:.2} M events per CPU-second), {} \
+             lost.\n",
+            d.events,
+            d.ring_size,
+            d.rate / 1e3,
+            d.cpu_us_per_event,
+            d.rate_per_cpu_second / 1e6,
+            d.lost
+        );
+    }
 }
 
 fn flows_md(md: &mut String, f: &Flows) {
@@ -448,16 +467,18 @@ fn flows_md(md: &mut String, f: &Flows) {
     );
     let _ = writeln!(
         md,
-        "| flows | flow lines per interval | datagrams/s sent | CPU (% of a core) | RSS at end (MiB) | of it anonymous (heap) | peak RSS (MiB) |\n| --- | --- | --- | --- | --- | --- | --- |"
+        "| flows | flow lines per interval | datagrams/s sent | CPU (% of a core) | CPU ms per interval | interval (s) | RSS at end (MiB) | of it anonymous | peak RSS (MiB) |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for p in &f.points {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             p.flows,
             p.flow_lines_per_interval.show(1.0, 0),
             p.sent_rate.show(1.0, 0),
             p.cpu_pct.show(1.0, 1),
+            p.cpu_ms_per_interval.show(1.0, 0),
+            p.interval_s.show(1.0, 2),
             p.rss_mib.show(1.0, 1),
             p.anon_mib.show(1.0, 1),
             p.hwm_mib.show(1.0, 1)
@@ -468,7 +489,8 @@ fn flows_md(md: &mut String, f: &Flows) {
         "\nRSS counts the event ring buffer's pages twice (the kernel maps its data area twice, \
          so records can wrap): the default 8 MiB ring is 16 MiB of RSS from the first moment. \
          A slow sender on a busy machine sends less than a round a second; flows then show up in \
-         fewer intervals, not fewer in the table.\n"
+         fewer intervals, not fewer in the table. An interval longer than 1 s means the recorder \
+         could not close intervals as fast as `--stats-interval` asks.\n"
     );
 }
 

@@ -14,7 +14,7 @@ use crate::{
     devices::Role,
     packet::{Flow, Outer},
     pipeline::{Sink, Summary},
-    session::{IntervalReport, Meta},
+    session::{FlowReport, IntervalReport, Meta},
 };
 
 /// RFC 3339 timestamp in UTC, as every line's `ts`.
@@ -157,11 +157,17 @@ pub struct JsonSink {
     lines: JsonLines,
     /// The namespace of the TC hops, from the meta data.
     netns: u64,
+    /// `ts` of the interval whose flows are being written.
+    interval_ts: String,
 }
 
 impl JsonSink {
     pub fn new(lines: JsonLines) -> Self {
-        Self { lines, netns: 0 }
+        Self {
+            lines,
+            netns: 0,
+            interval_ts: String::new(),
+        }
     }
 }
 
@@ -187,7 +193,7 @@ impl Sink for JsonSink {
     }
 
     /// One `hop` line per selected device and direction, zero counts included (a hop that
-    /// goes quiet is visible as such), the flows that moved, then any `lost` lines.
+    /// goes quiet is visible as such), then any `lost` lines; the flows that moved follow.
     fn interval(&mut self, report: &IntervalReport) -> anyhow::Result<()> {
         let ts = timestamp(report.ts);
         let interval_ms = u64::try_from(report.interval.as_millis()).unwrap_or(u64::MAX);
@@ -213,11 +219,25 @@ impl Sink for JsonSink {
                 interval_ms,
             })?;
         }
-        for f in &report.flows {
+        for (kind, count) in &report.lost {
+            self.lines.write(&LostLine {
+                kind: "lost",
+                ts: &ts,
+                count: *count,
+                event_kind: event_kind_name(*kind),
+            })?;
+        }
+        self.interval_ts = ts;
+        Ok(())
+    }
+
+    /// One `flow` line per flow and hop that moved, with the interval's timestamp.
+    fn flows(&mut self, flows: &[FlowReport]) -> anyhow::Result<()> {
+        for f in flows {
             let c = &f.counters;
             self.lines.write(&FlowLine {
                 kind: "flow",
-                ts: &ts,
+                ts: &self.interval_ts,
                 ifname: &f.hop.ifname,
                 ifindex: f.hop.ifindex,
                 netns: self.netns,
@@ -234,14 +254,10 @@ impl Sink for JsonSink {
                 oversize: c.oversize,
             })?;
         }
-        for (kind, count) in &report.lost {
-            self.lines.write(&LostLine {
-                kind: "lost",
-                ts: &ts,
-                count: *count,
-                event_kind: event_kind_name(*kind),
-            })?;
-        }
+        Ok(())
+    }
+
+    fn interval_end(&mut self) -> anyhow::Result<()> {
         Ok(self.lines.flush()?)
     }
 

@@ -8,7 +8,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::{
     anomaly::Anomaly,
-    session::{IntervalReport, Meta, Session},
+    session::{FlowReport, IntervalPart, IntervalReport, Meta, Session},
 };
 
 /// Where pipeline output goes.
@@ -17,7 +17,16 @@ pub trait Sink {
         Ok(())
     }
     fn anomaly(&mut self, anomaly: &Anomaly) -> anyhow::Result<()>;
+    /// An interval closes: first its hops ...
     fn interval(&mut self, report: &IntervalReport) -> anyhow::Result<()>;
+    /// ... then the flows that moved, a batch at a time ...
+    fn flows(&mut self, _flows: &[FlowReport]) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// ... and it is complete.
+    fn interval_end(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Last call; a sink may add what it knows to the summary for the sinks after it.
     fn finish(&mut self, _summary: &mut Summary) -> anyhow::Result<()> {
         Ok(())
@@ -54,7 +63,7 @@ pub async fn run(
     let started = Instant::now();
     let mut summary = Summary::default();
     let mut frames = number_evidence.then_some(0u64);
-    let mut flows_seen = std::collections::HashSet::new();
+    let mut flows_seen = std::collections::HashSet::<u64>::new();
     for sink in sinks.iter_mut() {
         sink.meta(session.meta())?;
     }
@@ -75,16 +84,30 @@ pub async fn run(
         // Records submitted without a wakeup are picked up here, before the interval closes.
         drain(session, sinks, &mut summary, &mut frames)?;
         let now = Instant::now();
-        let report = session.close_interval(now - interval_start)?;
+        session.close_interval(now - interval_start, |part| {
+            match part {
+                IntervalPart::Report(report) => {
+                    summary.lost += report.lost.iter().map(|(_, n)| n).sum::<u64>();
+                    for sink in sinks.iter_mut() {
+                        sink.interval(report)?;
+                    }
+                }
+                IntervalPart::Flows(flows) => {
+                    for f in flows {
+                        flows_seen.insert(entry_hash(f));
+                    }
+                    for sink in sinks.iter_mut() {
+                        sink.flows(flows)?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        for sink in sinks.iter_mut() {
+            sink.interval_end()?;
+        }
         interval_start = now;
         summary.intervals += 1;
-        summary.lost += report.lost.iter().map(|(_, n)| n).sum::<u64>();
-        for f in &report.flows {
-            flows_seen.insert((f.hop.ifindex, f.dir, f.flow.clone()));
-        }
-        for sink in sinks.iter_mut() {
-            sink.interval(&report)?;
-        }
         if stopping {
             break;
         }
@@ -95,6 +118,15 @@ pub async fn run(
         sink.finish(&mut summary)?;
     }
     Ok(summary)
+}
+
+/// A flow entry (hop, direction, flow) as 64 bits: the summary counts distinct entries over
+/// the whole run, so it keeps 8 bytes of each, not the entry.
+fn entry_hash(f: &FlowReport) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (f.hop.ifindex, f.dir, &f.flow).hash(&mut h);
+    h.finish()
 }
 
 fn drain(

@@ -92,17 +92,26 @@ pub struct FlowReport {
     pub counters: vxprobe_common::FlowCounters,
 }
 
-/// Everything an interval produced besides the anomalies themselves.
+/// What an interval produced besides the anomalies and the flows: the hops.
 #[derive(Debug, Clone)]
 pub struct IntervalReport {
     pub ts: SystemTime,
     pub interval: std::time::Duration,
     /// Every selected hop in both directions, quiet ones included.
     pub hops: Vec<HopReport>,
-    pub flows: Vec<FlowReport>,
     /// Events the kernel could not hand over (ring buffer full), per kind.
     pub lost: Vec<(EventKind, u64)>,
 }
+
+/// A closing interval, piece by piece: the report, then the flows that moved in batches.
+#[derive(Debug, Clone, Copy)]
+pub enum IntervalPart<'a> {
+    Report(&'a IntervalReport),
+    Flows(&'a [FlowReport]),
+}
+
+/// Flows handed to the sinks at a time.
+const FLOW_BATCH: usize = 1024;
 
 pub struct Session {
     probes: Probes,
@@ -273,15 +282,16 @@ impl Session {
         Ok(())
     }
 
-    /// Closes the interval: counters since the last call, per hop and per flow.
+    /// Closes the interval: counters since the last call, per hop and per flow. `out` gets
+    /// the hops first ([`IntervalPart::Report`]), then the flows that moved, a batch at a
+    /// time ([`IntervalPart::Flows`]): flows are never all held at once.
     pub fn close_interval(
         &mut self,
         interval: std::time::Duration,
-    ) -> anyhow::Result<IntervalReport> {
+        mut out: impl FnMut(IntervalPart<'_>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let ending = self.epoch.current();
         let hop_deltas = self.hop_stats.interval(ending)?;
-        let flow_deltas = self.flow_stats.interval(ending)?;
-        self.epoch.advance()?;
         let drops = std::mem::take(&mut self.hop_drops);
         let mut hops = Vec::with_capacity(self.hops.len() * 2);
         for hop in &self.hops {
@@ -298,26 +308,41 @@ impl Session {
                 });
             }
         }
-        let flows = flow_deltas
-            .iter()
-            .filter_map(|(key, counters)| {
-                let hop = self.hops.iter().find(|h| h.device.ifindex == key.ifindex)?;
-                Some(FlowReport {
-                    hop: meta_hop(hop),
-                    dir: Direction::try_from(u32::from(key.direction)).ok()?,
-                    flow: flow_of(key)?,
-                    outer: outer_of(&counters.outer),
-                    counters: *counters,
-                })
-            })
-            .collect();
-        Ok(IntervalReport {
+        out(IntervalPart::Report(&IntervalReport {
             ts: SystemTime::now(),
             interval,
             hops,
-            flows,
             lost: self.lost.since_last()?,
-        })
+        }))?;
+
+        let mut batch = Vec::with_capacity(FLOW_BATCH);
+        let hops = &self.hops;
+        self.flow_stats.interval(ending, |key, counters| {
+            let Some(hop) = hops.iter().find(|h| h.device.ifindex == key.ifindex) else {
+                return Ok(());
+            };
+            let (Ok(dir), Some(flow)) =
+                (Direction::try_from(u32::from(key.direction)), flow_of(key))
+            else {
+                return Ok(());
+            };
+            batch.push(FlowReport {
+                hop: meta_hop(hop),
+                dir,
+                flow,
+                outer: outer_of(&counters.outer),
+                counters: *counters,
+            });
+            if batch.len() == FLOW_BATCH {
+                out(IntervalPart::Flows(&batch))?;
+                batch.clear();
+            }
+            Ok(())
+        })?;
+        if !batch.is_empty() {
+            out(IntervalPart::Flows(&batch))?;
+        }
+        self.epoch.advance()
     }
 
     /// Detaches everything (also what Drop does; explicit for the reader).
