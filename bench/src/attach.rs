@@ -20,6 +20,11 @@ pub struct Attach {
     /// Programs attached: 2 TC programs x hops, plus the kernel-wide hooks.
     pub hops: usize,
     pub attach_ms: Dist,
+    /// CPU time (user + system) the recorder used until it was attached: the part of the
+    /// attach time that does not depend on how busy the machine is.
+    pub attach_cpu_ms: Dist,
+    /// Peak resident memory by then (VmHWM): parsing the kernel's BTF and symbols.
+    pub attach_hwm_mib: Dist,
     pub stop_ms: Dist,
     /// Resident memory of a freshly attached, idle recorder.
     pub idle_rss_mib: Dist,
@@ -31,6 +36,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Attach> {
     let n1 = &lab.nodes[0];
     let runs = if ctx.quick { 5 } else { 10 };
     let (mut attach, mut stop, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cpu, mut hwm) = (Vec::new(), Vec::new());
     let mut hooks = Vec::new();
     for _ in 0..runs {
         let rec = Recorder::start(
@@ -40,8 +46,12 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Attach> {
             Output::Counted { marker: None },
         )?;
         attach.push(ms(rec.attach_time));
+        cpu.push(ms(rec.cpu_time()?));
+        let mem = rec.memory()?;
+        hwm.push(mem.hwm as f64 / (1024.0 * 1024.0));
+        // Settled: what an idle recorder holds.
+        std::thread::sleep(Duration::from_millis(300));
         rss.push(rec.memory()?.rss as f64 / (1024.0 * 1024.0));
-        std::thread::sleep(Duration::from_millis(100));
         let done = rec.stop()?;
         stop.push(ms(done.stop_time));
         if let Some(meta) = &done.lines.meta {
@@ -58,13 +68,18 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Attach> {
         runs,
         hops: 3,
         attach_ms: Dist::of(&attach),
+        attach_cpu_ms: Dist::of(&cpu),
+        attach_hwm_mib: Dist::of(&hwm),
         stop_ms: Dist::of(&stop),
         idle_rss_mib: Dist::of(&rss),
         hooks,
     };
     ctx.log(&format!(
-        "  attach {} ms, stop {} ms",
+        "  attach {} ms ({} ms of CPU, peak {} MiB), idle RSS {} MiB, stop {} ms",
         out.attach_ms.show(1.0, 0),
+        out.attach_cpu_ms.show(1.0, 0),
+        out.attach_hwm_mib.show(1.0, 1),
+        out.idle_rss_mib.show(1.0, 1),
         out.stop_ms.show(1.0, 0)
     ));
     Ok(out)

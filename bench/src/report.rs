@@ -269,12 +269,17 @@ impl Report {
                  ({}), started through `ip netns exec`, {} runs.\n\n\
                  | | ms |\n| --- | --- |\n\
                  | start to `--ready-file` (everything attached) | {} |\n\
-                 | SIGTERM to exit (drain, flush, detach) | {} |\n\
-                 | idle RSS after attach (MiB) | {} |\n",
+                 | of it recorder CPU (user + system) | {} |\n\
+                 | SIGTERM to exit (drain, flush, detach) | {} |\n\n\
+                 | | MiB |\n| --- | --- |\n\
+                 | peak RSS by the time it is attached | {} |\n\
+                 | RSS once settled, idle | {} |\n",
                 a.hooks.join(", "),
                 a.runs,
                 a.attach_ms.show(1.0, 0),
+                a.attach_cpu_ms.show(1.0, 0),
                 a.stop_ms.show(1.0, 0),
+                a.attach_hwm_mib.show(1.0, 1),
                 a.idle_rss_mib.show(1.0, 1)
             );
         }
