@@ -166,6 +166,8 @@ pub struct Probes {
     ebpf: Ebpf,
     pub tc_mode: TcMode,
     pub hooks: Vec<HookChoice>,
+    /// The kernel's BTF as aya reads it, parsed once for every BTF-typed program.
+    btf: Option<aya::Btf>,
 }
 
 impl Probes {
@@ -197,6 +199,7 @@ impl Probes {
             ebpf,
             tc_mode,
             hooks: Vec::new(),
+            btf: None,
         })
     }
 
@@ -258,6 +261,8 @@ impl Probes {
         for (signal, rungs) in LADDERS {
             self.attach_ladder(signal, rungs, skip);
         }
+        // Every BTF-typed program is loaded: the parsed BTF (megabytes) is not needed again.
+        self.btf = None;
         &self.hooks
     }
 
@@ -304,21 +309,21 @@ impl Probes {
     ) -> anyhow::Result<()> {
         match hook {
             HookType::Fentry => {
-                let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+                let btf = kernel_btf(&mut self.btf)?;
                 let prog = program::<FEntry>(&mut self.ebpf, program_name)?;
-                prog.load(target, &btf).context("load")?;
+                prog.load(target, btf).context("load")?;
                 prog.attach().context("attach")?;
             }
             HookType::Fexit => {
-                let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+                let btf = kernel_btf(&mut self.btf)?;
                 let prog = program::<FExit>(&mut self.ebpf, program_name)?;
-                prog.load(target, &btf).context("load")?;
+                prog.load(target, btf).context("load")?;
                 prog.attach().context("attach")?;
             }
             HookType::TpBtf => {
-                let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+                let btf = kernel_btf(&mut self.btf)?;
                 let prog = program::<BtfTracePoint>(&mut self.ebpf, program_name)?;
-                prog.load(target, &btf).context("load")?;
+                prog.load(target, btf).context("load")?;
                 prog.attach().context("attach")?;
             }
             HookType::Kprobe => {
@@ -378,6 +383,14 @@ impl Probes {
             .context("map LOST missing from the eBPF object")?;
         Ok((RingBuf::try_from(events)?, PerCpuArray::try_from(lost)?))
     }
+}
+
+/// The kernel's BTF, read on first use.
+fn kernel_btf(cache: &mut Option<aya::Btf>) -> anyhow::Result<&aya::Btf> {
+    if cache.is_none() {
+        *cache = Some(aya::Btf::from_sys_fs().context("reading kernel BTF")?);
+    }
+    Ok(cache.as_ref().expect("just filled"))
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
