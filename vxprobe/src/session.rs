@@ -222,6 +222,7 @@ impl Session {
                 .collect(),
             foreign_devices: Default::default(),
         };
+        release_freed_memory();
         Ok(Self {
             probes,
             hops,
@@ -348,6 +349,17 @@ impl Session {
     /// Detaches everything (also what Drop does; explicit for the reader).
     pub fn stop(self) {
         drop(self.probes);
+    }
+}
+
+/// Start-up parses the kernel's BTF and loads programs: megabytes allocated and freed in the
+/// middle of the heap, which the allocator keeps unless asked to give them back.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it has no arguments
+    // that point anywhere.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
