@@ -60,13 +60,25 @@ const PROGRAMS: &[&str] = &[
     names::SENDMSG_EXIT,
     names::PACKET_SENDMSG_FEXIT,
     names::UDP_SENDMSG_FEXIT,
+    names::RETRANSMIT_SYNACK_BTF,
+    names::RETRANSMIT_SYNACK_RAW,
+    names::ICMP_SEND_BTF,
+    names::ICMP_SEND_RAW,
+    names::TCP_BAD_CSUM_BTF,
+    names::TCP_BAD_CSUM_RAW,
+    names::RX_CSUM_FAULT_KPROBE,
 ];
 
+/// bpftool names programs in full where the kernel has their BTF, else by the kernel's 15
+/// characters; those are expanded when only one program starts with them.
 fn full_name(short: &str) -> String {
-    PROGRAMS
+    let mut candidates = PROGRAMS
         .iter()
-        .find(|p| **p == short || (short.len() >= 15 && p.starts_with(short)))
-        .map_or_else(|| short.to_owned(), |p| (*p).to_owned())
+        .filter(|p| **p == short || (short.len() >= 15 && p.starts_with(short)));
+    match (candidates.next(), candidates.next()) {
+        (Some(one), None) => (*one).to_owned(),
+        _ => short.to_owned(),
+    }
 }
 
 /// run_time_ns and run_cnt by program name, summed over the programs of one name (the TC
@@ -163,7 +175,14 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
                     // the receiving pod, and fragments on every hop.
                     faults::packet_sends(&n1.netns, "tap0", 2000, 20_000)?;
                     faults::bad_udp_checksums(&n1.pod.netns, n2.pod.ip, 9, 5_000)?;
-                    faults::udp_datagrams(&n1.pod.netns, n2.pod.ip.into(), 9, 4000, 2_000, true)?;
+                    faults::udp_datagrams(
+                        &n1.pod.netns,
+                        n2.pod.ip.into(),
+                        9,
+                        4000,
+                        2_000,
+                        faults::Df::Clear,
+                    )?;
                 }
             }
             let after = snapshot(&ids)?;

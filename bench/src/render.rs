@@ -14,7 +14,7 @@ use vxprobe::{
     devices::Role,
     packet::{Flow, Outer},
     pipeline::Sink as _,
-    session::{FlowReport, HopReport, IntervalReport, MetaHop},
+    session::{FlowReport, HopReport, IntervalEnd, IntervalReport, MetaHop},
     tui::{App, feed::TuiFeed, render_once},
 };
 use vxprobe_common::{Direction, FlowCounters, HopCounters};
@@ -141,7 +141,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Render> {
         for batch in flows.chunks(1024) {
             feed.flows(batch)?;
         }
-        feed.interval_end()?;
+        feed.interval_end(&IntervalEnd::default())?;
         let t1 = thread_cpu_time();
         while let Ok(message) = rx.try_recv() {
             app.handle_event(message);

@@ -20,19 +20,27 @@ pub enum EventKind {
     Fragment = 4,
     /// A non-GSO packet longer than its device's MTU allows, seen at a hop (TC).
     HopOversize = 5,
+    /// An ICMP "fragmentation needed" the kernel sent back for a packet (`icmp:icmp_send`).
+    FragNeeded = 6,
+    /// A checksum failure seen by a hook other than a drop with a reason: `tcp:tcp_bad_csum`
+    /// (kernels without drop reasons) or `netdev_rx_csum_fault` (a device's
+    /// CHECKSUM_COMPLETE value was wrong).
+    Csum = 7,
 }
 
 impl EventKind {
     /// Every kind, for per-kind counters indexed by `kind as u32`.
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Drop,
         EventKind::Retransmit,
         EventKind::SendError,
         EventKind::Fragment,
         EventKind::HopOversize,
+        EventKind::FragNeeded,
+        EventKind::Csum,
     ];
     /// One past the largest kind value: the size of per-kind arrays.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 8;
 }
 
 impl TryFrom<u32> for EventKind {
@@ -45,6 +53,8 @@ impl TryFrom<u32> for EventKind {
             3 => Ok(EventKind::SendError),
             4 => Ok(EventKind::Fragment),
             5 => Ok(EventKind::HopOversize),
+            6 => Ok(EventKind::FragNeeded),
+            7 => Ok(EventKind::Csum),
             other => Err(other),
         }
     }
@@ -131,6 +141,34 @@ impl KernelOffsets {
         reason_consumed: 0,
         retransmit_has_err: 0,
     };
+}
+
+/// `icmp:icmp_send` of type 3 code 4: the node told a sender its packet is too big for the
+/// path (PMTU discovery); `packet` is the packet that triggered it.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct FragNeededEvent {
+    pub header: EventHeader,
+    pub packet: PacketInfo,
+}
+
+/// Where a [`CsumEvent`] comes from.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum CsumOrigin {
+    TcpBadCsum = 1,
+    RxCsumFault = 2,
+}
+
+/// A packet with a bad checksum, from `tcp:tcp_bad_csum` or `netdev_rx_csum_fault`.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct CsumEvent {
+    pub header: EventHeader,
+    /// A [`CsumOrigin`] as u32.
+    pub origin: u32,
+    pub _pad: u32,
+    pub packet: PacketInfo,
 }
 
 /// A connection's addresses as the socket holds them.
@@ -279,6 +317,8 @@ const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<HopEvent>() == 16 + 44 + 44 + 24 + SNAP_LEN);
 const _: () = assert!(core::mem::size_of::<PacketInfo>() == 24 + 16 + SNAP_LEN);
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 16 + 16 + 168);
+const _: () = assert!(core::mem::size_of::<FragNeededEvent>() == 16 + 168);
+const _: () = assert!(core::mem::size_of::<CsumEvent>() == 16 + 8 + 168);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
 const _: () = assert!(core::mem::size_of::<SockFlow>() == 40);
 const _: () = assert!(core::mem::size_of::<RetransmitEvent>() == 16 + 40 + 8);

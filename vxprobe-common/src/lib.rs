@@ -10,8 +10,8 @@ pub mod flow;
 pub mod hop;
 
 pub use event::{
-    DropEvent, EventHeader, EventKind, HopEvent, KernelOffsets, PacketInfo, RetransmitEvent,
-    SNAP_LEN, SendCall, SendErrorEvent, SockFlow,
+    CsumEvent, CsumOrigin, DropEvent, EventHeader, EventKind, FragNeededEvent, HopEvent,
+    KernelOffsets, PacketInfo, RetransmitEvent, SNAP_LEN, SendCall, SendErrorEvent, SockFlow,
 };
 pub use flow::{FlowCounters, FlowFilter, FlowKey, FragInfo, FragKey, OuterHeader};
 pub use hop::{Direction, HopCounters, HopKey};
@@ -20,6 +20,7 @@ pub use hop::{Direction, HopCounters, HopKey};
 pub mod names {
     pub const HOP_STATS: &str = "HOP_STATS";
     pub const FLOW_STATS: &str = "FLOW_STATS";
+    pub const FLOW_INSERTS: &str = "FLOW_INSERTS";
     pub const DEVICE_INFO: &str = "DEVICE_INFO";
     pub const FILTER: &str = "FILTER";
     pub const EPOCH: &str = "EPOCH";
@@ -41,6 +42,13 @@ pub mod names {
     pub const KFREE_SKB_KPROBE_SK: &str = "vxprobe_sk_skb_reason_drop_kprobe";
     pub const KFREE_SKB_KPROBE: &str = "vxprobe_kfree_skb_reason_kprobe";
     pub const RETRANSMIT_KPROBE: &str = "vxprobe_retransmit_kprobe";
+    pub const RETRANSMIT_SYNACK_BTF: &str = "vxprobe_retransmit_synack_btf";
+    pub const RETRANSMIT_SYNACK_RAW: &str = "vxprobe_retransmit_synack_raw";
+    pub const ICMP_SEND_BTF: &str = "vxprobe_icmp_send_btf";
+    pub const TCP_BAD_CSUM_BTF: &str = "vxprobe_tcp_bad_csum_btf";
+    pub const TCP_BAD_CSUM_RAW: &str = "vxprobe_tcp_bad_csum_raw";
+    pub const RX_CSUM_FAULT_KPROBE: &str = "vxprobe_rx_csum_fault_kprobe";
+    pub const ICMP_SEND_RAW: &str = "vxprobe_icmp_send_raw";
 }
 
 /// Upper bound on the hops (device x direction) counted at once.

@@ -3,10 +3,12 @@
 #![no_std]
 #![no_main]
 
+mod csum;
 mod drops;
 mod events;
 mod kernel;
 mod parse;
+mod pmtu;
 mod retransmit;
 mod send_errors;
 mod tc;

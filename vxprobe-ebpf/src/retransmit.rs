@@ -40,6 +40,20 @@ pub fn vxprobe_retransmit_raw(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// SYN-ACKs the server sends again because the client's ACK did not arrive: the request
+/// socket starts with a `sock_common`, so the same offsets read its addresses.
+#[btf_tracepoint(function = "tcp_retransmit_synack")]
+pub fn vxprobe_retransmit_synack_btf(ctx: BtfTracePointContext) -> i32 {
+    on_retransmit(ctx.arg(1), core::ptr::null());
+    0
+}
+
+#[raw_tracepoint(tracepoint = "tcp_retransmit_synack")]
+pub fn vxprobe_retransmit_synack_raw(ctx: RawTracePointContext) -> i32 {
+    on_retransmit(ctx.arg(1), core::ptr::null());
+    0
+}
+
 #[kprobe]
 pub fn vxprobe_retransmit_kprobe(ctx: ProbeContext) -> u32 {
     let sk: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());

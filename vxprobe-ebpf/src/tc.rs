@@ -27,6 +27,14 @@ static HOP_STATS: PerCpuHashMap<HopKey, HopCounters> = PerCpuHashMap::with_max_e
 static FLOW_STATS: LruPerCpuHashMap<FlowKey, FlowCounters> =
     LruPerCpuHashMap::with_max_entries(MAX_FLOWS, 0);
 
+/// Entries this CPU created in FLOW_STATS. User space knows how many are left and how many it
+/// deleted itself: the rest were evicted by the LRU (`evicted` in the output).
+#[map]
+static FLOW_INSERTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `BPF_NOEXIST`: create, never overwrite (another CPU may have created the flow meanwhile).
+const NOEXIST: u64 = 1;
+
 /// What the first fragment of a packet told, for the fragments after it.
 #[map]
 static FRAGMENTS: LruHashMap<FragKey, FragInfo> = LruHashMap::with_max_entries(8192, 0);
@@ -269,21 +277,23 @@ fn raise_max(max_len: &mut u32, max_epoch: &mut u32, sample: &HopCounters) {
 }
 
 #[inline(always)]
+fn add_flow(flow: &mut FlowCounters, sample: &HopCounters, outer: &OuterHeader) {
+    flow.packets += sample.packets;
+    flow.bytes += sample.bytes;
+    flow.segs += sample.segs;
+    flow.fragments += sample.fragments;
+    flow.oversize += sample.oversize;
+    raise_max(&mut flow.max_len, &mut flow.max_epoch, sample);
+    if outer.family != 0 {
+        flow.outer = *outer;
+    }
+}
+
+#[inline(always)]
 fn count_flow(key: &FlowKey, sample: &HopCounters, outer: &OuterHeader, first: &mut FlowCounters) {
     match FLOW_STATS.get_ptr_mut(key) {
-        Some(flow) => {
-            // SAFETY: a per-CPU slot: only this CPU writes it while this program runs.
-            let flow = unsafe { &mut *flow };
-            flow.packets += sample.packets;
-            flow.bytes += sample.bytes;
-            flow.segs += sample.segs;
-            flow.fragments += sample.fragments;
-            flow.oversize += sample.oversize;
-            raise_max(&mut flow.max_len, &mut flow.max_epoch, sample);
-            if outer.family != 0 {
-                flow.outer = *outer;
-            }
-        }
+        // SAFETY: a per-CPU slot: only this CPU writes it while this program runs.
+        Some(flow) => add_flow(unsafe { &mut *flow }, sample, outer),
         None => {
             first.packets = sample.packets;
             first.bytes = sample.bytes;
@@ -295,7 +305,16 @@ fn count_flow(key: &FlowKey, sample: &HopCounters, outer: &OuterHeader, first: &
             first.outer = *outer;
             first._pad = 0;
             // LRU: a full map evicts the least recently seen flow.
-            let _ = FLOW_STATS.insert(key, first, 0);
+            if FLOW_STATS.insert(key, first, NOEXIST).is_ok() {
+                if let Some(inserts) = FLOW_INSERTS.get_ptr_mut(0) {
+                    // SAFETY: a per-CPU slot, written only by this CPU while this program runs.
+                    unsafe { *inserts += 1 };
+                }
+            } else if let Some(flow) = FLOW_STATS.get_ptr_mut(key) {
+                // Another CPU created it since the lookup: count into this CPU's slot.
+                // SAFETY: as above.
+                add_flow(unsafe { &mut *flow }, sample, outer);
+            }
         }
     }
 }
@@ -349,6 +368,9 @@ fn copy_frame(ctx: &TcContext, frame: &mut [u8; SNAP_LEN], len: u32) -> u32 {
     if n == 0 || n > SNAP_LEN as u32 {
         return 0;
     }
+    // Older verifiers (Debian's 6.1) learn nothing from `n != 0` and reject a length that may
+    // be 0: rebuild the range from arithmetic they track (SNAP_LEN is a power of two).
+    let n = (core::hint::black_box(n - 1) & (SNAP_LEN as u32 - 1)) + 1;
     // SAFETY: bpf_skb_load_bytes writes at most `n` <= SNAP_LEN bytes into `frame`.
     let ret = unsafe {
         aya_ebpf::helpers::bpf_skb_load_bytes(ctx.skb.skb.cast(), 0, frame.as_mut_ptr().cast(), n)

@@ -8,8 +8,8 @@ use std::{
 
 use serde::Serialize;
 use vxprobe_common::{
-    Direction, DropEvent, EventKind, FlowKey, HopEvent, OuterHeader, PacketInfo, RetransmitEvent,
-    SendCall, SendErrorEvent, SockFlow,
+    CsumEvent, CsumOrigin, Direction, DropEvent, EventKind, FlowKey, FragNeededEvent, HopEvent,
+    OuterHeader, PacketInfo, RetransmitEvent, SendCall, SendErrorEvent, SockFlow,
 };
 
 use crate::{
@@ -27,6 +27,8 @@ pub enum AnomalyKind {
     Oversize,
     Retransmit,
     Fragment,
+    /// The node sent ICMP "fragmentation needed" for a packet too big for the next hop.
+    FragNeeded,
 }
 
 impl AnomalyKind {
@@ -37,6 +39,7 @@ impl AnomalyKind {
             AnomalyKind::Oversize => "oversize",
             AnomalyKind::Retransmit => "retransmit",
             AnomalyKind::Fragment => "fragment",
+            AnomalyKind::FragNeeded => "frag_needed",
         }
     }
 }
@@ -168,6 +171,9 @@ impl Anomaly {
     }
 }
 
+/// Devices of other namespaces remembered at most (a cache: forgotten ones are looked up again).
+const FOREIGN_DEVICES_MAX: usize = 4096;
+
 /// What turns raw events into anomalies: names from this kernel, and our own hops.
 pub struct Enricher {
     pub reasons: DropReasons,
@@ -266,6 +272,48 @@ impl Enricher {
         anomaly
     }
 
+    /// A checksum failure from `tcp_bad_csum` (the packet is dropped) or
+    /// `netdev_rx_csum_fault` (flagged: the device's checksum value was wrong).
+    pub fn csum(&self, event: &CsumEvent) -> Anomaly {
+        let info = &event.packet;
+        let mut anomaly = Anomaly::new(AnomalyKind::CsumError, event.header.netns);
+        let (reason, location) = if event.origin == CsumOrigin::RxCsumFault as u32 {
+            ("HW_CSUM_FAULT", "netdev_rx_csum_fault")
+        } else {
+            ("TCP_CSUM", "tcp_bad_csum")
+        };
+        anomaly.reason = Some(reason.to_owned());
+        anomaly.location = Some(location.to_owned());
+        anomaly.dropped = event.origin == CsumOrigin::TcpBadCsum as u32;
+        if info.ifindex != 0 {
+            anomaly.ifname = Some(c_string(&info.ifname));
+            anomaly.ifindex = Some(info.ifindex);
+            anomaly.hop_direction = Some(Direction::Ingress);
+        }
+        anomaly.len = Some(info.skb_len);
+        if let Some(parsed) = packet_bytes(info).and_then(packet::parse_ip) {
+            anomaly.flow = Some(parsed.flow);
+            anomaly.outer = parsed.outer;
+        }
+        anomaly
+    }
+
+    /// ICMP fragmentation-needed sent for a packet: the device it arrived on and its flow.
+    pub fn frag_needed(&self, event: &FragNeededEvent) -> Anomaly {
+        let info = &event.packet;
+        let mut anomaly = Anomaly::new(AnomalyKind::FragNeeded, event.header.netns);
+        if info.ifindex != 0 {
+            anomaly.ifname = Some(c_string(&info.ifname));
+            anomaly.ifindex = Some(info.ifindex);
+        }
+        anomaly.len = Some(info.skb_len);
+        if let Some(parsed) = packet_bytes(info).and_then(packet::parse_ip) {
+            anomaly.flow = Some(parsed.flow);
+            anomaly.outer = parsed.outer;
+        }
+        anomaly
+    }
+
     pub fn retransmit(&self, event: &RetransmitEvent) -> Anomaly {
         let mut anomaly = Anomaly::new(AnomalyKind::Retransmit, event.header.netns);
         anomaly.flow = sock_flow(&event.flow);
@@ -297,6 +345,10 @@ impl Enricher {
             anomaly.ifindex = Some(ifindex);
             anomaly.hop_direction = Some(Direction::Egress);
             let netns = anomaly.netns;
+            // Pods come and go for weeks: keep the cache bounded.
+            if self.foreign_devices.len() >= FOREIGN_DEVICES_MAX {
+                self.foreign_devices.clear();
+            }
             let device = self
                 .foreign_devices
                 .entry((netns, ifindex))

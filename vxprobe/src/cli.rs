@@ -21,6 +21,8 @@ pub enum Command {
     Record(RecordArgs),
     /// Live terminal UI of per-hop loss and the worst flows.
     Top(TopArgs),
+    /// A throwaway lab with the incidents' faults injected one after another, watched by top.
+    Demo(DemoArgs),
     /// Which kernel hook each signal uses here (and why the better ones are not used).
     Probes(ProbesArgs),
     /// Name the misconfiguration behind the numbers: MTUs, checksum/TSO/GSO offloads, kernel.
@@ -40,6 +42,10 @@ pub struct DoctorArgs {
     /// settings against a kernel it will run or used to run.
     #[arg(long, value_name = "RELEASE", value_parser = parse_kernel_release)]
     pub assume_kernel: Option<String>,
+    /// Also watch the live signals for this long (attaching like `record`) and add to each
+    /// finding what its devices did meanwhile (`evidence.observed`).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub watch: Option<Duration>,
 }
 
 /// Parses a kernel release for `--assume-kernel`: it must start with MAJOR.MINOR.
@@ -77,7 +83,7 @@ pub struct Selection {
     #[arg(long, value_name = "IP")]
     pub host: Option<std::net::IpAddr>,
     /// Only flows with this source or destination port (inner or outer header).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
     /// Only this protocol.
     #[arg(long, value_enum)]
@@ -111,7 +117,7 @@ pub struct RecordArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=128))]
     pub snaplen: u32,
     /// How often each hop's counters are written as a `hop` line.
-    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_interval)]
     pub stats_interval: Duration,
     #[command(flatten)]
     pub probe: ProbeOptions,
@@ -126,10 +132,26 @@ pub struct TopArgs {
     #[command(flatten)]
     pub selection: Selection,
     /// How often the screen's counters are refreshed.
-    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
     #[command(flatten)]
     pub probe: ProbeOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Run headless and write the recording (JSON lines) here instead of opening top.
+    #[arg(long, value_name = "PATH")]
+    pub record: Option<PathBuf>,
+    /// With --record: also write the evidence packets here (pcapng).
+    #[arg(long, value_name = "PATH", requires = "record")]
+    pub pcap: Option<PathBuf>,
+    /// How long each fault lasts.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub phase: Duration,
+    /// With --record: stop after this long (default: every phase once).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "record")]
+    pub duration: Option<Duration>,
 }
 
 /// How the kernel side is set up; the defaults suit almost everyone.
@@ -164,14 +186,37 @@ pub enum TcAttach {
     Clsact,
 }
 
-/// Parses DUR (`500ms`, `10s`, `2m`): a positive duration with a unit.
+/// Parses DUR (`500ms`, `10s`, `2m`): a positive duration with a unit, at most 100 years
+/// (beyond that, deadlines overflow the clock: run without `--duration` instead).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text)
         .map_err(|e| format!("'{text}' is not a duration like 500ms, 10s or 2m ({e})"))?;
     if duration.is_zero() {
         return Err(format!("'{text}': the duration must be greater than zero"));
     }
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "'{text}' is too long: at most 100 years (no --duration runs until stopped)"
+        ));
+    }
     Ok(duration)
+}
+
+/// 100 years as humantime counts them (365.25 days each).
+const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+/// Intervals shorter than this would spend the CPU on reading maps, not on the traffic.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses an interval (`--stats-interval`, `--interval`): a DUR from 10ms to 24h.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
+        return Err(format!(
+            "'{text}': an interval must be between 10ms and 24h"
+        ));
+    }
+    Ok(interval)
 }
 
 /// A ring buffer size the kernel accepts: a power of two and a multiple of the page size.
@@ -202,6 +247,19 @@ mod tests {
     fn bad_durations_are_refused() {
         for bad in ["", "10", "ten seconds", "0s", "-1s", "5x"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn durations_and_intervals_have_bounds() {
+        assert!(parse_duration("100y").is_ok());
+        for bad in ["101y", "100000000000y", "18446744073709551615s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_interval("10ms"), Ok(Duration::from_millis(10)));
+        assert_eq!(parse_interval("24h"), Ok(Duration::from_secs(86400)));
+        for bad in ["1ns", "9ms", "25h", "0s"] {
+            assert!(parse_interval(bad).is_err(), "{bad}");
         }
     }
 

@@ -1,7 +1,8 @@
 //! Ring-buffer records to typed events: the one place kernel bytes are interpreted.
 
 use vxprobe_common::{
-    DropEvent, EventHeader, EventKind, HopEvent, RetransmitEvent, SendErrorEvent,
+    CsumEvent, DropEvent, EventHeader, EventKind, FragNeededEvent, HopEvent, RetransmitEvent,
+    SendErrorEvent,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -23,6 +24,8 @@ pub enum KernelEvent {
     SendError(SendErrorEvent),
     /// A fragment or an oversized packet at a TC hook.
     Hop(HopEvent),
+    FragNeeded(FragNeededEvent),
+    Csum(CsumEvent),
 }
 
 /// Copies a `T` out of `bytes` after checking the length.
@@ -47,6 +50,8 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         EventKind::Drop => Ok(KernelEvent::Drop(read(bytes, "drop event")?)),
         EventKind::Retransmit => Ok(KernelEvent::Retransmit(read(bytes, "retransmit event")?)),
         EventKind::SendError => Ok(KernelEvent::SendError(read(bytes, "send error event")?)),
+        EventKind::FragNeeded => Ok(KernelEvent::FragNeeded(read(bytes, "frag-needed event")?)),
+        EventKind::Csum => Ok(KernelEvent::Csum(read(bytes, "checksum event")?)),
         EventKind::Fragment | EventKind::HopOversize => {
             Ok(KernelEvent::Hop(read(bytes, "hop event")?))
         }

@@ -195,10 +195,11 @@ pub struct Hop {
 }
 
 /// Roles of every device, from the topology: the lower device of a tunnel is its underlay.
-fn role_of(device: &Device, underlays: &BTreeSet<u32>) -> Role {
-    match device.kind {
+/// The role of a device of this kind, given which devices carry a tunnel's packets.
+pub fn role_of(kind: &DeviceKind, ifindex: u32, underlays: &BTreeSet<u32>) -> Role {
+    match kind {
         DeviceKind::Vxlan | DeviceKind::Geneve => Role::Overlay,
-        _ if underlays.contains(&device.ifindex) => Role::Underlay,
+        _ if underlays.contains(&ifindex) => Role::Underlay,
         DeviceKind::Tap | DeviceKind::Tun => Role::Tap,
         DeviceKind::Veth => Role::Pod,
         DeviceKind::Physical => Role::Physical,
@@ -209,48 +210,84 @@ fn role_of(device: &Device, underlays: &BTreeSet<u32>) -> Role {
 /// Picks the hops to observe. With patterns (`-i`, shell globs), every device whose name matches
 /// one; each pattern must match at least one device. Without, every tunnel device, each one's
 /// underlay, every tun/tap and every physical NIC.
-pub fn select(devices: &[Device], patterns: &[String]) -> Result<Vec<Hop>, UsageError> {
-    let underlays: BTreeSet<u32> = devices
+///
+/// `underlays`: the devices tunnels send through (their lower device, or the one routing to
+/// their remote VTEP; see `doctor::rules::underlay`).
+pub fn select(
+    devices: &[Device],
+    patterns: &[String],
+    underlays: &BTreeSet<u32>,
+) -> Result<Vec<Hop>, UsageError> {
+    let matchers = matchers(patterns)?;
+    for (pattern, matcher) in patterns.iter().zip(&matchers) {
+        if !devices.iter().any(|d| matcher.matches(&d.name)) {
+            return Err(UsageError::new(format!(
+                "no such interface: {pattern} (in this network namespace)"
+            )));
+        }
+    }
+    Ok(selected(devices, &matchers, underlays))
+}
+
+/// The `-i` patterns as globs; an empty or malformed one is bad usage.
+pub fn matchers(patterns: &[String]) -> Result<Vec<glob::Pattern>, UsageError> {
+    patterns
+        .iter()
+        .map(|pattern| {
+            if pattern.is_empty() {
+                return Err(UsageError::new("empty interface name (-i '')"));
+            }
+            let is_glob = pattern.contains(['*', '?', '[']);
+            if !is_glob && pattern.len() > IFNAMSIZ - 1 {
+                return Err(UsageError::new(format!(
+                    "interface name '{pattern}' is longer than {} bytes",
+                    IFNAMSIZ - 1
+                )));
+            }
+            glob::Pattern::new(pattern)
+                .map_err(|e| UsageError::new(format!("invalid interface pattern '{pattern}': {e}")))
+        })
+        .collect()
+}
+
+/// Linux device names hold at most 15 bytes and a NUL.
+const IFNAMSIZ: usize = 16;
+
+/// The lower devices tunnels name: the underlays known without asking routes (a device that
+/// appears while vxprobe runs is judged by this).
+pub fn lower_devices(devices: &[Device]) -> BTreeSet<u32> {
+    devices
         .iter()
         .filter_map(|d| d.tunnel.as_ref()?.lower_ifindex)
-        .collect();
-    let chosen: Vec<&Device> = if patterns.is_empty() {
-        devices
-            .iter()
-            .filter(|d| {
+        .collect()
+}
+
+/// The devices a selection picks, with their roles; patterns matching nothing are fine here
+/// (devices come and go while vxprobe runs).
+pub fn selected(
+    devices: &[Device],
+    matchers: &[glob::Pattern],
+    underlays: &BTreeSet<u32>,
+) -> Vec<Hop> {
+    devices
+        .iter()
+        .filter(|d| {
+            if matchers.is_empty() {
                 d.is_tunnel()
                     || underlays.contains(&d.ifindex)
                     || matches!(
                         d.kind,
                         DeviceKind::Tap | DeviceKind::Tun | DeviceKind::Physical
                     )
-            })
-            .collect()
-    } else {
-        let mut matchers = Vec::with_capacity(patterns.len());
-        for pattern in patterns {
-            let matcher = glob::Pattern::new(pattern).map_err(|e| {
-                UsageError::new(format!("invalid interface pattern '{pattern}': {e}"))
-            })?;
-            if !devices.iter().any(|d| matcher.matches(&d.name)) {
-                return Err(UsageError::new(format!(
-                    "no such interface: {pattern} (in this network namespace)"
-                )));
+            } else {
+                matchers.iter().any(|m| m.matches(&d.name))
             }
-            matchers.push(matcher);
-        }
-        devices
-            .iter()
-            .filter(|d| matchers.iter().any(|m| m.matches(&d.name)))
-            .collect()
-    };
-    Ok(chosen
-        .into_iter()
+        })
         .map(|d| Hop {
             device: d.clone(),
-            role: role_of(d, &underlays),
+            role: role_of(&d.kind, d.ifindex, underlays),
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
@@ -287,7 +324,7 @@ mod tests {
 
     #[test]
     fn default_selection_is_tunnels_underlays_taps_and_nics() {
-        let hops = select(&node(), &[]).unwrap();
+        let hops = select(&node(), &[], &BTreeSet::from([2])).unwrap();
         let got: Vec<(&str, Role)> = hops
             .iter()
             .map(|h| (h.device.name.as_str(), h.role))
@@ -305,15 +342,30 @@ mod tests {
 
     #[test]
     fn globs_select_veths_as_pods() {
-        let hops = select(&node(), &["cali*".into()]).unwrap();
+        let hops = select(&node(), &["cali*".into()], &BTreeSet::from([2])).unwrap();
         assert_eq!(hops.len(), 1);
         assert_eq!(hops[0].device.name, "cali1234");
         assert_eq!(hops[0].role, Role::Pod);
     }
 
     #[test]
+    fn empty_and_overlong_names_are_bad_usage() {
+        let err = select(&node(), &[String::new()], &BTreeSet::new()).unwrap_err();
+        assert!(err.to_string().contains("empty interface name"), "{err}");
+        let err = select(&node(), &["a-name-of-sixteen".into()], &BTreeSet::new()).unwrap_err();
+        assert!(err.to_string().contains("a-name-of-sixteen"), "{err}");
+        // Globs may be longer than a name.
+        assert!(matchers(&["cali[0-9a-f][0-9a-f]*".into()]).is_ok());
+    }
+
+    #[test]
     fn an_unmatched_pattern_names_itself() {
-        let err = select(&node(), &["eth0".into(), "nosuchdev".into()]).unwrap_err();
+        let err = select(
+            &node(),
+            &["eth0".into(), "nosuchdev".into()],
+            &BTreeSet::new(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("nosuchdev"), "{err}");
     }
 }

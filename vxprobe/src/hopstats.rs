@@ -271,6 +271,20 @@ impl HopStats {
         self.last = totals;
         Ok(deltas)
     }
+
+    /// Deletes the hops `which` picks from the kernel map (a vanished device's), with what was
+    /// last seen of them; returns how many.
+    pub fn forget(&mut self, which: impl Fn(&HopKey) -> bool) -> u64 {
+        let keys: Vec<HopKey> = self.last.keys().filter(|k| which(k)).copied().collect();
+        let mut deleted = 0;
+        for key in keys {
+            self.last.remove(&key);
+            if self.map.remove(&key).is_ok() {
+                deleted += 1;
+            }
+        }
+        deleted
+    }
 }
 
 /// What is kept of a flow entry between reads: its key's hash and the additive counters,
@@ -408,6 +422,40 @@ impl FlowStats {
     }
 }
 
+impl FlowStats {
+    /// Entries in the map at the last [`interval`](Self::interval).
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
+    }
+
+    /// Deletes the entries `which` picks from the kernel map (a vanished device's), with what
+    /// was last seen of them; returns how many. Rare (a device went away), so it walks the
+    /// kernel's keys rather than keeping every key in memory.
+    pub fn forget(&mut self, which: impl Fn(&FlowKey) -> bool) -> u64 {
+        let keys: Vec<FlowKey> = self
+            .map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| which(k))
+            .collect();
+        let mut deleted = 0;
+        for key in keys {
+            let hash = key_hash(&key);
+            if let Ok(at) = self.last.binary_search_by_key(&hash, |s| s.hash) {
+                self.last.remove(at);
+            }
+            if self.map.remove(&key).is_ok() {
+                deleted += 1;
+            }
+        }
+        deleted
+    }
+}
+
 fn take_map<K: Pod, V: Pod>(
     ebpf: &mut aya::Ebpf,
     name: &str,
@@ -424,6 +472,57 @@ pub fn hop_stats(ebpf: &mut aya::Ebpf) -> anyhow::Result<HopStats> {
 
 pub fn flow_stats(ebpf: &mut aya::Ebpf) -> anyhow::Result<FlowStats> {
     FlowStats::take(ebpf)
+}
+
+/// Flow entries the LRU evicted, from the kernel's count of entries it created: created minus
+/// still there minus deleted by us. Exact once the map is quiet; while flows are created during
+/// the read it can only lag behind, never run ahead (the creations are read first).
+pub struct Evictions {
+    inserts: aya::maps::PerCpuArray<MapData, u64>,
+    /// Entries vxprobe deleted itself (those of vanished devices).
+    deleted: u64,
+    total: u64,
+}
+
+impl Evictions {
+    pub fn take(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
+        let map = ebpf
+            .take_map(names::FLOW_INSERTS)
+            .with_context(|| format!("map {} missing from the eBPF object", names::FLOW_INSERTS))?;
+        Ok(Self {
+            inserts: aya::maps::PerCpuArray::try_from(map)?,
+            deleted: 0,
+            total: 0,
+        })
+    }
+
+    /// Entries created so far; read before the flow map is.
+    pub fn created(&self) -> anyhow::Result<u64> {
+        Ok(self
+            .inserts
+            .get(&0, 0)
+            .context("reading FLOW_INSERTS")?
+            .iter()
+            .sum())
+    }
+
+    /// Evictions since the last call, given what was created before the flow map was read
+    /// and how many entries it held.
+    pub fn since_last(&mut self, created: u64, live: usize) -> u64 {
+        let total = created.saturating_sub(live as u64 + self.deleted);
+        let fresh = total.saturating_sub(self.total);
+        self.total = self.total.max(total);
+        fresh
+    }
+
+    pub fn deleted(&mut self, entries: u64) {
+        self.deleted += entries;
+    }
+
+    /// All evictions so far.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
 }
 
 /// The interval number the TC programs stamp their maxima with.

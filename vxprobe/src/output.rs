@@ -3,7 +3,7 @@
 
 use std::{
     fs::File,
-    io::{self, BufWriter, Write},
+    io::{self, Write},
     time::SystemTime,
 };
 
@@ -14,7 +14,7 @@ use crate::{
     devices::Role,
     packet::{Flow, Outer},
     pipeline::{Sink, Summary},
-    session::{FlowReport, IntervalReport, Meta},
+    session::{FlowReport, HopChange, IntervalEnd, IntervalReport, Meta},
 };
 
 /// RFC 3339 timestamp in UTC, as every line's `ts`.
@@ -76,13 +76,18 @@ pub fn mean_segment(bytes: u64, segs: u64) -> u64 {
 
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// Writes one JSON object per line. Lines are buffered and handed to the OS by [`flush`]
-/// (every interval and at exit), so a reader never sees half a line from a finished interval.
+/// Writes one JSON object per line. Lines are gathered and handed to the OS whole, at every
+/// interval ([`flush`]) or when a burst fills the buffer, never cut at a buffer boundary: if
+/// vxprobe dies, every line that reached the file is complete.
 ///
 /// [`flush`]: JsonLines::flush
 pub struct JsonLines {
-    out: BufWriter<Box<dyn Write + Send>>,
+    out: Box<dyn Write + Send>,
+    pending: Vec<u8>,
 }
+
+/// Complete lines kept before they are written even within an interval (an event burst).
+const PENDING_LIMIT: usize = 256 * 1024;
 
 impl JsonLines {
     /// `-` is stdout; anything else is a file, created or truncated.
@@ -93,16 +98,23 @@ impl JsonLines {
             Box::new(File::create(path)?)
         };
         Ok(Self {
-            out: BufWriter::new(out),
+            out,
+            pending: Vec::with_capacity(PENDING_LIMIT),
         })
     }
 
     pub fn write<T: Serialize>(&mut self, line: &T) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, line)?;
-        self.out.write_all(b"\n")
+        serde_json::to_writer(&mut self.pending, line)?;
+        self.pending.push(b'\n');
+        if self.pending.len() >= PENDING_LIMIT {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
+        self.out.write_all(&self.pending)?;
+        self.pending.clear();
         self.out.flush()
     }
 }
@@ -133,6 +145,29 @@ struct LostLine<'a> {
     event_kind: &'static str,
 }
 
+/// A device that started (`added`) or stopped (`removed`: it vanished) being observed.
+#[derive(Serialize)]
+struct DeviceLine<'a> {
+    kind: &'static str,
+    ts: String,
+    event: &'static str,
+    ifname: &'a str,
+    ifindex: u32,
+    netns: u64,
+    role: Role,
+    mtu: u32,
+}
+
+/// Flow entries the kernel's full flow table evicted in an interval.
+#[derive(Serialize)]
+struct EvictedLine<'a> {
+    kind: &'static str,
+    ts: &'a str,
+    count: u64,
+    /// The table's capacity (`--max-flows`).
+    capacity: u32,
+}
+
 #[derive(Serialize)]
 struct SummaryLine<'a> {
     kind: &'static str,
@@ -149,6 +184,8 @@ fn event_kind_name(kind: vxprobe_common::EventKind) -> &'static str {
         EventKind::Retransmit => "retransmit",
         EventKind::SendError | EventKind::HopOversize => "oversize",
         EventKind::Fragment => "fragment",
+        EventKind::FragNeeded => "frag_needed",
+        EventKind::Csum => "csum_error",
     }
 }
 
@@ -157,6 +194,7 @@ pub struct JsonSink {
     lines: JsonLines,
     /// The namespace of the TC hops, from the meta data.
     netns: u64,
+    max_flows: u32,
     /// `ts` of the interval whose flows are being written.
     interval_ts: String,
 }
@@ -166,6 +204,7 @@ impl JsonSink {
         Self {
             lines,
             netns: 0,
+            max_flows: 0,
             interval_ts: String::new(),
         }
     }
@@ -174,6 +213,7 @@ impl JsonSink {
 impl Sink for JsonSink {
     fn meta(&mut self, meta: &Meta) -> anyhow::Result<()> {
         self.netns = meta.netns;
+        self.max_flows = meta.max_flows;
         self.lines.write(&MetaLine {
             kind: "meta",
             ts: timestamp(SystemTime::now()),
@@ -257,7 +297,46 @@ impl Sink for JsonSink {
         Ok(())
     }
 
-    fn interval_end(&mut self) -> anyhow::Result<()> {
+    /// The `evicted` line, if the flow table evicted entries; the interval's lines are
+    /// complete and handed to the OS.
+    fn interval_end(&mut self, end: &IntervalEnd) -> anyhow::Result<()> {
+        if end.evicted > 0 {
+            self.lines.write(&EvictedLine {
+                kind: "evicted",
+                ts: &self.interval_ts,
+                count: end.evicted,
+                capacity: self.max_flows,
+            })?;
+        }
+        Ok(self.lines.flush()?)
+    }
+
+    fn device(&mut self, change: &HopChange) -> anyhow::Result<()> {
+        self.lines.write(&DeviceLine {
+            kind: "device",
+            ts: timestamp(change.ts),
+            event: if change.added { "added" } else { "removed" },
+            ifname: &change.hop.ifname,
+            ifindex: change.hop.ifindex,
+            netns: self.netns,
+            role: change.hop.role,
+            mtu: change.hop.mtu,
+        })?;
+        Ok(self.lines.flush()?)
+    }
+
+    fn note(&mut self, text: &str) -> anyhow::Result<()> {
+        #[derive(Serialize)]
+        struct NoteLine<'a> {
+            kind: &'static str,
+            ts: String,
+            text: &'a str,
+        }
+        self.lines.write(&NoteLine {
+            kind: "note",
+            ts: timestamp(SystemTime::now()),
+            text,
+        })?;
         Ok(self.lines.flush()?)
     }
 

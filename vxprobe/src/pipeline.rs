@@ -1,6 +1,7 @@
 //! The one loop every front end runs: kernel events as they arrive (batched wakeups), interval
-//! reports every `--stats-interval`, until `stop` resolves. Sinks (JSON lines, pcapng, the
-//! TUI) receive typed data; nothing here knows how it is shown.
+//! reports every `--stats-interval`, device changes as the watcher sees them, until `stop`
+//! resolves. Sinks (JSON lines, pcapng, the TUI) receive typed data; nothing here knows how it
+//! is shown.
 
 use std::{collections::BTreeMap, future::Future, time::Duration};
 
@@ -8,7 +9,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::{
     anomaly::Anomaly,
-    session::{FlowReport, IntervalPart, IntervalReport, Meta, Session},
+    distinct::DistinctCount,
+    session::{FlowReport, HopChange, IntervalEnd, IntervalPart, IntervalReport, Meta, Session},
+    watch::{DeviceChange, DeviceWatch},
 };
 
 /// Where pipeline output goes.
@@ -24,7 +27,15 @@ pub trait Sink {
         Ok(())
     }
     /// ... and it is complete.
-    fn interval_end(&mut self) -> anyhow::Result<()> {
+    fn interval_end(&mut self, _end: &IntervalEnd) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// A device started or stopped being observed (device churn).
+    fn device(&mut self, _change: &HopChange) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// A remark from whoever drives the session (the demo names the fault it injects).
+    fn note(&mut self, _text: &str) -> anyhow::Result<()> {
         Ok(())
     }
     /// Last call; a sink may add what it knows to the summary for the sinks after it.
@@ -42,7 +53,9 @@ pub struct Summary {
     pub events: BTreeMap<&'static str, u64>,
     /// Events the kernel could not hand over, all kinds.
     pub lost: u64,
-    /// Distinct (hop, direction, flow) entries reported.
+    /// Flow entries evicted from the kernel's full flow table (`--max-flows`).
+    pub evicted: u64,
+    /// Distinct (hop, direction, flow) entries reported (estimated beyond 65,536).
     pub flow_entries: u64,
     /// Packets written to the pcapng file, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -53,20 +66,30 @@ pub struct Summary {
 /// left unreported, and hands every sink the summary.
 /// `number_evidence`: give every anomaly with a packet its frame number in the evidence file
 /// (`pcap_frame`), so a JSON line leads straight to its packet in Wireshark.
+/// `notes`: remarks to pass to the sinks as they come.
 pub async fn run(
     session: &mut Session,
     sinks: &mut [&mut dyn Sink],
     stats_interval: Duration,
     number_evidence: bool,
+    mut notes: Option<tokio::sync::mpsc::Receiver<String>>,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let mut summary = Summary::default();
     let mut frames = number_evidence.then_some(0u64);
-    let mut flows_seen = std::collections::HashSet::<u64>::new();
+    let mut flows_seen = DistinctCount::default();
     for sink in sinks.iter_mut() {
         sink.meta(session.meta())?;
     }
+    // Devices come and go while we run; without the watcher, the hops stay as they started.
+    let mut watch = match DeviceWatch::spawn(session.patterns(), session.hops()) {
+        Ok(watch) => Some(watch),
+        Err(e) => {
+            eprintln!("vxprobe: device changes are not followed: {e:#}");
+            None
+        }
+    };
     let mut ticker = tokio::time::interval_at(Instant::now() + stats_interval, stats_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut interval_start = Instant::now();
@@ -76,6 +99,16 @@ pub async fn run(
             ready = session.events_ready() => {
                 ready?;
                 drain(session, sinks, &mut summary, &mut frames)?;
+                continue;
+            }
+            change = next_change(&mut watch) => {
+                apply(session, sinks, change)?;
+                continue;
+            }
+            Some(text) = next_note(&mut notes) => {
+                for sink in sinks.iter_mut() {
+                    sink.note(&text)?;
+                }
                 continue;
             }
             _ = ticker.tick() => false,
@@ -94,18 +127,21 @@ pub async fn run(
                 }
                 IntervalPart::Flows(flows) => {
                     for f in flows {
-                        flows_seen.insert(entry_hash(f));
+                        flows_seen.insert(&(f.hop.ifindex, f.dir, &f.flow));
                     }
                     for sink in sinks.iter_mut() {
                         sink.flows(flows)?;
                     }
                 }
+                IntervalPart::End(end) => {
+                    summary.evicted += end.evicted;
+                    for sink in sinks.iter_mut() {
+                        sink.interval_end(end)?;
+                    }
+                }
             }
             Ok(())
         })?;
-        for sink in sinks.iter_mut() {
-            sink.interval_end()?;
-        }
         interval_start = now;
         summary.intervals += 1;
         if stopping {
@@ -113,20 +149,18 @@ pub async fn run(
         }
     }
     summary.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    summary.flow_entries = flows_seen.len() as u64;
+    summary.flow_entries = flows_seen.count();
     for sink in sinks.iter_mut() {
         sink.finish(&mut summary)?;
     }
     Ok(summary)
 }
 
-/// A flow entry (hop, direction, flow) as 64 bits: the summary counts distinct entries over
-/// the whole run, so it keeps 8 bytes of each, not the entry.
-fn entry_hash(f: &FlowReport) -> u64 {
-    use std::hash::{Hash as _, Hasher as _};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (f.hop.ifindex, f.dir, &f.flow).hash(&mut h);
-    h.finish()
+async fn next_note(notes: &mut Option<tokio::sync::mpsc::Receiver<String>>) -> Option<String> {
+    match notes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn drain(
@@ -148,4 +182,60 @@ fn drain(
         }
         Ok(())
     })
+}
+
+/// The watcher's next change; never, without a watcher.
+async fn next_change(watch: &mut Option<DeviceWatch>) -> DeviceChange {
+    if let Some(w) = watch
+        && let Some(change) = w.next().await
+    {
+        return change;
+    }
+    *watch = None;
+    std::future::pending().await
+}
+
+/// Applies a device change to the session and tells the sinks. A device that cannot be
+/// attached (it vanished again, or the kernel refused) is reported on stderr and skipped: the
+/// recording goes on.
+fn apply(
+    session: &mut Session,
+    sinks: &mut [&mut dyn Sink],
+    change: DeviceChange,
+) -> anyhow::Result<()> {
+    let applied = match change {
+        DeviceChange::Added(hop) => {
+            let name = hop.device.name.clone();
+            let ifindex = hop.device.ifindex;
+            match session.add_hop(hop) {
+                Ok(true) => session
+                    .meta()
+                    .hops
+                    .iter()
+                    .find(|h| h.ifindex == ifindex)
+                    .cloned()
+                    .map(HopChange::added),
+                Ok(false) => None,
+                Err(e) => {
+                    eprintln!("vxprobe: not observing new device {name}: {e:#}");
+                    None
+                }
+            }
+        }
+        DeviceChange::Removed { ifindex, .. } => {
+            session.remove_hop(ifindex).map(HopChange::removed)
+        }
+        DeviceChange::Updated(hop) => {
+            if let Err(e) = session.update_hop(&hop) {
+                eprintln!("vxprobe: {}: new MTU not applied: {e:#}", hop.device.name);
+            }
+            None
+        }
+    };
+    if let Some(change) = applied {
+        for sink in sinks.iter_mut() {
+            sink.device(&change)?;
+        }
+    }
+    Ok(())
 }

@@ -3,6 +3,8 @@
 //! first that loads and attaches, and records the choice (and why the others failed) for
 //! `meta` lines and `vxprobe probes`. Everything attached is detached when [`Probes`] drops.
 
+use std::collections::HashMap;
+
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
@@ -10,7 +12,7 @@ use aya::{
     programs::{
         BtfTracePoint, FEntry, FExit, KProbe, LinkOrder, RawTracePoint, SchedClassifier,
         TcAttachType, TracePoint,
-        tc::{self, NlOptions, TcAttachOptions, TcError},
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
     },
     util::KernelVersion,
 };
@@ -20,6 +22,7 @@ use vxprobe_common::{DeviceInfo, FlowFilter, KernelOffsets, names};
 use crate::{
     cli::TcAttach,
     devices::{DeviceKind, Hop},
+    error::UsageError,
 };
 
 /// The kernel programs, built by build.rs and embedded in the binary.
@@ -44,6 +47,19 @@ impl TcMode {
                 Ok(v) if v >= KernelVersion::new(6, 6, 0) => TcMode::Tcx,
                 _ => TcMode::Clsact,
             },
+        }
+    }
+
+    /// `--tc-attach tcx` where the kernel has no TCX (before 6.6) is bad input for this node.
+    pub fn check(requested: TcAttach, kernel: Option<KernelVersion>) -> Result<(), UsageError> {
+        match kernel {
+            Some(v) if requested == TcAttach::Tcx && v < KernelVersion::new(6, 6, 0) => {
+                Err(UsageError::new(format!(
+                    "--tc-attach tcx needs Linux 6.6 or later (this kernel is {v}): use \
+                     --tc-attach clsact or auto"
+                )))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -118,15 +134,52 @@ const LADDERS: &[(&str, &[Rung])] = &[
                 hook: HookType::TpBtf,
                 programs: &[(names::RETRANSMIT_BTF, "tcp_retransmit_skb")],
             },
-            Rung {
-                hook: HookType::Kprobe,
-                programs: &[(names::RETRANSMIT_KPROBE, "tcp_retransmit_skb")],
-            },
+            // The raw tracepoint before the kprobe: a kprobe on tcp_retransmit_skb sees every
+            // attempt, failed ones too (-EBUSY while the original is still queued), and
+            // over-counts (measured on Debian 6.1 and 6.12); the tracepoint sees what went out.
             Rung {
                 hook: HookType::RawTracepoint,
                 programs: &[(names::RETRANSMIT_RAW, "tcp_retransmit_skb")],
             },
+            Rung {
+                hook: HookType::Kprobe,
+                programs: &[(names::RETRANSMIT_KPROBE, "tcp_retransmit_skb")],
+            },
         ],
+    ),
+    (
+        "retransmit_synack",
+        &[
+            Rung {
+                hook: HookType::TpBtf,
+                programs: &[(names::RETRANSMIT_SYNACK_BTF, "tcp_retransmit_synack")],
+            },
+            Rung {
+                hook: HookType::RawTracepoint,
+                programs: &[(names::RETRANSMIT_SYNACK_RAW, "tcp_retransmit_synack")],
+            },
+        ],
+    ),
+    (
+        "frag_needed",
+        &[
+            Rung {
+                hook: HookType::TpBtf,
+                programs: &[(names::ICMP_SEND_BTF, "icmp_send")],
+            },
+            Rung {
+                hook: HookType::RawTracepoint,
+                programs: &[(names::ICMP_SEND_RAW, "icmp_send")],
+            },
+        ],
+    ),
+    (
+        // A device's CHECKSUM_COMPLETE value found wrong by the stack (no tracepoint exists).
+        "rx_csum_fault",
+        &[Rung {
+            hook: HookType::Kprobe,
+            programs: &[(names::RX_CSUM_FAULT_KPROBE, "netdev_rx_csum_fault")],
+        }],
     ),
     (
         "send_emsgsize",
@@ -151,6 +204,21 @@ const LADDERS: &[(&str, &[Rung])] = &[
     ),
 ];
 
+/// Names signals to leave out, comma-separated.
+pub const SKIP_SIGNALS_ENV: &str = "VXPROBE_SKIP_SIGNALS";
+
+/// `tcp:tcp_bad_csum`, for kernels whose drops carry no reason.
+const TCP_BAD_CSUM_LADDER: &[Rung] = &[
+    Rung {
+        hook: HookType::TpBtf,
+        programs: &[(names::TCP_BAD_CSUM_BTF, "tcp_bad_csum")],
+    },
+    Rung {
+        hook: HookType::RawTracepoint,
+        programs: &[(names::TCP_BAD_CSUM_RAW, "tcp_bad_csum")],
+    },
+];
+
 /// Which hook a signal uses here, and what was tried before it.
 #[derive(Clone, Debug, Serialize)]
 pub struct HookChoice {
@@ -166,6 +234,8 @@ pub struct Probes {
     ebpf: Ebpf,
     pub tc_mode: TcMode,
     pub hooks: Vec<HookChoice>,
+    /// The TC attachments of each hop, by ifindex.
+    tc_links: HashMap<u32, Vec<(&'static str, SchedClassifierLinkId)>>,
     /// The kernel's BTF as aya reads it, parsed once for every BTF-typed program.
     btf: Option<aya::Btf>,
 }
@@ -187,83 +257,190 @@ impl Probes {
         loader.override_global(names::FILTER, filter, true);
         loader.map_max_entries(names::FLOW_STATS, max_flows);
         loader.map_max_entries(names::EVENTS, ring_size);
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .context("loading vxprobe's eBPF object")?;
+        raise_memlock_limit();
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
+            let hint = refused_hint(&e);
+            anyhow::Error::new(e).context(format!("loading vxprobe's eBPF object{hint}"))
+        })?;
         for name in [names::TC_INGRESS, names::TC_EGRESS] {
             program::<SchedClassifier>(&mut ebpf, name)?
                 .load()
-                .with_context(|| format!("loading program {name} into the kernel"))?;
+                .map_err(|e| {
+                    let hint = refused_hint(&e);
+                    anyhow::Error::new(e)
+                        .context(format!("loading program {name} into the kernel{hint}"))
+                })?;
         }
         Ok(Self {
             ebpf,
             tc_mode,
             hooks: Vec::new(),
+            tc_links: HashMap::new(),
             btf: None,
         })
     }
 
     /// Attaches the TC programs at ingress and egress of every hop, after telling them each
-    /// device's MTU and link type.
+    /// device's MTU and link type. A device that vanished since it was listed is skipped with
+    /// a note (the device watcher catches up with it); any other failure is an error.
     pub fn attach_tc(&mut self, hops: &[Hop]) -> anyhow::Result<()> {
-        let mut devices: aya::maps::HashMap<_, u32, DeviceInfo> = aya::maps::HashMap::try_from(
-            self.ebpf
-                .map_mut(names::DEVICE_INFO)
-                .context("map DEVICE_INFO missing from the eBPF object")?,
-        )?;
         for hop in hops {
-            let info = DeviceInfo {
-                mtu: hop.device.mtu,
-                l3: u32::from(hop.device.kind == DeviceKind::Tun),
-            };
-            devices
-                .insert(hop.device.ifindex, info, 0)
-                .context("writing DEVICE_INFO")?;
-        }
-        for hop in hops {
-            let ifname = hop.device.name.as_str();
-            if self.tc_mode == TcMode::Clsact {
-                match tc::qdisc_add_clsact(ifname) {
-                    Ok(()) => {}
-                    // Another tool (or an earlier vxprobe) already added it: share it.
-                    Err(TcError::AlreadyAttached) => {}
-                    Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("adding clsact qdisc to {ifname}"));
-                    }
+            if let Err(e) = self.attach_hop(hop) {
+                if device_index(&hop.device.name) != Some(hop.device.ifindex) {
+                    eprintln!(
+                        "vxprobe: {} vanished while vxprobe attached to it",
+                        hop.device.name
+                    );
+                    continue;
                 }
-            }
-            for (name, attach_type) in [
-                (names::TC_INGRESS, TcAttachType::Ingress),
-                (names::TC_EGRESS, TcAttachType::Egress),
-            ] {
-                let options = match self.tc_mode {
-                    TcMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    TcMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
-                };
-                program::<SchedClassifier>(&mut self.ebpf, name)?
-                    .attach_with_options(ifname, attach_type, options)
-                    .with_context(|| {
-                        format!(
-                            "attaching {name} to {ifname} ({attach_type:?}, {})",
-                            self.tc_mode.as_str()
-                        )
-                    })?;
+                return Err(e);
             }
         }
         Ok(())
+    }
+
+    /// Attaches the TC programs at ingress and egress of one hop, all or nothing.
+    pub fn attach_hop(&mut self, hop: &Hop) -> anyhow::Result<()> {
+        let ifname = hop.device.name.as_str();
+        let ifindex = hop.device.ifindex;
+        self.set_device_info(hop)?;
+        // aya attaches by name: make sure the name still means this device (a pod's veth can
+        // be deleted and its name reused in the time it takes to get here).
+        if device_index(ifname) != Some(ifindex) {
+            anyhow::bail!("{ifname} (ifindex {ifindex}) is gone");
+        }
+        if self.tc_mode == TcMode::Clsact {
+            match tc::qdisc_add_clsact(ifname) {
+                Ok(()) => {}
+                // Another tool (or an earlier vxprobe) already added it: share it.
+                Err(TcError::AlreadyAttached) => {}
+                Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("adding clsact qdisc to {ifname}"));
+                }
+            }
+        }
+        let mut links = Vec::with_capacity(2);
+        for (name, attach_type) in [
+            (names::TC_INGRESS, TcAttachType::Ingress),
+            (names::TC_EGRESS, TcAttachType::Egress),
+        ] {
+            let options = match self.tc_mode {
+                TcMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
+                TcMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
+            };
+            let attached = program::<SchedClassifier>(&mut self.ebpf, name)?
+                .attach_with_options(ifname, attach_type, options)
+                .with_context(|| {
+                    format!(
+                        "attaching {name} to {ifname} ({attach_type:?}, {})",
+                        self.tc_mode.as_str()
+                    )
+                });
+            match attached {
+                Ok(link) => links.push((name, link)),
+                Err(e) => {
+                    self.detach_links(links);
+                    return Err(e);
+                }
+            }
+        }
+        self.tc_links.insert(ifindex, links);
+        Ok(())
+    }
+
+    /// Whether a hop's TC programs are attached.
+    pub fn is_attached(&self, ifindex: u32) -> bool {
+        self.tc_links.contains_key(&ifindex)
+    }
+
+    /// Detaches the TC programs from a hop (best effort: its device may be gone already,
+    /// which detached them in the kernel) and forgets its device facts.
+    pub fn detach_hop(&mut self, ifindex: u32) {
+        if let Some(links) = self.tc_links.remove(&ifindex) {
+            self.detach_links(links);
+        }
+        if let Ok(mut devices) = self.device_info() {
+            let _ = devices.remove(&ifindex);
+        }
+    }
+
+    /// Tells the TC programs a device's MTU and link type (also when its MTU changes).
+    pub fn set_device_info(&mut self, hop: &Hop) -> anyhow::Result<()> {
+        let info = DeviceInfo {
+            mtu: hop.device.mtu,
+            l3: u32::from(hop.device.kind == DeviceKind::Tun),
+        };
+        self.device_info()?
+            .insert(hop.device.ifindex, info, 0)
+            .context("writing DEVICE_INFO")
+    }
+
+    fn device_info(&mut self) -> anyhow::Result<aya::maps::HashMap<&mut MapData, u32, DeviceInfo>> {
+        Ok(aya::maps::HashMap::try_from(
+            self.ebpf
+                .map_mut(names::DEVICE_INFO)
+                .context("map DEVICE_INFO missing from the eBPF object")?,
+        )?)
+    }
+
+    fn detach_links(&mut self, links: Vec<(&'static str, SchedClassifierLinkId)>) {
+        for (name, link) in links {
+            if let Ok(program) = program::<SchedClassifier>(&mut self.ebpf, name) {
+                let _ = program.detach(link);
+            }
+        }
     }
 
     /// Attaches every kernel-wide signal, each through the best rung of its ladder that works
     /// here. `skip` leaves hook types out (to exercise a fallback, or to avoid a hook known to
     /// misbehave on some kernel).
     pub fn attach_signals(&mut self, skip: &[HookType]) -> &[HookChoice] {
+        // VXPROBE_SKIP_SIGNALS=drop,retransmit leaves whole signals out (a hook that
+        // misbehaves on some kernel; the tests use it to exercise stand-ins).
+        let skipped = std::env::var(SKIP_SIGNALS_ENV).unwrap_or_default();
+        let skipped: Vec<&str> = skipped.split(',').map(str::trim).collect();
         for (signal, rungs) in LADDERS {
+            if skipped.contains(signal) {
+                self.hooks.push(HookChoice {
+                    signal,
+                    hook: None,
+                    unavailable: vec![format!("skipped ({SKIP_SIGNALS_ENV})")],
+                });
+                continue;
+            }
             self.attach_ladder(signal, rungs, skip);
+        }
+        // TCP checksum failures have their own tracepoint; it only stands in when drops (and
+        // with them TCP_CSUM) have no hook, so nothing is counted twice.
+        let drops_seen = self
+            .hooks
+            .iter()
+            .any(|h| h.signal == "drop" && h.hook.is_some());
+        if drops_seen {
+            self.hooks.push(HookChoice {
+                signal: "tcp_bad_csum",
+                hook: None,
+                unavailable: vec!["not needed: drops carry TCP_CSUM".to_owned()],
+            });
+        } else {
+            self.attach_ladder("tcp_bad_csum", TCP_BAD_CSUM_LADDER, skip);
         }
         // Every BTF-typed program is loaded: the parsed BTF (megabytes) is not needed again.
         self.btf = None;
         &self.hooks
+    }
+
+    /// Without the kernel's BTF no kernel-wide hook can be used: each signal says why (in the
+    /// `meta` line and the UI's status line).
+    pub fn signals_unavailable(&mut self, why: &str) {
+        for (signal, _) in LADDERS {
+            self.hooks.push(HookChoice {
+                signal,
+                hook: None,
+                unavailable: vec![why.to_owned()],
+            });
+        }
     }
 
     fn attach_ladder(&mut self, signal: &'static str, rungs: &[Rung], skip: &[HookType]) {
@@ -405,6 +582,43 @@ where
         .with_context(|| format!("program {name} has an unexpected type"))
 }
 
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK, whose default (64 KiB or 8 MiB) is
+/// too small for the ring buffer and the flow table: lift it (best effort; later kernels
+/// account with memory cgroups and ignore it).
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads one rlimit struct we own.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+/// When the kernel refused with EPERM although the capabilities are there, say where else
+/// that comes from.
+fn refused_hint(error: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(libc::EPERM)
+        {
+            return " (the kernel refused bpf(): capabilities in a user namespace do not count, \
+                    and a seccomp or LSM policy (a container runtime's default profile) can \
+                    forbid it)";
+        }
+        source = e.source();
+    }
+    ""
+}
+
+/// The ifindex a device name stands for right now, if any.
+pub fn device_index(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
 /// Classic tracepoints are found through tracefs; a fresh node may not have it mounted.
 fn ensure_tracefs() -> anyhow::Result<()> {
     const TRACEFS: &str = "/sys/kernel/tracing";
@@ -427,9 +641,32 @@ fn ensure_tracefs() -> anyhow::Result<()> {
     };
     if rc != 0 {
         anyhow::bail!(
-            "tracefs is not mounted and mounting it at {TRACEFS} failed: {}",
+            "tracefs is not mounted and mounting it at {TRACEFS} failed: {} (mount it with \
+             `mount -t tracefs nodev {TRACEFS}`, or grant CAP_SYS_ADMIN)",
             std::io::Error::last_os_error()
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcx_on_an_old_kernel_is_bad_input_naming_the_way_out() {
+        let old = Some(KernelVersion::new(5, 15, 0));
+        let err = TcMode::check(TcAttach::Tcx, old).unwrap_err().to_string();
+        assert!(err.contains("6.6") && err.contains("5.15.0") && err.contains("clsact"));
+        assert!(TcMode::check(TcAttach::Auto, old).is_ok());
+        assert!(TcMode::check(TcAttach::Tcx, Some(KernelVersion::new(6, 6, 0))).is_ok());
+    }
+
+    #[test]
+    fn eperm_gets_a_hint_and_other_errors_none() {
+        let eperm = std::io::Error::from_raw_os_error(libc::EPERM);
+        assert!(refused_hint(&eperm).contains("seccomp"));
+        let enoent = std::io::Error::from_raw_os_error(libc::ENOENT);
+        assert_eq!(refused_hint(&enoent), "");
+    }
 }

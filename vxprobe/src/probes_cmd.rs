@@ -65,15 +65,19 @@ pub fn run(args: ProbesArgs) -> anyhow::Result<()> {
             report.kernel,
             if report.btf { "yes" } else { "no" }
         );
-        println!("{:<14} tc {}", "hops", report.tc_attach);
+        println!("{:<18} tc {}", "hops", report.tc_attach);
         for s in &report.signals {
             println!(
-                "{:<14} {}",
+                "{:<18} {}",
                 s.signal,
-                s.hook.as_deref().unwrap_or("UNAVAILABLE")
+                match (&s.hook, s.unavailable.first()) {
+                    (Some(hook), _) => hook.as_str(),
+                    (None, Some(why)) if why.starts_with("not needed") => "not needed",
+                    (None, _) => "UNAVAILABLE",
+                }
             );
             for why in &s.unavailable {
-                println!("{:<14}   not used: {why}", "");
+                println!("{:<18}   not used: {why}", "");
             }
         }
     }

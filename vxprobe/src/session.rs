@@ -17,7 +17,7 @@ use crate::{
     devices::{self, DeviceKind, Hop, Role},
     error::UsageError,
     filter::FlowSelector,
-    hopstats::{self, Epoch, FlowStats, HopStats},
+    hopstats::{self, Epoch, Evictions, FlowStats, HopStats},
     kallsyms::Kallsyms,
     kbtf::KernelBtf,
     packet::{Flow, Outer},
@@ -43,6 +43,8 @@ pub struct Meta {
     pub kernel: String,
     pub netns: u64,
     pub tc_attach: &'static str,
+    /// Capacity of the kernel's flow table (`--max-flows`).
+    pub max_flows: u32,
     pub hooks: Vec<HookChoice>,
     pub hops: Vec<MetaHop>,
 }
@@ -53,6 +55,32 @@ pub struct MetaHop {
     pub ifindex: u32,
     pub role: Role,
     pub mtu: u32,
+}
+
+/// A hop that started (a device appeared) or stopped (it vanished) being observed.
+#[derive(Debug, Clone)]
+pub struct HopChange {
+    pub ts: SystemTime,
+    pub added: bool,
+    pub hop: MetaHop,
+}
+
+impl HopChange {
+    pub fn added(hop: MetaHop) -> Self {
+        Self {
+            ts: SystemTime::now(),
+            added: true,
+            hop,
+        }
+    }
+
+    pub fn removed(hop: MetaHop) -> Self {
+        Self {
+            ts: SystemTime::now(),
+            added: false,
+            hop,
+        }
+    }
 }
 
 /// One hop over one interval.
@@ -103,11 +131,21 @@ pub struct IntervalReport {
     pub lost: Vec<(EventKind, u64)>,
 }
 
-/// A closing interval, piece by piece: the report, then the flows that moved in batches.
+/// What reading the flow table found, once the interval's flows are out.
+#[derive(Debug, Clone, Default)]
+pub struct IntervalEnd {
+    /// Flow entries the kernel's full flow table evicted (least recently seen first) in this
+    /// interval; their counts since the last read are missing from the flows (hops stay
+    /// exact).
+    pub evicted: u64,
+}
+
+/// A closing interval, piece by piece: the report, the flows that moved in batches, the end.
 #[derive(Debug, Clone, Copy)]
 pub enum IntervalPart<'a> {
     Report(&'a IntervalReport),
     Flows(&'a [FlowReport]),
+    End(&'a IntervalEnd),
 }
 
 /// Flows handed to the sinks at a time.
@@ -116,10 +154,18 @@ const FLOW_BATCH: usize = 1024;
 pub struct Session {
     probes: Probes,
     hops: Vec<Hop>,
+    /// Hops whose device vanished during this interval: reported one last time, then
+    /// forgotten.
+    gone: Vec<Hop>,
+    /// `-i` patterns, for the device watcher.
+    patterns: Vec<String>,
+    /// The last drain stopped at its batch limit: records are waiting.
+    backlog: bool,
     netns: u64,
     meta: Meta,
     hop_stats: HopStats,
     flow_stats: FlowStats,
+    evictions: Evictions,
     epoch: Epoch,
     ring: AsyncFd<RingBuf<MapData>>,
     lost: LostCounter,
@@ -136,7 +182,16 @@ impl Session {
         let devices = devices::list_devices()
             .await
             .context("listing network devices over rtnetlink")?;
-        let hops = devices::select(&devices, &config.selection.ifaces)?;
+        // Tunnels without a lower device send through the device routing to their remote
+        // VTEP: doctor's facts know it (routes, fdb, addresses).
+        let underlays = match crate::doctor::facts::gather().await {
+            Ok(facts) => crate::doctor::rules::underlays(&facts),
+            Err(_) => devices
+                .iter()
+                .filter_map(|d| d.tunnel.as_ref()?.lower_ifindex)
+                .collect(),
+        };
+        let hops = devices::select(&devices, &config.selection.ifaces, &underlays)?;
         if hops.is_empty() {
             return Err(UsageError::new(
                 "no device to observe here (no VXLAN/Geneve, tun/tap or physical NIC): name some with -i",
@@ -151,17 +206,22 @@ impl Session {
             );
         }
 
+        TcMode::check(config.tc_attach, aya::util::KernelVersion::current().ok())?;
+        // A vxprobe killed in clsact mode left filters that run for no one: remove them (only
+        // vxprobe's, and only those no running vxprobe holds).
+        crate::stale::remove_stale_filters().await;
+
         // Kernel-wide hooks need the running kernel's BTF; without it, say so and count hops.
         let kernel = KernelBtf::load().and_then(|btf| {
             let reasons = btf.drop_reasons()?;
             let offsets = btf.kernel_offsets(&reasons)?;
             Ok((reasons, offsets))
         });
-        let (offsets, reasons) = match kernel {
-            Ok((reasons, offsets)) => (Some(offsets), reasons),
+        let (offsets, reasons, no_btf) = match kernel {
+            Ok((reasons, offsets)) => (Some(offsets), reasons, None),
             Err(e) => {
                 eprintln!("vxprobe: drops, retransmits and refused sends are not observed: {e}");
-                (None, Default::default())
+                (None, Default::default(), Some(e.to_string()))
             }
         };
 
@@ -174,7 +234,14 @@ impl Session {
             config.ring_size,
         )?;
         probes.attach_tc(&hops)?;
-        if offsets.is_some() {
+        // Leave out what vanished while attaching; the device watcher catches up.
+        let hops: Vec<Hop> = hops
+            .into_iter()
+            .filter(|h| probes.is_attached(h.device.ifindex))
+            .collect();
+        if let Some(why) = no_btf {
+            probes.signals_unavailable(&why);
+        } else {
             for choice in probes.attach_signals(&config.skip_hook) {
                 if choice.hook.is_none() {
                     eprintln!(
@@ -187,6 +254,7 @@ impl Session {
         }
         let hop_stats = hopstats::hop_stats(probes.ebpf_mut())?;
         let flow_stats = hopstats::flow_stats(probes.ebpf_mut())?;
+        let evictions = Evictions::take(probes.ebpf_mut())?;
         let epoch = Epoch::take(probes.ebpf_mut())?;
         let (ring, lost) = probes.take_event_maps()?;
         // SAFETY: the AsyncFd owns the RingBuf, which owns the fd, so the fd stays open for
@@ -202,6 +270,7 @@ impl Session {
                 .unwrap_or_default(),
             netns,
             tc_attach: probes.tc_mode.as_str(),
+            max_flows: config.max_flows,
             hooks: probes.hooks.clone(),
             hops: hops.iter().map(meta_hop).collect(),
         };
@@ -211,14 +280,7 @@ impl Session {
             netns,
             hops: hops
                 .iter()
-                .map(|h| {
-                    let link = if h.device.kind == DeviceKind::Tun {
-                        Link::Ip
-                    } else {
-                        Link::Ethernet
-                    };
-                    (h.device.ifindex, (h.device.name.clone(), link))
-                })
+                .map(|h| (h.device.ifindex, (h.device.name.clone(), link_of(h))))
                 .collect(),
             foreign_devices: Default::default(),
         };
@@ -226,10 +288,14 @@ impl Session {
         Ok(Self {
             probes,
             hops,
+            gone: Vec::new(),
+            patterns: config.selection.ifaces.clone(),
+            backlog: false,
             netns,
             meta,
             hop_stats,
             flow_stats,
+            evictions,
             epoch,
             ring,
             lost: LostCounter::new(lost),
@@ -244,8 +310,66 @@ impl Session {
         &self.meta
     }
 
-    /// Waits until the kernel wakes us for new events.
+    /// The hops observed now.
+    pub fn hops(&self) -> &[Hop] {
+        &self.hops
+    }
+
+    /// The `-i` patterns the hops were selected by (empty: the default selection).
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    /// Starts observing a device that appeared. `Ok(false)` when it is observed already.
+    pub fn add_hop(&mut self, hop: Hop) -> anyhow::Result<bool> {
+        let ifindex = hop.device.ifindex;
+        if self.hops.iter().any(|h| h.device.ifindex == ifindex) {
+            return Ok(false);
+        }
+        self.probes.attach_hop(&hop)?;
+        self.enricher
+            .hops
+            .insert(ifindex, (hop.device.name.clone(), link_of(&hop)));
+        self.meta.hops.push(meta_hop(&hop));
+        self.hops.push(hop);
+        Ok(true)
+    }
+
+    /// Stops observing a device that vanished. Its counts of the current interval are still
+    /// reported when the interval closes; then it is forgotten. `None` when it was not
+    /// observed.
+    pub fn remove_hop(&mut self, ifindex: u32) -> Option<MetaHop> {
+        let at = self.hops.iter().position(|h| h.device.ifindex == ifindex)?;
+        let hop = self.hops.remove(at);
+        self.probes.detach_hop(ifindex);
+        self.meta.hops.retain(|h| h.ifindex != ifindex);
+        let gone = meta_hop(&hop);
+        self.gone.push(hop);
+        Some(gone)
+    }
+
+    /// An observed device changed its MTU: the kernel programs judge sizes by it.
+    pub fn update_hop(&mut self, hop: &Hop) -> anyhow::Result<()> {
+        let ifindex = hop.device.ifindex;
+        let Some(known) = self.hops.iter_mut().find(|h| h.device.ifindex == ifindex) else {
+            return Ok(());
+        };
+        known.device = hop.device.clone();
+        self.probes.set_device_info(hop)?;
+        for m in self.meta.hops.iter_mut().filter(|m| m.ifindex == ifindex) {
+            m.mtu = hop.device.mtu;
+        }
+        Ok(())
+    }
+
+    /// Waits until the kernel wakes us for new events (at once when a drain left some).
     pub async fn events_ready(&mut self) -> anyhow::Result<()> {
+        if self.backlog {
+            // Let the timer, signals and device changes in between two batches.
+            tokio::task::yield_now().await;
+            self.backlog = false;
+            return Ok(());
+        }
         let mut guard = self
             .ring
             .readable_mut()
@@ -255,19 +379,27 @@ impl Session {
         Ok(())
     }
 
-    /// Decodes every record waiting in the ring buffer, hands each anomaly that passes the
-    /// flow filter to `out`, and charges drops to their hops.
+    /// Decodes the records waiting in the ring buffer (at most [`DRAIN_BATCH`] per call, so a
+    /// flood cannot starve the interval timer), hands each anomaly that passes the flow filter
+    /// to `out`, and charges drops to their hops.
     pub fn drain(
         &mut self,
         mut out: impl FnMut(Anomaly) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let ring = self.ring.get_mut();
+        let mut taken = 0;
         while let Some(record) = ring.next() {
+            taken += 1;
+            if taken >= DRAIN_BATCH {
+                self.backlog = true;
+            }
             let anomaly = match decode::decode(&record) {
                 Ok(KernelEvent::Drop(event)) => self.enricher.drop_event(&event),
                 Ok(KernelEvent::Retransmit(event)) => self.enricher.retransmit(&event),
                 Ok(KernelEvent::SendError(event)) => self.enricher.send_error(&event),
                 Ok(KernelEvent::Hop(event)) => self.enricher.hop_event(&event),
+                Ok(KernelEvent::FragNeeded(event)) => self.enricher.frag_needed(&event),
+                Ok(KernelEvent::Csum(event)) => self.enricher.csum(&event),
                 Err(e) => {
                     eprintln!("vxprobe: skipping a kernel record: {e}");
                     continue;
@@ -277,15 +409,24 @@ impl Session {
             if !self.selector.matches(&anomaly) || (anomaly.is_benign() && !self.all_drops) {
                 continue;
             }
-            charge_hop(&mut self.hop_drops, &self.hops, self.netns, &anomaly);
+            charge_hop(
+                &mut self.hop_drops,
+                self.hops.iter().chain(&self.gone),
+                self.netns,
+                &anomaly,
+            );
             out(anomaly)?;
+            if self.backlog {
+                break;
+            }
         }
         Ok(())
     }
 
     /// Closes the interval: counters since the last call, per hop and per flow. `out` gets
     /// the hops first ([`IntervalPart::Report`]), then the flows that moved, a batch at a
-    /// time ([`IntervalPart::Flows`]): flows are never all held at once.
+    /// time ([`IntervalPart::Flows`]): flows are never all held at once; then what reading
+    /// the flow table found ([`IntervalPart::End`]).
     pub fn close_interval(
         &mut self,
         interval: std::time::Duration,
@@ -294,8 +435,8 @@ impl Session {
         let ending = self.epoch.current();
         let hop_deltas = self.hop_stats.interval(ending)?;
         let drops = std::mem::take(&mut self.hop_drops);
-        let mut hops = Vec::with_capacity(self.hops.len() * 2);
-        for hop in &self.hops {
+        let mut hops = Vec::with_capacity((self.hops.len() + self.gone.len()) * 2);
+        for hop in self.hops.iter().chain(&self.gone) {
             for dir in [Direction::Ingress, Direction::Egress] {
                 let key = HopKey {
                     ifindex: hop.device.ifindex,
@@ -316,10 +457,15 @@ impl Session {
             lost: self.lost.since_last()?,
         }))?;
 
+        let created = self.evictions.created()?;
         let mut batch = Vec::with_capacity(FLOW_BATCH);
-        let hops = &self.hops;
+        let (hops, gone) = (&self.hops, &self.gone);
         self.flow_stats.interval(ending, |key, counters| {
-            let Some(hop) = hops.iter().find(|h| h.device.ifindex == key.ifindex) else {
+            let Some(hop) = hops
+                .iter()
+                .chain(gone)
+                .find(|h| h.device.ifindex == key.ifindex)
+            else {
                 return Ok(());
             };
             let (Ok(dir), Some(flow)) =
@@ -343,7 +489,20 @@ impl Session {
         if !batch.is_empty() {
             out(IntervalPart::Flows(&batch))?;
         }
-        self.epoch.advance()
+        let evicted = self.evictions.since_last(created, self.flow_stats.len());
+        self.epoch.advance()?;
+        // Vanished devices had their last line: free their slots in the kernel's maps.
+        for hop in std::mem::take(&mut self.gone) {
+            let ifindex = hop.device.ifindex;
+            if self.hops.iter().any(|h| h.device.ifindex == ifindex) {
+                continue; // back already (a device moved out and in again)
+            }
+            self.hop_stats.forget(|key| key.ifindex == ifindex);
+            let deleted = self.flow_stats.forget(|key| key.ifindex == ifindex);
+            self.evictions.deleted(deleted);
+            self.enricher.hops.remove(&ifindex);
+        }
+        out(IntervalPart::End(&IntervalEnd { evicted }))
     }
 
     /// Detaches everything (also what Drop does; explicit for the reader).
@@ -372,15 +531,29 @@ fn meta_hop(hop: &Hop) -> MetaHop {
     }
 }
 
+/// Records decoded per [`Session::drain`] call at most.
+pub const DRAIN_BATCH: usize = 16 * 1024;
+
+/// How a hop's frames start: tun devices carry IP packets, the others Ethernet frames.
+fn link_of(hop: &Hop) -> Link {
+    if hop.device.kind == DeviceKind::Tun {
+        Link::Ip
+    } else {
+        Link::Ethernet
+    }
+}
+
 /// Counts a fault against the hop it happened at, when that hop is one of ours.
-fn charge_hop(drops: &mut BTreeMap<HopKey, u64>, hops: &[Hop], netns: u64, anomaly: &Anomaly) {
+fn charge_hop<'a>(
+    drops: &mut BTreeMap<HopKey, u64>,
+    mut hops: impl Iterator<Item = &'a Hop>,
+    netns: u64,
+    anomaly: &Anomaly,
+) {
     let (Some(ifindex), Some(direction)) = (anomaly.ifindex, anomaly.hop_direction) else {
         return;
     };
-    if !anomaly.dropped
-        || anomaly.netns != netns
-        || !hops.iter().any(|h| h.device.ifindex == ifindex)
-    {
+    if !anomaly.dropped || anomaly.netns != netns || !hops.any(|h| h.device.ifindex == ifindex) {
         return;
     }
     let key = HopKey {
@@ -422,6 +595,38 @@ impl LostCounter {
             }
         }
         Ok(fresh)
+    }
+}
+
+/// Checks `--ready-file` before anything is attached: its directory must exist and be
+/// writable, and a ready file left by an earlier run is removed (a script waiting for it must
+/// not see it before this run is ready).
+pub fn check_ready_file(path: Option<&PathBuf>) -> Result<(), UsageError> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let bad = |why: &str| UsageError::new(format!("--ready-file {}: {why}", path.display()));
+    if path.is_dir() {
+        return Err(bad("is a directory"));
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(bad(&format!("no such directory {}", dir.display())));
+    }
+    let c_dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| bad("contains a NUL byte"))?;
+    // SAFETY: access(2) reads a NUL-terminated path we own.
+    if unsafe { libc::access(c_dir.as_ptr(), libc::W_OK) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(bad(&format!("cannot write in {}: {e}", dir.display())));
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(bad(&format!("cannot remove the old one: {e}"))),
     }
 }
 

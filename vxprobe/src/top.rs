@@ -1,7 +1,9 @@
 //! `vxprobe top`: the live UI over the same pipeline as `record`. The UI runs as its own task;
 //! when the user quits (or a signal ends it) the pipeline stops, detaches and exits 0.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
+
+use tokio::sync::mpsc::Receiver;
 
 use crate::{
     cli::TopArgs,
@@ -22,6 +24,17 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         all_drops: args.probe.all_drops,
     })
     .await?;
+    let result = show(&mut session, args.interval, None).await;
+    session.stop();
+    result
+}
+
+/// Runs the UI over `session` until the user quits; `notes` go to its status line.
+pub async fn show(
+    session: &mut Session,
+    interval: Duration,
+    notes: Option<Receiver<String>>,
+) -> anyhow::Result<()> {
     let offloads: HashMap<u32, Offload> = match features::dump_netlink().await {
         Ok(by_index) => by_index
             .iter()
@@ -29,7 +42,6 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
             .collect(),
         Err(_) => HashMap::new(),
     };
-
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     let (quit_tx, quit_rx) = tokio::sync::oneshot::channel::<()>();
     let ui = tokio::spawn(async move {
@@ -37,15 +49,13 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         let _ = quit_tx.send(());
         result
     });
-    let mut feed = TuiFeed::new(tx, args.interval, offloads);
+    let mut feed = TuiFeed::new(tx, interval, offloads);
     let stop = async {
         let _ = quit_rx.await;
     };
     let mut sinks: [&mut dyn Sink; 1] = [&mut feed];
-    let piped = pipeline::run(&mut session, &mut sinks, args.interval, false, stop).await;
-    session.stop();
+    let piped = pipeline::run(session, &mut sinks, interval, false, notes, stop).await;
     drop(feed);
     ui.await??;
-    piped?;
-    Ok(())
+    piped.map(drop)
 }

@@ -53,7 +53,15 @@ fn udp_datagrams_of_3000_bytes_are_fragments_at_every_hop() {
     let rec1 = Recorder::start(&n1.netns, ALL_HOPS);
     let rec2 = Recorder::start(&n2.netns, ALL_HOPS);
     const N: u64 = 12;
-    faults::udp_datagrams(&n1.pod.netns, n2.pod.ip.into(), 7777, 3000, N as u32, true).unwrap();
+    faults::udp_datagrams(
+        &n1.pod.netns,
+        n2.pod.ip.into(),
+        7777,
+        3000,
+        N as u32,
+        faults::Df::Clear,
+    )
+    .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
 
     // 3008 bytes of UDP in 1450-byte packets: 1424 + 1424 + 160 bytes of payload.
@@ -126,7 +134,15 @@ fn an_overlay_mtu_above_the_underlay_fragments_outer_packets_of_the_inner_flow()
     let rec = Recorder::start(&n1.netns, ALL_HOPS);
     const N: u64 = 10;
     // 1472 bytes of UDP: a full 1500-byte inner packet, 1550 once encapsulated.
-    faults::udp_datagrams(&n1.pod.netns, n2.pod.ip.into(), 7778, 1472, N as u32, true).unwrap();
+    faults::udp_datagrams(
+        &n1.pod.netns,
+        n2.pod.ip.into(),
+        7778,
+        1472,
+        N as u32,
+        faults::Df::Clear,
+    )
+    .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let lines = rec.stop();
     let ours = |l: &Value| l["flow"]["dport"] == 7778;
@@ -155,7 +171,15 @@ fn ipv6_pod_traffic_crosses_the_overlay_counted_and_attributed() {
     let [n1, n2] = &lab.nodes;
     let rec = Recorder::start(&n1.netns, ALL_HOPS);
     const N: u64 = 15;
-    faults::udp_datagrams(&n1.pod.netns, n2.pod.ip6.into(), 7779, 200, N as u32, false).unwrap();
+    faults::udp_datagrams(
+        &n1.pod.netns,
+        n2.pod.ip6.into(),
+        7779,
+        200,
+        N as u32,
+        faults::Df::Default,
+    )
+    .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let lines = rec.stop();
     let ours = |l: &Value| l["flow"]["dport"] == 7779 && l["flow"]["src"] == n1.pod.ip6.to_string();

@@ -498,3 +498,59 @@ fn bad_usage_exits_2_with_one_line() {
     );
     assert_eq!(report["devices"].as_array().unwrap().len(), 1);
 }
+
+/// `--watch`: the finding about tx checksum offload on vxlan.calico carries what the underlay
+/// did meanwhile: TCP bulk across the overlay left it as MTU-sized packets.
+#[test]
+fn watch_ties_the_offload_finding_to_the_packets_it_saw() {
+    if !common::is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let [n1, n2] = &lab.nodes;
+    vxprobe::lab::faults::set_offload(&n1.netns, VXLAN_DEV, "tx", false).unwrap();
+    let mut server = Lab::command(&n2.pod.netns, "iperf3")
+        .args(["-s", "-1", "-p", "5201"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let doctor = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &n1.netns,
+            common::VXPROBE,
+            "doctor",
+            "--json",
+            "--watch",
+            "3s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let client = Lab::exec(
+        &n1.pod.netns,
+        "iperf3",
+        &["-c", &n2.pod.ip.to_string(), "-t", "2"],
+    )
+    .unwrap();
+    assert!(client.status.success());
+    let _ = server.wait();
+    let out = doctor.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let f = finding(&report, VXLAN_DEV, "vxlan-tx-csum-off");
+    let underlay = &f["evidence"]["observed"][UNDERLAY_DEV]["egress"];
+    assert!(underlay["packets"].as_u64().unwrap() > 100, "{f:#}");
+    assert!(
+        underlay["max_len"].as_u64().unwrap() <= 1514,
+        "MTU-sized on the underlay: {f:#}"
+    );
+    assert_eq!(f["evidence"]["observed_for_s"], 3.0);
+}

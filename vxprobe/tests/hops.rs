@@ -89,3 +89,55 @@ fn pings_are_counted_exactly_at_every_hop_of_both_nodes() {
         assert_eq!(hop_totals(&lines, "drops").values().sum::<u64>(), 0);
     }
 }
+
+/// Calico creates vxlan.calico with a local address only: the default selection still finds
+/// its underlay, the device routing to the remote VTEP.
+#[test]
+fn the_default_selection_finds_the_underlay_of_a_vxlan_without_lower_device() {
+    if !is_root() {
+        return;
+    }
+    let options = LabOptions {
+        vxlan_lower_dev: false,
+        ..LabOptions::default()
+    };
+    let lab = Lab::build(&options).expect("building the lab");
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.nodes[0].netns,
+            common::VXPROBE,
+            "record",
+        ])
+        .args(["--duration", "300ms", "--stats-interval", "100ms"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    let roles: Vec<(String, String)> = meta["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["ifname"].as_str().unwrap().into(),
+                h["role"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        roles.contains(&(UNDERLAY_DEV.into(), "underlay".into())),
+        "{roles:?}"
+    );
+    assert!(
+        roles.contains(&(VXLAN_DEV.into(), "overlay".into())),
+        "{roles:?}"
+    );
+    assert!(roles.contains(&(TAP_DEV.into(), "tap".into())), "{roles:?}");
+}

@@ -1,11 +1,13 @@
-//! Developer tasks: `cargo xtask build | test | lint | bench`. Each installs what it needs first (idempotent,
+//! Developer tasks: `cargo xtask build | test | lint | vm-test | bench`. Each installs what it needs first (idempotent,
 //! no prompts), so a fresh machine needs nothing but this repository and rustup.
 
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -25,6 +27,48 @@ enum Task {
     /// Install what is missing, then run every test: unit tests and root integration tests.
     Test {
         /// Extra arguments for `cargo test`, e.g. `--test hops` or a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the root integration tests inside Debian's kernels under QEMU (TCG): the kernel
+    /// matrix. Exits with the tests' status (124: timed out, 125: the guest did not report).
+    VmTest {
+        /// Which kernel: debian-6.1, debian-6.12 or all.
+        #[arg(long, default_value = "all", value_parser = kernel_names())]
+        kernel: String,
+        /// Only the tests that prove each rung of the hook ladder (kernel_hooks, drops,
+        /// signals): the CI subset.
+        #[arg(long, conflicts_with = "test")]
+        quick: bool,
+        /// Run this integration test binary (repeatable), e.g. `--test hops`.
+        #[arg(long, value_name = "NAME")]
+        test: Vec<String>,
+        /// Guest CPUs.
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+        /// Guest memory (QEMU's -m).
+        #[arg(long, default_value = "2G")]
+        mem: String,
+        /// Seconds the tests may take once the guest is up.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+        /// Seconds a boot may take before it counts as failed (and is retried).
+        #[arg(long, default_value_t = 300)]
+        boot_timeout: u64,
+        /// Boots retried when the guest dies before the tests start.
+        #[arg(long, default_value_t = 2)]
+        boot_retries: u32,
+        /// Copy the guest's kernel console to stderr.
+        #[arg(long)]
+        console: bool,
+        /// Arguments for every test binary, e.g. a test name filter.
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
+    /// Install what is missing, build, then run `vxprobe demo` (as root): a throwaway lab with
+    /// the incidents' faults, watched by `top`.
+    Demo {
+        /// Extra arguments for `vxprobe demo`, e.g. `--record demo.json`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -50,9 +94,58 @@ fn main() -> anyhow::Result<()> {
     match cli.task {
         Task::Setup => Ok(()),
         Task::Build => cargo(&env, &["build", "--release", "--package", "vxprobe"]),
+        Task::Demo { args } => {
+            cargo(&env, &["build", "--release", "--package", "vxprobe"])?;
+            let status = Command::new("target/release/vxprobe")
+                .arg("demo")
+                .args(&args)
+                .status()
+                .context("running target/release/vxprobe demo")?;
+            if !status.success() {
+                bail!("vxprobe demo failed ({status})");
+            }
+            Ok(())
+        }
         Task::Lint => {
             cargo(&env, &["fmt", "--all", "--check"])?;
             cargo(&env, &["clippy", "--all-targets", "--", "-D", "warnings"])
+        }
+        Task::VmTest {
+            kernel,
+            quick,
+            test,
+            cpus,
+            mem,
+            timeout,
+            boot_timeout,
+            boot_retries,
+            console,
+            test_args,
+        } => {
+            let flavors = match kernel.as_str() {
+                "all" => vm::FLAVORS.iter().collect(),
+                name => vec![vm::flavor(name).expect("clap checked the name")],
+            };
+            let tests = if quick {
+                vm::QUICK_TESTS.iter().map(|t| t.to_string()).collect()
+            } else {
+                test
+            };
+            let status = vm::run(
+                &env,
+                &vm::Options {
+                    flavors,
+                    tests,
+                    test_args,
+                    cpus,
+                    mem,
+                    timeout: Duration::from_secs(timeout),
+                    boot_timeout: Duration::from_secs(boot_timeout),
+                    boot_retries,
+                    console,
+                },
+            )?;
+            std::process::exit(status)
         }
         Task::Test { args } => {
             // Kernel state (devices, hooks, tracefs) is shared: one test at a time. The default
@@ -119,4 +212,10 @@ fn cargo(env: &setup::BuildEnv, args: &[&str]) -> anyhow::Result<()> {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+fn kernel_names() -> clap::builder::PossibleValuesParser {
+    let mut names: Vec<&str> = vm::FLAVORS.iter().map(|f| f.name).collect();
+    names.push("all");
+    clap::builder::PossibleValuesParser::new(names)
 }

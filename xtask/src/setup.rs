@@ -39,7 +39,7 @@ pub fn ensure_all() -> anyhow::Result<BuildEnv> {
     ensure_nightly()?;
     let linker_dir = ensure_bpf_linker()?;
     if is_root() {
-        ensure_packages()?;
+        ensure_packages(PACKAGES)?;
         ensure_mount("tracefs", "/sys/kernel/tracing")?;
         ensure_mount("bpf", "/sys/fs/bpf")?;
     } else {
@@ -71,7 +71,7 @@ fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
@@ -164,7 +164,7 @@ fn ensure_bpf_linker() -> anyhow::Result<PathBuf> {
     Ok(bin_dir)
 }
 
-fn cache_dir() -> PathBuf {
+pub fn cache_dir() -> PathBuf {
     env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
@@ -172,8 +172,9 @@ fn cache_dir() -> PathBuf {
         .join("vxprobe")
 }
 
-fn ensure_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
+/// Installs those of `packages` that are missing (root only).
+pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|pkg| {

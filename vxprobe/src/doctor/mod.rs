@@ -9,6 +9,7 @@ pub mod facts;
 pub mod features;
 pub mod render;
 pub mod rules;
+pub mod watch;
 
 use std::collections::BTreeSet;
 
@@ -21,10 +22,13 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
     }
     let names: Vec<&str> = facts.devices.iter().map(|d| d.name.as_str()).collect();
     let selected = select(&names, &args.ifaces)?;
-    let findings: Vec<rules::Finding> = rules::diagnose(&facts)
+    let mut findings: Vec<rules::Finding> = rules::diagnose(&facts)
         .into_iter()
         .filter(|f| selected.as_ref().is_none_or(|s| s.contains(&f.ifname)))
         .collect();
+    if let Some(duration) = args.watch {
+        watch::observe(&facts, &mut findings, duration).await?;
+    }
     let report = render::Report::new(&facts, &findings, |d| {
         selected.as_ref().is_none_or(|s| s.contains(&d.name))
     });

@@ -193,26 +193,26 @@ pub fn encap_overhead(device: &DeviceFacts) -> Option<u32> {
     }
 }
 
-/// The role each device plays, from the topology (underlays as [`underlay`] finds them).
-pub fn roles(facts: &Facts) -> BTreeMap<u32, Role> {
-    let underlays: BTreeSet<u32> = facts
+/// Every device a tunnel sends through, as [`underlay`] finds them.
+pub fn underlays(facts: &Facts) -> BTreeSet<u32> {
+    facts
         .devices
         .iter()
         .filter_map(|d| underlay(facts, d).map(|(u, _)| u.ifindex))
-        .collect();
+        .collect()
+}
+
+/// The role each device plays, from the topology (underlays as [`underlay`] finds them).
+pub fn roles(facts: &Facts) -> BTreeMap<u32, Role> {
+    let underlays = underlays(facts);
     facts
         .devices
         .iter()
         .map(|d| {
-            let role = match d.kind {
-                DeviceKind::Vxlan | DeviceKind::Geneve => Role::Overlay,
-                _ if underlays.contains(&d.ifindex) => Role::Underlay,
-                DeviceKind::Tap | DeviceKind::Tun => Role::Tap,
-                DeviceKind::Veth => Role::Pod,
-                DeviceKind::Physical => Role::Physical,
-                _ => Role::Other,
-            };
-            (d.ifindex, role)
+            (
+                d.ifindex,
+                crate::devices::role_of(&d.kind, d.ifindex, &underlays),
+            )
         })
         .collect()
 }

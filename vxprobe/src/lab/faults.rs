@@ -42,12 +42,39 @@ fn socket(domain: libc::c_int, kind: libc::c_int, proto: libc::c_int) -> io::Res
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Sends `count` copies of `payload` (a transport header and data) to `dst` through a raw
+/// socket of protocol `proto`: the kernel adds the IP header and leaves the rest as given.
+fn raw_sends(proto: libc::c_int, dst: Ipv4Addr, payload: &[u8], count: u32) -> io::Result<()> {
+    let fd = socket(libc::AF_INET, libc::SOCK_RAW, proto)?;
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(dst.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    for _ in 0..count {
+        // SAFETY: the buffer and the sockaddr_in outlive the call; lengths match them.
+        check(unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                payload.as_ptr().cast(),
+                payload.len(),
+                0,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ) as libc::c_int
+        })?;
+    }
+    Ok(())
+}
+
 /// Sends `count` UDP datagrams to `dst:port` whose checksum is wrong, from a raw socket (the
 /// kernel fills in the IP header, never a raw socket's UDP checksum). The receiver drops them
 /// with UDP_CSUM and counts UdpInCsumErrors.
 pub fn bad_udp_checksums(netns: &str, dst: Ipv4Addr, port: u16, count: u32) -> io::Result<()> {
     in_netns(netns, move || {
-        let fd = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP)?;
         let payload = b"vxprobe-bad-csum";
         let mut datagram = Vec::with_capacity(8 + payload.len());
         datagram.extend(40000u16.to_be_bytes());
@@ -55,49 +82,62 @@ pub fn bad_udp_checksums(netns: &str, dst: Ipv4Addr, port: u16, count: u32) -> i
         datagram.extend(((8 + payload.len()) as u16).to_be_bytes());
         datagram.extend(0xdeadu16.to_be_bytes());
         datagram.extend(payload);
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(dst.octets()),
-            },
-            sin_zero: [0; 8],
-        };
-        for _ in 0..count {
-            // SAFETY: the buffer and the sockaddr_in outlive the call; lengths match them.
-            check(unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    datagram.as_ptr().cast(),
-                    datagram.len(),
-                    0,
-                    (&raw const addr).cast(),
-                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                ) as libc::c_int
-            })?;
-        }
-        Ok(())
+        raw_sends(libc::IPPROTO_UDP, dst, &datagram, count)
     })
 }
 
-/// Sends `count` UDP datagrams of `size` bytes from port 40001 to `dst:port`. With
-/// `fragment_ok`, DF is cleared (IP_PMTUDISC_DONT) so the sender fragments instead of refusing.
+/// Sends `count` TCP SYNs to `dst:port` whose checksum is wrong, from a raw socket: the
+/// receiver's TCP drops them (TCP_CSUM) and counts TcpInCsumErrors.
+pub fn bad_tcp_checksums(netns: &str, dst: Ipv4Addr, port: u16, count: u32) -> io::Result<()> {
+    in_netns(netns, move || {
+        let mut segment = Vec::with_capacity(20);
+        segment.extend(40002u16.to_be_bytes());
+        segment.extend(port.to_be_bytes());
+        segment.extend(1u32.to_be_bytes()); // sequence
+        segment.extend(0u32.to_be_bytes()); // ack
+        segment.extend([0x50, 0x02]); // 5 words, SYN
+        segment.extend(64240u16.to_be_bytes()); // window
+        segment.extend(0xbeefu16.to_be_bytes()); // a wrong checksum
+        segment.extend([0, 0]);
+        raw_sends(libc::IPPROTO_TCP, dst, &segment, count)
+    })
+}
+
+/// How a sender treats the Don't Fragment bit (IP_MTU_DISCOVER).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Df {
+    /// DF clear: routers fragment (IP_PMTUDISC_DONT).
+    Clear,
+    /// The socket default: DF set, but the sender fragments to a learned path MTU.
+    Default,
+    /// DF set and never fragment: sends above the path MTU fail with EMSGSIZE
+    /// (IP_PMTUDISC_DO).
+    Always,
+}
+
+/// Sends `count` UDP datagrams of `size` bytes from port 40001 to `dst:port`. Returns how many
+/// the kernel refused with EMSGSIZE (a learned path MTU below `size`, with [`Df::Always`]).
 pub fn udp_datagrams(
     netns: &str,
     dst: IpAddr,
     port: u16,
     size: usize,
     count: u32,
-    fragment_ok: bool,
-) -> io::Result<()> {
+    df: Df,
+) -> io::Result<u32> {
     in_netns(netns, move || {
         let bind: SocketAddr = match dst {
             IpAddr::V4(_) => "0.0.0.0:40001".parse().expect("literal"),
             IpAddr::V6(_) => "[::]:40001".parse().expect("literal"),
         };
         let sock = UdpSocket::bind(bind)?;
-        if fragment_ok && dst.is_ipv4() {
-            let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
+        let mode = match df {
+            Df::Clear => Some(libc::IP_PMTUDISC_DONT),
+            Df::Default => None,
+            Df::Always => Some(libc::IP_PMTUDISC_DO),
+        };
+        if let (Some(mode), true) = (mode, dst.is_ipv4()) {
+            let dont: libc::c_int = mode;
             // SAFETY: setsockopt reads one c_int we own.
             check(unsafe {
                 libc::setsockopt(
@@ -110,10 +150,15 @@ pub fn udp_datagrams(
             })?;
         }
         let payload = vec![b'v'; size];
+        let mut refused = 0;
         for _ in 0..count {
-            sock.send_to(&payload, (dst, port))?;
+            match sock.send_to(&payload, (dst, port)) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => refused += 1,
+                Err(e) => return Err(e),
+            }
         }
-        Ok(())
+        Ok(refused)
     })
 }
 
@@ -268,4 +313,64 @@ pub fn snmp(netns: &str, group: &str, field: &str) -> io::Result<u64> {
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| io::Error::other(format!("bad {field} in {file}")))
     })
+}
+
+/// The calling thread inside another network namespace until dropped, then back where it was.
+pub struct NetnsGuard {
+    previous: std::fs::File,
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        // SAFETY: setns on the namespace fd opened before leaving it.
+        unsafe { libc::setns(self.previous.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
+/// Moves the calling thread into the named network namespace (for a process that observes a
+/// lab node from the inside, as `demo` does) until the guard is dropped.
+pub fn enter_netns(netns: &str) -> io::Result<NetnsGuard> {
+    let previous = std::fs::File::open("/proc/thread-self/ns/net")?;
+    let ns = std::fs::File::open(format!("/run/netns/{netns}"))?;
+    // SAFETY: setns on a valid namespace fd; it changes the calling thread only.
+    check(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) })?;
+    Ok(NetnsGuard { previous })
+}
+
+/// A UDP socket bound to `port` inside the namespace, read and discarded on a thread until
+/// the returned flag is set: the receiving end of the pods' steady UDP.
+pub fn udp_sink(
+    netns: &str,
+    port: u16,
+) -> io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    // A socket keeps the namespace it was created in, whichever thread uses it later.
+    let sock = in_netns(netns, move || UdpSocket::bind(("0.0.0.0", port)))?;
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !flag.load(Ordering::Relaxed) {
+            let _ = sock.recv(&mut buf);
+        }
+    });
+    Ok(stop)
+}
+
+/// Sets a device's MTU inside the namespace.
+pub fn set_mtu(netns: &str, dev: &str, mtu: u32) -> io::Result<()> {
+    let status = Command::new("ip")
+        .args(["-n", netns, "link", "set", dev, "mtu", &mtu.to_string()])
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "ip link set {dev} mtu {mtu} failed"
+        )))
+    }
 }

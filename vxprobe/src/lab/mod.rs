@@ -9,6 +9,7 @@
 //! 198.18.0.0/15 and nothing is routed out of the namespaces.
 
 pub mod faults;
+pub mod scenario;
 
 use std::{
     io,
@@ -79,6 +80,7 @@ pub struct Lab {
     pub name: String,
     pub nodes: [Node; 2],
     namespaces: Vec<String>,
+    options: LabOptions,
 }
 
 static SEQUENCE: AtomicU32 = AtomicU32::new(0);
@@ -106,6 +108,7 @@ impl Lab {
             name,
             namespaces: Vec::new(),
             nodes,
+            options: options.clone(),
         };
         // From here on, Drop cleans up whatever was made if a step fails.
         lab.create(options)?;
@@ -156,48 +159,8 @@ impl Lab {
         }
 
         // Overlay: vxlan.calico per node, with Calico's static fdb/neighbour/route entries.
-        for node in [&n1, &n2] {
-            let (ns, local, mac, vtep) =
-                (&node.netns, node.underlay_ip, &node.vtep_mac, node.vtep_ip);
-            // The kernel refuses a vxlan MTU above its lower device's minus the overhead, so an
-            // oversized overlay (the MTU-mismatch fault) is made without a lower device, as
-            // Calico creates it (local address only).
-            let lower = if !options.vxlan_lower_dev || overlay_mtu + VXLAN_OVERHEAD > underlay_mtu {
-                String::new()
-            } else {
-                format!("dev {UNDERLAY_DEV}")
-            };
-            ip(&format!(
-                "-n {ns} link add {VXLAN_DEV} type vxlan id {VNI} dstport {VXLAN_PORT} \
-                 local {local} {lower} nolearning"
-            ))?;
-            ip(&format!(
-                "-n {ns} link set {VXLAN_DEV} address {mac} mtu {overlay_mtu} up"
-            ))?;
-            ip(&format!("-n {ns} addr add {vtep}/32 dev {VXLAN_DEV}"))?;
-        }
         for (node, peer) in [(&n1, &n2), (&n2, &n1)] {
-            let (ns, mac, vtep, remote) =
-                (&node.netns, &peer.vtep_mac, peer.vtep_ip, peer.underlay_ip);
-            neigh(ns, vtep, mac, VXLAN_DEV)?;
-            run(
-                "bridge",
-                &format!("-n {ns} fdb add {mac} dev {VXLAN_DEV} dst {remote} self permanent"),
-            )?;
-            ip(&format!(
-                "-n {ns} route add {vtep}/24 via {vtep} dev {VXLAN_DEV} onlink"
-            ))?;
-            if options.ipv6 {
-                let vtep6 = vtep6_of(peer);
-                ip(&format!(
-                    "-n {ns} addr add {}/128 dev {VXLAN_DEV} nodad",
-                    vtep6_of(node)
-                ))?;
-                neigh6(ns, vtep6, mac, VXLAN_DEV)?;
-                ip(&format!(
-                    "-n {ns} -6 route add {vtep6}/64 via {vtep6} dev {VXLAN_DEV} onlink"
-                ))?;
-            }
+            add_vxlan(node, peer, options)?;
         }
 
         // Pods: eth0 in the pod, cali0 on the node, /32 routes and static neighbours.
@@ -251,6 +214,33 @@ impl Lab {
         Ok(())
     }
 
+    /// Deletes node `i`'s `vxlan.calico` (as Calico does when it reconfigures the overlay).
+    pub fn delete_vxlan(&self, i: usize) -> io::Result<()> {
+        ip(&format!("-n {} link del {VXLAN_DEV}", self.nodes[i].netns))
+    }
+
+    /// Creates node `i`'s `vxlan.calico` again, with its addresses, fdb, neighbour and route
+    /// entries: a new device (new ifindex) with the old name.
+    pub fn recreate_vxlan(&self, i: usize) -> io::Result<()> {
+        let _ = self.delete_vxlan(i);
+        add_vxlan(&self.nodes[i], &self.nodes[1 - i], &self.options)
+    }
+
+    /// Adds a veth `name` on node `i` whose peer (`peer`) sits in the node's pod namespace, with
+    /// 198.18.`net`.1/30 on the node side and .2 in the pod: traffic the node sends to
+    /// [`extra_veth_peer_ip`] crosses `name`. Deleting `name` (ip link del) removes both ends.
+    pub fn add_veth(&self, i: usize, name: &str, peer: &str, net: u8) -> io::Result<()> {
+        let node = &self.nodes[i];
+        let (ns, pod) = (&node.netns, &node.pod.netns);
+        ip(&format!(
+            "-n {ns} link add {name} type veth peer name {peer} netns {pod}"
+        ))?;
+        ip(&format!("-n {ns} addr add 198.18.{net}.1/30 dev {name}"))?;
+        ip(&format!("-n {ns} link set {name} up"))?;
+        ip(&format!("-n {pod} addr add 198.18.{net}.2/30 dev {peer}"))?;
+        ip(&format!("-n {pod} link set {peer} up"))
+    }
+
     /// Runs a command inside a namespace of this lab and waits for it.
     pub fn exec(netns: &str, program: &str, args: &[&str]) -> io::Result<Output> {
         Command::new("ip")
@@ -299,13 +289,66 @@ impl Drop for Lab {
         for ns in self.namespaces.iter().rev() {
             // Kill what still runs inside (iperf3, ping) so the namespace really goes away.
             if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                let me = std::process::id().to_string();
                 for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
+                    // A process may watch a lab node from inside (the demo): not itself.
+                    if pid != me {
+                        let _ = Command::new("kill").args(["-9", pid]).status();
+                    }
                 }
             }
             let _ = ip(&format!("netns del {ns}"));
         }
     }
+}
+
+/// The pod-side address of a veth made by [`Lab::add_veth`] with `net`.
+pub fn extra_veth_peer_ip(net: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, net, 2)
+}
+
+/// `vxlan.calico` on `node`, pointing at `peer`: the device, its address, and Calico's static
+/// neighbour, fdb and route entries for the peer.
+fn add_vxlan(node: &Node, peer: &Node, options: &LabOptions) -> io::Result<()> {
+    let (overlay_mtu, underlay_mtu) = (options.overlay_mtu, options.underlay_mtu);
+    let (ns, local, mac, vtep) = (&node.netns, node.underlay_ip, &node.vtep_mac, node.vtep_ip);
+    // The kernel refuses a vxlan MTU above its lower device's minus the overhead, so an
+    // oversized overlay (the MTU-mismatch fault) is made without a lower device, as Calico
+    // creates it (local address only).
+    let lower = if !options.vxlan_lower_dev || overlay_mtu + VXLAN_OVERHEAD > underlay_mtu {
+        String::new()
+    } else {
+        format!("dev {UNDERLAY_DEV}")
+    };
+    ip(&format!(
+        "-n {ns} link add {VXLAN_DEV} type vxlan id {VNI} dstport {VXLAN_PORT} \
+         local {local} {lower} nolearning"
+    ))?;
+    ip(&format!(
+        "-n {ns} link set {VXLAN_DEV} address {mac} mtu {overlay_mtu} up"
+    ))?;
+    ip(&format!("-n {ns} addr add {vtep}/32 dev {VXLAN_DEV}"))?;
+    let (peer_mac, peer_vtep, remote) = (&peer.vtep_mac, peer.vtep_ip, peer.underlay_ip);
+    neigh(ns, peer_vtep, peer_mac, VXLAN_DEV)?;
+    run(
+        "bridge",
+        &format!("-n {ns} fdb add {peer_mac} dev {VXLAN_DEV} dst {remote} self permanent"),
+    )?;
+    ip(&format!(
+        "-n {ns} route add {peer_vtep}/24 via {peer_vtep} dev {VXLAN_DEV} onlink"
+    ))?;
+    if options.ipv6 {
+        let vtep6 = vtep6_of(peer);
+        ip(&format!(
+            "-n {ns} addr add {}/128 dev {VXLAN_DEV} nodad",
+            vtep6_of(node)
+        ))?;
+        neigh6(ns, vtep6, peer_mac, VXLAN_DEV)?;
+        ip(&format!(
+            "-n {ns} -6 route add {vtep6}/64 via {vtep6} dev {VXLAN_DEV} onlink"
+        ))?;
+    }
+    Ok(())
 }
 
 fn neigh(ns: &str, addr: Ipv4Addr, mac: &str, dev: &str) -> io::Result<()> {

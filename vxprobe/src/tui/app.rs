@@ -222,6 +222,7 @@ pub struct App {
     pub(super) lost_events: u64,
     pub(super) intervals_seen: u64,
     pub(super) feed_ended: bool,
+    pub(super) notice: Option<String>,
 
     // Interaction.
     pub(super) focus: Panel,
@@ -267,6 +268,7 @@ impl App {
             lost_events: 0,
             intervals_seen: 0,
             feed_ended: false,
+            notice: None,
             focus: Panel::Hops,
             sort: SortKey::Loss,
             filter: Filter::default(),
@@ -364,6 +366,7 @@ impl App {
             AppEvent::Resize => {}
             AppEvent::Quit => self.quit = true,
             AppEvent::FeedEnded => self.feed_ended = true,
+            AppEvent::Notice(notice) => self.notice = notice,
             AppEvent::Status { hooks, interval } => {
                 self.hooks = hooks;
                 self.interval = Some(interval);

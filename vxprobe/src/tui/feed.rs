@@ -14,7 +14,7 @@ use crate::{
     anomaly::{Anomaly, AnomalyKind},
     packet::Flow,
     pipeline::{Sink, Summary},
-    session::{FlowReport, IntervalReport, Meta},
+    session::{FlowReport, IntervalEnd, IntervalReport, Meta},
 };
 use tokio::sync::mpsc::Sender;
 
@@ -74,7 +74,7 @@ fn tally(counts: &mut HopCounts, anomaly: &Anomaly) {
         AnomalyKind::Oversize => counts.oversize += n,
         AnomalyKind::Fragment => counts.fragments += n,
         AnomalyKind::Retransmit => counts.retransmits += n,
-        AnomalyKind::Drop => {}
+        AnomalyKind::Drop | AnomalyKind::FragNeeded => {}
     }
 }
 
@@ -148,7 +148,7 @@ impl Sink for TuiFeed {
         Ok(())
     }
 
-    fn interval_end(&mut self) -> anyhow::Result<()> {
+    fn interval_end(&mut self, _end: &IntervalEnd) -> anyhow::Result<()> {
         let Some(report) = self.report.take() else {
             return Ok(());
         };
@@ -213,6 +213,11 @@ impl Sink for TuiFeed {
             .collect();
         let lost = report.lost.iter().map(|(_, n)| n).sum();
         self.send(AppEvent::Interval { hops, flows, lost });
+        Ok(())
+    }
+
+    fn note(&mut self, text: &str) -> anyhow::Result<()> {
+        self.send(AppEvent::Notice(Some(text.to_owned())));
         Ok(())
     }
 

@@ -243,6 +243,7 @@ pub enum EventKindView {
     Oversize,
     Fragment,
     Retransmit,
+    FragNeeded,
 }
 
 impl EventKindView {
@@ -253,6 +254,7 @@ impl EventKindView {
             EventKindView::Oversize => "oversize",
             EventKindView::Fragment => "fragment",
             EventKindView::Retransmit => "retransmit",
+            EventKindView::FragNeeded => "frag_needed",
         }
     }
 }
@@ -265,6 +267,7 @@ impl From<AnomalyKind> for EventKindView {
             AnomalyKind::Oversize => EventKindView::Oversize,
             AnomalyKind::Retransmit => EventKindView::Retransmit,
             AnomalyKind::Fragment => EventKindView::Fragment,
+            AnomalyKind::FragNeeded => EventKindView::FragNeeded,
         }
     }
 }
@@ -325,6 +328,9 @@ pub enum AppEvent {
         hooks: Vec<String>,
         interval: Duration,
     },
+    /// A line for the status bar from whoever drives the session (the demo names the fault it
+    /// is injecting); `None` clears it.
+    Notice(Option<String>),
     /// The pipeline stopped sending (recording ended or failed); the screen stays for reading.
     FeedEnded,
     Quit,

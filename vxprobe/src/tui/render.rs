@@ -739,7 +739,7 @@ fn kind_style(kind: EventKindView) -> Style {
     match kind {
         EventKindView::Drop => Style::new().fg(Color::Red),
         EventKindView::CsumError => Style::new().fg(Color::Yellow),
-        EventKindView::Oversize => Style::new().fg(Color::Magenta),
+        EventKindView::Oversize | EventKindView::FragNeeded => Style::new().fg(Color::Magenta),
         EventKindView::Fragment => Style::new().fg(Color::Cyan),
         EventKindView::Retransmit => Style::new().fg(Color::Yellow),
     }
@@ -879,6 +879,13 @@ fn render_status(app: &App, area: Rect, buf: &mut Buffer) {
         spans.push(Span::styled(
             " FEED ENDED ",
             Style::new().fg(Color::Black).bg(Color::Red),
+        ));
+        spans.push(Span::raw(" "));
+    }
+    if let Some(notice) = &app.notice {
+        spans.push(Span::styled(
+            format!(" {notice} "),
+            Style::new().fg(Color::Black).bg(Color::Yellow),
         ));
         spans.push(Span::raw(" "));
     }

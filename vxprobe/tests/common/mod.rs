@@ -41,6 +41,11 @@ fn drain(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHand
 
 impl Recorder {
     pub fn start(netns: &str, args: &[&str]) -> Recorder {
+        Self::start_with_env(netns, args, &[])
+    }
+
+    /// Like [`Recorder::start`], with extra environment variables for vxprobe.
+    pub fn start_with_env(netns: &str, args: &[&str], env: &[(&str, &str)]) -> Recorder {
         let ready =
             std::env::temp_dir().join(format!("vxprobe-ready-{}-{}", std::process::id(), netns));
         let _ = std::fs::remove_file(&ready);
@@ -48,6 +53,7 @@ impl Recorder {
             .args(["netns", "exec", netns, VXPROBE, "record", "--ready-file"])
             .arg(&ready)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -67,7 +73,8 @@ impl Recorder {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let limit = Duration::from_secs(20) * time_scale();
+        let deadline = Instant::now() + limit;
         while !self.ready.exists() {
             if let Some(status) = self.child.try_wait().expect("polling vxprobe") {
                 let stderr = self.stderr.take().unwrap().join().unwrap();
@@ -76,7 +83,10 @@ impl Recorder {
                     String::from_utf8_lossy(&stderr)
                 );
             }
-            assert!(Instant::now() < deadline, "vxprobe not ready after 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "vxprobe not ready after {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -107,6 +117,13 @@ impl Recorder {
 
     pub fn stop(self) -> Vec<Value> {
         self.stop_with(libc::SIGTERM).1
+    }
+
+    /// SIGKILL: no chance to detach anything. Returns once the process is gone.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.ready);
     }
 }
 
@@ -140,4 +157,45 @@ pub fn must(netns: &str, program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The running kernel's (major, minor) release.
+pub fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit());
+    let mut next = || numbers.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    (next(), next())
+}
+
+/// Whether this kernel can attach kprobes (CONFIG_KPROBES); when not, says so.
+pub fn has_kprobes() -> bool {
+    let yes = std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
+    if !yes {
+        eprintln!("skipped: this kernel has no kprobes (cargo xtask vm-test runs kernels that do)");
+    }
+    yes
+}
+
+/// The hook `signal` used in a recording, from its `meta` line.
+pub fn hook_of(lines: &[Value], signal: &str) -> String {
+    assert_eq!(lines[0]["kind"], "meta", "the first line is meta");
+    lines[0]["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["signal"] == signal)
+        .and_then(|h| h["hook"].as_str())
+        .unwrap_or("UNAVAILABLE")
+        .to_owned()
+}
+
+/// How much slower than a real machine this one is: VXPROBE_TEST_TIME_SCALE (default 1) scales
+/// the tests' waits. `cargo xtask vm-test` sets it for its emulated (TCG) guests, where the
+/// unoptimized vxprobe takes seconds to parse the kernel's BTF and load its programs.
+pub fn time_scale() -> u32 {
+    std::env::var("VXPROBE_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
 }

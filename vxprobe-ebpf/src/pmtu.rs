@@ -1,0 +1,50 @@
+//! `icmp:icmp_send`: the node answering a packet with ICMP "fragmentation needed" (type 3,
+//! code 4), the path-MTU half of an MTU mismatch. tp_btf first, the raw tracepoint next; both
+//! get (skb, type, code).
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
+use vxprobe_common::{EventKind, FragNeededEvent};
+
+use crate::{events, kernel};
+
+const ICMP_DEST_UNREACH: i32 = 3;
+const ICMP_FRAG_NEEDED: i32 = 4;
+
+#[btf_tracepoint(function = "icmp_send")]
+pub fn vxprobe_icmp_send_btf(ctx: BtfTracePointContext) -> i32 {
+    let (icmp_type, code): (i32, i32) = (ctx.arg(1), ctx.arg(2));
+    on_icmp_send(ctx.arg(0), icmp_type, code);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "icmp_send")]
+pub fn vxprobe_icmp_send_raw(ctx: RawTracePointContext) -> i32 {
+    let (icmp_type, code): (i64, i64) = (ctx.arg(1), ctx.arg(2));
+    on_icmp_send(ctx.arg(0), icmp_type as i32, code as i32);
+    0
+}
+
+#[inline(always)]
+fn on_icmp_send(skb: *const u8, icmp_type: i32, code: i32) {
+    if icmp_type != ICMP_DEST_UNREACH || code != ICMP_FRAG_NEEDED {
+        return;
+    }
+    let offsets = kernel::offsets();
+    let Some(mut entry) = events::reserve::<FragNeededEvent>(EventKind::FragNeeded) else {
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved, exclusively owned ring-buffer record; every field
+    // is written before submit.
+    unsafe {
+        (*event).header.kind = EventKind::FragNeeded as u32;
+        (*event).header.ktime_ns = bpf_ktime_get_ns();
+        (*event).packet._pad = 0;
+        (*event).header.netns = kernel::fill_packet_info(skb, &mut (*event).packet, &offsets);
+    }
+    events::submit(entry);
+}

@@ -1,0 +1,137 @@
+//! `vxprobe demo`: a throwaway lab (two nodes, VXLAN overlay, a pod each, a tap), real traffic,
+//! and the incidents' failure modes injected one after another while `top` watches node 1 (or,
+//! with `--record`, while a recording is written). Everything the demo made is removed on exit,
+//! on Ctrl-C and on a panic; a demo that was killed is cleaned up by the next one.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc::Sender;
+
+use crate::{
+    caps,
+    cli::{DemoArgs, Selection, TcAttach},
+    lab::{
+        Lab, LabOptions, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV, faults,
+        scenario::{Phase, Traffic},
+    },
+    record::{Outputs, stop_signal},
+    session::{Session, SessionConfig},
+    top,
+};
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let missing = caps::missing();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the demo builds network namespaces and loads eBPF: it needs {} (run it as root)",
+            missing.join(", ")
+        );
+    }
+    let outputs = match &args.record {
+        Some(path) => Some(Outputs::open(
+            &path.display().to_string(),
+            args.pcap.as_deref(),
+            128,
+        )?),
+        None => None,
+    };
+    Lab::remove_stale().context("removing a previous demo's namespaces")?;
+    let lab = Arc::new(Lab::build(&LabOptions::default()).context("building the demo lab")?);
+    let _traffic = Traffic::start(&lab).context("starting iperf3 between the pods")?;
+
+    // Observe node 1 from the inside, as vxprobe runs on a real node.
+    let inside = faults::enter_netns(&lab.nodes[0].netns).context("entering node 1's namespace")?;
+    let mut session = Session::start(&SessionConfig {
+        selection: Selection {
+            ifaces: ["cali*", VXLAN_DEV, UNDERLAY_DEV, TAP_DEV]
+                .map(str::to_owned)
+                .to_vec(),
+            host: None,
+            port: None,
+            proto: None,
+        },
+        tc_attach: TcAttach::Auto,
+        skip_hook: Vec::new(),
+        max_flows: vxprobe_common::MAX_FLOWS,
+        ring_size: 8 << 20,
+        all_drops: false,
+    })
+    .await?;
+
+    let (notes_tx, notes_rx) = tokio::sync::mpsc::channel(16);
+    let stop = Arc::new(AtomicBool::new(false));
+    let injector = {
+        let (lab, stop, phase) = (Arc::clone(&lab), Arc::clone(&stop), args.phase);
+        let cycle = args.record.is_none();
+        std::thread::spawn(move || inject(&lab, phase, cycle, &stop, &notes_tx))
+    };
+    let interval = Duration::from_secs(1);
+    let result = match outputs {
+        Some(outputs) => {
+            // Long enough for every phase once, unless told otherwise.
+            let duration = args
+                .duration
+                .unwrap_or(args.phase * Phase::ALL.len() as u32);
+            let until = stop_signal(Some(duration))?;
+            outputs
+                .write(&mut session, interval, Some(notes_rx), until)
+                .await
+                .map(drop)
+        }
+        None => top::show(&mut session, interval, Some(notes_rx)).await,
+    };
+    stop.store(true, Ordering::Relaxed);
+    let injected = injector
+        .join()
+        .map_err(|_| anyhow::anyhow!("the fault injector panicked"))?;
+    session.stop();
+    drop(inside);
+    drop(_traffic);
+    // Deletes every namespace, and with them every device and process the demo made.
+    drop(Arc::try_unwrap(lab).map_err(|_| anyhow::anyhow!("the lab is still in use"))?);
+    result?;
+    injected.context("injecting faults")
+}
+
+/// Runs the phases (once, or over and over for the interactive demo) until `stop`.
+fn inject(
+    lab: &Lab,
+    phase_length: Duration,
+    cycle: bool,
+    stop: &AtomicBool,
+    notes: &Sender<String>,
+) -> std::io::Result<()> {
+    loop {
+        for phase in Phase::ALL {
+            let _ = notes.blocking_send(phase.label().to_owned());
+            phase.start(lab)?;
+            let started = Instant::now();
+            while started.elapsed() < phase_length {
+                if stop.load(Ordering::Relaxed) {
+                    return phase.stop(lab);
+                }
+                phase.tick(lab)?;
+                sleep_unless_stopped(Duration::from_secs(1), stop);
+            }
+            phase.stop(lab)?;
+        }
+        if !cycle {
+            return Ok(());
+        }
+    }
+}
+
+fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) {
+    let step = Duration::from_millis(100);
+    let end = Instant::now() + total;
+    while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(step);
+    }
+}

@@ -1,0 +1,170 @@
+//! The demo's story: traffic between the pods, then the failure modes of the incidents one
+//! after another, each started, fed every second, and undone before the next.
+
+use std::{
+    io,
+    process::{Child, Stdio},
+};
+
+use super::{Lab, POD_HOST_DEV, TAP_DEV, VXLAN_DEV, faults};
+
+/// The phases of the demo, in order.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Baseline,
+    BadChecksums,
+    MtuMismatch,
+    TapOversize,
+    RandomLoss,
+    OffloadOff,
+}
+
+/// UDP port the bad-checksum datagrams go to (a port nobody listens on, as the incident's
+/// mangled packets belonged to no one's expectations).
+pub const BAD_CSUM_PORT: u16 = 5555;
+/// UDP port of the pod's steady datagrams (the "UDP between pods" traffic).
+pub const UDP_PORT: u16 = 7000;
+
+impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::Baseline,
+        Phase::BadChecksums,
+        Phase::MtuMismatch,
+        Phase::TapOversize,
+        Phase::RandomLoss,
+        Phase::OffloadOff,
+    ];
+
+    /// What the person watching is told.
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::Baseline => "baseline: TCP bulk + UDP between the pods, no fault",
+            Phase::BadChecksums => "fault: bad UDP checksums pod1 -> pod2 (csum_error, UDP_CSUM)",
+            Phase::MtuMismatch => {
+                "fault: MTU mismatch, pod1 and cali0 at 1500 over a 1450 overlay (oversize)"
+            }
+            Phase::TapOversize => {
+                "fault: oversized AF_PACKET sends into tap0, TSO/GSO off (EMSGSIZE)"
+            }
+            Phase::RandomLoss => "fault: random loss of 1 in 10 packets on cali0 ingress (drop)",
+            Phase::OffloadOff => {
+                "fault: tx checksum offload off on vxlan.calico (underlay max packet falls to the MTU)"
+            }
+        }
+    }
+
+    pub fn start(self, lab: &Lab) -> io::Result<()> {
+        let [n1, _] = &lab.nodes;
+        match self {
+            Phase::Baseline | Phase::BadChecksums => Ok(()),
+            Phase::MtuMismatch => {
+                faults::set_mtu(&n1.pod.netns, "eth0", 1500)?;
+                faults::set_mtu(&n1.netns, POD_HOST_DEV, 1500)
+            }
+            Phase::TapOversize => {
+                faults::set_offload(&n1.netns, TAP_DEV, "tso", false)?;
+                faults::set_offload(&n1.netns, TAP_DEV, "gso", false)
+            }
+            Phase::RandomLoss => faults::random_loss(&n1.netns, POD_HOST_DEV, 10),
+            Phase::OffloadOff => faults::set_offload(&n1.netns, VXLAN_DEV, "tx", false),
+        }
+    }
+
+    /// Once a second while the phase lasts.
+    pub fn tick(self, lab: &Lab) -> io::Result<()> {
+        let [n1, n2] = &lab.nodes;
+        // The steady UDP between the pods, in every phase.
+        faults::udp_datagrams(
+            &n1.pod.netns,
+            n2.pod.ip.into(),
+            UDP_PORT,
+            200,
+            20,
+            faults::Df::Default,
+        )?;
+        match self {
+            Phase::BadChecksums => {
+                faults::bad_udp_checksums(&n1.pod.netns, n2.pod.ip, BAD_CSUM_PORT, 5)
+            }
+            // Full-size datagrams with DF: too big for the overlay once forwarded.
+            Phase::MtuMismatch => faults::udp_datagrams(
+                &n1.pod.netns,
+                n2.pod.ip.into(),
+                UDP_PORT,
+                1472,
+                5,
+                faults::Df::Default,
+            )
+            .map(drop),
+            Phase::TapOversize => faults::packet_sends(&n1.netns, TAP_DEV, 2000, 5).map(drop),
+            Phase::Baseline | Phase::RandomLoss | Phase::OffloadOff => Ok(()),
+        }
+    }
+
+    pub fn stop(self, lab: &Lab) -> io::Result<()> {
+        let [n1, _] = &lab.nodes;
+        match self {
+            Phase::Baseline | Phase::BadChecksums => Ok(()),
+            Phase::MtuMismatch => {
+                faults::set_mtu(&n1.netns, POD_HOST_DEV, 1450)?;
+                faults::set_mtu(&n1.pod.netns, "eth0", 1450)?;
+                // Forget the path MTU the pod learned.
+                Lab::exec(&n1.pod.netns, "ip", &["route", "flush", "cache"]).map(drop)
+            }
+            Phase::TapOversize => Ok(()),
+            Phase::RandomLoss => faults::nft(&n1.netns, "delete table inet vxp_loss\n"),
+            Phase::OffloadOff => faults::set_offload(&n1.netns, VXLAN_DEV, "tx", true),
+        }
+    }
+}
+
+/// TCP bulk from pod 1 to pod 2 (iperf3), for as long as the value lives; the lab's cleanup
+/// kills it too.
+pub struct Traffic {
+    server: Child,
+    client: Child,
+    udp_sink: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Traffic {
+    pub fn start(lab: &Lab) -> io::Result<Self> {
+        let [n1, n2] = &lab.nodes;
+        let server = Lab::command(&n2.pod.netns, "iperf3")
+            .args(["-s", "-p", "5201"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let client = Lab::command(&n1.pod.netns, "iperf3")
+            .args([
+                "-c",
+                &n2.pod.ip.to_string(),
+                "-p",
+                "5201",
+                "-t",
+                "86400",
+                "-b",
+                "50M",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let udp_sink = faults::udp_sink(&n2.pod.netns, UDP_PORT)?;
+        Ok(Self {
+            server,
+            client,
+            udp_sink,
+        })
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.udp_sink
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for child in [&mut self.client, &mut self.server] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! What a killed vxprobe leaves behind, removed at the next start. TCX links and the kernel-wide
+//! hooks are owned by the process and go with it, even on SIGKILL; clsact filters
+//! (`--tc-attach clsact`, and `auto` before Linux 6.6) belong to the device and outlive a
+//! process that could not detach them. Such a filter keeps running vxprobe's program for no
+//! one.
+//!
+//! A filter is vxprobe's when its program is named `vxprobe_tc_*`, and stale when no process
+//! holds that program open: a running vxprobe holds its programs, so a second instance never
+//! removes the first one's filters. Filters of other tools (another name, or not BPF) are
+//! never touched. When some process's file descriptors cannot be read (no CAP_SYS_PTRACE),
+//! ownership cannot be ruled out and nothing is removed; vxprobe says how to do it by hand.
+
+use std::{collections::BTreeSet, fs, io};
+
+use anyhow::Context as _;
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use rtnetlink::{
+    packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
+    packet_route::{
+        RouteNetlinkMessage,
+        tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption},
+    },
+};
+
+use crate::devices;
+
+/// Programs vxprobe attaches to devices start with this (see `vxprobe_common::names`).
+pub const TC_PROGRAM_PREFIX: &str = "vxprobe_tc_";
+
+/// One BPF filter of vxprobe's found on a clsact hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub ifindex: u32,
+    pub ifname: String,
+    pub ingress: bool,
+    /// `tcm_info`: priority << 16 | protocol, as the kernel reported it.
+    pub info: u32,
+    pub handle: TcHandle,
+    pub program: String,
+    pub prog_id: u32,
+}
+
+impl Filter {
+    fn describe(&self) -> String {
+        format!(
+            "{} {} prio {} ({} id {})",
+            self.ifname,
+            if self.ingress { "ingress" } else { "egress" },
+            self.info >> 16,
+            self.program,
+            self.prog_id
+        )
+    }
+}
+
+/// What was found and done.
+#[derive(Debug, Default)]
+pub struct Cleanup {
+    pub removed: Vec<Filter>,
+    /// Stale-looking filters left alone, because ownership could not be ruled out.
+    pub kept: Vec<Filter>,
+}
+
+/// Finds vxprobe's clsact filters on every device of this namespace and removes those whose
+/// program no process holds. Reports what it did on stderr; errors are reported, never fatal.
+pub async fn remove_stale_filters() -> Cleanup {
+    match try_remove().await {
+        Ok(cleanup) => {
+            if !cleanup.removed.is_empty() {
+                let list: Vec<String> = cleanup.removed.iter().map(Filter::describe).collect();
+                eprintln!(
+                    "vxprobe: removed {} clsact filter(s) a killed vxprobe left behind: {}",
+                    list.len(),
+                    list.join(", ")
+                );
+            }
+            if !cleanup.kept.is_empty() {
+                let list: Vec<String> = cleanup.kept.iter().map(Filter::describe).collect();
+                eprintln!(
+                    "vxprobe: {} vxprobe clsact filter(s) may be stale but their owner cannot be \
+                     checked without CAP_SYS_PTRACE: {} (remove with `tc filter del dev DEV \
+                     ingress|egress prio N` once no vxprobe runs)",
+                    list.len(),
+                    list.join(", ")
+                );
+            }
+            cleanup
+        }
+        Err(e) => {
+            eprintln!("vxprobe: could not look for stale clsact filters: {e:#}");
+            Cleanup::default()
+        }
+    }
+}
+
+async fn try_remove() -> anyhow::Result<Cleanup> {
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    let task = tokio::spawn(connection);
+    let result = async {
+        let mut ours = Vec::new();
+        for device in devices::list_devices().await? {
+            for ingress in [true, false] {
+                ours.extend(vxprobe_filters(&handle, &device, ingress).await);
+            }
+        }
+        if ours.is_empty() {
+            return Ok(Cleanup::default());
+        }
+        let holders = programs_held_open();
+        let mut cleanup = Cleanup::default();
+        for filter in ours {
+            if holders.ids.contains(&filter.prog_id) {
+                continue; // a running vxprobe's (maybe ours)
+            }
+            if holders.complete {
+                delete(&handle, &filter)
+                    .await
+                    .with_context(|| format!("removing {}", filter.describe()))?;
+                cleanup.removed.push(filter);
+            } else {
+                cleanup.kept.push(filter);
+            }
+        }
+        Ok(cleanup)
+    }
+    .await;
+    task.abort();
+    result
+}
+
+fn clsact_parent(ingress: bool) -> TcHandle {
+    TcHandle {
+        major: 0xffff,
+        minor: if ingress {
+            TcHandle::MIN_INGRESS
+        } else {
+            TcHandle::MIN_EGRESS
+        },
+    }
+}
+
+/// vxprobe's BPF filters on one clsact hook (none when the device has no clsact qdisc).
+async fn vxprobe_filters(
+    handle: &rtnetlink::Handle,
+    device: &devices::Device,
+    ingress: bool,
+) -> Vec<Filter> {
+    let request = handle.traffic_filter(device.ifindex as i32).get();
+    let request = if ingress {
+        request.ingress()
+    } else {
+        request.egress()
+    };
+    let messages: Vec<TcMessage> = match request.execute().try_collect().await {
+        Ok(messages) => messages,
+        Err(_) => return Vec::new(), // no clsact qdisc there
+    };
+    messages
+        .iter()
+        .filter_map(|msg| {
+            let (program, prog_id) = bpf_program(msg)?;
+            program.starts_with(TC_PROGRAM_PREFIX).then(|| Filter {
+                ifindex: device.ifindex,
+                ifname: device.name.clone(),
+                ingress,
+                info: msg.header.info,
+                handle: msg.header.handle,
+                program,
+                prog_id,
+            })
+        })
+        .collect()
+}
+
+/// Name and id of the program behind a BPF filter.
+pub fn bpf_program(msg: &TcMessage) -> Option<(String, u32)> {
+    let is_bpf = msg
+        .attributes
+        .iter()
+        .any(|a| matches!(a, TcAttribute::Kind(kind) if kind == "bpf"));
+    if !is_bpf {
+        return None;
+    }
+    let (mut name, mut id) = (None, None);
+    for attr in &msg.attributes {
+        if let TcAttribute::Options(options) = attr {
+            for option in options {
+                match option {
+                    TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => name = Some(n.clone()),
+                    TcOption::Bpf(TcFilterBpfOption::ProgId(i)) => id = Some(*i),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Some((name?, id?))
+}
+
+async fn delete(handle: &rtnetlink::Handle, filter: &Filter) -> anyhow::Result<()> {
+    let mut message = TcMessage::with_index(filter.ifindex as i32);
+    message.header.parent = clsact_parent(filter.ingress);
+    message.header.handle = filter.handle;
+    message.header.info = filter.info;
+    message.attributes.push(TcAttribute::Kind("bpf".into()));
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::DelTrafficFilter(message));
+    request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let mut responses = handle.clone().request(request)?;
+    while let Some(response) = responses.next().await {
+        if let NetlinkPayload::Error(e) = response.payload
+            && let Some(code) = e.code
+        {
+            let err = io::Error::from_raw_os_error(-code.get());
+            // Gone already (its device vanished, or another vxprobe cleaned up first).
+            if err.raw_os_error() != Some(libc::ENOENT) {
+                return Err(err.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The BPF programs processes hold open, from /proc/PID/fdinfo.
+struct Holders {
+    ids: BTreeSet<u32>,
+    /// Every process's descriptors could be read: `ids` is the whole truth.
+    complete: bool,
+}
+
+fn programs_held_open() -> Holders {
+    let mut holders = Holders {
+        ids: BTreeSet::new(),
+        complete: true,
+    };
+    let Ok(procs) = fs::read_dir("/proc") else {
+        holders.complete = false;
+        return holders;
+    };
+    for proc in procs.flatten() {
+        let name = proc.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let fds = match fs::read_dir(proc.path().join("fd")) {
+            Ok(fds) => fds,
+            // Gone meanwhile: it holds nothing any more.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(_) => {
+                holders.complete = false;
+                continue;
+            }
+        };
+        for fd in fds.flatten() {
+            let is_prog = fs::read_link(fd.path())
+                .is_ok_and(|target| target.as_os_str() == "anon_inode:bpf-prog");
+            if !is_prog {
+                continue;
+            }
+            let info = proc.path().join("fdinfo").join(fd.file_name());
+            if let Some(id) = fs::read_to_string(info).ok().and_then(|t| prog_id(&t)) {
+                holders.ids.insert(id);
+            }
+        }
+    }
+    holders
+}
+
+/// The `prog_id` line of a BPF program's fdinfo.
+pub fn prog_id(fdinfo: &str) -> Option<u32> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("prog_id:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_names_vxprobes_tc_programs() {
+        for name in [
+            vxprobe_common::names::TC_INGRESS,
+            vxprobe_common::names::TC_EGRESS,
+        ] {
+            assert!(name.starts_with(TC_PROGRAM_PREFIX), "{name}");
+        }
+    }
+
+    #[test]
+    fn prog_ids_are_read_from_fdinfo() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nprog_type:\t3\n\
+                      prog_jited:\t1\nprog_tag:\t0123456789abcdef\nmemlock:\t4096\nprog_id:\t47\n";
+        assert_eq!(prog_id(fdinfo), Some(47));
+        assert_eq!(prog_id("pos:\t0\nmap_id:\t5\n"), None);
+    }
+
+    #[test]
+    fn only_bpf_filters_named_vxprobe_tc_are_ours() {
+        let filter = |kind: &str, name: &str| {
+            let mut msg = TcMessage::with_index(3);
+            msg.attributes.push(TcAttribute::Kind(kind.into()));
+            msg.attributes.push(TcAttribute::Options(vec![
+                TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
+                TcOption::Bpf(TcFilterBpfOption::ProgId(9)),
+            ]));
+            msg
+        };
+        assert_eq!(
+            bpf_program(&filter("bpf", "vxprobe_tc_ingress")),
+            Some(("vxprobe_tc_ingress".into(), 9))
+        );
+        assert_eq!(bpf_program(&filter("matchall", "vxprobe_tc_ingress")), None);
+        let (name, _) = bpf_program(&filter("bpf", "cil_from_container")).unwrap();
+        assert!(!name.starts_with(TC_PROGRAM_PREFIX));
+    }
+}

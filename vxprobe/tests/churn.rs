@@ -1,0 +1,245 @@
+//! Device churn while `record` runs: devices that appear are observed within a second, devices
+//! that vanish are let go, and the recording never stops.
+
+mod common;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use common::{VXPROBE, is_root};
+use serde_json::Value;
+use vxprobe::lab::{Lab, LabOptions, VXLAN_DEV, extra_veth_peer_ip};
+
+/// A `vxprobe record` whose JSON lines can be read while it runs.
+struct LiveRecorder {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LiveRecorder {
+    fn start(netns: &str, args: &[&str]) -> Self {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", netns, VXPROBE, "record"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning vxprobe record");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap();
+        let sink = Arc::clone(&lines);
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                sink.lock().unwrap().push(value);
+            }
+        });
+        let mut stderr = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
+        let recorder = Self {
+            child,
+            lines,
+            stderr: Some(stderr),
+            reader: Some(reader),
+        };
+        recorder.wait_for("the meta line", Duration::from_secs(20), |l| {
+            l["kind"] == "meta"
+        });
+        recorder
+    }
+
+    fn lines(&self) -> Vec<Value> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits until a line matches; returns it.
+    fn wait_for(&self, what: &str, limit: Duration, matches: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(found) = self.lines().into_iter().find(|l| matches(l)) {
+                return found;
+            }
+            assert!(Instant::now() < deadline, "no {what} within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            let stderr = self.stderr.take().unwrap().join().unwrap();
+            panic!("vxprobe exited ({status}): {stderr}");
+        }
+    }
+
+    /// SIGTERM; insists on exit status 0; returns every line and stderr.
+    fn stop(mut self) -> (Vec<Value>, String) {
+        self.assert_running();
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        self.reader.take().unwrap().join().unwrap();
+        let stderr = self.stderr.take().unwrap().join().unwrap();
+        assert_eq!(status.code(), Some(0), "vxprobe: {stderr}");
+        (self.lines(), stderr)
+    }
+}
+
+impl Drop for LiveRecorder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Continuous pings in the background, killed on drop.
+struct Pinger(Child);
+
+impl Pinger {
+    fn start(netns: &str, dst: &str) -> Self {
+        let child = Lab::command(netns, "ping")
+            .args(["-q", "-i", "0.05", "-W", "1", dst])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ping");
+        Self(child)
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ifindex_of(netns: &str, dev: &str) -> u64 {
+    let out = common::must(netns, "cat", &[&format!("/sys/class/net/{dev}/ifindex")]);
+    out.trim().parse().unwrap()
+}
+
+fn is_hop(line: &Value, ifindex: u64) -> bool {
+    line["kind"] == "hop" && line["ifindex"] == ifindex
+}
+
+#[test]
+fn a_recreated_vxlan_device_is_observed_within_two_seconds() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let [n1, n2] = &lab.nodes;
+    // The default selection: vxlan.calico, its underlay eth0, tap0.
+    let mut rec = LiveRecorder::start(&n1.netns, &["--stats-interval", "200ms"]);
+    let _ping = Pinger::start(&n1.pod.netns, &n2.pod.ip.to_string());
+    let old = ifindex_of(&n1.netns, VXLAN_DEV);
+    rec.wait_for("traffic on vxlan.calico", Duration::from_secs(5), |l| {
+        is_hop(l, old) && l["packets"].as_u64() > Some(0)
+    });
+
+    lab.delete_vxlan(0).unwrap();
+    rec.wait_for("the removal", Duration::from_secs(2), |l| {
+        l["kind"] == "device" && l["event"] == "removed" && l["ifindex"] == old
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    rec.assert_running();
+
+    lab.recreate_vxlan(0).unwrap();
+    let recreated = Instant::now();
+    let new = ifindex_of(&n1.netns, VXLAN_DEV);
+    assert_ne!(new, old, "a new device");
+    let added = rec.wait_for("the new device", Duration::from_secs(2), |l| {
+        l["kind"] == "device" && l["event"] == "added" && l["ifindex"] == new
+    });
+    assert_eq!(added["ifname"], VXLAN_DEV);
+    assert_eq!(added["role"], "overlay");
+    rec.wait_for("traffic on the new device", Duration::from_secs(2), |l| {
+        is_hop(l, new) && l["dir"] == "egress" && l["packets"].as_u64() > Some(0)
+    });
+    let latency = recreated.elapsed();
+    assert!(latency < Duration::from_secs(2), "{latency:?}");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (lines, stderr) = rec.stop();
+    // The old hop's lines stop after its last (partial) interval: at most one line per
+    // direction follows the removal.
+    let removed_at = lines
+        .iter()
+        .position(|l| l["kind"] == "device" && l["event"] == "removed")
+        .unwrap();
+    let after = lines[removed_at..]
+        .iter()
+        .filter(|l| is_hop(l, old))
+        .count();
+    assert!(after <= 2, "{after} hop lines of the vanished device");
+    // Both ends of the run are in the output: the old device's history and the new one's.
+    assert!(lines[..removed_at].iter().any(|l| is_hop(l, old)));
+    assert!(lines.iter().any(|l| l["kind"] == "summary"));
+    assert!(!stderr.contains("panick"), "{stderr}");
+    eprintln!("new vxlan device counted {latency:?} after it was created");
+}
+
+#[test]
+fn new_pod_veths_matching_the_glob_are_observed_and_vanished_ones_let_go() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let n1 = &lab.nodes[0];
+    let rec = LiveRecorder::start(&n1.netns, &["--stats-interval", "200ms", "-i", "cali*"]);
+    for (round, net) in [(0, 30u8), (1, 31)] {
+        let name = format!("cali7{round}");
+        let created = Instant::now();
+        lab.add_veth(0, &name, &format!("vxp7{round}"), net)
+            .unwrap();
+        let ifindex = ifindex_of(&n1.netns, &name);
+        let added = rec.wait_for("the new veth", Duration::from_secs(1), |l| {
+            l["kind"] == "device" && l["event"] == "added" && l["ifindex"] == ifindex
+        });
+        assert_eq!(added["role"], "pod");
+        eprintln!(
+            "{name} observed {:?} after it was created",
+            created.elapsed()
+        );
+        common::must(
+            &n1.netns,
+            "ping",
+            &[
+                "-q",
+                "-c",
+                "5",
+                "-i",
+                "0.02",
+                "-W",
+                "1",
+                &extra_veth_peer_ip(net).to_string(),
+            ],
+        );
+        rec.wait_for("the pings on the new veth", Duration::from_secs(2), |l| {
+            is_hop(l, ifindex) && l["dir"] == "egress" && l["packets"].as_u64() >= Some(5)
+        });
+        common::must(&n1.netns, "ip", &["link", "del", &name]);
+        rec.wait_for("the removal", Duration::from_secs(1), |l| {
+            l["kind"] == "device" && l["event"] == "removed" && l["ifindex"] == ifindex
+        });
+    }
+    let (lines, _) = rec.stop();
+    // cali0 was there all along.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["kind"] == "hop" && l["ifname"] == "cali0")
+    );
+}

@@ -1,0 +1,365 @@
+//! Crash safety and coexistence: after SIGKILL nothing of vxprobe stays attached (TCX links go
+//! with the process; clsact filters are removed by the next start, only vxprobe's), and two
+//! vxprobe instances on the same devices do not disturb each other.
+
+mod common;
+
+use std::{
+    os::fd::{FromRawFd as _, OwnedFd},
+    process::Command,
+    time::Duration,
+};
+
+use common::{Recorder, hop_totals, is_root, must};
+use serde_json::Value;
+use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV};
+
+const DEVICES: [&str; 4] = [POD_HOST_DEV, VXLAN_DEV, UNDERLAY_DEV, TAP_DEV];
+
+/// Loaded BPF programs named vxprobe_*: (id, name, pids holding them). Other vxprobe
+/// instances may run on this machine: tests look at the ids of the instances they started.
+fn vxprobe_programs() -> Vec<(u64, String, Vec<u64>)> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .unwrap();
+    let programs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    programs
+        .iter()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("vxprobe_"))
+        })
+        .map(|p| {
+            let pids = p["pids"]
+                .as_array()
+                .map(|pids| pids.iter().filter_map(|x| x["pid"].as_u64()).collect())
+                .unwrap_or_default();
+            (
+                p["id"].as_u64().unwrap(),
+                p["name"].as_str().unwrap().to_owned(),
+                pids,
+            )
+        })
+        .collect()
+}
+
+/// The ids of the BPF programs process `pid` holds open (its /proc fdinfo; Debian's bpftool
+/// is built without the skeleton that names a program's holders).
+fn programs_of(pid: i32) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        if target.as_os_str() != "anon_inode:bpf-prog" {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        ids.extend(vxprobe::stale::prog_id(&info).map(u64::from));
+    }
+    assert!(!ids.is_empty(), "process {pid} holds no BPF program");
+    ids
+}
+
+/// Which of `ids` are loaded now.
+fn loaded(ids: &[u64]) -> Vec<(u64, String, Vec<u64>)> {
+    vxprobe_programs()
+        .into_iter()
+        .filter(|(id, _, _)| ids.contains(id))
+        .collect()
+}
+
+/// Which of `ids` are still loaded, after waiting up to 5 s for them to go (detached
+/// programs are freed after an RCU grace period).
+fn still_loaded(ids: &[u64]) -> Vec<(u64, String, Vec<u64>)> {
+    let mut left = Vec::new();
+    for _ in 0..50 {
+        left = loaded(ids);
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    left
+}
+
+/// The TC filters of the lab devices in `netns`, and what `bpftool net show` lists there.
+fn filters(netns: &str) -> String {
+    let mut seen = String::new();
+    for dev in DEVICES {
+        for dir in ["ingress", "egress"] {
+            let tc = Command::new("tc")
+                .args(["-n", netns, "filter", "show", "dev", dev, dir])
+                .output()
+                .unwrap();
+            seen.push_str(&String::from_utf8_lossy(&tc.stdout));
+        }
+    }
+    let net = vxprobe::lab::Lab::exec(netns, "bpftool", &["net", "show"]).unwrap();
+    seen.push_str(&String::from_utf8_lossy(&net.stdout));
+    seen
+}
+
+#[test]
+fn after_sigkill_in_tcx_mode_nothing_stays_attached() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let ns = &lab.nodes[0].netns;
+    let rec = Recorder::start(ns, &["--tc-attach", "tcx", "-i", "*"]);
+    let ours = programs_of(rec.pid());
+    let names: Vec<String> = loaded(&ours).into_iter().map(|(_, name, _)| name).collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("vxprobe_tc_ingr")),
+        "{names:?}"
+    );
+    rec.kill();
+    let left = still_loaded(&ours);
+    assert!(left.is_empty(), "still loaded after SIGKILL: {left:?}");
+    let filters = filters(ns);
+    assert!(!filters.contains("vxprobe"), "{filters}");
+}
+
+/// A BPF classifier of "another tool": `mov r0, -1; exit` (TC_ACT_UNSPEC, pass on), named
+/// `othertool_tc`, pinned in a bpffs of its own so `tc ... object-pinned` can attach it.
+struct ForeignProgram {
+    dir: std::path::PathBuf,
+    pin: std::path::PathBuf,
+}
+
+impl ForeignProgram {
+    fn load() -> Self {
+        let dir = std::env::temp_dir().join(format!("vxp-bpffs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a bpffs");
+        let insns: [u8; 16] = [
+            0xb7, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, // mov64 r0, -1
+            0x95, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // exit
+        ];
+        let license = b"GPL\0";
+        let mut attr = [0u8; 128];
+        attr[0..4].copy_from_slice(&3u32.to_ne_bytes()); // BPF_PROG_TYPE_SCHED_CLS
+        attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+        attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+        attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+        attr[48..60].copy_from_slice(b"othertool_tc");
+        // SAFETY: BPF_PROG_LOAD with an attr buffer that outlives the call; the pointers in it
+        // point to live arrays of the stated sizes.
+        let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, attr.as_ptr(), attr.len()) };
+        assert!(
+            fd >= 0,
+            "BPF_PROG_LOAD: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a new fd returned by bpf(2), owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let pin = dir.join("othertool_tc");
+        let path = std::ffi::CString::new(pin.to_str().unwrap()).unwrap();
+        let mut attr = [0u8; 128];
+        attr[0..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+        attr[8..12].copy_from_slice(&(std::os::fd::AsRawFd::as_raw_fd(&fd) as u32).to_ne_bytes());
+        // SAFETY: BPF_OBJ_PIN with a NUL-terminated path that outlives the call.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, 6, attr.as_ptr(), attr.len()) };
+        assert!(rc == 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+        Self { dir, pin }
+    }
+}
+
+impl Drop for ForeignProgram {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.pin);
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn after_sigkill_in_clsact_mode_the_next_start_removes_only_vxprobes_filters() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let ns = &lab.nodes[0].netns;
+    // Another tool's filters on the hooks vxprobe shares: a BPF one and a u32 one.
+    let foreign = ForeignProgram::load();
+    must(ns, "tc", &["qdisc", "add", "dev", POD_HOST_DEV, "clsact"]);
+    must(
+        ns,
+        "tc",
+        &[
+            "filter",
+            "add",
+            "dev",
+            POD_HOST_DEV,
+            "egress",
+            "prio",
+            "20",
+            "bpf",
+            "da",
+            "object-pinned",
+            foreign.pin.to_str().unwrap(),
+        ],
+    );
+    // Matches nothing: packets pass on as if it were not there.
+    must(
+        ns,
+        "tc",
+        &[
+            "filter",
+            "add",
+            "dev",
+            POD_HOST_DEV,
+            "ingress",
+            "prio",
+            "30",
+            "u32",
+            "match",
+            "u32",
+            "0xffffffff",
+            "0xffffffff",
+            "at",
+            "0",
+        ],
+    );
+    let foreign_before = filters(ns);
+    assert!(foreign_before.contains("othertool_tc") || foreign_before.contains("bpf"));
+    assert!(foreign_before.contains("u32"), "{foreign_before}");
+
+    let rec = Recorder::start(ns, &["--tc-attach", "clsact", "-i", "*"]);
+    let killed = programs_of(rec.pid());
+    rec.kill();
+    // The kernel keeps clsact filters: they belong to the device, not the process, and they
+    // hold the killed instance's TC programs.
+    let stale = filters(ns);
+    assert!(stale.contains("vxprobe_tc_ingress"), "{stale}");
+    assert!(!loaded(&killed).is_empty());
+
+    // The next start (TCX here, so any clsact filter left would be the old one's).
+    let rec = Recorder::start(ns, &["--tc-attach", "tcx", "-i", "*"]);
+    let during = filters(ns);
+    assert!(!during.contains("vxprobe"), "stale filters left:\n{during}");
+    assert!(
+        during.contains("u32"),
+        "another tool's filter removed:\n{during}"
+    );
+    assert!(
+        during.matches("bpf").count() >= foreign_before.matches("bpf").count(),
+        "another tool's BPF filter removed:\n{foreign_before}\n---\n{during}"
+    );
+    let second = programs_of(rec.pid());
+    let lines = rec.stop();
+    assert!(lines.iter().any(|l| l["kind"] == "hop"));
+    let left = still_loaded(&[killed, second].concat());
+    assert!(left.is_empty(), "{left:?}");
+    let after = filters(ns);
+    assert!(
+        after.contains("u32") && !after.contains("vxprobe"),
+        "{after}"
+    );
+}
+
+/// Pings from pod 1 to pod 2: at node 1, cali0 sees every request at ingress and every reply
+/// at egress (static neighbours, no IPv6: nothing else crosses it).
+fn ping(lab: &Lab, count: u32) {
+    must(
+        &lab.nodes[0].pod.netns,
+        "ping",
+        &[
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.01",
+            "-W",
+            "2",
+            &lab.nodes[1].pod.ip.to_string(),
+        ],
+    );
+}
+
+#[test]
+fn two_recorders_on_the_same_devices_count_exactly_and_independently() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let ns = &lab.nodes[0].netns;
+    for mode in ["tcx", "clsact"] {
+        let args = ["--tc-attach", mode, "--stats-interval", "200ms", "-i", "*"];
+        let first = Recorder::start(ns, &args);
+        // The second start must not take the first one's clsact filters for stale ones.
+        let second = Recorder::start(ns, &args);
+        let ids = [programs_of(first.pid()), programs_of(second.pid())].concat();
+        ping(&lab, 10);
+        let first_lines = first.stop();
+        ping(&lab, 7);
+        std::thread::sleep(Duration::from_millis(300));
+        let second_lines = second.stop();
+        for (who, lines, expected) in [("first", &first_lines, 10), ("second", &second_lines, 17)] {
+            let packets = hop_totals(lines, "packets");
+            for dir in ["ingress", "egress"] {
+                assert_eq!(
+                    packets.get(&(POD_HOST_DEV.to_owned(), dir.to_owned())),
+                    Some(&expected),
+                    "{mode}: the {who} recorder at {POD_HOST_DEV} {dir}: {packets:?}"
+                );
+            }
+        }
+        let left = still_loaded(&ids);
+        assert!(left.is_empty(), "{mode}: {left:?}");
+    }
+}
+
+/// SIGTERM while vxprobe is still attaching (loading, BTF, hook ladders take a moment): the
+/// recording ends as soon as it starts, exit 0, everything detached, also in clsact mode.
+#[test]
+fn sigterm_while_attaching_ends_cleanly() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let ns = &lab.nodes[0].netns;
+    for delay_ms in [150, 400] {
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                common::VXPROBE,
+                "record",
+                "--tc-attach",
+                "clsact",
+            ])
+            .args(["-i", "*"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "after {delay_ms} ms: {stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("\"kind\":\"summary\""), "{stdout}");
+        let filters = filters(ns);
+        assert!(
+            !filters.contains("vxprobe"),
+            "after {delay_ms} ms:\n{filters}"
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! `vxprobe demo --record`: every fault of the scenario is in the recording at the hop where it
+//! was injected, and nothing of the demo's lab is left afterwards.
+
+mod common;
+
+use std::process::Command;
+
+use common::{VXPROBE, is_root};
+use serde_json::Value;
+use vxprobe::lab::{NETNS_PREFIX, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, scenario::BAD_CSUM_PORT};
+
+/// The lines between the note that starts a phase and the next note.
+fn phase<'a>(lines: &'a [Value], label_start: &str) -> Vec<&'a Value> {
+    let start = lines
+        .iter()
+        .position(|l| l["kind"] == "note" && l["text"].as_str().unwrap().starts_with(label_start))
+        .unwrap_or_else(|| panic!("no phase {label_start}"));
+    lines[start + 1..]
+        .iter()
+        .take_while(|l| l["kind"] != "note")
+        .collect()
+}
+
+#[test]
+fn demo_record_finds_every_fault_where_it_was_injected_and_cleans_up() {
+    if !is_root() {
+        return;
+    }
+    let file = std::env::temp_dir().join(format!("vxprobe-demo-{}.json", std::process::id()));
+    let demo = Command::new(VXPROBE)
+        .args(["demo", "--record", file.to_str().unwrap(), "--phase", "4s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let demo_pid = demo.id();
+    let out = demo.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The demo's namespaces carry its pid; none may be left.
+    let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let left = String::from_utf8_lossy(&list.stdout).into_owned();
+    let ours = format!("{NETNS_PREFIX}{demo_pid}-");
+    assert!(
+        !left.lines().any(|l| l.starts_with(&ours)),
+        "demo (pid {demo_pid}) namespaces left behind:\n{left}"
+    );
+    let lines: Vec<Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let _ = std::fs::remove_file(&file);
+    let node = lines[0]["netns"].as_u64().unwrap();
+
+    // Bad checksums: csum_error UDP_CSUM on pod 2's eth0 (another namespace than the node's).
+    let csum: Vec<_> = phase(&lines, "fault: bad UDP checksums")
+        .into_iter()
+        .filter(|l| l["kind"] == "csum_error" && l["flow"]["dport"] == BAD_CSUM_PORT)
+        .collect();
+    assert!(!csum.is_empty(), "csum_error events");
+    assert!(
+        csum.iter()
+            .all(|l| l["reason"] == "UDP_CSUM" && l["ifname"] == "eth0" && l["netns"] != node)
+    );
+
+    // MTU mismatch: packets too big for the overlay refused where they enter the node.
+    let mtu = phase(&lines, "fault: MTU mismatch");
+    assert!(
+        mtu.iter()
+            .any(|l| l["kind"] == "oversize" && l["ifname"] == POD_HOST_DEV && l["netns"] == node),
+        "oversize at cali0"
+    );
+
+    // Oversized AF_PACKET sends into the tap: EMSGSIZE naming tap0.
+    assert!(
+        phase(&lines, "fault: oversized AF_PACKET")
+            .iter()
+            .any(|l| l["kind"] == "oversize" && l["errno"] == 90 && l["ifname"] == TAP_DEV),
+        "EMSGSIZE on tap0"
+    );
+
+    // Random loss on cali0: netfilter drops there, and loss on that hop only.
+    let loss = phase(&lines, "fault: random loss");
+    assert!(loss.iter().any(|l| l["kind"] == "drop"
+        && l["reason"] == "NETFILTER_DROP"
+        && l["ifname"] == POD_HOST_DEV));
+    let lossy: Vec<_> = loss
+        .iter()
+        .filter(|l| l["kind"] == "hop" && l["loss_pct"].as_f64().unwrap() > 0.0)
+        .map(|l| (l["ifname"].as_str().unwrap(), l["dir"].as_str().unwrap()))
+        .collect();
+    assert!(
+        !lossy.is_empty() && lossy.iter().all(|h| *h == (POD_HOST_DEV, "ingress")),
+        "{lossy:?}"
+    );
+
+    // Offload off on the vxlan: the underlay's largest packet falls to the MTU.
+    let max_on_underlay = |lines: Vec<&Value>| -> u64 {
+        lines
+            .iter()
+            .filter(|l| l["kind"] == "hop" && l["ifname"] == UNDERLAY_DEV && l["dir"] == "egress")
+            .map(|l| l["max_len"].as_u64().unwrap())
+            .max()
+            .unwrap()
+    };
+    assert!(
+        max_on_underlay(phase(&lines, "baseline")) > 3 * 1500,
+        "GSO on the underlay before"
+    );
+    // The phase's first interval still holds packets from before the change: judge its last.
+    let offload_off = phase(&lines, "fault: tx checksum offload off");
+    let last = offload_off
+        .iter()
+        .filter(|l| l["kind"] == "hop" && l["ifname"] == UNDERLAY_DEV && l["dir"] == "egress")
+        .rfind(|l| l["packets"].as_u64().unwrap() > 0)
+        .expect("underlay traffic while offload is off");
+    assert!(
+        last["max_len"].as_u64().unwrap() <= 1514,
+        "MTU-sized after: {last}"
+    );
+}

@@ -1,0 +1,139 @@
+//! Overload: more flows than the kernel's flow table holds are evicted least recently seen
+//! first and counted, while the hop counters stay exact.
+
+mod common;
+
+use common::{Recorder, hop_totals, is_root};
+use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, faults};
+
+#[test]
+fn a_full_flow_table_evicts_counts_and_keeps_hops_exact() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let [n1, n2] = &lab.nodes;
+    const CAPACITY: u64 = 64;
+    const FLOWS: u64 = 300;
+    let rec = Recorder::start(
+        &n1.netns,
+        &[
+            "--stats-interval",
+            "200ms",
+            "--max-flows",
+            &CAPACITY.to_string(),
+            "-i",
+            POD_HOST_DEV,
+        ],
+    );
+    // One datagram to each of FLOWS ports: FLOWS flows at cali0 ingress.
+    for port in 0..FLOWS as u16 {
+        faults::udp_datagrams(
+            &n1.pod.netns,
+            n2.pod.ip.into(),
+            20000 + port,
+            64,
+            1,
+            faults::Df::Default,
+        )
+        .unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let lines = rec.stop();
+
+    let meta = lines.iter().find(|l| l["kind"] == "meta").unwrap();
+    assert_eq!(meta["max_flows"], CAPACITY);
+    let packets = hop_totals(&lines, "packets");
+    assert_eq!(
+        packets.get(&(POD_HOST_DEV.to_owned(), "ingress".to_owned())),
+        Some(&FLOWS),
+        "hop counters are not subject to the flow table: {packets:?}"
+    );
+    let summary = lines.iter().find(|l| l["kind"] == "summary").unwrap();
+    let evicted = summary["evicted"].as_u64().unwrap();
+    // The ICMP port-unreachable replies add one flow at egress.
+    assert!(
+        (FLOWS - CAPACITY..=FLOWS + 1).contains(&evicted),
+        "{evicted} evicted of {FLOWS} flows in a table of {CAPACITY}"
+    );
+    let per_interval: u64 = lines
+        .iter()
+        .filter(|l| l["kind"] == "evicted")
+        .map(|l| {
+            assert_eq!(l["capacity"], CAPACITY);
+            l["count"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(per_interval, evicted, "evicted lines add up to the summary");
+    assert_eq!(summary["lost"], 0);
+    eprintln!("{FLOWS} flows in a table of {CAPACITY}: {evicted} evicted");
+}
+
+/// A flood of events into a tiny ring buffer: what does not fit is counted as `lost`, every
+/// event is either a line or a lost one, and intervals keep closing during the flood.
+#[test]
+fn a_full_ring_buffer_loses_events_and_counts_every_one() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let [n1, n2] = &lab.nodes;
+    let rec = Recorder::start(
+        &n1.netns,
+        &[
+            "--stats-interval",
+            "200ms",
+            "--ring-size",
+            "4096",
+            "-i",
+            POD_HOST_DEV,
+        ],
+    );
+    // 3000-byte datagrams through a 1450-byte MTU: three fragments each, an event each.
+    let started = std::time::Instant::now();
+    faults::udp_datagrams(
+        &n1.pod.netns,
+        n2.pod.ip.into(),
+        5555,
+        3000,
+        20_000,
+        faults::Df::Clear,
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let elapsed = started.elapsed();
+    let lines = rec.stop();
+
+    let fragments: u64 = hop_totals(&lines, "fragments").values().sum();
+    assert!(
+        fragments >= 60_000,
+        "{fragments} fragments counted at the hop"
+    );
+    let summary = lines.iter().find(|l| l["kind"] == "summary").unwrap();
+    let delivered = summary["events"]["fragment"].as_u64().unwrap_or(0);
+    let lost = summary["lost"].as_u64().unwrap();
+    assert!(lost > 0, "nothing lost in a 4 KiB ring");
+    let lost_lines = |kind: Option<&str>| -> u64 {
+        lines
+            .iter()
+            .filter(|l| l["kind"] == "lost" && kind.is_none_or(|k| l["event_kind"] == k))
+            .map(|l| l["count"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(lost_lines(None), lost);
+    // (Kernel-wide hooks see the whole machine: drops of other work may be lost too.)
+    let lost = lost_lines(Some("fragment"));
+    assert_eq!(
+        delivered + lost,
+        fragments,
+        "every fragment is a line or counted as lost"
+    );
+    // Intervals went on closing: about one per 200 ms of the run.
+    let intervals = summary["intervals"].as_u64().unwrap();
+    let expected = elapsed.as_millis() as u64 / 200;
+    assert!(
+        intervals + 2 >= expected,
+        "{intervals} intervals in {elapsed:?}"
+    );
+    eprintln!("{fragments} fragment events: {delivered} delivered, {lost} lost");
+}

@@ -1,0 +1,214 @@
+//! Bad input and missing privileges: every invalid invocation exits 2 with one line on stderr
+//! naming the problem; missing capabilities exit 1 naming them; a node without BTF or tracefs
+//! gets a message and fewer signals, never a panic.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{VXPROBE, is_root};
+use vxprobe::lab::{Lab, LabOptions};
+
+/// Runs vxprobe inside `netns` when given (so an invocation that wrongly passed validation
+/// could only ever touch a lab), else as it is.
+fn vxprobe(netns: Option<&str>, wrapper: &[&str], args: &[&str]) -> Output {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns]);
+            cmd.args(wrapper);
+            cmd.arg(VXPROBE);
+            cmd
+        }
+        None if wrapper.is_empty() => Command::new(VXPROBE),
+        None => {
+            let mut cmd = Command::new(wrapper[0]);
+            cmd.args(&wrapper[1..]);
+            cmd.arg(VXPROBE);
+            cmd
+        }
+    };
+    cmd.args(args).output().expect("running vxprobe")
+}
+
+#[test]
+fn every_bad_invocation_exits_2_with_one_line_naming_the_problem() {
+    let lab = is_root().then(|| Lab::build(&LabOptions::default()).expect("building the lab"));
+    let ns = lab.as_ref().map(|l| l.nodes[0].netns.as_str());
+    let dir = std::env::temp_dir().join(format!("vxprobe-usage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let same = dir.join("same");
+    let same = same.to_str().unwrap();
+    let dir_s = dir.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&[], "command"),
+        (&["frobnicate"], "frobnicate"),
+        (&["record", "--bogus-flag"], "--bogus-flag"),
+        (&["record", "stray"], "stray"),
+        (&["record", "-i", "nosuchdev"], "nosuchdev"),
+        (&["record", "-i", ""], "empty interface name"),
+        (&["record", "-i", "a-name-of-sixteen"], "a-name-of-sixteen"),
+        (&["record", "-i", "cali["], "cali["),
+        (&["record", "--duration", "tenseconds"], "tenseconds"),
+        (&["record", "--duration", "0s"], "0s"),
+        (&["record", "--duration", "100000000000y"], "100000000000y"),
+        (
+            &["record", "--duration", "5s", "--duration", "6s"],
+            "--duration",
+        ),
+        (&["record", "--stats-interval", "1ns"], "1ns"),
+        (&["record", "--stats-interval", "2d"], "2d"),
+        (&["record", "--host", "300.1.1.1"], "300.1.1.1"),
+        (&["record", "--port", "0"], "--port"),
+        (&["record", "--port", "70000"], "70000"),
+        (&["record", "--proto", "sctp"], "sctp"),
+        (&["record", "--tc-attach", "xdp"], "xdp"),
+        (&["record", "--skip-hook", "uprobe"], "uprobe"),
+        (&["record", "--ring-size", "1000"], "1000"),
+        (&["record", "--ring-size", "4294967296"], "4294967296"),
+        (&["record", "--max-flows", "10"], "--max-flows"),
+        (&["record", "--snaplen", "0"], "--snaplen"),
+        (&["record", "--snaplen", "129"], "129"),
+        (
+            &["record", "--output", "/nonexistent-dir/out.jsonl"],
+            "/nonexistent-dir",
+        ),
+        (&["record", "--output", dir_s], dir_s),
+        (
+            &["record", "--pcap", "/nonexistent-dir/ev.pcapng"],
+            "/nonexistent-dir",
+        ),
+        (&["record", "--output", same, "--pcap", same], "same file"),
+        (
+            &["record", "--ready-file", "/nonexistent-dir/ready"],
+            "/nonexistent-dir",
+        ),
+        (&["record", "--ready-file", dir_s], "directory"),
+        (&["top", "--interval", "0s"], "0s"),
+        (&["top", "-i", "nosuchdev"], "nosuchdev"),
+        (&["doctor", "--assume-kernel", "banana"], "banana"),
+        (&["doctor", "-i", "["], "["),
+        (&["probes", "--skip-hook", "uprobe"], "uprobe"),
+        (&["demo", "--pcap", "x.pcapng"], "--record"),
+        (&["demo", "--phase", "forever"], "forever"),
+    ];
+    for (args, named) in cases {
+        let out = vxprobe(ns, &[], args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(named),
+            "{args:?} should name {named}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?} wrote to stdout");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// No capabilities at all: exit 1, one line naming the three, before anything is loaded.
+#[test]
+fn without_capabilities_record_top_and_probes_exit_1_naming_them() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let ns = &lab.nodes[0].netns;
+    let drop_all = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"];
+    for args in [&["record", "--duration", "1s"][..], &["top"], &["probes"]] {
+        let out = vxprobe(Some(ns), &drop_all, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        for cap in ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"] {
+            assert!(stderr.contains(cap), "{args:?} should name {cap}: {stderr}");
+        }
+    }
+    // Only CAP_NET_ADMIN missing: only it is named.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "capsh",
+            "--drop=cap_net_admin",
+            "--",
+            "-c",
+        ])
+        .arg(format!("exec {VXPROBE} record --duration 1s"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("CAP_NET_ADMIN"), "{stderr}");
+    assert!(!stderr.contains("CAP_BPF"), "{stderr}");
+}
+
+/// Runs `record` for a moment inside `netns` as a shell script after `setup`, through `shell`
+/// (a command ending in `-c`: a mount namespace of its own via unshare, or fewer capabilities
+/// via capsh); returns (status, stdout, stderr).
+fn record_with(netns: &str, shell: &[&str], setup: &str) -> (Option<i32>, String, String) {
+    let script =
+        format!("{setup} exec {VXPROBE} record -i cali0 --duration 1200ms --stats-interval 300ms");
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(shell)
+        .arg(&script)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// No BTF (hidden by an empty tmpfs), then no tracefs (not mounted, and no CAP_SYS_ADMIN to
+/// mount it): a message naming what is missing, hops still counted, exit 0, no panic.
+#[test]
+fn without_btf_or_tracefs_the_recording_goes_on_and_says_why() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let ns = &lab.nodes[0].netns;
+    let (code, stdout, stderr) = record_with(
+        ns,
+        &["unshare", "-m", "--", "sh", "-c"],
+        "mount -t tmpfs none /sys/kernel/btf &&",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("BTF") && stderr.contains("not observed"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stdout.contains("\"kind\":\"hop\""), "{stdout}");
+    let meta: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    let hooks = meta["hooks"].as_array().unwrap();
+    assert!(!hooks.is_empty(), "{meta}");
+    for hook in hooks {
+        assert!(hook["hook"].is_null(), "{hook}");
+        assert!(
+            hook["unavailable"][0].as_str().unwrap().contains("BTF"),
+            "{hook}"
+        );
+    }
+
+    // `ip netns exec` mounts a fresh /sys: tracefs is not there, and without CAP_SYS_ADMIN it
+    // cannot be mounted. The send hook falls down its ladder and names each failure.
+    let (code, stdout, stderr) =
+        record_with(ns, &["capsh", "--drop=cap_sys_admin", "--", "-c"], "");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("tracefs is not mounted"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stdout.contains("\"kind\":\"hop\""), "{stdout}");
+    let meta: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    let drop = meta["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["signal"] == "drop")
+        .unwrap();
+    assert!(drop["hook"].is_string(), "drops still observed: {meta}");
+}
