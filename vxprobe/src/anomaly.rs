@@ -144,7 +144,7 @@ impl Anomaly {
             && self.location.as_deref() == Some("ping_rcv")
     }
 
-    fn new(kind: AnomalyKind, netns: u32) -> Self {
+    pub(crate) fn new(kind: AnomalyKind, netns: u32) -> Self {
         Self {
             kind,
             ifname: None,

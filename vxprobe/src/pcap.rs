@@ -6,7 +6,7 @@ use std::{
     borrow::Cow,
     collections::HashMap,
     fs::File,
-    io::{self, BufWriter, Write as _},
+    io::{self, BufWriter, Write},
     path::Path,
     time::Duration,
 };
@@ -36,8 +36,9 @@ pub enum PcapError {
     Io(#[from] io::Error),
 }
 
-pub struct EvidenceFile {
-    writer: PcapNgWriter<BufWriter<File>>,
+/// The evidence file; `W` is a `BufWriter<File>` except in tests and fuzzing.
+pub struct EvidenceFile<W: Write = BufWriter<File>> {
+    writer: PcapNgWriter<W>,
     /// Interface ids by (namespace, device name, link type).
     interfaces: HashMap<(u64, String, Link), u32>,
     snaplen: usize,
@@ -49,13 +50,24 @@ pub struct EvidenceFile {
 impl EvidenceFile {
     pub fn create(path: &Path, snaplen: u32) -> Result<Self, PcapError> {
         let file = File::create(path)?;
+        Self::from_writer(BufWriter::new(file), snaplen)
+    }
+}
+
+impl<W: Write> EvidenceFile<W> {
+    pub fn from_writer(writer: W, snaplen: u32) -> Result<Self, PcapError> {
         Ok(Self {
-            writer: PcapNgWriter::new(BufWriter::new(file))?,
+            writer: PcapNgWriter::new(writer)?,
             interfaces: HashMap::new(),
             snaplen: snaplen as usize,
             realtime_offset_ns: realtime_offset_ns(),
             packets: 0,
         })
+    }
+
+    /// The writer, with everything written so far.
+    pub fn into_inner(self) -> W {
+        self.writer.into_inner()
     }
 
     /// Writes the anomaly's packet, if it has one; returns whether it did.
@@ -69,16 +81,21 @@ impl EvidenceFile {
             .unwrap_or_else(|| "(socket)".to_owned());
         let interface_id = self.interface(anomaly.netns, &hop, evidence.link)?;
         let data = &evidence.bytes[..evidence.bytes.len().min(self.snaplen)];
+        // A packet is never shorter than what was captured of it (readers reject such a
+        // block); trust the bytes over a length field that says otherwise.
+        let original_len = evidence
+            .original_len
+            .max(u32::try_from(evidence.bytes.len()).unwrap_or(u32::MAX));
         let wall = i128::from(evidence.ktime_ns) + self.realtime_offset_ns;
         let timestamp = Duration::from_nanos(u64::try_from(wall).unwrap_or(0));
         self.writer.write_pcapng_block(EnhancedPacketBlock {
             interface_id,
             timestamp,
-            original_len: evidence.original_len,
+            original_len,
             data: Cow::Borrowed(data),
-            options: vec![EnhancedPacketOption::Comment(Cow::Owned(comment(
+            options: vec![EnhancedPacketOption::Comment(Cow::Owned(bounded(comment(
                 kind, anomaly,
-            )))],
+            ))))],
         })?;
         self.packets += 1;
         Ok(true)
@@ -97,7 +114,7 @@ impl EvidenceFile {
             },
             snaplen: self.snaplen as u32,
             options: vec![
-                InterfaceDescriptionOption::IfName(Cow::Owned(hop.to_owned())),
+                InterfaceDescriptionOption::IfName(Cow::Owned(bounded(hop.to_owned()))),
                 InterfaceDescriptionOption::IfDescription(Cow::Owned(format!("netns {netns}"))),
                 // Timestamps are written in nanoseconds.
                 InterfaceDescriptionOption::IfTsResol(9),
@@ -114,6 +131,22 @@ impl EvidenceFile {
     pub fn flush(&mut self) -> io::Result<()> {
         self.writer.get_mut().flush()
     }
+}
+
+/// Longest option text written. A pcapng option's length is 16 bits and pcap-file truncates a
+/// longer one silently, which corrupts the file; nothing vxprobe writes comes near this.
+const MAX_OPTION: usize = 4096;
+
+/// `text` cut to [`MAX_OPTION`] bytes at a character boundary.
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_OPTION {
+        let mut end = MAX_OPTION;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 /// `csum_error reason=UDP_CSUM hop=eth0/ingress netns=4026532290 udp 198.19.1.2:40000 >
@@ -161,7 +194,7 @@ fn realtime_offset_ns() -> i128 {
     read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC)
 }
 
-impl Sink for EvidenceFile {
+impl<W: Write> Sink for EvidenceFile<W> {
     fn anomaly(&mut self, anomaly: &Anomaly) -> anyhow::Result<()> {
         self.write(anomaly.kind.as_str(), anomaly)?;
         Ok(())
@@ -175,5 +208,36 @@ impl Sink for EvidenceFile {
         self.flush()?;
         summary.evidence_packets = Some(self.packets);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_longer_than_16_bits_are_cut_and_the_file_reads_back() {
+        let mut anomaly = crate::anomaly::Anomaly::new(crate::anomaly::AnomalyKind::Drop, 1);
+        anomaly.reason = Some("é".repeat(40_000));
+        anomaly.ifname = Some("x".repeat(70_000));
+        anomaly.evidence = Some(crate::anomaly::Evidence {
+            link: Link::Ip,
+            bytes: vec![0x45; 60],
+            original_len: 10,
+            ktime_ns: 1,
+        });
+        let mut file = EvidenceFile::from_writer(Vec::new(), 128).unwrap();
+        assert!(file.write("drop", &anomaly).unwrap());
+        let bytes = file.into_inner();
+        let mut reader = pcap_file::pcapng::PcapNgReader::new(&bytes[..]).unwrap();
+        let mut packets = 0;
+        while let Some(block) = reader.next_block() {
+            if let pcap_file::pcapng::Block::EnhancedPacket(p) = block.unwrap() {
+                assert_eq!(p.original_len, 60, "never shorter than the captured bytes");
+                packets += 1;
+            }
+        }
+        assert_eq!(packets, 1);
+        assert!(bounded("é".repeat(3000)).len() <= MAX_OPTION);
     }
 }

@@ -250,6 +250,12 @@ impl Probes {
         max_flows: u32,
         ring_size: u32,
     ) -> anyhow::Result<Self> {
+        if EBPF_OBJECT.is_empty() {
+            anyhow::bail!(
+                "this vxprobe was built without its kernel programs (AYA_BUILD_SKIP): build it \
+                 with `cargo xtask build`"
+            );
+        }
         let mut loader = EbpfLoader::new();
         if let Some(offsets) = offsets {
             loader.override_global(names::OFFSETS, offsets, true);

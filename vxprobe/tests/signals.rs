@@ -6,6 +6,12 @@ use common::{Recorder, hook_of, is_root, must};
 use serde_json::Value;
 use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV, faults};
 
+/// The inode of a lab namespace: kernel-wide hooks see every namespace of the node, and other
+/// labs (other tests, benchmarks) may use the same addresses.
+fn netns_inode(netns: &str) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(format!("/run/netns/{netns}")).unwrap())
+}
+
 /// The Suricata-into-tap case of incident #4: frames larger than the tap's MTU, written with
 /// AF_PACKET while TSO/GSO are off, fail with EMSGSIZE. Half the sends name the device in
 /// the destination address, half go through a socket bound to it.
@@ -169,6 +175,7 @@ fn retransmits_through(extra_args: &[&str]) -> String {
         .iter()
         .filter(|l| {
             l["kind"] == "retransmit"
+                && l["netns"] == netns_inode(&n1.pod.netns)
                 && l["flow"]["src"] == n1.pod.ip.to_string()
                 && l["flow"]["dport"] == 5201
         })
@@ -178,11 +185,13 @@ fn retransmits_through(extra_args: &[&str]) -> String {
         .iter()
         .map(|e| e["count"].as_u64().unwrap_or(1))
         .sum();
-    assert_eq!(
-        segments,
-        retrans_segs,
-        "retransmit events vs TcpRetransSegs (loss probes {})",
-        faults::snmp(&n1.pod.netns, "TcpExt", "TCPLossProbes").unwrap() - probes_before
+    // Exact, but for tail loss probes: a TLP resends the last segment through the same path
+    // and can be cut to one segment after the tracepoint read its skb's count.
+    let loss_probes =
+        faults::snmp(&n1.pod.netns, "TcpExt", "TCPLossProbes").unwrap() - probes_before;
+    assert!(
+        segments.abs_diff(retrans_segs) <= loss_probes,
+        "retransmitted segments {segments} vs TcpRetransSegs {retrans_segs} (loss probes {loss_probes})"
     );
     assert_eq!(events[0]["flow"]["proto"], "tcp");
     assert_eq!(events[0]["flow"]["dst"], n2.pod.ip.to_string());

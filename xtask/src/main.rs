@@ -1,6 +1,7 @@
-//! Developer tasks: `cargo xtask build | test | lint | vm-test | bench`. Each installs what it needs first (idempotent,
+//! Developer tasks: `cargo xtask build | test`. Each installs what it needs first (idempotent,
 //! no prompts), so a fresh machine needs nothing but this repository and rustup.
 
+mod fuzz;
 mod setup;
 mod vm;
 
@@ -74,6 +75,22 @@ enum Task {
     },
     /// rustfmt check and clippy with warnings as errors.
     Lint,
+    /// The soak (as root): `record` over the lab for N minutes of traffic, faults and device
+    /// churn (release build); prints RSS and open descriptors over time, fails if they grow.
+    Soak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
+    /// Fuzz the parsers of untrusted bytes with cargo-fuzz (installed if missing; nightly,
+    /// libFuzzer): each target for a bounded time; a crash is saved in fuzz/regressions/.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (decode, packet, pcap, cli, netlink, text).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Only install what is missing (toolchain parts, bpf-linker, packages, mounts).
     Setup,
     /// Build vxprobe and its benchmarks, then measure what observing costs (root): writes
@@ -93,6 +110,7 @@ fn main() -> anyhow::Result<()> {
     let env = setup::ensure_all()?;
     match cli.task {
         Task::Setup => Ok(()),
+        Task::Bench { quick, only } => bench(&env, quick, only.as_deref()),
         Task::Build => cargo(&env, &["build", "--release", "--package", "vxprobe"]),
         Task::Demo { args } => {
             cargo(&env, &["build", "--release", "--package", "vxprobe"])?;
@@ -105,6 +123,31 @@ fn main() -> anyhow::Result<()> {
                 bail!("vxprobe demo failed ({status})");
             }
             Ok(())
+        }
+        Task::Soak { minutes } => {
+            let secs = (minutes * 60).to_string();
+            let status = Command::new(env!("CARGO"))
+                .args([
+                    "test",
+                    "--release",
+                    "--package",
+                    "vxprobe",
+                    "--test",
+                    "soak",
+                ])
+                .args(["--", "--ignored", "--nocapture"])
+                .env("PATH", &env.path)
+                .env("VXPROBE_SOAK_SECS", &secs)
+                .status()
+                .context("running the soak")?;
+            if !status.success() {
+                bail!("the soak failed ({status})");
+            }
+            Ok(())
+        }
+        Task::Fuzz { seconds, target } => {
+            setup::ensure_fuzz_packages()?;
+            fuzz::run(&env, &fuzz::Options { seconds, target })
         }
         Task::Lint => {
             cargo(&env, &["fmt", "--all", "--check"])?;
@@ -155,7 +198,6 @@ fn main() -> anyhow::Result<()> {
             cmd.extend(["--", "--test-threads=1"]);
             cargo(&env, &cmd)
         }
-        Task::Bench { quick, only } => bench(&env, quick, only.as_deref()),
     }
 }
 

@@ -33,7 +33,13 @@ const PACKAGES: &[&str] = &[
     "tmux",
     "bpftool",
     "procps",
+    // setpriv and capsh: the tests run vxprobe without capabilities.
+    "util-linux",
+    "libcap2-bin",
 ];
+
+/// What `cargo xtask fuzz` needs besides: a C++ compiler for libFuzzer.
+const FUZZ_PACKAGES: &[&str] = &["g++"];
 
 pub fn ensure_all() -> anyhow::Result<BuildEnv> {
     ensure_nightly()?;
@@ -174,6 +180,21 @@ pub fn cache_dir() -> PathBuf {
 
 /// Installs those of `packages` that are missing (root only).
 pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
+    install_missing(packages)
+}
+
+/// The fuzz task's packages (as root; otherwise say what is missing, if anything).
+pub fn ensure_fuzz_packages() -> anyhow::Result<()> {
+    if is_root() {
+        return install_missing(FUZZ_PACKAGES);
+    }
+    if Command::new("c++").arg("--version").output().is_err() {
+        bail!("libFuzzer needs a C++ compiler: install g++ (or run as root)");
+    }
+    Ok(())
+}
+
+fn install_missing(packages: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()

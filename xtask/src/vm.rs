@@ -383,13 +383,25 @@ fn newest(flavor: &Flavor, names: &[String]) -> Option<String> {
 
 fn unpack_kernel(package: &str, dir: &Path) -> anyhow::Result<()> {
     eprintln!("vm-test: apt-get download {package}");
-    setup::run(
-        Command::new("apt-get")
-            .args(["download", "-q", package])
-            // root downloads into a directory _apt cannot write: say it is fine
-            .args(["-o", "APT::Sandbox::User=root"])
-            .current_dir(dir),
-    )?;
+    let download = || {
+        setup::run(
+            Command::new("apt-get")
+                .args(["download", "-q", package])
+                // root downloads into a directory _apt cannot write: say it is fine
+                .args(["-o", "APT::Sandbox::User=root"])
+                .current_dir(dir),
+        )
+    };
+    if download().is_err() {
+        // stale package lists name a file the mirror no longer has
+        eprintln!("vm-test: download failed: apt-get update, then once more");
+        setup::run(
+            Command::new("apt-get")
+                .args(["update", "-q"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+        download()?;
+    }
     let deb = fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .map(|e| e.path())

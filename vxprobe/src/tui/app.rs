@@ -220,6 +220,8 @@ pub struct App {
     pub(super) hooks: Vec<String>,
     pub(super) interval: Option<Duration>,
     pub(super) lost_events: u64,
+    /// Flow entries evicted from the kernel's full flow table since start.
+    pub(super) evicted_flows: u64,
     pub(super) intervals_seen: u64,
     pub(super) feed_ended: bool,
     pub(super) notice: Option<String>,
@@ -266,6 +268,7 @@ impl App {
             hooks: Vec::new(),
             interval: None,
             lost_events: 0,
+            evicted_flows: 0,
             intervals_seen: 0,
             feed_ended: false,
             notice: None,
@@ -367,6 +370,7 @@ impl App {
             AppEvent::Quit => self.quit = true,
             AppEvent::FeedEnded => self.feed_ended = true,
             AppEvent::Notice(notice) => self.notice = notice,
+            AppEvent::Evicted(n) => self.evicted_flows = self.evicted_flows.saturating_add(n),
             AppEvent::Status { hooks, interval } => {
                 self.hooks = hooks;
                 self.interval = Some(interval);

@@ -148,7 +148,7 @@ impl Sink for TuiFeed {
         Ok(())
     }
 
-    fn interval_end(&mut self, _end: &IntervalEnd) -> anyhow::Result<()> {
+    fn interval_end(&mut self, end: &IntervalEnd) -> anyhow::Result<()> {
         let Some(report) = self.report.take() else {
             return Ok(());
         };
@@ -213,6 +213,9 @@ impl Sink for TuiFeed {
             .collect();
         let lost = report.lost.iter().map(|(_, n)| n).sum();
         self.send(AppEvent::Interval { hops, flows, lost });
+        if end.evicted > 0 {
+            self.send(AppEvent::Evicted(end.evicted));
+        }
         Ok(())
     }
 

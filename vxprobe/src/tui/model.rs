@@ -320,6 +320,8 @@ pub enum AppEvent {
         lost: u64,
     },
     Anomaly(AnomalySample),
+    /// Flow entries the kernel's full flow table evicted in an interval (sent when some were).
+    Evicted(u64),
     Key(KeyEvent),
     Resize,
     /// What the pipeline observes with: hooks in use (e.g. `tc:tcx`, `tp_btf:kfree_skb`), and

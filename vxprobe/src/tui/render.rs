@@ -910,6 +910,13 @@ fn render_status(app: &App, area: Rect, buf: &mut Buffer) {
         format!("lost events {}", human_count(app.lost_events)),
         lost_style,
     ));
+    if app.evicted_flows > 0 {
+        spans.push(sep());
+        spans.push(Span::styled(
+            format!("evicted flows {}", human_count(app.evicted_flows)),
+            Style::new().fg(Color::Yellow),
+        ));
+    }
     if app.held_discarded > 0 {
         spans.push(sep());
         spans.push(Span::styled(

@@ -756,6 +756,19 @@ fn status_counts_lost_events_and_feed_end() {
 }
 
 #[test]
+fn status_shows_evicted_flows_only_when_some_were() {
+    let mut app = demo_app();
+    let text = lines(&buffer(&app, 140, 40)).join("\n");
+    assert!(!text.contains("evicted"), "{text}");
+    app.handle_event(AppEvent::Evicted(1500));
+    app.handle_event(AppEvent::Evicted(u64::MAX));
+    assert_eq!(app.evicted_flows, u64::MAX);
+    app.evicted_flows = 1500;
+    let text = lines(&buffer(&app, 160, 40)).join("\n");
+    assert!(text.contains("evicted flows"), "{text}");
+}
+
+#[test]
 fn loss_pct_matches_record() {
     assert_eq!(app::loss_pct(0, 0), 0.0);
     assert_eq!(app::loss_pct(99, 1), 1.0);
