@@ -14,7 +14,7 @@ use vxprobe::{
     devices::Role,
     packet::{Flow, Outer},
     pipeline::Sink as _,
-    session::{FlowReport, HopReport, IntervalReport, MetaHop},
+    session::{FlowReport, HopReport, IntervalEnd, IntervalReport, MetaHop},
     tui::{App, feed::TuiFeed, render_once},
 };
 use vxprobe_common::{Direction, FlowCounters, HopCounters};
@@ -57,7 +57,7 @@ fn hop(name: &str, ifindex: u32, role: Role) -> MetaHop {
 
 /// An interval of the lab's sending node with `n` TCP flows, each at cali0 ingress,
 /// vxlan.calico egress and eth0 egress; every 7th flow loses packets at eth0.
-fn report(n: u32, interval_no: u64) -> IntervalReport {
+fn report(n: u32, interval_no: u64) -> (IntervalReport, Vec<FlowReport>) {
     let cali = hop("cali0", 5, Role::Pod);
     let vxlan = hop("vxlan.calico", 4, Role::Overlay);
     let eth0 = hop("eth0", 2, Role::Underlay);
@@ -118,14 +118,13 @@ fn report(n: u32, interval_no: u64) -> IntervalReport {
             });
         }
     }
-    IntervalReport {
+    let report = IntervalReport {
         ts: SystemTime::now(),
         interval: Duration::from_secs(1),
         hops,
-        flows,
         lost: Vec::new(),
-        evicted: 0,
-    }
+    };
+    (report, flows)
 }
 
 pub fn run(ctx: &Ctx) -> anyhow::Result<Render> {
@@ -135,10 +134,14 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Render> {
     let mut app = App::new();
     let (mut feed_cpu, mut apply_cpu) = (Vec::new(), Vec::new());
     for i in 0..intervals {
-        let report = report(FLOWS, i as u64);
+        let (report, flows) = report(FLOWS, i as u64);
         let t0 = thread_cpu_time();
-        // As the pipeline hands it over: one report with the hops and the flows.
+        // As the pipeline hands it over: the hops, the flows in batches, the end.
         feed.interval(&report)?;
+        for batch in flows.chunks(1024) {
+            feed.flows(batch)?;
+        }
+        feed.interval_end(&IntervalEnd::default())?;
         let t1 = thread_cpu_time();
         while let Ok(message) = rx.try_recv() {
             app.handle_event(message);

@@ -28,7 +28,9 @@ pub struct Machine {
     /// Share of the machine's CPU time that was busy during the run (the benchmarks
     /// included): other work on the machine shows as the part the benchmarks do not explain.
     pub busy_share: f64,
+    /// `uptime` when the run started and ended.
     pub uptime: String,
+    pub uptime_after: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -106,6 +108,7 @@ impl Report {
         self.finished = rfc3339(now);
         self.wall_seconds = wall.as_secs_f64();
         self.machine.load_after = procfs::load_average();
+        self.machine.uptime_after = command_line("uptime", &[]);
         self.machine.busy_share = procfs::CpuSnapshot::take().busy_since(cpu_start);
         self.targets = self.targets();
     }
@@ -225,6 +228,11 @@ impl Report {
             m.load_after[1],
             m.load_after[2],
             m.busy_share * 100.0
+        );
+        let _ = writeln!(
+            md,
+            "`uptime` at the start: `{}`; at the end: `{}`\n",
+            m.uptime, m.uptime_after
         );
         let _ = writeln!(
             md,

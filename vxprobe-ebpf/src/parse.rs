@@ -1,6 +1,7 @@
 //! Packet headers at a TC hook: Ethernet (up to two VLAN tags), IPv4/IPv6 (extension headers,
-//! fragments), TCP/UDP ports, and VXLAN/Geneve decapsulation to the inner flow. Every read is
-//! a bpf_skb_load_bytes, which works on non-linear skbs and fails cleanly past the end.
+//! fragments), TCP/UDP ports, and VXLAN/Geneve decapsulation to the inner flow. Reads come
+//! straight from the packet's linear data when the bytes are there, through
+//! bpf_skb_load_bytes (non-linear skbs, clean failure past the end) when they are not.
 
 use aya_ebpf::programs::TcContext;
 use vxprobe_common::OuterHeader;
@@ -19,13 +20,31 @@ const VXLAN_PORT: u16 = 4789;
 const VXLAN_LINUX_PORT: u16 = 8472;
 const GENEVE_PORT: u16 = 6081;
 
+/// An IPv4 (first word) or IPv6 address as it sits in the packet, in 32-bit words: an IPv4
+/// address is one word and three zero words, stored as such, where sixteen bytes would have
+/// been cleared by a memset call (a byte loop on the BPF target) in every header parse.
+pub type Addr = [u32; 4];
+
+/// The address's bytes, as the kernel/user structs hold it.
+#[inline(always)]
+pub fn addr_bytes(a: &Addr) -> [u8; 16] {
+    // SAFETY: [u32; 4] and [u8; 16] have the same size and no invalid bit patterns.
+    unsafe { core::mem::transmute::<Addr, [u8; 16]>(*a) }
+}
+
+#[inline(always)]
+pub fn addr_words(b: &[u8; 16]) -> Addr {
+    // SAFETY: as in `addr_bytes`; transmute copies, so alignment does not matter.
+    unsafe { core::mem::transmute::<[u8; 16], Addr>(*b) }
+}
+
 /// One IP header's worth of facts.
 #[derive(Copy, Clone)]
 pub struct Ip {
     pub family: u8,
     pub proto: u8,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: Addr,
+    pub dst: Addr,
     pub sport: u16,
     pub dport: u16,
     /// Fragment offset in bytes; `more` when MF is set. Both 0 for unfragmented packets.
@@ -51,9 +70,34 @@ impl Ip {
 /// Lives in a per-CPU scratch slot: the 512-byte BPF stack cannot hold it with the rest.
 pub struct Packet {
     pub flow: Ip,
+    /// The tunnel header; only `family` is set (to 0) when there is none.
     pub outer: OuterHeader,
     /// The outer IP header of a tunnel packet (to key outer fragments); family 0 if none.
     pub outer_ip: Ip,
+}
+
+/// Header reads go no further into a packet than this: far past any real header chain, and a
+/// bound the verifier must see before a variable offset may move a packet pointer.
+const MAX_DIRECT_OFFSET: usize = 1024;
+
+/// Reads a `T` at `offset`: straight from the packet when the bytes are in its linear part
+/// (headers almost always are), else through bpf_skb_load_bytes, which also reaches paged
+/// data and fails cleanly past the end. A helper call per header was most of the parse's cost.
+///
+/// Two bytes at least: for one, LLVM turns `start + 1 <= end` into `start < end`, which the
+/// verifier does not take as proof that a byte is there.
+#[inline(always)]
+fn load<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    const { assert!(size_of::<T>() >= 2) };
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if offset < MAX_DIRECT_OFFSET && start + offset + size_of::<T>() <= end {
+        // SAFETY: [start + offset, start + offset + size_of::<T>()) lies within the packet's
+        // linear data, checked just above (and again by the verifier); T is a byte array or
+        // an integer, valid for any bytes, read without assuming alignment.
+        return Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
+    }
+    ctx.load::<T>(offset).ok()
 }
 
 fn be16(b: &[u8], at: usize) -> u16 {
@@ -63,11 +107,11 @@ fn be16(b: &[u8], at: usize) -> u16 {
 /// Skips Ethernet and VLAN tags; returns (ethertype, offset of the network header).
 #[inline(always)]
 fn ethernet(ctx: &TcContext, start: usize) -> Option<(u16, usize)> {
-    let mut ethertype = u16::from_be(ctx.load::<u16>(start + 12).ok()?);
+    let mut ethertype = u16::from_be(load::<u16>(ctx, start + 12)?);
     let mut off = start + ETH_HLEN;
     for _ in 0..2 {
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-            ethertype = u16::from_be(ctx.load::<u16>(off + 2).ok()?);
+            ethertype = u16::from_be(load::<u16>(ctx, off + 2)?);
             off += 4;
         }
     }
@@ -84,7 +128,7 @@ fn ip(ctx: &TcContext, ethertype: u16, off: usize, ip: &mut Ip) -> Option<()> {
     ip.sport = 0;
     ip.dport = 0;
     if ip.has_transport() && (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP) {
-        if let Ok(ports) = ctx.load::<[u8; 4]>(ip.l4) {
+        if let Some(ports) = load::<[u8; 4]>(ctx, ip.l4) {
             ip.sport = be16(&ports, 0);
             ip.dport = be16(&ports, 2);
         }
@@ -94,17 +138,15 @@ fn ip(ctx: &TcContext, ethertype: u16, off: usize, ip: &mut Ip) -> Option<()> {
 
 #[inline(always)]
 fn ipv4(ctx: &TcContext, off: usize, ip: &mut Ip) -> Option<()> {
-    let h = ctx.load::<[u8; 12]>(off).ok()?;
+    let h = load::<[u8; 20]>(ctx, off)?;
     if h[0] >> 4 != 4 {
         return None;
     }
     let frag = be16(&h, 6);
     ip.family = 4;
     ip.proto = h[9];
-    ip.src = [0; 16];
-    ip.dst = [0; 16];
-    ip.src[..4].copy_from_slice(&ctx.load::<[u8; 4]>(off + 12).ok()?);
-    ip.dst[..4].copy_from_slice(&ctx.load::<[u8; 4]>(off + 16).ok()?);
+    ip.src = [u32::from_ne_bytes([h[12], h[13], h[14], h[15]]), 0, 0, 0];
+    ip.dst = [u32::from_ne_bytes([h[16], h[17], h[18], h[19]]), 0, 0, 0];
     ip.frag_offset = u32::from(frag & 0x1fff) * 8;
     ip.frag_more = frag & 0x2000 != 0;
     ip.frag_id = u32::from(be16(&h, 4));
@@ -114,14 +156,14 @@ fn ipv4(ctx: &TcContext, off: usize, ip: &mut Ip) -> Option<()> {
 
 #[inline(always)]
 fn ipv6(ctx: &TcContext, off: usize, ip: &mut Ip) -> Option<()> {
-    let h = ctx.load::<[u8; 8]>(off).ok()?;
+    let h = load::<[u8; 8]>(ctx, off)?;
     if h[0] >> 4 != 6 {
         return None;
     }
     ip.family = 6;
     ip.proto = h[6];
-    ip.src = ctx.load::<[u8; 16]>(off + 8).ok()?;
-    ip.dst = ctx.load::<[u8; 16]>(off + 24).ok()?;
+    ip.src = addr_words(&load::<[u8; 16]>(ctx, off + 8)?);
+    ip.dst = addr_words(&load::<[u8; 16]>(ctx, off + 24)?);
     ip.frag_offset = 0;
     ip.frag_more = false;
     ip.frag_id = 0;
@@ -131,14 +173,14 @@ fn ipv6(ctx: &TcContext, off: usize, ip: &mut Ip) -> Option<()> {
         match ip.proto {
             // A chain cut short still leaves a flow: addresses known, ports not.
             0 | 43 | 60 => {
-                let Ok(ext) = ctx.load::<[u8; 2]>(ip.l4) else {
+                let Some(ext) = load::<[u8; 2]>(ctx, ip.l4) else {
                     break;
                 };
                 ip.proto = ext[0];
                 ip.l4 += (usize::from(ext[1]) + 1) * 8;
             }
             44 => {
-                let Ok(frag) = ctx.load::<[u8; 8]>(ip.l4) else {
+                let Some(frag) = load::<[u8; 8]>(ctx, ip.l4) else {
                     break;
                 };
                 ip.proto = frag[0];
@@ -158,13 +200,15 @@ fn ipv6(ctx: &TcContext, off: usize, ip: &mut Ip) -> Option<()> {
 /// Returns false for packets that are not IP.
 #[inline(always)]
 pub fn packet(ctx: &TcContext, l3_device: bool, p: &mut Packet) -> bool {
-    p.outer = OuterHeader::default();
+    // Family 0: no tunnel; the other fields mean nothing then (not zeroed: a memset each
+    // packet).
+    p.outer.family = 0;
     p.outer_ip.family = 0;
     let Some((ethertype, off)) = (if l3_device {
-        match ctx.load::<u8>(0) {
-            Ok(b) if b >> 4 == 6 => Some((ETH_P_IPV6, 0)),
-            Ok(_) => Some((ETH_P_IP, 0)),
-            Err(_) => None,
+        match load::<[u8; 2]>(ctx, 0).map(|b| b[0]) {
+            Some(b) if b >> 4 == 6 => Some((ETH_P_IPV6, 0)),
+            Some(_) => Some((ETH_P_IP, 0)),
+            None => None,
         }
     } else {
         ethernet(ctx, 0)
@@ -191,16 +235,18 @@ pub fn packet(ctx: &TcContext, l3_device: bool, p: &mut Packet) -> bool {
         p.outer_ip.family = 0;
         return true;
     }
+    // Field by field, the padding byte by byte: LLVM makes a memset call (a byte loop on the
+    // BPF target) of a struct literal's zeros, even of three bytes.
     let o = &p.outer_ip;
-    p.outer = OuterHeader {
-        family: o.family,
-        _pad: [0; 3],
-        vni,
-        sport: o.sport,
-        dport: o.dport,
-        src: o.src,
-        dst: o.dst,
-    };
+    p.outer.family = o.family;
+    p.outer._pad[0] = 0;
+    p.outer._pad[1] = 0;
+    p.outer._pad[2] = 0;
+    p.outer.vni = vni;
+    p.outer.sport = o.sport;
+    p.outer.dport = o.dport;
+    p.outer.src = addr_bytes(&o.src);
+    p.outer.dst = addr_bytes(&o.dst);
     true
 }
 
@@ -209,7 +255,7 @@ pub fn packet(ctx: &TcContext, l3_device: bool, p: &mut Packet) -> bool {
 fn tunnel(ctx: &TcContext, udp: &Ip) -> Option<(u32, usize)> {
     let payload = udp.l4 + 8;
     if udp.dport == VXLAN_PORT || udp.dport == VXLAN_LINUX_PORT {
-        let h = ctx.load::<[u8; 8]>(payload).ok()?;
+        let h = load::<[u8; 8]>(ctx, payload)?;
         if h[0] & 0x08 == 0 {
             return None;
         }
@@ -217,7 +263,7 @@ fn tunnel(ctx: &TcContext, udp: &Ip) -> Option<(u32, usize)> {
         return Some((vni, payload + 8));
     }
     if udp.dport == GENEVE_PORT {
-        let h = ctx.load::<[u8; 8]>(payload).ok()?;
+        let h = load::<[u8; 8]>(ctx, payload)?;
         if be16(&h, 2) != ETH_P_TEB {
             return None;
         }

@@ -16,7 +16,7 @@ use vxprobe_common::{
 
 use crate::{
     events,
-    parse::{self, Ip, Packet},
+    parse::{self, Ip, Packet, addr_bytes, addr_words},
 };
 
 #[map]
@@ -100,12 +100,17 @@ fn observe(ctx: &TcContext, direction: Direction) {
     }
 
     let segs = u64::from(gso_segs.max(1));
-    let mut sample = HopCounters {
+    let link_header = if device.l3 != 0 { 0 } else { 14 };
+    let oversize = is_ip && gso_segs <= 1 && device.mtu != 0 && len > device.mtu + link_header;
+    let fragment = is_ip && is_fragment(&scratch.packet);
+    // Every field from a value computed above: LLVM merges runs of constant zero stores into
+    // memset calls, which the BPF target turns into a byte-by-byte loop.
+    let sample = HopCounters {
         packets: 1,
         bytes: u64::from(len),
         segs,
-        fragments: 0,
-        oversize: 0,
+        fragments: u64::from(fragment),
+        oversize: u64::from(oversize),
         max_len: len,
         max_epoch: EPOCH.get(0).copied().unwrap_or(0),
     };
@@ -113,17 +118,11 @@ fn observe(ctx: &TcContext, direction: Direction) {
         count_hop(ifindex, direction, &sample);
         return;
     }
-    let fragment = fragment_of(&scratch.packet);
-    if let Some(ip) = fragment {
-        sample.fragments = 1;
+    if fragment {
+        let ip = fragment_of(&scratch.packet);
         remember_or_recall(&ip, &mut scratch.packet, &mut scratch.frag);
     }
     let packet = &scratch.packet;
-    let link_header = if device.l3 != 0 { 0 } else { 14 };
-    let oversize = gso_segs <= 1 && device.mtu != 0 && len > device.mtu + link_header;
-    if oversize {
-        sample.oversize = 1;
-    }
     count_hop(ifindex, direction, &sample);
 
     let key = FlowKey {
@@ -134,18 +133,22 @@ fn observe(ctx: &TcContext, direction: Direction) {
         _pad: 0,
         sport: packet.flow.sport,
         dport: packet.flow.dport,
-        src: packet.flow.src,
-        dst: packet.flow.dst,
+        src: addr_bytes(&packet.flow.src),
+        dst: addr_bytes(&packet.flow.dst),
     };
     count_flow(&key, &sample, &packet.outer, &mut scratch.flow);
 
-    if fragment.is_some() || oversize {
+    if fragment || oversize {
         let kind = if oversize {
             EventKind::HopOversize
         } else {
             EventKind::Fragment
         };
-        let frag = fragment.unwrap_or(packet.flow);
+        let frag = if fragment {
+            fragment_of(packet)
+        } else {
+            packet.flow
+        };
         report(
             ctx,
             kind,
@@ -171,7 +174,8 @@ fn matches(filter: &FlowFilter, p: &Packet) -> bool {
     let tunneled = outer.family != 0;
     if filter.flags & FlowFilter::HOST != 0 {
         let host = &filter.host;
-        let inner = p.flow.src == *host || p.flow.dst == *host;
+        let words = addr_words(host);
+        let inner = p.flow.src == words || p.flow.dst == words;
         let outer_hit = tunneled && (outer.src == *host || outer.dst == *host);
         if !(inner || outer_hit) {
             return false;
@@ -191,14 +195,21 @@ fn matches(filter: &FlowFilter, p: &Packet) -> bool {
     true
 }
 
-/// The IP header that is fragmented, if any: the outer one (tunnel packets split on the
+/// Whether the packet is an IP fragment: its outer header (tunnel packets split on the
 /// underlay) or the flow's own.
 #[inline(always)]
-fn fragment_of(packet: &Packet) -> Option<Ip> {
+fn is_fragment(packet: &Packet) -> bool {
+    (packet.outer_ip.family != 0 && packet.outer_ip.is_fragment()) || packet.flow.is_fragment()
+}
+
+/// The IP header that is fragmented (of a packet [`is_fragment`] said is one).
+#[inline(always)]
+fn fragment_of(packet: &Packet) -> Ip {
     if packet.outer_ip.family != 0 && packet.outer_ip.is_fragment() {
-        return Some(packet.outer_ip);
+        packet.outer_ip
+    } else {
+        packet.flow
     }
-    packet.flow.is_fragment().then_some(packet.flow)
 }
 
 /// First fragments record their flow; later ones (no transport header) take it back.
@@ -209,8 +220,8 @@ fn remember_or_recall(ip: &Ip, packet: &mut Packet, info: &mut FragInfo) {
         proto: ip.proto,
         family: ip.family,
         _pad: 0,
-        src: ip.src,
-        dst: ip.dst,
+        src: addr_bytes(&ip.src),
+        dst: addr_bytes(&ip.dst),
     };
     if ip.has_transport() {
         info.flow = FlowKey {
@@ -221,10 +232,10 @@ fn remember_or_recall(ip: &Ip, packet: &mut Packet, info: &mut FragInfo) {
             _pad: 0,
             sport: packet.flow.sport,
             dport: packet.flow.dport,
-            src: packet.flow.src,
-            dst: packet.flow.dst,
+            src: addr_bytes(&packet.flow.src),
+            dst: addr_bytes(&packet.flow.dst),
         };
-        info.outer = packet.outer;
+        info.outer = clean(&packet.outer);
         let _ = FRAGMENTS.insert(&key, info, 0);
     } else if let Some(stored) = FRAGMENTS.get_ptr(&key) {
         // SAFETY: a valid map value pointer for the duration of this program run.
@@ -233,8 +244,8 @@ fn remember_or_recall(ip: &Ip, packet: &mut Packet, info: &mut FragInfo) {
         packet.flow.family = info.flow.family;
         packet.flow.sport = info.flow.sport;
         packet.flow.dport = info.flow.dport;
-        packet.flow.src = info.flow.src;
-        packet.flow.dst = info.flow.dst;
+        packet.flow.src = addr_words(&info.flow.src);
+        packet.flow.dst = addr_words(&info.flow.dst);
         packet.outer = info.outer;
     }
 }
@@ -276,6 +287,17 @@ fn raise_max(max_len: &mut u32, max_epoch: &mut u32, sample: &HopCounters) {
     }
 }
 
+/// A tunnel header as it may be stored: all zero when there is none (the scratch copy only
+/// has its family cleared per packet).
+#[inline(always)]
+fn clean(outer: &OuterHeader) -> OuterHeader {
+    if outer.family != 0 {
+        *outer
+    } else {
+        OuterHeader::default()
+    }
+}
+
 #[inline(always)]
 fn add_flow(flow: &mut FlowCounters, sample: &HopCounters, outer: &OuterHeader) {
     flow.packets += sample.packets;
@@ -302,7 +324,7 @@ fn count_flow(key: &FlowKey, sample: &HopCounters, outer: &OuterHeader, first: &
             first.oversize = sample.oversize;
             first.max_len = sample.max_len;
             first.max_epoch = sample.max_epoch;
-            first.outer = *outer;
+            first.outer = clean(outer);
             first._pad = 0;
             // LRU: a full map evicts the least recently seen flow.
             if FLOW_STATS.insert(key, first, NOEXIST).is_ok() {
@@ -345,7 +367,7 @@ fn report(
         (*event).header.netns = 0;
         (*event).header.ktime_ns = bpf_ktime_get_ns();
         (*event).flow = *key;
-        (*event).outer = *outer;
+        (*event).outer = clean(outer);
         (*event).len = len;
         (*event).mtu = mtu;
         (*event).gso_segs = gso_segs;

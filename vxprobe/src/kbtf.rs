@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, path::Path};
 
-use btf_rs::{Btf, Type};
+use btf_rs::{Backend, Btf, Type};
 use fallible_iterator::FallibleIterator as _;
 use vxprobe_common::KernelOffsets;
 
@@ -33,11 +33,17 @@ impl KernelBtf {
         Self::from_file(Path::new(VMLINUX_BTF))
     }
 
+    /// Maps the file and reads only the types asked for where the kernel lets sysfs BTF be
+    /// mapped (Linux 6.16+); parses all of it into memory elsewhere. Parsing all of vmlinux's
+    /// BTF costs ~25 MiB and most of vxprobe's start-up CPU; we need a dozen structs and one
+    /// enum.
     pub fn from_file(path: &Path) -> Result<Self, KernelBtfError> {
-        let btf = Btf::from_file(path).map_err(|source| KernelBtfError::Unreadable {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let btf = Btf::from_file_with_backend(path, Backend::Mmap)
+            .or_else(|_| Btf::from_file(path))
+            .map_err(|source| KernelBtfError::Unreadable {
+                path: path.display().to_string(),
+                source,
+            })?;
         Ok(Self { btf })
     }
 

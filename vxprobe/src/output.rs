@@ -14,7 +14,7 @@ use crate::{
     devices::Role,
     packet::{Flow, Outer},
     pipeline::{Sink, Summary},
-    session::{HopChange, IntervalReport, Meta},
+    session::{FlowReport, HopChange, IntervalEnd, IntervalReport, Meta},
 };
 
 /// RFC 3339 timestamp in UTC, as every line's `ts`.
@@ -195,6 +195,8 @@ pub struct JsonSink {
     /// The namespace of the TC hops, from the meta data.
     netns: u64,
     max_flows: u32,
+    /// `ts` of the interval whose flows are being written.
+    interval_ts: String,
 }
 
 impl JsonSink {
@@ -203,6 +205,7 @@ impl JsonSink {
             lines,
             netns: 0,
             max_flows: 0,
+            interval_ts: String::new(),
         }
     }
 }
@@ -230,7 +233,7 @@ impl Sink for JsonSink {
     }
 
     /// One `hop` line per selected device and direction, zero counts included (a hop that
-    /// goes quiet is visible as such), the flows that moved, then any `lost` lines.
+    /// goes quiet is visible as such), then any `lost` lines; the flows that moved follow.
     fn interval(&mut self, report: &IntervalReport) -> anyhow::Result<()> {
         let ts = timestamp(report.ts);
         let interval_ms = u64::try_from(report.interval.as_millis()).unwrap_or(u64::MAX);
@@ -256,11 +259,25 @@ impl Sink for JsonSink {
                 interval_ms,
             })?;
         }
-        for f in &report.flows {
+        for (kind, count) in &report.lost {
+            self.lines.write(&LostLine {
+                kind: "lost",
+                ts: &ts,
+                count: *count,
+                event_kind: event_kind_name(*kind),
+            })?;
+        }
+        self.interval_ts = ts;
+        Ok(())
+    }
+
+    /// One `flow` line per flow and hop that moved, with the interval's timestamp.
+    fn flows(&mut self, flows: &[FlowReport]) -> anyhow::Result<()> {
+        for f in flows {
             let c = &f.counters;
             self.lines.write(&FlowLine {
                 kind: "flow",
-                ts: &ts,
+                ts: &self.interval_ts,
                 ifname: &f.hop.ifname,
                 ifindex: f.hop.ifindex,
                 netns: self.netns,
@@ -277,19 +294,17 @@ impl Sink for JsonSink {
                 oversize: c.oversize,
             })?;
         }
-        for (kind, count) in &report.lost {
-            self.lines.write(&LostLine {
-                kind: "lost",
-                ts: &ts,
-                count: *count,
-                event_kind: event_kind_name(*kind),
-            })?;
-        }
-        if report.evicted > 0 {
+        Ok(())
+    }
+
+    /// The `evicted` line, if the flow table evicted entries; the interval's lines are
+    /// complete and handed to the OS.
+    fn interval_end(&mut self, end: &IntervalEnd) -> anyhow::Result<()> {
+        if end.evicted > 0 {
             self.lines.write(&EvictedLine {
                 kind: "evicted",
-                ts: &ts,
-                count: report.evicted,
+                ts: &self.interval_ts,
+                count: end.evicted,
                 capacity: self.max_flows,
             })?;
         }

@@ -10,7 +10,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::{
     anomaly::Anomaly,
     distinct::DistinctCount,
-    session::{HopChange, IntervalReport, Meta, Session},
+    session::{FlowReport, HopChange, IntervalEnd, IntervalPart, IntervalReport, Meta, Session},
     watch::{DeviceChange, DeviceWatch},
 };
 
@@ -20,7 +20,16 @@ pub trait Sink {
         Ok(())
     }
     fn anomaly(&mut self, anomaly: &Anomaly) -> anyhow::Result<()>;
+    /// An interval closes: first its hops ...
     fn interval(&mut self, report: &IntervalReport) -> anyhow::Result<()>;
+    /// ... then the flows that moved, a batch at a time ...
+    fn flows(&mut self, _flows: &[FlowReport]) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// ... and it is complete.
+    fn interval_end(&mut self, _end: &IntervalEnd) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// A device started or stopped being observed (device churn).
     fn device(&mut self, _change: &HopChange) -> anyhow::Result<()> {
         Ok(())
@@ -108,17 +117,33 @@ pub async fn run(
         // Records submitted without a wakeup are picked up here, before the interval closes.
         drain(session, sinks, &mut summary, &mut frames)?;
         let now = Instant::now();
-        let report = session.close_interval(now - interval_start)?;
+        session.close_interval(now - interval_start, |part| {
+            match part {
+                IntervalPart::Report(report) => {
+                    summary.lost += report.lost.iter().map(|(_, n)| n).sum::<u64>();
+                    for sink in sinks.iter_mut() {
+                        sink.interval(report)?;
+                    }
+                }
+                IntervalPart::Flows(flows) => {
+                    for f in flows {
+                        flows_seen.insert(&(f.hop.ifindex, f.dir, &f.flow));
+                    }
+                    for sink in sinks.iter_mut() {
+                        sink.flows(flows)?;
+                    }
+                }
+                IntervalPart::End(end) => {
+                    summary.evicted += end.evicted;
+                    for sink in sinks.iter_mut() {
+                        sink.interval_end(end)?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
         interval_start = now;
         summary.intervals += 1;
-        summary.lost += report.lost.iter().map(|(_, n)| n).sum::<u64>();
-        summary.evicted += report.evicted;
-        for f in &report.flows {
-            flows_seen.insert(&(f.hop.ifindex, f.dir, &f.flow));
-        }
-        for sink in sinks.iter_mut() {
-            sink.interval(&report)?;
-        }
         if stopping {
             break;
         }

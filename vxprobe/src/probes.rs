@@ -232,6 +232,8 @@ pub struct Probes {
     pub hooks: Vec<HookChoice>,
     /// The TC attachments of each hop, by ifindex.
     tc_links: HashMap<u32, Vec<(&'static str, SchedClassifierLinkId)>>,
+    /// The kernel's BTF as aya reads it, parsed once for every BTF-typed program.
+    btf: Option<aya::Btf>,
 }
 
 impl Probes {
@@ -276,6 +278,7 @@ impl Probes {
             tc_mode,
             hooks: Vec::new(),
             tc_links: HashMap::new(),
+            btf: None,
         })
     }
 
@@ -425,6 +428,8 @@ impl Probes {
         } else {
             self.attach_ladder("tcp_bad_csum", TCP_BAD_CSUM_LADDER, skip);
         }
+        // Every BTF-typed program is loaded: the parsed BTF (megabytes) is not needed again.
+        self.btf = None;
         &self.hooks
     }
 
@@ -483,21 +488,21 @@ impl Probes {
     ) -> anyhow::Result<()> {
         match hook {
             HookType::Fentry => {
-                let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+                let btf = kernel_btf(&mut self.btf)?;
                 let prog = program::<FEntry>(&mut self.ebpf, program_name)?;
-                prog.load(target, &btf).context("load")?;
+                prog.load(target, btf).context("load")?;
                 prog.attach().context("attach")?;
             }
             HookType::Fexit => {
-                let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+                let btf = kernel_btf(&mut self.btf)?;
                 let prog = program::<FExit>(&mut self.ebpf, program_name)?;
-                prog.load(target, &btf).context("load")?;
+                prog.load(target, btf).context("load")?;
                 prog.attach().context("attach")?;
             }
             HookType::TpBtf => {
-                let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+                let btf = kernel_btf(&mut self.btf)?;
                 let prog = program::<BtfTracePoint>(&mut self.ebpf, program_name)?;
-                prog.load(target, &btf).context("load")?;
+                prog.load(target, btf).context("load")?;
                 prog.attach().context("attach")?;
             }
             HookType::Kprobe => {
@@ -557,6 +562,14 @@ impl Probes {
             .context("map LOST missing from the eBPF object")?;
         Ok((RingBuf::try_from(events)?, PerCpuArray::try_from(lost)?))
     }
+}
+
+/// The kernel's BTF, read on first use.
+fn kernel_btf(cache: &mut Option<aya::Btf>) -> anyhow::Result<&aya::Btf> {
+    if cache.is_none() {
+        *cache = Some(aya::Btf::from_sys_fs().context("reading kernel BTF")?);
+    }
+    Ok(cache.as_ref().expect("just filled"))
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>

@@ -120,20 +120,36 @@ pub struct FlowReport {
     pub counters: vxprobe_common::FlowCounters,
 }
 
-/// Everything an interval produced besides the anomalies themselves.
+/// What an interval produced besides the anomalies and the flows: the hops.
 #[derive(Debug, Clone)]
 pub struct IntervalReport {
     pub ts: SystemTime,
     pub interval: std::time::Duration,
     /// Every selected hop in both directions, quiet ones included.
     pub hops: Vec<HopReport>,
-    pub flows: Vec<FlowReport>,
     /// Events the kernel could not hand over (ring buffer full), per kind.
     pub lost: Vec<(EventKind, u64)>,
+}
+
+/// What reading the flow table found, once the interval's flows are out.
+#[derive(Debug, Clone, Default)]
+pub struct IntervalEnd {
     /// Flow entries the kernel's full flow table evicted (least recently seen first) in this
-    /// interval; their counts since the last read are missing from `flows` (hops stay exact).
+    /// interval; their counts since the last read are missing from the flows (hops stay
+    /// exact).
     pub evicted: u64,
 }
+
+/// A closing interval, piece by piece: the report, the flows that moved in batches, the end.
+#[derive(Debug, Clone, Copy)]
+pub enum IntervalPart<'a> {
+    Report(&'a IntervalReport),
+    Flows(&'a [FlowReport]),
+    End(&'a IntervalEnd),
+}
+
+/// Flows handed to the sinks at a time.
+const FLOW_BATCH: usize = 1024;
 
 pub struct Session {
     probes: Probes,
@@ -268,6 +284,7 @@ impl Session {
                 .collect(),
             foreign_devices: Default::default(),
         };
+        release_freed_memory();
         Ok(Self {
             probes,
             hops,
@@ -406,17 +423,17 @@ impl Session {
         Ok(())
     }
 
-    /// Closes the interval: counters since the last call, per hop and per flow.
+    /// Closes the interval: counters since the last call, per hop and per flow. `out` gets
+    /// the hops first ([`IntervalPart::Report`]), then the flows that moved, a batch at a
+    /// time ([`IntervalPart::Flows`]): flows are never all held at once; then what reading
+    /// the flow table found ([`IntervalPart::End`]).
     pub fn close_interval(
         &mut self,
         interval: std::time::Duration,
-    ) -> anyhow::Result<IntervalReport> {
+        mut out: impl FnMut(IntervalPart<'_>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let ending = self.epoch.current();
         let hop_deltas = self.hop_stats.interval(ending)?;
-        let created = self.evictions.created()?;
-        let flow_deltas = self.flow_stats.interval(ending)?;
-        let evicted = self.evictions.since_last(created, self.flow_stats.len());
-        self.epoch.advance()?;
         let drops = std::mem::take(&mut self.hop_drops);
         let mut hops = Vec::with_capacity((self.hops.len() + self.gone.len()) * 2);
         for hop in self.hops.iter().chain(&self.gone) {
@@ -433,23 +450,47 @@ impl Session {
                 });
             }
         }
-        let flows = flow_deltas
-            .iter()
-            .filter_map(|(key, counters)| {
-                let hop = self
-                    .hops
-                    .iter()
-                    .chain(&self.gone)
-                    .find(|h| h.device.ifindex == key.ifindex)?;
-                Some(FlowReport {
-                    hop: meta_hop(hop),
-                    dir: Direction::try_from(u32::from(key.direction)).ok()?,
-                    flow: flow_of(key)?,
-                    outer: outer_of(&counters.outer),
-                    counters: *counters,
-                })
-            })
-            .collect();
+        out(IntervalPart::Report(&IntervalReport {
+            ts: SystemTime::now(),
+            interval,
+            hops,
+            lost: self.lost.since_last()?,
+        }))?;
+
+        let created = self.evictions.created()?;
+        let mut batch = Vec::with_capacity(FLOW_BATCH);
+        let (hops, gone) = (&self.hops, &self.gone);
+        self.flow_stats.interval(ending, |key, counters| {
+            let Some(hop) = hops
+                .iter()
+                .chain(gone)
+                .find(|h| h.device.ifindex == key.ifindex)
+            else {
+                return Ok(());
+            };
+            let (Ok(dir), Some(flow)) =
+                (Direction::try_from(u32::from(key.direction)), flow_of(key))
+            else {
+                return Ok(());
+            };
+            batch.push(FlowReport {
+                hop: meta_hop(hop),
+                dir,
+                flow,
+                outer: outer_of(&counters.outer),
+                counters: *counters,
+            });
+            if batch.len() == FLOW_BATCH {
+                out(IntervalPart::Flows(&batch))?;
+                batch.clear();
+            }
+            Ok(())
+        })?;
+        if !batch.is_empty() {
+            out(IntervalPart::Flows(&batch))?;
+        }
+        let evicted = self.evictions.since_last(created, self.flow_stats.len());
+        self.epoch.advance()?;
         // Vanished devices had their last line: free their slots in the kernel's maps.
         for hop in std::mem::take(&mut self.gone) {
             let ifindex = hop.device.ifindex;
@@ -461,19 +502,23 @@ impl Session {
             self.evictions.deleted(deleted);
             self.enricher.hops.remove(&ifindex);
         }
-        Ok(IntervalReport {
-            ts: SystemTime::now(),
-            interval,
-            hops,
-            flows,
-            lost: self.lost.since_last()?,
-            evicted,
-        })
+        out(IntervalPart::End(&IntervalEnd { evicted }))
     }
 
     /// Detaches everything (also what Drop does; explicit for the reader).
     pub fn stop(self) {
         drop(self.probes);
+    }
+}
+
+/// Start-up parses the kernel's BTF and loads programs: megabytes allocated and freed in the
+/// middle of the heap, which the allocator keeps unless asked to give them back.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it has no arguments
+    // that point anywhere.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

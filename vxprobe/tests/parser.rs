@@ -88,10 +88,15 @@ fn counted(packet: &[u8]) -> BTreeMap<FlowKey, FlowCounters> {
             "the packet is passed on (TC_ACT_UNSPEC)"
         );
     }
+    let mut flows = BTreeMap::new();
     hopstats::flow_stats(probes.ebpf_mut())
         .unwrap()
-        .interval(0)
-        .unwrap()
+        .interval(0, |key, counters| {
+            flows.insert(*key, *counters);
+            Ok(())
+        })
+        .unwrap();
+    flows
 }
 
 fn only_flow(packet: &[u8]) -> (vxprobe::packet::Flow, FlowCounters) {
@@ -244,9 +249,13 @@ fn later_ipv4_fragments_take_the_ports_of_the_first() {
             prog.test_run(opts).unwrap();
         }
     }
-    let flows = hopstats::flow_stats(probes.ebpf_mut())
+    let mut flows = BTreeMap::new();
+    hopstats::flow_stats(probes.ebpf_mut())
         .unwrap()
-        .interval(0)
+        .interval(0, |key, counters| {
+            flows.insert(*key, *counters);
+            Ok(())
+        })
         .unwrap();
     assert_eq!(flows.len(), 1, "both fragments are one flow: {flows:?}");
     let (key, c) = flows.into_iter().next().unwrap();

@@ -14,7 +14,7 @@ use crate::{
     anomaly::{Anomaly, AnomalyKind},
     packet::Flow,
     pipeline::{Sink, Summary},
-    session::{IntervalReport, Meta},
+    session::{FlowReport, IntervalEnd, IntervalReport, Meta},
 };
 use tokio::sync::mpsc::Sender;
 
@@ -29,6 +29,10 @@ pub struct TuiFeed {
     /// Faults of the current interval by flow (retransmits have no hop).
     flow_faults: HashMap<Flow, HopCounts>,
     pub dropped_messages: u64,
+    /// The closing interval's hops, until its flows are in.
+    report: Option<IntervalReport>,
+    /// The closing interval's flows by (inner) 5-tuple, with the hops each crossed.
+    flows: BTreeMap<Flow, (Option<crate::packet::Outer>, Vec<FlowHop>)>,
     /// Our namespace: devices elsewhere are shown with theirs, so a pod's eth0 is not read
     /// as the node's.
     netns: u64,
@@ -47,6 +51,8 @@ impl TuiFeed {
             hop_faults: HashMap::new(),
             flow_faults: HashMap::new(),
             dropped_messages: 0,
+            report: None,
+            flows: BTreeMap::new(),
             netns: 0,
         }
     }
@@ -113,14 +119,15 @@ impl Sink for TuiFeed {
     }
 
     fn interval(&mut self, report: &IntervalReport) -> anyhow::Result<()> {
-        let hop_faults = std::mem::take(&mut self.hop_faults);
-        let mut flow_faults = std::mem::take(&mut self.flow_faults);
+        self.report = Some(report.clone());
+        self.flows.clear();
+        Ok(())
+    }
 
-        // Flows by (inner) 5-tuple, with their hops; fragments come from the counters.
-        let mut flows: BTreeMap<Flow, (Option<crate::packet::Outer>, Vec<FlowHop>)> =
-            BTreeMap::new();
-        for f in &report.flows {
-            let entry = flows.entry(f.flow.clone()).or_default();
+    /// Flows by (inner) 5-tuple, with their hops; fragments come from the counters.
+    fn flows(&mut self, batch: &[FlowReport]) -> anyhow::Result<()> {
+        for f in batch {
+            let entry = self.flows.entry(f.flow.clone()).or_default();
             if f.outer.is_some() {
                 entry.0 = f.outer.clone();
             }
@@ -138,6 +145,16 @@ impl Sink for TuiFeed {
                 },
             });
         }
+        Ok(())
+    }
+
+    fn interval_end(&mut self, end: &IntervalEnd) -> anyhow::Result<()> {
+        let Some(report) = self.report.take() else {
+            return Ok(());
+        };
+        let hop_faults = std::mem::take(&mut self.hop_faults);
+        let mut flow_faults = std::mem::take(&mut self.flow_faults);
+        let flows = std::mem::take(&mut self.flows);
         // A flow's faults land on its first hop (drops with a device are charged to theirs).
         let mut retransmits_at: HashMap<HopId, u64> = HashMap::new();
         let flows: Vec<FlowSample> = flows
@@ -196,8 +213,8 @@ impl Sink for TuiFeed {
             .collect();
         let lost = report.lost.iter().map(|(_, n)| n).sum();
         self.send(AppEvent::Interval { hops, flows, lost });
-        if report.evicted > 0 {
-            self.send(AppEvent::Evicted(report.evicted));
+        if end.evicted > 0 {
+            self.send(AppEvent::Evicted(end.evicted));
         }
         Ok(())
     }
