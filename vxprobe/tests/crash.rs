@@ -109,7 +109,7 @@ fn filters(netns: &str) -> String {
 
 #[test]
 fn after_sigkill_in_tcx_mode_nothing_stays_attached() {
-    if !is_root() {
+    if !is_root() || !common::has_tcx() {
         return;
     }
     let lab = Lab::build(&LabOptions::default()).expect("building the lab");
@@ -247,10 +247,18 @@ fn after_sigkill_in_clsact_mode_the_next_start_removes_only_vxprobes_filters() {
     assert!(stale.contains("vxprobe_tc_ingress"), "{stale}");
     assert!(!loaded(&killed).is_empty());
 
-    // The next start (TCX here, so any clsact filter left would be the old one's).
-    let rec = Recorder::start(ns, &["--tc-attach", "tcx", "-i", "*"]);
+    // The next start: none of the killed instance's programs may be left in a filter (with
+    // TCX, no vxprobe filter at all; before 6.6 the new instance has its own).
+    let next_mode = if common::has_tcx() { "tcx" } else { "clsact" };
+    let rec = Recorder::start(ns, &["--tc-attach", next_mode, "-i", "*"]);
     let during = filters(ns);
-    assert!(!during.contains("vxprobe"), "stale filters left:\n{during}");
+    let stale: Vec<u64> = program_ids_in(&during)
+        .filter(|id| killed.contains(id))
+        .collect();
+    assert!(stale.is_empty(), "stale filters {stale:?} left:\n{during}");
+    if next_mode == "tcx" {
+        assert!(!during.contains("vxprobe"), "stale filters left:\n{during}");
+    }
     assert!(
         during.contains("u32"),
         "another tool's filter removed:\n{during}"
@@ -269,6 +277,34 @@ fn after_sigkill_in_clsact_mode_the_next_start_removes_only_vxprobes_filters() {
         after.contains("u32") && !after.contains("vxprobe"),
         "{after}"
     );
+}
+
+/// The program ids `tc filter show` (`id N`) and `bpftool net show` (`prog_id N`) name.
+fn program_ids_in(listing: &str) -> impl Iterator<Item = u64> + '_ {
+    let words: Vec<&str> = listing.split_whitespace().collect();
+    (1..words.len())
+        .filter(move |&i| words[i - 1] == "id" || words[i - 1] == "prog_id")
+        .filter_map(move |i| words[i].parse().ok())
+        .collect::<Vec<u64>>()
+        .into_iter()
+}
+
+/// Waits (up to 30 s) until process `pid` is vxprobe and catches SIGTERM.
+fn wait_until_catching_sigterm(pid: u32) -> bool {
+    for _ in 0..3000 {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .unwrap_or(0);
+        if comm.trim() == "vxprobe" && caught & (1 << (libc::SIGTERM - 1)) != 0 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
 
 /// Pings from pod 1 to pod 2: at node 1, cali0 sees every request at ingress and every reply
@@ -297,7 +333,12 @@ fn two_recorders_on_the_same_devices_count_exactly_and_independently() {
     }
     let lab = Lab::build(&LabOptions::default()).expect("building the lab");
     let ns = &lab.nodes[0].netns;
-    for mode in ["tcx", "clsact"] {
+    let modes: &[&str] = if common::has_tcx() {
+        &["tcx", "clsact"]
+    } else {
+        &["clsact"]
+    };
+    for &mode in modes {
         let args = ["--tc-attach", mode, "--stats-interval", "200ms", "-i", "*"];
         let first = Recorder::start(ns, &args);
         // The second start must not take the first one's clsact filters for stale ones.
@@ -332,7 +373,7 @@ fn sigterm_while_attaching_ends_cleanly() {
     }
     let lab = Lab::build(&LabOptions::default()).expect("building the lab");
     let ns = &lab.nodes[0].netns;
-    for delay_ms in [150, 400] {
+    for delay_ms in [0, 250] {
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -348,6 +389,10 @@ fn sigterm_while_attaching_ends_cleanly() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        // From when vxprobe handles SIGTERM (before it loads anything): fixed delays from
+        // the spawn would hit `ip netns exec` itself on a slow machine.
+        let catching = wait_until_catching_sigterm(child.id());
+        assert!(catching, "vxprobe never installed its SIGTERM handler");
         std::thread::sleep(Duration::from_millis(delay_ms));
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

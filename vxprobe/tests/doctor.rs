@@ -530,15 +530,18 @@ fn watch_ties_the_offload_finding_to_the_packets_it_saw() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let client = Lab::exec(
-        &n1.pod.netns,
-        "iperf3",
-        &["-c", &n2.pod.ip.to_string(), "-t", "2"],
-    )
-    .unwrap();
-    assert!(client.status.success());
-    let _ = server.wait();
+    // Bulk TCP for as long as the doctor watches, however long it takes to attach (a debug
+    // build under QEMU/TCG takes seconds): stopped once it has reported.
+    let mut client = Lab::command(&n1.pod.netns, "iperf3")
+        .args(["-c", &n2.pod.ip.to_string(), "-t", "120"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let out = doctor.wait_with_output().unwrap();
+    let _ = client.kill();
+    let _ = client.wait();
+    let _ = server.kill();
+    let _ = server.wait();
     assert!(
         out.status.success(),
         "{}",

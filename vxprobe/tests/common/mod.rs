@@ -167,6 +167,15 @@ pub fn kernel_version() -> (u32, u32) {
     (next(), next())
 }
 
+/// Whether this kernel has TCX links (Linux 6.6); when not, says so.
+pub fn has_tcx() -> bool {
+    let yes = kernel_version() >= (6, 6);
+    if !yes {
+        eprintln!("no TCX before Linux 6.6: clsact only here");
+    }
+    yes
+}
+
 /// Whether this kernel can attach kprobes (CONFIG_KPROBES); when not, says so.
 pub fn has_kprobes() -> bool {
     let yes = std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
