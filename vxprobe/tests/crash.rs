@@ -282,9 +282,10 @@ fn after_sigkill_in_clsact_mode_the_next_start_removes_only_vxprobes_filters() {
 /// The program ids `tc filter show` (`id N`) and `bpftool net show` (`prog_id N`) name.
 fn program_ids_in(listing: &str) -> impl Iterator<Item = u64> + '_ {
     let words: Vec<&str> = listing.split_whitespace().collect();
-    (1..words.len())
-        .filter(move |&i| words[i - 1] == "id" || words[i - 1] == "prog_id")
-        .filter_map(move |i| words[i].parse().ok())
+    words
+        .windows(2)
+        .filter(|pair| pair[0] == "id" || pair[0] == "prog_id")
+        .filter_map(|pair| pair[1].parse().ok())
         .collect::<Vec<u64>>()
         .into_iter()
 }
