@@ -50,8 +50,12 @@ pub mod names {
     pub const ICMP_SEND_RAW: &str = "vxprobe_icmp_send_raw";
 }
 
-/// Upper bound on the hops (device x direction) counted at once.
-pub const MAX_HOPS: u32 = 4096;
+/// Upper bound on the devices observed at once (each is two hops, ingress and egress).
+pub const MAX_DEVICES: u32 = 2048;
+
+/// Size of the per-hop counter array: a device's slot `s` counts at `2s` (ingress) and
+/// `2s + 1` (egress).
+pub const MAX_HOPS: u32 = MAX_DEVICES * 2;
 
 /// Default size of the per-CPU LRU flow map (flows x hops x directions). Beyond it the least
 /// recently seen entries are evicted.
@@ -64,8 +68,19 @@ pub struct DeviceInfo {
     pub mtu: u32,
     /// 1 when frames start with the IP header (tun, ipip...), 0 for Ethernet.
     pub l3: u32,
+    /// The device's slot in the per-hop counter array (below [`MAX_DEVICES`]): an array
+    /// lookup the verifier inlines, where a hash lookup per packet cost ~30 ns.
+    pub slot: u32,
+}
+
+impl DeviceInfo {
+    /// Index of this device's counters for `direction` in the per-hop array.
+    #[inline(always)]
+    pub fn hop_index(&self, direction: Direction) -> u32 {
+        self.slot * 2 + direction as u32
+    }
 }
 
 #[cfg(feature = "user")]
-// SAFETY: #[repr(C)], two u32, no padding.
+// SAFETY: #[repr(C)], three u32, no padding.
 unsafe impl aya::Pod for DeviceInfo {}

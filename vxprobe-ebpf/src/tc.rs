@@ -6,12 +6,12 @@ use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
     programs::TcContext,
 };
 use vxprobe_common::{
     DeviceInfo, Direction, EventKind, FlowCounters, FlowFilter, FlowKey, FragInfo, FragKey,
-    HopCounters, HopEvent, HopKey, MAX_FLOWS, MAX_HOPS, OuterHeader, SNAP_LEN,
+    HopCounters, HopEvent, MAX_DEVICES, MAX_FLOWS, MAX_HOPS, OuterHeader, SNAP_LEN,
 };
 
 use crate::{
@@ -19,8 +19,9 @@ use crate::{
     parse::{self, Ip, Packet, addr_bytes, addr_words},
 };
 
+/// Per hop, at [`DeviceInfo::hop_index`]: user space gives each device a slot.
 #[map]
-static HOP_STATS: PerCpuHashMap<HopKey, HopCounters> = PerCpuHashMap::with_max_entries(MAX_HOPS, 0);
+static HOP_STATS: PerCpuArray<HopCounters> = PerCpuArray::with_max_entries(MAX_HOPS, 0);
 
 /// Resized by user space (`--max-flows`) before load.
 #[map]
@@ -39,9 +40,9 @@ const NOEXIST: u64 = 1;
 #[map]
 static FRAGMENTS: LruHashMap<FragKey, FragInfo> = LruHashMap::with_max_entries(8192, 0);
 
-/// MTU and link type per ifindex, filled in by user space when it attaches.
+/// MTU, link type and counter slot per ifindex, filled in by user space before it attaches.
 #[map]
-static DEVICE_INFO: HashMap<u32, DeviceInfo> = HashMap::with_max_entries(MAX_HOPS, 0);
+static DEVICE_INFO: HashMap<u32, DeviceInfo> = HashMap::with_max_entries(MAX_DEVICES, 0);
 
 /// The stats interval number, bumped by user space: per-interval maxima restart with it.
 #[map]
@@ -84,9 +85,10 @@ fn observe(ctx: &TcContext, direction: Direction) {
     let (ifindex, gso_segs) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_segs) };
     let len = ctx.len();
     // SAFETY: a lookup in a map only user space writes; the value is copied out at once.
-    let device = unsafe { DEVICE_INFO.get(&ifindex) }
-        .copied()
-        .unwrap_or_default();
+    let known = unsafe { DEVICE_INFO.get(&ifindex) }.copied();
+    // A device user space has let go of (its programs are being detached): flows only.
+    let device = known.unwrap_or_default();
+    let hop = known.map(|d| d.hop_index(direction));
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -115,7 +117,7 @@ fn observe(ctx: &TcContext, direction: Direction) {
         max_epoch: EPOCH.get(0).copied().unwrap_or(0),
     };
     if !is_ip {
-        count_hop(ifindex, direction, &sample);
+        count_hop(hop, &sample);
         return;
     }
     if fragment {
@@ -123,7 +125,7 @@ fn observe(ctx: &TcContext, direction: Direction) {
         remember_or_recall(&ip, &mut scratch.packet, &mut scratch.frag);
     }
     let packet = &scratch.packet;
-    count_hop(ifindex, direction, &sample);
+    count_hop(hop, &sample);
 
     let key = FlowKey {
         ifindex,
@@ -251,19 +253,12 @@ fn remember_or_recall(ip: &Ip, packet: &mut Packet, info: &mut FragInfo) {
 }
 
 #[inline(always)]
-fn count_hop(ifindex: u32, direction: Direction, sample: &HopCounters) {
-    let key = HopKey {
-        ifindex,
-        direction: direction as u32,
+fn count_hop(hop: Option<u32>, sample: &HopCounters) {
+    let Some(counters) = hop.and_then(|index| HOP_STATS.get_ptr_mut(index)) else {
+        return;
     };
-    match HOP_STATS.get_ptr_mut(&key) {
-        // SAFETY: a per-CPU slot: only this CPU writes it while this program runs.
-        Some(counters) => unsafe { add(&mut *counters, sample) },
-        None => {
-            // A full map loses this packet's count; MAX_HOPS is far above any node's devices.
-            let _ = HOP_STATS.insert(&key, sample, 0);
-        }
-    }
+    // SAFETY: a per-CPU slot: only this CPU writes it while this program runs.
+    unsafe { add(&mut *counters, sample) }
 }
 
 #[inline(always)]

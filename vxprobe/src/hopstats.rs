@@ -1,5 +1,6 @@
 //! Counters the TC programs keep in per-CPU maps, summed over CPUs and turned into interval
-//! deltas: per hop, and per flow at each hop.
+//! deltas: per hop (an array, by the slot each device is given here), and per flow at each
+//! hop.
 //!
 //! Maps are read in batches (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6+: one system call per few
 //! thousand entries instead of two per entry), with key-by-key iteration where the kernel has
@@ -7,7 +8,7 @@
 //! at 100,000 flows (300,000 entries over three hops) collecting cost hundreds of MiB.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     hash::{Hash, Hasher as _},
     io,
     os::fd::{AsFd as _, AsRawFd as _, RawFd},
@@ -16,9 +17,11 @@ use std::{
 use anyhow::Context as _;
 use aya::{
     Pod,
-    maps::{IterableMap as _, MapData, PerCpuHashMap, PerCpuValues},
+    maps::{IterableMap as _, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
 };
-use vxprobe_common::{FlowCounters, FlowKey, HopCounters, HopKey, names};
+use vxprobe_common::{
+    DeviceInfo, Direction, FlowCounters, FlowKey, HopCounters, HopKey, MAX_DEVICES, names,
+};
 
 /// Counter structs that can be summed over CPUs and subtracted between intervals.
 pub trait Counters: Pod + Default + Copy {
@@ -240,28 +243,84 @@ fn read_all<K: Pod, V: Counters>(
     Ok(())
 }
 
-/// The per-hop counter map and the totals last seen (a few entries per device).
+/// Which slot of the kernel's per-hop counter array each observed device counts in. A slot
+/// stays taken until its device's last interval was reported ([`HopStats::forget`]).
+#[derive(Debug, Default)]
+pub struct HopSlots {
+    by_ifindex: BTreeMap<u32, u32>,
+    /// Slots given back, lowest first; `next` has never been used.
+    free: BTreeSet<u32>,
+    next: u32,
+}
+
+impl HopSlots {
+    /// The device's slot, taken now if it has none.
+    pub fn take(&mut self, ifindex: u32) -> anyhow::Result<u32> {
+        if let Some(&slot) = self.by_ifindex.get(&ifindex) {
+            return Ok(slot);
+        }
+        let slot = match self.free.pop_first() {
+            Some(slot) => slot,
+            None if self.next < MAX_DEVICES => {
+                self.next += 1;
+                self.next - 1
+            }
+            None => anyhow::bail!(
+                "more than {MAX_DEVICES} devices observed at once: name fewer with -i"
+            ),
+        };
+        self.by_ifindex.insert(ifindex, slot);
+        Ok(slot)
+    }
+
+    pub fn get(&self, ifindex: u32) -> Option<u32> {
+        self.by_ifindex.get(&ifindex).copied()
+    }
+
+    /// Gives the device's slot back; returns it.
+    pub fn release(&mut self, ifindex: u32) -> Option<u32> {
+        let slot = self.by_ifindex.remove(&ifindex)?;
+        self.free.insert(slot);
+        Some(slot)
+    }
+}
+
+/// The per-hop counter array and the totals last seen (two entries per device).
 pub struct HopStats {
-    map: PerCpuHashMap<MapData, HopKey, HopCounters>,
-    batch: BatchReader<HopKey, HopCounters>,
+    map: PerCpuArray<MapData, HopCounters>,
     last: BTreeMap<HopKey, HopCounters>,
 }
 
 impl HopStats {
     pub fn take(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
+        let map = ebpf
+            .take_map(names::HOP_STATS)
+            .context("map HOP_STATS missing from the eBPF object")?;
         Ok(Self {
-            map: take_map(ebpf, names::HOP_STATS)?,
-            batch: BatchReader::new(),
+            map: PerCpuArray::try_from(map)?,
             last: BTreeMap::new(),
         })
     }
 
-    /// What each hop counted since the previous call; hops that counted nothing are left out.
-    pub fn interval(&mut self, epoch: u32) -> anyhow::Result<BTreeMap<HopKey, HopCounters>> {
+    /// What each hop of `devices` (ifindex, slot) counted since the previous call; hops that
+    /// counted nothing are left out. Two lookups per device: only the slots in use are read.
+    pub fn interval(
+        &mut self,
+        epoch: u32,
+        devices: impl IntoIterator<Item = (u32, u32)>,
+    ) -> anyhow::Result<BTreeMap<HopKey, HopCounters>> {
         let mut totals = BTreeMap::new();
-        read_all(&self.map, &mut self.batch, |key, total| {
-            totals.insert(*key, *total);
-        })?;
+        for (ifindex, slot) in devices {
+            for direction in [Direction::Ingress, Direction::Egress] {
+                let index = slot_info(slot).hop_index(direction);
+                let per_cpu = self.map.get(&index, 0).context("reading HOP_STATS")?;
+                let key = HopKey {
+                    ifindex,
+                    direction: direction as u32,
+                };
+                totals.insert(key, sum(&per_cpu));
+            }
+        }
         let deltas = totals
             .iter()
             .filter_map(|(key, now)| {
@@ -273,18 +332,28 @@ impl HopStats {
         Ok(deltas)
     }
 
-    /// Deletes the hops `which` picks from the kernel map (a vanished device's), with what was
-    /// last seen of them; returns how many.
-    pub fn forget(&mut self, which: impl Fn(&HopKey) -> bool) -> u64 {
-        let keys: Vec<HopKey> = self.last.keys().filter(|k| which(k)).copied().collect();
-        let mut deleted = 0;
-        for key in keys {
-            self.last.remove(&key);
-            if self.map.remove(&key).is_ok() {
-                deleted += 1;
-            }
+    /// Clears a vanished device's counters in the kernel, so its slot can be given to another
+    /// device, and forgets what was last seen of them.
+    pub fn forget(&mut self, ifindex: u32, slot: u32) -> anyhow::Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        for direction in [Direction::Ingress, Direction::Egress] {
+            self.last.remove(&HopKey {
+                ifindex,
+                direction: direction as u32,
+            });
+            let zeros = PerCpuValues::try_from(vec![HopCounters::default(); cpus])?;
+            self.map
+                .set(slot_info(slot).hop_index(direction), zeros, 0)
+                .context("clearing a slot of HOP_STATS")?;
         }
-        deleted
+        Ok(())
+    }
+}
+
+fn slot_info(slot: u32) -> DeviceInfo {
+    DeviceInfo {
+        slot,
+        ..DeviceInfo::default()
     }
 }
 
@@ -696,5 +765,25 @@ mod tests {
     #[test]
     fn seen_is_small() {
         assert_eq!(size_of::<Seen>(), 40);
+    }
+
+    #[test]
+    fn hop_slots_are_kept_reused_lowest_first_and_bounded() {
+        let mut slots = HopSlots::default();
+        assert_eq!(slots.take(10).unwrap(), 0);
+        assert_eq!(slots.take(20).unwrap(), 1);
+        assert_eq!(slots.take(30).unwrap(), 2);
+        assert_eq!(slots.take(20).unwrap(), 1, "a device keeps its slot");
+        assert_eq!(slots.release(20), Some(1));
+        assert_eq!(slots.release(20), None);
+        assert_eq!(slots.get(20), None);
+        assert_eq!(slots.take(40).unwrap(), 1, "a released slot is reused");
+        assert_eq!(slots.take(50).unwrap(), 3);
+        for ifindex in 100..100 + MAX_DEVICES - 4 {
+            slots.take(ifindex).unwrap();
+        }
+        let err = slots.take(1).unwrap_err().to_string();
+        assert!(err.contains("2048 devices"), "{err}");
+        assert_eq!(slots.get(10), Some(0));
     }
 }

@@ -23,6 +23,7 @@ use crate::{
     cli::TcAttach,
     devices::{DeviceKind, Hop},
     error::UsageError,
+    hopstats::HopSlots,
 };
 
 /// The kernel programs, built by build.rs and embedded in the binary.
@@ -232,6 +233,8 @@ pub struct Probes {
     pub hooks: Vec<HookChoice>,
     /// The TC attachments of each hop, by ifindex.
     tc_links: HashMap<u32, Vec<(&'static str, SchedClassifierLinkId)>>,
+    /// Where each device counts in the kernel's per-hop array.
+    pub hop_slots: HopSlots,
     /// The kernel's BTF as aya reads it, parsed once for every BTF-typed program.
     btf: Option<aya::Btf>,
 }
@@ -278,6 +281,7 @@ impl Probes {
             tc_mode,
             hooks: Vec::new(),
             tc_links: HashMap::new(),
+            hop_slots: HopSlots::default(),
             btf: None,
         })
     }
@@ -303,9 +307,23 @@ impl Probes {
 
     /// Attaches the TC programs at ingress and egress of one hop, all or nothing.
     pub fn attach_hop(&mut self, hop: &Hop) -> anyhow::Result<()> {
+        let ifindex = hop.device.ifindex;
+        let had_slot = self.hop_slots.get(ifindex).is_some();
+        self.set_device_info(hop)?;
+        let attached = self.attach_hop_programs(hop);
+        if attached.is_err() && !had_slot {
+            // Nothing of a device that could not be attached stays behind.
+            if let Ok(mut devices) = self.device_info() {
+                let _ = devices.remove(&ifindex);
+            }
+            self.hop_slots.release(ifindex);
+        }
+        attached
+    }
+
+    fn attach_hop_programs(&mut self, hop: &Hop) -> anyhow::Result<()> {
         let ifname = hop.device.name.as_str();
         let ifindex = hop.device.ifindex;
-        self.set_device_info(hop)?;
         // aya attaches by name: make sure the name still means this device (a pod's veth can
         // be deleted and its name reused in the time it takes to get here).
         if device_index(ifname) != Some(ifindex) {
@@ -357,7 +375,8 @@ impl Probes {
     }
 
     /// Detaches the TC programs from a hop (best effort: its device may be gone already,
-    /// which detached them in the kernel) and forgets its device facts.
+    /// which detached them in the kernel) and forgets its device facts. Its counter slot stays
+    /// taken until its last interval is reported.
     pub fn detach_hop(&mut self, ifindex: u32) {
         if let Some(links) = self.tc_links.remove(&ifindex) {
             self.detach_links(links);
@@ -369,12 +388,20 @@ impl Probes {
 
     /// Tells the TC programs a device's MTU and link type (also when its MTU changes).
     pub fn set_device_info(&mut self, hop: &Hop) -> anyhow::Result<()> {
+        let l3 = hop.device.kind == DeviceKind::Tun;
+        self.describe_device(hop.device.ifindex, hop.device.mtu, l3)
+    }
+
+    /// Tells the TC programs about a device by ifindex, giving it a counter slot if it has
+    /// none (also for benchmarks and tests that run the programs on crafted packets).
+    pub fn describe_device(&mut self, ifindex: u32, mtu: u32, l3: bool) -> anyhow::Result<()> {
         let info = DeviceInfo {
-            mtu: hop.device.mtu,
-            l3: u32::from(hop.device.kind == DeviceKind::Tun),
+            mtu,
+            l3: u32::from(l3),
+            slot: self.hop_slots.take(ifindex)?,
         };
         self.device_info()?
-            .insert(hop.device.ifindex, info, 0)
+            .insert(ifindex, info, 0)
             .context("writing DEVICE_INFO")
     }
 

@@ -433,7 +433,13 @@ impl Session {
         mut out: impl FnMut(IntervalPart<'_>) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let ending = self.epoch.current();
-        let hop_deltas = self.hop_stats.interval(ending)?;
+        let slots = &self.probes.hop_slots;
+        let devices = self
+            .hops
+            .iter()
+            .chain(&self.gone)
+            .filter_map(|hop| Some((hop.device.ifindex, slots.get(hop.device.ifindex)?)));
+        let hop_deltas = self.hop_stats.interval(ending, devices)?;
         let drops = std::mem::take(&mut self.hop_drops);
         let mut hops = Vec::with_capacity((self.hops.len() + self.gone.len()) * 2);
         for hop in self.hops.iter().chain(&self.gone) {
@@ -497,7 +503,9 @@ impl Session {
             if self.hops.iter().any(|h| h.device.ifindex == ifindex) {
                 continue; // back already (a device moved out and in again)
             }
-            self.hop_stats.forget(|key| key.ifindex == ifindex);
+            if let Some(slot) = self.probes.hop_slots.release(ifindex) {
+                self.hop_stats.forget(ifindex, slot)?;
+            }
             let deleted = self.flow_stats.forget(|key| key.ifindex == ifindex);
             self.evictions.deleted(deleted);
             self.enricher.hops.remove(&ifindex);
