@@ -65,7 +65,9 @@ impl LiveRecorder {
     }
 
     /// Waits until a line matches; returns it.
+    /// `limit` is what a real machine takes; it is scaled for emulated ones.
     fn wait_for(&self, what: &str, limit: Duration, matches: impl Fn(&Value) -> bool) -> Value {
+        let limit = limit * common::time_scale();
         let deadline = Instant::now() + limit;
         loop {
             if let Some(found) = self.lines().into_iter().find(|l| matches(l)) {
@@ -169,7 +171,10 @@ fn a_recreated_vxlan_device_is_observed_within_two_seconds() {
         is_hop(l, new) && l["dir"] == "egress" && l["packets"].as_u64() > Some(0)
     });
     let latency = recreated.elapsed();
-    assert!(latency < Duration::from_secs(2), "{latency:?}");
+    assert!(
+        latency < Duration::from_secs(2) * common::time_scale(),
+        "{latency:?}"
+    );
     std::thread::sleep(Duration::from_millis(500));
 
     let (lines, stderr) = rec.stop();

@@ -90,11 +90,13 @@ fn top_shows_the_lossy_hop_and_flow_and_quits_cleanly() {
     );
 
     tmux(&["send-keys", "-t", &session, "q"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !exit_file.exists() && Instant::now() < deadline {
+    // The shell writes the status after creating the file: wait for the status itself.
+    let deadline = Instant::now() + Duration::from_secs(10) * common::time_scale();
+    let mut code = String::new();
+    while code.trim().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
+        code = std::fs::read_to_string(&exit_file).unwrap_or_default();
     }
-    let code = std::fs::read_to_string(&exit_file).unwrap_or_default();
     let restored = tmux(&["capture-pane", "-p", "-t", &session]);
     let _ = tmux(&["kill-session", "-t", &session]);
     let _ = std::fs::remove_file(&exit_file);
