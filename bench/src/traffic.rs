@@ -3,7 +3,6 @@
 //! generator), UDP from many source ports (live flows), and a sink that reads it.
 
 use std::{
-    ffi::CString,
     io,
     net::{Ipv4Addr, UdpSocket},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -15,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vxprobe::lab::faults::in_netns;
+use vxprobe::lab::faults::{FrameWriter, in_netns};
 
 fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
     if rc < 0 {
@@ -58,8 +57,8 @@ pub struct Generated {
     pub elapsed: Duration,
 }
 
-/// Refused sends, as `lab::faults::packet_sends` makes them (an AF_PACKET frame larger than
-/// the tap's MTU allows, sent to an address naming the tap), but paced at `rate` per second
+/// Refused sends, as `lab::faults::packet_sends` makes them (a [`FrameWriter`] frame larger
+/// than the tap's MTU allows, sent to an address naming the tap), but paced at `rate` per second
 /// (`None`: as fast as one thread goes) for `duration`.
 pub fn refused_sends(
     netns: &str,
@@ -68,27 +67,10 @@ pub fn refused_sends(
     rate: Option<f64>,
     duration: Duration,
 ) -> io::Result<Generated> {
-    let dev = CString::new(dev).map_err(io::Error::other)?;
+    let dev = dev.to_owned();
     in_netns(netns, move || {
-        // SAFETY: if_nametoindex reads a NUL-terminated string we own.
-        let ifindex = unsafe { libc::if_nametoindex(dev.as_ptr()) };
-        if ifindex == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let addr = libc::sockaddr_ll {
-            sll_family: libc::AF_PACKET as u16,
-            sll_protocol: (libc::ETH_P_IP as u16).to_be(),
-            sll_ifindex: ifindex as i32,
-            sll_hatype: 0,
-            sll_pkttype: 0,
-            sll_halen: 0,
-            sll_addr: [0; 8],
-        };
-        let fd = socket(libc::AF_PACKET, libc::SOCK_RAW, 0)?;
-        let mut frame = vec![0u8; size.max(14)];
-        frame[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
-        frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
-        frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let writer = FrameWriter::open(&dev)?;
+        let frame = FrameWriter::frame(size);
         let pacer = Pacer {
             start: Instant::now(),
             rate,
@@ -96,19 +78,10 @@ pub fn refused_sends(
         let mut out = Generated::default();
         while pacer.start.elapsed() < duration {
             for _ in 0..64 {
-                // SAFETY: the frame and the sockaddr_ll outlive the call; lengths match them.
-                let rc = unsafe {
-                    libc::sendto(
-                        fd.as_raw_fd(),
-                        frame.as_ptr().cast(),
-                        frame.len(),
-                        0,
-                        (&raw const addr).cast(),
-                        size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                    )
-                };
                 out.attempts += 1;
-                if rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EMSGSIZE) {
+                if let Err(e) = writer.send(&frame, false)
+                    && e.raw_os_error() == Some(libc::EMSGSIZE)
+                {
                     out.refused += 1;
                 }
             }

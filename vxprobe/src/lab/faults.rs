@@ -162,13 +162,19 @@ pub fn udp_datagrams(
     })
 }
 
-/// Writes `count` Ethernet frames of `size` bytes into `dev` through AF_PACKET, as a
-/// user-space engine (Suricata in incident #4) writes packets back into a tap; even sends go
-/// to an address naming the device, odd ones through a socket bound to it. Returns how many
-/// failed with EMSGSIZE ("Message too long").
-pub fn packet_sends(netns: &str, dev: &str, size: usize, count: u32) -> io::Result<u32> {
-    let dev = CString::new(dev).map_err(io::Error::other)?;
-    in_netns(netns, move || {
+/// AF_PACKET sockets that write Ethernet frames into one device of the current namespace, as
+/// a user-space engine (Suricata in incident #4) writes packets back into a tap: one sends to
+/// an address naming the device, the other is bound to it.
+pub struct FrameWriter {
+    addr: libc::sockaddr_ll,
+    by_address: OwnedFd,
+    bound: OwnedFd,
+}
+
+impl FrameWriter {
+    /// Call from inside the device's namespace ([`in_netns`]).
+    pub fn open(dev: &str) -> io::Result<Self> {
+        let dev = CString::new(dev).map_err(io::Error::other)?;
         // SAFETY: if_nametoindex reads a NUL-terminated string we own.
         let ifindex = unsafe { libc::if_nametoindex(dev.as_ptr()) };
         if ifindex == 0 {
@@ -183,33 +189,67 @@ pub fn packet_sends(netns: &str, dev: &str, size: usize, count: u32) -> io::Resu
             sll_halen: 0,
             sll_addr: [0; 8],
         };
-        let addr_len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        let by_address = socket(libc::AF_PACKET, libc::SOCK_RAW, 0)?;
         let bound = socket(libc::AF_PACKET, libc::SOCK_RAW, 0)?;
         // SAFETY: bind reads the sockaddr_ll we own, with its length.
-        check(unsafe { libc::bind(bound.as_raw_fd(), (&raw const addr).cast(), addr_len) })?;
+        check(unsafe { libc::bind(bound.as_raw_fd(), (&raw const addr).cast(), ADDR_LEN) })?;
+        Ok(Self {
+            addr,
+            by_address: socket(libc::AF_PACKET, libc::SOCK_RAW, 0)?,
+            bound,
+        })
+    }
+
+    /// An IPv4 Ethernet frame of `size` bytes (zero payload) between two lab MACs.
+    pub fn frame(size: usize) -> Vec<u8> {
         let mut frame = vec![0u8; size.max(14)];
         frame[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
         frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
         frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        frame
+    }
+
+    /// Sends `frame`, by address or through the bound socket; Err(EMSGSIZE) when the device
+    /// refuses its size.
+    pub fn send(&self, frame: &[u8], bound: bool) -> io::Result<()> {
+        // SAFETY: the frame and the sockaddr_ll outlive the call; lengths match them.
+        let rc = unsafe {
+            if bound {
+                libc::send(
+                    self.bound.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                )
+            } else {
+                libc::sendto(
+                    self.by_address.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&raw const self.addr).cast(),
+                    ADDR_LEN,
+                )
+            }
+        };
+        check(rc as libc::c_int).map(drop)
+    }
+}
+
+const ADDR_LEN: libc::socklen_t = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+
+/// Writes `count` Ethernet frames of `size` bytes into `dev` ([`FrameWriter`]), even ones by
+/// address, odd ones through the bound socket. Returns how many failed with EMSGSIZE
+/// ("Message too long").
+pub fn packet_sends(netns: &str, dev: &str, size: usize, count: u32) -> io::Result<u32> {
+    let dev = dev.to_owned();
+    in_netns(netns, move || {
+        let writer = FrameWriter::open(&dev)?;
+        let frame = FrameWriter::frame(size);
         let mut refused = 0;
         for i in 0..count {
-            // SAFETY: the frame and the sockaddr_ll outlive the call; lengths match them.
-            let rc = unsafe {
-                if i % 2 == 0 {
-                    libc::sendto(
-                        by_address.as_raw_fd(),
-                        frame.as_ptr().cast(),
-                        frame.len(),
-                        0,
-                        (&raw const addr).cast(),
-                        addr_len,
-                    )
-                } else {
-                    libc::send(bound.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0)
-                }
-            };
-            if rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EMSGSIZE) {
+            if let Err(e) = writer.send(&frame, i % 2 == 1)
+                && e.raw_os_error() == Some(libc::EMSGSIZE)
+            {
                 refused += 1;
             }
         }
