@@ -22,6 +22,7 @@ pub mod names {
     pub const FLOW_STATS: &str = "FLOW_STATS";
     pub const FLOW_INSERTS: &str = "FLOW_INSERTS";
     pub const DEVICE_INFO: &str = "DEVICE_INFO";
+    pub const DEVICE_INFO_LOW: &str = "DEVICE_INFO_LOW";
     pub const FILTER: &str = "FILTER";
     pub const EPOCH: &str = "EPOCH";
     pub const TC_INGRESS: &str = "vxprobe_tc_ingress";
@@ -53,6 +54,11 @@ pub mod names {
 /// Upper bound on the devices observed at once (each is two hops, ingress and egress).
 pub const MAX_DEVICES: u32 = 2048;
 
+/// Devices with an ifindex below this are described in an array indexed by ifindex (a lookup
+/// the verifier inlines), the others in a hash map. A node's tunnel, underlay and NICs are
+/// made at boot and have low indexes; pods' veths climb with churn.
+pub const LOW_IFINDEXES: u32 = 4096;
+
 /// Size of the per-hop counter array: a device's slot `s` counts at `2s` (ingress) and
 /// `2s + 1` (egress).
 pub const MAX_HOPS: u32 = MAX_DEVICES * 2;
@@ -71,6 +77,8 @@ pub struct DeviceInfo {
     /// The device's slot in the per-hop counter array (below [`MAX_DEVICES`]): an array
     /// lookup the verifier inlines, where a hash lookup per packet cost ~30 ns.
     pub slot: u32,
+    /// 1 for a described device: the array's other entries are all zero.
+    pub known: u32,
 }
 
 impl DeviceInfo {
@@ -82,5 +90,5 @@ impl DeviceInfo {
 }
 
 #[cfg(feature = "user")]
-// SAFETY: #[repr(C)], three u32, no padding.
+// SAFETY: #[repr(C)], four u32, no padding.
 unsafe impl aya::Pod for DeviceInfo {}

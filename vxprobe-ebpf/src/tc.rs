@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use vxprobe_common::{
     DeviceInfo, Direction, EventKind, FlowCounters, FlowFilter, FlowKey, FragInfo, FragKey,
-    HopCounters, HopEvent, MAX_DEVICES, MAX_FLOWS, MAX_HOPS, OuterHeader, SNAP_LEN,
+    HopCounters, HopEvent, LOW_IFINDEXES, MAX_DEVICES, MAX_FLOWS, MAX_HOPS, OuterHeader, SNAP_LEN,
 };
 
 use crate::{
@@ -40,9 +40,14 @@ const NOEXIST: u64 = 1;
 #[map]
 static FRAGMENTS: LruHashMap<FragKey, FragInfo> = LruHashMap::with_max_entries(8192, 0);
 
-/// MTU, link type and counter slot per ifindex, filled in by user space before it attaches.
+/// MTU, link type and counter slot per ifindex, filled in by user space before it attaches:
+/// here for ifindexes from [`LOW_IFINDEXES`] on,
 #[map]
 static DEVICE_INFO: HashMap<u32, DeviceInfo> = HashMap::with_max_entries(MAX_DEVICES, 0);
+
+/// ... here, at their ifindex, below it.
+#[map]
+static DEVICE_INFO_LOW: Array<DeviceInfo> = Array::with_max_entries(LOW_IFINDEXES, 0);
 
 /// The stats interval number, bumped by user space: per-interval maxima restart with it.
 #[map]
@@ -84,8 +89,7 @@ fn observe(ctx: &TcContext, direction: Direction) {
     // fields of the context, readable by every TC program.
     let (ifindex, gso_segs) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_segs) };
     let len = ctx.len();
-    // SAFETY: a lookup in a map only user space writes; the value is copied out at once.
-    let known = unsafe { DEVICE_INFO.get(&ifindex) }.copied();
+    let known = device_info(ifindex);
     // A device user space has let go of (its programs are being detached): flows only.
     let device = known.unwrap_or_default();
     let hop = known.map(|d| d.hop_index(direction));
@@ -162,6 +166,19 @@ fn observe(ctx: &TcContext, direction: Direction) {
             &frag,
         );
     }
+}
+
+/// What user space said about the device, if it described it.
+#[inline(always)]
+fn device_info(ifindex: u32) -> Option<DeviceInfo> {
+    if ifindex < LOW_IFINDEXES {
+        return DEVICE_INFO_LOW
+            .get(ifindex)
+            .copied()
+            .filter(|d| d.known != 0);
+    }
+    // SAFETY: a lookup in a map only user space writes; the value is copied out at once.
+    unsafe { DEVICE_INFO.get(&ifindex) }.copied()
 }
 
 #[inline(always)]

@@ -17,7 +17,7 @@ use aya::{
     util::KernelVersion,
 };
 use serde::Serialize;
-use vxprobe_common::{DeviceInfo, FlowFilter, KernelOffsets, names};
+use vxprobe_common::{DeviceInfo, FlowFilter, KernelOffsets, LOW_IFINDEXES, names};
 
 use crate::{
     cli::TcAttach,
@@ -313,9 +313,7 @@ impl Probes {
         let attached = self.attach_hop_programs(hop);
         if attached.is_err() && !had_slot {
             // Nothing of a device that could not be attached stays behind.
-            if let Ok(mut devices) = self.device_info() {
-                let _ = devices.remove(&ifindex);
-            }
+            let _ = self.write_device_info(ifindex, None);
             self.hop_slots.release(ifindex);
         }
         attached
@@ -381,9 +379,7 @@ impl Probes {
         if let Some(links) = self.tc_links.remove(&ifindex) {
             self.detach_links(links);
         }
-        if let Ok(mut devices) = self.device_info() {
-            let _ = devices.remove(&ifindex);
-        }
+        let _ = self.write_device_info(ifindex, None);
     }
 
     /// Tells the TC programs a device's MTU and link type (also when its MTU changes).
@@ -399,18 +395,35 @@ impl Probes {
             mtu,
             l3: u32::from(l3),
             slot: self.hop_slots.take(ifindex)?,
+            known: 1,
         };
-        self.device_info()?
-            .insert(ifindex, info, 0)
-            .context("writing DEVICE_INFO")
+        self.write_device_info(ifindex, Some(info))
     }
 
-    fn device_info(&mut self) -> anyhow::Result<aya::maps::HashMap<&mut MapData, u32, DeviceInfo>> {
-        Ok(aya::maps::HashMap::try_from(
-            self.ebpf
-                .map_mut(names::DEVICE_INFO)
-                .context("map DEVICE_INFO missing from the eBPF object")?,
-        )?)
+    /// Describes a device to the TC programs (`None`: forgets it), in the array or the hash
+    /// map, by its ifindex.
+    fn write_device_info(&mut self, ifindex: u32, info: Option<DeviceInfo>) -> anyhow::Result<()> {
+        let name = if ifindex < LOW_IFINDEXES {
+            names::DEVICE_INFO_LOW
+        } else {
+            names::DEVICE_INFO
+        };
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing from the eBPF object"))?;
+        if ifindex < LOW_IFINDEXES {
+            aya::maps::Array::<_, DeviceInfo>::try_from(map)?
+                .set(ifindex, info.unwrap_or_default(), 0)
+                .with_context(|| format!("writing {name}"))
+        } else {
+            let mut devices = aya::maps::HashMap::<_, u32, DeviceInfo>::try_from(map)?;
+            match info {
+                Some(info) => devices.insert(ifindex, info, 0),
+                None => devices.remove(&ifindex),
+            }
+            .with_context(|| format!("writing {name}"))
+        }
     }
 
     fn detach_links(&mut self, links: Vec<(&'static str, SchedClassifierLinkId)>) {

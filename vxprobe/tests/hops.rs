@@ -3,7 +3,10 @@
 mod common;
 
 use common::{Recorder, hop_totals, is_root, must};
-use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV};
+use vxprobe::lab::{
+    Lab, LabOptions, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV, extra_veth_peer_ip,
+};
+use vxprobe_common::LOW_IFINDEXES;
 
 const HOP_ARGS: &[&str] = &[
     "--stats-interval",
@@ -140,4 +143,80 @@ fn the_default_selection_finds_the_underlay_of_a_vxlan_without_lower_device() {
         "{roles:?}"
     );
     assert!(roles.contains(&(TAP_DEV.into(), "tap".into())), "{roles:?}");
+}
+
+/// A device whose ifindex is past the kernel's array of low indexes (described to the TC
+/// programs through the hash map instead, as pods' veths are on a node with churn) counts as
+/// exactly.
+#[test]
+fn a_device_with_a_high_ifindex_is_counted_exactly() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let n1 = &lab.nodes[0];
+    let (dev, peer, net, index) = ("cali9", "vxp9", 40, LOW_IFINDEXES + 904);
+    lab.add_veth_at(0, dev, peer, net, Some(index)).unwrap();
+    let address = common::ifindex_and_mac(&n1.netns, dev);
+    assert_eq!(address.0, index);
+    // Static neighbours both ways: nothing but the pings crosses the veth.
+    let peer_mac = common::ifindex_and_mac(&n1.pod.netns, peer).1;
+    let (node_ip, peer_ip) = (
+        format!("198.18.{net}.1"),
+        extra_veth_peer_ip(net).to_string(),
+    );
+    must(
+        &n1.netns,
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            &peer_ip,
+            "lladdr",
+            &peer_mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ],
+    );
+    must(
+        &n1.pod.netns,
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            &node_ip,
+            "lladdr",
+            &address.1,
+            "dev",
+            peer,
+            "nud",
+            "permanent",
+        ],
+    );
+    let rec = Recorder::start(&n1.netns, &["--stats-interval", "200ms", "-i", dev]);
+    const N: u64 = 20;
+    must(
+        &n1.netns,
+        "ping",
+        &[
+            "-q",
+            "-c",
+            &N.to_string(),
+            "-i",
+            "0.01",
+            "-W",
+            "2",
+            &peer_ip,
+        ],
+    );
+    let packets = hop_totals(&rec.stop(), "packets");
+    for dir in ["ingress", "egress"] {
+        assert_eq!(
+            packets.get(&(dev.to_owned(), dir.to_owned())),
+            Some(&N),
+            "{dir}: {packets:?}"
+        );
+    }
 }

@@ -230,10 +230,23 @@ impl Lab {
     /// 198.18.`net`.1/30 on the node side and .2 in the pod: traffic the node sends to
     /// [`extra_veth_peer_ip`] crosses `name`. Deleting `name` (ip link del) removes both ends.
     pub fn add_veth(&self, i: usize, name: &str, peer: &str, net: u8) -> io::Result<()> {
+        self.add_veth_at(i, name, peer, net, None)
+    }
+
+    /// [`Lab::add_veth`], with `name` at ifindex `index` when given.
+    pub fn add_veth_at(
+        &self,
+        i: usize,
+        name: &str,
+        peer: &str,
+        net: u8,
+        index: Option<u32>,
+    ) -> io::Result<()> {
         let node = &self.nodes[i];
         let (ns, pod) = (&node.netns, &node.pod.netns);
+        let index = index.map(|n| format!("index {n}")).unwrap_or_default();
         ip(&format!(
-            "-n {ns} link add {name} type veth peer name {peer} netns {pod}"
+            "-n {ns} link add {name} {index} type veth peer name {peer} netns {pod}"
         ))?;
         ip(&format!("-n {ns} addr add 198.18.{net}.1/30 dev {name}"))?;
         ip(&format!("-n {ns} link set {name} up"))?;

@@ -167,6 +167,16 @@ pub fn kernel_version() -> (u32, u32) {
     (next(), next())
 }
 
+/// A device's ifindex and MAC address, from `ip -j link show` in `netns`.
+pub fn ifindex_and_mac(netns: &str, dev: &str) -> (u32, String) {
+    let out = must(netns, "ip", &["-j", "link", "show", dev]);
+    let links: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    (
+        links[0]["ifindex"].as_u64().unwrap() as u32,
+        links[0]["address"].as_str().unwrap().to_owned(),
+    )
+}
+
 /// Whether this kernel has TCX links (Linux 6.6); when not, says so.
 pub fn has_tcx() -> bool {
     let yes = kernel_version() >= (6, 6);
