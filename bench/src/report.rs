@@ -40,6 +40,8 @@ pub struct Target {
     pub measured: String,
     /// `None`: not measured in this run.
     pub holds: Option<bool>,
+    /// What this run's other figures say about a target that does not hold.
+    pub why_not: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -125,6 +127,13 @@ impl Report {
                 )
             }),
             holds: self.tcp.as_ref().map(|x| x.ratio_vxprobe.median >= 0.98),
+            why_not: self.tcp.as_ref().map(|x| {
+                format!(
+                    "rounds spread {}-{}: the bare arm varies as much as the ratio misses by",
+                    fmt3(x.ratio_vxprobe.min),
+                    fmt3(x.ratio_vxprobe.max)
+                )
+            }),
         });
         let tc = self.prog_cost.as_ref().map(|p| {
             ["tcp", "udp64"]
@@ -142,6 +151,22 @@ impl Report {
                     .join(", ")
             }),
             holds: tc.map(|v| !v.is_empty() && v.iter().all(|(_, ns)| *ns <= 60.0)),
+            why_not: self
+                .prog_cost
+                .as_ref()
+                .and_then(|p| p.isolated.as_ref())
+                .map(|i| {
+                    format!(
+                        "alone on crafted packets (BPF_PROG_TEST_RUN, section 3) a run takes {}: \
+                         parsing, array lookups (device, hop counters) and the per-flow LRU hash lookup; the rest \
+                         is the load (cache misses, bpf_stats' own clock reads)",
+                        i.ns_per_run
+                            .iter()
+                            .map(|(packet, d)| format!("{:.0} ns ({packet})", d.median))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }),
         });
         t.push(Target {
             name: "events",
@@ -157,6 +182,25 @@ impl Report {
                 .events
                 .as_ref()
                 .map(|e| e.sustained_rate >= 1e6 && e.every_loss_counted),
+            why_not: self.events.as_ref().map(|e| {
+                let one_sender = e
+                    .steps
+                    .iter()
+                    .find(|s| s.offered.is_none() && s.threads == 1)
+                    .map_or("-".into(), |s| format!("{:.0} k/s", s.generated_rate / 1e3));
+                let drain = e.drain.as_ref().map_or("-".into(), |d| {
+                    format!(
+                        "{:.0} k/s ({:.2} us of CPU per event)",
+                        d.rate / 1e3,
+                        d.cpu_us_per_event
+                    )
+                });
+                format!(
+                    "one sender thread makes at most {one_sender} refused sends and vxprobe keeps \
+                     up with it; the pipeline alone drains {drain}; two sender threads take both \
+                     cores from it"
+                )
+            }),
         });
         let at_100k = self
             .flows
@@ -173,6 +217,7 @@ impl Report {
                 )
             }),
             holds: at_100k.map(|p| p.hwm_mib.max <= 64.0),
+            why_not: None,
         });
         t.push(Target {
             name: "attach",
@@ -182,6 +227,7 @@ impl Report {
                 .as_ref()
                 .map_or("-".into(), |a| format!("{} ms", a.attach_ms.show(1.0, 0))),
             holds: self.attach.as_ref().map(|a| a.attach_ms.median < 1000.0),
+            why_not: None,
         });
         t
     }
@@ -244,10 +290,11 @@ impl Report {
         let _ = writeln!(md, "## Targets\n");
         let _ = writeln!(md, "| target | measured | holds |\n| --- | --- | --- |");
         for t in &self.targets {
-            let holds = match t.holds {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "not measured",
+            let holds = match (t.holds, &t.why_not) {
+                (Some(true), _) => "yes".to_owned(),
+                (Some(false), Some(why)) => format!("**no**: {why}"),
+                (Some(false), None) => "**no**".to_owned(),
+                (None, _) => "not measured".to_owned(),
             };
             let _ = writeln!(md, "| {} | {} | {holds} |", t.goal, t.measured);
         }
@@ -357,6 +404,10 @@ fn throughput_md(md: &mut String, title: &str, t: &Throughput) {
     );
 }
 
+fn fmt3(x: f64) -> String {
+    format!("{x:.3}")
+}
+
 fn prog_cost_md(md: &mut String, p: &ProgCost) {
     let _ = writeln!(md, "## 3. Cost per program run\n");
     let _ = writeln!(
@@ -402,6 +453,20 @@ fn prog_cost_md(md: &mut String, p: &ProgCost) {
             .collect::<Vec<_>>()
             .join(" | ")
     );
+    if let Some(i) = &p.isolated {
+        let _ = writeln!(
+            md,
+            "The TC ingress program alone, on crafted packets through `BPF_PROG_TEST_RUN` (the \
+             kernel repeats it {} times per sample; the device described as an attached one \
+             is): mean ns per run, median (min-max) over samples.\n\n| packet | ns per run |\n\
+             | --- | --- |",
+            i.repeat
+        );
+        for (packet, d) in &i.ns_per_run {
+            let _ = writeln!(md, "| {packet} | {} |", d.show(1.0, 0));
+        }
+        md.push('\n');
+    }
 }
 
 fn events_md(md: &mut String, e: &Events) {
