@@ -81,12 +81,10 @@ pub struct DeviceInfo {
     pub known: u32,
 }
 
-impl DeviceInfo {
-    /// Index of this device's counters for `direction` in the per-hop array.
-    #[inline(always)]
-    pub fn hop_index(&self, direction: Direction) -> u32 {
-        self.slot * 2 + direction as u32
-    }
+/// Where the device in `slot` counts `direction` in the per-hop array.
+#[inline(always)]
+pub fn hop_index(slot: u32, direction: Direction) -> u32 {
+    slot * 2 + direction as u32
 }
 
 #[cfg(feature = "user")]

@@ -12,6 +12,7 @@ use aya_ebpf::{
 use vxprobe_common::{
     DeviceInfo, Direction, EventKind, FlowCounters, FlowFilter, FlowKey, FragInfo, FragKey,
     HopCounters, HopEvent, LOW_IFINDEXES, MAX_DEVICES, MAX_FLOWS, MAX_HOPS, OuterHeader, SNAP_LEN,
+    hop_index,
 };
 
 use crate::{
@@ -19,7 +20,7 @@ use crate::{
     parse::{self, Ip, Packet, addr_bytes, addr_words},
 };
 
-/// Per hop, at [`DeviceInfo::hop_index`]: user space gives each device a slot.
+/// Per hop, at [`hop_index`]: user space gives each device a slot.
 #[map]
 static HOP_STATS: PerCpuArray<HopCounters> = PerCpuArray::with_max_entries(MAX_HOPS, 0);
 
@@ -92,7 +93,7 @@ fn observe(ctx: &TcContext, direction: Direction) {
     let known = device_info(ifindex);
     // A device user space has let go of (its programs are being detached): flows only.
     let device = known.unwrap_or_default();
-    let hop = known.map(|d| d.hop_index(direction));
+    let hop = known.map(|d| hop_index(d.slot, direction));
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };

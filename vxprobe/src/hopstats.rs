@@ -20,7 +20,7 @@ use aya::{
     maps::{IterableMap as _, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
 };
 use vxprobe_common::{
-    DeviceInfo, Direction, FlowCounters, FlowKey, HopCounters, HopKey, MAX_DEVICES, names,
+    Direction, FlowCounters, FlowKey, HopCounters, HopKey, MAX_DEVICES, hop_index, names,
 };
 
 /// Counter structs that can be summed over CPUs and subtracted between intervals.
@@ -312,7 +312,7 @@ impl HopStats {
         let mut totals = BTreeMap::new();
         for (ifindex, slot) in devices {
             for direction in [Direction::Ingress, Direction::Egress] {
-                let index = slot_info(slot).hop_index(direction);
+                let index = hop_index(slot, direction);
                 let per_cpu = self.map.get(&index, 0).context("reading HOP_STATS")?;
                 let key = HopKey {
                     ifindex,
@@ -343,17 +343,10 @@ impl HopStats {
             });
             let zeros = PerCpuValues::try_from(vec![HopCounters::default(); cpus])?;
             self.map
-                .set(slot_info(slot).hop_index(direction), zeros, 0)
+                .set(hop_index(slot, direction), zeros, 0)
                 .context("clearing a slot of HOP_STATS")?;
         }
         Ok(())
-    }
-}
-
-fn slot_info(slot: u32) -> DeviceInfo {
-    DeviceInfo {
-        slot,
-        ..DeviceInfo::default()
     }
 }
 
