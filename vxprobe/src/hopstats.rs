@@ -23,38 +23,14 @@ use vxprobe_common::{
     Direction, FlowCounters, FlowKey, HopCounters, HopKey, MAX_DEVICES, hop_index, names,
 };
 
-/// Counter structs that can be summed over CPUs and subtracted between intervals.
+/// Counter structs that can be summed over CPUs.
 pub trait Counters: Pod + Default + Copy {
     fn merge(&mut self, other: &Self);
-    /// `self - before`, for the additive fields; gauges (outer) are kept, and the maximum is
-    /// kept only if it belongs to `epoch`.
-    fn since(&self, before: &Self, epoch: u32) -> Self;
-    fn packets(&self) -> u64;
 }
 
 impl Counters for HopCounters {
     fn merge(&mut self, other: &Self) {
         HopCounters::merge(self, other);
-    }
-
-    fn since(&self, before: &Self, epoch: u32) -> Self {
-        HopCounters {
-            packets: self.packets.saturating_sub(before.packets),
-            bytes: self.bytes.saturating_sub(before.bytes),
-            segs: self.segs.saturating_sub(before.segs),
-            fragments: self.fragments.saturating_sub(before.fragments),
-            oversize: self.oversize.saturating_sub(before.oversize),
-            max_len: if self.max_epoch == epoch {
-                self.max_len
-            } else {
-                0
-            },
-            max_epoch: epoch,
-        }
-    }
-
-    fn packets(&self) -> u64 {
-        self.packets
     }
 }
 
@@ -62,27 +38,22 @@ impl Counters for FlowCounters {
     fn merge(&mut self, other: &Self) {
         FlowCounters::merge(self, other);
     }
+}
 
-    fn since(&self, before: &Self, epoch: u32) -> Self {
-        FlowCounters {
-            packets: self.packets.saturating_sub(before.packets),
-            bytes: self.bytes.saturating_sub(before.bytes),
-            segs: self.segs.saturating_sub(before.segs),
-            fragments: self.fragments.saturating_sub(before.fragments),
-            oversize: self.oversize.saturating_sub(before.oversize),
-            max_len: if self.max_epoch == epoch {
-                self.max_len
-            } else {
-                0
-            },
-            max_epoch: epoch,
-            outer: self.outer,
-            _pad: 0,
-        }
-    }
-
-    fn packets(&self) -> u64 {
-        self.packets
+/// `now - before`; the maximum is kept only if it belongs to `epoch`.
+fn hop_delta(now: &HopCounters, before: &HopCounters, epoch: u32) -> HopCounters {
+    HopCounters {
+        packets: now.packets.saturating_sub(before.packets),
+        bytes: now.bytes.saturating_sub(before.bytes),
+        segs: now.segs.saturating_sub(before.segs),
+        fragments: now.fragments.saturating_sub(before.fragments),
+        oversize: now.oversize.saturating_sub(before.oversize),
+        max_len: if now.max_epoch == epoch {
+            now.max_len
+        } else {
+            0
+        },
+        max_epoch: epoch,
     }
 }
 
@@ -324,7 +295,8 @@ impl HopStats {
         let deltas = totals
             .iter()
             .filter_map(|(key, now)| {
-                let delta = now.since(self.last.get(key).unwrap_or(&HopCounters::default()), epoch);
+                let before = self.last.get(key).copied().unwrap_or_default();
+                let delta = hop_delta(now, &before, epoch);
                 (delta.packets > 0).then_some((*key, delta))
             })
             .collect();
