@@ -10,85 +10,10 @@ use std::{
     time::Duration,
 };
 
-use common::{Recorder, hop_totals, is_root, must};
-use serde_json::Value;
+use common::{Recorder, hop_totals, is_root, loaded, must, programs_of, still_loaded};
 use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV};
 
 const DEVICES: [&str; 4] = [POD_HOST_DEV, VXLAN_DEV, UNDERLAY_DEV, TAP_DEV];
-
-/// Loaded BPF programs named vxprobe_*: (id, name, pids holding them). Other vxprobe
-/// instances may run on this machine: tests look at the ids of the instances they started.
-fn vxprobe_programs() -> Vec<(u64, String, Vec<u64>)> {
-    let out = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .unwrap();
-    let programs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    programs
-        .iter()
-        .filter(|p| {
-            p["name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("vxprobe_"))
-        })
-        .map(|p| {
-            let pids = p["pids"]
-                .as_array()
-                .map(|pids| pids.iter().filter_map(|x| x["pid"].as_u64()).collect())
-                .unwrap_or_default();
-            (
-                p["id"].as_u64().unwrap(),
-                p["name"].as_str().unwrap().to_owned(),
-                pids,
-            )
-        })
-        .collect()
-}
-
-/// The ids of the BPF programs process `pid` holds open (its /proc fdinfo; Debian's bpftool
-/// is built without the skeleton that names a program's holders).
-fn programs_of(pid: i32) -> Vec<u64> {
-    let mut ids = Vec::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-    {
-        let target = std::fs::read_link(fd.path()).unwrap_or_default();
-        if target.as_os_str() != "anon_inode:bpf-prog" {
-            continue;
-        }
-        let info = std::fs::read_to_string(format!(
-            "/proc/{pid}/fdinfo/{}",
-            fd.file_name().to_string_lossy()
-        ))
-        .unwrap_or_default();
-        ids.extend(vxprobe::stale::prog_id(&info).map(u64::from));
-    }
-    assert!(!ids.is_empty(), "process {pid} holds no BPF program");
-    ids
-}
-
-/// Which of `ids` are loaded now.
-fn loaded(ids: &[u64]) -> Vec<(u64, String, Vec<u64>)> {
-    vxprobe_programs()
-        .into_iter()
-        .filter(|(id, _, _)| ids.contains(id))
-        .collect()
-}
-
-/// Which of `ids` are still loaded, after waiting up to 5 s for them to go (detached
-/// programs are freed after an RCU grace period).
-fn still_loaded(ids: &[u64]) -> Vec<(u64, String, Vec<u64>)> {
-    let mut left = Vec::new();
-    for _ in 0..50 {
-        left = loaded(ids);
-        if left.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    left
-}
 
 /// The TC filters of the lab devices in `netns`, and what `bpftool net show` lists there.
 fn filters(netns: &str) -> String {

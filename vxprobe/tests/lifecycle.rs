@@ -5,22 +5,12 @@ mod common;
 
 use std::process::Command;
 
-use common::{Recorder, VXPROBE, is_root};
+use common::{Recorder, VXPROBE, is_root, loaded, programs_of, still_loaded};
 use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV};
 
-/// What of vxprobe the kernel holds: its loaded programs (an attached program stays loaded
-/// as long as a TCX link or a clsact filter references it), and the clsact filters in `netns`.
-/// Debian's bpftool 7.1 cannot name TCX links, so programs are the proof there.
-fn attachments(netns: &str) -> String {
-    let programs = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .expect("running bpftool");
-    let mut seen: String = String::from_utf8_lossy(&programs.stdout)
-        .lines()
-        .filter(|l| l.contains("vxprobe"))
-        .map(|l| format!("{l}\n"))
-        .collect();
+/// The clsact filters of the lab devices in `netns`.
+fn filters(netns: &str) -> String {
+    let mut seen = String::new();
     for dev in [POD_HOST_DEV, VXLAN_DEV, UNDERLAY_DEV, TAP_DEV] {
         for dir in ["ingress", "egress"] {
             let tc = Command::new("tc")
@@ -49,14 +39,20 @@ fn nothing_stays_attached_after_sigint_or_sigterm() {
     for &mode in modes {
         for signal in [libc::SIGINT, libc::SIGTERM] {
             let rec = Recorder::start(ns, &["--tc-attach", mode, "-i", "*"]);
-            let during = attachments(ns);
+            // This instance's programs (others may run on the machine): an attached program
+            // stays loaded as long as a TCX link or a clsact filter references it, so their
+            // being gone is the proof (Debian's bpftool 7.1 cannot name TCX links).
+            let ours = programs_of(rec.pid());
+            let names: Vec<String> = loaded(&ours).into_iter().map(|(_, n, _)| n).collect();
             assert!(
-                during.contains("vxprobe_tc_ingr") && during.contains("vxprobe_tc_egre"),
-                "{mode}: vxprobe's programs not attached:\n{during}"
+                names.iter().any(|n| n.starts_with("vxprobe_tc_ingr"))
+                    && names.iter().any(|n| n.starts_with("vxprobe_tc_egre")),
+                "{mode}: vxprobe's TC programs not loaded: {names:?}"
             );
             if mode == "clsact" {
+                let during = filters(ns);
                 assert!(
-                    during.contains("direct-action"),
+                    during.contains("direct-action") && during.contains("vxprobe_tc"),
                     "no clsact filter:\n{during}"
                 );
             }
@@ -66,18 +62,16 @@ fn nothing_stays_attached_after_sigint_or_sigterm() {
                 lines.iter().any(|l| l["kind"] == "hop"),
                 "no hop lines flushed"
             );
-            // Detached programs are freed after an RCU grace period: give them a moment.
-            let mut after = attachments(ns);
-            for _ in 0..50 {
-                if !after.contains("vxprobe") {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-                after = attachments(ns);
-            }
+            // Detached programs are freed after an RCU grace period: still_loaded waits.
+            let left = still_loaded(&ours);
+            assert!(
+                left.is_empty(),
+                "{mode}, signal {signal}: still loaded: {left:?}"
+            );
+            let after = filters(ns);
             assert!(
                 !after.contains("vxprobe"),
-                "{mode}, signal {signal}: still attached:\n{after}"
+                "{mode}, signal {signal}: filters left:\n{after}"
             );
         }
     }

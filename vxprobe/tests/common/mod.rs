@@ -218,3 +218,77 @@ pub fn time_scale() -> u32 {
         .filter(|&n| n >= 1)
         .unwrap_or(1)
 }
+
+/// Loaded BPF programs named vxprobe_*: (id, name, pids holding them). Other vxprobe
+/// instances may run on this machine: tests look at the ids of the instances they started.
+pub fn vxprobe_programs() -> Vec<(u64, String, Vec<u64>)> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .unwrap();
+    let programs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    programs
+        .iter()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("vxprobe_"))
+        })
+        .map(|p| {
+            let pids = p["pids"]
+                .as_array()
+                .map(|pids| pids.iter().filter_map(|x| x["pid"].as_u64()).collect())
+                .unwrap_or_default();
+            (
+                p["id"].as_u64().unwrap(),
+                p["name"].as_str().unwrap().to_owned(),
+                pids,
+            )
+        })
+        .collect()
+}
+
+/// The ids of the BPF programs process `pid` holds open (its /proc fdinfo; Debian's bpftool
+/// is built without the skeleton that names a program's holders).
+pub fn programs_of(pid: i32) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        if target.as_os_str() != "anon_inode:bpf-prog" {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        ids.extend(vxprobe::stale::prog_id(&info).map(u64::from));
+    }
+    assert!(!ids.is_empty(), "process {pid} holds no BPF program");
+    ids
+}
+
+/// Which of `ids` are loaded now.
+pub fn loaded(ids: &[u64]) -> Vec<(u64, String, Vec<u64>)> {
+    vxprobe_programs()
+        .into_iter()
+        .filter(|(id, _, _)| ids.contains(id))
+        .collect()
+}
+
+/// Which of `ids` are still loaded, after waiting up to 5 s for them to go (detached
+/// programs are freed after an RCU grace period).
+pub fn still_loaded(ids: &[u64]) -> Vec<(u64, String, Vec<u64>)> {
+    let mut left = Vec::new();
+    for _ in 0..50 {
+        left = loaded(ids);
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    left
+}
