@@ -219,20 +219,30 @@ fn matches(filter: &FlowFilter, p: &Packet) -> bool {
 /// underlay) or the flow's own.
 #[inline(always)]
 fn is_fragment(packet: &Packet) -> bool {
-    (packet.outer_ip.family != 0 && packet.outer_ip.is_fragment()) || packet.flow.is_fragment()
+    is_outer_fragment(packet) || packet.flow.is_fragment()
+}
+
+/// Whether the fragmented header is a tunnel packet's outer one (split on the underlay).
+#[inline(always)]
+fn is_outer_fragment(packet: &Packet) -> bool {
+    packet.outer_ip.family != 0 && packet.outer_ip.is_fragment()
 }
 
 /// The IP header that is fragmented (of a packet [`is_fragment`] said is one).
 #[inline(always)]
 fn fragment_of(packet: &Packet) -> Ip {
-    if packet.outer_ip.family != 0 && packet.outer_ip.is_fragment() {
+    if is_outer_fragment(packet) {
         packet.outer_ip
     } else {
         packet.flow
     }
 }
 
-/// First fragments record their flow; later ones (no transport header) take it back.
+/// First fragments record their flow; later ones (no transport header) take it back. The
+/// tunnel header is recorded only when the tunnel's own outer header is the fragmented one:
+/// a later outer fragment carries no UDP header to find it in. An inner packet's fragments
+/// are the same fragments at every hop, in the tunnel on the underlay and not on the pod's
+/// veth: there they keep the tunnel header they have, or none.
 #[inline(always)]
 fn remember_or_recall(ip: &Ip, packet: &mut Packet, info: &mut FragInfo) {
     let key = FragKey {
@@ -255,7 +265,11 @@ fn remember_or_recall(ip: &Ip, packet: &mut Packet, info: &mut FragInfo) {
             src: addr_bytes(&packet.flow.src),
             dst: addr_bytes(&packet.flow.dst),
         };
-        info.outer = clean(&packet.outer);
+        info.outer = if is_outer_fragment(packet) {
+            clean(&packet.outer)
+        } else {
+            OuterHeader::default()
+        };
         let _ = FRAGMENTS.insert(&key, info, 0);
     } else if let Some(stored) = FRAGMENTS.get_ptr(&key) {
         // SAFETY: a valid map value pointer for the duration of this program run.
@@ -266,7 +280,9 @@ fn remember_or_recall(ip: &Ip, packet: &mut Packet, info: &mut FragInfo) {
         packet.flow.dport = info.flow.dport;
         packet.flow.src = addr_words(&info.flow.src);
         packet.flow.dst = addr_words(&info.flow.dst);
-        packet.outer = info.outer;
+        if info.outer.family != 0 {
+            packet.outer = info.outer;
+        }
     }
 }
 

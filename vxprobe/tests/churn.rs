@@ -65,6 +65,16 @@ impl LiveRecorder {
     }
 
     /// Waits until a line matches; returns it.
+    /// Waits until the lines so far satisfy `done`; `limit` as in [`Self::wait_for`].
+    fn wait_until(&self, what: &str, limit: Duration, done: impl Fn(&[Value]) -> bool) {
+        let limit = limit * common::time_scale();
+        let deadline = Instant::now() + limit;
+        while !done(&self.lines()) {
+            assert!(Instant::now() < deadline, "no {what} within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `limit` is what a real machine takes; it is scaled for emulated ones.
     fn wait_for(&self, what: &str, limit: Duration, matches: impl Fn(&Value) -> bool) -> Value {
         let limit = limit * common::time_scale();
@@ -232,9 +242,19 @@ fn new_pod_veths_matching_the_glob_are_observed_and_vanished_ones_let_go() {
                 &extra_veth_peer_ip(net).to_string(),
             ],
         );
-        rec.wait_for("the pings on the new veth", Duration::from_secs(2), |l| {
-            is_hop(l, ifindex) && l["dir"] == "egress" && l["packets"].as_u64() >= Some(5)
-        });
+        // Summed over interval lines: on a slow machine five pings span two intervals.
+        rec.wait_until(
+            "the pings on the new veth",
+            Duration::from_secs(2),
+            |lines| {
+                lines
+                    .iter()
+                    .filter(|l| is_hop(l, ifindex) && l["dir"] == "egress")
+                    .filter_map(|l| l["packets"].as_u64())
+                    .sum::<u64>()
+                    >= 5
+            },
+        );
         common::must(&n1.netns, "ip", &["link", "del", &name]);
         rec.wait_for("the removal", Duration::from_secs(1), |l| {
             l["kind"] == "device" && l["event"] == "removed" && l["ifindex"] == ifindex

@@ -117,6 +117,13 @@ fn udp_datagrams_of_3000_bytes_are_fragments_at_every_hop() {
         assert_eq!(on_underlay["outer"]["vni"], 4096);
         assert_eq!(on_underlay["outer"]["dport"], 4789);
         assert_eq!(on_underlay["flow"]["src"], n1.pod.ip.to_string());
+        // A tunnel header exactly where the packet is in the tunnel: every fragment on the
+        // underlay, none on the pod veth or the vxlan device (later fragments included, whose
+        // ports come from the first fragment seen at another hop).
+        for l in lines.iter().filter(|l| l["kind"] == "fragment" && ours(l)) {
+            let tunneled = l["ifname"] == UNDERLAY_DEV;
+            assert_eq!(l["outer"].is_object(), tunneled, "{node}: {l}");
+        }
     }
 }
 
