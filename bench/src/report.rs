@@ -129,9 +129,8 @@ impl Report {
             holds: self.tcp.as_ref().map(|x| x.ratio_vxprobe.median >= 0.98),
             why_not: self.tcp.as_ref().map(|x| {
                 format!(
-                    "rounds spread {}-{}: the bare arm varies as much as the ratio misses by",
-                    fmt3(x.ratio_vxprobe.min),
-                    fmt3(x.ratio_vxprobe.max)
+                    "rounds spread {:.3}-{:.3}: the bare arm varies as much as the ratio misses by",
+                    x.ratio_vxprobe.min, x.ratio_vxprobe.max
                 )
             }),
         });
@@ -382,30 +381,24 @@ fn throughput_md(md: &mut String, title: &str, t: &Throughput) {
         "| nothing attached | {} | 1 | - |",
         t.bare.rate.show(scale, digits)
     );
-    let _ = writeln!(
-        md,
-        "| vxprobe record | {} | {} | {} |",
-        t.vxprobe.rate.show(scale, digits),
-        t.ratio_vxprobe.show(1.0, 3),
-        t.vxprobe.observer_cpu_pct.show(1.0, 1)
-    );
-    let _ = writeln!(
-        md,
-        "| tcpdump -w | {} | {} | {} |",
-        t.tcpdump.rate.show(scale, digits),
-        t.ratio_tcpdump.show(1.0, 3),
-        t.tcpdump.observer_cpu_pct.show(1.0, 1)
-    );
+    for (arm, run, ratio) in [
+        ("vxprobe record", &t.vxprobe, &t.ratio_vxprobe),
+        ("tcpdump -w", &t.tcpdump, &t.ratio_tcpdump),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {arm} | {} | {} | {} |",
+            run.rate.show(scale, digits),
+            ratio.show(1.0, 3),
+            run.observer_cpu_pct.show(1.0, 1)
+        );
+    }
     let _ = writeln!(
         md,
         "\nvxprobe lost {} events; tcpdump captured {} packets and the kernel dropped {} before \
          tcpdump read them.\n",
         t.vxprobe_lost_events, t.tcpdump_captured, t.tcpdump_dropped
     );
-}
-
-fn fmt3(x: f64) -> String {
-    format!("{x:.3}")
 }
 
 fn prog_cost_md(md: &mut String, p: &ProgCost) {

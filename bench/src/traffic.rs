@@ -5,7 +5,7 @@
 use std::{
     io,
     net::{Ipv4Addr, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::AsRawFd as _,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -14,22 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vxprobe::lab::faults::{FrameWriter, in_netns};
-
-fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-fn socket(domain: libc::c_int, kind: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) has no memory arguments; the fd is owned right away.
-    let fd = check(unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, proto) })?;
-    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
+use vxprobe::lab::faults::{FrameWriter, check, in_netns, socket};
 
 /// Keeps a loop at `rate` per second: after each batch, sleeps until the batch is due.
 struct Pacer {

@@ -235,20 +235,11 @@ fn wait_until_catching_sigterm(pid: u32) -> bool {
 
 /// Pings from pod 1 to pod 2: at node 1, cali0 sees every request at ingress and every reply
 /// at egress (static neighbours, no IPv6: nothing else crosses it).
-fn ping(lab: &Lab, count: u32) {
-    must(
+fn ping(lab: &Lab, count: u64) {
+    common::ping(
         &lab.nodes[0].pod.netns,
-        "ping",
-        &[
-            "-q",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.01",
-            "-W",
-            "2",
-            &lab.nodes[1].pod.ip.to_string(),
-        ],
+        count,
+        &lab.nodes[1].pod.ip.to_string(),
     );
 }
 

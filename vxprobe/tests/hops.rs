@@ -32,20 +32,7 @@ fn pings_are_counted_exactly_at_every_hop_of_both_nodes() {
     let rec2 = Recorder::start(&n2.netns, HOP_ARGS);
 
     const N: u64 = 25;
-    must(
-        &n1.pod.netns,
-        "ping",
-        &[
-            "-q",
-            "-c",
-            &N.to_string(),
-            "-i",
-            "0.01",
-            "-W",
-            "2",
-            &n2.pod.ip.to_string(),
-        ],
-    );
+    common::ping(&n1.pod.netns, N, &n2.pod.ip.to_string());
 
     for (node, lines) in [("node1", rec1.stop()), ("node2", rec2.stop())] {
         let packets = hop_totals(&lines, "packets");
@@ -197,20 +184,7 @@ fn a_device_with_a_high_ifindex_is_counted_exactly() {
     );
     let rec = Recorder::start(&n1.netns, &["--stats-interval", "200ms", "-i", dev]);
     const N: u64 = 20;
-    must(
-        &n1.netns,
-        "ping",
-        &[
-            "-q",
-            "-c",
-            &N.to_string(),
-            "-i",
-            "0.01",
-            "-W",
-            "2",
-            &peer_ip,
-        ],
-    );
+    common::ping(&n1.netns, N, &peer_ip);
     let packets = hop_totals(&rec.stop(), "packets");
     for dir in ["ingress", "egress"] {
         assert_eq!(

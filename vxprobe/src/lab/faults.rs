@@ -27,7 +27,8 @@ pub fn in_netns<T: Send + 'static>(
     .map_err(|_| io::Error::other("fault injector thread panicked"))?
 }
 
-fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+/// A libc return value as a Result: negative is the thread's errno.
+pub fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -35,7 +36,8 @@ fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn socket(domain: libc::c_int, kind: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {
+/// socket(2), close-on-exec, owned.
+pub fn socket(domain: libc::c_int, kind: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: socket(2) has no memory arguments; the fd is owned right away.
     let fd = check(unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, proto) })?;
     // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.

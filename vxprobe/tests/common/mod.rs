@@ -167,6 +167,16 @@ pub fn kernel_version() -> (u32, u32) {
     (next(), next())
 }
 
+/// `count` pings from `netns` to `dst`, 10 ms apart; panics unless every one was answered.
+pub fn ping(netns: &str, count: u64, dst: &str) {
+    let count = count.to_string();
+    must(
+        netns,
+        "ping",
+        &["-q", "-c", &count, "-i", "0.01", "-W", "2", dst],
+    );
+}
+
 /// A device's ifindex and MAC address, from `ip -j link show` in `netns`.
 pub fn ifindex_and_mac(netns: &str, dev: &str) -> (u32, String) {
     let out = must(netns, "ip", &["-j", "link", "show", dev]);
