@@ -10,10 +10,18 @@ use std::{
 };
 
 use anyhow::Context as _;
+use aya::programs::{
+    LinkOrder, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions,
+    tc::{NlOptions, TcAttachOptions},
+};
 use serde::Serialize;
 use serde_json::Value;
-use vxprobe::lab::{Lab, LabOptions, faults};
-use vxprobe_common::names;
+use vxprobe::{
+    cli::TcAttach,
+    lab::{Lab, LabOptions, faults},
+    probes::{Probes, TcMode},
+};
+use vxprobe_common::{FlowFilter, MAX_FLOWS, names};
 
 use crate::{
     Ctx,
@@ -63,6 +71,7 @@ const PROGRAMS: &[&str] = &[
     names::RETRANSMIT_SYNACK_RAW,
     names::ICMP_SEND_BTF,
     names::ICMP_SEND_RAW,
+    names::YARDSTICK_TC,
     names::TCP_BAD_CSUM_BTF,
     names::TCP_BAD_CSUM_RAW,
     names::RX_CSUM_FAULT_KPROBE,
@@ -144,6 +153,9 @@ pub struct ProgCost {
     pub programs: Vec<ProgramCost>,
     /// Both TC programs together, per load: mean ns per run (one sample per window).
     pub tc: BTreeMap<String, Dist>,
+    /// The no-op TC program on the same hooks in the same windows, per load: what a run
+    /// costs before any work, as bpf_stats measures it here.
+    pub floor: BTreeMap<String, Dist>,
     pub isolated: Option<Isolated>,
 }
 
@@ -158,10 +170,13 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
     let mut hops = node_hops();
     hops.extend(["-i".into(), "tap0".into()]);
     let rec = Recorder::start(&ctx.vxprobe, &n1.netns, &hops, Output::DevNull)?;
-    let ids = prog_ids(rec.pid())?;
+    let mut ids = prog_ids(rec.pid())?;
+    let yardstick = Yardstick::attach(&n1.netns, &hops)?;
+    ids.insert(yardstick.id);
     // (load, program) -> per-window (ns per run, runs)
     let mut samples: BTreeMap<(String, String), Vec<(f64, u64)>> = BTreeMap::new();
     let mut tc: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut floor: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for round in 0..rounds {
         for load in ["tcp", "udp64", "faults"] {
             let before = snapshot(&ids)?;
@@ -201,6 +216,9 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
                 } else {
                     f64::NAN
                 };
+                if name == names::YARDSTICK_TC && dcnt > 0 {
+                    floor.entry(load.to_owned()).or_default().push(per_run);
+                }
                 samples
                     .entry((load.to_owned(), name.clone()))
                     .or_default()
@@ -212,12 +230,14 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
                     .push(tc_ns as f64 / tc_runs as f64);
             }
             ctx.log(&format!(
-                "  round {}/{rounds} {load}: TC {:.0} ns/run over {tc_runs} runs",
+                "  round {}/{rounds} {load}: TC {:.0} ns/run over {tc_runs} runs, no-op {:.0} ns/run",
                 round + 1,
-                tc_ns as f64 / tc_runs.max(1) as f64
+                tc_ns as f64 / tc_runs.max(1) as f64,
+                floor.get(load).and_then(|f| f.last()).copied().unwrap_or(f64::NAN),
             ));
         }
     }
+    drop(yardstick);
     rec.stop()?;
     let mut programs: BTreeMap<String, ProgramCost> = BTreeMap::new();
     for ((load, name), windows) in samples {
@@ -240,7 +260,77 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
         seconds_per_window: seconds,
         programs: programs.into_values().collect(),
         tc: tc.into_iter().map(|(k, v)| (k, Dist::of(&v))).collect(),
+        floor: floor.into_iter().map(|(k, v)| (k, Dist::of(&v))).collect(),
     })
+}
+
+/// The no-op TC program, attached after vxprobe's on every device the recorder observes in
+/// the lab node; detached when dropped.
+struct Yardstick {
+    _probes: Probes,
+    id: u64,
+}
+
+impl Yardstick {
+    /// `hops`: the recorder's `-i` arguments (names, or globs ending in `*`).
+    fn attach(netns: &str, hops: &[String]) -> anyhow::Result<Self> {
+        let patterns: Vec<&str> = hops
+            .iter()
+            .map(String::as_str)
+            .filter(|h| *h != "-i")
+            .collect();
+        let devices = lab_devices(netns)?
+            .into_iter()
+            .filter(|d| patterns.iter().any(|p| glob_match(p, d)))
+            .collect::<Vec<_>>();
+        anyhow::ensure!(!devices.is_empty(), "no device of {hops:?} in {netns}");
+        // aya attaches by name, in the calling thread's namespace.
+        let _inside = faults::enter_netns(netns)
+            .with_context(|| format!("entering network namespace {netns}"))?;
+        let mode = TcMode::choose(TcAttach::Auto);
+        let mut probes = Probes::load(mode, None, &FlowFilter::NONE, 1024, 4096)?;
+        let prog = classifier(&mut probes, names::YARDSTICK_TC)?;
+        prog.load().context("loading the yardstick program")?;
+        for device in &devices {
+            for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
+                // After vxprobe's (which hand every packet on), so it sees the same packets.
+                let options = match mode {
+                    TcMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::last()),
+                    TcMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
+                };
+                prog.attach_with_options(device, direction, options)
+                    .with_context(|| format!("attaching the yardstick to {device}"))?;
+            }
+        }
+        let id = u64::from(prog.info().context("the yardstick's id")?.id());
+        Ok(Self {
+            _probes: probes,
+            id,
+        })
+    }
+}
+
+/// Device names in a lab namespace.
+fn lab_devices(netns: &str) -> anyhow::Result<Vec<String>> {
+    let out = Command::new("ip")
+        .args(["-n", netns, "-j", "link", "show"])
+        .output()
+        .context("running ip link show")?;
+    let links: Value = serde_json::from_slice(&out.stdout).context("ip's JSON")?;
+    Ok(links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// `-i`'s patterns: a name, or a prefix ending in `*`.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
 }
 
 /// The TC program alone, on crafted packets, with `BPF_PROG_TEST_RUN` repeated in the kernel:
@@ -251,6 +341,8 @@ pub struct Isolated {
     pub repeat: u32,
     /// Packet -> mean ns per run, one sample per batch of `repeat` runs.
     pub ns_per_run: BTreeMap<String, Dist>,
+    /// The no-op TC program the same way (on the pod's packet): the harness's own cost.
+    pub floor: Dist,
 }
 
 fn frame(ethertype: u16, payload: &[u8]) -> Vec<u8> {
@@ -314,40 +406,58 @@ fn packets() -> Vec<(&'static str, Vec<u8>)> {
 const LOOPBACK_IFINDEX: u32 = 1;
 
 pub fn isolated(ctx: &Ctx) -> anyhow::Result<Isolated> {
-    use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
-    use vxprobe::probes::{Probes, TcMode};
-    use vxprobe_common::{FlowFilter, MAX_FLOWS};
-
     let (repeat, samples) = if ctx.quick { (50_000, 5) } else { (200_000, 9) };
     let mut probes = Probes::load(TcMode::Tcx, None, &FlowFilter::NONE, MAX_FLOWS, 4096)?;
     // BPF_PROG_TEST_RUN's packets come from the loopback device: give it a hop, as an
     // attached device has, so the run counts per hop too.
     probes.describe_device(LOOPBACK_IFINDEX, 65536, false)?;
-    let prog: &mut SchedClassifier = probes
-        .ebpf_mut()
-        .program_mut(names::TC_INGRESS)
-        .context("no TC ingress program")?
-        .try_into()?;
     let mut out = Isolated {
         repeat,
         ..Default::default()
     };
+    let prog = classifier(&mut probes, names::TC_INGRESS)?;
     for (name, packet) in packets() {
-        let mut ns = Vec::new();
-        for _ in 0..samples {
-            let result = prog.test_run(TestRunOptions {
-                data_in: Some(&packet),
-                repeat,
-                ..Default::default()
-            })?;
-            ns.push(result.duration.as_nanos() as f64);
-        }
-        let d = Dist::of(&ns);
+        let d = test_run(prog, &packet, repeat, samples)?;
         ctx.log(&format!(
             "  isolated, {name}: {} ns per run",
             d.show(1.0, 0)
         ));
         out.ns_per_run.insert(name.to_owned(), d);
     }
+    let yardstick = classifier(&mut probes, names::YARDSTICK_TC)?;
+    yardstick.load().context("loading the yardstick program")?;
+    let (_, pod_packet) = &packets()[0];
+    out.floor = test_run(yardstick, pod_packet, repeat, samples)?;
+    ctx.log(&format!(
+        "  isolated, no-op program: {} ns per run",
+        out.floor.show(1.0, 0)
+    ));
     Ok(out)
+}
+
+fn classifier<'a>(probes: &'a mut Probes, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
+    Ok(probes
+        .ebpf_mut()
+        .program_mut(name)
+        .with_context(|| format!("no program {name} in the object"))?
+        .try_into()?)
+}
+
+/// Mean ns per run of `prog` on `packet`, one sample per batch of `repeat` runs.
+fn test_run(
+    prog: &SchedClassifier,
+    packet: &[u8],
+    repeat: u32,
+    samples: usize,
+) -> anyhow::Result<Dist> {
+    let mut ns = Vec::new();
+    for _ in 0..samples {
+        let result = prog.test_run(TestRunOptions {
+            data_in: Some(packet),
+            repeat,
+            ..Default::default()
+        })?;
+        ns.push(result.duration.as_nanos() as f64);
+    }
+    Ok(Dist::of(&ns))
 }

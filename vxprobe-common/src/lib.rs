@@ -49,6 +49,8 @@ pub mod names {
     pub const TCP_BAD_CSUM_RAW: &str = "vxprobe_tcp_bad_csum_raw";
     pub const RX_CSUM_FAULT_KPROBE: &str = "vxprobe_rx_csum_fault_kprobe";
     pub const ICMP_SEND_RAW: &str = "vxprobe_icmp_send_raw";
+    /// A no-op TC program for the benchmark's floor; vxprobe itself never attaches it.
+    pub const YARDSTICK_TC: &str = "vxprobe_yardstick_tc";
 }
 
 /// Upper bound on the devices observed at once (each is two hops, ingress and egress).

@@ -12,6 +12,7 @@ mod pmtu;
 mod retransmit;
 mod send_errors;
 mod tc;
+mod yardstick;
 
 #[cfg(not(test))]
 #[panic_handler]
