@@ -19,9 +19,9 @@ use serde_json::Value;
 use vxprobe::{
     cli::TcAttach,
     lab::{Lab, LabOptions, faults},
-    probes::{Probes, TcMode},
+    probes::{Probes, Tables, TcMode},
 };
-use vxprobe_common::{FlowFilter, MAX_FLOWS, names};
+use vxprobe_common::{FlowFilter, names};
 
 use crate::{
     Ctx,
@@ -288,7 +288,7 @@ impl Yardstick {
         let _inside = faults::enter_netns(netns)
             .with_context(|| format!("entering network namespace {netns}"))?;
         let mode = TcMode::choose(TcAttach::Auto);
-        let mut probes = Probes::load(mode, None, &FlowFilter::NONE, 1024, 4096)?;
+        let mut probes = Probes::load(mode, None, &FlowFilter::NONE, Tables::default())?;
         let prog = classifier(&mut probes, names::YARDSTICK_TC)?;
         prog.load().context("loading the yardstick program")?;
         for device in &devices {
@@ -407,7 +407,7 @@ const LOOPBACK_IFINDEX: u32 = 1;
 
 pub fn isolated(ctx: &Ctx) -> anyhow::Result<Isolated> {
     let (repeat, samples) = if ctx.quick { (50_000, 5) } else { (200_000, 9) };
-    let mut probes = Probes::load(TcMode::Tcx, None, &FlowFilter::NONE, MAX_FLOWS, 4096)?;
+    let mut probes = Probes::load(TcMode::Tcx, None, &FlowFilter::NONE, Tables::default())?;
     // BPF_PROG_TEST_RUN's packets come from the loopback device: give it a hop, as an
     // attached device has, so the run counts per hop too.
     probes.describe_device(LOOPBACK_IFINDEX, 65536, false)?;

@@ -49,10 +49,13 @@ pub struct FlowCounters {
     pub max_epoch: u32,
     /// The tunnel header last seen for this flow.
     pub outer: OuterHeader,
-    pub _pad: u32,
+    /// In the flow map: the generation of this CPU's cache slot that was last added in
+    /// ([`CachedFlow`]); 0 before any. Unused in the cache itself.
+    pub generation: u32,
 }
 
 impl FlowCounters {
+    #[inline(always)]
     pub fn merge(&mut self, other: &FlowCounters) {
         self.packets += other.packets;
         self.bytes += other.bytes;
@@ -68,6 +71,41 @@ impl FlowCounters {
             self.outer = other.outer;
         }
     }
+}
+
+/// One slot of the TC programs' per-CPU flow cache: the flow that holds it and its counters
+/// since it took the slot. Packets of a flow in its slot are counted here (an array lookup and
+/// a key compare); a packet of another flow moves the holder's counters into the flow map
+/// (its `generation` with them), then takes the slot with a new generation.
+///
+/// The generation is written twice around a takeover, `generation_end` first and `generation` last, so a
+/// reader that copies the slot front to back and finds both equal has a copy from one
+/// holder.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CachedFlow {
+    pub generation: u32,
+    /// All zero while the slot was never taken (no packet has ifindex 0).
+    pub key: FlowKey,
+    pub counters: FlowCounters,
+    pub generation_end: u32,
+    pub _pad: u32,
+}
+
+/// The slot a flow takes in a CPU's share of the flow cache (`slots` a power of two): an
+/// FNV-style multiply-xor over the key's words, cheap enough for every packet.
+#[inline(always)]
+pub fn flow_cache_slot(key: &FlowKey, slots: u32) -> u32 {
+    // SAFETY: FlowKey is #[repr(C)], 44 bytes of integers without padding: eleven u32.
+    let words: [u32; 11] = unsafe { core::mem::transmute(*key) };
+    let mut h: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < 11 {
+        h = (h ^ words[i]).wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    // The high bits are the well-mixed ones.
+    (h ^ (h >> 16)) & (slots - 1)
 }
 
 /// Identifies the fragments of one IP packet, to give later fragments the ports (and inner
@@ -121,6 +159,7 @@ impl FlowFilter {
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
 const _: () = assert!(core::mem::size_of::<OuterHeader>() == 44);
 const _: () = assert!(core::mem::size_of::<FlowCounters>() == 48 + 48);
+const _: () = assert!(core::mem::size_of::<CachedFlow>() == 4 + 44 + 96 + 8);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FragInfo>() == 88);
 const _: () = assert!(core::mem::size_of::<FlowFilter>() == 24);
@@ -131,5 +170,6 @@ mod pod {
     // above; explicit _pad fields fill every gap), so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowCounters {}
+    unsafe impl aya::Pod for super::CachedFlow {}
     unsafe impl aya::Pod for super::FlowFilter {}
 }

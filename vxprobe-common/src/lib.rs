@@ -13,7 +13,9 @@ pub use event::{
     CsumEvent, CsumOrigin, DropEvent, EventHeader, EventKind, FragNeededEvent, HopEvent,
     KernelOffsets, PacketInfo, RetransmitEvent, SNAP_LEN, SendCall, SendErrorEvent, SockFlow,
 };
-pub use flow::{FlowCounters, FlowFilter, FlowKey, FragInfo, FragKey, OuterHeader};
+pub use flow::{
+    CachedFlow, FlowCounters, FlowFilter, FlowKey, FragInfo, FragKey, OuterHeader, flow_cache_slot,
+};
 pub use hop::{Direction, HopCounters, HopKey};
 
 /// Names of maps and programs, shared so user space never spells one by hand.
@@ -21,6 +23,8 @@ pub mod names {
     pub const HOP_STATS: &str = "HOP_STATS";
     pub const FLOW_STATS: &str = "FLOW_STATS";
     pub const FLOW_INSERTS: &str = "FLOW_INSERTS";
+    pub const FLOW_CACHE: &str = "FLOW_CACHE";
+    pub const FLOW_CACHE_SLOTS: &str = "FLOW_CACHE_SLOTS";
     pub const DEVICE_INFO: &str = "DEVICE_INFO";
     pub const DEVICE_INFO_LOW: &str = "DEVICE_INFO_LOW";
     pub const FILTER: &str = "FILTER";
@@ -68,6 +72,9 @@ pub const MAX_HOPS: u32 = MAX_DEVICES * 2;
 /// Default size of the per-CPU LRU flow map (flows x hops x directions). Beyond it the least
 /// recently seen entries are evicted.
 pub const MAX_FLOWS: u32 = 65536;
+
+/// Default slots per CPU in the TC programs' flow cache ([`CachedFlow`]): a power of two.
+pub const FLOW_CACHE_SLOTS: u32 = 1024;
 
 /// What user space tells the TC programs about a device, by ifindex.
 #[repr(C)]

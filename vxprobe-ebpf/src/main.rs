@@ -6,6 +6,7 @@
 mod csum;
 mod drops;
 mod events;
+mod flows;
 mod kernel;
 mod parse;
 mod pmtu;

@@ -6,36 +6,23 @@ use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use vxprobe_common::{
     DeviceInfo, Direction, EventKind, FlowCounters, FlowFilter, FlowKey, FragInfo, FragKey,
-    HopCounters, HopEvent, LOW_IFINDEXES, MAX_DEVICES, MAX_FLOWS, MAX_HOPS, OuterHeader, SNAP_LEN,
-    hop_index,
+    HopCounters, HopEvent, LOW_IFINDEXES, MAX_DEVICES, MAX_HOPS, OuterHeader, SNAP_LEN, hop_index,
 };
 
 use crate::{
     events,
+    flows::{self, clean},
     parse::{self, Ip, Packet, addr_bytes, addr_words},
 };
 
 /// Per hop, at [`hop_index`]: user space gives each device a slot.
 #[map]
 static HOP_STATS: PerCpuArray<HopCounters> = PerCpuArray::with_max_entries(MAX_HOPS, 0);
-
-/// Resized by user space (`--max-flows`) before load.
-#[map]
-static FLOW_STATS: LruPerCpuHashMap<FlowKey, FlowCounters> =
-    LruPerCpuHashMap::with_max_entries(MAX_FLOWS, 0);
-
-/// Entries this CPU created in FLOW_STATS. User space knows how many are left and how many it
-/// deleted itself: the rest were evicted by the LRU (`evicted` in the output).
-#[map]
-static FLOW_INSERTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-/// `BPF_NOEXIST`: create, never overwrite (another CPU may have created the flow meanwhile).
-const NOEXIST: u64 = 1;
 
 /// What the first fragment of a packet told, for the fragments after it.
 #[map]
@@ -143,7 +130,7 @@ fn observe(ctx: &TcContext, direction: Direction) {
         src: addr_bytes(&packet.flow.src),
         dst: addr_bytes(&packet.flow.dst),
     };
-    count_flow(&key, &sample, &packet.outer, &mut scratch.flow);
+    flows::count(&key, &sample, &packet.outer, &mut scratch.flow);
 
     if fragment || oversize {
         let kind = if oversize {
@@ -307,66 +294,12 @@ fn add(counters: &mut HopCounters, sample: &HopCounters) {
 
 /// The largest packet of the current epoch: a new epoch starts over.
 #[inline(always)]
-fn raise_max(max_len: &mut u32, max_epoch: &mut u32, sample: &HopCounters) {
+pub fn raise_max(max_len: &mut u32, max_epoch: &mut u32, sample: &HopCounters) {
     if *max_epoch != sample.max_epoch {
         *max_epoch = sample.max_epoch;
         *max_len = sample.max_len;
     } else if sample.max_len > *max_len {
         *max_len = sample.max_len;
-    }
-}
-
-/// A tunnel header as it may be stored: all zero when there is none (the scratch copy only
-/// has its family cleared per packet).
-#[inline(always)]
-fn clean(outer: &OuterHeader) -> OuterHeader {
-    if outer.family != 0 {
-        *outer
-    } else {
-        OuterHeader::default()
-    }
-}
-
-#[inline(always)]
-fn add_flow(flow: &mut FlowCounters, sample: &HopCounters, outer: &OuterHeader) {
-    flow.packets += sample.packets;
-    flow.bytes += sample.bytes;
-    flow.segs += sample.segs;
-    flow.fragments += sample.fragments;
-    flow.oversize += sample.oversize;
-    raise_max(&mut flow.max_len, &mut flow.max_epoch, sample);
-    if outer.family != 0 {
-        flow.outer = *outer;
-    }
-}
-
-#[inline(always)]
-fn count_flow(key: &FlowKey, sample: &HopCounters, outer: &OuterHeader, first: &mut FlowCounters) {
-    match FLOW_STATS.get_ptr_mut(key) {
-        // SAFETY: a per-CPU slot: only this CPU writes it while this program runs.
-        Some(flow) => add_flow(unsafe { &mut *flow }, sample, outer),
-        None => {
-            first.packets = sample.packets;
-            first.bytes = sample.bytes;
-            first.segs = sample.segs;
-            first.fragments = sample.fragments;
-            first.oversize = sample.oversize;
-            first.max_len = sample.max_len;
-            first.max_epoch = sample.max_epoch;
-            first.outer = clean(outer);
-            first._pad = 0;
-            // LRU: a full map evicts the least recently seen flow.
-            if FLOW_STATS.insert(key, first, NOEXIST).is_ok() {
-                if let Some(inserts) = FLOW_INSERTS.get_ptr_mut(0) {
-                    // SAFETY: a per-CPU slot, written only by this CPU while this program runs.
-                    unsafe { *inserts += 1 };
-                }
-            } else if let Some(flow) = FLOW_STATS.get_ptr_mut(key) {
-                // Another CPU created it since the lookup: count into this CPU's slot.
-                // SAFETY: as above.
-                add_flow(unsafe { &mut *flow }, sample, outer);
-            }
-        }
     }
 }
 

@@ -165,6 +165,11 @@ pub struct ProbeOptions {
     /// least recently seen entries are evicted.
     #[arg(long, value_name = "N", default_value_t = vxprobe_common::MAX_FLOWS, value_parser = clap::value_parser!(u32).range(64..=4_194_304))]
     pub max_flows: u32,
+    /// Slots per CPU of the flow cache in front of that table: a power of two, 1 to 65536.
+    /// A flow in its slot costs the TC programs an array lookup instead of a hash lookup;
+    /// flows that share a slot take turns, the table keeps what each counted.
+    #[arg(long, value_name = "N", default_value_t = vxprobe_common::FLOW_CACHE_SLOTS, value_parser = parse_flow_cache)]
+    pub flow_cache: u32,
     /// How TC programs attach: TCX links (Linux >= 6.6) or clsact filters; `auto` picks TCX
     /// where the kernel has it.
     #[arg(long, value_enum, default_value_t = TcAttach::Auto)]
@@ -230,6 +235,17 @@ pub fn parse_ring_size(text: &str) -> Result<u32, String> {
         ));
     }
     Ok(size)
+}
+
+/// Parses `--flow-cache`: a power of two, 1 to 65536.
+pub fn parse_flow_cache(text: &str) -> Result<u32, String> {
+    let slots: u32 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of slots"))?;
+    if !slots.is_power_of_two() || slots > 65536 {
+        return Err(format!("{slots} is not a power of two between 1 and 65536"));
+    }
+    Ok(slots)
 }
 
 #[cfg(test)]

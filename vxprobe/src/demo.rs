@@ -60,6 +60,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         tc_attach: TcAttach::Auto,
         skip_hook: Vec::new(),
         max_flows: vxprobe_common::MAX_FLOWS,
+        flow_cache_slots: vxprobe_common::FLOW_CACHE_SLOTS,
         ring_size: 8 << 20,
         all_drops: false,
     })

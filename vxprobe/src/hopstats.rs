@@ -14,6 +14,7 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _, RawFd},
 };
 
+use crate::flowcache::{FlowCache, Pending};
 use anyhow::Context as _;
 use aya::{
     Pod,
@@ -191,25 +192,25 @@ fn sum<V: Counters>(per_cpu: &[V]) -> V {
     total
 }
 
-/// Reads every entry of a per-CPU counter map, summed over CPUs, batch by batch where the
-/// kernel can.
+/// Reads every entry of a per-CPU counter map, with its per-CPU values, batch by batch where
+/// the kernel can.
 fn read_all<K: Pod, V: Counters>(
     map: &PerCpuHashMap<MapData, K, V>,
     batch: &mut BatchReader<K, V>,
-    mut f: impl FnMut(&K, &V),
+    mut f: impl FnMut(&K, &[V]),
 ) -> anyhow::Result<()> {
     let fd = map.map().fd().as_fd().as_raw_fd();
     let cpus = batch.cpus;
     if batch.for_each_chunk(fd, |keys, values| {
         for (key, per_cpu) in keys.iter().zip(values.chunks_exact(cpus)) {
-            f(key, &sum(per_cpu));
+            f(key, per_cpu);
         }
     })? {
         return Ok(());
     }
     for entry in map.iter() {
         let (key, per_cpu): (K, PerCpuValues<V>) = entry.context("reading a counter map")?;
-        f(&key, &sum(&per_cpu));
+        f(&key, &per_cpu);
     }
     Ok(())
 }
@@ -363,7 +364,7 @@ impl Seen {
             },
             max_epoch: epoch,
             outer: now.outer,
-            _pad: 0,
+            generation: 0,
         }
     }
 }
@@ -460,30 +461,45 @@ impl Record {
     }
 }
 
-/// The per-flow counter map and a compact record of what each entry held at the last read.
+/// The per-flow counters: the kernel's flow cache and flow map, and a compact record of what
+/// each map entry held at the last read.
 pub struct FlowStats {
+    cache: FlowCache,
     map: PerCpuHashMap<MapData, FlowKey, FlowCounters>,
     batch: BatchReader<FlowKey, FlowCounters>,
     record: Record,
+    /// Deltas of flows that hold cache slots, until the cache's part is added.
+    pending: Pending,
     /// Entries new in the current read, with their key hashes.
     fresh: Vec<(u64, Seen)>,
     read: u32,
 }
 
 impl FlowStats {
-    pub fn take(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
+    /// `cache_slots`: per CPU, as the object was loaded with.
+    pub fn take(ebpf: &mut aya::Ebpf, cache_slots: u32) -> anyhow::Result<Self> {
+        let cache = ebpf
+            .map(names::FLOW_CACHE)
+            .with_context(|| format!("map {} missing from the eBPF object", names::FLOW_CACHE))?;
+        let aya::maps::Map::Array(cache) = cache else {
+            anyhow::bail!("map {} is not an array", names::FLOW_CACHE);
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         Ok(Self {
+            cache: FlowCache::map(cache, cpus, cache_slots)?,
             map: take_map(ebpf, names::FLOW_STATS)?,
             batch: BatchReader::new(),
             record: Record::default(),
+            pending: Pending::default(),
             fresh: Vec::new(),
             read: 0,
         })
     }
 
-    /// Hands `out` what each entry counted since the previous call, as it reads the map;
-    /// entries that counted nothing are left out, entries gone from the map (LRU eviction)
-    /// are forgotten.
+    /// Hands `out` what each flow counted since the previous call, once per flow: map entries
+    /// as the map is read, flows holding cache slots after it ([`crate::flowcache`]). Flows
+    /// that counted nothing are left out, entries gone from the map (LRU eviction) are
+    /// forgotten.
     pub fn interval(
         &mut self,
         epoch: u32,
@@ -491,12 +507,15 @@ impl FlowStats {
     ) -> anyhow::Result<()> {
         self.read = self.read.wrapping_add(1);
         let read = self.read;
-        let (record, fresh) = (&mut self.record, &mut self.fresh);
+        self.cache.read();
+        let (record, fresh, pending) = (&mut self.record, &mut self.fresh, &mut self.pending);
+        let cache = self.cache.merge();
         let mut failed = None;
-        read_all(&self.map, &mut self.batch, |key, now| {
+        read_all(&self.map, &mut self.batch, |key, per_cpu| {
             if failed.is_some() {
                 return;
             }
+            let now = &sum(per_cpu);
             let hash = key_hash(key);
             let delta = match record.find(hash) {
                 Some(at) => {
@@ -516,7 +535,10 @@ impl FlowStats {
                     Seen::default().delta(now, epoch)
                 }
             };
-            if delta.packets > 0
+            let mut delta = delta;
+            if cache.settle(key, per_cpu, &mut delta) {
+                pending.add(key, &delta);
+            } else if delta.packets > 0
                 && let Err(e) = out(key, &delta)
             {
                 failed = Some(e);
@@ -524,6 +546,12 @@ impl FlowStats {
         })?;
         if let Some(e) = failed {
             return Err(e);
+        }
+        cache.deltas(epoch, |key, delta| pending.add(key, delta));
+        for (key, delta) in pending.drain() {
+            if delta.packets > 0 {
+                out(&key, &delta)?;
+            }
         }
         record.rebuild(read, fresh);
         if fresh.capacity() > 65536 {
@@ -576,8 +604,8 @@ pub fn hop_stats(ebpf: &mut aya::Ebpf) -> anyhow::Result<HopStats> {
     HopStats::take(ebpf)
 }
 
-pub fn flow_stats(ebpf: &mut aya::Ebpf) -> anyhow::Result<FlowStats> {
-    FlowStats::take(ebpf)
+pub fn flow_stats(ebpf: &mut aya::Ebpf, cache_slots: u32) -> anyhow::Result<FlowStats> {
+    FlowStats::take(ebpf, cache_slots)
 }
 
 /// Flow entries the LRU evicted, from the kernel's count of entries it created: created minus

@@ -25,6 +25,7 @@ pub mod distinct;
 pub mod doctor;
 pub mod error;
 pub mod filter;
+pub mod flowcache;
 pub mod fuzz;
 pub mod hopstats;
 pub mod kallsyms;

@@ -226,6 +226,27 @@ pub struct HookChoice {
     pub unavailable: Vec<String>,
 }
 
+/// Sizes of the kernel's tables, chosen at load.
+#[derive(Debug, Clone, Copy)]
+pub struct Tables {
+    /// Entries of the per-CPU LRU flow map (`--max-flows`).
+    pub max_flows: u32,
+    /// Slots per CPU of the flow cache in front of it (a power of two).
+    pub flow_cache_slots: u32,
+    /// Bytes of the event ring buffer (`--ring-size`).
+    pub ring_size: u32,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Self {
+            max_flows: vxprobe_common::MAX_FLOWS,
+            flow_cache_slots: vxprobe_common::FLOW_CACHE_SLOTS,
+            ring_size: 4096,
+        }
+    }
+}
+
 /// The loaded programs and their attachments.
 pub struct Probes {
     ebpf: Ebpf,
@@ -246,8 +267,7 @@ impl Probes {
         tc_mode: TcMode,
         offsets: Option<&KernelOffsets>,
         filter: &FlowFilter,
-        max_flows: u32,
-        ring_size: u32,
+        tables: Tables,
     ) -> anyhow::Result<Self> {
         if EBPF_OBJECT.is_empty() {
             anyhow::bail!(
@@ -260,8 +280,15 @@ impl Probes {
             loader.override_global(names::OFFSETS, offsets, true);
         }
         loader.override_global(names::FILTER, filter, true);
-        loader.map_max_entries(names::FLOW_STATS, max_flows);
-        loader.map_max_entries(names::EVENTS, ring_size);
+        loader.map_max_entries(names::FLOW_STATS, tables.max_flows);
+        loader.map_max_entries(names::EVENTS, tables.ring_size);
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(path, e)| anyhow::Error::new(e).context(format!("reading {path}")))?;
+        loader.override_global(names::FLOW_CACHE_SLOTS, &tables.flow_cache_slots, true);
+        loader.map_max_entries(
+            names::FLOW_CACHE,
+            (cpus as u32).saturating_mul(tables.flow_cache_slots),
+        );
         raise_memlock_limit();
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
             let hint = refused_hint(&e);

@@ -36,8 +36,7 @@ pub fn run(args: ProbesArgs) -> anyhow::Result<()> {
         tc_mode,
         kernel.as_ref().ok(),
         &vxprobe_common::FlowFilter::NONE,
-        vxprobe_common::MAX_FLOWS,
-        4096,
+        crate::probes::Tables::default(),
     )?;
     let mut signals = Vec::new();
     match &kernel {

@@ -21,7 +21,7 @@ use crate::{
     kallsyms::Kallsyms,
     kbtf::KernelBtf,
     packet::{Flow, Outer},
-    probes::{HookChoice, HookType, Probes, TcMode},
+    probes::{HookChoice, HookType, Probes, Tables, TcMode},
 };
 
 /// How to observe, from the command line.
@@ -31,6 +31,7 @@ pub struct SessionConfig {
     pub tc_attach: TcAttach,
     pub skip_hook: Vec<HookType>,
     pub max_flows: u32,
+    pub flow_cache_slots: u32,
     pub ring_size: u32,
     /// Also report drops that are not losses ([`Anomaly::is_benign`]).
     pub all_drops: bool,
@@ -230,8 +231,11 @@ impl Session {
             TcMode::choose(config.tc_attach),
             offsets.as_ref(),
             &selector.to_kernel(),
-            config.max_flows,
-            config.ring_size,
+            Tables {
+                max_flows: config.max_flows,
+                flow_cache_slots: config.flow_cache_slots,
+                ring_size: config.ring_size,
+            },
         )?;
         probes.attach_tc(&hops)?;
         // Leave out what vanished while attaching; the device watcher catches up.
@@ -253,7 +257,7 @@ impl Session {
             }
         }
         let hop_stats = hopstats::hop_stats(probes.ebpf_mut())?;
-        let flow_stats = hopstats::flow_stats(probes.ebpf_mut())?;
+        let flow_stats = hopstats::flow_stats(probes.ebpf_mut(), config.flow_cache_slots)?;
         let evictions = Evictions::take(probes.ebpf_mut())?;
         let epoch = Epoch::take(probes.ebpf_mut())?;
         let (ring, lost) = probes.take_event_maps()?;

@@ -20,6 +20,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         tc_attach: args.probe.tc_attach,
         skip_hook: args.probe.skip_hook.clone(),
         max_flows: args.probe.max_flows,
+        flow_cache_slots: args.probe.flow_cache,
         ring_size: args.probe.ring_size,
         all_drops: args.probe.all_drops,
     })

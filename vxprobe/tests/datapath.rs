@@ -127,6 +127,58 @@ fn udp_datagrams_of_3000_bytes_are_fragments_at_every_hop() {
     }
 }
 
+/// `--flow-cache 1`: every flow of a CPU shares one cache slot, so the flows below (and the
+/// ICMP errors they draw) take it from each other at almost every packet, over several
+/// intervals: slots are read while a flow holds them, then handed over to the flow map. The
+/// counts stay exact.
+#[test]
+fn flows_that_share_one_cache_slot_are_counted_exactly() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let [n1, n2] = &lab.nodes;
+    let mut args = ALL_HOPS.to_vec();
+    args.extend(["--flow-cache", "1"]);
+    let rec = Recorder::start(&n1.netns, &args);
+    const N: u64 = 40;
+    let ports = [41001u16, 41002, 41003, 41004];
+    let dst = n2.pod.ip;
+    faults::in_netns(&n1.pod.netns, move || {
+        let socks = ports
+            .iter()
+            .map(|p| std::net::UdpSocket::bind(("0.0.0.0", *p)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        // Spread over several intervals, so slots are read while held and handed over after.
+        for _ in 0..N {
+            for s in &socks {
+                s.send_to(b"slot", (dst, 9))?;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(())
+    })
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let lines = rec.stop();
+    for port in ports {
+        let packets = totals(&lines, "flow", Some("packets"), |l| {
+            l["flow"]["sport"] == port && l["flow"]["dport"] == 9
+        });
+        for (dev, dir) in [
+            (POD_HOST_DEV, "ingress"),
+            (VXLAN_DEV, "egress"),
+            (UNDERLAY_DEV, "egress"),
+        ] {
+            assert_eq!(
+                packets.get(&key(dev, dir)),
+                Some(&N),
+                "port {port} at {dev} {dir}: {packets:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn an_overlay_mtu_above_the_underlay_fragments_outer_packets_of_the_inner_flow() {
     if !is_root() {

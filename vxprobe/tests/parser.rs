@@ -8,8 +8,11 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use common::is_root;
-use vxprobe::{anomaly, hopstats, probes::Probes, probes::TcMode};
-use vxprobe_common::{FlowCounters, FlowFilter, FlowKey, MAX_FLOWS, names};
+use vxprobe::{
+    anomaly, hopstats,
+    probes::{Probes, Tables, TcMode},
+};
+use vxprobe_common::{FLOW_CACHE_SLOTS, FlowCounters, FlowFilter, FlowKey, names};
 
 fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
@@ -69,7 +72,7 @@ fn vxlan(vni: u32, inner_frame: &[u8]) -> Vec<u8> {
 
 /// The flows one run of the ingress program counted for `packet`.
 fn counted(packet: &[u8]) -> BTreeMap<FlowKey, FlowCounters> {
-    let mut probes = Probes::load(TcMode::Tcx, None, &FlowFilter::NONE, MAX_FLOWS, 4096)
+    let mut probes = Probes::load(TcMode::Tcx, None, &FlowFilter::NONE, Tables::default())
         .expect("loading the eBPF object");
     {
         let prog: &mut SchedClassifier = probes
@@ -89,7 +92,7 @@ fn counted(packet: &[u8]) -> BTreeMap<FlowKey, FlowCounters> {
         );
     }
     let mut flows = BTreeMap::new();
-    hopstats::flow_stats(probes.ebpf_mut())
+    hopstats::flow_stats(probes.ebpf_mut(), FLOW_CACHE_SLOTS)
         .unwrap()
         .interval(0, |key, counters| {
             flows.insert(*key, *counters);
@@ -218,7 +221,7 @@ fn later_ipv4_fragments_take_the_ports_of_the_first() {
     if !is_root() {
         return;
     }
-    let mut probes = Probes::load(TcMode::Tcx, None, &FlowFilter::NONE, MAX_FLOWS, 4096).unwrap();
+    let mut probes = Probes::load(TcMode::Tcx, None, &FlowFilter::NONE, Tables::default()).unwrap();
     let first = eth(
         0x0800,
         &ipv4(
@@ -250,7 +253,7 @@ fn later_ipv4_fragments_take_the_ports_of_the_first() {
         }
     }
     let mut flows = BTreeMap::new();
-    hopstats::flow_stats(probes.ebpf_mut())
+    hopstats::flow_stats(probes.ebpf_mut(), FLOW_CACHE_SLOTS)
         .unwrap()
         .interval(0, |key, counters| {
             flows.insert(*key, *counters);

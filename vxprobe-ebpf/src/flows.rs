@@ -1,0 +1,165 @@
+//! Per-flow counters at each hop: a per-CPU direct-mapped cache in front of a per-CPU LRU map.
+//! Almost every packet belongs to a flow already in its cache slot: an array lookup the
+//! verifier inlines and a key compare, where the LRU map's lookup hashed 44 bytes of key on
+//! every packet (half the TC program's cost). The map holds what flows counted before they
+//! lost their slot; user space reads both and merges them by generation (`CachedFlow`).
+
+use aya_ebpf::{
+    helpers::bpf_get_smp_processor_id,
+    macros::map,
+    maps::{Array, LruPerCpuHashMap, PerCpuArray},
+};
+use vxprobe_common::{
+    CachedFlow, FLOW_CACHE_SLOTS as DEFAULT_SLOTS, FlowCounters, FlowKey, HopCounters, MAX_FLOWS,
+    OuterHeader, flow_cache_slot,
+};
+
+/// CPUs x `FLOW_CACHE_SLOTS`: sized by user space before load (possible CPUs x slots), and
+/// mapped into its memory to be read without a system call per slot.
+#[map]
+static FLOW_CACHE: Array<CachedFlow> = Array::with_max_entries(DEFAULT_SLOTS, BPF_F_MMAPABLE);
+
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Slots per CPU in FLOW_CACHE (a power of two), set at load time.
+#[unsafe(no_mangle)]
+static FLOW_CACHE_SLOTS: u32 = DEFAULT_SLOTS;
+
+/// Resized by user space (`--max-flows`) before load.
+#[map]
+static FLOW_STATS: LruPerCpuHashMap<FlowKey, FlowCounters> =
+    LruPerCpuHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Entries this CPU created in FLOW_STATS. User space knows how many are left and how many it
+/// deleted itself: the rest were evicted by the LRU (`evicted` in the output).
+#[map]
+static FLOW_INSERTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `BPF_NOEXIST`: create, never overwrite (another CPU may have created the flow meanwhile).
+const NOEXIST: u64 = 1;
+
+/// Counts one packet (`sample`) of `key`; `spare` is scratch room for a map insert.
+#[inline(always)]
+pub fn count(key: &FlowKey, sample: &HopCounters, outer: &OuterHeader, spare: &mut FlowCounters) {
+    // SAFETY: a plain read of a static; volatile so the compiler cannot fold the placeholder.
+    let slots = unsafe { core::ptr::read_volatile(&FLOW_CACHE_SLOTS) };
+    // SAFETY: a helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let index = cpu * slots + flow_cache_slot(key, slots);
+    let Some(slot) = FLOW_CACHE.get_ptr_mut(index) else {
+        // Only if user space sized the cache for fewer CPUs than run this program.
+        spare.packets = sample.packets;
+        spare.bytes = sample.bytes;
+        spare.segs = sample.segs;
+        spare.fragments = sample.fragments;
+        spare.oversize = sample.oversize;
+        spare.max_len = sample.max_len;
+        spare.max_epoch = sample.max_epoch;
+        spare.outer = clean(outer);
+        spare.generation = 0;
+        add_to_map(key, spare);
+        return;
+    };
+    // SAFETY: slots of this CPU's share are written only by programs on this CPU, which do
+    // not preempt each other; user space only reads them.
+    let slot = unsafe { &mut *slot };
+    if same_flow(&slot.key, key) {
+        add(&mut slot.counters, sample, outer);
+        return;
+    }
+    if slot.key.ifindex != 0 {
+        // Into the map before the slot changes hands: a reader that sees the new holder
+        // finds the old one's counters in the map.
+        slot.counters.generation = slot.generation;
+        add_to_map(&slot.key, &slot.counters);
+    }
+    let generation = match slot.generation.wrapping_add(1) {
+        0 => 1,
+        g => g,
+    };
+    slot.generation_end = generation;
+    slot.key = *key;
+    let c = &mut slot.counters;
+    c.packets = sample.packets;
+    c.bytes = sample.bytes;
+    c.segs = sample.segs;
+    c.fragments = sample.fragments;
+    c.oversize = sample.oversize;
+    c.max_len = sample.max_len;
+    c.max_epoch = sample.max_epoch;
+    c.outer = clean(outer);
+    c.generation = 0;
+    slot.generation = generation;
+}
+
+/// Eleven word compares: a `==` on the byte arrays would be a memcmp call, which BPF has not.
+#[inline(always)]
+fn same_flow(a: &FlowKey, b: &FlowKey) -> bool {
+    // SAFETY: FlowKey is #[repr(C)], 44 bytes of integers without padding, 4-aligned: eleven
+    // u32, read in place.
+    let (a, b) = unsafe {
+        (
+            &*(a as *const FlowKey).cast::<[u32; 11]>(),
+            &*(b as *const FlowKey).cast::<[u32; 11]>(),
+        )
+    };
+    let mut same = true;
+    let mut i = 0;
+    while i < 11 {
+        same &= a[i] == b[i];
+        i += 1;
+    }
+    same
+}
+
+/// Adds what a flow counted into its map entry (created if it has none), with the cache
+/// generation it came from.
+#[inline(always)]
+fn add_to_map(key: &FlowKey, counted: &FlowCounters) {
+    if let Some(entry) = FLOW_STATS.get_ptr_mut(key) {
+        // SAFETY: a per-CPU value: only this CPU writes it while this program runs.
+        merge(unsafe { &mut *entry }, counted);
+        return;
+    }
+    // LRU: a full map evicts the least recently seen flow.
+    if FLOW_STATS.insert(key, counted, NOEXIST).is_ok() {
+        if let Some(inserts) = FLOW_INSERTS.get_ptr_mut(0) {
+            // SAFETY: a per-CPU slot, written only by this CPU while this program runs.
+            unsafe { *inserts += 1 };
+        }
+    } else if let Some(entry) = FLOW_STATS.get_ptr_mut(key) {
+        // Another CPU created it since the lookup: count into this CPU's value.
+        // SAFETY: as above.
+        merge(unsafe { &mut *entry }, counted);
+    }
+}
+
+#[inline(always)]
+fn merge(entry: &mut FlowCounters, counted: &FlowCounters) {
+    entry.merge(counted);
+    entry.generation = counted.generation;
+}
+
+#[inline(always)]
+fn add(flow: &mut FlowCounters, sample: &HopCounters, outer: &OuterHeader) {
+    flow.packets += sample.packets;
+    flow.bytes += sample.bytes;
+    flow.segs += sample.segs;
+    flow.fragments += sample.fragments;
+    flow.oversize += sample.oversize;
+    crate::tc::raise_max(&mut flow.max_len, &mut flow.max_epoch, sample);
+    if outer.family != 0 {
+        flow.outer = *outer;
+    }
+}
+
+/// A tunnel header as it may be stored: all zero when there is none (the scratch copy only
+/// has its family cleared per packet).
+#[inline(always)]
+pub fn clean(outer: &OuterHeader) -> OuterHeader {
+    if outer.family != 0 {
+        *outer
+    } else {
+        OuterHeader::default()
+    }
+}
