@@ -92,20 +92,22 @@ pub struct CachedFlow {
     pub _pad: u32,
 }
 
-/// The slot a flow takes in a CPU's share of the flow cache (`slots` a power of two): an
-/// FNV-style multiply-xor over the key's words, cheap enough for every packet.
+/// The slot a flow takes in a CPU's share of the flow cache (`slots` a power of two). Runs on
+/// every packet, so it is short and mostly parallel: three lanes of xor-folded key words, each
+/// multiplied, then one more multiply so every key bit reaches the low bits the mask keeps
+/// (IPv4 addresses vary in their high bytes).
 #[inline(always)]
 pub fn flow_cache_slot(key: &FlowKey, slots: u32) -> u32 {
     // SAFETY: FlowKey is #[repr(C)], 44 bytes of integers without padding: eleven u32.
-    let words: [u32; 11] = unsafe { core::mem::transmute(*key) };
-    let mut h: u32 = 0x811c_9dc5;
-    let mut i = 0;
-    while i < 11 {
-        h = (h ^ words[i]).wrapping_mul(0x0100_0193);
-        i += 1;
-    }
-    // The high bits are the well-mixed ones.
-    (h ^ (h >> 16)) & (slots - 1)
+    let w: [u32; 11] = unsafe { core::mem::transmute(*key) };
+    let a = (w[0] ^ w[3] ^ w[6] ^ w[9]).wrapping_mul(0x9e37_79b1);
+    let b = (w[1] ^ w[4] ^ w[7] ^ w[10]).wrapping_mul(0x85eb_ca77);
+    let c = (w[2] ^ w[5] ^ w[8]).wrapping_mul(0xc2b2_ae3d);
+    let mut h = a ^ b.rotate_right(7) ^ c.rotate_right(19);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x7feb_352d);
+    h ^= h >> 15;
+    h & (slots - 1)
 }
 
 /// Identifies the fragments of one IP packet, to give later fragments the ports (and inner
@@ -154,6 +156,61 @@ impl FlowFilter {
         port: 0,
         host: [0; 16],
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ifindex: u32, src: [u8; 4], dst: [u8; 4], sport: u16) -> FlowKey {
+        let mut k = FlowKey {
+            ifindex,
+            direction: 1,
+            proto: 17,
+            family: 4,
+            sport,
+            dport: 4789,
+            ..Default::default()
+        };
+        k.src[..4].copy_from_slice(&src);
+        k.dst[..4].copy_from_slice(&dst);
+        k
+    }
+
+    /// Keys that differ in one field only (an address's high byte, a port, the hop) spread
+    /// over the slots about as well as random ones: 1024 keys in 1024 slots fill ~63%.
+    #[test]
+    fn flows_spread_over_the_cache_slots() {
+        let families: [&dyn Fn(u32) -> FlowKey; 4] = [
+            &|i| {
+                key(
+                    3,
+                    [198, 18, (i >> 8) as u8, i as u8],
+                    [198, 19, 0, 1],
+                    40000,
+                )
+            },
+            &|i| key(3, [198, 18, 0, 1], [198, 19, 0, 1], 30000 + i as u16),
+            &|i| key(i + 1, [198, 18, 0, 1], [198, 19, 0, 1], 40000),
+            &|i| key(3, [10, 0, 0, 1], [10, (i >> 8) as u8, i as u8, 7], 53),
+        ];
+        for (n, make) in families.iter().enumerate() {
+            let mut used = [false; 1024];
+            for i in 0..1024 {
+                used[flow_cache_slot(&make(i), 1024) as usize] = true;
+            }
+            let filled = used.iter().filter(|u| **u).count();
+            assert!(filled > 580, "family {n}: {filled} of 1024 slots used");
+        }
+    }
+
+    #[test]
+    fn one_slot_takes_every_flow() {
+        assert_eq!(
+            flow_cache_slot(&key(9, [1, 2, 3, 4], [5, 6, 7, 8], 1), 1),
+            0
+        );
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
