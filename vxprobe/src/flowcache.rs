@@ -210,9 +210,17 @@ pub struct FlowCache {
 unsafe impl Send for FlowCache {}
 
 impl FlowCache {
-    /// Maps the cache (`cpus` x `slots` entries, created `BPF_F_MMAPABLE`).
-    pub fn map(map: &MapData, cpus: usize, slots: u32) -> anyhow::Result<Self> {
-        let len = cpus * slots as usize;
+    /// Maps the cache (created `BPF_F_MMAPABLE`, possible CPUs x slots entries).
+    pub fn map(map: &MapData) -> anyhow::Result<Self> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(path, e)| anyhow::Error::new(e).context(format!("reading {path}")))?;
+        let entries = map.info().context("the flow cache's size")?.max_entries() as usize;
+        let slots = entries / cpus;
+        anyhow::ensure!(
+            slots > 0 && slots.is_power_of_two() && slots * cpus == entries,
+            "the flow cache has {entries} entries, not a power of two per CPU ({cpus} CPUs)"
+        );
+        let len = entries;
         let page = 4096;
         let bytes = (len * size_of::<CachedFlow>()).div_ceil(page) * page;
         let fd = map.fd().as_fd().as_raw_fd();
@@ -235,7 +243,7 @@ impl FlowCache {
             base: NonNull::new(addr.cast()).context("mmap returned null")?,
             len,
             bytes,
-            merge: CacheMerge::new(cpus, slots),
+            merge: CacheMerge::new(cpus, slots as u32),
         })
     }
 

@@ -1,6 +1,6 @@
 //! Counters the TC programs keep in per-CPU maps, summed over CPUs and turned into interval
 //! deltas: per hop (an array, by the slot each device is given here), and per flow at each
-//! hop.
+//! hop (the flow map, merged with the flow cache in front of it: [`crate::flowcache`]).
 //!
 //! Maps are read in batches (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6+: one system call per few
 //! thousand entries instead of two per entry), with key-by-key iteration where the kernel has
@@ -476,17 +476,15 @@ pub struct FlowStats {
 }
 
 impl FlowStats {
-    /// `cache_slots`: per CPU, as the object was loaded with.
-    pub fn take(ebpf: &mut aya::Ebpf, cache_slots: u32) -> anyhow::Result<Self> {
+    pub fn take(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
         let cache = ebpf
             .map(names::FLOW_CACHE)
             .with_context(|| format!("map {} missing from the eBPF object", names::FLOW_CACHE))?;
         let aya::maps::Map::Array(cache) = cache else {
             anyhow::bail!("map {} is not an array", names::FLOW_CACHE);
         };
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         Ok(Self {
-            cache: FlowCache::map(cache, cpus, cache_slots)?,
+            cache: FlowCache::map(cache)?,
             map: take_map(ebpf, names::FLOW_STATS)?,
             batch: BatchReader::new(),
             record: Record::default(),
@@ -604,8 +602,8 @@ pub fn hop_stats(ebpf: &mut aya::Ebpf) -> anyhow::Result<HopStats> {
     HopStats::take(ebpf)
 }
 
-pub fn flow_stats(ebpf: &mut aya::Ebpf, cache_slots: u32) -> anyhow::Result<FlowStats> {
-    FlowStats::take(ebpf, cache_slots)
+pub fn flow_stats(ebpf: &mut aya::Ebpf) -> anyhow::Result<FlowStats> {
+    FlowStats::take(ebpf)
 }
 
 /// Flow entries the LRU evicted, from the kernel's count of entries it created: created minus

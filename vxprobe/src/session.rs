@@ -257,7 +257,7 @@ impl Session {
             }
         }
         let hop_stats = hopstats::hop_stats(probes.ebpf_mut())?;
-        let flow_stats = hopstats::flow_stats(probes.ebpf_mut(), config.flow_cache_slots)?;
+        let flow_stats = hopstats::flow_stats(probes.ebpf_mut())?;
         let evictions = Evictions::take(probes.ebpf_mut())?;
         let epoch = Epoch::take(probes.ebpf_mut())?;
         let (ring, lost) = probes.take_event_maps()?;

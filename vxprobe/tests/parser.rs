@@ -12,7 +12,7 @@ use vxprobe::{
     anomaly, hopstats,
     probes::{Probes, Tables, TcMode},
 };
-use vxprobe_common::{FLOW_CACHE_SLOTS, FlowCounters, FlowFilter, FlowKey, names};
+use vxprobe_common::{FlowCounters, FlowFilter, FlowKey, names};
 
 fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
@@ -92,7 +92,7 @@ fn counted(packet: &[u8]) -> BTreeMap<FlowKey, FlowCounters> {
         );
     }
     let mut flows = BTreeMap::new();
-    hopstats::flow_stats(probes.ebpf_mut(), FLOW_CACHE_SLOTS)
+    hopstats::flow_stats(probes.ebpf_mut())
         .unwrap()
         .interval(0, |key, counters| {
             flows.insert(*key, *counters);
@@ -253,7 +253,7 @@ fn later_ipv4_fragments_take_the_ports_of_the_first() {
         }
     }
     let mut flows = BTreeMap::new();
-    hopstats::flow_stats(probes.ebpf_mut(), FLOW_CACHE_SLOTS)
+    hopstats::flow_stats(probes.ebpf_mut())
         .unwrap()
         .interval(0, |key, counters| {
             flows.insert(*key, *counters);
