@@ -137,7 +137,10 @@ fn add_to_map(key: &FlowKey, counted: &FlowCounters) {
 #[inline(always)]
 fn merge(entry: &mut FlowCounters, counted: &FlowCounters) {
     entry.merge(counted);
-    entry.generation = counted.generation;
+    // 0: counted without the cache, which leaves the entry's generation as it was.
+    if counted.generation != 0 {
+        entry.generation = counted.generation;
+    }
 }
 
 #[inline(always)]
