@@ -167,9 +167,10 @@ pub struct ProbeOptions {
     pub max_flows: u32,
     /// Slots per CPU of the flow cache in front of that table: a power of two, 1 to 65536.
     /// A flow in its slot costs the TC programs an array lookup instead of a hash lookup;
-    /// flows that share a slot take turns, the table keeps what each counted.
-    #[arg(long, value_name = "N", default_value_t = vxprobe_common::FLOW_CACHE_SLOTS, value_parser = parse_flow_cache)]
-    pub flow_cache: u32,
+    /// flows that share a slot take turns, the table keeps what each counted. Default: 1024,
+    /// fewer on machines with more than 32 CPUs (32768 slots in all).
+    #[arg(long, value_name = "N", value_parser = parse_flow_cache)]
+    pub flow_cache: Option<u32>,
     /// How TC programs attach: TCX links (Linux >= 6.6) or clsact filters; `auto` picks TCX
     /// where the kernel has it.
     #[arg(long, value_enum, default_value_t = TcAttach::Auto)]

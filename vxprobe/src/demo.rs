@@ -60,7 +60,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         tc_attach: TcAttach::Auto,
         skip_hook: Vec::new(),
         max_flows: vxprobe_common::MAX_FLOWS,
-        flow_cache_slots: vxprobe_common::FLOW_CACHE_SLOTS,
+        flow_cache_slots: None,
         ring_size: 8 << 20,
         all_drops: false,
     })

@@ -226,13 +226,27 @@ pub struct HookChoice {
     pub unavailable: Vec<String>,
 }
 
+/// Flow cache slots per CPU unless told: [`FLOW_CACHE_SLOTS`], fewer where many CPUs would
+/// make the cache (and its reader's copy) large: 32768 slots in all at most, a power of two
+/// per CPU. `cpus`: possible CPUs, which per-CPU shares are sized by.
+///
+/// [`FLOW_CACHE_SLOTS`]: vxprobe_common::FLOW_CACHE_SLOTS
+pub fn default_flow_cache_slots(cpus: usize) -> u32 {
+    const MOST_IN_ALL: u32 = 32768;
+    let share = MOST_IN_ALL / (cpus.max(1) as u32).min(MOST_IN_ALL);
+    // Largest power of two not above the share (at least 1).
+    let share = 1 << (31 - share.max(1).leading_zeros());
+    share.min(vxprobe_common::FLOW_CACHE_SLOTS)
+}
+
 /// Sizes of the kernel's tables, chosen at load.
 #[derive(Debug, Clone, Copy)]
 pub struct Tables {
     /// Entries of the per-CPU LRU flow map (`--max-flows`).
     pub max_flows: u32,
-    /// Slots per CPU of the flow cache in front of it (a power of two).
-    pub flow_cache_slots: u32,
+    /// Slots per CPU of the flow cache in front of it (a power of two); `None`:
+    /// [`default_flow_cache_slots`].
+    pub flow_cache_slots: Option<u32>,
     /// Bytes of the event ring buffer (`--ring-size`).
     pub ring_size: u32,
 }
@@ -241,7 +255,7 @@ impl Default for Tables {
     fn default() -> Self {
         Self {
             max_flows: vxprobe_common::MAX_FLOWS,
-            flow_cache_slots: vxprobe_common::FLOW_CACHE_SLOTS,
+            flow_cache_slots: None,
             ring_size: 4096,
         }
     }
@@ -251,6 +265,8 @@ impl Default for Tables {
 pub struct Probes {
     ebpf: Ebpf,
     pub tc_mode: TcMode,
+    /// Flow cache slots per CPU, as loaded.
+    pub flow_cache_slots: u32,
     pub hooks: Vec<HookChoice>,
     /// The TC attachments of each hop, by ifindex.
     tc_links: HashMap<u32, Vec<(&'static str, SchedClassifierLinkId)>>,
@@ -284,11 +300,11 @@ impl Probes {
         loader.map_max_entries(names::EVENTS, tables.ring_size);
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, e)| anyhow::Error::new(e).context(format!("reading {path}")))?;
-        loader.override_global(names::FLOW_CACHE_SLOTS, &tables.flow_cache_slots, true);
-        loader.map_max_entries(
-            names::FLOW_CACHE,
-            (cpus as u32).saturating_mul(tables.flow_cache_slots),
-        );
+        let slots = tables
+            .flow_cache_slots
+            .unwrap_or_else(|| default_flow_cache_slots(cpus));
+        loader.override_global(names::FLOW_CACHE_SLOTS, &slots, true);
+        loader.map_max_entries(names::FLOW_CACHE, (cpus as u32).saturating_mul(slots));
         raise_memlock_limit();
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
             let hint = refused_hint(&e);
@@ -306,6 +322,7 @@ impl Probes {
         Ok(Self {
             ebpf,
             tc_mode,
+            flow_cache_slots: slots,
             hooks: Vec::new(),
             tc_links: HashMap::new(),
             hop_slots: HopSlots::default(),
@@ -721,6 +738,16 @@ fn ensure_tracefs() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn many_cpus_share_a_bounded_cache() {
+        assert_eq!(default_flow_cache_slots(2), 1024);
+        assert_eq!(default_flow_cache_slots(32), 1024);
+        assert_eq!(default_flow_cache_slots(48), 512);
+        assert_eq!(default_flow_cache_slots(64), 512);
+        assert_eq!(default_flow_cache_slots(240), 128);
+        assert_eq!(default_flow_cache_slots(100_000), 1);
+    }
 
     #[test]
     fn tcx_on_an_old_kernel_is_bad_input_naming_the_way_out() {

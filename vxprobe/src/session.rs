@@ -31,7 +31,8 @@ pub struct SessionConfig {
     pub tc_attach: TcAttach,
     pub skip_hook: Vec<HookType>,
     pub max_flows: u32,
-    pub flow_cache_slots: u32,
+    /// `None`: [`crate::probes::default_flow_cache_slots`].
+    pub flow_cache_slots: Option<u32>,
     pub ring_size: u32,
     /// Also report drops that are not losses ([`Anomaly::is_benign`]).
     pub all_drops: bool,
@@ -46,6 +47,8 @@ pub struct Meta {
     pub tc_attach: &'static str,
     /// Capacity of the kernel's flow table (`--max-flows`).
     pub max_flows: u32,
+    /// Slots per CPU of the flow cache in front of it (`--flow-cache`).
+    pub flow_cache_slots: u32,
     pub hooks: Vec<HookChoice>,
     pub hops: Vec<MetaHop>,
 }
@@ -275,6 +278,7 @@ impl Session {
             netns,
             tc_attach: probes.tc_mode.as_str(),
             max_flows: config.max_flows,
+            flow_cache_slots: probes.flow_cache_slots,
             hooks: probes.hooks.clone(),
             hops: hops.iter().map(meta_hop).collect(),
         };

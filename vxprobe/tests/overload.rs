@@ -47,6 +47,7 @@ fn a_full_flow_table_evicts_counts_and_keeps_hops_exact() {
 
     let meta = lines.iter().find(|l| l["kind"] == "meta").unwrap();
     assert_eq!(meta["max_flows"], CAPACITY);
+    assert_eq!(meta["flow_cache_slots"], 1);
     let packets = hop_totals(&lines, "packets");
     assert_eq!(
         packets.get(&(POD_HOST_DEV.to_owned(), "ingress".to_owned())),

@@ -101,7 +101,7 @@ pub async fn observe(
         tc_attach: TcAttach::Auto,
         skip_hook: Vec::new(),
         max_flows: 4096,
-        flow_cache_slots: vxprobe_common::FLOW_CACHE_SLOTS,
+        flow_cache_slots: None,
         ring_size: 1 << 20,
         all_drops: false,
     })
