@@ -49,9 +49,11 @@ pub struct FlowCounters {
     pub max_epoch: u32,
     /// The tunnel header last seen for this flow.
     pub outer: OuterHeader,
+    pub _pad: u32,
     /// In the flow map: the generation of this CPU's cache slot that was last added in
-    /// ([`CachedFlow`]); 0 before any. Unused in the cache itself.
-    pub generation: u32,
+    /// ([`CachedFlow`]); 0 before any. Unused in the cache itself. Last, and written first:
+    /// a reader copying the value front to back never sees counters newer than it.
+    pub generation: u64,
 }
 
 impl FlowCounters {
@@ -78,18 +80,18 @@ impl FlowCounters {
 /// a key compare); a packet of another flow moves the holder's counters into the flow map
 /// (its `generation` with them), then takes the slot with a new generation.
 ///
-/// The generation is written twice around a takeover, `generation_end` first and `generation` last, so a
-/// reader that copies the slot front to back and finds both equal has a copy from one
-/// holder.
+/// The generation is written twice around a takeover, `generation_end` first and
+/// `generation` last, so a reader that copies the slot front to back and finds both equal has
+/// a copy from one holder. 64 bits: a flow map entry's stamp can be far behind its slot's.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct CachedFlow {
-    pub generation: u32,
+    pub generation: u64,
     /// All zero while the slot was never taken (no packet has ifindex 0).
     pub key: FlowKey,
-    pub counters: FlowCounters,
-    pub generation_end: u32,
     pub _pad: u32,
+    pub counters: FlowCounters,
+    pub generation_end: u64,
 }
 
 /// The slot a flow takes in a CPU's share of the flow cache (`slots` a power of two). Runs on
@@ -215,8 +217,8 @@ mod tests {
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
 const _: () = assert!(core::mem::size_of::<OuterHeader>() == 44);
-const _: () = assert!(core::mem::size_of::<FlowCounters>() == 48 + 48);
-const _: () = assert!(core::mem::size_of::<CachedFlow>() == 4 + 44 + 96 + 8);
+const _: () = assert!(core::mem::size_of::<FlowCounters>() == 48 + 48 + 8);
+const _: () = assert!(core::mem::size_of::<CachedFlow>() == 8 + 48 + 104 + 8);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FragInfo>() == 88);
 const _: () = assert!(core::mem::size_of::<FlowFilter>() == 24);

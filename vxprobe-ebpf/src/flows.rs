@@ -56,6 +56,7 @@ pub fn count(key: &FlowKey, sample: &HopCounters, outer: &OuterHeader, spare: &m
         spare.max_len = sample.max_len;
         spare.max_epoch = sample.max_epoch;
         spare.outer = clean(outer);
+        spare._pad = 0;
         spare.generation = 0;
         add_to_map(key, spare);
         return;
@@ -73,11 +74,11 @@ pub fn count(key: &FlowKey, sample: &HopCounters, outer: &OuterHeader, spare: &m
         slot.counters.generation = slot.generation;
         add_to_map(&slot.key, &slot.counters);
     }
-    let generation = match slot.generation.wrapping_add(1) {
-        0 => 1,
-        g => g,
-    };
+    let generation = slot.generation + 1;
+    // The order the reader relies on (CachedFlow): kept by the compiler, and by x86's
+    // ordered stores; BPF has no store barrier for weaker CPUs.
     slot.generation_end = generation;
+    compiler_barrier();
     slot.key = *key;
     let c = &mut slot.counters;
     c.packets = sample.packets;
@@ -88,8 +89,19 @@ pub fn count(key: &FlowKey, sample: &HopCounters, outer: &OuterHeader, spare: &m
     c.max_len = sample.max_len;
     c.max_epoch = sample.max_epoch;
     c.outer = clean(outer);
+    c._pad = 0;
     c.generation = 0;
+    compiler_barrier();
     slot.generation = generation;
+}
+
+/// Keeps the compiler from moving stores across it: LLVM's BPF backend cannot select a
+/// fence, but a helper call is opaque to it. The cheapest helper (inlined by the verifier on
+/// x86-64); only on the handover path.
+#[inline(always)]
+fn compiler_barrier() {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_get_smp_processor_id() };
 }
 
 /// Eleven word compares: a `==` on the byte arrays would be a memcmp call, which BPF has not.
@@ -136,11 +148,15 @@ fn add_to_map(key: &FlowKey, counted: &FlowCounters) {
 
 #[inline(always)]
 fn merge(entry: &mut FlowCounters, counted: &FlowCounters) {
-    entry.merge(counted);
-    // 0: counted without the cache, which leaves the entry's generation as it was.
+    // The stamp first (FlowCounters::generation): a reader that copies the entry mid-merge
+    // may see the new stamp with old counters, which it detects and reads again, never the
+    // new counters with the old stamp, which would count the holder twice. 0: counted
+    // without the cache, which leaves the stamp as it was.
     if counted.generation != 0 {
         entry.generation = counted.generation;
+        compiler_barrier();
     }
+    entry.merge(counted);
 }
 
 #[inline(always)]

@@ -27,10 +27,9 @@ use aya::maps::MapData;
 use vxprobe_common::{CachedFlow, FlowCounters, FlowKey, flow_cache_slot};
 
 /// Whether a holder of `generation` is already in a map entry stamped `in_map` (generations
-/// only grow, by one per handover; 2^31 handovers of one slot between two reads will not
-/// happen).
-fn handed_over(generation: u32, in_map: u32) -> bool {
-    in_map != 0 && in_map.wrapping_sub(generation) as i32 >= 0
+/// only grow, by one per handover, in 64 bits: they do not wrap).
+fn handed_over(generation: u64, in_map: u64) -> bool {
+    in_map != 0 && in_map >= generation
 }
 
 /// `now - before` for the additive counters; `now`'s maximum if it is `epoch`'s, its tunnel
@@ -49,6 +48,7 @@ fn since(now: &FlowCounters, before: &FlowCounters, epoch: u32) -> FlowCounters 
         },
         max_epoch: epoch,
         outer: now.outer,
+        _pad: 0,
         generation: 0,
     }
 }
@@ -84,7 +84,7 @@ struct Seen {
 /// What was reported from a slot's holder so far.
 #[derive(Copy, Clone, Debug, Default)]
 struct Reported {
-    generation: u32,
+    generation: u64,
     key: FlowKey,
     counters: FlowCounters,
     /// Cleared once the map has this holder (its counters reported through the map).
@@ -94,21 +94,50 @@ struct Reported {
 /// The merge, apart from where the slots come from (so it can be tested on made-up reads).
 #[derive(Default)]
 pub struct CacheMerge {
-    cpus: usize,
+    /// The possible CPUs' ids, in the order per-CPU map values come in.
+    cpu_ids: Vec<usize>,
     slots: u32,
     seen: Vec<Seen>,
     reported: Vec<Reported>,
 }
 
 impl CacheMerge {
-    pub fn new(cpus: usize, slots: u32) -> Self {
-        let len = cpus * slots as usize;
+    /// `cpu_ids`: the possible CPUs, ascending; the cache has a share for every id up to the
+    /// last.
+    pub fn new(cpu_ids: Vec<usize>, slots: u32) -> Self {
+        let len = cpu_ids.last().map_or(0, |last| last + 1) * slots as usize;
         Self {
-            cpus,
+            cpu_ids,
             slots,
             seen: vec![Seen::default(); len],
             reported: vec![Reported::default(); len],
         }
+    }
+
+    /// The cache slot of `key` on the CPU whose per-CPU value comes `position`-th.
+    fn index(&self, key_slot: usize, position: usize) -> Option<usize> {
+        let cpu = *self.cpu_ids.get(position)?;
+        Some(cpu * self.slots as usize + key_slot).filter(|i| *i < self.seen.len())
+    }
+
+    /// Whether a map entry shows a handover of one of the flow's slots since the cache was
+    /// read or last reported: the kernel was writing it then, and the copy may have the new
+    /// stamp with older counters (`FlowCounters::generation`). Read such an entry again before
+    /// [`CacheMerge::settle`].
+    pub fn shows_handover(&self, key: &FlowKey, per_cpu: &[FlowCounters]) -> bool {
+        let slot = flow_cache_slot(key, self.slots) as usize;
+        per_cpu.iter().enumerate().any(|(position, value)| {
+            let Some(index) = self.index(slot, position) else {
+                return false;
+            };
+            let (reported, seen) = (&self.reported[index], &self.seen[index]);
+            (reported.live
+                && reported.key == *key
+                && handed_over(reported.generation, value.generation))
+                || (seen.status == Status::Held
+                    && seen.slot.key == *key
+                    && handed_over(seen.slot.generation, value.generation))
+        })
     }
 
     /// Sets what the read of slot `index` found (`None`: torn at every try).
@@ -138,8 +167,10 @@ impl CacheMerge {
     ) -> bool {
         let slot = flow_cache_slot(key, self.slots) as usize;
         let mut held = false;
-        for (cpu, value) in per_cpu.iter().enumerate().take(self.cpus) {
-            let index = cpu * self.slots as usize + slot;
+        for (position, value) in per_cpu.iter().enumerate() {
+            let Some(index) = self.index(slot, position) else {
+                continue;
+            };
             let reported = &mut self.reported[index];
             if reported.live
                 && reported.key == *key
@@ -210,15 +241,15 @@ pub struct FlowCache {
 unsafe impl Send for FlowCache {}
 
 impl FlowCache {
-    /// Maps the cache (created `BPF_F_MMAPABLE`, possible CPUs x slots entries).
+    /// Maps the cache (created `BPF_F_MMAPABLE`, a share of slots per possible CPU id).
     pub fn map(map: &MapData) -> anyhow::Result<Self> {
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(path, e)| anyhow::Error::new(e).context(format!("reading {path}")))?;
+        let cpu_ids = possible_cpus()?;
+        let shares = cpu_ids.last().map_or(1, |last| last + 1);
         let entries = map.info().context("the flow cache's size")?.max_entries() as usize;
-        let slots = entries / cpus;
+        let slots = entries / shares;
         anyhow::ensure!(
-            slots > 0 && slots.is_power_of_two() && slots * cpus == entries,
-            "the flow cache has {entries} entries, not a power of two per CPU ({cpus} CPUs)"
+            slots > 0 && slots.is_power_of_two() && slots * shares == entries,
+            "the flow cache has {entries} entries, not a power of two for each of {shares} CPUs"
         );
         let len = entries;
         let page = 4096;
@@ -243,7 +274,7 @@ impl FlowCache {
             base: NonNull::new(addr.cast()).context("mmap returned null")?,
             len,
             bytes,
-            merge: CacheMerge::new(cpus, slots as u32),
+            merge: CacheMerge::new(cpu_ids, slots as u32),
         })
     }
 
@@ -291,14 +322,37 @@ fn read_slot(slot: *const CachedFlow) -> Option<CachedFlow> {
                 return Some(CachedFlow {
                     generation,
                     key,
+                    _pad: 0,
                     counters,
                     generation_end,
-                    _pad: 0,
                 });
             }
         }
     }
     None
+}
+
+/// The ids of the possible CPUs (`/sys/devices/system/cpu/possible`, e.g. `0-3` or `0-1,4`),
+/// ascending: per-CPU map values come one per possible CPU in this order, and the flow cache
+/// has a share per id up to the last.
+pub fn possible_cpus() -> anyhow::Result<Vec<usize>> {
+    const POSSIBLE: &str = "/sys/devices/system/cpu/possible";
+    let text = std::fs::read_to_string(POSSIBLE).with_context(|| format!("reading {POSSIBLE}"))?;
+    parse_cpu_list(text.trim()).with_context(|| format!("{POSSIBLE}: '{}'", text.trim()))
+}
+
+fn parse_cpu_list(text: &str) -> anyhow::Result<Vec<usize>> {
+    let mut ids = Vec::new();
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        let (first, last): (usize, usize) = (first.parse()?, last.parse()?);
+        anyhow::ensure!(first <= last && last < 1 << 16, "bad CPU range {part}");
+        ids.extend(first..=last);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    anyhow::ensure!(!ids.is_empty(), "no CPUs");
+    Ok(ids)
 }
 
 /// Deltas of flows that hold a cache slot, merged with their map deltas before they go out.
@@ -342,13 +396,13 @@ mod tests {
         }
     }
 
-    fn slot(key: FlowKey, generation: u32, packets: u64) -> CachedFlow {
+    fn slot(key: FlowKey, generation: u64, packets: u64) -> CachedFlow {
         CachedFlow {
             generation,
             key,
+            _pad: 0,
             counters: counted(packets),
             generation_end: generation,
-            _pad: 0,
         }
     }
 
@@ -357,9 +411,9 @@ mod tests {
     struct World {
         merge: CacheMerge,
         /// The slot: (generation, key, packets).
-        slot: Option<(u32, FlowKey, u64)>,
+        slot: Option<(u64, FlowKey, u64)>,
         /// The map, per flow: (packets, generation).
-        map: HashMap<FlowKey, (u64, u32)>,
+        map: HashMap<FlowKey, (u64, u64)>,
         /// What the reader saw of the map last time, per flow.
         map_seen: HashMap<FlowKey, u64>,
         /// What the reader reported, per flow.
@@ -373,7 +427,7 @@ mod tests {
     impl World {
         fn new() -> Self {
             Self {
-                merge: CacheMerge::new(1, 1),
+                merge: CacheMerge::new(vec![0], 1),
                 slot: None,
                 map: HashMap::new(),
                 map_seen: HashMap::new(),
@@ -523,5 +577,46 @@ mod tests {
         assert_eq!(w.total.get(&key(1)).copied().unwrap_or(0), 0);
         w.interval();
         assert!(w.exact());
+    }
+
+    #[test]
+    fn a_map_copy_taken_mid_handover_is_read_again() {
+        let mut w = World::new();
+        w.packet(key(1));
+        w.interval();
+        w.packet(key(1));
+        // The kernel stamps the entry before it adds the counters: a copy taken in between
+        // has generation 1 and none of the holder's packets.
+        let torn = FlowCounters {
+            generation: 1,
+            ..counted(0)
+        };
+        assert!(w.merge.shows_handover(&key(1), &[torn]));
+        let untouched = FlowCounters {
+            generation: 0,
+            ..counted(0)
+        };
+        assert!(!w.merge.shows_handover(&key(1), &[untouched]));
+        assert!(!w.merge.shows_handover(&key(2), &[torn]));
+    }
+
+    /// Per-CPU values come one per possible CPU: with CPUs 0 and 2, the second value is CPU
+    /// 2's, matched with CPU 2's share of the cache.
+    #[test]
+    fn per_cpu_values_are_matched_to_possible_cpu_ids() {
+        let mut merge = CacheMerge::new(vec![0, 2], 1);
+        merge.see(2, Some(slot(key(1), 5, 3)));
+        let in_map = FlowCounters {
+            generation: 5,
+            ..counted(3)
+        };
+        let mut delta = counted(3);
+        assert!(!merge.settle(&key(1), &[counted(0), in_map], &mut delta));
+        let mut from_cache = 0;
+        merge.deltas(1, |_, d| from_cache += d.packets);
+        assert_eq!(from_cache, 0, "CPU 2's slot is already in the map");
+        assert_eq!(parse_cpu_list("0-1,4").unwrap(), vec![0, 1, 4]);
+        assert_eq!(parse_cpu_list("0").unwrap(), vec![0]);
+        assert!(parse_cpu_list("x").is_err());
     }
 }

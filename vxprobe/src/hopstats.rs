@@ -4,8 +4,9 @@
 //!
 //! Maps are read in batches (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6+: one system call per few
 //! thousand entries instead of two per entry), with key-by-key iteration where the kernel has
-//! no batch operations. Per-flow deltas are handed out as they are computed, never collected:
-//! at 100,000 flows (300,000 entries over three hops) collecting cost hundreds of MiB.
+//! no batch operations. Per-flow deltas are handed out as they are computed, never all
+//! collected (at 100,000 flows, 300,000 entries over three hops, that cost hundreds of MiB):
+//! only those of flows holding a cache slot wait, at most the cache's size.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -364,6 +365,7 @@ impl Seen {
             },
             max_epoch: epoch,
             outer: now.outer,
+            _pad: 0,
             generation: 0,
         }
     }
@@ -470,6 +472,14 @@ pub struct FlowStats {
     record: Record,
     /// Deltas of flows that hold cache slots, until the cache's part is added.
     pending: Pending,
+    /// Devices whose flows were deleted ([`FlowStats::forget_device`]): their flows still
+    /// holding cache slots reach the map again when another flow takes the slot, and are
+    /// deleted then.
+    forgotten: BTreeSet<u32>,
+    /// Keys of forgotten devices found in the last read, to delete.
+    stale: Vec<FlowKey>,
+    /// Entries deleted since [`FlowStats::take_deleted`].
+    deleted: u64,
     /// Entries new in the current read, with their key hashes.
     fresh: Vec<(u64, Seen)>,
     read: u32,
@@ -489,6 +499,9 @@ impl FlowStats {
             batch: BatchReader::new(),
             record: Record::default(),
             pending: Pending::default(),
+            forgotten: BTreeSet::new(),
+            stale: Vec::new(),
+            deleted: 0,
             fresh: Vec::new(),
             read: 0,
         })
@@ -507,12 +520,24 @@ impl FlowStats {
         let read = self.read;
         self.cache.read();
         let (record, fresh, pending) = (&mut self.record, &mut self.fresh, &mut self.pending);
+        let (forgotten, stale, map) = (&self.forgotten, &mut self.stale, &self.map);
         let cache = self.cache.merge();
         let mut failed = None;
-        read_all(&self.map, &mut self.batch, |key, per_cpu| {
+        read_all(map, &mut self.batch, |key, per_cpu| {
             if failed.is_some() {
                 return;
             }
+            if forgotten.contains(&key.ifindex) {
+                stale.push(*key);
+                return;
+            }
+            let settled;
+            let per_cpu = if cache.shows_handover(key, per_cpu) {
+                settled = read_settled(map, key);
+                settled.as_ref().map_or(per_cpu, |v| &v[..])
+            } else {
+                per_cpu
+            };
             let now = &sum(per_cpu);
             let hash = key_hash(key);
             let delta = match record.find(hash) {
@@ -545,7 +570,11 @@ impl FlowStats {
         if let Some(e) = failed {
             return Err(e);
         }
-        cache.deltas(epoch, |key, delta| pending.add(key, delta));
+        cache.deltas(epoch, |key, delta| {
+            if !forgotten.contains(&key.ifindex) {
+                pending.add(key, delta);
+            }
+        });
         for (key, delta) in pending.drain() {
             if delta.packets > 0 {
                 out(&key, &delta)?;
@@ -554,6 +583,11 @@ impl FlowStats {
         record.rebuild(read, fresh);
         if fresh.capacity() > 65536 {
             *fresh = Vec::new();
+        }
+        for key in self.stale.drain(..) {
+            if self.map.remove(&key).is_ok() {
+                self.deleted += 1;
+            }
         }
         Ok(())
     }
@@ -567,25 +601,53 @@ impl FlowStats {
         self.record.len() == 0
     }
 
-    /// Deletes the entries `which` picks from the kernel map (a vanished device's), with what
-    /// was last seen of them; returns how many. Rare (a device went away), so it walks the
-    /// kernel's keys rather than keeping every key in memory.
-    pub fn forget(&mut self, which: impl Fn(&FlowKey) -> bool) -> u64 {
+    /// Deletes a vanished device's entries from the kernel map, with what was last seen of
+    /// them, and those that reach the map later (from cache slots) until the device's ifindex
+    /// is observed again ([`FlowStats::remember_device`]). Rare (a device went away), so it
+    /// walks the kernel's keys rather than keeping every key in memory.
+    pub fn forget_device(&mut self, ifindex: u32) {
+        self.forgotten.insert(ifindex);
         let keys: Vec<FlowKey> = self
             .map
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| which(k))
+            .filter(|k| k.ifindex == ifindex)
             .collect();
-        let mut deleted = 0;
         for key in keys {
             self.record.remove(key_hash(&key));
             if self.map.remove(&key).is_ok() {
-                deleted += 1;
+                self.deleted += 1;
             }
         }
-        deleted
     }
+
+    /// A device is observed at `ifindex` (again): its flows count from now on.
+    pub fn remember_device(&mut self, ifindex: u32) {
+        self.forgotten.remove(&ifindex);
+    }
+
+    /// Entries vxprobe deleted itself since the last call.
+    pub fn take_deleted(&mut self) -> u64 {
+        std::mem::take(&mut self.deleted)
+    }
+}
+
+/// One entry's per-CPU values read again, until two reads agree (a handover in progress is
+/// over within nanoseconds); `None` if the entry is gone.
+fn read_settled(
+    map: &PerCpuHashMap<MapData, FlowKey, FlowCounters>,
+    key: &FlowKey,
+) -> Option<PerCpuValues<FlowCounters>> {
+    let mut last = map.get(key, 0).ok()?;
+    for _ in 0..3 {
+        let again = map.get(key, 0).ok()?;
+        let same = last.iter().zip(again.iter()).all(|(a, b)| a == b);
+        last = again;
+        if same {
+            break;
+        }
+    }
+    Some(last)
 }
 
 fn take_map<K: Pod, V: Pod>(

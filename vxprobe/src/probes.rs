@@ -228,7 +228,7 @@ pub struct HookChoice {
 
 /// Flow cache slots per CPU unless told: [`FLOW_CACHE_SLOTS`], fewer where many CPUs would
 /// make the cache (and its reader's copy) large: 32768 slots in all at most, a power of two
-/// per CPU. `cpus`: possible CPUs, which per-CPU shares are sized by.
+/// per CPU. `cpus`: the CPU ids the cache has a share for.
 ///
 /// [`FLOW_CACHE_SLOTS`]: vxprobe_common::FLOW_CACHE_SLOTS
 pub fn default_flow_cache_slots(cpus: usize) -> u32 {
@@ -298,13 +298,16 @@ impl Probes {
         loader.override_global(names::FILTER, filter, true);
         loader.map_max_entries(names::FLOW_STATS, tables.max_flows);
         loader.map_max_entries(names::EVENTS, tables.ring_size);
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(path, e)| anyhow::Error::new(e).context(format!("reading {path}")))?;
+        // A share of the flow cache per CPU id up to the last possible one (the programs
+        // index it by the id they run on).
+        let shares = crate::flowcache::possible_cpus()?
+            .last()
+            .map_or(1, |last| last + 1);
         let slots = tables
             .flow_cache_slots
-            .unwrap_or_else(|| default_flow_cache_slots(cpus));
+            .unwrap_or_else(|| default_flow_cache_slots(shares));
         loader.override_global(names::FLOW_CACHE_SLOTS, &slots, true);
-        loader.map_max_entries(names::FLOW_CACHE, (cpus as u32).saturating_mul(slots));
+        loader.map_max_entries(names::FLOW_CACHE, (shares as u32).saturating_mul(slots));
         raise_memlock_limit();
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
             let hint = refused_hint(&e);

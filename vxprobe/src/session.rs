@@ -335,6 +335,7 @@ impl Session {
             return Ok(false);
         }
         self.probes.attach_hop(&hop)?;
+        self.flow_stats.remember_device(ifindex);
         self.enricher
             .hops
             .insert(ifindex, (hop.device.name.clone(), link_of(&hop)));
@@ -503,6 +504,7 @@ impl Session {
         if !batch.is_empty() {
             out(IntervalPart::Flows(&batch))?;
         }
+        self.evictions.deleted(self.flow_stats.take_deleted());
         let evicted = self.evictions.since_last(created, self.flow_stats.len());
         self.epoch.advance()?;
         // Vanished devices had their last line: free their slots in the kernel's maps.
@@ -514,8 +516,7 @@ impl Session {
             if let Some(slot) = self.probes.hop_slots.release(ifindex) {
                 self.hop_stats.forget(ifindex, slot)?;
             }
-            let deleted = self.flow_stats.forget(|key| key.ifindex == ifindex);
-            self.evictions.deleted(deleted);
+            self.flow_stats.forget_device(ifindex);
             self.enricher.hops.remove(&ifindex);
         }
         out(IntervalPart::End(&IntervalEnd { evicted }))
