@@ -14,6 +14,11 @@
 //!
 //! The cache is read first, the map second: a handover the cache read missed has its
 //! counters in the map by the time the map is read.
+//!
+//! Limits: where the LRU evicts a flow's entry after a handover, the counts of that holder
+//! not yet reported are lost (as any evicted entry's are), and what the cache had reported
+//! of it may be taken off the counts of the entry created next: losses only where the map is
+//! already evicting (`evicted` says so). Weakly ordered CPUs: see [`read_slot`].
 
 use std::{
     collections::HashMap,
