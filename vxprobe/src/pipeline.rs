@@ -98,6 +98,7 @@ pub async fn run(
         let stopping = tokio::select! {
             ready = session.events_ready() => {
                 ready?;
+                write_waiting_notes(&mut notes, sinks)?;
                 drain(session, sinks, &mut summary, &mut frames)?;
                 continue;
             }
@@ -115,6 +116,7 @@ pub async fn run(
             () = &mut stop => true,
         };
         // Records submitted without a wakeup are picked up here, before the interval closes.
+        write_waiting_notes(&mut notes, sinks)?;
         drain(session, sinks, &mut summary, &mut frames)?;
         let now = Instant::now();
         session.close_interval(now - interval_start, |part| {
@@ -161,6 +163,24 @@ async fn next_note(notes: &mut Option<tokio::sync::mpsc::Receiver<String>>) -> O
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Writes the notes already sent, before the events drained next: a note made before what it
+/// announces (the demo's "fault: ..." before it injects the fault) precedes that fault's
+/// events in the output, whichever branch of the loop wins.
+fn write_waiting_notes(
+    notes: &mut Option<tokio::sync::mpsc::Receiver<String>>,
+    sinks: &mut [&mut dyn Sink],
+) -> anyhow::Result<()> {
+    let Some(rx) = notes else {
+        return Ok(());
+    };
+    while let Ok(text) = rx.try_recv() {
+        for sink in sinks.iter_mut() {
+            sink.note(&text)?;
+        }
+    }
+    Ok(())
 }
 
 fn drain(
