@@ -125,10 +125,11 @@ impl CacheMerge {
         Some(cpu * self.slots as usize + key_slot).filter(|i| *i < self.seen.len())
     }
 
-    /// Whether a map entry shows a handover of one of the flow's slots since the cache was
-    /// read or last reported: the kernel was writing it then, and the copy may have the new
-    /// stamp with older counters (`FlowCounters::generation`). Read such an entry again before
-    /// [`CacheMerge::settle`].
+    /// Whether a map entry shows a handover of one of the flow's slots that happened after the
+    /// cache was read: the kernel may have been writing the entry while it was copied, and the
+    /// copy may have the new stamp with older counters (`FlowCounters::generation`). Read such
+    /// an entry again before [`CacheMerge::settle`]. Handovers the cache read already saw were
+    /// over before the map was read (the kernel fills the map before it gives the slot away).
     pub fn shows_handover(&self, key: &FlowKey, per_cpu: &[FlowCounters]) -> bool {
         let slot = flow_cache_slot(key, self.slots) as usize;
         per_cpu.iter().enumerate().any(|(position, value)| {
@@ -136,12 +137,18 @@ impl CacheMerge {
                 return false;
             };
             let (reported, seen) = (&self.reported[index], &self.seen[index]);
-            (reported.live
-                && reported.key == *key
-                && handed_over(reported.generation, value.generation))
-                || (seen.status == Status::Held
-                    && seen.slot.key == *key
-                    && handed_over(seen.slot.generation, value.generation))
+            match seen.status {
+                Status::Held => {
+                    seen.slot.key == *key && handed_over(seen.slot.generation, value.generation)
+                }
+                // Not known when the holder changed: read again if the map has one of ours.
+                Status::Torn => {
+                    reported.live
+                        && reported.key == *key
+                        && handed_over(reported.generation, value.generation)
+                }
+                Status::Empty | Status::InMap => false,
+            }
         })
     }
 
@@ -596,6 +603,7 @@ mod tests {
             generation: 1,
             ..counted(0)
         };
+        w.read_cache(); // the slot is still key(1)'s, generation 1
         assert!(w.merge.shows_handover(&key(1), &[torn]));
         let untouched = FlowCounters {
             generation: 0,
@@ -603,6 +611,10 @@ mod tests {
         };
         assert!(!w.merge.shows_handover(&key(1), &[untouched]));
         assert!(!w.merge.shows_handover(&key(2), &[torn]));
+        // A handover the cache read saw is over: no second read.
+        w.packet(key(2));
+        w.read_cache();
+        assert!(!w.merge.shows_handover(&key(1), &[torn]));
     }
 
     /// Per-CPU values come one per possible CPU: with CPUs 0 and 2, the second value is CPU
