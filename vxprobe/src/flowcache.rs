@@ -300,6 +300,11 @@ impl FlowCache {
         }
     }
 
+    /// Slots in the cache, all CPUs.
+    pub fn slots(&self) -> usize {
+        self.len
+    }
+
     pub fn merge(&mut self) -> &mut CacheMerge {
         &mut self.merge
     }
@@ -372,6 +377,11 @@ fn parse_cpu_list(text: &str) -> anyhow::Result<Vec<usize>> {
 pub struct Pending(HashMap<FlowKey, FlowCounters>);
 
 impl Pending {
+    /// `slots`: the cache's; a flow holding no slot never waits here.
+    pub fn for_slots(slots: usize) -> Self {
+        Self(HashMap::with_capacity(slots))
+    }
+
     pub fn add(&mut self, key: &FlowKey, delta: &FlowCounters) {
         self.0
             .entry(*key)

@@ -493,12 +493,15 @@ impl FlowStats {
         let aya::maps::Map::Array(cache) = cache else {
             anyhow::bail!("map {} is not an array", names::FLOW_CACHE);
         };
+        let cache = FlowCache::map(cache)?;
         Ok(Self {
-            cache: FlowCache::map(cache)?,
+            // Sized once, before the large buffers every read makes: grown in the middle of
+            // them, it fragmented the heap (+3 MiB peak RSS at 100k flows).
+            pending: Pending::for_slots(cache.slots()),
+            cache,
             map: take_map(ebpf, names::FLOW_STATS)?,
             batch: BatchReader::new(),
             record: Record::default(),
-            pending: Pending::default(),
             forgotten: BTreeSet::new(),
             stale: Vec::new(),
             deleted: 0,
