@@ -519,6 +519,13 @@ impl Session {
             self.flow_stats.forget_device(ifindex);
             self.enricher.hops.remove(&ifindex);
         }
+        // Reading a large flow table frees megabytes of buffers each interval; give the free
+        // pages back so they do not pile up as fragments between intervals.
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only releases memory the allocator holds free.
+        unsafe {
+            libc::malloc_trim(0);
+        }
         out(IntervalPart::End(&IntervalEnd { evicted }))
     }
 
