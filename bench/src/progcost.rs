@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde_json::Value;
 use vxprobe::{
     cli::TcAttach,
+    devices,
     lab::{Lab, LabOptions, faults},
     probes::{Probes, Tables, TcMode},
 };
@@ -272,21 +273,21 @@ struct Yardstick {
 }
 
 impl Yardstick {
-    /// `hops`: the recorder's `-i` arguments (names, or globs ending in `*`).
+    /// `hops`: the recorder's `-i` arguments, selected as vxprobe selects them.
     fn attach(netns: &str, hops: &[String]) -> anyhow::Result<Self> {
-        let patterns: Vec<&str> = hops
-            .iter()
-            .map(String::as_str)
-            .filter(|h| *h != "-i")
-            .collect();
-        let devices = lab_devices(netns)?
-            .into_iter()
-            .filter(|d| patterns.iter().any(|p| glob_match(p, d)))
-            .collect::<Vec<_>>();
-        anyhow::ensure!(!devices.is_empty(), "no device of {hops:?} in {netns}");
-        // aya attaches by name, in the calling thread's namespace.
+        let patterns: Vec<String> = hops.iter().filter(|h| *h != "-i").cloned().collect();
+        // Devices are listed, and aya attaches by name, in the calling thread's namespace.
         let _inside = faults::enter_netns(netns)
             .with_context(|| format!("entering network namespace {netns}"))?;
+        let listed = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(devices::list_devices())?;
+        let devices = devices::select(&listed, &patterns, &Default::default())
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .into_iter()
+            .map(|hop| hop.device.name)
+            .collect::<Vec<_>>();
         let mode = TcMode::choose(TcAttach::Auto);
         let mut probes = Probes::load(mode, None, &FlowFilter::NONE, Tables::default())?;
         let prog = classifier(&mut probes, names::YARDSTICK_TC)?;
@@ -307,29 +308,6 @@ impl Yardstick {
             _probes: probes,
             id,
         })
-    }
-}
-
-/// Device names in a lab namespace.
-fn lab_devices(netns: &str) -> anyhow::Result<Vec<String>> {
-    let out = Command::new("ip")
-        .args(["-n", netns, "-j", "link", "show"])
-        .output()
-        .context("running ip link show")?;
-    let links: Value = serde_json::from_slice(&out.stdout).context("ip's JSON")?;
-    Ok(links
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
-        .collect())
-}
-
-/// `-i`'s patterns: a name, or a prefix ending in `*`.
-fn glob_match(pattern: &str, name: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => name.starts_with(prefix),
-        None => pattern == name,
     }
 }
 
