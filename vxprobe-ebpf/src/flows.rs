@@ -48,16 +48,7 @@ pub fn count(key: &FlowKey, sample: &HopCounters, outer: &OuterHeader, spare: &m
     let index = cpu * slots + flow_cache_slot(key, slots);
     let Some(slot) = FLOW_CACHE.get_ptr_mut(index) else {
         // Only if user space sized the cache for fewer CPUs than run this program.
-        spare.packets = sample.packets;
-        spare.bytes = sample.bytes;
-        spare.segs = sample.segs;
-        spare.fragments = sample.fragments;
-        spare.oversize = sample.oversize;
-        spare.max_len = sample.max_len;
-        spare.max_epoch = sample.max_epoch;
-        spare.outer = clean(outer);
-        spare._pad = 0;
-        spare.generation = 0;
+        first_count(spare, sample, outer);
         add_to_map(key, spare);
         return;
     };
@@ -80,7 +71,15 @@ pub fn count(key: &FlowKey, sample: &HopCounters, outer: &OuterHeader, spare: &m
     slot.generation_end = generation;
     compiler_barrier();
     slot.key = *key;
-    let c = &mut slot.counters;
+    first_count(&mut slot.counters, sample, outer);
+    compiler_barrier();
+    slot.generation = generation;
+}
+
+/// A flow's counters from its first packet, field by field: LLVM makes a memset call (a byte
+/// loop on the BPF target) of a struct literal's zeros.
+#[inline(always)]
+fn first_count(c: &mut FlowCounters, sample: &HopCounters, outer: &OuterHeader) {
     c.packets = sample.packets;
     c.bytes = sample.bytes;
     c.segs = sample.segs;
@@ -91,8 +90,6 @@ pub fn count(key: &FlowKey, sample: &HopCounters, outer: &OuterHeader, spare: &m
     c.outer = clean(outer);
     c._pad = 0;
     c.generation = 0;
-    compiler_barrier();
-    slot.generation = generation;
 }
 
 /// Keeps the compiler from moving stores across it: LLVM's BPF backend cannot select a
