@@ -31,40 +31,12 @@ use anyhow::Context as _;
 use aya::maps::MapData;
 use vxprobe_common::{CachedFlow, FlowCounters, FlowKey, flow_cache_slot};
 
+use crate::hopstats::Seen as SeenCounters;
+
 /// Whether a holder of `generation` is already in a map entry stamped `in_map` (generations
 /// only grow, by one per handover, in 64 bits: they do not wrap).
 fn handed_over(generation: u64, in_map: u64) -> bool {
     in_map != 0 && in_map >= generation
-}
-
-/// `now - before` for the additive counters; `now`'s maximum if it is `epoch`'s, its tunnel
-/// header.
-fn since(now: &FlowCounters, before: &FlowCounters, epoch: u32) -> FlowCounters {
-    FlowCounters {
-        packets: now.packets.saturating_sub(before.packets),
-        bytes: now.bytes.saturating_sub(before.bytes),
-        segs: now.segs.saturating_sub(before.segs),
-        fragments: now.fragments.saturating_sub(before.fragments),
-        oversize: now.oversize.saturating_sub(before.oversize),
-        max_len: if now.max_epoch == epoch {
-            now.max_len
-        } else {
-            0
-        },
-        max_epoch: epoch,
-        outer: now.outer,
-        _pad: 0,
-        generation: 0,
-    }
-}
-
-/// Takes what was already reported off a delta (additive counters only).
-fn subtract(delta: &mut FlowCounters, reported: &FlowCounters) {
-    delta.packets = delta.packets.saturating_sub(reported.packets);
-    delta.bytes = delta.bytes.saturating_sub(reported.bytes);
-    delta.segs = delta.segs.saturating_sub(reported.segs);
-    delta.fragments = delta.fragments.saturating_sub(reported.fragments);
-    delta.oversize = delta.oversize.saturating_sub(reported.oversize);
 }
 
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -91,7 +63,7 @@ struct Seen {
 struct Reported {
     generation: u64,
     key: FlowKey,
-    counters: FlowCounters,
+    counters: SeenCounters,
     /// Cleared once the map has this holder (its counters reported through the map).
     live: bool,
 }
@@ -188,7 +160,7 @@ impl CacheMerge {
                 && reported.key == *key
                 && handed_over(reported.generation, value.generation)
             {
-                subtract(delta, &reported.counters);
+                reported.counters.take_off(delta);
                 reported.live = false;
             }
             let seen = &mut self.seen[index];
@@ -208,12 +180,8 @@ impl CacheMerge {
     pub fn deltas(&mut self, epoch: u32, mut out: impl FnMut(&FlowKey, &FlowCounters)) {
         for (seen, reported) in self.seen.iter().zip(self.reported.iter_mut()) {
             match seen.status {
-                Status::Empty | Status::Torn => {}
-                Status::InMap => {
-                    if reported.generation == seen.slot.generation {
-                        reported.live = false;
-                    }
-                }
+                // InMap: `settle` has already taken what was reported of it off the map's.
+                Status::Empty | Status::Torn | Status::InMap => {}
                 Status::Held => {
                     let slot = &seen.slot;
                     let same = reported.live
@@ -222,13 +190,13 @@ impl CacheMerge {
                     let before = if same {
                         reported.counters
                     } else {
-                        FlowCounters::default()
+                        SeenCounters::default()
                     };
-                    let delta = since(&slot.counters, &before, epoch);
+                    let delta = before.delta(&slot.counters, epoch);
                     *reported = Reported {
                         generation: slot.generation,
                         key: slot.key,
-                        counters: slot.counters,
+                        counters: SeenCounters::of(&slot.counters, 0),
                         live: true,
                     };
                     if delta.packets > 0 {

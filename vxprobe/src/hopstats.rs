@@ -324,10 +324,11 @@ impl HopStats {
     }
 }
 
-/// What is kept of a flow entry between reads besides its key's hash: the additive counters,
-/// 40 bytes (a `FlowKey` and `FlowCounters` are 140).
+/// What is kept of a flow entry between reads besides its key's hash (and of a flow cache
+/// slot's holder, [`crate::flowcache`]): the additive counters, 40 bytes (a `FlowKey` and
+/// `FlowCounters` are 148).
 #[derive(Copy, Clone, Debug, Default)]
-struct Seen {
+pub(crate) struct Seen {
     packets: u64,
     bytes: u64,
     segs: u64,
@@ -339,7 +340,7 @@ struct Seen {
 }
 
 impl Seen {
-    fn of(c: &FlowCounters, read: u32) -> Self {
+    pub(crate) fn of(c: &FlowCounters, read: u32) -> Self {
         Self {
             packets: c.packets,
             bytes: c.bytes,
@@ -351,9 +352,9 @@ impl Seen {
     }
 
     /// `now` minus what was seen, with `now`'s gauges; the maximum only if it is `epoch`'s.
-    fn delta(&self, now: &FlowCounters, epoch: u32) -> FlowCounters {
+    pub(crate) fn delta(&self, now: &FlowCounters, epoch: u32) -> FlowCounters {
         FlowCounters {
-            packets: now.packets - self.packets,
+            packets: now.packets.saturating_sub(self.packets),
             bytes: now.bytes.saturating_sub(self.bytes),
             segs: now.segs.saturating_sub(self.segs),
             fragments: u64::from((now.fragments as u32).wrapping_sub(self.fragments)),
@@ -368,6 +369,15 @@ impl Seen {
             _pad: 0,
             generation: 0,
         }
+    }
+
+    /// Takes what was seen off a delta that includes it (additive counters only).
+    pub(crate) fn take_off(&self, delta: &mut FlowCounters) {
+        delta.packets = delta.packets.saturating_sub(self.packets);
+        delta.bytes = delta.bytes.saturating_sub(self.bytes);
+        delta.segs = delta.segs.saturating_sub(self.segs);
+        delta.fragments = delta.fragments.saturating_sub(u64::from(self.fragments));
+        delta.oversize = delta.oversize.saturating_sub(u64::from(self.oversize));
     }
 }
 
