@@ -43,6 +43,24 @@ fn key(dev: &str, dir: &str) -> (String, String) {
     (dev.to_owned(), dir.to_owned())
 }
 
+/// The hops a pod-to-pod packet crosses on the sending node, in order.
+const SENDER_PATH: [(&str, &str); 3] = [
+    (POD_HOST_DEV, "ingress"),
+    (VXLAN_DEV, "egress"),
+    (UNDERLAY_DEV, "egress"),
+];
+
+/// `totals` holds exactly `expected` at every hop of [`SENDER_PATH`].
+fn assert_along_sender_path(totals: &BTreeMap<(String, String), u64>, expected: u64, what: &str) {
+    for (dev, dir) in SENDER_PATH {
+        assert_eq!(
+            totals.get(&key(dev, dir)),
+            Some(&expected),
+            "{what} at {dev} {dir}: {totals:?}"
+        );
+    }
+}
+
 #[test]
 fn udp_datagrams_of_3000_bytes_are_fragments_at_every_hop() {
     if !is_root() {
@@ -68,15 +86,7 @@ fn udp_datagrams_of_3000_bytes_are_fragments_at_every_hop() {
     let expected = 3 * N;
     let ours = |l: &Value| l["flow"]["dport"] == 7777 && l["flow"]["sport"] == 40001;
     for (node, rec, hops) in [
-        (
-            "node1",
-            rec1,
-            [
-                (POD_HOST_DEV, "ingress"),
-                (VXLAN_DEV, "egress"),
-                (UNDERLAY_DEV, "egress"),
-            ],
-        ),
+        ("node1", rec1, SENDER_PATH),
         (
             "node2",
             rec2,
@@ -165,17 +175,7 @@ fn flows_that_share_one_cache_slot_are_counted_exactly() {
         let packets = totals(&lines, "flow", Some("packets"), |l| {
             l["flow"]["sport"] == port && l["flow"]["dport"] == 9
         });
-        for (dev, dir) in [
-            (POD_HOST_DEV, "ingress"),
-            (VXLAN_DEV, "egress"),
-            (UNDERLAY_DEV, "egress"),
-        ] {
-            assert_eq!(
-                packets.get(&key(dev, dir)),
-                Some(&N),
-                "port {port} at {dev} {dir}: {packets:?}"
-            );
-        }
+        assert_along_sender_path(&packets, N, &format!("port {port}"));
     }
 }
 
@@ -243,17 +243,7 @@ fn ipv6_pod_traffic_crosses_the_overlay_counted_and_attributed() {
     let lines = rec.stop();
     let ours = |l: &Value| l["flow"]["dport"] == 7779 && l["flow"]["src"] == n1.pod.ip6.to_string();
     let packets = totals(&lines, "flow", Some("packets"), ours);
-    for (dev, dir) in [
-        (POD_HOST_DEV, "ingress"),
-        (VXLAN_DEV, "egress"),
-        (UNDERLAY_DEV, "egress"),
-    ] {
-        assert_eq!(
-            packets.get(&key(dev, dir)),
-            Some(&N),
-            "{dev} {dir}: {packets:?}"
-        );
-    }
+    assert_along_sender_path(&packets, N, "IPv6 packets");
     let underlay = lines
         .iter()
         .find(|l| l["kind"] == "flow" && l["ifname"] == UNDERLAY_DEV && ours(l))
