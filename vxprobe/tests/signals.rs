@@ -2,15 +2,9 @@
 
 mod common;
 
-use common::{Recorder, hook_of, is_root, must};
+use common::{Recorder, hook_of, is_root, must, netns_inode};
 use serde_json::Value;
 use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV, faults};
-
-/// The inode of a lab namespace: kernel-wide hooks see every namespace of the node, and other
-/// labs (other tests, benchmarks) may use the same addresses.
-fn netns_inode(netns: &str) -> u64 {
-    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(format!("/run/netns/{netns}")).unwrap())
-}
 
 /// The Suricata-into-tap case of incident #4: frames larger than the tap's MTU, written with
 /// AF_PACKET while TSO/GSO are off, fail with EMSGSIZE. Half the sends name the device in
@@ -58,9 +52,11 @@ fn oversized_af_packet_sends_through(extra_args: &[&str]) -> String {
         "sendto"
     };
 
+    // The sends of this test's lab only: another test's lab may be refusing sends meanwhile.
+    let netns = netns_inode(node);
     let oversize: Vec<&Value> = lines
         .iter()
-        .filter(|l| l["kind"] == "oversize" && l["errno"] == 90)
+        .filter(|l| l["kind"] == "oversize" && l["errno"] == 90 && l["netns"] == netns)
         .collect();
     assert_eq!(oversize.len() as u32, N, "{oversize:#?}");
     for e in &oversize {
@@ -229,10 +225,15 @@ fn df_traffic_above_the_overlay_mtu_is_refused_at_the_hop_then_at_the_sender() {
             .iter()
             .all(|l| l["ifname"] == POD_HOST_DEV && l["location"] == "ip_forward")
     );
+    // The sender is in the pod; other tests' labs may be refusing sends meanwhile.
+    let pod = netns_inode(&n1.pod.netns);
     let at_sender = lines
         .iter()
         .filter(|l| {
-            l["kind"] == "oversize" && l["errno"] == 90 && l["process"]["pid"] == std::process::id()
+            l["kind"] == "oversize"
+                && l["errno"] == 90
+                && l["process"]["pid"] == std::process::id()
+                && l["netns"] == pod
         })
         .count() as u32;
     assert!(refused > 0, "the sender learned the path MTU");

@@ -206,6 +206,16 @@ pub fn has_kprobes() -> bool {
 }
 
 /// The hook `signal` used in a recording, from its `meta` line.
+/// The inode of a named network namespace: what events carry as `netns`. Kernel-wide hooks see
+/// every namespace of the node, and the tests of one binary (one process id) run side by side,
+/// each with a lab of its own: their events are told apart by namespace.
+pub fn netns_inode(name: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(format!("/run/netns/{name}"))
+        .unwrap_or_else(|e| panic!("netns {name}: {e}"))
+        .ino()
+}
+
 pub fn hook_of(lines: &[Value], signal: &str) -> String {
     assert_eq!(lines[0]["kind"], "meta", "the first line is meta");
     lines[0]["hooks"]
