@@ -1,6 +1,7 @@
 //! The ring buffer every event goes through, with loss counted per kind in the kernel.
 
 use aya_ebpf::{
+    TASK_COMM_LEN,
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
@@ -48,4 +49,18 @@ pub fn submit<T>(entry: RingBufEntry<T>) {
         }
     }
     entry.submit(flags);
+}
+
+/// The current task's name, written straight into an event: through a stack copy, its bytes
+/// may be read back as words at odd offsets, which the verifier refuses (kernel.rs'
+/// `read_bytes`). Zeros if the helper fails.
+#[inline(always)]
+pub fn current_comm(comm: &mut [u8; TASK_COMM_LEN]) {
+    // SAFETY: the helper writes at most TASK_COMM_LEN bytes into `comm`.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_get_current_comm(
+            comm.as_mut_ptr().cast(),
+            TASK_COMM_LEN as u32,
+        )
+    };
 }

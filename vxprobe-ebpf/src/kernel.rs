@@ -26,6 +26,17 @@ pub fn read<T>(base: *const u8, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()).ok() }
 }
 
+/// Reads `dst.len()` bytes at `base + offset` straight into `dst`; zeros when the read fails
+/// (the helper clears `dst` then). Byte arrays go here, not through [`read`]: a copy from the
+/// stack may come out as word loads at odd stack offsets, which the verifier refuses once
+/// misaligned loads are allowed (vxprobe-ebpf's build.rs).
+#[inline(always)]
+pub fn read_bytes(base: *const u8, offset: u32, dst: &mut [u8]) {
+    // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly on a bad one (a null
+    // `base` included); it writes at most `dst.len()` bytes.
+    let _ = unsafe { bpf_probe_read_kernel_buf(base.wrapping_add(offset as usize), dst) };
+}
+
 /// Namespace inode of a `struct net *`.
 #[inline(always)]
 pub fn net_inum(net: *const u8, o: &KernelOffsets) -> u32 {
@@ -56,7 +67,7 @@ pub fn fill_packet_info(skb: *const u8, info: &mut PacketInfo, o: &KernelOffsets
     info.ifname = [0; 16];
     if !dev.is_null() {
         info.ifindex = read::<i32>(dev, o.dev_ifindex).unwrap_or(0) as u32;
-        info.ifname = read::<[u8; 16]>(dev, o.dev_name).unwrap_or([0; 16]);
+        read_bytes(dev, o.dev_name, &mut info.ifname);
         let net = read::<*const u8>(dev, o.dev_nd_net).unwrap_or(core::ptr::null());
         netns = net_inum(net, o);
     }
@@ -94,13 +105,11 @@ pub fn read_sock(sk: *const u8, flow: &mut SockFlow, o: &KernelOffsets) -> u32 {
     flow.saddr = [0; 16];
     flow.daddr = [0; 16];
     if flow.family == AF_INET {
-        let s = read::<[u8; 4]>(sk, o.sk_rcv_saddr).unwrap_or([0; 4]);
-        let d = read::<[u8; 4]>(sk, o.sk_daddr).unwrap_or([0; 4]);
-        flow.saddr[..4].copy_from_slice(&s);
-        flow.daddr[..4].copy_from_slice(&d);
+        read_bytes(sk, o.sk_rcv_saddr, &mut flow.saddr[..4]);
+        read_bytes(sk, o.sk_daddr, &mut flow.daddr[..4]);
     } else if flow.family == AF_INET6 {
-        flow.saddr = read::<[u8; 16]>(sk, o.sk_v6_rcv_saddr).unwrap_or([0; 16]);
-        flow.daddr = read::<[u8; 16]>(sk, o.sk_v6_daddr).unwrap_or([0; 16]);
+        read_bytes(sk, o.sk_v6_rcv_saddr, &mut flow.saddr);
+        read_bytes(sk, o.sk_v6_daddr, &mut flow.daddr);
     }
     let net = read::<*const u8>(sk, o.sk_net).unwrap_or(core::ptr::null());
     net_inum(net, o)

@@ -80,38 +80,107 @@ pub struct Packet {
 /// bound the verifier must see before a variable offset may move a packet pointer.
 const MAX_DIRECT_OFFSET: usize = 1024;
 
-/// Reads a `T` at `offset`: straight from the packet when the bytes are in its linear part
-/// (headers almost always are), else through bpf_skb_load_bytes, which also reaches paged
-/// data and fails cleanly past the end. A helper call per header was most of the parse's cost.
+/// Room for the largest header read at once (IPv6's fixed 40 bytes) when it has to be copied
+/// out of the packet.
+pub const SPILL_LEN: usize = 40;
+
+/// Where a header is copied when it is not in the packet's linear data: per-CPU scratch memory
+/// (the BPF stack is too small to spare it).
+pub type Spill = [u8; SPILL_LEN];
+
+/// `N` bytes of header, wherever they are: fields are read out of it one load each.
+#[derive(Clone, Copy)]
+struct Header<'a> {
+    at: *const u8,
+    _bytes: core::marker::PhantomData<&'a [u8]>,
+}
+
+impl Header<'_> {
+    #[inline(always)]
+    fn u8(self, at: usize) -> u8 {
+        // SAFETY: every caller reads at constant offsets inside the N bytes `header` made
+        // readable (and the verifier refuses any load past them).
+        unsafe { *self.at.add(at) }
+    }
+
+    /// Sixteen bits in network order, as a host integer.
+    #[inline(always)]
+    fn be16(self, at: usize) -> u16 {
+        // SAFETY: as in `u8`; headers sit at any alignment (one load where the build allows
+        // misaligned access: vxprobe-ebpf's build.rs).
+        u16::from_be(unsafe { core::ptr::read_unaligned(self.at.add(at).cast::<u16>()) })
+    }
+
+    /// Thirty-two bits as they are in the packet (addresses are kept so).
+    #[inline(always)]
+    fn raw32(self, at: usize) -> u32 {
+        // SAFETY: as in `be16`.
+        unsafe { core::ptr::read_unaligned(self.at.add(at).cast::<u32>()) }
+    }
+
+    #[inline(always)]
+    fn be32(self, at: usize) -> u32 {
+        u32::from_be(self.raw32(at))
+    }
+
+    #[inline(always)]
+    fn addr16(self, at: usize) -> Addr {
+        [
+            self.raw32(at),
+            self.raw32(at + 4),
+            self.raw32(at + 8),
+            self.raw32(at + 12),
+        ]
+    }
+}
+
+/// The `N` header bytes at `offset`: in place when they are in the packet's linear data
+/// (headers almost always are), else copied into `spill` by bpf_skb_load_bytes, which also
+/// reaches paged data and fails cleanly past the end. Fields are then read in place: copying
+/// headers out byte by byte (what a `[u8; N]` read becomes on BPF) was most of the parse.
 ///
 /// Two bytes at least: for one, LLVM turns `start + 1 <= end` into `start < end`, which the
 /// verifier does not take as proof that a byte is there.
 #[inline(always)]
-fn load<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
-    const { assert!(size_of::<T>() >= 2) };
+fn header<'a, const N: usize>(
+    ctx: &'a TcContext,
+    offset: usize,
+    spill: &'a mut Spill,
+) -> Option<Header<'a>> {
+    const { assert!(N >= 2 && N <= SPILL_LEN) };
     let start = ctx.data();
     let end = ctx.data_end();
-    if offset < MAX_DIRECT_OFFSET && start + offset + size_of::<T>() <= end {
-        // SAFETY: [start + offset, start + offset + size_of::<T>()) lies within the packet's
-        // linear data, checked just above (and again by the verifier); T is a byte array or
-        // an integer, valid for any bytes, read without assuming alignment.
-        return Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
-    }
-    ctx.load::<T>(offset).ok()
-}
-
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
+    let at = if offset < MAX_DIRECT_OFFSET && start + offset + N <= end {
+        (start + offset) as *const u8
+    } else {
+        // SAFETY: the helper writes at most N <= SPILL_LEN bytes into `spill`.
+        let ret = unsafe {
+            aya_ebpf::helpers::bpf_skb_load_bytes(
+                ctx.skb.skb.cast(),
+                offset as u32,
+                spill.as_mut_ptr().cast(),
+                N as u32,
+            )
+        };
+        if ret != 0 {
+            return None;
+        }
+        spill.as_ptr()
+    };
+    Some(Header {
+        at,
+        _bytes: core::marker::PhantomData,
+    })
 }
 
 /// Skips Ethernet and VLAN tags; returns (ethertype, offset of the network header).
 #[inline(always)]
-fn ethernet(ctx: &TcContext, start: usize) -> Option<(u16, usize)> {
-    let mut ethertype = u16::from_be(load::<u16>(ctx, start + 12)?);
+fn ethernet(ctx: &TcContext, start: usize, spill: &mut Spill) -> Option<(u16, usize)> {
+    let mut ethertype = header::<2>(ctx, start + 12, spill)?.be16(0);
     let mut off = start + ETH_HLEN;
     for _ in 0..2 {
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-            ethertype = u16::from_be(load::<u16>(ctx, off + 2)?);
+            ethertype = header::<2>(ctx, off + 2, spill)?.be16(0);
             off += 4;
         }
     }
@@ -119,51 +188,52 @@ fn ethernet(ctx: &TcContext, start: usize) -> Option<(u16, usize)> {
 }
 
 #[inline(always)]
-fn ip(ctx: &TcContext, ethertype: u16, off: usize, ip: &mut Ip) -> Option<()> {
+fn ip(ctx: &TcContext, ethertype: u16, off: usize, ip: &mut Ip, spill: &mut Spill) -> Option<()> {
     match ethertype {
-        ETH_P_IP => ipv4(ctx, off, ip)?,
-        ETH_P_IPV6 => ipv6(ctx, off, ip)?,
+        ETH_P_IP => ipv4(ctx, off, ip, spill)?,
+        ETH_P_IPV6 => ipv6(ctx, off, ip, spill)?,
         _ => return None,
     };
     ip.sport = 0;
     ip.dport = 0;
     if ip.has_transport() && (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP) {
-        if let Some(ports) = load::<[u8; 4]>(ctx, ip.l4) {
-            ip.sport = be16(&ports, 0);
-            ip.dport = be16(&ports, 2);
+        if let Some(ports) = header::<4>(ctx, ip.l4, spill) {
+            ip.sport = ports.be16(0);
+            ip.dport = ports.be16(2);
         }
     }
     Some(())
 }
 
 #[inline(always)]
-fn ipv4(ctx: &TcContext, off: usize, ip: &mut Ip) -> Option<()> {
-    let h = load::<[u8; 20]>(ctx, off)?;
-    if h[0] >> 4 != 4 {
+fn ipv4(ctx: &TcContext, off: usize, ip: &mut Ip, spill: &mut Spill) -> Option<()> {
+    let h = header::<20>(ctx, off, spill)?;
+    let version_ihl = h.u8(0);
+    if version_ihl >> 4 != 4 {
         return None;
     }
-    let frag = be16(&h, 6);
+    let frag = h.be16(6);
     ip.family = 4;
-    ip.proto = h[9];
-    ip.src = [u32::from_ne_bytes([h[12], h[13], h[14], h[15]]), 0, 0, 0];
-    ip.dst = [u32::from_ne_bytes([h[16], h[17], h[18], h[19]]), 0, 0, 0];
+    ip.proto = h.u8(9);
+    ip.src = [h.raw32(12), 0, 0, 0];
+    ip.dst = [h.raw32(16), 0, 0, 0];
     ip.frag_offset = u32::from(frag & 0x1fff) * 8;
     ip.frag_more = frag & 0x2000 != 0;
-    ip.frag_id = u32::from(be16(&h, 4));
-    ip.l4 = off + usize::from(h[0] & 0x0f) * 4;
+    ip.frag_id = u32::from(h.be16(4));
+    ip.l4 = off + usize::from(version_ihl & 0x0f) * 4;
     Some(())
 }
 
 #[inline(always)]
-fn ipv6(ctx: &TcContext, off: usize, ip: &mut Ip) -> Option<()> {
-    let h = load::<[u8; 8]>(ctx, off)?;
-    if h[0] >> 4 != 6 {
+fn ipv6(ctx: &TcContext, off: usize, ip: &mut Ip, spill: &mut Spill) -> Option<()> {
+    let h = header::<40>(ctx, off, spill)?;
+    if h.u8(0) >> 4 != 6 {
         return None;
     }
     ip.family = 6;
-    ip.proto = h[6];
-    ip.src = addr_words(&load::<[u8; 16]>(ctx, off + 8)?);
-    ip.dst = addr_words(&load::<[u8; 16]>(ctx, off + 24)?);
+    ip.proto = h.u8(6);
+    ip.src = h.addr16(8);
+    ip.dst = h.addr16(24);
     ip.frag_offset = 0;
     ip.frag_more = false;
     ip.frag_id = 0;
@@ -173,21 +243,21 @@ fn ipv6(ctx: &TcContext, off: usize, ip: &mut Ip) -> Option<()> {
         match ip.proto {
             // A chain cut short still leaves a flow: addresses known, ports not.
             0 | 43 | 60 => {
-                let Some(ext) = load::<[u8; 2]>(ctx, ip.l4) else {
+                let Some(ext) = header::<2>(ctx, ip.l4, spill) else {
                     break;
                 };
-                ip.proto = ext[0];
-                ip.l4 += (usize::from(ext[1]) + 1) * 8;
+                ip.proto = ext.u8(0);
+                ip.l4 += (usize::from(ext.u8(1)) + 1) * 8;
             }
             44 => {
-                let Some(frag) = load::<[u8; 8]>(ctx, ip.l4) else {
+                let Some(frag) = header::<8>(ctx, ip.l4, spill) else {
                     break;
                 };
-                ip.proto = frag[0];
-                let off_flags = be16(&frag, 2);
+                ip.proto = frag.u8(0);
+                let off_flags = frag.be16(2);
                 ip.frag_offset = u32::from(off_flags & 0xfff8);
                 ip.frag_more = off_flags & 1 != 0;
-                ip.frag_id = u32::from_be_bytes([frag[4], frag[5], frag[6], frag[7]]);
+                ip.frag_id = frag.be32(4);
                 ip.l4 += 8;
             }
             _ => break,
@@ -199,38 +269,38 @@ fn ipv6(ctx: &TcContext, off: usize, ip: &mut Ip) -> Option<()> {
 /// Decodes a packet into `p`; `l3_device` when frames start at the IP header (tun).
 /// Returns false for packets that are not IP.
 #[inline(always)]
-pub fn packet(ctx: &TcContext, l3_device: bool, p: &mut Packet) -> bool {
+pub fn packet(ctx: &TcContext, l3_device: bool, p: &mut Packet, spill: &mut Spill) -> bool {
     // Family 0: no tunnel; the other fields mean nothing then (not zeroed: a memset each
     // packet).
     p.outer.family = 0;
     p.outer_ip.family = 0;
     let Some((ethertype, off)) = (if l3_device {
-        match load::<[u8; 2]>(ctx, 0).map(|b| b[0]) {
+        match header::<2>(ctx, 0, spill).map(|h| h.u8(0)) {
             Some(b) if b >> 4 == 6 => Some((ETH_P_IPV6, 0)),
             Some(_) => Some((ETH_P_IP, 0)),
             None => None,
         }
     } else {
-        ethernet(ctx, 0)
+        ethernet(ctx, 0, spill)
     }) else {
         return false;
     };
-    if ip(ctx, ethertype, off, &mut p.flow).is_none() {
+    if ip(ctx, ethertype, off, &mut p.flow, spill).is_none() {
         return false;
     }
     if p.flow.proto != IPPROTO_UDP || !p.flow.has_transport() {
         return true;
     }
-    let Some((vni, inner_eth)) = tunnel(ctx, &p.flow) else {
+    let Some((vni, inner_eth)) = tunnel(ctx, &p.flow, spill) else {
         return true;
     };
-    let Some((inner_type, inner_off)) = ethernet(ctx, inner_eth) else {
+    let Some((inner_type, inner_off)) = ethernet(ctx, inner_eth, spill) else {
         return true;
     };
     // Keep the outer header, then decode the inner one over `flow`; a garbage inner packet
     // leaves the outer flow in place.
     p.outer_ip = p.flow;
-    if ip(ctx, inner_type, inner_off, &mut p.flow).is_none() {
+    if ip(ctx, inner_type, inner_off, &mut p.flow, spill).is_none() {
         p.flow = p.outer_ip;
         p.outer_ip.family = 0;
         return true;
@@ -252,23 +322,23 @@ pub fn packet(ctx: &TcContext, l3_device: bool, p: &mut Packet) -> bool {
 
 /// VXLAN or Geneve carrying Ethernet: (VNI, offset of the inner Ethernet header).
 #[inline(always)]
-fn tunnel(ctx: &TcContext, udp: &Ip) -> Option<(u32, usize)> {
+fn tunnel(ctx: &TcContext, udp: &Ip, spill: &mut Spill) -> Option<(u32, usize)> {
     let payload = udp.l4 + 8;
     if udp.dport == VXLAN_PORT || udp.dport == VXLAN_LINUX_PORT {
-        let h = load::<[u8; 8]>(ctx, payload)?;
-        if h[0] & 0x08 == 0 {
+        let h = header::<8>(ctx, payload, spill)?;
+        if h.u8(0) & 0x08 == 0 {
             return None;
         }
-        let vni = u32::from_be_bytes([0, h[4], h[5], h[6]]);
+        let vni = h.be32(4) >> 8;
         return Some((vni, payload + 8));
     }
     if udp.dport == GENEVE_PORT {
-        let h = load::<[u8; 8]>(ctx, payload)?;
-        if be16(&h, 2) != ETH_P_TEB {
+        let h = header::<8>(ctx, payload, spill)?;
+        if h.be16(2) != ETH_P_TEB {
             return None;
         }
-        let options = usize::from(h[0] & 0x3f) * 4;
-        let vni = u32::from_be_bytes([0, h[4], h[5], h[6]]);
+        let options = usize::from(h.u8(0) & 0x3f) * 4;
+        let vni = h.be32(4) >> 8;
         return Some((vni, payload + 8 + options));
     }
     None

@@ -4,8 +4,7 @@
 //! caller's memory is still there while it waits in the syscall).
 
 use aya_ebpf::{
-    EbpfContext as _,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::{map, tracepoint},
     maps::LruHashMap,
     programs::TracePointContext,
@@ -103,7 +102,7 @@ fn finish(ctx: &TracePointContext) {
         (*event).header.netns = kernel::task_netns(&kernel::offsets());
         (*event).tgid = (key >> 32) as u32;
         (*event).pid = key as u32;
-        (*event).comm = ctx.command().unwrap_or([0; 16]);
+        events::current_comm(&mut (*event).comm);
         (*event).errno = EMSGSIZE as u32;
         (*event).call = pending.call;
         (*event).fd = pending.fd;
@@ -144,15 +143,16 @@ fn finish(ctx: &TracePointContext) {
             } else if family == AF_INET {
                 (*event).addr_port =
                     u16::from_be(bpf_probe_read_user(sockaddr.add(2).cast::<u16>()).unwrap_or(0));
-                let a = bpf_probe_read_user(sockaddr.add(4).cast::<[u8; 4]>()).unwrap_or([0; 4]);
-                let mut addr = [0u8; 16];
-                addr[..4].copy_from_slice(&a);
-                (*event).addr = addr;
+                (*event).addr = [0; 16];
+                // Straight into the event (a stack copy of bytes may be read misaligned):
+                // zeros if the read fails.
+                let addr = &mut (*event).addr;
+                let _ = bpf_probe_read_user_buf(sockaddr.add(4), &mut addr[..4]);
             } else if family == AF_INET6 {
                 (*event).addr_port =
                     u16::from_be(bpf_probe_read_user(sockaddr.add(2).cast::<u16>()).unwrap_or(0));
-                (*event).addr =
-                    bpf_probe_read_user(sockaddr.add(8).cast::<[u8; 16]>()).unwrap_or([0; 16]);
+                let addr = &mut (*event).addr;
+                let _ = bpf_probe_read_user_buf(sockaddr.add(8), addr);
             }
         }
     }
@@ -199,7 +199,7 @@ pub fn vxprobe_packet_sendmsg_fexit(ctx: aya_ebpf::programs::FExitContext) -> i3
         let o = kernel::offsets();
         let sock: *const u8 = ctx.arg(0);
         let sk = kernel::read::<*const u8>(sock, o.socket_sk).unwrap_or(core::ptr::null());
-        report_kernel_send(&ctx, SendCall::PacketSendmsg, sk, ctx.arg(1), ctx.arg(2));
+        report_kernel_send(SendCall::PacketSendmsg, sk, ctx.arg(1), ctx.arg(2));
     }
     0
 }
@@ -209,25 +209,13 @@ pub fn vxprobe_udp_sendmsg_fexit(ctx: aya_ebpf::programs::FExitContext) -> i32 {
     // int udp_sendmsg(struct sock *sk, struct msghdr *msg, size_t len)
     let ret: i64 = ctx.arg(3);
     if ret as i32 == -(EMSGSIZE as i32) {
-        report_kernel_send(
-            &ctx,
-            SendCall::UdpSendmsg,
-            ctx.arg(0),
-            ctx.arg(1),
-            ctx.arg(2),
-        );
+        report_kernel_send(SendCall::UdpSendmsg, ctx.arg(0), ctx.arg(1), ctx.arg(2));
     }
     0
 }
 
 #[inline(always)]
-fn report_kernel_send(
-    ctx: &aya_ebpf::programs::FExitContext,
-    call: SendCall,
-    sk: *const u8,
-    msg: *const u8,
-    len: u64,
-) {
+fn report_kernel_send(call: SendCall, sk: *const u8, msg: *const u8, len: u64) {
     let o = kernel::offsets();
     let Some(mut entry) = events::reserve::<SendErrorEvent>(EventKind::SendError) else {
         return;
@@ -242,7 +230,7 @@ fn report_kernel_send(
         (*event).header.netns = kernel::task_netns(&o);
         (*event).tgid = (pid_tgid >> 32) as u32;
         (*event).pid = pid_tgid as u32;
-        (*event).comm = aya_ebpf::EbpfContext::command(ctx).unwrap_or([0; 16]);
+        events::current_comm(&mut (*event).comm);
         (*event).errno = EMSGSIZE as u32;
         (*event).call = call as u32;
         (*event).fd = 0;

@@ -17,7 +17,7 @@ use vxprobe_common::{
 use crate::{
     events,
     flows::{self, clean},
-    parse::{self, Ip, Packet, addr_bytes, addr_words},
+    parse::{self, Ip, Packet, Spill, addr_bytes, addr_words},
 };
 
 /// Per hop, at [`hop_index`]: user space gives each device a slot.
@@ -64,6 +64,7 @@ pub fn vxprobe_tc_egress(ctx: TcContext) -> i32 {
 /// Per-CPU working memory for one program run (the BPF stack is 512 bytes).
 struct Scratch {
     packet: Packet,
+    spill: Spill,
     frag: FragInfo,
     flow: FlowCounters,
 }
@@ -87,7 +88,7 @@ fn observe(ctx: &TcContext, direction: Direction) {
     // SAFETY: this CPU's scratch slot; programs on one CPU do not preempt each other, so no
     // one else uses it during this run.
     let scratch = unsafe { &mut *scratch };
-    let is_ip = parse::packet(ctx, device.l3 != 0, &mut scratch.packet);
+    let is_ip = parse::packet(ctx, device.l3 != 0, &mut scratch.packet, &mut scratch.spill);
     let filter = filter();
     if filter.flags != 0 && !(is_ip && matches(&filter, &scratch.packet)) {
         return;
