@@ -91,7 +91,6 @@ fn device<'a>(report: &'a Value, ifname: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no device {ifname} in {:#}", report["devices"]))
 }
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUN_F_CSUM: libc::c_ulong = 0x01;
 const TUN_F_TSO4: libc::c_ulong = 0x02;
@@ -114,20 +113,7 @@ impl TapEngine {
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            let tun = File::options()
-                .read(true)
-                .write(true)
-                .open("/dev/net/tun")?;
-            // struct ifreq: the name, then ifr_flags (a short) at offset 16; 40 bytes in all.
-            let mut ifreq = [0u8; 40];
-            ifreq[..name.len()].copy_from_slice(name.as_bytes());
-            let flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-            ifreq[16..18].copy_from_slice(&flags.to_ne_bytes());
-            // SAFETY: TUNSETIFF reads and writes a struct ifreq, which `ifreq` is large enough
-            // for, on a tun fd we own.
-            if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, ifreq.as_mut_ptr()) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            let tun = common::open_tap(&name, libc::IFF_TAP | libc::IFF_NO_PI)?;
             let offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
             // SAFETY: TUNSETOFFLOAD takes its argument by value; nothing is dereferenced.
             if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETOFFLOAD, offloads) } != 0 {

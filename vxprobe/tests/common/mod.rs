@@ -216,6 +216,29 @@ pub fn netns_inode(name: &str) -> u64 {
         .ino()
 }
 
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+/// Opens the tap `name` (created if it does not exist) with `flags` (IFF_TAP, IFF_NO_PI,
+/// IFF_VNET_HDR...), as the program behind a tap does; in the calling thread's namespace.
+/// Closing the file detaches it.
+pub fn open_tap(name: &str, flags: libc::c_int) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd as _;
+    let tun = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    // struct ifreq: the name, then ifr_flags (a short) at offset 16; 40 bytes in all.
+    let mut ifreq = [0u8; 40];
+    ifreq[..name.len()].copy_from_slice(name.as_bytes());
+    ifreq[16..18].copy_from_slice(&(flags as libc::c_short).to_ne_bytes());
+    // SAFETY: TUNSETIFF reads and writes a struct ifreq, which `ifreq` is large enough for,
+    // on a tun fd we own.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, ifreq.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(tun)
+}
+
 pub fn hook_of(lines: &[Value], signal: &str) -> String {
     assert_eq!(lines[0]["kind"], "meta", "the first line is meta");
     lines[0]["hooks"]
