@@ -164,7 +164,9 @@ fn add(flow: &mut FlowCounters, sample: &HopCounters, outer: &OuterHeader) {
     flow.fragments += sample.fragments;
     flow.oversize += sample.oversize;
     crate::tc::raise_max(&mut flow.max_len, &mut flow.max_epoch, sample);
-    if outer.family != 0 {
+    // A flow's packets at one hop share their tunnel header: stored when the flow takes the
+    // slot, again only if that packet had none (not 44 bytes copied per packet).
+    if flow.outer.family == 0 && outer.family != 0 {
         flow.outer = *outer;
     }
 }
