@@ -31,6 +31,7 @@ pub mod hopstats;
 pub mod kallsyms;
 pub mod kbtf;
 pub mod lab;
+pub mod memory;
 pub mod netns;
 pub mod output;
 pub mod packet;

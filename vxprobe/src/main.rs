@@ -9,6 +9,7 @@ use vxprobe::{
 };
 
 fn main() -> ExitCode {
+    vxprobe::memory::return_large_blocks();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {

@@ -292,7 +292,8 @@ impl Session {
                 .collect(),
             foreign_devices: Default::default(),
         };
-        release_freed_memory();
+        // Start-up parsed the kernel's BTF and loaded programs: megabytes freed mid-heap.
+        crate::memory::release_freed();
         Ok(Self {
             probes,
             hops,
@@ -519,30 +520,14 @@ impl Session {
             self.flow_stats.forget_device(ifindex);
             self.enricher.hops.remove(&ifindex);
         }
-        // Reading a large flow table frees megabytes of buffers each interval; give the free
-        // pages back so they do not pile up as fragments between intervals.
-        #[cfg(target_env = "gnu")]
-        // SAFETY: malloc_trim only releases memory the allocator holds free.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        // Reading a large flow table frees megabytes of buffers each interval.
+        crate::memory::release_freed();
         out(IntervalPart::End(&IntervalEnd { evicted }))
     }
 
     /// Detaches everything (also what Drop does; explicit for the reader).
     pub fn stop(self) {
         drop(self.probes);
-    }
-}
-
-/// Start-up parses the kernel's BTF and loads programs: megabytes allocated and freed in the
-/// middle of the heap, which the allocator keeps unless asked to give them back.
-fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel; it has no arguments
-    // that point anywhere.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
