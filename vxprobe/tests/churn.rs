@@ -13,6 +13,7 @@ use std::{
 use common::{VXPROBE, is_root};
 use serde_json::Value;
 use vxprobe::lab::{Lab, LabOptions, VXLAN_DEV, extra_veth_peer_ip};
+use vxprobe_common::names;
 
 /// A `vxprobe record` whose JSON lines can be read while it runs.
 struct LiveRecorder {
@@ -266,5 +267,107 @@ fn new_pod_veths_matching_the_glob_are_observed_and_vanished_ones_let_go() {
         lines
             .iter()
             .any(|l| l["kind"] == "hop" && l["ifname"] == "cali0")
+    );
+}
+
+/// The ifindexes of the flows in the recorder's flow cache slots and in its flow map.
+fn flow_ifindexes(pid: u32) -> (Vec<u32>, Vec<u32>) {
+    let ifindex =
+        |bytes: &[u8], at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap());
+    let key_at = std::mem::offset_of!(vxprobe_common::CachedFlow, key);
+    let cache = common::map_entries(common::map_of(pid, names::FLOW_CACHE))
+        .iter()
+        .map(|(_, slot)| ifindex(slot, key_at))
+        .collect();
+    let map = common::map_entries(common::map_of(pid, names::FLOW_STATS))
+        .iter()
+        .map(|(key, _)| ifindex(key, 0))
+        .collect();
+    (cache, map)
+}
+
+/// A vanished device's flows still holding flow cache slots reach the flow map only when
+/// other flows take the slots, after the device's last interval (its own entries were
+/// deleted then): they are deleted as they arrive, not left in the map to age out.
+#[test]
+fn a_vanished_devices_flows_leaving_the_flow_cache_are_deleted_from_the_map() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let [n1, n2] = &lab.nodes;
+    // One slot per CPU: the last flow a CPU saw holds its slot.
+    let args = [
+        "--stats-interval",
+        "200ms",
+        "-i",
+        "cali*",
+        "--flow-cache",
+        "1",
+    ];
+    let rec = LiveRecorder::start(&n1.netns, &args);
+    let pid = rec.child.id();
+    lab.add_veth(0, "cali70", "vxp70", 30).unwrap();
+    let ifindex = ifindex_of(&n1.netns, "cali70");
+    rec.wait_for("the new veth", Duration::from_secs(1), |l| {
+        l["kind"] == "device" && l["event"] == "added" && l["ifindex"] == ifindex
+    });
+    let peer = extra_veth_peer_ip(30).to_string();
+    common::must(
+        &n1.netns,
+        "ping",
+        &["-q", "-c", "3", "-i", "0.02", "-W", "1", &peer],
+    );
+    let gone = ifindex as u32;
+    let (cache, _) = flow_ifindexes(pid);
+    assert!(
+        cache.contains(&gone),
+        "the pings' flows hold a slot: {cache:?}"
+    );
+
+    common::must(&n1.netns, "ip", &["link", "del", "cali70"]);
+    rec.wait_for("the removal", Duration::from_secs(1), |l| {
+        l["kind"] == "device" && l["event"] == "removed" && l["ifindex"] == ifindex
+    });
+    // Past the device's last interval, when its map entries are deleted.
+    std::thread::sleep(Duration::from_millis(600) * common::time_scale());
+    let (cache, _) = flow_ifindexes(pid);
+    assert!(
+        cache.contains(&gone),
+        "still in a slot after the device went: {cache:?}"
+    );
+
+    // The device's last interval is reported by now: nothing of it after this line.
+    let reported = rec.lines().len();
+    // Pod traffic on every CPU takes the slots: the vanished device's flows go to the map.
+    for cpu in 0..std::thread::available_parallelism().map_or(1, usize::from) {
+        let cpu = cpu.to_string();
+        let dst = n2.pod.ip.to_string();
+        common::must(
+            &n1.pod.netns,
+            "taskset",
+            &[
+                "-c", &cpu, "ping", "-q", "-c", "3", "-i", "0.02", "-W", "1", &dst,
+            ],
+        );
+    }
+    let (cache, _) = flow_ifindexes(pid);
+    assert!(
+        !cache.contains(&gone),
+        "pod flows took every slot: {cache:?}"
+    );
+    // The next read finds them in the map and deletes them.
+    std::thread::sleep(Duration::from_millis(600) * common::time_scale());
+    let (_, map) = flow_ifindexes(pid);
+    assert!(!map.contains(&gone), "{gone} left in the flow map: {map:?}");
+    assert!(!map.is_empty(), "the pod's flows are in the map");
+    let (lines, _) = rec.stop();
+    let late: Vec<&Value> = lines[reported..]
+        .iter()
+        .filter(|l| l["ifindex"] == ifindex)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "reported after the device's last interval: {late:#?}"
     );
 }

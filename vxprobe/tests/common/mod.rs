@@ -314,6 +314,69 @@ pub fn programs_of(pid: i32) -> Vec<u64> {
     ids
 }
 
+/// The id of the BPF map named `name` that process `pid` holds open (its /proc fdinfo, as in
+/// [`programs_of`]): other vxprobe instances have maps of the same names.
+pub fn map_of(pid: u32, name: &str) -> u64 {
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        if target.as_os_str() != "anon_inode:bpf-map" {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        let Some(id) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("map_id:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let out = Command::new("bpftool")
+            .args(["-j", "map", "show", "id", &id.to_string()])
+            .output()
+            .unwrap();
+        let map: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if map["name"] == name {
+            return id;
+        }
+    }
+    panic!("process {pid} holds no map {name}");
+}
+
+/// Every entry of a BPF map as (key bytes, value bytes), from `bpftool map dump`; per-CPU
+/// maps give one value per CPU, each an entry of its own here.
+pub fn map_entries(id: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "id", &id.to_string()])
+        .output()
+        .unwrap();
+    let entries: Vec<Value> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bpftool map dump id {id}: {e}"));
+    let bytes = |v: &Value| -> Vec<u8> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+            .collect()
+    };
+    let mut out = Vec::new();
+    for e in &entries {
+        let key = bytes(&e["key"]);
+        if let Some(values) = e["values"].as_array() {
+            out.extend(values.iter().map(|v| (key.clone(), bytes(&v["value"]))));
+        } else {
+            out.push((key, bytes(&e["value"])));
+        }
+    }
+    out
+}
+
 /// Which of `ids` are loaded now.
 pub fn loaded(ids: &[u64]) -> Vec<(u64, String, Vec<u64>)> {
     vxprobe_programs()
