@@ -32,10 +32,15 @@ pub fn addr_bytes(a: &Addr) -> [u8; 16] {
     unsafe { core::mem::transmute::<Addr, [u8; 16]>(*a) }
 }
 
+/// Four word loads: a transmute of the array becomes a memmove call (a byte loop on BPF)
+/// when the bytes are in a map value.
 #[inline(always)]
 pub fn addr_words(b: &[u8; 16]) -> Addr {
-    // SAFETY: as in `addr_bytes`; transmute copies, so alignment does not matter.
-    unsafe { core::mem::transmute::<[u8; 16], Addr>(*b) }
+    let word = |at: usize| {
+        // SAFETY: `at + 4 <= 16`; read without assuming alignment.
+        unsafe { core::ptr::read_unaligned(b.as_ptr().add(at).cast::<u32>()) }
+    };
+    [word(0), word(4), word(8), word(12)]
 }
 
 /// One IP header's worth of facts.

@@ -269,7 +269,10 @@ fn remember_or_recall(ip: &Ip, packet: &mut Packet, info: &mut FragInfo) {
         packet.flow.src = addr_words(&info.flow.src);
         packet.flow.dst = addr_words(&info.flow.dst);
         if info.outer.family != 0 {
-            packet.outer = info.outer;
+            // SAFETY: two distinct OuterHeaders (a map value, this CPU's scratch); an explicit
+            // non-overlapping copy, where an assignment between map values became a memmove
+            // call (a byte loop on BPF).
+            unsafe { core::ptr::copy_nonoverlapping(&info.outer, &mut packet.outer, 1) };
         }
     }
 }
