@@ -157,25 +157,34 @@ fn header<'a, const N: usize>(
     let end = ctx.data_end();
     let at = if offset < MAX_DIRECT_OFFSET && start + offset + N <= end {
         (start + offset) as *const u8
-    } else {
-        // SAFETY: the helper writes at most N <= SPILL_LEN bytes into `spill`.
-        let ret = unsafe {
-            aya_ebpf::helpers::bpf_skb_load_bytes(
-                ctx.skb.skb.cast(),
-                offset as u32,
-                spill.as_mut_ptr().cast(),
-                N as u32,
-            )
-        };
-        if ret != 0 {
-            return None;
-        }
+    } else if spill_in(ctx, offset, spill, N as u32) {
         spill.as_ptr()
+    } else {
+        return None;
     };
     Some(Header {
         at,
         _bytes: core::marker::PhantomData,
     })
+}
+
+/// Copies `len` (<= SPILL_LEN) bytes at `offset` into `spill`; false past the packet's end.
+/// Out of line: rare (paged headers, truncated packets), so it stays out of the per-packet
+/// code's way in the instruction cache.
+#[cold]
+#[inline(never)]
+fn spill_in(ctx: &TcContext, offset: usize, spill: &mut Spill, len: u32) -> bool {
+    // SAFETY: the helper writes at most `len` <= SPILL_LEN bytes into `spill` (the caller's
+    // N, a constant the verifier sees at each call).
+    let ret = unsafe {
+        aya_ebpf::helpers::bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            offset as u32,
+            spill.as_mut_ptr().cast(),
+            len,
+        )
+    };
+    ret == 0
 }
 
 /// Skips Ethernet and VLAN tags; returns (ethertype, offset of the network header).
