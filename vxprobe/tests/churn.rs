@@ -270,6 +270,24 @@ fn new_pod_veths_matching_the_glob_are_observed_and_vanished_ones_let_go() {
     );
 }
 
+/// The CPUs this test may run on (and the pings it starts, which inherit its affinity): every
+/// CPU the earlier pings could have counted on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: an all-zero cpu_set_t is the empty set; sched_getaffinity writes at most
+    // size_of::<cpu_set_t>() bytes into it; CPU_ISSET reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set),
+            0,
+            "sched_getaffinity"
+        );
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
 /// The ifindexes of the flows in the recorder's flow cache slots and in its flow map.
 fn flow_ifindexes(pid: u32) -> (Vec<u32>, Vec<u32>) {
     let ifindex =
@@ -340,7 +358,7 @@ fn a_vanished_devices_flows_leaving_the_flow_cache_are_deleted_from_the_map() {
     // The device's last interval is reported by now: nothing of it after this line.
     let reported = rec.lines().len();
     // Pod traffic on every CPU takes the slots: the vanished device's flows go to the map.
-    for cpu in 0..std::thread::available_parallelism().map_or(1, usize::from) {
+    for cpu in allowed_cpus() {
         let cpu = cpu.to_string();
         let dst = n2.pod.ip.to_string();
         common::must(
