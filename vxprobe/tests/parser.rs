@@ -454,3 +454,41 @@ fn headers_in_paged_data_are_read_through_the_helper() {
     let v6 = at_tap.iter().find(|l| l["flow"]["dport"] == 7004).unwrap();
     assert_eq!(v6["flow"]["dst"], "fd00::a:2");
 }
+
+/// The TC programs call no memcpy, memmove or memset: BPF has no such instructions, and the
+/// ones bpf-linker supplies copy a byte at a time. LLVM falls back to them for copies it
+/// cannot expand (an assignment between two map values became a memmove, five of them on
+/// the fragment and flow cache paths); this keeps them from coming back unnoticed.
+#[test]
+fn the_tc_programs_call_no_byte_loops() {
+    if !is_root() {
+        return;
+    }
+    let mut probes = Probes::load(TcMode::Tcx, None, &FlowFilter::NONE, Tables::default())
+        .expect("loading the eBPF object");
+    for name in [names::TC_INGRESS, names::TC_EGRESS] {
+        let prog: &mut SchedClassifier = probes
+            .ebpf_mut()
+            .program_mut(name)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let id = prog.info().expect("the program's info").id();
+        let out = std::process::Command::new("bpftool")
+            .args(["prog", "dump", "xlated", "id", &id.to_string()])
+            .output()
+            .expect("bpftool");
+        let xlated = String::from_utf8_lossy(&out.stdout);
+        assert!(xlated.lines().count() > 100, "{name}: {xlated}");
+        let calls: Vec<&str> = xlated
+            .lines()
+            .filter(|l| {
+                l.contains("call")
+                    && ["memcpy", "memmove", "memset"]
+                        .iter()
+                        .any(|f| l.contains(f))
+            })
+            .collect();
+        assert!(calls.is_empty(), "{name} calls byte loops: {calls:#?}");
+    }
+}
