@@ -36,10 +36,16 @@ pub fn addr_bytes(a: &Addr) -> [u8; 16] {
 /// when the bytes are in a map value.
 #[inline(always)]
 pub fn addr_words(b: &[u8; 16]) -> Addr {
-    let word = |at: usize| {
-        // SAFETY: `at + 4 <= 16`; read without assuming alignment.
-        unsafe { core::ptr::read_unaligned(b.as_ptr().add(at).cast::<u32>()) }
-    };
+    // SAFETY: the sixteen bytes are `b`'s.
+    unsafe { load_addr(b.as_ptr()) }
+}
+
+/// # Safety
+/// `at..at + 16` must be readable (at any alignment).
+#[inline(always)]
+unsafe fn load_addr(at: *const u8) -> Addr {
+    // SAFETY: the caller's: the four words are inside the sixteen bytes.
+    let word = |i: usize| unsafe { core::ptr::read_unaligned(at.add(i).cast::<u32>()) };
     [word(0), word(4), word(8), word(12)]
 }
 
@@ -93,49 +99,50 @@ pub const SPILL_LEN: usize = 40;
 /// (the BPF stack is too small to spare it).
 pub type Spill = [u8; SPILL_LEN];
 
-/// `N` bytes of header, wherever they are: fields are read out of it one load each.
+/// `N` bytes of header, wherever they are: fields are read out of it one load each, at
+/// offsets checked against `N` when the program is compiled. The verifier checks a packet
+/// read; it cannot check one in the spill, whose map value is longer than most headers.
 #[derive(Clone, Copy)]
-struct Header<'a> {
+struct Header<'a, const N: usize> {
     at: *const u8,
-    _bytes: core::marker::PhantomData<&'a [u8]>,
+    _bytes: core::marker::PhantomData<&'a [u8; N]>,
 }
 
-impl Header<'_> {
+impl<const N: usize> Header<'_, N> {
     #[inline(always)]
-    fn u8(self, at: usize) -> u8 {
-        // SAFETY: every caller reads at constant offsets inside the N bytes `header` made
-        // readable (and the verifier refuses any load past them).
-        unsafe { *self.at.add(at) }
+    fn u8<const AT: usize>(self) -> u8 {
+        const { assert!(AT < N) };
+        // SAFETY: `at..at + N` is readable (`header`) and AT < N.
+        unsafe { *self.at.add(AT) }
     }
 
     /// Sixteen bits in network order, as a host integer.
     #[inline(always)]
-    fn be16(self, at: usize) -> u16 {
+    fn be16<const AT: usize>(self) -> u16 {
+        const { assert!(AT + 2 <= N) };
         // SAFETY: as in `u8`; headers sit at any alignment (one load where the build allows
         // misaligned access: vxprobe-ebpf's build.rs).
-        u16::from_be(unsafe { core::ptr::read_unaligned(self.at.add(at).cast::<u16>()) })
+        u16::from_be(unsafe { core::ptr::read_unaligned(self.at.add(AT).cast::<u16>()) })
     }
 
     /// Thirty-two bits as they are in the packet (addresses are kept so).
     #[inline(always)]
-    fn raw32(self, at: usize) -> u32 {
+    fn raw32<const AT: usize>(self) -> u32 {
+        const { assert!(AT + 4 <= N) };
         // SAFETY: as in `be16`.
-        unsafe { core::ptr::read_unaligned(self.at.add(at).cast::<u32>()) }
+        unsafe { core::ptr::read_unaligned(self.at.add(AT).cast::<u32>()) }
     }
 
     #[inline(always)]
-    fn be32(self, at: usize) -> u32 {
-        u32::from_be(self.raw32(at))
+    fn be32<const AT: usize>(self) -> u32 {
+        u32::from_be(self.raw32::<AT>())
     }
 
     #[inline(always)]
-    fn addr16(self, at: usize) -> Addr {
-        [
-            self.raw32(at),
-            self.raw32(at + 4),
-            self.raw32(at + 8),
-            self.raw32(at + 12),
-        ]
+    fn addr16<const AT: usize>(self) -> Addr {
+        const { assert!(AT + 16 <= N) };
+        // SAFETY: as in `u8`.
+        unsafe { load_addr(self.at.add(AT)) }
     }
 }
 
@@ -151,7 +158,7 @@ fn header<'a, const N: usize>(
     ctx: &'a TcContext,
     offset: usize,
     spill: &'a mut Spill,
-) -> Option<Header<'a>> {
+) -> Option<Header<'a, N>> {
     const { assert!(N >= 2 && N <= SPILL_LEN) };
     let start = ctx.data();
     let end = ctx.data_end();
@@ -190,11 +197,11 @@ fn spill_in(ctx: &TcContext, offset: usize, spill: &mut Spill, len: u32) -> bool
 /// Skips Ethernet and VLAN tags; returns (ethertype, offset of the network header).
 #[inline(always)]
 fn ethernet(ctx: &TcContext, start: usize, spill: &mut Spill) -> Option<(u16, usize)> {
-    let mut ethertype = header::<2>(ctx, start + 12, spill)?.be16(0);
+    let mut ethertype = header::<2>(ctx, start + 12, spill)?.be16::<0>();
     let mut off = start + ETH_HLEN;
     for _ in 0..2 {
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-            ethertype = header::<2>(ctx, off + 2, spill)?.be16(0);
+            ethertype = header::<2>(ctx, off + 2, spill)?.be16::<0>();
             off += 4;
         }
     }
@@ -212,8 +219,8 @@ fn ip(ctx: &TcContext, ethertype: u16, off: usize, ip: &mut Ip, spill: &mut Spil
     ip.dport = 0;
     if ip.has_transport() && (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP) {
         if let Some(ports) = header::<4>(ctx, ip.l4, spill) {
-            ip.sport = ports.be16(0);
-            ip.dport = ports.be16(2);
+            ip.sport = ports.be16::<0>();
+            ip.dport = ports.be16::<2>();
         }
     }
     Some(())
@@ -222,18 +229,18 @@ fn ip(ctx: &TcContext, ethertype: u16, off: usize, ip: &mut Ip, spill: &mut Spil
 #[inline(always)]
 fn ipv4(ctx: &TcContext, off: usize, ip: &mut Ip, spill: &mut Spill) -> Option<()> {
     let h = header::<20>(ctx, off, spill)?;
-    let version_ihl = h.u8(0);
+    let version_ihl = h.u8::<0>();
     if version_ihl >> 4 != 4 {
         return None;
     }
-    let frag = h.be16(6);
+    let frag = h.be16::<6>();
     ip.family = 4;
-    ip.proto = h.u8(9);
-    ip.src = [h.raw32(12), 0, 0, 0];
-    ip.dst = [h.raw32(16), 0, 0, 0];
+    ip.proto = h.u8::<9>();
+    ip.src = [h.raw32::<12>(), 0, 0, 0];
+    ip.dst = [h.raw32::<16>(), 0, 0, 0];
     ip.frag_offset = u32::from(frag & 0x1fff) * 8;
     ip.frag_more = frag & 0x2000 != 0;
-    ip.frag_id = u32::from(h.be16(4));
+    ip.frag_id = u32::from(h.be16::<4>());
     ip.l4 = off + usize::from(version_ihl & 0x0f) * 4;
     Some(())
 }
@@ -241,13 +248,13 @@ fn ipv4(ctx: &TcContext, off: usize, ip: &mut Ip, spill: &mut Spill) -> Option<(
 #[inline(always)]
 fn ipv6(ctx: &TcContext, off: usize, ip: &mut Ip, spill: &mut Spill) -> Option<()> {
     let h = header::<40>(ctx, off, spill)?;
-    if h.u8(0) >> 4 != 6 {
+    if h.u8::<0>() >> 4 != 6 {
         return None;
     }
     ip.family = 6;
-    ip.proto = h.u8(6);
-    ip.src = h.addr16(8);
-    ip.dst = h.addr16(24);
+    ip.proto = h.u8::<6>();
+    ip.src = h.addr16::<8>();
+    ip.dst = h.addr16::<24>();
     ip.frag_offset = 0;
     ip.frag_more = false;
     ip.frag_id = 0;
@@ -260,18 +267,18 @@ fn ipv6(ctx: &TcContext, off: usize, ip: &mut Ip, spill: &mut Spill) -> Option<(
                 let Some(ext) = header::<2>(ctx, ip.l4, spill) else {
                     break;
                 };
-                ip.proto = ext.u8(0);
-                ip.l4 += (usize::from(ext.u8(1)) + 1) * 8;
+                ip.proto = ext.u8::<0>();
+                ip.l4 += (usize::from(ext.u8::<1>()) + 1) * 8;
             }
             44 => {
                 let Some(frag) = header::<8>(ctx, ip.l4, spill) else {
                     break;
                 };
-                ip.proto = frag.u8(0);
-                let off_flags = frag.be16(2);
+                ip.proto = frag.u8::<0>();
+                let off_flags = frag.be16::<2>();
                 ip.frag_offset = u32::from(off_flags & 0xfff8);
                 ip.frag_more = off_flags & 1 != 0;
-                ip.frag_id = frag.be32(4);
+                ip.frag_id = frag.be32::<4>();
                 ip.l4 += 8;
             }
             _ => break,
@@ -289,7 +296,7 @@ pub fn packet(ctx: &TcContext, l3_device: bool, p: &mut Packet, spill: &mut Spil
     p.outer.family = 0;
     p.outer_ip.family = 0;
     let Some((ethertype, off)) = (if l3_device {
-        match header::<2>(ctx, 0, spill).map(|h| h.u8(0)) {
+        match header::<2>(ctx, 0, spill).map(|h| h.u8::<0>()) {
             Some(b) if b >> 4 == 6 => Some((ETH_P_IPV6, 0)),
             Some(_) => Some((ETH_P_IP, 0)),
             None => None,
@@ -340,19 +347,19 @@ fn tunnel(ctx: &TcContext, udp: &Ip, spill: &mut Spill) -> Option<(u32, usize)> 
     let payload = udp.l4 + 8;
     if udp.dport == VXLAN_PORT || udp.dport == VXLAN_LINUX_PORT {
         let h = header::<8>(ctx, payload, spill)?;
-        if h.u8(0) & 0x08 == 0 {
+        if h.u8::<0>() & 0x08 == 0 {
             return None;
         }
-        let vni = h.be32(4) >> 8;
+        let vni = h.be32::<4>() >> 8;
         return Some((vni, payload + 8));
     }
     if udp.dport == GENEVE_PORT {
         let h = header::<8>(ctx, payload, spill)?;
-        if h.be16(2) != ETH_P_TEB {
+        if h.be16::<2>() != ETH_P_TEB {
             return None;
         }
-        let options = usize::from(h.u8(0) & 0x3f) * 4;
-        let vni = h.be32(4) >> 8;
+        let options = usize::from(h.u8::<0>() & 0x3f) * 4;
+        let vni = h.be32::<4>() >> 8;
         return Some((vni, payload + 8 + options));
     }
     None
