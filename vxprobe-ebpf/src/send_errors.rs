@@ -106,10 +106,7 @@ fn finish(ctx: &TracePointContext) {
         (*event).errno = EMSGSIZE as u32;
         (*event).call = pending.call;
         (*event).fd = pending.fd;
-        (*event).addr_family = 0;
-        (*event).addr_port = 0;
-        (*event).addr_ifindex = 0;
-        (*event).addr = [0; 16];
+        clear_destination(event);
         let mut len = pending.len;
         let mut sockaddr = pending.user_ptr as *const u8;
         if pending.call == SendCall::Sendmsg as u32 && !sockaddr.is_null() {
@@ -132,28 +129,8 @@ fn finish(ctx: &TracePointContext) {
         if sockaddr.is_null() {
             // No destination given: the socket's binding names the device (AF_PACKET).
             (*event).addr_ifindex = bound_packet_ifindex(pending.fd);
-        }
-        if !sockaddr.is_null() {
-            let family = bpf_probe_read_user(sockaddr.cast::<u16>()).unwrap_or(0);
-            (*event).addr_family = family;
-            if family == AF_PACKET {
-                // struct sockaddr_ll { u16 family; be16 protocol; int ifindex; ... }
-                (*event).addr_ifindex =
-                    bpf_probe_read_user(sockaddr.add(4).cast::<i32>()).unwrap_or(0) as u32;
-            } else if family == AF_INET {
-                (*event).addr_port =
-                    u16::from_be(bpf_probe_read_user(sockaddr.add(2).cast::<u16>()).unwrap_or(0));
-                (*event).addr = [0; 16];
-                // Straight into the event (a stack copy of bytes may be read misaligned):
-                // zeros if the read fails.
-                let addr = &mut (*event).addr;
-                let _ = bpf_probe_read_user_buf(sockaddr.add(4), &mut addr[..4]);
-            } else if family == AF_INET6 {
-                (*event).addr_port =
-                    u16::from_be(bpf_probe_read_user(sockaddr.add(2).cast::<u16>()).unwrap_or(0));
-                let addr = &mut (*event).addr;
-                let _ = bpf_probe_read_user_buf(sockaddr.add(8), addr);
-            }
+        } else {
+            read_destination(Memory::User, sockaddr, event);
         }
     }
     events::submit(entry);
@@ -164,7 +141,6 @@ fn finish(ctx: &TracePointContext) {
 /// socket is not AF_PACKET.
 #[inline(always)]
 fn bound_packet_ifindex(fd: u32) -> u32 {
-    const AF_PACKET_FAMILY: u16 = 17;
     let o = kernel::offsets();
     if o.packet_ifindex == 0 {
         return 0;
@@ -183,7 +159,7 @@ fn bound_packet_ifindex(fd: u32) -> u32 {
     let file = kernel::read::<*const u8>(table, fd.wrapping_mul(8)).unwrap_or(null);
     let socket = kernel::read::<*const u8>(file, o.file_private_data).unwrap_or(null);
     let sk = kernel::read::<*const u8>(socket, o.socket_sk).unwrap_or(null);
-    if kernel::read::<u16>(sk, o.sk_family) != Some(AF_PACKET_FAMILY) {
+    if kernel::read::<u16>(sk, o.sk_family) != Some(AF_PACKET) {
         return 0;
     }
     kernel::read::<i32>(sk, o.packet_ifindex).unwrap_or(0) as u32
@@ -235,26 +211,90 @@ fn report_kernel_send(call: SendCall, sk: *const u8, msg: *const u8, len: u64) {
         (*event).call = call as u32;
         (*event).fd = 0;
         (*event).len = len as u32;
-        (*event).addr_family = 0;
-        (*event).addr_port = 0;
-        (*event).addr_ifindex = 0;
-        (*event).addr = [0; 16];
+        clear_destination(event);
         // msghdr.msg_name (offset 0) is a kernel copy of the destination, if one was given.
         let name = kernel::read::<*const u8>(msg, 0).unwrap_or(core::ptr::null());
-        let family = kernel::read::<u16>(name, 0).unwrap_or(0);
-        if family == AF_PACKET {
-            (*event).addr_family = family;
-            (*event).addr_ifindex = kernel::read::<i32>(name, 4).unwrap_or(0) as u32;
-        } else if family == AF_INET {
-            (*event).addr_family = family;
-            (*event).addr_port = u16::from_be(kernel::read::<u16>(name, 2).unwrap_or(0));
-            let a = kernel::read::<[u8; 4]>(name, 4).unwrap_or([0; 4]);
-            let mut addr = [0u8; 16];
-            addr[..4].copy_from_slice(&a);
-            (*event).addr = addr;
-        } else if call == SendCall::PacketSendmsg && o.packet_ifindex != 0 {
+        let family = read_destination(Memory::Kernel, name, event);
+        if family == 0 && call == SendCall::PacketSendmsg && o.packet_ifindex != 0 {
+            // No destination given: the packet socket's binding names the device.
             (*event).addr_ifindex = kernel::read::<i32>(sk, o.packet_ifindex).unwrap_or(0) as u32;
         }
     }
     events::submit(entry);
+}
+
+/// Where a destination sockaddr is read from: the caller's memory (the syscall hooks) or the
+/// kernel's copy of it (fexit on the functions that refuse the send).
+#[derive(Copy, Clone)]
+enum Memory {
+    User,
+    Kernel,
+}
+
+impl Memory {
+    #[inline(always)]
+    fn read<T>(self, base: *const u8, offset: usize) -> Option<T> {
+        match self {
+            // SAFETY: the helper checks the user address and fails cleanly on a bad one.
+            Memory::User => unsafe { bpf_probe_read_user(base.wrapping_add(offset).cast()) }.ok(),
+            Memory::Kernel => kernel::read(base, offset as u32),
+        }
+    }
+
+    /// Straight into the event (kernel.rs' `read_bytes` says why); zeros on failure.
+    #[inline(always)]
+    fn read_bytes(self, base: *const u8, offset: usize, dst: &mut [u8]) {
+        match self {
+            Memory::User => {
+                // SAFETY: as in `read`; the helper writes at most `dst.len()` bytes.
+                let _ = unsafe { bpf_probe_read_user_buf(base.wrapping_add(offset), dst) };
+            }
+            Memory::Kernel => kernel::read_bytes(base, offset as u32, dst),
+        }
+    }
+}
+
+/// # Safety
+/// `event` points to a reserved ring-buffer record.
+#[inline(always)]
+unsafe fn clear_destination(event: *mut SendErrorEvent) {
+    // SAFETY: the caller's.
+    unsafe {
+        (*event).addr_family = 0;
+        (*event).addr_port = 0;
+        (*event).addr_ifindex = 0;
+        kernel::zero16(&mut (*event).addr);
+    }
+}
+
+/// Decodes the sockaddr at `name` (null: none) into a cleared event's destination; returns
+/// its family (0 when there is none or it cannot be read).
+///
+/// # Safety
+/// `event` points to a reserved ring-buffer record.
+#[inline(always)]
+unsafe fn read_destination(memory: Memory, name: *const u8, event: *mut SendErrorEvent) -> u16 {
+    if name.is_null() {
+        return 0;
+    }
+    let family = memory.read::<u16>(name, 0).unwrap_or(0);
+    // SAFETY: the caller's.
+    let event = unsafe { &mut *event };
+    event.addr_family = family;
+    match family {
+        // struct sockaddr_ll { u16 family; be16 protocol; int ifindex; ... }
+        AF_PACKET => event.addr_ifindex = memory.read::<i32>(name, 4).unwrap_or(0) as u32,
+        // struct sockaddr_in { u16 family; be16 port; be32 addr; ... }
+        AF_INET => {
+            event.addr_port = u16::from_be(memory.read::<u16>(name, 2).unwrap_or(0));
+            memory.read_bytes(name, 4, &mut event.addr[..4]);
+        }
+        // struct sockaddr_in6 { u16 family; be16 port; be32 flowinfo; u8 addr[16]; ... }
+        AF_INET6 => {
+            event.addr_port = u16::from_be(memory.read::<u16>(name, 2).unwrap_or(0));
+            memory.read_bytes(name, 8, &mut event.addr);
+        }
+        _ => {}
+    }
+    family
 }

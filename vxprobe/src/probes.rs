@@ -742,6 +742,38 @@ fn ensure_tracefs() -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// LLVM makes a call to memset/memcpy/memmove of some zeroings and copies, where the BPF
+    /// target links a byte loop (compiler_builtins'): a 40-byte clear is 40 iterations. The
+    /// calls are relocations in the object, in every program, whatever the verifier names.
+    #[test]
+    fn the_kernel_programs_call_no_byte_loops() {
+        use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget, SectionKind};
+        let elf = object::File::parse(EBPF_OBJECT).expect("the embedded eBPF object");
+        let mut code = Vec::new();
+        let mut calls = Vec::new();
+        for section in elf.sections() {
+            let name = section.name().unwrap_or("?");
+            if section.kind() == SectionKind::Text {
+                code.push(name);
+            }
+            for (_, reloc) in section.relocations() {
+                let RelocationTarget::Symbol(index) = reloc.target() else {
+                    continue;
+                };
+                let symbol = elf.symbol_by_index(index).expect("a relocation's symbol");
+                let target = symbol.name().unwrap_or("?");
+                if ["memset", "memcpy", "memmove"].contains(&target) {
+                    calls.push(format!("{name} calls {target}"));
+                }
+            }
+        }
+        assert!(
+            code.contains(&"classifier") && code.contains(&"tp_btf/kfree_skb"),
+            "not vxprobe's programs: {code:?}"
+        );
+        assert!(calls.is_empty(), "byte loops: {calls:#?}");
+    }
+
     #[test]
     fn many_cpus_share_a_bounded_cache() {
         assert_eq!(default_flow_cache_slots(2), 1024);
