@@ -47,7 +47,9 @@ pub struct FlowCounters {
     /// every interval, so this is the largest packet of the interval.
     pub max_len: u32,
     pub max_epoch: u32,
-    /// The tunnel header last seen for this flow.
+    /// The flow's tunnel header (family 0: none seen). A flow's packets at one hop share one:
+    /// the kernel stores the first it sees in each cache tenure (`CachedFlow`), and a merge
+    /// keeps the newest tenure's.
     pub outer: OuterHeader,
     pub _pad: u32,
     /// In the flow map: the generation of this CPU's cache slot that was last added in

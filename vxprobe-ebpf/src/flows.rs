@@ -165,7 +165,7 @@ fn add(flow: &mut FlowCounters, sample: &HopCounters, outer: &OuterHeader) {
     flow.oversize += sample.oversize;
     crate::tc::raise_max(&mut flow.max_len, &mut flow.max_epoch, sample);
     // A flow's packets at one hop share their tunnel header: stored when the flow takes the
-    // slot, again only if that packet had none (not 44 bytes copied per packet).
+    // slot, or later only if the slot has none yet (not 44 bytes copied per packet).
     if flow.outer.family == 0 && outer.family != 0 {
         flow.outer = *outer;
     }
