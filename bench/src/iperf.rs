@@ -27,33 +27,9 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .context("starting iperf3 -s")?;
-        // Ready when the port listens; /proc/net/tcp is per namespace, read from inside.
-        let ns = netns.to_owned();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let listening = vxprobe::lab::faults::in_netns(&ns, || {
-                let tcp = std::fs::read_to_string("/proc/thread-self/net/tcp")?;
-                let tcp6 =
-                    std::fs::read_to_string("/proc/thread-self/net/tcp6").unwrap_or_default();
-                let port = format!(":{PORT:04X} ");
-                Ok(tcp.lines().chain(tcp6.lines()).any(|l| {
-                    l.split_whitespace()
-                        .nth(1)
-                        .is_some_and(|local| format!("{local} ").ends_with(&port))
-                        && l.split_whitespace().nth(3) == Some("0A")
-                }))
-            })?;
-            if listening {
-                return Ok(Self { child });
-            }
-            if let Some(status) = child.try_wait()? {
-                bail!("iperf3 -s exited: {status}");
-            }
-            if Instant::now() > deadline {
-                bail!("iperf3 -s not listening after 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        vxprobe::lab::faults::wait_tcp_listening(netns, PORT, &mut child, Duration::from_secs(10))
+            .context("iperf3 -s")?;
+        Ok(Self { child })
     }
 }
 

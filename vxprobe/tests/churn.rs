@@ -229,20 +229,7 @@ fn new_pod_veths_matching_the_glob_are_observed_and_vanished_ones_let_go() {
             "{name} observed {:?} after it was created",
             created.elapsed()
         );
-        common::must(
-            &n1.netns,
-            "ping",
-            &[
-                "-q",
-                "-c",
-                "5",
-                "-i",
-                "0.02",
-                "-W",
-                "1",
-                &extra_veth_peer_ip(net).to_string(),
-            ],
-        );
+        common::ping(&n1.netns, 5, &extra_veth_peer_ip(net).to_string());
         // Summed over interval lines: on a slow machine five pings span two intervals.
         rec.wait_until(
             "the pings on the new veth",
@@ -331,11 +318,7 @@ fn a_vanished_devices_flows_leaving_the_flow_cache_are_deleted_from_the_map() {
         l["kind"] == "device" && l["event"] == "added" && l["ifindex"] == ifindex
     });
     let peer = extra_veth_peer_ip(30).to_string();
-    common::must(
-        &n1.netns,
-        "ping",
-        &["-q", "-c", "3", "-i", "0.02", "-W", "1", &peer],
-    );
+    common::ping(&n1.netns, 3, &peer);
     let gone = ifindex as u32;
     let (cache, _) = flow_ifindexes(pid);
     assert!(

@@ -42,7 +42,7 @@ fn oversized_af_packet_sends_through(extra_args: &[&str]) -> String {
     const N: u32 = 9;
     let failed = faults::packet_sends(node, TAP_DEV, 2000, N).unwrap();
     assert_eq!(failed, N, "every send failed with EMSGSIZE");
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Stopping drains the ring buffer and closes the interval: nothing is left behind.
     let lines = rec.stop();
     let hook = hook_of(&lines, "send_emsgsize");
     // fexit names the kernel function, the syscall tracepoints the system call.
@@ -128,7 +128,13 @@ fn retransmits_through(extra_args: &[&str]) -> String {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        faults::wait_tcp_listening(
+            &n2.pod.netns,
+            5201,
+            &mut server,
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
         let client = vxprobe::lab::Lab::command(&n1.pod.netns, "iperf3")
             .args([
                 "-c",
@@ -154,7 +160,6 @@ fn retransmits_through(extra_args: &[&str]) -> String {
             break;
         }
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
     let lines = rec.stop();
     assert!(
         retrans_segs > 5,
@@ -217,7 +222,6 @@ fn df_traffic_above_the_overlay_mtu_is_refused_at_the_hop_then_at_the_sender() {
         .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
     let lines = rec.stop();
     let ours = |l: &&Value| l["kind"] == "oversize" && l["flow"]["dport"] == 7780;
     let at_hop: Vec<&Value> = lines

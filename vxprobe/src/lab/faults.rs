@@ -357,6 +357,46 @@ pub fn snmp(netns: &str, group: &str, field: &str) -> io::Result<u64> {
     })
 }
 
+/// Waits until a TCP socket listens on `port` in `netns` (a server just started: connecting
+/// before would be refused); an error if `server` exits or `timeout` passes first.
+pub fn wait_tcp_listening(
+    netns: &str,
+    port: u16,
+    server: &mut std::process::Child,
+    timeout: std::time::Duration,
+) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    let port_field = format!(":{port:04X}");
+    loop {
+        let wanted = port_field.clone();
+        // thread-self: /proc/net follows the main thread's namespace, not this thread's.
+        let listening = in_netns(netns, move || {
+            let mut tables = std::fs::read_to_string("/proc/thread-self/net/tcp")?;
+            tables += &std::fs::read_to_string("/proc/thread-self/net/tcp6").unwrap_or_default();
+            // "sl local_address rem_address st ...": state 0A is LISTEN.
+            Ok(tables.lines().any(|l| {
+                let mut fields = l.split_whitespace().skip(1);
+                let local = fields.next().unwrap_or("");
+                local.ends_with(&wanted) && fields.nth(1) == Some("0A")
+            }))
+        })?;
+        if listening {
+            return Ok(());
+        }
+        if let Some(status) = server.try_wait()? {
+            return Err(io::Error::other(format!(
+                "the server for port {port} exited: {status}"
+            )));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(io::Error::other(format!(
+                "nothing listens on port {port} after {timeout:?}"
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// The calling thread inside another network namespace until dropped, then back where it was.
 pub struct NetnsGuard {
     previous: std::fs::File,

@@ -129,12 +129,17 @@ pub struct Traffic {
 impl Traffic {
     pub fn start(lab: &Lab) -> io::Result<Self> {
         let [n1, n2] = &lab.nodes;
-        let server = Lab::command(&n2.pod.netns, "iperf3")
+        let mut server = Lab::command(&n2.pod.netns, "iperf3")
             .args(["-s", "-p", "5201"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        faults::wait_tcp_listening(
+            &n2.pod.netns,
+            5201,
+            &mut server,
+            std::time::Duration::from_secs(10),
+        )?;
         let client = Lab::command(&n1.pod.netns, "iperf3")
             .args([
                 "-c",

@@ -205,7 +205,6 @@ pub fn has_kprobes() -> bool {
     yes
 }
 
-/// The hook `signal` used in a recording, from its `meta` line.
 /// The inode of a named network namespace: what events carry as `netns`. Kernel-wide hooks see
 /// every namespace of the node, and the tests of one binary (one process id) run side by side,
 /// each with a lab of its own: their events are told apart by namespace.
@@ -239,6 +238,7 @@ pub fn open_tap(name: &str, flags: libc::c_int) -> std::io::Result<std::fs::File
     Ok(tun)
 }
 
+/// The hook `signal` used in a recording, from its `meta` line.
 pub fn hook_of(lines: &[Value], signal: &str) -> String {
     assert_eq!(lines[0]["kind"], "meta", "the first line is meta");
     lines[0]["hooks"]
