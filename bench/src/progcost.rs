@@ -73,6 +73,7 @@ const PROGRAMS: &[&str] = &[
     names::ICMP_SEND_BTF,
     names::ICMP_SEND_RAW,
     names::YARDSTICK_TC,
+    names::YARDSTICK_COUNT_TC,
     names::TCP_BAD_CSUM_BTF,
     names::TCP_BAD_CSUM_RAW,
     names::RX_CSUM_FAULT_KPROBE,
@@ -157,6 +158,9 @@ pub struct ProgCost {
     /// The no-op TC program on the same hooks in the same windows, per load: what a run
     /// costs before any work, as bpf_stats measures it here.
     pub floor: BTreeMap<String, Dist>,
+    /// The least per-hop counter on the same hooks in the same windows, per load: what
+    /// counting at all costs here.
+    pub least_counter: BTreeMap<String, Dist>,
     pub isolated: Option<Isolated>,
 }
 
@@ -172,12 +176,13 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
     hops.extend(["-i".into(), "tap0".into()]);
     let rec = Recorder::start(&ctx.vxprobe, &n1.netns, &hops, Output::DevNull)?;
     let mut ids = prog_ids(rec.pid())?;
-    let yardstick = Yardstick::attach(&n1.netns, &hops)?;
-    ids.insert(yardstick.id);
+    let yardsticks = Yardsticks::attach(&n1.netns, &hops)?;
+    ids.extend(&yardsticks.ids);
     // (load, program) -> per-window (ns per run, runs)
     let mut samples: BTreeMap<(String, String), Vec<(f64, u64)>> = BTreeMap::new();
     let mut tc: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut floor: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut least_counter: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for round in 0..rounds {
         for load in ["tcp", "udp64", "faults"] {
             let before = snapshot(&ids)?;
@@ -217,8 +222,15 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
                 } else {
                     f64::NAN
                 };
-                if name == names::YARDSTICK_TC && dcnt > 0 {
-                    floor.entry(load.to_owned()).or_default().push(per_run);
+                if dcnt > 0 {
+                    let yardstick = match name.as_str() {
+                        names::YARDSTICK_TC => Some(&mut floor),
+                        names::YARDSTICK_COUNT_TC => Some(&mut least_counter),
+                        _ => None,
+                    };
+                    if let Some(yardstick) = yardstick {
+                        yardstick.entry(load.to_owned()).or_default().push(per_run);
+                    }
                 }
                 samples
                     .entry((load.to_owned(), name.clone()))
@@ -231,14 +243,24 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
                     .push(tc_ns as f64 / tc_runs as f64);
             }
             ctx.log(&format!(
-                "  round {}/{rounds} {load}: TC {:.0} ns/run over {tc_runs} runs, no-op {:.0} ns/run",
+                "  round {}/{rounds} {load}: TC {:.0} ns/run over {tc_runs} runs, no-op {:.0}, \
+                 least counter {:.0}",
                 round + 1,
                 tc_ns as f64 / tc_runs.max(1) as f64,
-                floor.get(load).and_then(|f| f.last()).copied().unwrap_or(f64::NAN),
+                floor
+                    .get(load)
+                    .and_then(|f| f.last())
+                    .copied()
+                    .unwrap_or(f64::NAN),
+                least_counter
+                    .get(load)
+                    .and_then(|f| f.last())
+                    .copied()
+                    .unwrap_or(f64::NAN),
             ));
         }
     }
-    drop(yardstick);
+    drop(yardsticks);
     rec.stop()?;
     let mut programs: BTreeMap<String, ProgramCost> = BTreeMap::new();
     for ((load, name), windows) in samples {
@@ -262,17 +284,21 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
         programs: programs.into_values().collect(),
         tc: tc.into_iter().map(|(k, v)| (k, Dist::of(&v))).collect(),
         floor: floor.into_iter().map(|(k, v)| (k, Dist::of(&v))).collect(),
+        least_counter: least_counter
+            .into_iter()
+            .map(|(k, v)| (k, Dist::of(&v)))
+            .collect(),
     })
 }
 
-/// The no-op TC program, attached after vxprobe's on every device the recorder observes in
-/// the lab node; detached when dropped.
-struct Yardstick {
+/// The yardstick TC programs (the no-op, the least counter), attached after vxprobe's on
+/// every device the recorder observes in the lab node; detached when dropped.
+struct Yardsticks {
     _probes: Probes,
-    id: u64,
+    ids: Vec<u64>,
 }
 
-impl Yardstick {
+impl Yardsticks {
     /// `hops`: the recorder's `-i` arguments, selected as vxprobe selects them.
     fn attach(netns: &str, hops: &[String]) -> anyhow::Result<Self> {
         let patterns: Vec<String> = hops.iter().filter(|h| *h != "-i").cloned().collect();
@@ -290,23 +316,27 @@ impl Yardstick {
             .collect::<Vec<_>>();
         let mode = TcMode::choose(TcAttach::Auto);
         let mut probes = Probes::load(mode, None, &FlowFilter::NONE, Tables::default())?;
-        let prog = classifier(&mut probes, names::YARDSTICK_TC)?;
-        prog.load().context("loading the yardstick program")?;
-        for device in &devices {
-            for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
-                // After vxprobe's (which hand every packet on), so it sees the same packets.
-                let options = match mode {
-                    TcMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::last()),
-                    TcMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
-                };
-                prog.attach_with_options(device, direction, options)
-                    .with_context(|| format!("attaching the yardstick to {device}"))?;
+        let mut ids = Vec::new();
+        for name in [names::YARDSTICK_TC, names::YARDSTICK_COUNT_TC] {
+            let prog = classifier(&mut probes, name)?;
+            prog.load().with_context(|| format!("loading {name}"))?;
+            for device in &devices {
+                for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
+                    // After vxprobe's (which hand every packet on), so they see the same
+                    // packets.
+                    let options = match mode {
+                        TcMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::last()),
+                        TcMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
+                    };
+                    prog.attach_with_options(device, direction, options)
+                        .with_context(|| format!("attaching {name} to {device}"))?;
+                }
             }
+            ids.push(u64::from(prog.info().context("a yardstick's id")?.id()));
         }
-        let id = u64::from(prog.info().context("the yardstick's id")?.id());
         Ok(Self {
             _probes: probes,
-            id,
+            ids,
         })
     }
 }
@@ -321,6 +351,8 @@ pub struct Isolated {
     pub ns_per_run: BTreeMap<String, Dist>,
     /// The no-op TC program the same way (on the pod's packet): the harness's own cost.
     pub floor: Dist,
+    /// The least per-hop counter the same way.
+    pub least_counter: Dist,
 }
 
 fn frame(ethertype: u16, payload: &[u8]) -> Vec<u8> {
@@ -406,9 +438,13 @@ pub fn isolated(ctx: &Ctx) -> anyhow::Result<Isolated> {
     yardstick.load().context("loading the yardstick program")?;
     let (_, pod_packet) = &packets()[0];
     out.floor = test_run(yardstick, pod_packet, repeat, samples)?;
+    let counter = classifier(&mut probes, names::YARDSTICK_COUNT_TC)?;
+    counter.load().context("loading the least counter")?;
+    out.least_counter = test_run(counter, pod_packet, repeat, samples)?;
     ctx.log(&format!(
-        "  isolated, no-op program: {} ns per run",
-        out.floor.show(1.0, 0)
+        "  isolated, no-op program: {} ns per run, least counter {} ns",
+        out.floor.show(1.0, 0),
+        out.least_counter.show(1.0, 0)
     ));
     Ok(out)
 }

@@ -407,6 +407,18 @@ fn tc_cost_why_not(p: &ProgCost) -> String {
          {floors} here: bpf_stats' own clock reads around every run and the dispatch, the \
          floor of this measurement on this machine"
     );
+    let least = p
+        .least_counter
+        .iter()
+        .map(|(load, d)| format!("{:.0} ns ({load})", d.median))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !least.is_empty() {
+        why.push_str(&format!(
+            "; the least per-hop counter (one per-CPU array slot by ifindex: packets and \
+             bytes, no parse, no flow) measures {least}"
+        ));
+    }
     if let Some(i) = &p.isolated {
         let work = i
             .ns_per_run
@@ -472,8 +484,11 @@ fn prog_cost_md(md: &mut String, p: &ProgCost) {
     let _ = writeln!(
         md,
         "`{}` is a TC program that does nothing, attached after vxprobe's on the same hooks \
-         for these windows: what bpf_stats reports for a run before any work is done.\n",
-        vxprobe_common::names::YARDSTICK_TC
+         for these windows: what bpf_stats reports for a run before any work is done. `{}`, \
+         beside it, is the least a per-hop counter does (one per-CPU array slot by ifindex: \
+         packets and bytes; no parse, no flow).\n",
+        vxprobe_common::names::YARDSTICK_TC,
+        vxprobe_common::names::YARDSTICK_COUNT_TC
     );
     if let Some(i) = &p.isolated {
         let _ = writeln!(
@@ -489,8 +504,9 @@ fn prog_cost_md(md: &mut String, p: &ProgCost) {
         }
         let _ = writeln!(
             md,
-            "| the no-op program (tcp over ipv4) | {} |",
-            i.floor.show(1.0, 0)
+            "| the no-op program (tcp over ipv4) | {} |\n| the least per-hop counter (tcp over ipv4) | {} |",
+            i.floor.show(1.0, 0),
+            i.least_counter.show(1.0, 0)
         );
         md.push('\n');
     }

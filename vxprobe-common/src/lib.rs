@@ -55,6 +55,8 @@ pub mod names {
     pub const ICMP_SEND_RAW: &str = "vxprobe_icmp_send_raw";
     /// A no-op TC program for the benchmark's floor; vxprobe itself never attaches it.
     pub const YARDSTICK_TC: &str = "vxprobe_yardstick_tc";
+    /// The least per-hop counter, for the benchmark; never attached by vxprobe either.
+    pub const YARDSTICK_COUNT_TC: &str = "vxprobe_yardstick_count_tc";
 }
 
 /// Upper bound on the devices observed at once (each is two hops, ingress and egress).

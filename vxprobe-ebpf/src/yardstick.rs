@@ -1,10 +1,35 @@
-//! A TC program that does nothing. vxprobe never attaches it: the benchmark attaches it beside
-//! the real TC programs, on the same hooks and packets, so the cost per run the kernel reports
-//! for it (its clock reads, the dispatch) can be told apart from the cost of vxprobe's work.
+//! TC programs for the benchmark's yardsticks. vxprobe never attaches them: the benchmark
+//! attaches them beside the real TC programs, on the same hooks and packets, so the cost per
+//! run the kernel reports can be split into what any program pays (the no-op: its clock reads,
+//! the dispatch), what the least per-hop counter pays, and what vxprobe's work adds.
 
-use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_UNSPEC,
+    macros::{classifier, map},
+    maps::PerCpuArray,
+    programs::TcContext,
+};
 
 #[classifier]
 pub fn vxprobe_yardstick_tc(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
+/// Packets and bytes per device (ifindex modulo the size).
+#[map]
+static YARDSTICK_COUNTS: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(256, 0);
+
+/// The least a per-hop counter does: one per-CPU array slot by ifindex, packets and bytes.
+#[classifier]
+pub fn vxprobe_yardstick_count_tc(ctx: TcContext) -> i32 {
+    // SAFETY: a plain field of the __sk_buff context the kernel handed to this program.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if let Some(counts) = YARDSTICK_COUNTS.get_ptr_mut(ifindex % 256) {
+        // SAFETY: a per-CPU slot: only this CPU writes it while this program runs.
+        unsafe {
+            (*counts)[0] += 1;
+            (*counts)[1] += u64::from(ctx.len());
+        }
+    }
     TC_ACT_UNSPEC
 }
