@@ -60,6 +60,13 @@ pub struct Process {
     pub comm: String,
 }
 
+/// Where a refused send was going (an IPv4 or IPv6 destination address).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Destination {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
 /// One anomaly, ready for every sink. Fields a kind does not have stay out of its JSON line.
 #[derive(Debug, Clone, Serialize)]
 pub struct Anomaly {
@@ -93,6 +100,9 @@ pub struct Anomaly {
     pub func: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
+    /// A refused send's destination, when it named an IP one (sendto, or msg_name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dest: Option<Destination>,
     /// Segments this line stands for, when more than one (a retransmitted GSO skb).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
@@ -160,6 +170,7 @@ impl Anomaly {
             more: None,
             func: None,
             process: None,
+            dest: None,
             count: None,
             flow: None,
             outer: None,
@@ -333,7 +344,18 @@ impl Enricher {
             pid: event.tgid,
             comm: c_string(&event.comm),
         });
+        const AF_INET: u16 = 2;
         const AF_PACKET: u16 = 17;
+        const AF_INET6: u16 = 10;
+        let ip_family = match event.addr_family {
+            AF_INET => 4,
+            AF_INET6 => 6,
+            _ => 0,
+        };
+        anomaly.dest = ip_of(ip_family, &event.addr).map(|addr| Destination {
+            addr,
+            port: event.addr_port,
+        });
         // The kernel names the device from the destination or the socket's binding; if it
         // could not (no BTF for af_packet), ask /proc while the sender is still there.
         let ifindex = match event.addr_family {

@@ -244,7 +244,7 @@ fn df_traffic_above_the_overlay_mtu_is_refused_at_the_hop_then_at_the_sender() {
     );
     // The sender is in the pod; other tests' labs may be refusing sends meanwhile.
     let pod = netns_inode(&n1.pod.netns);
-    let at_sender = lines
+    let at_sender: Vec<&Value> = lines
         .iter()
         .filter(|l| {
             l["kind"] == "oversize"
@@ -252,12 +252,17 @@ fn df_traffic_above_the_overlay_mtu_is_refused_at_the_hop_then_at_the_sender() {
                 && l["process"]["pid"] == std::process::id()
                 && l["netns"] == pod
         })
-        .count() as u32;
+        .collect();
     assert!(refused > 0, "the sender learned the path MTU");
     assert_eq!(
-        at_sender, refused,
+        at_sender.len() as u32,
+        refused,
         "every EMSGSIZE the sender got is counted"
     );
+    for e in &at_sender {
+        assert_eq!(e["dest"]["addr"], n2.pod.ip.to_string(), "{e}");
+        assert_eq!(e["dest"]["port"], 7780, "{e}");
+    }
     assert_eq!(
         at_hop.len() as u32 + refused,
         N,
