@@ -120,17 +120,7 @@ fn observe(ctx: &TcContext, direction: Direction) {
     let packet = &scratch.packet;
     count_hop(hop, &sample);
 
-    let key = FlowKey {
-        ifindex,
-        direction: direction as u8,
-        proto: packet.flow.proto,
-        family: packet.flow.family,
-        _pad: 0,
-        sport: packet.flow.sport,
-        dport: packet.flow.dport,
-        src: addr_bytes(&packet.flow.src),
-        dst: addr_bytes(&packet.flow.dst),
-    };
+    let key = flow_key(ifindex, direction as u8, &packet.flow);
     flows::count(&key, &sample, &packet.outer, &mut scratch.flow);
 
     if fragment || oversize {
@@ -154,6 +144,22 @@ fn observe(ctx: &TcContext, direction: Direction) {
             gso_segs,
             &frag,
         );
+    }
+}
+
+/// `flow`'s key at the hop of `ifindex` and `direction`.
+#[inline(always)]
+fn flow_key(ifindex: u32, direction: u8, flow: &Ip) -> FlowKey {
+    FlowKey {
+        ifindex,
+        direction,
+        proto: flow.proto,
+        family: flow.family,
+        _pad: 0,
+        sport: flow.sport,
+        dport: flow.dport,
+        src: addr_bytes(&flow.src),
+        dst: addr_bytes(&flow.dst),
     }
 }
 
@@ -242,17 +248,8 @@ fn remember_or_recall(ip: &Ip, packet: &mut Packet, info: &mut FragInfo) {
         dst: addr_bytes(&ip.dst),
     };
     if ip.has_transport() {
-        info.flow = FlowKey {
-            ifindex: 0,
-            direction: 0,
-            proto: packet.flow.proto,
-            family: packet.flow.family,
-            _pad: 0,
-            sport: packet.flow.sport,
-            dport: packet.flow.dport,
-            src: addr_bytes(&packet.flow.src),
-            dst: addr_bytes(&packet.flow.dst),
-        };
+        // The flow alone, not at a hop: later fragments are the same at every hop.
+        info.flow = flow_key(0, 0, &packet.flow);
         info.outer = if is_outer_fragment(packet) {
             clean(&packet.outer)
         } else {
