@@ -35,16 +35,8 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     // cleanly as soon as it starts, instead of killing vxprobe half-attached.
     let stop = stop_signal(args.duration)?;
     let outputs = Outputs::open(&args.output, args.pcap.as_deref(), args.snaplen)?;
-    let mut session = Session::start(&SessionConfig {
-        selection: args.selection.clone(),
-        tc_attach: args.probe.tc_attach,
-        skip_hook: args.probe.skip_hook.clone(),
-        max_flows: args.probe.max_flows,
-        flow_cache_slots: args.probe.flow_cache,
-        ring_size: args.probe.ring_size,
-        all_drops: args.probe.all_drops,
-    })
-    .await?;
+    let mut session =
+        Session::start(&SessionConfig::from_cli(&args.selection, &args.probe)).await?;
     session::signal_ready(args.ready_file.as_ref())?;
     outputs
         .write(&mut session, args.stats_interval, None, stop)

@@ -12,7 +12,7 @@ use vxprobe_common::{Direction, EventKind, HopKey};
 use crate::{
     anomaly::{Anomaly, Enricher, Link, flow_of, outer_of},
     caps,
-    cli::{Selection, TcAttach},
+    cli::{ProbeOptions, Selection, TcAttach},
     decode::{self, KernelEvent},
     devices::{self, DeviceKind, Hop, Role},
     error::UsageError,
@@ -36,6 +36,21 @@ pub struct SessionConfig {
     pub ring_size: u32,
     /// Also report drops that are not losses ([`Anomaly::is_benign`]).
     pub all_drops: bool,
+}
+
+impl SessionConfig {
+    /// What `record` and `top` ask for on their command lines.
+    pub fn from_cli(selection: &Selection, probe: &ProbeOptions) -> Self {
+        Self {
+            selection: selection.clone(),
+            tc_attach: probe.tc_attach,
+            skip_hook: probe.skip_hook.clone(),
+            max_flows: probe.max_flows,
+            flow_cache_slots: probe.flow_cache,
+            ring_size: probe.ring_size,
+            all_drops: probe.all_drops,
+        }
+    }
 }
 
 /// What this session watches, with which hooks: the `meta` line, the TUI's status line.

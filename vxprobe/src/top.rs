@@ -15,16 +15,8 @@ use crate::{
 
 pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     // Attach (and report problems) before the terminal switches to the UI.
-    let mut session = Session::start(&SessionConfig {
-        selection: args.selection.clone(),
-        tc_attach: args.probe.tc_attach,
-        skip_hook: args.probe.skip_hook.clone(),
-        max_flows: args.probe.max_flows,
-        flow_cache_slots: args.probe.flow_cache,
-        ring_size: args.probe.ring_size,
-        all_drops: args.probe.all_drops,
-    })
-    .await?;
+    let mut session =
+        Session::start(&SessionConfig::from_cli(&args.selection, &args.probe)).await?;
     let result = show(&mut session, args.interval, None).await;
     session.stop();
     result
