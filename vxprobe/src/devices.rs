@@ -290,21 +290,25 @@ pub fn selected(
         .collect()
 }
 
+/// An up device of MTU 1500 without a lower device or tunnel, for tests.
+#[cfg(test)]
+pub(crate) fn test_device(ifindex: u32, name: &str, kind: DeviceKind) -> Device {
+    Device {
+        ifindex,
+        name: name.into(),
+        kind,
+        mtu: 1500,
+        up: true,
+        link: None,
+        tunnel: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn dev(ifindex: u32, name: &str, kind: DeviceKind) -> Device {
-        Device {
-            ifindex,
-            name: name.into(),
-            kind,
-            mtu: 1500,
-            up: true,
-            link: None,
-            tunnel: None,
-        }
-    }
+    use test_device as dev;
 
     fn node() -> Vec<Device> {
         let mut vxlan = dev(4, "vxlan.calico", DeviceKind::Vxlan);

@@ -289,19 +289,7 @@ async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::{DeviceKind, Role, TunnelInfo};
-
-    fn dev(ifindex: u32, name: &str, kind: DeviceKind) -> Device {
-        Device {
-            ifindex,
-            name: name.into(),
-            kind,
-            mtu: 1500,
-            up: true,
-            link: None,
-            tunnel: None,
-        }
-    }
+    use crate::devices::{DeviceKind, Role, TunnelInfo, test_device as dev};
 
     fn vxlan(ifindex: u32, lower: Option<u32>) -> Device {
         let mut d = dev(ifindex, "vxlan.calico", DeviceKind::Vxlan);
