@@ -192,8 +192,9 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test { args } => {
             // Kernel state (devices, hooks, tracefs) is shared: one test at a time. The default
-            // members leave out vxprobe-ebpf, which only builds for the bpf target.
-            let mut cmd = vec!["test"];
+            // members leave out vxprobe-ebpf, which only builds for the bpf target. Every test
+            // binary runs, whatever failed before it; cargo names the failed ones at the end.
+            let mut cmd = vec!["test", "--no-fail-fast"];
             cmd.extend(args.iter().map(String::as_str));
             cmd.extend(["--", "--test-threads=1"]);
             cargo(&env, &cmd)
