@@ -18,9 +18,9 @@ use serde::Serialize;
 use serde_json::Value;
 use vxprobe::{
     cli::TcAttach,
-    devices,
+    kernel::probes::{Probes, Tables, TcMode},
     lab::{Lab, LabOptions, faults},
-    probes::{Probes, Tables, TcMode},
+    node::devices,
 };
 use vxprobe_common::{FlowFilter, names};
 

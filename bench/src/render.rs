@@ -11,11 +11,11 @@ use std::{
 
 use serde::Serialize;
 use vxprobe::{
-    devices::Role,
-    packet::{Flow, Outer},
-    pipeline::Sink as _,
-    session::{FlowReport, HopReport, IntervalEnd, IntervalReport, MetaHop},
-    tui::{App, feed::TuiFeed, render_once},
+    node::devices::Role,
+    observe::packet::{Flow, Outer},
+    observe::pipeline::Sink as _,
+    observe::session::{FlowReport, HopReport, IntervalEnd, IntervalReport, MetaHop},
+    sinks::tui::{App, feed::TuiFeed, render_once},
 };
 use vxprobe_common::{Direction, FlowCounters, HopCounters};
 

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use vxprobe::tui::{AppEvent, demo};
+use vxprobe::sinks::tui::{AppEvent, demo};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -28,5 +28,5 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     });
-    vxprobe::tui::run(rx).await
+    vxprobe::sinks::tui::run(rx).await
 }

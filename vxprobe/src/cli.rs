@@ -50,7 +50,7 @@ pub struct DoctorArgs {
 
 /// Parses a kernel release for `--assume-kernel`: it must start with MAJOR.MINOR.
 pub fn parse_kernel_release(text: &str) -> Result<String, String> {
-    match crate::doctor::facts::KernelRelease::parse(text).version {
+    match crate::node::facts::KernelRelease::parse(text).version {
         Some(_) => Ok(text.trim().to_owned()),
         None => Err(format!(
             "'{text}' is not a kernel release like 4.19.0 or 5.10"
@@ -65,7 +65,7 @@ pub struct ProbesArgs {
     pub json: bool,
     /// Leave a hook type out of the ladder (repeatable).
     #[arg(long, value_enum, value_name = "HOOK")]
-    pub skip_hook: Vec<crate::probes::HookType>,
+    pub skip_hook: Vec<crate::kernel::probes::HookType>,
     /// Also report frees that are not losses, such as NO_SOCKET in ping_rcv for echo replies
     /// a raw socket (root's ping) already received.
     #[arg(long)]
@@ -87,12 +87,12 @@ pub struct Selection {
     pub port: Option<u16>,
     /// Only this protocol.
     #[arg(long, value_enum)]
-    pub proto: Option<crate::filter::Proto>,
+    pub proto: Option<crate::observe::filter::Proto>,
 }
 
 impl Selection {
-    pub fn flows(&self) -> crate::filter::FlowSelector {
-        crate::filter::FlowSelector {
+    pub fn flows(&self) -> crate::observe::filter::FlowSelector {
+        crate::observe::filter::FlowSelector {
             host: self.host,
             port: self.port,
             proto: self.proto,
@@ -179,7 +179,7 @@ pub struct ProbeOptions {
     /// Leave a hook type out of the ladder (repeatable), e.g. to use the raw tracepoint where
     /// tp_btf misbehaves.
     #[arg(long, value_enum, value_name = "HOOK")]
-    pub skip_hook: Vec<crate::probes::HookType>,
+    pub skip_hook: Vec<crate::kernel::probes::HookType>,
     /// Also report frees that are not losses, such as NO_SOCKET in ping_rcv for echo replies
     /// a raw socket (root's ping) already received.
     #[arg(long)]

@@ -10,17 +10,17 @@ use rtnetlink::packet_core::Parseable as _;
 use vxprobe_common::Direction;
 
 use crate::{
-    anomaly::{Anomaly, AnomalyKind, Enricher, Evidence, Link},
     cli::{self, Cli},
-    decode::{self, KernelEvent},
-    devices::{self, Device},
-    doctor::facts::KernelRelease,
-    filter::FlowSelector,
-    kallsyms::Kallsyms,
-    packet::{self, Flow, Outer},
-    pcap::EvidenceFile,
-    stale,
-    watch::Tracker,
+    kernel::kallsyms::Kallsyms,
+    kernel::stale,
+    node::devices::{self, Device},
+    node::facts::KernelRelease,
+    node::watch::Tracker,
+    observe::anomaly::{Anomaly, AnomalyKind, Enricher, Evidence, Link},
+    observe::decode::{self, KernelEvent},
+    observe::filter::FlowSelector,
+    observe::packet::{self, Flow, Outer},
+    sinks::pcap::EvidenceFile,
 };
 
 /// A fuzz target's body: arbitrary bytes in, a panic is a finding.

@@ -3,9 +3,8 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use vxprobe::{
     cli::{Cli, Command},
-    demo, doctor,
+    cmd::{demo, doctor, probes as probes_cmd, record, top},
     error::{UsageError, exit},
-    probes_cmd, record, top,
 };
 
 fn main() -> ExitCode {

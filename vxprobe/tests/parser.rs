@@ -13,8 +13,9 @@ use common::{Recorder, is_root, open_tap};
 use serde_json::Value;
 use vxprobe::lab::{Lab, LabOptions, TAP_DEV, faults};
 use vxprobe::{
-    anomaly, hopstats,
-    probes::{Probes, Tables, TcMode},
+    kernel::hopstats,
+    kernel::probes::{Probes, Tables, TcMode},
+    observe::anomaly,
 };
 use vxprobe_common::{FlowCounters, FlowFilter, FlowKey, names};
 
@@ -106,7 +107,7 @@ fn counted(packet: &[u8]) -> BTreeMap<FlowKey, FlowCounters> {
     flows
 }
 
-fn only_flow(packet: &[u8]) -> (vxprobe::packet::Flow, FlowCounters) {
+fn only_flow(packet: &[u8]) -> (vxprobe::observe::packet::Flow, FlowCounters) {
     let flows = counted(packet);
     assert_eq!(flows.len(), 1, "exactly one flow counted: {flows:?}");
     let (key, counters) = flows.into_iter().next().unwrap();

@@ -466,7 +466,7 @@ pub fn programs_of(pid: i32) -> Vec<u64> {
             fd.file_name().to_string_lossy()
         ))
         .unwrap_or_default();
-        ids.extend(vxprobe::stale::prog_id(&info).map(u64::from));
+        ids.extend(vxprobe::kernel::stale::prog_id(&info).map(u64::from));
     }
     assert!(!ids.is_empty(), "process {pid} holds no BPF program");
     ids

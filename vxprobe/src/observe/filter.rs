@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use vxprobe_common::FlowFilter;
 
-use crate::anomaly::Anomaly;
+use crate::observe::anomaly::Anomaly;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Proto {
@@ -104,10 +104,10 @@ impl FlowSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::Flow;
+    use crate::observe::packet::Flow;
 
     fn anomaly(flow: Flow) -> Anomaly {
-        let mut a = crate::anomaly::tests_support::empty();
+        let mut a = crate::observe::anomaly::tests_support::empty();
         a.flow = Some(flow);
         a
     }

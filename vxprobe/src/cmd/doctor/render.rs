@@ -4,12 +4,12 @@ use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 
 use serde::Serialize;
 
-use super::{
+use super::rules::{self, Finding, Severity, UnderlaySource};
+use crate::node::{
+    devices::{DeviceKind, Role},
     facts::{DeviceFacts, Facts},
     features::{FeatureState, GRO, GSO, TSO},
-    rules::{self, Finding, Severity, UnderlaySource},
 };
-use crate::devices::{DeviceKind, Role};
 
 /// The `--json` document: `{"kernel", "devices": [...], "findings": [...]}`.
 #[derive(Debug, Serialize)]

@@ -13,10 +13,10 @@ use vxprobe_common::{
 };
 
 use crate::{
-    kallsyms::Kallsyms,
-    kbtf::DropReasons,
-    netns,
-    packet::{self, Flow, Outer},
+    kernel::btf::DropReasons,
+    kernel::kallsyms::Kallsyms,
+    node::netns,
+    observe::packet::{self, Flow, Outer},
 };
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

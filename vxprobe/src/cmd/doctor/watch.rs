@@ -9,10 +9,10 @@ use serde_json::Value;
 
 use super::{facts::Facts, rules::Finding};
 use crate::{
-    anomaly::Anomaly,
     cli::{Selection, TcAttach},
-    pipeline::{self, Sink},
-    session::{IntervalReport, Session, SessionConfig},
+    observe::anomaly::Anomaly,
+    observe::pipeline::{self, Sink},
+    observe::session::{IntervalReport, Session, SessionConfig},
 };
 
 /// What one direction of a device did during the watch.
@@ -43,7 +43,7 @@ struct Observed {
 }
 
 impl Sink for Observed {
-    fn meta(&mut self, meta: &crate::session::Meta) -> anyhow::Result<()> {
+    fn meta(&mut self, meta: &crate::observe::session::Meta) -> anyhow::Result<()> {
         self.netns = meta.netns;
         Ok(())
     }

@@ -21,9 +21,9 @@ use vxprobe_common::{DeviceInfo, FlowFilter, KernelOffsets, LOW_IFINDEXES, names
 
 use crate::{
     cli::TcAttach,
-    devices::{DeviceKind, Hop},
     error::UsageError,
-    hopstats::HopSlots,
+    kernel::hopstats::HopSlots,
+    node::devices::{DeviceKind, Hop},
 };
 
 /// The kernel programs, built by build.rs and embedded in the binary.
@@ -300,7 +300,7 @@ impl Probes {
         loader.map_max_entries(names::EVENTS, tables.ring_size);
         // A share of the flow cache per CPU id up to the last possible one (the programs
         // index it by the id they run on).
-        let shares = crate::flowcache::possible_cpus()?
+        let shares = crate::kernel::flowcache::possible_cpus()?
             .last()
             .map_or(1, |last| last + 1);
         let slots = tables

@@ -2,7 +2,7 @@
 //! node during the weeks an agent runs. [`DeviceWatch`] follows rtnetlink's link notifications
 //! (RTNLGRP_LINK) in vxprobe's network namespace and yields typed [`DeviceChange`]s for the
 //! selection (`-i` globs, or the default: tunnels, their underlays, tun/tap, NICs); the
-//! pipeline applies them to the [`Session`](crate::session::Session). Data flows one way:
+//! pipeline applies them to the [`Session`](crate::observe::session::Session). Data flows one way:
 //! kernel -> watcher -> pipeline -> session; nothing here touches the kernel programs.
 //!
 //! - A device that appears and is selected is [`DeviceChange::Added`]; a selected device that
@@ -27,7 +27,7 @@ use rtnetlink::{
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use crate::devices::{self, Device, Hop};
+use crate::node::devices::{self, Device, Hop};
 
 /// What changed in the set of observed devices.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,7 +289,7 @@ async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::{DeviceKind, Role, TunnelInfo, test_device as dev};
+    use crate::node::devices::{DeviceKind, Role, TunnelInfo, test_device as dev};
 
     fn vxlan(ifindex: u32, lower: Option<u32>) -> Device {
         let mut d = dev(ifindex, "vxlan.calico", DeviceKind::Vxlan);

@@ -6,14 +6,14 @@ use std::time::{Duration, SystemTime};
 use crossterm::event::KeyEvent;
 pub use vxprobe_common::Direction;
 
-use crate::{
-    anomaly::Anomaly,
-    doctor::features::{self as feature, Features},
-};
 pub use crate::{
-    anomaly::AnomalyKind,
-    devices::Role,
-    packet::{Flow, Outer},
+    node::devices::Role,
+    observe::anomaly::AnomalyKind,
+    observe::packet::{Flow, Outer},
+};
+use crate::{
+    node::features::{self as feature, Features},
+    observe::anomaly::Anomaly,
 };
 
 /// A hop: one device in one direction.
@@ -199,7 +199,7 @@ impl FlowHop {
 /// What one flow did during one interval.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowSample {
-    /// The inner flow of a tunnel packet, as [`crate::packet::parse_ip`] reports it.
+    /// The inner flow of a tunnel packet, as [`crate::observe::packet::parse_ip`] reports it.
     pub flow: Flow,
     pub outer: Option<Outer>,
     /// The hops the flow crossed, in the order its packets crossed them.

@@ -15,17 +15,17 @@ use anyhow::Context as _;
 use tokio::sync::mpsc::Sender;
 
 use crate::{
-    anomaly::{Anomaly, AnomalyKind},
-    caps,
     cli::{DemoArgs, Selection, TcAttach},
+    cmd::record::{Outputs, stop_signal},
+    cmd::top,
+    kernel::caps,
     lab::{
         Lab, LabOptions, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV, faults,
         scenario::{Evidence, Phase, Sign, Traffic},
     },
-    pipeline::Sink,
-    record::{Outputs, stop_signal},
-    session::{IntervalReport, Session, SessionConfig},
-    top,
+    observe::anomaly::{Anomaly, AnomalyKind},
+    observe::pipeline::Sink,
+    observe::session::{IntervalReport, Session, SessionConfig},
 };
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {

@@ -23,9 +23,9 @@ use pcap_file::{
 };
 
 use crate::{
-    anomaly::{Anomaly, Link},
-    pipeline::{Sink, Summary},
-    session::IntervalReport,
+    observe::anomaly::{Anomaly, Link},
+    observe::pipeline::{Sink, Summary},
+    observe::session::IntervalReport,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -217,10 +217,11 @@ mod tests {
 
     #[test]
     fn options_longer_than_16_bits_are_cut_and_the_file_reads_back() {
-        let mut anomaly = crate::anomaly::Anomaly::new(crate::anomaly::AnomalyKind::Drop, 1);
+        let mut anomaly =
+            crate::observe::anomaly::Anomaly::new(crate::observe::anomaly::AnomalyKind::Drop, 1);
         anomaly.reason = Some("é".repeat(40_000));
         anomaly.ifname = Some("x".repeat(70_000));
-        anomaly.evidence = Some(crate::anomaly::Evidence {
+        anomaly.evidence = Some(crate::observe::anomaly::Evidence {
             link: Link::Ip,
             bytes: vec![0x45; 60],
             original_len: 10,

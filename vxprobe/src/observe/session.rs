@@ -10,18 +10,18 @@ use tokio::io::unix::AsyncFd;
 use vxprobe_common::{Direction, EventKind, HopKey};
 
 use crate::{
-    anomaly::{Anomaly, Enricher, Link, flow_of, outer_of},
-    caps,
     cli::{ProbeOptions, Selection, TcAttach},
-    decode::{self, KernelEvent},
-    devices::{self, DeviceKind, Hop, Role},
     error::UsageError,
-    filter::FlowSelector,
-    hopstats::{self, Epoch, Evictions, FlowStats, HopStats},
-    kallsyms::Kallsyms,
-    kbtf::KernelBtf,
-    packet::{Flow, Outer},
-    probes::{HookChoice, HookType, Probes, Tables, TcMode},
+    kernel::btf::KernelBtf,
+    kernel::caps,
+    kernel::hopstats::{self, Epoch, Evictions, FlowStats, HopStats},
+    kernel::kallsyms::Kallsyms,
+    kernel::probes::{HookChoice, HookType, Probes, Tables, TcMode},
+    node::devices::{self, DeviceKind, Hop, Role},
+    observe::anomaly::{Anomaly, Enricher, Link, flow_of, outer_of},
+    observe::decode::{self, KernelEvent},
+    observe::filter::FlowSelector,
+    observe::packet::{Flow, Outer},
 };
 
 /// How to observe, from the command line.
@@ -31,7 +31,7 @@ pub struct SessionConfig {
     pub tc_attach: TcAttach,
     pub skip_hook: Vec<HookType>,
     pub max_flows: u32,
-    /// `None`: [`crate::probes::default_flow_cache_slots`].
+    /// `None`: [`crate::kernel::probes::default_flow_cache_slots`].
     pub flow_cache_slots: Option<u32>,
     pub ring_size: u32,
     /// Also report drops that are not losses ([`Anomaly::is_benign`]).
@@ -205,8 +205,8 @@ impl Session {
             .context("listing network devices over rtnetlink")?;
         // Tunnels without a lower device send through the device routing to their remote
         // VTEP: doctor's facts know it (routes, fdb, addresses).
-        let underlays = match crate::doctor::facts::gather().await {
-            Ok(facts) => crate::doctor::rules::underlays(&facts),
+        let underlays = match crate::node::facts::gather().await {
+            Ok(facts) => crate::cmd::doctor::rules::underlays(&facts),
             Err(_) => devices
                 .iter()
                 .filter_map(|d| d.tunnel.as_ref()?.lower_ifindex)
@@ -230,7 +230,7 @@ impl Session {
         TcMode::check(config.tc_attach, aya::util::KernelVersion::current().ok())?;
         // A vxprobe killed in clsact mode left filters that run for no one: remove them (only
         // vxprobe's, and only those no running vxprobe holds).
-        crate::stale::remove_stale_filters().await;
+        crate::kernel::stale::remove_stale_filters().await;
 
         // Kernel-wide hooks need the running kernel's BTF; without it, say so and count hops.
         let kernel = KernelBtf::load().and_then(|btf| {

@@ -31,7 +31,7 @@ use anyhow::Context as _;
 use aya::maps::MapData;
 use vxprobe_common::{CachedFlow, FlowCounters, FlowKey, flow_cache_slot};
 
-use crate::hopstats::Seen as SeenCounters;
+use crate::kernel::hopstats::Seen as SeenCounters;
 
 /// Whether a holder of `generation` is already in a map entry stamped `in_map` (generations
 /// only grow, by one per handover, in 64 bits: they do not wrap).

@@ -1,19 +1,17 @@
-//! `vxprobe doctor`: names the misconfiguration behind the numbers.
+//! `vxprobe doctor`: names the misconfiguration behind the numbers, from the node's device
+//! facts ([`crate::node::facts`], [`crate::node::features`]).
 //!
-//! - [`facts`]: devices, tunnels, routes to the remote VTEPs (rtnetlink) and the kernel release;
-//! - [`features`]: offload features with their fixed/changeable state (ethtool netlink);
 //! - [`rules`]: pure functions from facts to findings, each with a stable code;
-//! - [`render`]: the JSON document and the short report.
+//! - [`render`]: the JSON document and the short report;
+//! - [`watch`]: `--watch`, what the devices of each finding did meanwhile.
 
-pub mod facts;
-pub mod features;
 pub mod render;
 pub mod rules;
 pub mod watch;
 
 use std::collections::BTreeSet;
 
-use crate::{cli::DoctorArgs, error::UsageError};
+use crate::{cli::DoctorArgs, error::UsageError, node::facts};
 
 pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
     let mut facts = facts::gather().await?;

@@ -7,10 +7,10 @@ use tokio::sync::mpsc::Receiver;
 
 use crate::{
     cli::TopArgs,
-    doctor::features,
-    pipeline::{self, Sink},
-    session::{Session, SessionConfig},
-    tui::{self, Offload, feed::TuiFeed},
+    node::features,
+    observe::pipeline::{self, Sink},
+    observe::session::{Session, SessionConfig},
+    sinks::tui::{self, Offload, feed::TuiFeed},
 };
 
 pub async fn run(args: TopArgs) -> anyhow::Result<()> {

@@ -1,6 +1,6 @@
 //! Counters the TC programs keep in per-CPU maps, summed over CPUs and turned into interval
 //! deltas: per hop (an array, by the slot each device is given here), and per flow at each
-//! hop (the flow map, merged with the flow cache in front of it: [`crate::flowcache`]).
+//! hop (the flow map, merged with the flow cache in front of it: [`crate::kernel::flowcache`]).
 //!
 //! Maps are read in batches (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6+: one system call per few
 //! thousand entries instead of two per entry), with key-by-key iteration where the kernel has
@@ -15,7 +15,7 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _, RawFd},
 };
 
-use crate::flowcache::{FlowCache, Pending};
+use crate::kernel::flowcache::{FlowCache, Pending};
 use anyhow::Context as _;
 use aya::{
     Pod,
@@ -325,7 +325,7 @@ impl HopStats {
 }
 
 /// What is kept of a flow entry between reads besides its key's hash (and of a flow cache
-/// slot's holder, [`crate::flowcache`]): the additive counters, 40 bytes (a `FlowKey` and
+/// slot's holder, [`crate::kernel::flowcache`]): the additive counters, 40 bytes (a `FlowKey` and
 /// `FlowCounters` are 148).
 #[derive(Copy, Clone, Debug, Default)]
 pub(crate) struct Seen {
@@ -512,7 +512,7 @@ impl FlowStats {
     }
 
     /// Hands `out` what each flow counted since the previous call, once per flow: map entries
-    /// as the map is read, flows holding cache slots after it ([`crate::flowcache`]). Flows
+    /// as the map is read, flows holding cache slots after it ([`crate::kernel::flowcache`]). Flows
     /// that counted nothing are left out, entries gone from the map (LRU eviction) are
     /// forgotten.
     pub fn interval(

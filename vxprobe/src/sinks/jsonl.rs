@@ -10,11 +10,11 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    anomaly::Anomaly,
-    devices::Role,
-    packet::{Flow, Outer},
-    pipeline::{Sink, Summary},
-    session::{FlowReport, HopChange, IntervalEnd, IntervalReport, Meta},
+    node::devices::Role,
+    observe::anomaly::Anomaly,
+    observe::packet::{Flow, Outer},
+    observe::pipeline::{Sink, Summary},
+    observe::session::{FlowReport, HopChange, IntervalEnd, IntervalReport, Meta},
 };
 
 /// RFC 3339 timestamp in UTC, as every line's `ts`.

@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Serialize, Serializer};
 use serde_json::{Value, json};
 
-use super::{
+use crate::node::{
+    devices::{DeviceKind, Role},
     facts::{DeviceFacts, Facts},
     features::{FeatureState, GRO, GSO, TSO, TX_CSUM},
 };
-use crate::devices::{DeviceKind, Role};
 
 /// How bad a finding is.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -211,7 +211,7 @@ pub fn roles(facts: &Facts) -> BTreeMap<u32, Role> {
         .map(|d| {
             (
                 d.ifindex,
-                crate::devices::role_of(&d.kind, d.ifindex, &underlays),
+                crate::node::devices::role_of(&d.kind, d.ifindex, &underlays),
             )
         })
         .collect()
@@ -671,7 +671,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::doctor::{
+    use crate::node::{
         facts::{KernelRelease, TunnelFacts},
         features::{Features, REPORTED},
     };

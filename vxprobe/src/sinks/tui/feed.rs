@@ -11,10 +11,10 @@ use super::model::{
     AnomalySample, AppEvent, FlowHop, FlowSample, HopCounts, HopId, HopSample, Offload,
 };
 use crate::{
-    anomaly::{Anomaly, AnomalyKind},
-    packet::Flow,
-    pipeline::{Sink, Summary},
-    session::{FlowReport, IntervalEnd, IntervalReport, Meta},
+    observe::anomaly::{Anomaly, AnomalyKind},
+    observe::packet::Flow,
+    observe::pipeline::{Sink, Summary},
+    observe::session::{FlowReport, IntervalEnd, IntervalReport, Meta},
 };
 use tokio::sync::mpsc::Sender;
 
@@ -32,7 +32,7 @@ pub struct TuiFeed {
     /// The closing interval's hops, until its flows are in.
     report: Option<IntervalReport>,
     /// The closing interval's flows by (inner) 5-tuple, with the hops each crossed.
-    flows: BTreeMap<Flow, (Option<crate::packet::Outer>, Vec<FlowHop>)>,
+    flows: BTreeMap<Flow, (Option<crate::observe::packet::Outer>, Vec<FlowHop>)>,
     /// Our namespace: devices elsewhere are shown with theirs, so a pod's eth0 is not read
     /// as the node's.
     netns: u64,

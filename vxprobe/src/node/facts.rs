@@ -19,7 +19,7 @@ use rtnetlink::{
 use serde::Serialize;
 
 use super::features::{self, Features};
-use crate::devices::{Device, DeviceKind};
+use crate::node::devices::{Device, DeviceKind};
 
 /// How many remote VTEPs of one tunnel are kept as evidence (a large cluster has thousands of
 /// fdb entries; the route to the first one decides the underlay).

@@ -5,10 +5,10 @@
 use serde::Serialize;
 
 use crate::{
-    caps,
     cli::{ProbesArgs, TcAttach},
-    kbtf::KernelBtf,
-    probes::{HookChoice, Probes, TcMode},
+    kernel::btf::KernelBtf,
+    kernel::caps,
+    kernel::probes::{HookChoice, Probes, TcMode},
 };
 
 #[derive(Serialize)]
@@ -36,7 +36,7 @@ pub fn run(args: ProbesArgs) -> anyhow::Result<()> {
         tc_mode,
         kernel.as_ref().ok(),
         &vxprobe_common::FlowFilter::NONE,
-        crate::probes::Tables::default(),
+        crate::kernel::probes::Tables::default(),
     )?;
     let mut signals = Vec::new();
     match &kernel {

@@ -22,7 +22,7 @@ use rtnetlink::{
     },
 };
 
-use crate::devices;
+use crate::node::devices;
 
 /// Programs vxprobe attaches to devices start with this (see `vxprobe_common::names`).
 pub const TC_PROGRAM_PREFIX: &str = "vxprobe_tc_";

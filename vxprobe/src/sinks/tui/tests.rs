@@ -376,7 +376,7 @@ fn no_hint_when_gso_survives_or_is_absent() {
 
 #[test]
 fn offload_from_doctor_features() {
-    use crate::doctor::features::{FeatureState, Features};
+    use crate::node::features::{FeatureState, Features};
 
     use super::model::Offload;
     let state = |on| FeatureState {

@@ -8,10 +8,12 @@ use std::{collections::BTreeMap, future::Future, time::Duration};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::{
-    anomaly::Anomaly,
-    distinct::DistinctCount,
-    session::{FlowReport, HopChange, IntervalEnd, IntervalPart, IntervalReport, Meta, Session},
-    watch::{DeviceChange, DeviceWatch},
+    node::watch::{DeviceChange, DeviceWatch},
+    observe::anomaly::Anomaly,
+    observe::distinct::DistinctCount,
+    observe::session::{
+        FlowReport, HopChange, IntervalEnd, IntervalPart, IntervalReport, Meta, Session,
+    },
 };
 
 /// Where pipeline output goes.

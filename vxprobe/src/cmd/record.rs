@@ -12,10 +12,10 @@ use tokio::{
 use crate::{
     cli::RecordArgs,
     error::UsageError,
-    output::{JsonLines, JsonSink},
-    pcap::EvidenceFile,
-    pipeline::{self, Sink, Summary},
-    session::{self, Session, SessionConfig},
+    observe::pipeline::{self, Sink, Summary},
+    observe::session::{self, Session, SessionConfig},
+    sinks::jsonl::{JsonLines, JsonSink},
+    sinks::pcap::EvidenceFile,
 };
 
 pub async fn run(args: RecordArgs) -> anyhow::Result<()> {

@@ -1,0 +1,7 @@
+//! The commands: each builds a session and wires it to its sinks.
+
+pub mod demo;
+pub mod doctor;
+pub mod probes;
+pub mod record;
+pub mod top;

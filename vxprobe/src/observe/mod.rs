@@ -1,0 +1,15 @@
+//! From kernel records to the plain reports every sink formats.
+//!
+//! - [`decode`] -> [`packet`] -> [`anomaly`]: ring-buffer records to typed, named anomalies;
+//! - [`filter`]: `--host/--port/--proto` for what the kernel could not filter;
+//! - [`session`]: one observation: hops selected, programs attached, counters read;
+//! - [`pipeline`]: the loop from the session to the sinks;
+//! - [`distinct`]: bounded distinct counts for the summary.
+
+pub mod anomaly;
+pub mod decode;
+pub mod distinct;
+pub mod filter;
+pub mod packet;
+pub mod pipeline;
+pub mod session;

@@ -1,0 +1,9 @@
+//! Where observations go. Sinks only format or forward what [`crate::observe`] hands them.
+//!
+//! - [`jsonl`]: the `record` lines;
+//! - [`pcap`]: the packets behind anomalies, as pcapng;
+//! - [`tui`]: `top`'s terminal UI.
+
+pub mod jsonl;
+pub mod pcap;
+pub mod tui;
