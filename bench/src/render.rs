@@ -12,9 +12,10 @@ use std::{
 use serde::Serialize;
 use vxprobe::{
     node::devices::Role,
+    observe::interval::{HopCount, Interval},
     observe::packet::{Flow, Outer},
     observe::pipeline::Sink as _,
-    observe::session::{FlowReport, HopReport, IntervalEnd, IntervalReport, MetaHop},
+    observe::report::{FlowReport, IntervalEnd, IntervalReport, MetaHop, mean_segment},
     sinks::tui::{App, feed::TuiFeed, render_once},
 };
 use vxprobe_common::{Direction, FlowCounters, HopCounters};
@@ -72,11 +73,10 @@ fn report(n: u32, interval_no: u64) -> (IntervalReport, Vec<FlowReport>) {
     let hops = [&cali, &vxlan, &eth0]
         .into_iter()
         .flat_map(|h| [Direction::Ingress, Direction::Egress].map(|d| (h, d)))
-        .map(|(h, dir)| HopReport {
+        .map(|(h, dir)| HopCount {
             hop: h.clone(),
             dir,
             counters: counters(u64::from(n) * 10),
-            drops: u64::from(n / 7),
         })
         .collect();
     let outer = Outer {
@@ -107,6 +107,7 @@ fn report(n: u32, interval_no: u64) -> (IntervalReport, Vec<FlowReport>) {
                 dir,
                 flow: flow.clone(),
                 outer,
+                mean_segment: mean_segment(c.bytes, c.segs),
                 counters: FlowCounters {
                     packets: c.packets,
                     bytes: c.bytes,
@@ -118,12 +119,13 @@ fn report(n: u32, interval_no: u64) -> (IntervalReport, Vec<FlowReport>) {
             });
         }
     }
-    let report = IntervalReport {
-        ts: SystemTime::now(),
-        interval: Duration::from_secs(1),
+    // The interval model completes the hops' reports, as in the pipeline.
+    let report = Interval::new(0, HashMap::new()).close(
+        SystemTime::now(),
+        Duration::from_secs(1),
         hops,
-        lost: Vec::new(),
-    };
+        Vec::new(),
+    );
     (report, flows)
 }
 

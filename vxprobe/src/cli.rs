@@ -4,6 +4,12 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::kernel::probes::TcAttach;
+use crate::observe::{
+    filter::FlowSelector,
+    session::{DEFAULT_RING_SIZE, SessionConfig},
+};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "vxprobe",
@@ -91,8 +97,8 @@ pub struct Selection {
 }
 
 impl Selection {
-    pub fn flows(&self) -> crate::observe::filter::FlowSelector {
-        crate::observe::filter::FlowSelector {
+    pub fn flows(&self) -> FlowSelector {
+        FlowSelector {
             host: self.host,
             port: self.port,
             proto: self.proto,
@@ -125,6 +131,22 @@ pub struct RecordArgs {
     /// attach).
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+}
+
+impl ProbeOptions {
+    /// How `record`, `top` (and the agent) observe, as their command lines ask.
+    pub fn session(&self, selection: &Selection) -> SessionConfig {
+        SessionConfig {
+            ifaces: selection.ifaces.clone(),
+            flows: selection.flows(),
+            tc_attach: self.tc_attach,
+            skip_hook: self.skip_hook.clone(),
+            max_flows: self.max_flows,
+            flow_cache_slots: self.flow_cache,
+            ring_size: self.ring_size,
+            all_drops: self.all_drops,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -160,7 +182,7 @@ pub struct DemoArgs {
 pub struct ProbeOptions {
     /// Size of the kernel-to-user event ring buffer: a power of two, 4 KiB to 1 GiB. Events
     /// that find it full are counted and reported as `lost`.
-    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20, value_parser = parse_ring_size)]
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_SIZE, value_parser = parse_ring_size)]
     pub ring_size: u32,
     /// Capacity of the kernel's per-flow table (flows x hops x directions); beyond it the
     /// least recently seen entries are evicted.
@@ -186,11 +208,39 @@ pub struct ProbeOptions {
     pub all_drops: bool,
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum TcAttach {
-    Auto,
-    Tcx,
-    Clsact,
+/// A clap error as one line: its message with the missing argument, tip or possible values
+/// that clap puts on the lines below, without the usage and help text after them.
+pub fn usage_line(e: &clap::Error) -> String {
+    use clap::{CommandFactory as _, error::ErrorKind};
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand
+    ) {
+        let commands: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .filter(|name| name != "help")
+            .collect();
+        return format!(
+            "a command is needed: {} (vxprobe --help describes them)",
+            commands.join(", ")
+        );
+    }
+    let rendered = e.render().to_string();
+    let mut parts = Vec::new();
+    for line in rendered.lines().map(str::trim) {
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if !line.is_empty() {
+            parts.push(line.trim_start_matches("error: "));
+        }
+    }
+    if parts.is_empty() {
+        "bad usage (vxprobe --help)".to_owned()
+    } else {
+        parts.join("; ")
+    }
 }
 
 /// Parses DUR (`500ms`, `10s`, `2m`): a positive duration with a unit, at most 100 years

@@ -193,7 +193,7 @@ pub fn cli(data: &[u8]) {
             }
         }
         Err(e) if e.use_stderr() => {
-            let line = crate::error::usage_line(&e);
+            let line = crate::cli::usage_line(&e);
             assert!(!line.contains('\n'), "bad usage is one line: {line:?}");
             assert!(!line.is_empty());
         }

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             // The contract: one line naming the problem.
-            eprintln!("vxprobe: {}", vxprobe::error::usage_line(&e));
+            eprintln!("vxprobe: {}", vxprobe::cli::usage_line(&e));
             return code(exit::USAGE);
         }
     };

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use tokio::sync::mpsc::Sender;
 
 use crate::{
-    cli::{DemoArgs, Selection, TcAttach},
+    cli::DemoArgs,
     cmd::record::{Outputs, stop_signal},
     cmd::top,
     kernel::caps,
@@ -25,7 +25,8 @@ use crate::{
     },
     observe::anomaly::{Anomaly, AnomalyKind},
     observe::pipeline::Sink,
-    observe::session::{IntervalReport, Session, SessionConfig},
+    observe::report::IntervalReport,
+    observe::session::{Session, SessionConfig},
 };
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -50,22 +51,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     // Observe node 1 from the inside, as vxprobe runs on a real node.
     let inside = faults::enter_netns(&lab.nodes[0].netns).context("entering node 1's namespace")?;
-    let mut session = Session::start(&SessionConfig {
-        selection: Selection {
-            ifaces: ["cali*", VXLAN_DEV, UNDERLAY_DEV, TAP_DEV]
-                .map(str::to_owned)
-                .to_vec(),
-            host: None,
-            port: None,
-            proto: None,
-        },
-        tc_attach: TcAttach::Auto,
-        skip_hook: Vec::new(),
-        max_flows: vxprobe_common::MAX_FLOWS,
-        flow_cache_slots: None,
-        ring_size: 8 << 20,
-        all_drops: false,
-    })
+    let mut session = Session::start(&SessionConfig::watching(
+        ["cali*", VXLAN_DEV, UNDERLAY_DEV, TAP_DEV]
+            .map(str::to_owned)
+            .to_vec(),
+    ))
     .await?;
 
     let (notes_tx, notes_rx) = tokio::sync::mpsc::channel(16);

@@ -1,7 +1,11 @@
 //! `vxprobe record`: attach, then write JSON lines (and pcapng evidence) until the duration
 //! ends or SIGINT/SIGTERM comes; everything is flushed and detached before exit 0.
 
-use std::{future::Future, path::Path, time::Duration};
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use tokio::{
@@ -12,8 +16,9 @@ use tokio::{
 use crate::{
     cli::RecordArgs,
     error::UsageError,
-    observe::pipeline::{self, Sink, Summary},
-    observe::session::{self, Session, SessionConfig},
+    observe::pipeline::{self, Sink},
+    observe::report::Summary,
+    observe::session::Session,
     sinks::jsonl::{JsonLines, JsonSink},
     sinks::pcap::EvidenceFile,
 };
@@ -30,14 +35,13 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    session::check_ready_file(args.ready_file.as_ref())?;
+    check_ready_file(args.ready_file.as_ref())?;
     // Signals first: a SIGTERM while attaching (which takes a moment) then ends the recording
     // cleanly as soon as it starts, instead of killing vxprobe half-attached.
     let stop = stop_signal(args.duration)?;
     let outputs = Outputs::open(&args.output, args.pcap.as_deref(), args.snaplen)?;
-    let mut session =
-        Session::start(&SessionConfig::from_cli(&args.selection, &args.probe)).await?;
-    session::signal_ready(args.ready_file.as_ref())?;
+    let mut session = Session::start(&args.probe.session(&args.selection)).await?;
+    signal_ready(args.ready_file.as_ref())?;
     outputs
         .write(&mut session, args.stats_interval, None, None, stop)
         .await?;
@@ -122,4 +126,45 @@ pub fn stop_signal(duration: Option<Duration>) -> anyhow::Result<impl Future<Out
             () = after => {}
         }
     })
+}
+
+/// Checks `--ready-file` before anything is attached: its directory must exist and be
+/// writable, and a ready file left by an earlier run is removed (a script waiting for it must
+/// not see it before this run is ready).
+pub fn check_ready_file(path: Option<&PathBuf>) -> Result<(), UsageError> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let bad = |why: &str| UsageError::new(format!("--ready-file {}: {why}", path.display()));
+    if path.is_dir() {
+        return Err(bad("is a directory"));
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(bad(&format!("no such directory {}", dir.display())));
+    }
+    let c_dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| bad("contains a NUL byte"))?;
+    // SAFETY: access(2) reads a NUL-terminated path we own.
+    if unsafe { libc::access(c_dir.as_ptr(), libc::W_OK) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(bad(&format!("cannot write in {}: {e}", dir.display())));
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(bad(&format!("cannot remove the old one: {e}"))),
+    }
+}
+
+/// Where a ready file goes once everything is attached.
+pub fn signal_ready(path: Option<&PathBuf>) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, b"ready\n")
+            .with_context(|| format!("writing the ready file {}", path.display()))?;
+    }
+    Ok(())
 }

@@ -1,22 +1,20 @@
 //! `vxprobe top`: the live UI over the same pipeline as `record`. The UI runs as its own task;
 //! when the user quits (or a signal ends it) the pipeline stops, detaches and exits 0.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use tokio::sync::mpsc::Receiver;
 
 use crate::{
     cli::TopArgs,
-    node::features,
     observe::pipeline::{self, Sink},
-    observe::session::{Session, SessionConfig},
-    sinks::tui::{self, Offload, feed::TuiFeed},
+    observe::session::Session,
+    sinks::tui::{self, feed::TuiFeed},
 };
 
 pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     // Attach (and report problems) before the terminal switches to the UI.
-    let mut session =
-        Session::start(&SessionConfig::from_cli(&args.selection, &args.probe)).await?;
+    let mut session = Session::start(&args.probe.session(&args.selection)).await?;
     let result = show(&mut session, args.interval, None, None).await;
     session.stop();
     result
@@ -30,13 +28,6 @@ pub async fn show(
     notes: Option<Receiver<String>>,
     also: Option<&mut dyn Sink>,
 ) -> anyhow::Result<()> {
-    let offloads: HashMap<u32, Offload> = match features::dump_netlink().await {
-        Ok(by_index) => by_index
-            .iter()
-            .filter_map(|(ifindex, f)| Some((*ifindex, Offload::from_features(f)?)))
-            .collect(),
-        Err(_) => HashMap::new(),
-    };
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     let (quit_tx, quit_rx) = tokio::sync::oneshot::channel::<()>();
     let ui = tokio::spawn(async move {
@@ -44,7 +35,7 @@ pub async fn show(
         let _ = quit_tx.send(());
         result
     });
-    let mut feed = TuiFeed::new(tx, interval, offloads);
+    let mut feed = TuiFeed::new(tx, interval, session.offloads().clone());
     let stop = async {
         let _ = quit_rx.await;
     };

@@ -20,7 +20,6 @@ use serde::Serialize;
 use vxprobe_common::{DeviceInfo, FlowFilter, KernelOffsets, LOW_IFINDEXES, names};
 
 use crate::{
-    cli::TcAttach,
     error::UsageError,
     kernel::hopstats::HopSlots,
     node::devices::{DeviceKind, Hop},
@@ -28,6 +27,15 @@ use crate::{
 
 /// The kernel programs, built by build.rs and embedded in the binary.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vxprobe"));
+
+/// How TC programs attach: TCX links (Linux >= 6.6) or clsact filters; `auto` picks TCX
+/// where the kernel has it (`--tc-attach`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcAttach {
+    Auto,
+    Tcx,
+    Clsact,
+}
 
 /// How TC programs are attached on this kernel.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]

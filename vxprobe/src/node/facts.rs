@@ -3,7 +3,10 @@
 //! each tunnel's packets leave (a route lookup towards its remote VTEPs), offload features over
 //! ethtool netlink, and the kernel release. Nothing here parses `ip` or `ethtool` output.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
 
 use futures_util::TryStreamExt as _;
 use rtnetlink::{
@@ -18,8 +21,8 @@ use rtnetlink::{
 };
 use serde::Serialize;
 
+use super::devices::{Device, DeviceKind, Role};
 use super::features::{self, Features};
-use crate::node::devices::{Device, DeviceKind};
 
 /// How many remote VTEPs of one tunnel are kept as evidence (a large cluster has thousands of
 /// fdb entries; the route to the first one decides the underlay).
@@ -399,4 +402,71 @@ mod tests {
         );
         assert_eq!(KernelRelease::parse("weird").is_before(5, 7), None);
     }
+}
+
+/// How a tunnel's underlay was found.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderlaySource {
+    /// The tunnel's lower device (`dev` at creation).
+    LowerDevice,
+    /// The device the route to a remote VTEP leaves by.
+    RouteToRemote,
+    /// The device holding the tunnel's `local` address.
+    LocalAddress,
+}
+
+/// The underlay of a tunnel device: its lower device, else the device routing to its remote
+/// VTEP, else the device holding its `local` address.
+pub fn underlay<'a>(
+    facts: &'a Facts,
+    tunnel: &DeviceFacts,
+) -> Option<(&'a DeviceFacts, UnderlaySource)> {
+    let info = tunnel.tunnel.as_ref()?;
+    let usable = |d: &&DeviceFacts| d.ifindex != tunnel.ifindex;
+    if let Some(d) = info
+        .lower_ifindex
+        .and_then(|i| facts.device(i))
+        .filter(usable)
+    {
+        return Some((d, UnderlaySource::LowerDevice));
+    }
+    if let Some(d) = info
+        .route_ifindex
+        .and_then(|i| facts.device(i))
+        .filter(usable)
+    {
+        return Some((d, UnderlaySource::RouteToRemote));
+    }
+    let local = info.local?;
+    facts
+        .devices
+        .iter()
+        .filter(usable)
+        .find(|d| d.addresses.contains(&local))
+        .map(|d| (d, UnderlaySource::LocalAddress))
+}
+
+/// Every device a tunnel sends through, as [`underlay`] finds them.
+pub fn underlays(facts: &Facts) -> BTreeSet<u32> {
+    facts
+        .devices
+        .iter()
+        .filter_map(|d| underlay(facts, d).map(|(u, _)| u.ifindex))
+        .collect()
+}
+
+/// The role each device plays, from the topology (underlays as [`underlay`] finds them).
+pub fn roles(facts: &Facts) -> BTreeMap<u32, Role> {
+    let underlays = underlays(facts);
+    facts
+        .devices
+        .iter()
+        .map(|d| {
+            (
+                d.ifindex,
+                super::devices::role_of(&d.kind, d.ifindex, &underlays),
+            )
+        })
+        .collect()
 }

@@ -344,6 +344,33 @@ mod ioctl {
     }
 }
 
+/// Offload features of a device, as `ethtool -k` shows them.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Offload {
+    /// `tx-checksumming` (any of `tx-checksum-ip-generic`, `-ipv4`, `-ipv6`).
+    pub tx_csum: bool,
+    /// `tcp-segmentation-offload`.
+    pub tso: bool,
+    /// `generic-segmentation-offload`.
+    pub gso: bool,
+}
+
+impl Offload {
+    /// From the features `doctor` reads over ethtool netlink; `None` when the device reports
+    /// none of them.
+    pub fn from_features(features: &Features) -> Option<Self> {
+        let on = |name| features.get(name).map(|f| f.on);
+        let tx_csum = features.tx_checksum().map(|f| f.on);
+        let tso = on(TSO);
+        let gso = on(GSO);
+        (tx_csum.is_some() || tso.is_some() || gso.is_some()).then(|| Self {
+            tx_csum: tx_csum.unwrap_or(false),
+            tso: tso.unwrap_or(false),
+            gso: gso.unwrap_or(false),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,16 @@ pub enum AnomalyKind {
 }
 
 impl AnomalyKind {
+    /// Every kind, in the order of their values (`kind as usize` indexes per-kind arrays).
+    pub const ALL: [AnomalyKind; 6] = [
+        AnomalyKind::Drop,
+        AnomalyKind::CsumError,
+        AnomalyKind::Oversize,
+        AnomalyKind::Retransmit,
+        AnomalyKind::Fragment,
+        AnomalyKind::FragNeeded,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             AnomalyKind::Drop => "drop",

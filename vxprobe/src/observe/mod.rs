@@ -3,13 +3,18 @@
 //! - [`decode`] -> [`packet`] -> [`anomaly`]: ring-buffer records to typed, named anomalies;
 //! - [`filter`]: `--host/--port/--proto` for what the kernel could not filter;
 //! - [`session`]: one observation: hops selected, programs attached, counters read;
-//! - [`pipeline`]: the loop from the session to the sinks;
+//! - [`interval`]: the one interval model: each anomaly charged to its hop and flow once,
+//!   loss and the other judgments ([`judge`]) made once, into the plain [`report`] types;
+//! - [`pipeline`]: the loop from the session through the model to the sinks;
 //! - [`distinct`]: bounded distinct counts for the summary.
 
 pub mod anomaly;
 pub mod decode;
 pub mod distinct;
 pub mod filter;
+pub mod interval;
+pub mod judge;
 pub mod packet;
 pub mod pipeline;
+pub mod report;
 pub mod session;

@@ -3,20 +3,20 @@
 //! resolves. Sinks (JSON lines, pcapng, the TUI) receive typed data; nothing here knows how it
 //! is shown.
 
-use std::{collections::BTreeMap, future::Future, time::Duration};
+use std::{future::Future, time::Duration};
 
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::{
-    node::watch::{DeviceChange, DeviceWatch},
-    observe::anomaly::Anomaly,
-    observe::distinct::DistinctCount,
-    observe::session::{
-        FlowReport, HopChange, IntervalEnd, IntervalPart, IntervalReport, Meta, Session,
-    },
+use super::{
+    anomaly::Anomaly,
+    interval::Interval,
+    report::{FlowReport, HopChange, IntervalEnd, IntervalReport, Meta, Summary},
+    session::Session,
 };
+use crate::node::watch::{DeviceChange, DeviceWatch};
 
-/// Where pipeline output goes.
+/// Where pipeline output goes. Sinks format or forward what they are handed; every figure
+/// in it was computed once, by [`Interval`].
 pub trait Sink {
     fn meta(&mut self, _meta: &Meta) -> anyhow::Result<()> {
         Ok(())
@@ -46,23 +46,8 @@ pub trait Sink {
     }
 }
 
-/// Totals over the whole run, for the last line.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Summary {
-    pub duration_ms: u64,
-    pub intervals: u64,
-    /// Anomaly lines per kind.
-    pub events: BTreeMap<&'static str, u64>,
-    /// Events the kernel could not hand over, all kinds.
-    pub lost: u64,
-    /// Flow entries evicted from the kernel's full flow table (`--max-flows`).
-    pub evicted: u64,
-    /// Distinct (hop, direction, flow) entries reported (estimated beyond 65,536).
-    pub flow_entries: u64,
-    /// Packets written to the pcapng file, when there is one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub evidence_packets: Option<u64>,
-}
+/// Flows handed to the sinks at a time: flows are never all held.
+const FLOW_BATCH: usize = 1024;
 
 /// Runs until `stop` resolves, then closes a last (partial) interval so nothing counted is
 /// left unreported, and hands every sink the summary.
@@ -78,9 +63,11 @@ pub async fn run(
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
-    let mut summary = Summary::default();
+    let mut model = Interval::new(session.meta().netns, session.offloads().clone());
+    for hop in session.hops() {
+        model.observe_device(hop.device.ifindex);
+    }
     let mut frames = number_evidence.then_some(0u64);
-    let mut flows_seen = DistinctCount::default();
     for sink in sinks.iter_mut() {
         sink.meta(session.meta())?;
     }
@@ -101,11 +88,11 @@ pub async fn run(
             ready = session.events_ready() => {
                 ready?;
                 write_waiting_notes(&mut notes, sinks)?;
-                drain(session, sinks, &mut summary, &mut frames)?;
+                drain(session, &mut model, sinks, &mut frames)?;
                 continue;
             }
             change = next_change(&mut watch) => {
-                apply(session, sinks, change)?;
+                apply(session, &mut model, sinks, change)?;
                 continue;
             }
             Some(text) = next_note(&mut notes) => {
@@ -119,45 +106,59 @@ pub async fn run(
         };
         // Records submitted without a wakeup are picked up here, before the interval closes.
         write_waiting_notes(&mut notes, sinks)?;
-        drain(session, sinks, &mut summary, &mut frames)?;
+        drain(session, &mut model, sinks, &mut frames)?;
         let now = Instant::now();
-        session.close_interval(now - interval_start, |part| {
-            match part {
-                IntervalPart::Report(report) => {
-                    summary.lost += report.lost.iter().map(|(_, n)| n).sum::<u64>();
-                    for sink in sinks.iter_mut() {
-                        sink.interval(report)?;
-                    }
-                }
-                IntervalPart::Flows(flows) => {
-                    for f in flows {
-                        flows_seen.insert(&(f.hop.ifindex, f.dir, &f.flow));
-                    }
-                    for sink in sinks.iter_mut() {
-                        sink.flows(flows)?;
-                    }
-                }
-                IntervalPart::End(end) => {
-                    summary.evicted += end.evicted;
-                    for sink in sinks.iter_mut() {
-                        sink.interval_end(end)?;
-                    }
-                }
-            }
-            Ok(())
-        })?;
+        close_interval(session, &mut model, sinks, now - interval_start)?;
         interval_start = now;
-        summary.intervals += 1;
         if stopping {
             break;
         }
     }
-    summary.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    summary.flow_entries = flows_seen.count();
+    let mut summary = model.summary(started.elapsed());
     for sink in sinks.iter_mut() {
         sink.finish(&mut summary)?;
     }
     Ok(summary)
+}
+
+/// Closes the interval: the hops' reports, then the flows that moved a batch at a time, then
+/// the end.
+fn close_interval(
+    session: &mut Session,
+    model: &mut Interval,
+    sinks: &mut [&mut dyn Sink],
+    length: Duration,
+) -> anyhow::Result<()> {
+    let ts = std::time::SystemTime::now();
+    let (counts, lost) = session.read_hops()?;
+    let report = model.close(ts, length, counts, lost);
+    for sink in sinks.iter_mut() {
+        sink.interval(&report)?;
+    }
+    let mut batch = Vec::with_capacity(FLOW_BATCH);
+    let created = session.read_flows(|hop, key, counters| {
+        if let Some(flow) = model.flow_report(hop.clone(), key, counters) {
+            batch.push(flow);
+        }
+        if batch.len() == FLOW_BATCH {
+            for sink in sinks.iter_mut() {
+                sink.flows(&batch)?;
+            }
+            batch.clear();
+        }
+        Ok(())
+    })?;
+    if !batch.is_empty() {
+        for sink in sinks.iter_mut() {
+            sink.flows(&batch)?;
+        }
+    }
+    let evicted = session.end_interval(created)?;
+    let end = model.end(evicted, |ifindex| session.is_observed(ifindex));
+    for sink in sinks.iter_mut() {
+        sink.interval_end(&end)?;
+    }
+    Ok(())
 }
 
 async fn next_note(notes: &mut Option<tokio::sync::mpsc::Receiver<String>>) -> Option<String> {
@@ -187,12 +188,12 @@ fn write_waiting_notes(
 
 fn drain(
     session: &mut Session,
+    model: &mut Interval,
     sinks: &mut [&mut dyn Sink],
-    summary: &mut Summary,
     frames: &mut Option<u64>,
 ) -> anyhow::Result<()> {
     session.drain(|mut anomaly| {
-        *summary.events.entry(anomaly.kind.as_str()).or_default() += 1;
+        model.charge(&anomaly);
         if let Some(frame) = frames
             && anomaly.evidence.is_some()
         {
@@ -217,27 +218,24 @@ async fn next_change(watch: &mut Option<DeviceWatch>) -> DeviceChange {
     std::future::pending().await
 }
 
-/// Applies a device change to the session and tells the sinks. A device that cannot be
-/// attached (it vanished again, or the kernel refused) is reported on stderr and skipped: the
-/// recording goes on.
+/// Applies a device change to the session and the model, and tells the sinks. A device
+/// that cannot be attached (it vanished again, or the kernel refused) is reported on stderr
+/// and skipped: the recording goes on.
 fn apply(
     session: &mut Session,
+    model: &mut Interval,
     sinks: &mut [&mut dyn Sink],
     change: DeviceChange,
 ) -> anyhow::Result<()> {
     let applied = match change {
         DeviceChange::Added(hop) => {
             let name = hop.device.name.clone();
-            let ifindex = hop.device.ifindex;
             match session.add_hop(hop) {
-                Ok(true) => session
-                    .meta()
-                    .hops
-                    .iter()
-                    .find(|h| h.ifindex == ifindex)
-                    .cloned()
-                    .map(HopChange::added),
-                Ok(false) => None,
+                Ok(Some(added)) => {
+                    model.observe_device(added.ifindex);
+                    Some(HopChange::added(added))
+                }
+                Ok(None) => None,
                 Err(e) => {
                     eprintln!("vxprobe: not observing new device {name}: {e:#}");
                     None

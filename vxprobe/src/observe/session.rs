@@ -1,33 +1,42 @@
 //! A live observation: devices selected, kernel programs loaded and attached, the maps and the
 //! ring buffer in hand. `record` and `top` both run one; dropping it detaches everything.
 
-use std::{collections::BTreeMap, os::unix::fs::MetadataExt as _, path::PathBuf, time::SystemTime};
+use std::os::unix::fs::MetadataExt as _;
 
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use serde::Serialize;
 use tokio::io::unix::AsyncFd;
-use vxprobe_common::{Direction, EventKind, HopKey};
+use vxprobe_common::{Direction, EventKind, FlowCounters, FlowKey, HopKey};
 
+use super::{
+    anomaly::{Anomaly, Enricher, Link},
+    decode::{self, KernelEvent},
+    filter::FlowSelector,
+    interval::HopCount,
+    report::{LostEvents, Meta, MetaHop},
+};
 use crate::{
-    cli::{ProbeOptions, Selection, TcAttach},
     error::UsageError,
-    kernel::btf::KernelBtf,
-    kernel::caps,
-    kernel::hopstats::{self, Epoch, Evictions, FlowStats, HopStats},
-    kernel::kallsyms::Kallsyms,
-    kernel::probes::{HookChoice, HookType, Probes, Tables, TcMode},
-    node::devices::{self, DeviceKind, Hop, Role},
-    observe::anomaly::{Anomaly, Enricher, Link, flow_of, outer_of},
-    observe::decode::{self, KernelEvent},
-    observe::filter::FlowSelector,
-    observe::packet::{Flow, Outer},
+    kernel::{
+        btf::KernelBtf,
+        caps,
+        hopstats::{self, Epoch, Evictions, FlowStats, HopStats},
+        kallsyms::Kallsyms,
+        probes::{HookType, Probes, Tables, TcAttach, TcMode},
+    },
+    node::{
+        devices::{self, DeviceKind, Hop},
+        features::{self, Offload},
+    },
 };
 
-/// How to observe, from the command line.
+/// How to observe.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    pub selection: Selection,
+    /// `-i` patterns (shell globs); empty: the default selection.
+    pub ifaces: Vec<String>,
+    /// `--host/--port/--proto`.
+    pub flows: FlowSelector,
     pub tc_attach: TcAttach,
     pub skip_hook: Vec<HookType>,
     pub max_flows: u32,
@@ -39,148 +48,35 @@ pub struct SessionConfig {
 }
 
 impl SessionConfig {
-    /// What `record` and `top` ask for on their command lines.
-    pub fn from_cli(selection: &Selection, probe: &ProbeOptions) -> Self {
+    /// Every default, watching `ifaces`.
+    pub fn watching(ifaces: Vec<String>) -> Self {
         Self {
-            selection: selection.clone(),
-            tc_attach: probe.tc_attach,
-            skip_hook: probe.skip_hook.clone(),
-            max_flows: probe.max_flows,
-            flow_cache_slots: probe.flow_cache,
-            ring_size: probe.ring_size,
-            all_drops: probe.all_drops,
+            ifaces,
+            flows: FlowSelector::default(),
+            tc_attach: TcAttach::Auto,
+            skip_hook: Vec::new(),
+            max_flows: vxprobe_common::MAX_FLOWS,
+            flow_cache_slots: None,
+            ring_size: DEFAULT_RING_SIZE,
+            all_drops: false,
         }
     }
 }
 
-/// What this session watches, with which hooks: the `meta` line, the TUI's status line.
-#[derive(Debug, Clone, Serialize)]
-pub struct Meta {
-    pub vxprobe_version: &'static str,
-    pub kernel: String,
-    pub netns: u64,
-    pub tc_attach: &'static str,
-    /// Capacity of the kernel's flow table (`--max-flows`).
-    pub max_flows: u32,
-    /// Slots per CPU of the flow cache in front of it (`--flow-cache`).
-    pub flow_cache_slots: u32,
-    pub hooks: Vec<HookChoice>,
-    pub hops: Vec<MetaHop>,
-}
+/// The event ring buffer's size unless `--ring-size` says otherwise.
+pub const DEFAULT_RING_SIZE: u32 = 8 << 20;
 
-#[derive(Debug, Clone, Serialize)]
-pub struct MetaHop {
-    pub ifname: String,
-    pub ifindex: u32,
-    pub role: Role,
-    pub mtu: u32,
-}
-
-/// A hop that started (a device appeared) or stopped (it vanished) being observed.
-#[derive(Debug, Clone)]
-pub struct HopChange {
-    pub ts: SystemTime,
-    pub added: bool,
-    pub hop: MetaHop,
-}
-
-impl HopChange {
-    pub fn added(hop: MetaHop) -> Self {
-        Self {
-            ts: SystemTime::now(),
-            added: true,
-            hop,
-        }
-    }
-
-    pub fn removed(hop: MetaHop) -> Self {
-        Self {
-            ts: SystemTime::now(),
-            added: false,
-            hop,
-        }
-    }
-}
-
-/// One hop over one interval.
-#[derive(Debug, Clone)]
-pub struct HopReport {
-    pub hop: MetaHop,
-    pub dir: Direction,
-    pub counters: vxprobe_common::HopCounters,
-    /// Faults charged to this hop: drops, checksum failures, refused sends.
-    pub drops: u64,
-}
-
-impl HopReport {
-    /// The share of the hop's packets that died there, in percent. At ingress the TC program
-    /// counts a packet before the stack can drop it, so drops are part of `packets`; at egress
-    /// the stack drops before TC sees the packet, so they come on top.
-    pub fn loss_pct(&self) -> f64 {
-        let (lost, total) = match self.dir {
-            Direction::Ingress => (self.drops.min(self.counters.packets), self.counters.packets),
-            Direction::Egress => (self.drops, self.counters.packets + self.drops),
-        };
-        if total == 0 {
-            0.0
-        } else {
-            (lost as f64 * 100.0 / total as f64 * 100.0).round() / 100.0
-        }
-    }
-}
-
-/// One flow at one hop over one interval.
-#[derive(Debug, Clone)]
-pub struct FlowReport {
-    pub hop: MetaHop,
-    pub dir: Direction,
-    pub flow: Flow,
-    pub outer: Option<Outer>,
-    pub counters: vxprobe_common::FlowCounters,
-}
-
-/// What an interval produced besides the anomalies and the flows: the hops.
-#[derive(Debug, Clone)]
-pub struct IntervalReport {
-    pub ts: SystemTime,
-    pub interval: std::time::Duration,
-    /// Every selected hop in both directions, quiet ones included.
-    pub hops: Vec<HopReport>,
-    /// Events the kernel could not hand over (ring buffer full), per kind.
-    pub lost: Vec<(EventKind, u64)>,
-}
-
-/// What reading the flow table found, once the interval's flows are out.
-#[derive(Debug, Clone, Default)]
-pub struct IntervalEnd {
-    /// Flow entries the kernel's full flow table evicted (least recently seen first) in this
-    /// interval; their counts since the last read are missing from the flows (hops stay
-    /// exact).
-    pub evicted: u64,
-}
-
-/// A closing interval, piece by piece: the report, the flows that moved in batches, the end.
-#[derive(Debug, Clone, Copy)]
-pub enum IntervalPart<'a> {
-    Report(&'a IntervalReport),
-    Flows(&'a [FlowReport]),
-    End(&'a IntervalEnd),
-}
-
-/// Flows handed to the sinks at a time.
-const FLOW_BATCH: usize = 1024;
-
+/// A live observation: the hops selected, the programs attached, the maps and the ring
+/// buffer in hand. It reads what the kernel counted; [`super::interval`] makes the reports.
 pub struct Session {
     probes: Probes,
     hops: Vec<Hop>,
-    /// Hops whose device vanished during this interval: reported one last time, then
-    /// forgotten.
+    /// Hops whose device vanished during this interval: read one last time, then forgotten.
     gone: Vec<Hop>,
     /// `-i` patterns, for the device watcher.
     patterns: Vec<String>,
     /// The last drain stopped at its batch limit: records are waiting.
     backlog: bool,
-    netns: u64,
     meta: Meta,
     hop_stats: HopStats,
     flow_stats: FlowStats,
@@ -192,8 +88,11 @@ pub struct Session {
     /// `--host/--port/--proto` for events the kernel could not filter (kernel-wide hooks).
     selector: FlowSelector,
     all_drops: bool,
-    /// Faults charged to each hop in the current interval.
-    hop_drops: BTreeMap<HopKey, u64>,
+    /// Offload features of the node's devices at start, by ifindex.
+    offloads: std::collections::HashMap<u32, Offload>,
+    /// The epoch of the interval being read ([`Session::read_hops`] to
+    /// [`Session::end_interval`]).
+    ending: u32,
 }
 
 impl Session {
@@ -206,13 +105,13 @@ impl Session {
         // Tunnels without a lower device send through the device routing to their remote
         // VTEP: doctor's facts know it (routes, fdb, addresses).
         let underlays = match crate::node::facts::gather().await {
-            Ok(facts) => crate::cmd::doctor::rules::underlays(&facts),
+            Ok(facts) => crate::node::facts::underlays(&facts),
             Err(_) => devices
                 .iter()
                 .filter_map(|d| d.tunnel.as_ref()?.lower_ifindex)
                 .collect(),
         };
-        let hops = devices::select(&devices, &config.selection.ifaces, &underlays)?;
+        let hops = devices::select(&devices, &config.ifaces, &underlays)?;
         if hops.is_empty() {
             return Err(UsageError::new(
                 "no device to observe here (no VXLAN/Geneve, tun/tap or physical NIC): name some with -i",
@@ -246,7 +145,7 @@ impl Session {
             }
         };
 
-        let selector = config.selection.flows();
+        let selector = config.flows;
         let mut probes = Probes::load(
             TcMode::choose(config.tc_attach),
             offsets.as_ref(),
@@ -299,6 +198,14 @@ impl Session {
             hooks: probes.hooks.clone(),
             hops: hops.iter().map(meta_hop).collect(),
         };
+        // The devices' offloads name the cause of the offload signature.
+        let offloads = match features::dump_netlink().await {
+            Ok(by_index) => by_index
+                .iter()
+                .filter_map(|(ifindex, f)| Some((*ifindex, Offload::from_features(f)?)))
+                .collect(),
+            Err(_) => Default::default(),
+        };
         let enricher = Enricher {
             reasons,
             kallsyms,
@@ -315,9 +222,8 @@ impl Session {
             probes,
             hops,
             gone: Vec::new(),
-            patterns: config.selection.ifaces.clone(),
+            patterns: config.ifaces.clone(),
             backlog: false,
-            netns,
             meta,
             hop_stats,
             flow_stats,
@@ -328,7 +234,8 @@ impl Session {
             enricher,
             selector,
             all_drops: config.all_drops,
-            hop_drops: BTreeMap::new(),
+            offloads,
+            ending: 0,
         })
     }
 
@@ -341,30 +248,41 @@ impl Session {
         &self.hops
     }
 
+    /// Whether `ifindex` is observed now.
+    pub fn is_observed(&self, ifindex: u32) -> bool {
+        self.hops.iter().any(|h| h.device.ifindex == ifindex)
+    }
+
+    /// The devices' offload features at start, by ifindex.
+    pub fn offloads(&self) -> &std::collections::HashMap<u32, Offload> {
+        &self.offloads
+    }
+
     /// The `-i` patterns the hops were selected by (empty: the default selection).
     pub fn patterns(&self) -> &[String] {
         &self.patterns
     }
 
-    /// Starts observing a device that appeared. `Ok(false)` when it is observed already.
-    pub fn add_hop(&mut self, hop: Hop) -> anyhow::Result<bool> {
+    /// Starts observing a device that appeared; returns its hop, `None` when it is observed
+    /// already.
+    pub fn add_hop(&mut self, hop: Hop) -> anyhow::Result<Option<MetaHop>> {
         let ifindex = hop.device.ifindex;
-        if self.hops.iter().any(|h| h.device.ifindex == ifindex) {
-            return Ok(false);
+        if self.is_observed(ifindex) {
+            return Ok(None);
         }
         self.probes.attach_hop(&hop)?;
         self.flow_stats.remember_device(ifindex);
         self.enricher
             .hops
             .insert(ifindex, (hop.device.name.clone(), link_of(&hop)));
-        self.meta.hops.push(meta_hop(&hop));
+        let added = meta_hop(&hop);
+        self.meta.hops.push(added.clone());
         self.hops.push(hop);
-        Ok(true)
+        Ok(Some(added))
     }
 
     /// Stops observing a device that vanished. Its counts of the current interval are still
-    /// reported when the interval closes; then it is forgotten. `None` when it was not
-    /// observed.
+    /// read when the interval closes; then it is forgotten. `None` when it was not observed.
     pub fn remove_hop(&mut self, ifindex: u32) -> Option<MetaHop> {
         let at = self.hops.iter().position(|h| h.device.ifindex == ifindex)?;
         let hop = self.hops.remove(at);
@@ -407,8 +325,8 @@ impl Session {
     }
 
     /// Decodes the records waiting in the ring buffer (at most [`DRAIN_BATCH`] per call, so a
-    /// flood cannot starve the interval timer), hands each anomaly that passes the flow filter
-    /// to `out`, and charges drops to their hops.
+    /// flood cannot starve the interval timer) and hands each anomaly that passes the flow
+    /// filter to `out`.
     pub fn drain(
         &mut self,
         mut out: impl FnMut(Anomaly) -> anyhow::Result<()>,
@@ -436,12 +354,6 @@ impl Session {
             if !self.selector.matches(&anomaly) || (anomaly.is_benign() && !self.all_drops) {
                 continue;
             }
-            charge_hop(
-                &mut self.hop_drops,
-                self.hops.iter().chain(&self.gone),
-                self.netns,
-                &anomaly,
-            );
             out(anomaly)?;
             if self.backlog {
                 break;
@@ -450,88 +362,64 @@ impl Session {
         Ok(())
     }
 
-    /// Closes the interval: counters since the last call, per hop and per flow. `out` gets
-    /// the hops first ([`IntervalPart::Report`]), then the flows that moved, a batch at a
-    /// time ([`IntervalPart::Flows`]): flows are never all held at once; then what reading
-    /// the flow table found ([`IntervalPart::End`]).
-    pub fn close_interval(
-        &mut self,
-        interval: std::time::Duration,
-        mut out: impl FnMut(IntervalPart<'_>) -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
-        // The interval ends now: every counter is read after this instant, so whatever was
-        // counted before a line's `ts` is in that line or an earlier one.
-        let ts = SystemTime::now();
-        let ending = self.epoch.current();
+    /// Reads what each hop (observed, or vanished in this interval) counted since the last
+    /// interval, both directions, quiet ones included, and the events lost meanwhile. The
+    /// interval ends when this is called: everything is read after it.
+    pub fn read_hops(&mut self) -> anyhow::Result<(Vec<HopCount>, LostEvents)> {
+        self.ending = self.epoch.current();
         let slots = &self.probes.hop_slots;
         let devices = self
             .hops
             .iter()
             .chain(&self.gone)
             .filter_map(|hop| Some((hop.device.ifindex, slots.get(hop.device.ifindex)?)));
-        let hop_deltas = self.hop_stats.interval(ending, devices)?;
-        let drops = std::mem::take(&mut self.hop_drops);
-        let mut hops = Vec::with_capacity((self.hops.len() + self.gone.len()) * 2);
+        let deltas = self.hop_stats.interval(self.ending, devices)?;
+        let mut counts = Vec::with_capacity((self.hops.len() + self.gone.len()) * 2);
         for hop in self.hops.iter().chain(&self.gone) {
             for dir in [Direction::Ingress, Direction::Egress] {
                 let key = HopKey {
                     ifindex: hop.device.ifindex,
                     direction: dir as u32,
                 };
-                hops.push(HopReport {
+                counts.push(HopCount {
                     hop: meta_hop(hop),
                     dir,
-                    counters: hop_deltas.get(&key).copied().unwrap_or_default(),
-                    drops: drops.get(&key).copied().unwrap_or(0),
+                    counters: deltas.get(&key).copied().unwrap_or_default(),
                 });
             }
         }
-        out(IntervalPart::Report(&IntervalReport {
-            ts,
-            interval,
-            hops,
-            lost: self.lost.since_last()?,
-        }))?;
+        Ok((counts, self.lost.since_last()?))
+    }
 
+    /// Hands `out` each flow that moved at an observed hop since the last interval, as the
+    /// flow table is read (never all held). Returns the flow entries the kernel created so
+    /// far, for [`Session::end_interval`].
+    pub fn read_flows(
+        &mut self,
+        mut out: impl FnMut(&MetaHop, &FlowKey, &FlowCounters) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
         let created = self.evictions.created()?;
-        let mut batch = Vec::with_capacity(FLOW_BATCH);
-        let (hops, gone) = (&self.hops, &self.gone);
-        self.flow_stats.interval(ending, |key, counters| {
-            let Some(hop) = hops
-                .iter()
-                .chain(gone)
-                .find(|h| h.device.ifindex == key.ifindex)
-            else {
-                return Ok(());
-            };
-            let (Ok(dir), Some(flow)) =
-                (Direction::try_from(u32::from(key.direction)), flow_of(key))
-            else {
-                return Ok(());
-            };
-            batch.push(FlowReport {
-                hop: meta_hop(hop),
-                dir,
-                flow,
-                outer: outer_of(&counters.outer),
-                counters: *counters,
-            });
-            if batch.len() == FLOW_BATCH {
-                out(IntervalPart::Flows(&batch))?;
-                batch.clear();
+        let hops: Vec<MetaHop> = self.hops.iter().chain(&self.gone).map(meta_hop).collect();
+        self.flow_stats.interval(self.ending, |key, counters| {
+            match hops.iter().find(|h| h.ifindex == key.ifindex) {
+                Some(hop) => out(hop, key, counters),
+                None => Ok(()),
             }
-            Ok(())
         })?;
-        if !batch.is_empty() {
-            out(IntervalPart::Flows(&batch))?;
-        }
+        Ok(created)
+    }
+
+    /// Ends the interval: counts the flow entries the full table evicted (given what was
+    /// `created` before the flow table was read), starts the next epoch, and lets go of the
+    /// devices that vanished.
+    pub fn end_interval(&mut self, created: u64) -> anyhow::Result<u64> {
         self.evictions.deleted(self.flow_stats.take_deleted());
         let evicted = self.evictions.since_last(created, self.flow_stats.len());
         self.epoch.advance()?;
-        // Vanished devices had their last line: free their slots in the kernel's maps.
+        // Vanished devices had their last count: free their slots in the kernel's maps.
         for hop in std::mem::take(&mut self.gone) {
             let ifindex = hop.device.ifindex;
-            if self.hops.iter().any(|h| h.device.ifindex == ifindex) {
+            if self.is_observed(ifindex) {
                 continue; // back already (a device moved out and in again)
             }
             if let Some(slot) = self.probes.hop_slots.release(ifindex) {
@@ -542,7 +430,7 @@ impl Session {
         }
         // Reading a large flow table frees megabytes of buffers each interval.
         crate::memory::release_freed();
-        out(IntervalPart::End(&IntervalEnd { evicted }))
+        Ok(evicted)
     }
 
     /// Detaches everything (also what Drop does; explicit for the reader).
@@ -570,26 +458,6 @@ fn link_of(hop: &Hop) -> Link {
     } else {
         Link::Ethernet
     }
-}
-
-/// Counts a fault against the hop it happened at, when that hop is one of ours.
-fn charge_hop<'a>(
-    drops: &mut BTreeMap<HopKey, u64>,
-    mut hops: impl Iterator<Item = &'a Hop>,
-    netns: u64,
-    anomaly: &Anomaly,
-) {
-    let (Some(ifindex), Some(direction)) = (anomaly.ifindex, anomaly.hop_direction) else {
-        return;
-    };
-    if !anomaly.dropped || anomaly.netns != netns || !hops.any(|h| h.device.ifindex == ifindex) {
-        return;
-    }
-    let key = HopKey {
-        ifindex,
-        direction: direction as u32,
-    };
-    *drops.entry(key).or_default() += u64::from(anomaly.count.unwrap_or(1));
 }
 
 /// Events lost to a full ring buffer, as counted by the kernel per kind.
@@ -625,45 +493,4 @@ impl LostCounter {
         }
         Ok(fresh)
     }
-}
-
-/// Checks `--ready-file` before anything is attached: its directory must exist and be
-/// writable, and a ready file left by an earlier run is removed (a script waiting for it must
-/// not see it before this run is ready).
-pub fn check_ready_file(path: Option<&PathBuf>) -> Result<(), UsageError> {
-    let Some(path) = path else {
-        return Ok(());
-    };
-    let bad = |why: &str| UsageError::new(format!("--ready-file {}: {why}", path.display()));
-    if path.is_dir() {
-        return Err(bad("is a directory"));
-    }
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => std::path::Path::new("."),
-    };
-    if !dir.is_dir() {
-        return Err(bad(&format!("no such directory {}", dir.display())));
-    }
-    let c_dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-        .map_err(|_| bad("contains a NUL byte"))?;
-    // SAFETY: access(2) reads a NUL-terminated path we own.
-    if unsafe { libc::access(c_dir.as_ptr(), libc::W_OK) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(bad(&format!("cannot write in {}: {e}", dir.display())));
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(bad(&format!("cannot remove the old one: {e}"))),
-    }
-}
-
-/// Where a ready file goes once everything is attached.
-pub fn signal_ready(path: Option<&PathBuf>) -> anyhow::Result<()> {
-    if let Some(path) = path {
-        std::fs::write(path, b"ready\n")
-            .with_context(|| format!("writing the ready file {}", path.display()))?;
-    }
-    Ok(())
 }

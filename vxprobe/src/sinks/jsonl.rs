@@ -11,10 +11,12 @@ use serde::Serialize;
 
 use crate::{
     node::devices::Role,
-    observe::anomaly::Anomaly,
-    observe::packet::{Flow, Outer},
-    observe::pipeline::{Sink, Summary},
-    observe::session::{FlowReport, HopChange, IntervalEnd, IntervalReport, Meta},
+    observe::{
+        anomaly::Anomaly,
+        packet::{Flow, Outer},
+        pipeline::Sink,
+        report::{FlowReport, HopChange, IntervalEnd, IntervalReport, Meta, Summary},
+    },
 };
 
 /// RFC 3339 timestamp in UTC, as every line's `ts`.
@@ -67,11 +69,6 @@ pub struct FlowLine<'a> {
     pub max_len: u64,
     pub fragments: u64,
     pub oversize: u64,
-}
-
-/// bytes / segments, 0 when there were none.
-pub fn mean_segment(bytes: u64, segs: u64) -> u64 {
-    bytes.checked_div(segs).unwrap_or(0)
 }
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -249,10 +246,10 @@ impl Sink for JsonSink {
                 role: h.hop.role,
                 packets: c.packets,
                 bytes: c.bytes,
-                drops: h.drops,
-                loss_pct: h.loss_pct(),
+                drops: h.drops(),
+                loss_pct: h.loss_pct,
                 segs: c.segs,
-                mean_segment: mean_segment(c.bytes, c.segs),
+                mean_segment: h.mean_segment,
                 max_len: u64::from(c.max_len),
                 fragments: c.fragments,
                 oversize: c.oversize,
@@ -288,7 +285,7 @@ impl Sink for JsonSink {
                 packets: c.packets,
                 bytes: c.bytes,
                 segs: c.segs,
-                mean_segment: mean_segment(c.bytes, c.segs),
+                mean_segment: f.mean_segment,
                 max_len: u64::from(c.max_len),
                 fragments: c.fragments,
                 oversize: c.oversize,

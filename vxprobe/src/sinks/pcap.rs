@@ -24,8 +24,8 @@ use pcap_file::{
 
 use crate::{
     observe::anomaly::{Anomaly, Link},
-    observe::pipeline::{Sink, Summary},
-    observe::session::IntervalReport,
+    observe::pipeline::Sink,
+    observe::report::{IntervalReport, Summary},
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -4,10 +4,10 @@ use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 
 use serde::Serialize;
 
-use super::rules::{self, Finding, Severity, UnderlaySource};
+use super::rules::{self, Finding, Severity};
 use crate::node::{
     devices::{DeviceKind, Role},
-    facts::{DeviceFacts, Facts},
+    facts::{self, DeviceFacts, Facts, UnderlaySource},
     features::{FeatureState, GRO, GSO, TSO},
 };
 
@@ -81,7 +81,7 @@ impl<'a> Report<'a> {
         findings: &'a [Finding],
         shown: impl Fn(&DeviceFacts) -> bool,
     ) -> Report<'a> {
-        let roles = rules::roles(facts);
+        let roles = facts::roles(facts);
         let name_of = |i: u32| facts.device(i).map(|d| d.name.as_str());
         let devices = facts
             .devices
@@ -89,7 +89,7 @@ impl<'a> Report<'a> {
             .filter(|d| d.kind != DeviceKind::Loopback && shown(d))
             .map(|d| {
                 let tunnel = d.tunnel.as_ref().map(|t| {
-                    let under = rules::underlay(facts, d);
+                    let under = facts::underlay(facts, d);
                     TunnelView {
                         vni: t.vni,
                         port: t.port,

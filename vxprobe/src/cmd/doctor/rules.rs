@@ -2,14 +2,14 @@
 //! [`Code`] (scripts and alerts match on it), a severity, a message a person understands, the
 //! facts it rests on, and the fix.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde::{Serialize, Serializer};
 use serde_json::{Value, json};
 
 use crate::node::{
     devices::{DeviceKind, Role},
-    facts::{DeviceFacts, Facts},
+    facts::{DeviceFacts, Facts, roles, underlay},
     features::{FeatureState, GRO, GSO, TSO, TX_CSUM},
 };
 
@@ -138,49 +138,6 @@ pub fn diagnose(facts: &Facts) -> Vec<Finding> {
     findings
 }
 
-/// How a tunnel's underlay was found.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UnderlaySource {
-    /// The tunnel's lower device (`dev` at creation).
-    LowerDevice,
-    /// The device the route to a remote VTEP leaves by.
-    RouteToRemote,
-    /// The device holding the tunnel's `local` address.
-    LocalAddress,
-}
-
-/// The underlay of a tunnel device: its lower device, else the device routing to its remote
-/// VTEP, else the device holding its `local` address.
-pub fn underlay<'a>(
-    facts: &'a Facts,
-    tunnel: &DeviceFacts,
-) -> Option<(&'a DeviceFacts, UnderlaySource)> {
-    let info = tunnel.tunnel.as_ref()?;
-    let usable = |d: &&DeviceFacts| d.ifindex != tunnel.ifindex;
-    if let Some(d) = info
-        .lower_ifindex
-        .and_then(|i| facts.device(i))
-        .filter(usable)
-    {
-        return Some((d, UnderlaySource::LowerDevice));
-    }
-    if let Some(d) = info
-        .route_ifindex
-        .and_then(|i| facts.device(i))
-        .filter(usable)
-    {
-        return Some((d, UnderlaySource::RouteToRemote));
-    }
-    let local = info.local?;
-    facts
-        .devices
-        .iter()
-        .filter(usable)
-        .find(|d| d.addresses.contains(&local))
-        .map(|d| (d, UnderlaySource::LocalAddress))
-}
-
 /// Bytes a tunnel device adds to each packet (without Geneve options).
 pub fn encap_overhead(device: &DeviceFacts) -> Option<u32> {
     let ipv6 = device.tunnel.as_ref()?.is_ipv6();
@@ -191,30 +148,6 @@ pub fn encap_overhead(device: &DeviceFacts) -> Option<u32> {
         (DeviceKind::Geneve, true) => Some(GENEVE_OVERHEAD_V6),
         _ => None,
     }
-}
-
-/// Every device a tunnel sends through, as [`underlay`] finds them.
-pub fn underlays(facts: &Facts) -> BTreeSet<u32> {
-    facts
-        .devices
-        .iter()
-        .filter_map(|d| underlay(facts, d).map(|(u, _)| u.ifindex))
-        .collect()
-}
-
-/// The role each device plays, from the topology (underlays as [`underlay`] finds them).
-pub fn roles(facts: &Facts) -> BTreeMap<u32, Role> {
-    let underlays = underlays(facts);
-    facts
-        .devices
-        .iter()
-        .map(|d| {
-            (
-                d.ifindex,
-                crate::node::devices::role_of(&d.kind, d.ifindex, &underlays),
-            )
-        })
-        .collect()
 }
 
 /// ethtool's way of showing a feature: `on`, `off [fixed]`, `off [requested on]`.

@@ -7,12 +7,15 @@ use std::{collections::BTreeMap, time::Duration};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{facts::Facts, rules::Finding};
+use super::rules::Finding;
 use crate::{
-    cli::{Selection, TcAttach},
-    observe::anomaly::Anomaly,
-    observe::pipeline::{self, Sink},
-    observe::session::{IntervalReport, Session, SessionConfig},
+    node::facts::Facts,
+    observe::{
+        anomaly::{Anomaly, AnomalyKind},
+        pipeline::{self, Sink},
+        report::{IntervalReport, Meta},
+        session::{Session, SessionConfig},
+    },
 };
 
 /// What one direction of a device did during the watch.
@@ -36,32 +39,30 @@ pub struct DeviceSeen {
     pub events: BTreeMap<&'static str, u64>,
 }
 
+/// What the devices did, from the interval reports: counts and the faults charged to each.
 #[derive(Default)]
 struct Observed {
-    netns: u64,
     devices: BTreeMap<String, DeviceSeen>,
 }
 
 impl Sink for Observed {
-    fn meta(&mut self, meta: &crate::observe::session::Meta) -> anyhow::Result<()> {
-        self.netns = meta.netns;
+    fn meta(&mut self, _meta: &Meta) -> anyhow::Result<()> {
         Ok(())
     }
 
-    fn anomaly(&mut self, anomaly: &Anomaly) -> anyhow::Result<()> {
-        if anomaly.netns == self.netns
-            && let Some(name) = &anomaly.ifname
-        {
-            let seen = self.devices.entry(name.clone()).or_default();
-            *seen.events.entry(anomaly.kind.as_str()).or_default() +=
-                u64::from(anomaly.count.unwrap_or(1));
-        }
+    fn anomaly(&mut self, _anomaly: &Anomaly) -> anyhow::Result<()> {
         Ok(())
     }
 
     fn interval(&mut self, report: &IntervalReport) -> anyhow::Result<()> {
         for hop in &report.hops {
             let seen = self.devices.entry(hop.hop.ifname.clone()).or_default();
+            for kind in AnomalyKind::ALL {
+                let n = hop.faults.count(kind);
+                if n > 0 {
+                    *seen.events.entry(kind.as_str()).or_default() += n;
+                }
+            }
             let dir = match hop.dir {
                 vxprobe_common::Direction::Ingress => &mut seen.ingress,
                 vxprobe_common::Direction::Egress => &mut seen.egress,
@@ -72,7 +73,7 @@ impl Sink for Observed {
             dir.max_len = dir.max_len.max(c.max_len);
             dir.fragments += c.fragments;
             dir.oversize += c.oversize;
-            dir.drops += hop.drops;
+            dir.drops += hop.drops();
         }
         Ok(())
     }
@@ -92,18 +93,9 @@ pub async fn observe(
         .map(|d| d.name.clone())
         .collect();
     let mut session = Session::start(&SessionConfig {
-        selection: Selection {
-            ifaces,
-            host: None,
-            port: None,
-            proto: None,
-        },
-        tc_attach: TcAttach::Auto,
-        skip_hook: Vec::new(),
         max_flows: 4096,
-        flow_cache_slots: None,
         ring_size: 1 << 20,
-        all_drops: false,
+        ..SessionConfig::watching(ifaces)
     })
     .await?;
     let mut observed = Observed::default();
@@ -125,7 +117,7 @@ pub async fn observe(
         // A tunnel's trouble shows on its underlay (MTU-sized packets, outer fragments).
         if let Some((underlay, _)) = facts
             .by_name(&finding.ifname)
-            .and_then(|device| super::rules::underlay(facts, device))
+            .and_then(|device| crate::node::facts::underlay(facts, device))
         {
             names.push(underlay.name.clone());
         }

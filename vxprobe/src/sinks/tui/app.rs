@@ -17,10 +17,11 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use super::{
     filter::Filter,
     model::{
-        AnomalySample, AppEvent, Flow, FlowHop, FlowSample, HopCounts, HopId, HopSample, Outer,
-        Role,
+        AnomalySample, AppEvent, Flow, FlowHop, FlowSample, HopCounts, HopId, HopSample,
+        OffloadHint, Outer, PathVerdict,
     },
 };
+use crate::observe::judge;
 
 /// Anomalies kept for the events panel.
 pub const MAX_EVENTS: usize = 200;
@@ -30,17 +31,6 @@ pub const HISTORY_LEN: usize = 600;
 pub const MAX_FLOWS: usize = 10_000;
 /// Data messages held while paused; past this the oldest are discarded (and counted).
 pub const MAX_HELD: usize = 1_000;
-
-/// drops / (packets seen + drops), in percent, as `record` computes it: a packet dropped at a
-/// hop may or may not have been counted by the hop's TC program.
-pub fn loss_pct(packets: u64, drops: u64) -> f64 {
-    let total = packets.saturating_add(drops);
-    if total == 0 {
-        0.0
-    } else {
-        drops as f64 * 100.0 / total as f64
-    }
-}
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Panel {
@@ -103,7 +93,10 @@ impl SortKey {
     /// The primary sort value (higher is worse); loss compares per mille of loss, then drops.
     fn value(self, t: &HopCounts) -> (u64, u64) {
         match self {
-            SortKey::Loss => ((loss_pct(t.packets, t.drops) * 1000.0) as u64, t.drops),
+            SortKey::Loss => (
+                (judge::flow_loss_pct(t.packets, t.drops) * 1000.0) as u64,
+                t.drops,
+            ),
             SortKey::Retransmits => (t.retransmits, 0),
             SortKey::CsumErrors => (t.csum_errors, 0),
             SortKey::Oversize => (t.oversize, 0),
@@ -150,8 +143,9 @@ impl FlowEntry {
         self.last_seen = interval;
     }
 
+    /// The share of the flow's packets that died on its path ([`judge::flow_loss_pct`]).
     pub fn loss_pct(&self) -> f64 {
-        loss_pct(self.total.packets, self.total.drops)
+        judge::flow_loss_pct(self.total.packets, self.total.drops)
     }
 
     /// Eviction order: the least troubled, then the smallest, then the longest quiet go first.
@@ -159,32 +153,6 @@ impl FlowEntry {
         (self.total.trouble(), self.total.bytes, self.last_seen)
     }
 }
-
-/// The hop of a flow's path where it loses packets, and how.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PathVerdict {
-    /// No drop and no hop where the bytes fall.
-    Clean,
-    /// Drops counted at this hop (index into the flow's hops).
-    DropsAt(usize),
-    /// No drop counted, but this hop saw far fewer bytes than the one before it.
-    VanishesBefore(usize),
-}
-
-/// The signature of segmentation/checksum offload being off on a tunnel device: it transmits
-/// MTU-sized segments while a pod veth carries GSO super-packets.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OffloadHint {
-    /// The hop sending MTU-sized packets: the tunnel device, or its underlay.
-    pub overlay: HopId,
-    pub pod: HopId,
-    pub text: String,
-}
-
-/// A pod hop whose mean packet is at least this big carries GSO super-packets.
-const GSO_MEAN: u32 = 16 * 1024;
-/// Samples with fewer packets are too few to judge sizes by.
-const MIN_PACKETS_FOR_SIZE: u64 = 10;
 
 /// Bytes per segment at a hop (see [`HopSample::mean_segment`]).
 pub fn mean_segment(hop: &HopSample) -> Option<u32> {
@@ -194,15 +162,6 @@ pub fn mean_segment(hop: &HopSample) -> Option<u32> {
             .checked_div(per)
             .map(|m| u32::try_from(m).unwrap_or(u32::MAX))
     })
-}
-
-/// The packet size the offload signature is judged by: the interval's largest packet when the
-/// pipeline measures it, else the mean segment.
-fn size_signal(hop: &HopSample) -> Option<(u32, &'static str)> {
-    match hop.max_len {
-        Some(max) => Some((max, "largest")),
-        None => mean_segment(hop).map(|m| (m, "mean")),
-    }
 }
 
 #[derive(Debug)]
@@ -382,7 +341,17 @@ impl App {
                 }
                 self.held.push_back(data);
             }
-            AppEvent::Interval { hops, flows, lost } => self.apply_interval(hops, flows, lost),
+            AppEvent::Interval {
+                hops,
+                flows,
+                lost,
+                worst,
+                hint,
+            } => {
+                self.worst_hop = worst;
+                self.offload_hint = hint;
+                self.apply_interval(hops, flows, lost)
+            }
             AppEvent::Anomaly(sample) => self.apply_anomaly(sample),
         }
     }
@@ -409,16 +378,6 @@ impl App {
         }
         self.loss_history
             .push_back(hops.iter().fold(0, |sum, h| sum.saturating_add(h.drops)));
-        self.worst_hop = hops
-            .iter()
-            .filter(|h| h.drops > 0)
-            .max_by(|a, b| {
-                (a.drops, loss_pct(a.packets, a.drops))
-                    .partial_cmp(&(b.drops, loss_pct(b.packets, b.drops)))
-                    .unwrap_or(std::cmp::Ordering::Equal)
-            })
-            .map(HopSample::id);
-        self.offload_hint = offload_hint(&hops);
         self.hops = hops;
         for sample in &flows {
             self.flows
@@ -604,88 +563,13 @@ impl App {
         }
     }
 
-    /// The hop where a flow's path loses packets.
+    /// The hop where a flow's path loses packets ([`judge::path_verdict`]).
     pub fn path_verdict(entry: &FlowEntry) -> PathVerdict {
-        let worst = entry
+        let hops: Vec<(u64, u64)> = entry
             .hops
             .iter()
-            .enumerate()
-            .filter(|(_, h)| h.counts.drops > 0)
-            .max_by_key(|(at, h)| (h.counts.drops, Reverse(*at)));
-        if let Some((at, _)) = worst {
-            return PathVerdict::DropsAt(at);
-        }
-        // Bytes grow by tunnel headers and shrink by nothing else on a healthy path.
-        entry
-            .hops
-            .windows(2)
-            .position(|w| u128::from(w[1].counts.bytes) * 5 < u128::from(w[0].counts.bytes) * 4)
-            .map_or(PathVerdict::Clean, |at| PathVerdict::VanishesBefore(at + 1))
+            .map(|h| (h.counts.drops, h.counts.bytes))
+            .collect();
+        judge::path_verdict(&hops)
     }
-}
-
-/// Finds a tunnel device transmitting MTU-sized packets while a pod veth carries GSO
-/// super-packets (see [`OffloadHint`]).
-///
-/// At a TC egress hook a packet is seen before the device's own software segmentation, so
-/// with TSO off on the tunnel the small packets may show only on the tunnel's underlay: a
-/// small underlay egress counts too, charged to the tunnel device.
-fn offload_hint(hops: &[HopSample]) -> Option<OffloadHint> {
-    let (pod, (pod_size, _)) = hops
-        .iter()
-        .filter(|h| h.role == Role::Pod && h.packets >= MIN_PACKETS_FOR_SIZE)
-        .filter_map(|h| size_signal(h).map(|s| (h, s)))
-        .filter(|(_, (size, _))| *size >= GSO_MEAN)
-        .max_by_key(|(h, _)| h.bytes)?;
-    // The small packets must carry most of the pod's bytes, or they are other traffic.
-    let small_egress = |role: Role| {
-        hops.iter()
-            .filter(|h| {
-                h.role == role
-                    && h.dir == super::model::Direction::Egress
-                    && h.packets >= MIN_PACKETS_FOR_SIZE
-                    && u128::from(h.bytes) * 2 >= u128::from(pod.bytes)
-            })
-            .filter_map(|h| size_signal(h).map(|s| (h, s)))
-            .filter(|(h, (size, _))| *size <= h.mtu.saturating_add(64))
-            .max_by_key(|(h, _)| h.bytes)
-    };
-    let (small, (small_size, measure)) =
-        small_egress(Role::Overlay).or_else(|| small_egress(Role::Underlay))?;
-    // The tunnel device: the small hop itself, or the busiest overlay egress above it.
-    let tunnel = if small.role == Role::Overlay {
-        Some(small)
-    } else {
-        hops.iter()
-            .filter(|h| h.role == Role::Overlay && h.dir == super::model::Direction::Egress)
-            .max_by_key(|h| h.bytes)
-    };
-    let off: Vec<&str> = match tunnel.and_then(|t| t.offload) {
-        Some(o) => [
-            (!o.tx_csum, "TX checksum"),
-            (!o.tso, "TSO"),
-            (!o.gso, "GSO"),
-        ]
-        .into_iter()
-        .filter_map(|(off, name)| off.then_some(name))
-        .collect(),
-        None => Vec::new(),
-    };
-    let cause = match (tunnel, off.is_empty()) {
-        (Some(t), false) => format!("{} off on {}", off.join(" and "), t.ifname),
-        (Some(t), true) => format!("segmentation offload looks off on {}", t.ifname),
-        (None, _) => format!("segmented in software before {}", small.ifname),
-    };
-    Some(OffloadHint {
-        overlay: small.id(),
-        pod: pod.id(),
-        text: format!(
-            "{} {}: {measure} packet {small_size} B, {} {}: {} GSO packets → {cause}",
-            small.ifname,
-            small.dir.as_str(),
-            pod.ifname,
-            pod.dir.as_str(),
-            super::render::human_bytes(u64::from(pod_size)),
-        ),
-    })
 }

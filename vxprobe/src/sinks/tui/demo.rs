@@ -10,9 +10,10 @@ use std::{
 };
 
 use super::model::{
-    AnomalySample, AppEvent, Direction, EventKindView, Flow, FlowHop, FlowSample, HopCounts,
+    AnomalySample, AppEvent, Direction, EventKindView, Flow, FlowHop, FlowSample, HopCounts, HopId,
     HopSample, Offload, Outer, Role,
 };
+use crate::observe::judge;
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
@@ -300,12 +301,32 @@ fn interval(node: &Node, i: usize) -> AppEvent {
     tap_eg.drops = tap_drops;
     tap_eg.oversize = tap_drops;
 
-    AppEvent::Interval {
-        hops: vec![
+    judged(
+        vec![
             cali_in, cali_eg, vx_in, vx_eg, eth_in, eth_eg, tap_in, tap_eg,
         ],
-        flows: vec![data, acks_flow, dns, web, media, https],
-        lost: if i == 6 { 3 } else { 0 },
+        vec![data, acks_flow, dns, web, media, https],
+        if i == 6 { 3 } else { 0 },
+    )
+}
+
+/// An interval of the scenario's hops and flows, with what the interval model judges of
+/// them (as the feed passes it on): each hop's loss, the hop losing most, the offload
+/// signature.
+pub fn judged(mut hops: Vec<HopSample>, flows: Vec<FlowSample>, lost: u64) -> AppEvent {
+    for h in &mut hops {
+        h.loss_pct = judge::hop_loss_pct(h.dir, h.packets, h.drops);
+    }
+    let offloads: std::collections::HashMap<u32, Offload> = hops
+        .iter()
+        .filter_map(|h| Some((h.ifindex, h.offload?)))
+        .collect();
+    AppEvent::Interval {
+        worst: judge::worst_hop(&hops).map(HopId::from),
+        hint: judge::offload_hint(&hops, |ifindex| offloads.get(&ifindex).copied()),
+        hops,
+        flows,
+        lost,
     }
 }
 
@@ -435,11 +456,7 @@ pub fn many_flows(n: usize, seed: u32) -> AppEvent {
         })
         .collect();
     match interval(&Node::new(), 4) {
-        AppEvent::Interval { hops, .. } => AppEvent::Interval {
-            hops,
-            flows,
-            lost: 0,
-        },
+        AppEvent::Interval { hops, .. } => judged(hops, flows, 0),
         other => other,
     }
 }

@@ -1,22 +1,23 @@
-//! The pipeline sink that feeds the UI: interval reports and anomalies become [`AppEvent`]s.
-//! The per-hop and per-flow tallies of checksum failures, refused sends and retransmits come
-//! from the anomalies of the interval; offload state is read once, at start.
+//! The pipeline sink that feeds the UI: the interval model's reports and the anomalies become
+//! [`AppEvent`]s. Every count and judgment comes from [`crate::observe`]; this only gathers an
+//! interval's flows by flow (the UI shows a flow's path) and copies the rest.
 
 use std::{
     collections::{BTreeMap, HashMap},
     time::SystemTime,
 };
 
+use tokio::sync::mpsc::Sender;
+
 use super::model::{
     AnomalySample, AppEvent, FlowHop, FlowSample, HopCounts, HopId, HopSample, Offload,
 };
-use crate::{
-    observe::anomaly::{Anomaly, AnomalyKind},
-    observe::packet::Flow,
-    observe::pipeline::{Sink, Summary},
-    observe::session::{FlowReport, IntervalEnd, IntervalReport, Meta},
+use crate::observe::{
+    anomaly::{Anomaly, AnomalyKind},
+    packet::{Flow, Outer},
+    pipeline::Sink,
+    report::{Faults, FlowReport, IntervalEnd, IntervalReport, Meta, Summary},
 };
-use tokio::sync::mpsc::Sender;
 
 /// Feeds the UI task. Sends never wait: when the UI lags, messages are dropped and counted
 /// (the pipeline must keep draining the kernel).
@@ -24,15 +25,11 @@ pub struct TuiFeed {
     tx: Sender<AppEvent>,
     interval: std::time::Duration,
     offloads: HashMap<u32, Offload>,
-    /// Faults of the current interval by hop.
-    hop_faults: HashMap<HopId, HopCounts>,
-    /// Faults of the current interval by flow (retransmits have no hop).
-    flow_faults: HashMap<Flow, HopCounts>,
     pub dropped_messages: u64,
     /// The closing interval's hops, until its flows are in.
     report: Option<IntervalReport>,
     /// The closing interval's flows by (inner) 5-tuple, with the hops each crossed.
-    flows: BTreeMap<Flow, (Option<crate::observe::packet::Outer>, Vec<FlowHop>)>,
+    flows: BTreeMap<Flow, (Option<Outer>, Vec<FlowHop>)>,
     /// Our namespace: devices elsewhere are shown with theirs, so a pod's eth0 is not read
     /// as the node's.
     netns: u64,
@@ -48,8 +45,6 @@ impl TuiFeed {
             tx,
             interval,
             offloads,
-            hop_faults: HashMap::new(),
-            flow_faults: HashMap::new(),
             dropped_messages: 0,
             report: None,
             flows: BTreeMap::new(),
@@ -64,17 +59,14 @@ impl TuiFeed {
     }
 }
 
-fn tally(counts: &mut HopCounts, anomaly: &Anomaly) {
-    let n = u64::from(anomaly.count.unwrap_or(1));
-    if anomaly.dropped {
-        counts.drops += n;
-    }
-    match anomaly.kind {
-        AnomalyKind::CsumError => counts.csum_errors += n,
-        AnomalyKind::Oversize => counts.oversize += n,
-        AnomalyKind::Fragment => counts.fragments += n,
-        AnomalyKind::Retransmit => counts.retransmits += n,
-        AnomalyKind::Drop | AnomalyKind::FragNeeded => {}
+/// A flow's or a hop's faults as the UI's counts.
+fn fault_counts(faults: &Faults) -> HopCounts {
+    HopCounts {
+        drops: faults.drops,
+        csum_errors: faults.count(AnomalyKind::CsumError),
+        oversize: faults.count(AnomalyKind::Oversize),
+        retransmits: faults.count(AnomalyKind::Retransmit),
+        ..HopCounts::default()
     }
 }
 
@@ -94,20 +86,6 @@ impl Sink for TuiFeed {
     }
 
     fn anomaly(&mut self, anomaly: &Anomaly) -> anyhow::Result<()> {
-        // Only our own devices are hops: an ifindex means nothing in another namespace.
-        if let (Some(ifindex), Some(dir), true) = (
-            anomaly.ifindex,
-            anomaly.hop_direction,
-            anomaly.netns == self.netns,
-        ) {
-            tally(
-                self.hop_faults.entry(HopId { ifindex, dir }).or_default(),
-                anomaly,
-            );
-        }
-        if let Some(flow) = &anomaly.flow {
-            tally(self.flow_faults.entry(flow.clone()).or_default(), anomaly);
-        }
         let mut sample = AnomalySample::from_anomaly(anomaly, SystemTime::now());
         if anomaly.netns != self.netns
             && let Some(name) = &mut sample.ifname
@@ -124,7 +102,7 @@ impl Sink for TuiFeed {
         Ok(())
     }
 
-    /// Flows by (inner) 5-tuple, with their hops; fragments come from the counters.
+    /// Flows by (inner) 5-tuple, with their hops.
     fn flows(&mut self, batch: &[FlowReport]) -> anyhow::Result<()> {
         for f in batch {
             let entry = self.flows.entry(f.flow.clone()).or_default();
@@ -152,53 +130,45 @@ impl Sink for TuiFeed {
         let Some(report) = self.report.take() else {
             return Ok(());
         };
-        let hop_faults = std::mem::take(&mut self.hop_faults);
-        let mut flow_faults = std::mem::take(&mut self.flow_faults);
-        let flows = std::mem::take(&mut self.flows);
-        // A flow's faults land on its first hop (drops with a device are charged to theirs).
-        let mut retransmits_at: HashMap<HopId, u64> = HashMap::new();
-        let flows: Vec<FlowSample> = flows
+        let mut flow_faults: HashMap<&Flow, &Faults> = end
+            .flow_faults
+            .iter()
+            .map(|(f, faults)| (f, faults))
+            .collect();
+        let flows: Vec<FlowSample> = std::mem::take(&mut self.flows)
             .into_iter()
             .map(|(flow, (outer, hops))| {
-                let mut sample = FlowSample::from_hops(flow.clone(), outer, hops);
-                if let Some(faults) = flow_faults.remove(&flow) {
-                    for hop in &sample.hops {
-                        *retransmits_at.entry(hop.id()).or_default() += faults.retransmits;
-                    }
+                let faults = flow_faults.remove(&flow);
+                let mut sample = FlowSample::from_hops(flow, outer, hops);
+                if let Some(faults) = faults {
+                    // Shown where the flow enters the node: the model charged them to the
+                    // flow, and to the hops themselves in the hop rows.
+                    let counts = fault_counts(faults);
                     if let Some(first) = sample.hops.first_mut() {
-                        first.counts.drops += faults.drops;
-                        first.counts.csum_errors += faults.csum_errors;
-                        first.counts.retransmits += faults.retransmits;
+                        first.counts.add(&counts);
                     }
-                    sample.total.drops += faults.drops;
-                    sample.total.csum_errors += faults.csum_errors;
-                    sample.total.retransmits += faults.retransmits;
+                    sample.total.add(&counts);
                 }
                 sample
             })
             .collect();
-
         let hops = report
             .hops
             .iter()
             .map(|h| {
-                let id = HopId {
-                    ifindex: h.hop.ifindex,
-                    dir: h.dir,
-                };
-                let faults = hop_faults.get(&id).cloned().unwrap_or_default();
                 let c = &h.counters;
                 HopSample {
                     offload: self.offloads.get(&h.hop.ifindex).copied(),
                     packets: c.packets,
                     bytes: c.bytes,
-                    drops: h.drops,
-                    csum_errors: faults.csum_errors,
-                    oversize: c.oversize.max(faults.oversize),
+                    drops: h.drops(),
+                    loss_pct: h.loss_pct,
+                    csum_errors: h.faults.count(AnomalyKind::CsumError),
+                    oversize: h.oversize(),
                     fragments: c.fragments,
-                    retransmits: retransmits_at.get(&id).copied().unwrap_or(0),
+                    retransmits: end.hop_retransmits.get(&h.key()).copied().unwrap_or(0),
                     segs: c.segs,
-                    mean_segment: None,
+                    mean_segment: u32::try_from(h.mean_segment).ok(),
                     max_len: (c.max_len > 0).then_some(c.max_len),
                     ..HopSample::new(
                         h.hop.ifname.clone(),
@@ -212,7 +182,13 @@ impl Sink for TuiFeed {
             })
             .collect();
         let lost = report.lost.iter().map(|(_, n)| n).sum();
-        self.send(AppEvent::Interval { hops, flows, lost });
+        self.send(AppEvent::Interval {
+            hops,
+            flows,
+            lost,
+            worst: report.worst_hop.map(HopId::from),
+            hint: report.offload_hint,
+        });
         if end.evicted > 0 {
             self.send(AppEvent::Evicted(end.evicted));
         }

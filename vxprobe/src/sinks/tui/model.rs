@@ -6,14 +6,13 @@ use std::time::{Duration, SystemTime};
 use crossterm::event::KeyEvent;
 pub use vxprobe_common::Direction;
 
+pub use crate::node::features::Offload;
+pub use crate::observe::judge::{OffloadHint, PathVerdict};
+use crate::observe::{anomaly::Anomaly, judge};
 pub use crate::{
     node::devices::Role,
     observe::anomaly::AnomalyKind,
     observe::packet::{Flow, Outer},
-};
-use crate::{
-    node::features::{self as feature, Features},
-    observe::anomaly::Anomaly,
 };
 
 /// A hop: one device in one direction.
@@ -23,30 +22,12 @@ pub struct HopId {
     pub dir: Direction,
 }
 
-/// Offload features of a device, as `ethtool -k` shows them.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub struct Offload {
-    /// `tx-checksumming` (any of `tx-checksum-ip-generic`, `-ipv4`, `-ipv6`).
-    pub tx_csum: bool,
-    /// `tcp-segmentation-offload`.
-    pub tso: bool,
-    /// `generic-segmentation-offload`.
-    pub gso: bool,
-}
-
-impl Offload {
-    /// From the features `doctor` reads over ethtool netlink; `None` when the device reports
-    /// none of them.
-    pub fn from_features(features: &Features) -> Option<Self> {
-        let on = |name| features.get(name).map(|f| f.on);
-        let tx_csum = features.tx_checksum().map(|f| f.on);
-        let tso = on(feature::TSO);
-        let gso = on(feature::GSO);
-        (tx_csum.is_some() || tso.is_some() || gso.is_some()).then(|| Self {
-            tx_csum: tx_csum.unwrap_or(false),
-            tso: tso.unwrap_or(false),
-            gso: gso.unwrap_or(false),
-        })
+impl From<vxprobe_common::HopKey> for HopId {
+    fn from(key: vxprobe_common::HopKey) -> Self {
+        Self {
+            ifindex: key.ifindex,
+            dir: Direction::try_from(key.direction).unwrap_or(Direction::Ingress),
+        }
     }
 }
 
@@ -68,6 +49,9 @@ pub struct HopSample {
     /// Packets freed at this hop, every kind included: `csum_errors` and `oversize` are parts
     /// of `drops`, not additions to it.
     pub drops: u64,
+    /// The share of the hop's packets that died there, as `record` reports it
+    /// ([`judge::hop_loss_pct`]).
+    pub loss_pct: f64,
     pub csum_errors: u64,
     pub oversize: u64,
     /// IP fragments seen (not a loss).
@@ -108,6 +92,7 @@ impl HopSample {
             packets: 0,
             bytes: 0,
             drops: 0,
+            loss_pct: 0.0,
             csum_errors: 0,
             oversize: 0,
             fragments: 0,
@@ -124,6 +109,42 @@ impl HopSample {
             ifindex: self.ifindex,
             dir: self.dir,
         }
+    }
+}
+
+impl judge::HopView for HopSample {
+    fn key(&self) -> vxprobe_common::HopKey {
+        vxprobe_common::HopKey {
+            ifindex: self.ifindex,
+            direction: self.dir as u32,
+        }
+    }
+    fn ifname(&self) -> &str {
+        &self.ifname
+    }
+    fn role(&self) -> Role {
+        self.role
+    }
+    fn mtu(&self) -> u32 {
+        self.mtu
+    }
+    fn packets(&self) -> u64 {
+        self.packets
+    }
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    fn segs(&self) -> u64 {
+        self.segs
+    }
+    fn max_len(&self) -> u64 {
+        self.max_len.map_or(0, u64::from)
+    }
+    fn drops(&self) -> u64 {
+        self.drops
+    }
+    fn loss_pct(&self) -> f64 {
+        self.loss_pct
     }
 }
 
@@ -179,20 +200,9 @@ impl FlowHop {
         }
     }
 
-    /// Where a hop comes on a packet's way through the node: in from the wire (underlay,
-    /// then tunnel), to the local ends (pods, taps), out to the wire (tunnel, then underlay).
-    /// Outbound `cali0 ingress -> vxlan.calico egress -> eth0 egress` and inbound
-    /// `eth0 ingress -> vxlan.calico ingress -> cali0 egress` both sort in order.
+    /// Where the hop comes on a packet's way through the node ([`judge::path_rank`]).
     pub fn path_rank(&self) -> u8 {
-        let outer = match self.role {
-            Role::Physical | Role::Underlay => 0,
-            Role::Overlay => 1,
-            Role::Pod | Role::Tap | Role::Other => 2,
-        };
-        match self.dir {
-            Direction::Ingress => outer,
-            Direction::Egress => 5 - outer,
-        }
+        judge::path_rank(self.role, self.dir)
     }
 }
 
@@ -313,11 +323,14 @@ impl AnomalySample {
 #[derive(Clone, Debug)]
 pub enum AppEvent {
     /// One interval of every hop and of the flows seen in it; `lost`: events the kernel could
-    /// not hand over (full ring buffer) during the interval.
+    /// not hand over (full ring buffer) during the interval; what the interval model decided:
+    /// the hop losing most, the offload signature.
     Interval {
         hops: Vec<HopSample>,
         flows: Vec<FlowSample>,
         lost: u64,
+        worst: Option<HopId>,
+        hint: Option<OffloadHint>,
     },
     Anomaly(AnomalySample),
     /// Flow entries the kernel's full flow table evicted in an interval (sent when some were).

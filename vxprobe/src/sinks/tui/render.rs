@@ -23,9 +23,12 @@ use ratatui::{
 };
 
 use super::{
-    app::{self, App, FlowEntry, Panel, PathVerdict, SortKey},
-    model::{AnomalySample, EventKindView, Flow, HopCounts, HopSample},
+    app::{self, App, FlowEntry, Panel, SortKey},
+    model::{
+        AnomalySample, EventKindView, Flow, HopCounts, HopId, HopSample, OffloadHint, PathVerdict,
+    },
 };
+use crate::observe::judge;
 
 /// Below this the panels do not fit: a summary is shown instead.
 pub const MIN_WIDTH: u16 = 40;
@@ -97,7 +100,7 @@ fn render_panels(app: &App, area: Rect, buf: &mut Buffer) {
         Paragraph::new(Line::from(vec![
             Span::styled(" hint ", SIZE_SIGNATURE),
             Span::raw(" "),
-            Span::styled(hint.text.as_str(), Style::new().fg(Color::Yellow)),
+            Span::styled(hint_text(hint), Style::new().fg(Color::Yellow)),
         ]))
         .render(hint_area, buf);
     }
@@ -132,6 +135,22 @@ pub fn human_count(n: u64) -> String {
 /// 1536 -> "1.5K"; sizes in bytes (binary multiples).
 pub fn human_bytes(n: u64) -> String {
     scaled(n as f64, 1024.0, &["", "K", "M", "G", "T"])
+}
+
+/// The offload signature as one line: the small packets, the pod's GSO packets, the cause.
+pub fn hint_text(hint: &OffloadHint) -> String {
+    let dir = |key: vxprobe_common::HopKey| HopId::from(key).dir.as_str();
+    format!(
+        "{} {}: {} packet {} B, {} {}: {} GSO packets → {}",
+        hint.small_ifname,
+        dir(hint.small),
+        hint.measure,
+        hint.small_size,
+        hint.pod_ifname,
+        dir(hint.pod),
+        human_bytes(hint.pod_size),
+        hint.cause,
+    )
 }
 
 fn human_rate(n: f64) -> String {
@@ -495,12 +514,12 @@ fn offload_text(hop: &HopSample) -> (String, Style) {
 fn hop_cells(app: &App, hop: &HopSample) -> Vec<Txt> {
     let secs = hop.interval.as_secs_f64();
     let per_sec = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
-    let loss = app::loss_pct(hop.packets, hop.drops);
+    let loss = hop.loss_pct;
     let worst = app.worst_hop == Some(hop.id());
     let signature = app
         .offload_hint
         .as_ref()
-        .is_some_and(|h| h.overlay == hop.id() || h.pod == hop.id());
+        .is_some_and(|h| HopId::from(h.small) == hop.id() || HopId::from(h.pod) == hop.id());
     let seg = app::mean_segment(hop);
     let size_style = if signature {
         SIZE_SIGNATURE
@@ -557,7 +576,7 @@ fn render_hops(app: &App, area: Rect, buf: &mut Buffer) {
         .then(|| hops.iter().find(|h| Some(h.id()) == app.worst_hop))
         .flatten()
     {
-        let loss = app::loss_pct(worst.packets, worst.drops);
+        let loss = worst.loss_pct;
         title.push(Span::styled(
             format!(
                 "▶ {} {} {} (j/k) ",
@@ -1032,7 +1051,7 @@ fn render_path(app: &App, area: Rect, buf: &mut Buffer) {
     let max_bytes = entry.hops.iter().map(|h| h.counts.bytes).max().unwrap_or(0);
     let rows = entry.hops.iter().enumerate().map(|(at, hop)| {
         let c = &hop.counts;
-        let loss = app::loss_pct(c.packets, c.drops);
+        let loss = judge::hop_loss_pct(hop.dir, c.packets, c.drops);
         let flagged = match verdict {
             PathVerdict::DropsAt(i) | PathVerdict::VanishesBefore(i) => i == at,
             PathVerdict::Clean => false,
@@ -1089,7 +1108,7 @@ fn render_path(app: &App, area: Rect, buf: &mut Buffer) {
                 Span::raw(format!(
                     ": {} dropped{kinds}, {} of what reached it",
                     human_count(c.drops),
-                    pct(app::loss_pct(c.packets, c.drops)),
+                    pct(judge::hop_loss_pct(hop.dir, c.packets, c.drops)),
                 )),
             ])
         }
@@ -1181,7 +1200,7 @@ fn render_summary(app: &App, area: Rect, buf: &mut Buffer) {
         .and_then(|id| app.hops.iter().find(|h| h.id() == id))
     {
         Some(hop) => {
-            let loss = app::loss_pct(hop.packets, hop.drops);
+            let loss = hop.loss_pct;
             lines.push(Line::from(vec![
                 Span::styled("▶ ", WORST),
                 Span::styled(format!("{} {}", hop.ifname, hop.dir.as_str()), WORST),
@@ -1196,7 +1215,7 @@ fn render_summary(app: &App, area: Rect, buf: &mut Buffer) {
         let name = app
             .hops
             .iter()
-            .find(|h| h.id() == hint.overlay)
+            .find(|h| h.id() == HopId::from(hint.small))
             .map_or("tunnel", |h| h.ifname.as_str());
         lines.push(Line::styled(
             format!("offload off? {name}"),

@@ -6,9 +6,10 @@ use ratatui::{Terminal, backend::TestBackend, buffer::Buffer, style::Color};
 
 use super::{
     App, AppEvent,
-    app::{self, HISTORY_LEN, MAX_EVENTS, MAX_FLOWS, MAX_HELD, Panel, PathVerdict, SortKey},
-    demo::{demo_events, demo_interval, many_flows},
-    model::{AnomalySample, Direction, EventKindView, HopId, HopSample},
+    app::{HISTORY_LEN, MAX_EVENTS, MAX_FLOWS, MAX_HELD, Panel, SortKey},
+    demo::{demo_events, demo_interval, judged, many_flows},
+    model::{AnomalySample, Direction, EventKindView, HopId, HopSample, PathVerdict},
+    render::hint_text,
 };
 
 fn press(code: KeyCode) -> AppEvent {
@@ -207,7 +208,10 @@ fn absurd_counts_do_not_panic() {
     let mut app = App::new();
     for _ in 0..2 {
         let mut events = demo_interval(0);
-        if let AppEvent::Interval { hops, flows, lost } = &mut events[0] {
+        if let AppEvent::Interval {
+            hops, flows, lost, ..
+        } = &mut events[0]
+        {
             *lost = u64::MAX;
             for hop in hops.iter_mut() {
                 (hop.packets, hop.bytes, hop.drops) = (u64::MAX, u64::MAX, u64::MAX);
@@ -273,12 +277,19 @@ fn the_hop_losing_most_shows_in_the_title_when_off_the_page() {
     assert_eq!(rows.iter().filter(|r| r.contains("▶ eth0")).count(), 1);
 }
 
-/// The demo's first interval with `change` applied to its hops.
+/// The demo's first interval with `change` applied to its hops (and judged again).
 fn demo_with_hops(change: impl Fn(&mut HopSample)) -> App {
     let mut app = App::new();
     let mut events = demo_interval(0);
-    if let AppEvent::Interval { hops, .. } = &mut events[0] {
+    if let AppEvent::Interval {
+        mut hops,
+        flows,
+        lost,
+        ..
+    } = events.remove(0)
+    {
         hops.iter_mut().for_each(change);
+        events.insert(0, judged(hops, flows, lost));
     }
     feed(&mut app, events);
     app
@@ -291,21 +302,21 @@ fn the_offload_signature_is_hinted_and_highlighted() {
     let app = demo_app();
     let hint = app.offload_hint.as_ref().expect("a hint");
     assert_eq!(
-        hint.overlay,
+        HopId::from(hint.small),
         HopId {
             ifindex: 2,
             dir: Direction::Egress
         }
     );
     assert_eq!(
-        hint.pod,
+        HopId::from(hint.pod),
         HopId {
             ifindex: 7,
             dir: Direction::Ingress
         }
     );
     assert_eq!(
-        hint.text,
+        hint_text(hint),
         "eth0 egress: largest packet 1514 B, cali0 ingress: 63.7K GSO packets → TX checksum and \
          TSO off on vxlan.calico"
     );
@@ -325,12 +336,11 @@ fn the_signature_on_the_tunnel_itself_names_it() {
         }
     });
     let hint = app.offload_hint.as_ref().expect("a hint");
-    assert_eq!(hint.overlay.ifindex, 4);
+    assert_eq!(hint.small.ifindex, 4);
     assert!(
-        hint.text
-            .starts_with("vxlan.calico egress: largest packet 1464 B"),
+        hint_text(hint).starts_with("vxlan.calico egress: largest packet 1464 B"),
         "{}",
-        hint.text
+        hint_text(hint)
     );
 }
 
@@ -343,9 +353,9 @@ fn without_max_len_the_mean_segment_judges() {
     });
     let hint = app.offload_hint.as_ref().expect("a hint");
     assert!(
-        hint.text.starts_with("eth0 egress: mean packet 1446 B"),
+        hint_text(hint).starts_with("eth0 egress: mean packet 1446 B"),
         "{}",
-        hint.text
+        hint_text(hint)
     );
 }
 
@@ -768,11 +778,110 @@ fn status_shows_evicted_flows_only_when_some_were() {
     assert!(text.contains("evicted flows"), "{text}");
 }
 
+/// The UI shows the loss the interval model computed, the one `record` writes in its hop
+/// lines; and a flow all of whose packets died reads 100%.
 #[test]
-fn loss_pct_matches_record() {
-    assert_eq!(app::loss_pct(0, 0), 0.0);
-    assert_eq!(app::loss_pct(99, 1), 1.0);
-    assert_eq!(app::loss_pct(0, 5), 100.0);
+fn the_ui_shows_the_models_loss() {
+    use std::{collections::HashMap, time::SystemTime};
+
+    use vxprobe_common::{FlowCounters, HopCounters};
+
+    use crate::{
+        node::devices::Role,
+        observe::{
+            anomaly::{AnomalyKind, tests_support::empty},
+            interval::{HopCount, Interval},
+            packet::Flow,
+            pipeline::Sink as _,
+            report::{FlowReport, MetaHop},
+        },
+        sinks::tui::feed::TuiFeed,
+    };
+
+    let netns = 4026531840;
+    let cali = MetaHop {
+        ifname: "cali0".into(),
+        ifindex: 7,
+        role: Role::Pod,
+        mtu: 1450,
+    };
+    let flow = Flow {
+        proto: 17,
+        src: "198.19.1.2".parse().unwrap(),
+        dst: "198.19.2.2".parse().unwrap(),
+        sport: 40000,
+        dport: 5555,
+    };
+    let mut model = Interval::new(netns, HashMap::new());
+    model.observe_device(7);
+    // 50 datagrams crossed cali0; each died of a bad checksum at the receiving pod.
+    for _ in 0..50 {
+        let mut a = empty();
+        a.kind = AnomalyKind::CsumError;
+        a.netns = 99;
+        a.dropped = true;
+        a.reason = Some("UDP_CSUM".into());
+        a.flow = Some(flow.clone());
+        model.charge(&a);
+    }
+    // And 3 of cali0's 30 ingress packets died there.
+    for _ in 0..3 {
+        let mut a = empty();
+        a.netns = netns;
+        a.ifindex = Some(7);
+        a.hop_direction = Some(Direction::Ingress);
+        a.dropped = true;
+        a.reason = Some("NETFILTER_DROP".into());
+        model.charge(&a);
+    }
+    let counters = |packets| HopCounters {
+        packets,
+        bytes: packets * 200,
+        segs: packets,
+        ..Default::default()
+    };
+    let report = model.close(
+        SystemTime::now(),
+        std::time::Duration::from_secs(1),
+        vec![
+            HopCount {
+                hop: cali.clone(),
+                dir: Direction::Ingress,
+                counters: counters(80),
+            },
+            HopCount {
+                hop: cali.clone(),
+                dir: Direction::Egress,
+                counters: counters(0),
+            },
+        ],
+        vec![],
+    );
+    assert_eq!(report.hops[0].loss_pct, 3.75);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let mut feed = TuiFeed::new(tx, std::time::Duration::from_secs(1), HashMap::new());
+    feed.interval(&report).unwrap();
+    feed.flows(&[FlowReport {
+        hop: cali,
+        dir: Direction::Ingress,
+        flow: flow.clone(),
+        outer: None,
+        counters: FlowCounters {
+            packets: 50,
+            bytes: 50 * 200,
+            segs: 50,
+            ..Default::default()
+        },
+        mean_segment: 200,
+    }])
+    .unwrap();
+    feed.interval_end(&model.end(0, |_| true)).unwrap();
+    let mut app = App::new();
+    while let Ok(event) = rx.try_recv() {
+        app.handle_event(event);
+    }
+    assert_eq!(app.hops()[0].loss_pct, report.hops[0].loss_pct);
+    assert_eq!(app.flow(&flow).unwrap().loss_pct(), 100.0);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,216 @@
+//! The plain reports every sink formats: what a session watches ([`Meta`]), what each hop and
+//! flow did over an interval ([`HopReport`], [`FlowReport`]), what the run added up to
+//! ([`Summary`]). They hold no kernel handle; [`super::interval`] computes every figure in
+//! them once.
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use serde::Serialize;
+use vxprobe_common::{Direction, EventKind, FlowCounters, HopCounters, HopKey};
+
+use super::{
+    anomaly::AnomalyKind,
+    judge::OffloadHint,
+    packet::{Flow, Outer},
+};
+use crate::{kernel::probes::HookChoice, node::devices::Role};
+
+/// What this session watches, with which hooks: the `meta` line, the TUI's status line.
+#[derive(Debug, Clone, Serialize)]
+pub struct Meta {
+    pub vxprobe_version: &'static str,
+    pub kernel: String,
+    pub netns: u64,
+    pub tc_attach: &'static str,
+    /// Capacity of the kernel's flow table (`--max-flows`).
+    pub max_flows: u32,
+    /// Slots per CPU of the flow cache in front of it (`--flow-cache`).
+    pub flow_cache_slots: u32,
+    pub hooks: Vec<HookChoice>,
+    pub hops: Vec<MetaHop>,
+}
+
+/// An observed device: what a hop line says of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MetaHop {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub role: Role,
+    pub mtu: u32,
+}
+
+/// A hop that started (a device appeared) or stopped (it vanished) being observed.
+#[derive(Debug, Clone)]
+pub struct HopChange {
+    pub ts: SystemTime,
+    pub added: bool,
+    pub hop: MetaHop,
+}
+
+impl HopChange {
+    pub fn added(hop: MetaHop) -> Self {
+        Self {
+            ts: SystemTime::now(),
+            added: true,
+            hop,
+        }
+    }
+
+    pub fn removed(hop: MetaHop) -> Self {
+        Self {
+            ts: SystemTime::now(),
+            added: false,
+            hop,
+        }
+    }
+}
+
+/// Anomalies charged to one hop, or one flow, over an interval: each anomaly once (a line
+/// with `count` counts that many).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Faults whose packet died (or whose send was refused): drops of every kind, checksum
+    /// failures, size drops, refused sends.
+    pub drops: u64,
+    /// Anomalies by kind, dropped or not.
+    events: [u64; AnomalyKind::ALL.len()],
+    /// `drops` by the kernel's reason (`EMSGSIZE` for refused sends).
+    pub reasons: BTreeMap<String, u64>,
+}
+
+impl Faults {
+    /// Anomalies of `kind`.
+    pub fn count(&self, kind: AnomalyKind) -> u64 {
+        self.events[kind as usize]
+    }
+
+    pub(super) fn add(&mut self, kind: AnomalyKind, n: u64, dropped: Option<&str>) {
+        self.events[kind as usize] += n;
+        if let Some(reason) = dropped {
+            self.drops += n;
+            *self.reasons.entry(reason.to_owned()).or_default() += n;
+        }
+    }
+
+    /// Adds `other` (saturating: totals kept for weeks must not wrap).
+    pub fn merge(&mut self, other: &Faults) {
+        self.drops = self.drops.saturating_add(other.drops);
+        for (a, b) in self.events.iter_mut().zip(other.events) {
+            *a = a.saturating_add(b);
+        }
+        for (reason, n) in &other.reasons {
+            let total = self.reasons.entry(reason.clone()).or_default();
+            *total = total.saturating_add(*n);
+        }
+    }
+
+    /// Anomalies of every kind.
+    pub fn events(&self) -> u64 {
+        self.events.iter().sum()
+    }
+}
+
+/// One hop over one interval: what its TC programs counted and the faults charged to it.
+#[derive(Debug, Clone)]
+pub struct HopReport {
+    pub hop: MetaHop,
+    pub dir: Direction,
+    pub counters: HopCounters,
+    pub faults: Faults,
+    /// The share of the hop's packets that died there ([`super::judge::hop_loss_pct`]).
+    pub loss_pct: f64,
+    /// Bytes per segment: near the MTU where the device segments in software (offloads
+    /// off), tens of KiB where GSO/TSO carry large packets through.
+    pub mean_segment: u64,
+}
+
+impl HopReport {
+    pub fn key(&self) -> HopKey {
+        HopKey {
+            ifindex: self.hop.ifindex,
+            direction: self.dir as u32,
+        }
+    }
+
+    /// Faults dropped here (the `hop` line's `drops`).
+    pub fn drops(&self) -> u64 {
+        self.faults.drops
+    }
+
+    /// Packets refused or seen above the MTU here: the TC programs' count of oversized
+    /// packets, or the oversize anomalies charged here (refused sends and size drops, which
+    /// TC never sees), whichever is more: the same packet is often both.
+    pub fn oversize(&self) -> u64 {
+        self.counters
+            .oversize
+            .max(self.faults.count(AnomalyKind::Oversize))
+    }
+}
+
+/// One flow at one hop over one interval.
+#[derive(Debug, Clone)]
+pub struct FlowReport {
+    pub hop: MetaHop,
+    pub dir: Direction,
+    pub flow: Flow,
+    pub outer: Option<Outer>,
+    pub counters: FlowCounters,
+    /// Bytes per segment, as for hops.
+    pub mean_segment: u64,
+}
+
+/// What an interval produced besides the anomalies and the flows: the hops.
+#[derive(Debug, Clone)]
+pub struct IntervalReport {
+    /// When the interval ended: every counter in it was read after this instant.
+    pub ts: SystemTime,
+    pub interval: std::time::Duration,
+    /// Every selected hop in both directions, quiet ones included.
+    pub hops: Vec<HopReport>,
+    /// Events the kernel could not hand over (ring buffer full), per kind.
+    pub lost: LostEvents,
+    /// The hop that lost most in this interval ([`super::judge::worst_hop`]).
+    pub worst_hop: Option<HopKey>,
+    /// The signature of a tunnel's offloads being off, when the hops show it.
+    pub offload_hint: Option<OffloadHint>,
+}
+
+/// What the interval's end adds, once its flows are out.
+#[derive(Debug, Clone, Default)]
+pub struct IntervalEnd {
+    /// Flow entries the kernel's full flow table evicted (least recently seen first) in this
+    /// interval; their counts since the last read are missing from the flows (hops stay
+    /// exact).
+    pub evicted: u64,
+    /// The interval's anomalies by flow (its inner 5-tuple), for flows that had any.
+    pub flow_faults: Vec<(Flow, Faults)>,
+    /// TCP retransmits of the flows that crossed each hop in this interval: a retransmit has
+    /// no device, its flow's path has.
+    pub hop_retransmits: BTreeMap<HopKey, u64>,
+}
+
+/// Totals over the whole run, for the last line.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub duration_ms: u64,
+    pub intervals: u64,
+    /// Anomaly lines per kind.
+    pub events: BTreeMap<&'static str, u64>,
+    /// Events the kernel could not hand over, all kinds.
+    pub lost: u64,
+    /// Flow entries evicted from the kernel's full flow table (`--max-flows`).
+    pub evicted: u64,
+    /// Distinct (hop, direction, flow) entries reported (estimated beyond 65,536).
+    pub flow_entries: u64,
+    /// Packets written to the pcapng file, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence_packets: Option<u64>,
+}
+
+/// Events the kernel could not hand over (ring buffer full) in an interval, per kind.
+pub type LostEvents = Vec<(EventKind, u64)>;
+
+/// bytes / segments, 0 when there were none.
+pub fn mean_segment(bytes: u64, segs: u64) -> u64 {
+    bytes.checked_div(segs).unwrap_or(0)
+}
