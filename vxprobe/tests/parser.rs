@@ -13,7 +13,7 @@ use common::{Recorder, is_root, open_tap};
 use serde_json::Value;
 use vxprobe::lab::{Lab, LabOptions, TAP_DEV, faults};
 use vxprobe::{
-    kernel::hopstats,
+    kernel::flows::FlowStats,
     kernel::probes::{Probes, Tables, TcMode},
     observe::anomaly,
 };
@@ -97,7 +97,7 @@ fn counted(packet: &[u8]) -> BTreeMap<FlowKey, FlowCounters> {
         );
     }
     let mut flows = BTreeMap::new();
-    hopstats::flow_stats(probes.ebpf_mut())
+    FlowStats::take(probes.ebpf_mut())
         .unwrap()
         .interval(0, |key, counters| {
             flows.insert(*key, *counters);
@@ -258,7 +258,7 @@ fn later_ipv4_fragments_take_the_ports_of_the_first() {
         }
     }
     let mut flows = BTreeMap::new();
-    hopstats::flow_stats(probes.ebpf_mut())
+    FlowStats::take(probes.ebpf_mut())
         .unwrap()
         .interval(0, |key, counters| {
             flows.insert(*key, *counters);

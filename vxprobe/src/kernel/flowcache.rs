@@ -31,7 +31,7 @@ use anyhow::Context as _;
 use aya::maps::MapData;
 use vxprobe_common::{CachedFlow, FlowCounters, FlowKey, flow_cache_slot};
 
-use crate::kernel::hopstats::Seen as SeenCounters;
+use super::seen::FlowSeen;
 
 /// Whether a holder of `generation` is already in a map entry stamped `in_map` (generations
 /// only grow, by one per handover, in 64 bits: they do not wrap).
@@ -53,7 +53,7 @@ enum Status {
 }
 
 #[derive(Copy, Clone, Debug, Default)]
-struct Seen {
+struct SlotSeen {
     slot: CachedFlow,
     status: Status,
 }
@@ -63,7 +63,7 @@ struct Seen {
 struct Reported {
     generation: u64,
     key: FlowKey,
-    counters: SeenCounters,
+    counters: FlowSeen,
     /// Cleared once the map has this holder (its counters reported through the map).
     live: bool,
 }
@@ -74,7 +74,7 @@ pub struct CacheMerge {
     /// The possible CPUs' ids, in the order per-CPU map values come in.
     cpu_ids: Vec<usize>,
     slots: u32,
-    seen: Vec<Seen>,
+    seen: Vec<SlotSeen>,
     reported: Vec<Reported>,
 }
 
@@ -86,7 +86,7 @@ impl CacheMerge {
         Self {
             cpu_ids,
             slots,
-            seen: vec![Seen::default(); len],
+            seen: vec![SlotSeen::default(); len],
             reported: vec![Reported::default(); len],
         }
     }
@@ -127,12 +127,12 @@ impl CacheMerge {
     /// Sets what the read of slot `index` found (`None`: torn at every try).
     fn see(&mut self, index: usize, slot: Option<CachedFlow>) {
         self.seen[index] = match slot {
-            None => Seen {
+            None => SlotSeen {
                 status: Status::Torn,
                 ..Default::default()
             },
-            Some(slot) if slot.key.ifindex == 0 => Seen::default(),
-            Some(slot) => Seen {
+            Some(slot) if slot.key.ifindex == 0 => SlotSeen::default(),
+            Some(slot) => SlotSeen {
                 slot,
                 status: Status::Held,
             },
@@ -190,13 +190,13 @@ impl CacheMerge {
                     let before = if same {
                         reported.counters
                     } else {
-                        SeenCounters::default()
+                        FlowSeen::default()
                     };
                     let delta = before.delta(&slot.counters, epoch);
                     *reported = Reported {
                         generation: slot.generation,
                         key: slot.key,
-                        counters: SeenCounters::of(&slot.counters, 0),
+                        counters: FlowSeen::of(&slot.counters, 0),
                         live: true,
                     };
                     if delta.packets > 0 {

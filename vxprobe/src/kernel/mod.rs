@@ -1,16 +1,22 @@
 //! The kernel side: the eBPF object loaded and attached, and its maps read.
 //!
 //! - [`probes`]: loading, TC attachment, the hook ladder of each kernel-wide signal;
-//! - [`hopstats`]: per-hop and per-flow counters read from the maps as interval deltas;
+//! - [`hops`], [`flows`]: per-hop and per-flow counters read from the maps as interval
+//!   deltas ([`batch`] reads maps whole, [`seen`] keeps what the last read saw);
 //! - [`flowcache`]: the TC programs' per-CPU flow cache, mapped read-only and merged;
+//! - [`counters`]: flow entries created, the interval epoch, events lost;
 //! - [`btf`], [`kallsyms`]: offsets, drop-reason names and symbols of the running kernel;
 //! - [`stale`]: clsact filters a killed vxprobe left behind;
 //! - [`caps`]: the capabilities loading needs.
 
+pub mod batch;
 pub mod btf;
 pub mod caps;
+pub mod counters;
 pub mod flowcache;
-pub mod hopstats;
+pub mod flows;
+pub mod hops;
 pub mod kallsyms;
 pub mod probes;
+pub mod seen;
 pub mod stale;

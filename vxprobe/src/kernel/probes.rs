@@ -21,7 +21,7 @@ use vxprobe_common::{DeviceInfo, FlowFilter, KernelOffsets, LOW_IFINDEXES, names
 
 use crate::{
     error::UsageError,
-    kernel::hopstats::HopSlots,
+    kernel::hops::HopSlots,
     node::devices::{DeviceKind, Hop},
 };
 

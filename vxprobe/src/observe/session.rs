@@ -4,9 +4,9 @@
 use std::os::unix::fs::MetadataExt as _;
 
 use anyhow::Context as _;
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
-use vxprobe_common::{Direction, EventKind, FlowCounters, FlowKey, HopKey};
+use vxprobe_common::{Direction, FlowCounters, FlowKey, HopKey};
 
 use super::{
     anomaly::{Anomaly, Enricher, Link},
@@ -20,7 +20,9 @@ use crate::{
     kernel::{
         btf::KernelBtf,
         caps,
-        hopstats::{self, Epoch, Evictions, FlowStats, HopStats},
+        counters::{Epoch, Evictions, LostCounter},
+        flows::FlowStats,
+        hops::HopStats,
         kallsyms::Kallsyms,
         probes::{HookType, Probes, Tables, TcAttach, TcMode},
     },
@@ -175,8 +177,8 @@ impl Session {
                 }
             }
         }
-        let hop_stats = hopstats::hop_stats(probes.ebpf_mut())?;
-        let flow_stats = hopstats::flow_stats(probes.ebpf_mut())?;
+        let hop_stats = HopStats::take(probes.ebpf_mut())?;
+        let flow_stats = FlowStats::take(probes.ebpf_mut())?;
         let evictions = Evictions::take(probes.ebpf_mut())?;
         let epoch = Epoch::take(probes.ebpf_mut())?;
         let (ring, lost) = probes.take_event_maps()?;
@@ -457,40 +459,5 @@ fn link_of(hop: &Hop) -> Link {
         Link::Ip
     } else {
         Link::Ethernet
-    }
-}
-
-/// Events lost to a full ring buffer, as counted by the kernel per kind.
-struct LostCounter {
-    map: PerCpuArray<MapData, u64>,
-    seen: [u64; EventKind::COUNT as usize],
-}
-
-impl LostCounter {
-    fn new(map: PerCpuArray<MapData, u64>) -> Self {
-        Self {
-            map,
-            seen: Default::default(),
-        }
-    }
-
-    /// (kind, newly lost) for every kind that lost events since the last call.
-    fn since_last(&mut self) -> anyhow::Result<Vec<(EventKind, u64)>> {
-        let mut fresh = Vec::new();
-        for kind in EventKind::ALL {
-            let index = kind as u32;
-            let total: u64 = self
-                .map
-                .get(&index, 0)
-                .context("reading the LOST map")?
-                .iter()
-                .sum();
-            let seen = &mut self.seen[index as usize];
-            if total > *seen {
-                fresh.push((kind, total - *seen));
-                *seen = total;
-            }
-        }
-        Ok(fresh)
     }
 }

@@ -1,0 +1,123 @@
+//! The kernel's small counters: flow entries created (for evictions), the interval epoch the
+//! TC programs stamp maxima with, events lost to a full ring buffer.
+
+use anyhow::Context as _;
+use aya::maps::{MapData, PerCpuArray};
+use vxprobe_common::{EventKind, names};
+
+/// Flow entries the LRU evicted, from the kernel's count of entries it created: created minus
+/// still there minus deleted by us. Exact once the map is quiet; while flows are created during
+/// the read it can only lag behind, never run ahead (the creations are read first).
+pub struct Evictions {
+    inserts: aya::maps::PerCpuArray<MapData, u64>,
+    /// Entries vxprobe deleted itself (those of vanished devices).
+    deleted: u64,
+    total: u64,
+}
+
+impl Evictions {
+    pub fn take(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
+        let map = ebpf
+            .take_map(names::FLOW_INSERTS)
+            .with_context(|| format!("map {} missing from the eBPF object", names::FLOW_INSERTS))?;
+        Ok(Self {
+            inserts: aya::maps::PerCpuArray::try_from(map)?,
+            deleted: 0,
+            total: 0,
+        })
+    }
+
+    /// Entries created so far; read before the flow map is.
+    pub fn created(&self) -> anyhow::Result<u64> {
+        Ok(self
+            .inserts
+            .get(&0, 0)
+            .context("reading FLOW_INSERTS")?
+            .iter()
+            .sum())
+    }
+
+    /// Evictions since the last call, given what was created before the flow map was read
+    /// and how many entries it held.
+    pub fn since_last(&mut self, created: u64, live: usize) -> u64 {
+        let total = created.saturating_sub(live as u64 + self.deleted);
+        let fresh = total.saturating_sub(self.total);
+        self.total = self.total.max(total);
+        fresh
+    }
+
+    pub fn deleted(&mut self, entries: u64) {
+        self.deleted += entries;
+    }
+
+    /// All evictions so far.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+/// The interval number the TC programs stamp their maxima with.
+pub struct Epoch {
+    map: aya::maps::Array<MapData, u32>,
+    current: u32,
+}
+
+impl Epoch {
+    pub fn take(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
+        let map = ebpf
+            .take_map(names::EPOCH)
+            .with_context(|| format!("map {} missing from the eBPF object", names::EPOCH))?;
+        Ok(Self {
+            map: aya::maps::Array::try_from(map)?,
+            current: 0,
+        })
+    }
+
+    /// The epoch that is ending.
+    pub fn current(&self) -> u32 {
+        self.current
+    }
+
+    /// Starts the next interval's epoch.
+    pub fn advance(&mut self) -> anyhow::Result<()> {
+        self.current = self.current.wrapping_add(1);
+        self.map
+            .set(0, self.current, 0)
+            .context("writing the EPOCH map")
+    }
+}
+
+/// Events lost to a full ring buffer, as counted by the kernel per kind.
+pub struct LostCounter {
+    map: PerCpuArray<MapData, u64>,
+    seen: [u64; EventKind::COUNT as usize],
+}
+
+impl LostCounter {
+    pub fn new(map: PerCpuArray<MapData, u64>) -> Self {
+        Self {
+            map,
+            seen: Default::default(),
+        }
+    }
+
+    /// (kind, newly lost) for every kind that lost events since the last call.
+    pub fn since_last(&mut self) -> anyhow::Result<Vec<(EventKind, u64)>> {
+        let mut fresh = Vec::new();
+        for kind in EventKind::ALL {
+            let index = kind as u32;
+            let total: u64 = self
+                .map
+                .get(&index, 0)
+                .context("reading the LOST map")?
+                .iter()
+                .sum();
+            let seen = &mut self.seen[index as usize];
+            if total > *seen {
+                fresh.push((kind, total - *seen));
+                *seen = total;
+            }
+        }
+        Ok(fresh)
+    }
+}
