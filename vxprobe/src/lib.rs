@@ -12,6 +12,7 @@
 //! - [`watch`]: device churn (rtnetlink link notifications) as typed changes for the pipeline;
 //! - [`record`]: the `record` command;
 //! - [`doctor`]: the `doctor` command: device facts to named misconfigurations;
+//! - [`report`]: the `report` command: recordings of several nodes joined into one incident;
 //! - [`tui`]: the `top` terminal UI, fed typed messages;
 //! - [`lab`]: network-namespace topologies for tests and `demo`.
 
@@ -40,6 +41,7 @@ pub mod pipeline;
 pub mod probes;
 pub mod probes_cmd;
 pub mod record;
+pub mod report;
 pub mod session;
 pub mod stale;
 pub mod top;

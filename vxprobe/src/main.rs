@@ -5,7 +5,7 @@ use vxprobe::{
     cli::{Cli, Command},
     demo, doctor,
     error::{UsageError, exit},
-    probes_cmd, record, top,
+    probes_cmd, record, report, top,
 };
 
 fn main() -> ExitCode {
@@ -40,6 +40,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Probes(args) => probes_cmd::run(args),
             Command::Doctor(args) => doctor::run(args).await,
+            Command::Report(args) => report::run(args),
         }
     });
     match result {

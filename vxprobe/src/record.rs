@@ -37,6 +37,9 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     let outputs = Outputs::open(&args.output, args.pcap.as_deref(), args.snaplen)?;
     let mut session =
         Session::start(&SessionConfig::from_cli(&args.selection, &args.probe)).await?;
+    if let Some(node) = &args.node {
+        session.set_node(node);
+    }
     session::signal_ready(args.ready_file.as_ref())?;
     outputs
         .write(&mut session, args.stats_interval, None, stop)

@@ -56,6 +56,8 @@ impl SessionConfig {
 /// What this session watches, with which hooks: the `meta` line, the TUI's status line.
 #[derive(Debug, Clone, Serialize)]
 pub struct Meta {
+    /// The node's name (`record --node`, default the hostname): `report` joins by it.
+    pub node: String,
     pub vxprobe_version: &'static str,
     pub kernel: String,
     pub netns: u64,
@@ -286,6 +288,7 @@ impl Session {
             .context("reading /proc/self/ns/net")?
             .ino();
         let meta = Meta {
+            node: hostname(),
             vxprobe_version: env!("CARGO_PKG_VERSION"),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_owned())
@@ -332,6 +335,11 @@ impl Session {
 
     pub fn meta(&self) -> &Meta {
         &self.meta
+    }
+
+    /// Names the node in the `meta` line (`record --node`).
+    pub fn set_node(&mut self, node: &str) {
+        node.clone_into(&mut self.meta.node);
     }
 
     /// The hops observed now.
@@ -544,6 +552,13 @@ impl Session {
     pub fn stop(self) {
         drop(self.probes);
     }
+}
+
+/// The kernel's hostname (the UTS namespace's), the default node name.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 fn meta_hop(hop: &Hop) -> MetaHop {
