@@ -27,6 +27,9 @@ use crate::{
 };
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if let Some(dir) = args.report.clone() {
+        return crate::report::demo::run(args, &dir).await;
+    }
     let missing = caps::missing();
     if !missing.is_empty() {
         anyhow::bail!(
@@ -73,7 +76,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let (lab, stop, phase) = (Arc::clone(&lab), Arc::clone(&stop), args.phase);
         let cycle = args.record.is_none();
         std::thread::spawn(move || {
-            let injected = inject(&lab, phase, cycle, &stop, &notes_tx);
+            let injected = inject(&lab, &Phase::ALL, phase, cycle, &stop, &notes_tx);
             let _ = phases_done_tx.send(());
             injected
         })
@@ -118,15 +121,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 pub const SCENARIO_OVER: &str = "end: every fault removed";
 
 /// Runs the phases (once, or over and over for the interactive demo) until `stop`.
-fn inject(
+pub(crate) fn inject(
     lab: &Lab,
+    phases: &[Phase],
     phase_length: Duration,
     cycle: bool,
     stop: &AtomicBool,
     notes: &Sender<String>,
 ) -> std::io::Result<()> {
     loop {
-        for phase in Phase::ALL {
+        for &phase in phases {
             let _ = notes.blocking_send(phase.label().to_owned());
             phase.start(lab)?;
             let started = Instant::now();

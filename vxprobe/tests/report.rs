@@ -594,3 +594,199 @@ fn the_html_report_opens_in_chromium_with_summary_paths_and_plots() {
     eprintln!("screenshot: {}", keep.display());
     let _ = std::fs::remove_dir_all(&incident.dir);
 }
+
+/// Runs `vxprobe record` in a lab node for a moment, to a file.
+fn short_recording(lab: &Lab, node: &str, file: &Path) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.nodes[0].netns, VXPROBE, "record"])
+        .args([
+            "--node",
+            node,
+            "--duration",
+            "1s",
+            "--stats-interval",
+            "200ms",
+        ])
+        .args(["-i", UNDERLAY_DEV, "-o"])
+        .arg(file)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_input_gets_one_line_and_exit_2_a_cut_recording_is_read_up_to_the_cut() {
+    if !is_root() {
+        return;
+    }
+    let dir = scratch("bad");
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let a = dir.join("a.jsonl");
+    short_recording(&lab, "node1", &a);
+    let text = std::fs::read_to_string(&a).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let write = |name: &str, content: &str| -> String {
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        path.display().to_string()
+    };
+    let twin = write("twin.jsonl", &text);
+    // The same node's recording a day later, as node2: no time in common.
+    let later: String = lines
+        .iter()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            let at = humantime::parse_rfc3339_weak(v["ts"].as_str().unwrap()).unwrap()
+                + Duration::from_secs(86_400);
+            v["ts"] = humantime::format_rfc3339_micros(at).to_string().into();
+            if v["kind"] == "meta" {
+                v["node"] = "node2".into();
+            }
+            format!("{v}\n")
+        })
+        .collect();
+    let later = write("later.jsonl", &later);
+    let schema = write(
+        "schema.jsonl",
+        &text.replacen("\"schema_version\":1", "\"schema_version\":99", 1),
+    );
+    let mut damaged_lines = lines.clone();
+    damaged_lines[2] = "{\"kind\":\"hop\", garbage";
+    let damaged = write("damaged.jsonl", &(damaged_lines.join("\n") + "\n"));
+    let empty = write("empty.jsonl", "");
+    let not_recording = write("hello.jsonl", "{\"hello\":1}\n");
+    let garbage = write("garbage.pcapng", "not a capture");
+    let a = a.display().to_string();
+    let missing = dir.join("missing.jsonl").display().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec![&a, &twin], "both from node \"node1\""),
+        (vec![&a, &later], "do not overlap"),
+        (
+            vec![&schema],
+            "schema_version 99 is not one this vxprobe reads",
+        ),
+        (vec![&damaged], "line 3 is not JSON"),
+        (vec![&empty], "is empty"),
+        (vec![&not_recording], "is not a vxprobe recording"),
+        (vec![&missing], "cannot read"),
+        (
+            vec![&a, "-o", "report.txt"],
+            "cannot tell the report's format",
+        ),
+        (vec![&a, "--pcap", &garbage], "is not a pcapng file"),
+        (
+            vec![&a, "--pcap", &garbage, "--pcap", &garbage],
+            "more files than recordings",
+        ),
+        (
+            vec![&a, "--doctor", &not_recording],
+            "is not a `vxprobe doctor --json` document",
+        ),
+        (
+            vec![&a, "-o", "/nonexistent/dir/report.html"],
+            "cannot write to",
+        ),
+        (vec![&a, "--format", "pdf"], "pdf"),
+        (vec![], "REC.jsonl"),
+    ];
+    for (args, expected) in cases {
+        let (code, stdout, stderr) = run_report(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
+        assert!(
+            stderr.starts_with("vxprobe: ") && stderr.contains(expected),
+            "{args:?}: {stderr}"
+        );
+    }
+
+    // A recorder killed while writing: the last line cut. Read up to it, said on one line.
+    let cut = write("cut.jsonl", &text[..text.len() - 12]);
+    let (code, stdout, stderr) = run_report(&[&cut]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("line {} is cut short", lines.len())),
+        "{stderr}"
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["nodes"][0]["truncated"]["line"], lines.len());
+    assert_eq!(report["nodes"][0]["complete"], false);
+    assert!(
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["code"] == "recording-truncated")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn demo_report_writes_both_recordings_and_the_report() {
+    if !is_root() {
+        return;
+    }
+    let dir = scratch("demo");
+    let demo = Command::new(VXPROBE)
+        .args(["demo", "--report"])
+        .arg(&dir)
+        .args(["--phase", "3s"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        demo.status.success(),
+        "demo --report failed: {}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
+    for name in [
+        "node1.jsonl",
+        "node1.pcapng",
+        "node2.jsonl",
+        "node2.pcapng",
+        "report.html",
+        "report.md",
+        "report.json",
+    ] {
+        let len = std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+        assert!(len > 0, "{name} missing or empty");
+    }
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let nodes: Vec<&str> = report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["node1", "node2"]);
+    // The iperf3 flow crossed both nodes; the switch phase lost some of it on the wire and
+    // the random-loss phase at node 1's cali0 ingress.
+    let tcp = report["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["flow"]["dport"] == 5201)
+        .expect("the iperf3 flow");
+    assert_eq!(tcp["path"].as_array().unwrap().len(), 6, "{tcp:#}");
+    let lost_at = |place: &str| -> u64 {
+        tcp["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["where"] == place)
+            .map(|s| s["lost"].as_u64().unwrap())
+            .sum()
+    };
+    assert!(lost_at("wire") > 0, "{:#}", tcp["segments"]);
+    assert!(lost_at("hop") > 0, "{:#}", tcp["segments"]);
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("id=\"summary\"") && html.contains("the switch between the nodes"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -222,6 +222,7 @@ fn anomaly_findings(report: &Report) -> Vec<Finding> {
         location: Option<String>,
         netns: Option<u64>,
         processes: BTreeMap<String, u64>,
+        hops: BTreeMap<String, u64>,
         flows: BTreeMap<String, u64>,
         frames: Vec<serde_json::Value>,
     }
@@ -234,8 +235,9 @@ fn anomaly_findings(report: &Report) -> Vec<Finding> {
             (_, Some(reason), _) => reason.clone(),
             _ => String::new(),
         };
-        // Retransmits have no device: one group per node.
-        let ifname = if row.kind == "retransmit" {
+        // Retransmits have no device, and a fragment crosses every hop of its path: one group
+        // per node (the hops listed).
+        let ifname = if matches!(row.kind.as_str(), "retransmit" | "fragment") {
             None
         } else {
             row.ifname.clone()
@@ -244,6 +246,9 @@ fn anomaly_findings(report: &Report) -> Vec<Finding> {
             .entry((row.node.clone(), row.kind.clone(), variant, ifname))
             .or_default();
         g.count += row.count;
+        if let Some(i) = &row.ifname {
+            *g.hops.entry(i.clone()).or_default() += row.count;
+        }
         g.location = g.location.take().or(row.location.clone());
         g.netns = g.netns.or(row.netns);
         if let Some(p) = &row.process {
@@ -281,16 +286,22 @@ fn anomaly_findings(report: &Report) -> Vec<Finding> {
             .map(|l| format!(" in {l}"))
             .unwrap_or_default();
         let (severity, code, message, fix) = match kind.as_str() {
+            "drop" if consequence(&variant) => (
+                Severity::Info,
+                "drops",
+                format!("{} discarded at {place} ({variant}{loc})", packets(g.count)),
+                "TCP discarding data it already has (after retransmits) or a socket closing with data queued: a consequence of the loss above, not a cause".to_owned(),
+            ),
             "drop" => (
                 Severity::Error,
                 "drops",
-                format!("{} packets dropped at {place} ({variant}{loc})", g.count),
+                format!("{} dropped at {place} ({variant}{loc})", packets(g.count)),
                 drop_fix(&variant, &node, &dev),
             ),
             "csum_error" => (
                 Severity::Error,
                 "csum-errors",
-                format!("{} packets with bad checksums dropped at {place} ({variant}{loc})", g.count),
+                format!("{} with bad checksums dropped at {place} ({variant}{loc})", packets(g.count)),
                 "checksums are corrupted or never filled in on the way: a device or user-space engine whose checksum offload is wrong (`vxprobe doctor` names vxlan-tx-csum-off, engine-tx-csum-on, vxlan-csum-nat-bug)".to_owned(),
             ),
             "oversize" if variant == "refused" => (
@@ -306,19 +317,27 @@ fn anomaly_findings(report: &Report) -> Vec<Finding> {
             "oversize" if variant == "seen" => (
                 Severity::Warning,
                 "oversize",
-                format!("{} packets above the MTU seen at {place}", g.count),
+                format!("{} above the MTU seen at {place}", packets(g.count)),
                 "a device sends packets larger than the next one's MTU: give pods the overlay's MTU (`vxprobe doctor`: pod-mtu-mismatch, overlay-mtu-too-large)".to_owned(),
             ),
             "oversize" => (
                 Severity::Error,
                 "size-drops",
-                format!("{} packets dropped for their size at {place} ({variant}{loc})", g.count),
+                format!("{} dropped for their size at {place} ({variant}{loc})", packets(g.count)),
                 "packets above the path's MTU: give pods the overlay's MTU, and the overlay the underlay's minus 50 (`vxprobe doctor`)".to_owned(),
             ),
             "fragment" => (
                 Severity::Warning,
                 "fragments",
-                format!("{} IP fragments at {place}", g.count),
+                format!(
+                    "{} IP fragments crossed {place}{}",
+                    g.hops.values().max().copied().unwrap_or(g.count),
+                    if g.hops.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", g.hops.keys().cloned().collect::<Vec<_>>().join(", "))
+                    }
+                ),
                 "the path's MTU is below the packets' size, so they are fragmented (slow, and lost whole when one fragment is): align the MTUs (`vxprobe doctor`)".to_owned(),
             ),
             "retransmit" => (
@@ -335,11 +354,19 @@ fn anomaly_findings(report: &Report) -> Vec<Finding> {
             ),
             _ => continue,
         };
+        // A node's own drops of no recorded flow (a socket closed with data queued, traffic
+        // outside the selection) matter less than those on the paths.
+        let off_paths = node != "shared"
+            && kind == "drop"
+            && ifname.is_none()
+            && !g.flows.keys().any(|f| recorded.contains(f));
         let (severity, message) = if unrelated {
             (
                 Severity::Info,
                 format!("{message} (on no recorded flow: another workload of a shared kernel)"),
             )
+        } else if off_paths && severity == Severity::Error {
+            (Severity::Warning, format!("{message}, on no recorded flow"))
         } else {
             (severity, message)
         };
@@ -366,6 +393,29 @@ fn anomaly_findings(report: &Report) -> Vec<Finding> {
         });
     }
     out
+}
+
+/// Drop reasons that are the transport's own housekeeping after a loss, not a loss.
+fn consequence(reason: &str) -> bool {
+    matches!(
+        reason,
+        "TCP_OLD_DATA"
+            | "TCP_OLD_SEQUENCE"
+            | "TCP_OFOMERGE"
+            | "TCP_OLD_ACK"
+            | "TCP_CLOSE"
+            | "SOCKET_CLOSE"
+            | "QUEUE_PURGE"
+    )
+}
+
+/// "1 packet", "12 packets"
+fn packets(n: u64) -> String {
+    if n == 1 {
+        "1 packet".to_owned()
+    } else {
+        format!("{n} packets")
+    }
 }
 
 fn processes(p: &BTreeMap<String, u64>) -> String {

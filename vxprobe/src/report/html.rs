@@ -653,9 +653,10 @@ fn inputs(h: &mut String, report: &Report) {
         };
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"nowrap\">{}</td><td class=\"nowrap\">{}</td><td class=\"n\">{} × {} ms</td><td class=\"n\">{:+.0} ms</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td title=\"{}\">{}</td><td>{}</td><td class=\"nowrap\">{}</td><td class=\"nowrap\">{}</td><td class=\"n\">{} × {} ms</td><td class=\"n\">{:+.0} ms</td><td>{}</td><td>{}</td></tr>",
             esc(&n.node),
             esc(&n.recording),
+            esc(n.recording.rsplit('/').next().unwrap_or(&n.recording)),
             esc(&n.kernel),
             esc(&ts(&n.from)),
             esc(&ts(&n.to)),
@@ -663,7 +664,7 @@ fn inputs(h: &mut String, report: &Report) {
             n.interval_ms,
             n.clock_offset_ms,
             esc(&match (&n.pcap, n.pcap_frames) {
-                (Some(p), Some(f)) => format!("{p} ({f} frames)"),
+                (Some(p), Some(f)) => format!("{} ({f} frames)", p.rsplit('/').next().unwrap_or(p)),
                 _ => String::new(),
             }),
             esc(&state)

@@ -392,7 +392,7 @@ pub fn join(
                 m.packets
             ),
             None => format!(
-                "the skew between {node}'s and {reference}'s clocks could not be measured (no tunnel traffic between them that varied over time): assumed 0"
+                "the skew between {node}'s and {reference}'s clocks could not be measured (too little tunnel traffic between them, too steady, or in intervals too long for counts to tell): assumed 0"
             ),
         });
         skews.push(Skew {
@@ -961,7 +961,14 @@ fn rebin(
     bins: usize,
 ) -> Vec<f64> {
     let mut out = vec![0.0; bins];
+    // An interval across the window's edge counts whole, inside the window (as the totals
+    // count it).
+    let to = from + bin * bins as Micros;
     for (start, end, value) in values {
+        let (start, end) = (start.max(from), end.min(to));
+        if end <= start {
+            continue;
+        }
         let len = (end - start).max(1);
         let first = ((start - from).max(0) / bin) as usize;
         let last = (((end - from).max(0) / bin) as usize).min(bins.saturating_sub(1));

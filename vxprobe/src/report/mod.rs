@@ -4,6 +4,7 @@
 //! written as JSON ([`json`]), Markdown ([`md`]) or one self-contained HTML page ([`html`],
 //! with [`plot`]'s SVG charts). Nothing here needs the kernel or privileges.
 
+pub mod demo;
 pub mod evidence;
 pub mod findings;
 pub mod html;
