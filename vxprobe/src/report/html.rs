@@ -61,7 +61,8 @@ ol.findings{list-style:none;padding:0;margin:8px 0}
 ol.findings li{display:grid;grid-template-columns:74px 1fr;border-left:3px solid var(--line);padding:6px 0 6px 12px;margin:0 0 8px}
 ol.findings li.error{border-color:var(--loss)}
 ol.findings li.warning{border-color:#d4a72c}
-ol.findings li.info{border-color:#8cb4ff}
+ol.findings li.info{border-color:#8cb4ff;font-size:12px;padding:3px 0 3px 12px;margin-bottom:4px;color:var(--muted)}
+ol.findings li.info .fix{display:inline;margin-left:4px}
 .sev{font-size:11px;font-weight:600;text-transform:uppercase;letter-spacing:.04em;padding-top:2px}
 .error .sev{color:var(--loss)}.warning .sev{color:var(--warn)}.info .sev{color:var(--info)}
 .fix{color:var(--muted);margin:2px 0 0}
