@@ -983,6 +983,40 @@ fn rebin(
     out
 }
 
+/// Per-bin differences (sent - received) of two nodes whose intervals do not line up are noisy:
+/// a bin takes from its neighbour what the other node counted a moment later (+x, then -x). What
+/// was lost so far can only grow, and no more than the cumulative difference at any later time:
+/// the highest non-decreasing curve under the cumulative difference (its running minimum from
+/// the end), whose steps are the losses per bin and whose end is the window's total.
+fn losses_over_time(differences: &[f64]) -> Vec<f64> {
+    let mut cumulative: Vec<f64> = differences
+        .iter()
+        .scan(0.0, |sum, d| {
+            *sum += d;
+            Some(*sum)
+        })
+        .collect();
+    let mut floor = f64::INFINITY;
+    for c in cumulative.iter_mut().rev() {
+        floor = floor.min(*c);
+        *c = floor.max(0.0);
+    }
+    let mut previous = 0.0;
+    cumulative
+        .into_iter()
+        .map(|level| {
+            let step = level - previous;
+            previous = level;
+            step
+        })
+        .collect()
+}
+
+#[cfg(test)]
+pub(super) fn losses_over_time_for_tests(differences: &[f64]) -> Vec<f64> {
+    losses_over_time(differences)
+}
+
 fn timeline(
     recordings: &[Recording],
     included: &[Included],
@@ -1085,7 +1119,10 @@ fn timeline(
         .map(|((a, b), v)| {
             (
                 format!("wire {a} → {b}"),
-                v.into_iter().map(|x| x.max(0.0) * per_second).collect(),
+                losses_over_time(&v)
+                    .into_iter()
+                    .map(|x| x * per_second)
+                    .collect(),
             )
         })
         .collect();

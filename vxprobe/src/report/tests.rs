@@ -586,3 +586,23 @@ fn traffic_across_the_window_edge_is_not_called_a_loss() {
     assert_eq!(wire.location, Some(Where::Edge));
     assert_eq!(f.lost, 0);
 }
+
+#[test]
+fn wire_losses_over_time_are_the_steps_of_a_non_decreasing_fit() {
+    use super::join::losses_over_time_for_tests as steps;
+    // (per-bin sent - received, expected losses per bin)
+    let cases: [(&[f64], &[f64]); 4] = [
+        (&[0.0, 0.0, 5.0, 0.0], &[0.0, 0.0, 5.0, 0.0]),
+        // Misaligned intervals: +40 then -40 is no loss.
+        (&[40.0, -40.0, 0.0, 10.0], &[0.0, 0.0, 0.0, 10.0]),
+        (&[-20.0, 20.0, 3.0], &[0.0, 0.0, 3.0]),
+        (&[], &[]),
+    ];
+    for (input, expected) in cases {
+        let got = steps(input);
+        assert_eq!(got.len(), expected.len());
+        for (g, e) in got.iter().zip(expected) {
+            assert!((g - e).abs() < 1e-9, "{input:?}: {got:?}");
+        }
+    }
+}
