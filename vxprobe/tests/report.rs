@@ -37,7 +37,7 @@ fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
     let limit = limit * time_scale();
     let deadline = Instant::now() + limit;
     while !ready() {
-        assert!(Instant::now() < deadline, "no {what} after {limit:?}");
+        assert!(Instant::now() < deadline, "waited {limit:?} for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -181,7 +181,7 @@ fn record_incident(name: &str) -> Incident {
     };
     // Every datagram either arrived at pod 2 or was taken by one of the three rules.
     wait_until(
-        "datagram still in flight to pod 2",
+        "every datagram to have arrived at pod 2 or been taken by a rule",
         Duration::from_secs(10),
         || {
             let (w, h, b) = counters();

@@ -606,3 +606,47 @@ fn wire_losses_over_time_are_the_steps_of_a_non_decreasing_fit() {
         }
     }
 }
+
+#[test]
+fn a_stalled_recorder_holding_the_traffic_in_one_long_interval_does_not_shift_the_clock() {
+    // One clock; b's recorder stalled 1.5 s while the whole burst went by (seen on a loaded
+    // machine): nothing finer than that interval can be told.
+    let burst = |s: Micros, e: Micros| {
+        let (s, e) = (s.max(3_200_000), e.min(4_300_000));
+        if e > s { ((e - s) / 1000) as u64 } else { 0 }
+    };
+    let a = shape("a", 1, 0, 200_000, 50, 0);
+    let mut rb = recording(shape("b", 2, 0, 200_000, 50, 0));
+    rb.intervals
+        .retain(|i| !(i.end > 3_000_000 && i.end <= 4_500_000));
+    let at = rb.intervals.partition_point(|i| i.end < 4_500_000);
+    rb.intervals.insert(
+        at,
+        Interval {
+            end: 4_500_000,
+            len: 1_500_000,
+        },
+    );
+    let mut ra = recording(a);
+    let flow = udp(7000);
+    add(
+        &mut ra,
+        0,
+        &flow,
+        ("eth0", "egress", "underlay"),
+        Some(1),
+        burst,
+    );
+    add(
+        &mut rb,
+        0,
+        &flow,
+        ("eth0", "ingress", "underlay"),
+        Some(1),
+        burst,
+    );
+    let report = joined(ra, rb);
+    let skew = &report.window.skew[0];
+    assert!(!skew.applied, "{skew:?}");
+    assert_eq!(report.flows[0].lost, 0, "{:#?}", report.flows[0].segments);
+}
