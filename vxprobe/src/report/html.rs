@@ -238,10 +238,10 @@ fn paths(h: &mut String, report: &Report) {
                     ""
                 },
                 count(s.lost),
-                esc(&if s.lost > 0 {
-                    segment_place(s)
-                } else {
-                    String::new()
+                esc(&match (s.lost, s.note) {
+                    (0, Some(note)) => note.to_owned(),
+                    (0, None) => String::new(),
+                    _ => segment_place(s),
                 })
             );
         }

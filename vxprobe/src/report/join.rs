@@ -110,6 +110,10 @@ pub struct Segment {
     /// a loss up to this is `edge`.
     #[serde(skip_serializing_if = "is_zero")]
     pub uncertainty: u64,
+    /// Why the counts do not compare, when they do not (packets fragmented or reassembled
+    /// between the hops): `lost` is then 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<&'static str>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -318,6 +322,7 @@ struct Obs {
     packets: u64,
     bytes: u64,
     segs: u64,
+    fragments: u64,
     /// Packets (and segments) the window's edges may hold (see [`Segment::uncertainty`]).
     edge_packets: f64,
     edge_segs: f64,
@@ -503,6 +508,7 @@ pub fn join(
                     packets: 0,
                     bytes: 0,
                     segs: 0,
+                    fragments: 0,
                     edge_packets: 0.0,
                     edge_segs: 0.0,
                 };
@@ -513,6 +519,7 @@ pub fn join(
                     obs.packets += p.packets;
                     obs.bytes += p.bytes;
                     obs.segs += p.segs;
+                    obs.fragments += p.fragments;
                     let outside = inc.outside[p.interval];
                     if outside > 0.0 && active_beyond(series, inc, p.interval) {
                         // The part outside, and up to half an interval more: where the edge
@@ -842,7 +849,14 @@ fn flow_report(
     for i in 1..hops.len() {
         let (a, b) = (&hops[i - 1], &hops[i]);
         let (sent, received) = (count(a), count(b));
-        let lost = sent.saturating_sub(received);
+        // A packet fragmented (or reassembled) between the hops is one packet on one side and
+        // several on the other: such counts do not compare.
+        let refragmented = a.fragments != b.fragments;
+        let lost = if refragmented {
+            0
+        } else {
+            sent.saturating_sub(received)
+        };
         // Drops after `a` (counted at its ingress) and before `b` (at its egress).
         let at_a = if a.hop.dir == "ingress" {
             drops[i - 1]
@@ -888,11 +902,18 @@ fn flow_report(
             sent,
             received,
             lost,
-            gained: received.saturating_sub(sent),
+            gained: if refragmented {
+                0
+            } else {
+                received.saturating_sub(sent)
+            },
             dropped,
             location,
             at,
             uncertainty,
+            note: refragmented.then_some(
+                "fragmented or reassembled between these hops: packet counts do not compare",
+            ),
         });
     }
     let outer = hops

@@ -107,7 +107,7 @@ pub fn render(report: &Report) -> String {
                         count(s.dropped)
                     ),
                     Some(w) => w.describe().to_owned(),
-                    None => String::new(),
+                    None => s.note.unwrap_or_default().to_owned(),
                 };
                 let _ = writeln!(
                     md,

@@ -134,6 +134,8 @@ pub struct HopPoint {
     pub bytes: u64,
     pub drops: u64,
     pub segs: u64,
+    /// IP fragments among the packets.
+    pub fragments: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -244,6 +246,7 @@ struct Line {
     bytes: Option<u64>,
     drops: Option<u64>,
     segs: Option<u64>,
+    fragments: Option<u64>,
     interval_ms: Option<u64>,
     flow: Option<FlowId>,
     outer: Option<OuterId>,
@@ -376,6 +379,7 @@ pub fn read(input: impl std::io::BufRead, file: &str, stem: &str) -> Result<Reco
                     bytes: line.bytes.unwrap_or(0),
                     drops: line.drops.unwrap_or(0),
                     segs: line.segs.or(line.packets).unwrap_or(0),
+                    fragments: line.fragments.unwrap_or(0),
                 };
                 let role = line.role.clone().unwrap_or_else(|| "other".to_owned());
                 if line.kind == "hop" {
