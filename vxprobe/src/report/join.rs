@@ -450,7 +450,7 @@ pub fn join(
     if owners.shared_netns > 0 {
         let nodes: Vec<&str> = recordings.iter().map(|r| r.node.as_str()).collect();
         assumptions.push(format!(
-            "{} network namespace(s) appear in the recordings of several nodes ({}): they share a kernel (a lab, or nodes in one machine). Each event is counted once, from the recording of the node it happened in, or once as `shared`",
+            "{} network namespace(s) appear in the recordings of several nodes ({}): they share a kernel (a lab, or nodes in one machine). Each event is counted once, from the recording that kept the most of its kind, device, reason and flow; events of a namespace no node has are `shared`",
             owners.shared_netns,
             nodes.join(", ")
         ));
@@ -679,10 +679,12 @@ struct Owners {
     shared_netns: usize,
 }
 
-/// Kernel-wide hooks report every namespace of their kernel. An event in node N's namespace
-/// is N's, whoever recorded it; an event of a namespace no node has (a pod's) is the node's
-/// whose recording has it, and when several recordings have the same such namespace (nodes
-/// sharing a kernel) it is counted once, as `shared`, from the first of them.
+/// Kernel-wide hooks report every namespace of their kernel, so nodes sharing a kernel (a lab)
+/// each record the others' events too. Events are grouped by namespace, kind, device, reason and
+/// flow; each group is counted once, from the recording that has the most of it (a recorder
+/// flooded by another workload's events may have missed some), the namespace's own node first
+/// on a tie. An event in a node's namespace is that node's; one in a namespace several
+/// recordings see and no node has is `shared`; any other is the recording node's (its pods).
 fn event_owners(recordings: &[Recording]) -> Owners {
     let node_of_netns: BTreeMap<u64, usize> = recordings
         .iter()
@@ -690,20 +692,49 @@ fn event_owners(recordings: &[Recording]) -> Owners {
         .filter(|(_, r)| r.netns != 0)
         .map(|(i, r)| (r.netns, i))
         .collect();
+    // (netns, kind, device, reason, flow)
+    type Group = (
+        Option<u64>,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<FlowId>,
+    );
+    let key = |e: &super::read::Event| -> Group {
+        (
+            e.netns,
+            e.kind.clone(),
+            e.ifname.clone(),
+            e.reason.clone(),
+            e.flow.clone(),
+        )
+    };
+    let mut counts: BTreeMap<Group, BTreeMap<usize, u64>> = BTreeMap::new();
     let mut seen_in: BTreeMap<u64, BTreeSet<usize>> = BTreeMap::new();
     for (r, rec) in recordings.iter().enumerate() {
         for e in &rec.events {
-            if let Some(ns) = e.netns
-                && !node_of_netns.contains_key(&ns)
-            {
+            *counts.entry(key(e)).or_default().entry(r).or_default() += e.count;
+            if let Some(ns) = e.netns {
                 seen_in.entry(ns).or_default().insert(r);
             }
         }
     }
-    let shared: BTreeMap<u64, usize> = seen_in
+    let chosen: BTreeMap<Group, usize> = counts
+        .into_iter()
+        .map(|(k, by)| {
+            let own = k.0.and_then(|ns| node_of_netns.get(&ns).copied());
+            let best = by.values().copied().max().unwrap_or(0);
+            let pick = own
+                .filter(|o| by.get(o) == Some(&best))
+                .or_else(|| by.iter().find(|(_, n)| **n == best).map(|(r, _)| *r))
+                .unwrap_or(0);
+            (k, pick)
+        })
+        .collect();
+    let shared: BTreeSet<u64> = seen_in
         .iter()
-        .filter(|(_, rs)| rs.len() > 1)
-        .map(|(ns, rs)| (*ns, *rs.iter().next().unwrap_or(&0)))
+        .filter(|(ns, rs)| rs.len() > 1 && !node_of_netns.contains_key(ns))
+        .map(|(ns, _)| *ns)
         .collect();
     let owner = recordings
         .iter()
@@ -711,20 +742,25 @@ fn event_owners(recordings: &[Recording]) -> Owners {
         .map(|(r, rec)| {
             rec.events
                 .iter()
-                .map(|e| match e.netns {
-                    Some(ns) => match (node_of_netns.get(&ns), shared.get(&ns)) {
-                        (Some(&n), _) => (n == r).then(|| recordings[n].node.clone()),
-                        (None, Some(&first)) => (first == r).then(|| "shared".to_owned()),
-                        (None, None) => Some(rec.node.clone()),
-                    },
-                    None => Some(rec.node.clone()),
+                .map(|e| {
+                    if chosen.get(&key(e)) != Some(&r) {
+                        return None;
+                    }
+                    Some(match e.netns {
+                        Some(ns) if node_of_netns.contains_key(&ns) => {
+                            recordings[node_of_netns[&ns]].node.clone()
+                        }
+                        Some(ns) if shared.contains(&ns) => "shared".to_owned(),
+                        _ => rec.node.clone(),
+                    })
                 })
                 .collect()
         })
         .collect();
+    let crossed = seen_in.iter().filter(|(_, rs)| rs.len() > 1).count();
     Owners {
         owner,
-        shared_netns: shared.len(),
+        shared_netns: crossed,
     }
 }
 

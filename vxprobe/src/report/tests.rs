@@ -574,6 +574,34 @@ fn events_of_a_shared_kernel_are_counted_once() {
 }
 
 #[test]
+fn a_node_whose_recorder_missed_its_own_events_gets_them_from_the_other_recording() {
+    // Sharing a kernel, node1's recorder saw node2's 7 drops; node2's, flooded, saw 2 of them.
+    let steady = |s: Micros, e: Micros| ((e - s) / 10_000) as u64;
+    let a = shape("node1", 11, 0, S, 10, 0);
+    let b = shape("node2", 22, 0, S, 10, 0);
+    let (mut ra, mut rb) = two_nodes(a, b, steady, |_, _| 0, [1.0, 1.0, 1.0, 1.0, 1.0, 0.993]);
+    ra.events
+        .push(drop_event(&udp(7000), "vxlan.calico", 22, 5 * S, 7));
+    rb.events
+        .push(drop_event(&udp(7000), "vxlan.calico", 22, 5 * S, 2));
+    let report = joined(ra, rb);
+    let f = report.flows.iter().find(|f| f.flow.dport == 7000).unwrap();
+    assert_eq!(f.anomalies["drop"], 7, "{:?}", f.anomalies);
+    assert_eq!(
+        f.segments[4].location,
+        Some(Where::Hop),
+        "{:#?}",
+        f.segments[4]
+    );
+    let rows: Vec<_> = report
+        .anomalies
+        .iter()
+        .filter(|r| r.kind == "drop")
+        .collect();
+    assert!(rows.iter().all(|r| r.node == "node2"), "{rows:#?}");
+}
+
+#[test]
 fn traffic_across_the_window_edge_is_not_called_a_loss() {
     // a records from 0 s to 10 s, b from 3.5 s to 8.5 s; traffic runs throughout: a's
     // intervals [3 s, 4 s) and [8 s, 9 s) count whole, half of each outside b's recording.
