@@ -333,6 +333,7 @@ fn report_locates_each_loss_on_the_wire_at_a_hop_or_between_hops_exactly() {
     let report = report_json(&incident, &[]);
     assert_eq!(report["nodes"][0]["node"], "node1");
     assert_eq!(report["nodes"][1]["node"], "node2");
+    assert_eq!(report["nodes"][0]["named"], true, "named by the meta line");
     // One kernel, one clock: no skew applied (measured within what counts per interval can
     // tell, or not measurable from so little traffic on a loaded machine; the unit tests
     // measure skews of seconds).
@@ -653,18 +654,18 @@ fn the_html_report_opens_in_chromium_with_summary_paths_and_plots() {
     let _ = std::fs::remove_dir_all(&incident.dir);
 }
 
-/// Runs `vxprobe record` in a lab node for a moment, to a file.
+/// Runs `vxprobe record` in a lab node for a moment, to a file (`--node` when `node` is not
+/// empty).
 fn short_recording(lab: &Lab, node: &str, file: &Path) {
+    let named: &[&str] = if node.is_empty() {
+        &[]
+    } else {
+        &["--node", node]
+    };
     let out = Command::new("ip")
         .args(["netns", "exec", &lab.nodes[0].netns, VXPROBE, "record"])
-        .args([
-            "--node",
-            node,
-            "--duration",
-            "1s",
-            "--stats-interval",
-            "200ms",
-        ])
+        .args(named)
+        .args(["--duration", "1s", "--stats-interval", "200ms"])
         .args(["-i", UNDERLAY_DEV, "-o"])
         .arg(file)
         .stdin(Stdio::null())
@@ -686,6 +687,19 @@ fn bad_input_gets_one_line_and_exit_2_a_cut_recording_is_read_up_to_the_cut() {
     let lab = Lab::build(&LabOptions::default()).expect("building the lab");
     let a = dir.join("a.jsonl");
     short_recording(&lab, "node1", &a);
+    // Without --node, the node is the hostname.
+    let unnamed = dir.join("unnamed.jsonl");
+    short_recording(&lab, "", &unnamed);
+    let meta: Value = serde_json::from_str(
+        std::fs::read_to_string(&unnamed)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(meta["node"], hostname.trim(), "{meta}");
     let text = std::fs::read_to_string(&a).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let write = |name: &str, content: &str| -> String {
