@@ -33,6 +33,30 @@ pub enum Command {
     Probes(ProbesArgs),
     /// Name the misconfiguration behind the numbers: MTUs, checksum/TSO/GSO offloads, kernel.
     Doctor(DoctorArgs),
+    /// One incident from both ends of the tunnel: recordings of several nodes joined, loss
+    /// located per flow (at a hop, between hops, on the wire), as HTML, Markdown or JSON.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Recordings (`record`'s JSON lines), one per node.
+    #[arg(value_name = "REC.jsonl", required = true)]
+    pub recordings: Vec<PathBuf>,
+    /// Evidence file (`record --pcap`) of a recording: NODE=FILE, or FILE for the recordings
+    /// in the order given. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Vec<String>,
+    /// A `vxprobe doctor --json` document: NODE=FILE, or FILE (the node whose name the file
+    /// name contains, or the document's `node`). Repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub doctor: Vec<String>,
+    /// Where the report goes; without it, JSON (or --format) to stdout.
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    pub output: Option<PathBuf>,
+    /// html, md or json. Default: from OUT's extension (.html, .md, .json).
+    #[arg(long, value_enum)]
+    pub format: Option<crate::report::Format>,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +134,10 @@ impl Selection {
 pub struct RecordArgs {
     #[command(flatten)]
     pub selection: Selection,
+    /// This node's name in the `meta` line, for `report` to join recordings of several nodes.
+    /// Default: the hostname.
+    #[arg(long, value_name = "NAME", value_parser = parse_node_name)]
+    pub node: Option<String>,
     /// Stop after this long (500ms, 10s, 2m). Default: until Ctrl-C or SIGTERM.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -145,6 +173,7 @@ impl ProbeOptions {
             flow_cache_slots: self.flow_cache,
             ring_size: self.ring_size,
             all_drops: self.all_drops,
+            node: None,
         }
     }
 }
@@ -161,6 +190,7 @@ pub struct TopArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("headless").args(["record", "report"]))]
 pub struct DemoArgs {
     /// Run headless and write the recording (JSON lines) here instead of opening top.
     #[arg(long, value_name = "PATH")]
@@ -172,9 +202,13 @@ pub struct DemoArgs {
     /// machine) goes on until it has, up to ten times this (at least a minute).
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
     pub phase: Duration,
-    /// With --record: stop after this long (default: every phase once).
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "record")]
+    /// With --record or --report: stop after this long (default: every phase once).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "headless")]
     pub duration: Option<Duration>,
+    /// Run headless with a switch between the nodes (and a phase of loss on it), record both
+    /// nodes and write their recordings, evidence and the report (html, md, json) into DIR.
+    #[arg(long, value_name = "DIR", conflicts_with = "record")]
+    pub report: Option<PathBuf>,
 }
 
 /// How the kernel side is set up; the defaults suit almost everyone.
@@ -287,6 +321,17 @@ pub fn parse_ring_size(text: &str) -> Result<u32, String> {
         ));
     }
     Ok(size)
+}
+
+/// A node name for `--node`: what `report` shows and joins by.
+pub fn parse_node_name(text: &str) -> Result<String, String> {
+    let name = text.trim();
+    if name.is_empty() || name.len() > 253 || name.chars().any(char::is_control) {
+        return Err(format!(
+            "'{text}' is not a node name (1 to 253 printable characters)"
+        ));
+    }
+    Ok(name.to_owned())
 }
 
 /// Parses `--flow-cache`: a power of two, 1 to 65536.

@@ -12,8 +12,9 @@
 //!   `observe` hands them;
 //! - [`cmd`]: the commands, each wiring a session to its sinks.
 //!
-//! Imports point down this list. [`lab`] builds the network-namespace labs of the tests and
-//! `demo`.
+//! Imports point down this list. Beside it, [`report`] is the offline pipeline of `vxprobe
+//! report`: recordings of several nodes (what the JSON-lines sink wrote) joined into one
+//! incident. [`lab`] builds the network-namespace labs of the tests and `demo`.
 
 pub mod cli;
 pub mod cmd;
@@ -24,4 +25,5 @@ pub mod lab;
 pub mod memory;
 pub mod node;
 pub mod observe;
+pub mod report;
 pub mod sinks;

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use vxprobe::{
     cli::{Cli, Command},
-    cmd::{demo, doctor, probes as probes_cmd, record, top},
+    cmd::{demo, doctor, probes as probes_cmd, record, report, top},
     error::{UsageError, exit},
 };
 
@@ -39,6 +39,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Probes(args) => probes_cmd::run(args),
             Command::Doctor(args) => doctor::run(args).await,
+            Command::Report(args) => report::run(args),
         }
     });
     match result {

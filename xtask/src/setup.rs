@@ -36,6 +36,9 @@ const PACKAGES: &[&str] = &[
     // setpriv and capsh: the tests run vxprobe without capabilities.
     "util-linux",
     "libcap2-bin",
+    // The report's HTML is opened in headless Chromium by its test; a font to draw it with.
+    "chromium",
+    "fonts-dejavu-core",
 ];
 
 /// What `cargo xtask fuzz` needs besides: a C++ compiler for libFuzzer.

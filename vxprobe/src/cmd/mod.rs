@@ -4,4 +4,5 @@ pub mod demo;
 pub mod doctor;
 pub mod probes;
 pub mod record;
+pub mod report;
 pub mod top;

@@ -18,7 +18,7 @@ use crate::{
     error::UsageError,
     observe::pipeline::{self, Sink},
     observe::report::Summary,
-    observe::session::Session,
+    observe::session::{Session, SessionConfig},
     sinks::jsonl::{JsonLines, JsonSink},
     sinks::pcap::EvidenceFile,
 };
@@ -40,7 +40,11 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     // cleanly as soon as it starts, instead of killing vxprobe half-attached.
     let stop = stop_signal(args.duration)?;
     let outputs = Outputs::open(&args.output, args.pcap.as_deref(), args.snaplen)?;
-    let mut session = Session::start(&args.probe.session(&args.selection)).await?;
+    let mut session = Session::start(&SessionConfig {
+        node: args.node.clone(),
+        ..args.probe.session(&args.selection)
+    })
+    .await?;
     signal_ready(args.ready_file.as_ref())?;
     outputs
         .write(&mut session, args.stats_interval, None, None, stop)

@@ -39,6 +39,10 @@ pub struct LabOptions {
     /// underlay's minus 50, so an oversized overlay MTU can be set. An overlay MTU above the
     /// underlay's minus 50 implies no lower device.
     pub vxlan_lower_dev: bool,
+    /// Join the nodes' underlays through a third namespace, a "switch" that no vxprobe
+    /// watches (a bridge, [`SWITCH_BRIDGE`], with a port per node), instead of one veth: loss
+    /// made there is loss on the wire.
+    pub switch: bool,
 }
 
 impl Default for LabOptions {
@@ -48,9 +52,13 @@ impl Default for LabOptions {
             underlay_mtu: 1500,
             ipv6: false,
             vxlan_lower_dev: true,
+            switch: false,
         }
     }
 }
+
+/// The bridge inside the switch namespace; its ports are `sw1` and `sw2`.
+pub const SWITCH_BRIDGE: &str = "br0";
 
 /// VXLAN over IPv4 adds 50 bytes (outer IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14).
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -79,6 +87,8 @@ pub struct Node {
 pub struct Lab {
     pub name: String,
     pub nodes: [Node; 2],
+    /// The switch's namespace, when built with [`LabOptions::switch`].
+    pub switch: Option<String>,
     namespaces: Vec<String>,
     options: LabOptions,
 }
@@ -105,6 +115,7 @@ impl Lab {
         };
         let nodes = [node(1), node(2)];
         let mut lab = Lab {
+            switch: options.switch.then(|| format!("{name}-sw")),
             name,
             namespaces: Vec::new(),
             nodes,
@@ -141,11 +152,32 @@ impl Lab {
         let [n1, n2] = self.nodes.clone();
         let (overlay_mtu, underlay_mtu) = (options.overlay_mtu, options.underlay_mtu);
 
-        // Underlay: one veth between the nodes, static neighbours both ways.
-        ip(&format!(
-            "link add {UNDERLAY_DEV} netns {} type veth peer name {UNDERLAY_DEV} netns {}",
-            n1.netns, n2.netns
-        ))?;
+        // Underlay: one veth between the nodes (or one to the switch each), static neighbours
+        // both ways.
+        if let Some(sw) = self.switch.clone() {
+            ip(&format!("netns add {sw}"))?;
+            self.namespaces.push(sw.clone());
+            sysctl(&sw, "net.ipv6.conf.all.disable_ipv6", "1")?;
+            sysctl(&sw, "net.ipv6.conf.default.disable_ipv6", "1")?;
+            ip(&format!("-n {sw} link set lo up"))?;
+            ip(&format!("-n {sw} link add {SWITCH_BRIDGE} type bridge"))?;
+            ip(&format!("-n {sw} link set {SWITCH_BRIDGE} up"))?;
+            for (i, node) in [&n1, &n2].into_iter().enumerate() {
+                let port = format!("sw{}", i + 1);
+                ip(&format!(
+                    "link add {UNDERLAY_DEV} netns {} type veth peer name {port} netns {sw}",
+                    node.netns
+                ))?;
+                ip(&format!(
+                    "-n {sw} link set {port} mtu {underlay_mtu} master {SWITCH_BRIDGE} up"
+                ))?;
+            }
+        } else {
+            ip(&format!(
+                "link add {UNDERLAY_DEV} netns {} type veth peer name {UNDERLAY_DEV} netns {}",
+                n1.netns, n2.netns
+            ))?;
+        }
         for node in [&n1, &n2] {
             let (ns, addr) = (&node.netns, node.underlay_ip);
             ip(&format!(

@@ -6,7 +6,7 @@ use std::{
     process::{Child, Stdio},
 };
 
-use super::{Lab, POD_HOST_DEV, TAP_DEV, VXLAN_DEV, faults};
+use super::{Lab, POD_HOST_DEV, TAP_DEV, VXLAN_DEV, VXLAN_PORT, faults};
 
 /// The phases of the demo, in order.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -17,6 +17,8 @@ pub enum Phase {
     TapOversize,
     RandomLoss,
     OffloadOff,
+    /// Only with a switch between the nodes ([`super::LabOptions::switch`]).
+    WireLoss,
 }
 
 /// UDP port the bad-checksum datagrams go to (a port nobody listens on, as the incident's
@@ -35,6 +37,17 @@ impl Phase {
         Phase::OffloadOff,
     ];
 
+    /// Every phase, then loss on the wire between the nodes (a lab with a switch).
+    pub const WITH_SWITCH: [Phase; 7] = [
+        Phase::Baseline,
+        Phase::BadChecksums,
+        Phase::MtuMismatch,
+        Phase::TapOversize,
+        Phase::RandomLoss,
+        Phase::OffloadOff,
+        Phase::WireLoss,
+    ];
+
     /// What the person watching is told.
     pub fn label(self) -> &'static str {
         match self {
@@ -49,6 +62,9 @@ impl Phase {
             Phase::RandomLoss => "fault: random loss of 1 in 10 packets on cali0 ingress (drop)",
             Phase::OffloadOff => {
                 "fault: tx checksum offload off on vxlan.calico (underlay max packet falls to the MTU)"
+            }
+            Phase::WireLoss => {
+                "fault: the switch between the nodes drops 1 in 20 tunnel packets (no node counts them)"
             }
         }
     }
@@ -67,6 +83,16 @@ impl Phase {
             }
             Phase::RandomLoss => faults::random_loss(&n1.netns, POD_HOST_DEV, 10),
             Phase::OffloadOff => faults::set_offload(&n1.netns, VXLAN_DEV, "tx", false),
+            Phase::WireLoss => match &lab.switch {
+                Some(sw) => faults::nft(
+                    sw,
+                    &format!(
+                        "table bridge vxp_wire {{\n chain forward {{\n  type filter hook forward priority 0;\n  \
+                         udp dport {VXLAN_PORT} numgen random mod 20 == 0 counter drop\n }}\n}}\n"
+                    ),
+                ),
+                None => Ok(()),
+            },
         }
     }
 
@@ -97,7 +123,7 @@ impl Phase {
             )
             .map(drop),
             Phase::TapOversize => faults::packet_sends(&n1.netns, TAP_DEV, 2000, 5).map(drop),
-            Phase::Baseline | Phase::RandomLoss | Phase::OffloadOff => Ok(()),
+            Phase::Baseline | Phase::RandomLoss | Phase::OffloadOff | Phase::WireLoss => Ok(()),
         }
     }
 
@@ -107,7 +133,8 @@ impl Phase {
         match self {
             // The baseline's and the offload's signatures are in the hop lines: a whole
             // interval after the change, and one more.
-            Phase::Baseline | Phase::OffloadOff => Evidence::Intervals(3),
+            // Loss on the wire shows only in the join of both nodes' recordings.
+            Phase::Baseline | Phase::OffloadOff | Phase::WireLoss => Evidence::Intervals(3),
             Phase::BadChecksums => Evidence::Anomaly(Sign::CsumError),
             Phase::MtuMismatch => Evidence::Anomaly(Sign::SizeAtPodVeth),
             Phase::TapOversize => Evidence::Anomaly(Sign::RefusedSend),
@@ -128,6 +155,10 @@ impl Phase {
             Phase::TapOversize => Ok(()),
             Phase::RandomLoss => faults::nft(&n1.netns, "delete table inet vxp_loss\n"),
             Phase::OffloadOff => faults::set_offload(&n1.netns, VXLAN_DEV, "tx", true),
+            Phase::WireLoss => match &lab.switch {
+                Some(sw) => faults::nft(sw, "delete table bridge vxp_wire\n"),
+                None => Ok(()),
+            },
         }
     }
 }

@@ -46,6 +46,10 @@ pub trait Sink {
     }
 }
 
+/// How long stopping may take to hand over the records still waiting: a flood's worth is
+/// drained in well under a second; past this the rest is given up (exit must not hang).
+const FINAL_DRAIN: Duration = Duration::from_secs(5);
+
 /// Flows handed to the sinks at a time: flows are never all held.
 const FLOW_BATCH: usize = 1024;
 
@@ -104,9 +108,14 @@ pub async fn run(
             _ = ticker.tick() => false,
             () = &mut stop => true,
         };
-        // Records submitted without a wakeup are picked up here, before the interval closes.
+        // Records submitted without a wakeup are picked up here, before the interval closes;
+        // at the end, every record left (a flood can leave many batches), for a while at most.
         write_waiting_notes(&mut notes, sinks)?;
         drain(session, &mut model, sinks, &mut frames)?;
+        let last_drain = Instant::now() + FINAL_DRAIN;
+        while stopping && session.has_backlog() && Instant::now() < last_drain {
+            drain(session, &mut model, sinks, &mut frames)?;
+        }
         let now = Instant::now();
         close_interval(session, &mut model, sinks, now - interval_start)?;
         interval_start = now;

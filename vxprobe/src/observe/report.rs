@@ -18,6 +18,8 @@ use crate::{kernel::probes::HookChoice, node::devices::Role};
 /// What this session watches, with which hooks: the `meta` line, the TUI's status line.
 #[derive(Debug, Clone, Serialize)]
 pub struct Meta {
+    /// The node's name (`--node`, default the hostname): `report` joins recordings by it.
+    pub node: String,
     pub vxprobe_version: &'static str,
     pub kernel: String,
     pub netns: u64,

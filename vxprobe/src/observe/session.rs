@@ -47,6 +47,8 @@ pub struct SessionConfig {
     pub ring_size: u32,
     /// Also report drops that are not losses ([`Anomaly::is_benign`]).
     pub all_drops: bool,
+    /// The node's name in `meta` (`--node`); `None`: the hostname.
+    pub node: Option<String>,
 }
 
 impl SessionConfig {
@@ -61,6 +63,7 @@ impl SessionConfig {
             flow_cache_slots: None,
             ring_size: DEFAULT_RING_SIZE,
             all_drops: false,
+            node: None,
         }
     }
 }
@@ -189,6 +192,7 @@ impl Session {
             .context("reading /proc/self/ns/net")?
             .ino();
         let meta = Meta {
+            node: config.node.clone().unwrap_or_else(hostname),
             vxprobe_version: env!("CARGO_PKG_VERSION"),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_owned())
@@ -309,6 +313,11 @@ impl Session {
         Ok(())
     }
 
+    /// Whether the last drain stopped at its batch limit with records waiting.
+    pub fn has_backlog(&self) -> bool {
+        self.backlog
+    }
+
     /// Waits until the kernel wakes us for new events (at once when a drain left some).
     pub async fn events_ready(&mut self) -> anyhow::Result<()> {
         if self.backlog {
@@ -333,6 +342,7 @@ impl Session {
         &mut self,
         mut out: impl FnMut(Anomaly) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
+        self.backlog = false;
         let ring = self.ring.get_mut();
         let mut taken = 0;
         while let Some(record) = ring.next() {
@@ -439,6 +449,13 @@ impl Session {
     pub fn stop(self) {
         drop(self.probes);
     }
+}
+
+/// The kernel's hostname (the UTS namespace's), the default node name.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 fn meta_hop(hop: &Hop) -> MetaHop {
