@@ -77,6 +77,7 @@ fn report(n: u32, interval_no: u64) -> (IntervalReport, Vec<FlowReport>) {
             dir,
             counters: counters(u64::from(n) * 10),
             drops: u64::from(n / 7),
+            drop_reasons: vec![("NETFILTER_DROP".into(), u64::from(n / 7))],
         })
         .collect();
     let outer = Outer {
@@ -123,6 +124,7 @@ fn report(n: u32, interval_no: u64) -> (IntervalReport, Vec<FlowReport>) {
         interval: Duration::from_secs(1),
         hops,
         lost: Vec::new(),
+        flow_drops: Vec::new(),
     };
     (report, flows)
 }

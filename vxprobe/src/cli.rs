@@ -27,6 +27,8 @@ pub enum Command {
     Probes(ProbesArgs),
     /// Name the misconfiguration behind the numbers: MTUs, checksum/TSO/GSO offloads, kernel.
     Doctor(DoctorArgs),
+    /// Node agent: the record pipeline as Prometheus metrics over HTTP, until SIGTERM.
+    Agent(crate::agent::AgentArgs),
 }
 
 #[derive(Debug, Args)]

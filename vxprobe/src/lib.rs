@@ -11,10 +11,12 @@
 //! - [`pipeline`]: the loop from kernel to sinks, shared by `record` and `top`;
 //! - [`watch`]: device churn (rtnetlink link notifications) as typed changes for the pipeline;
 //! - [`record`]: the `record` command;
+//! - [`agent`]: the `agent` command: the pipeline into [`metrics`], served over HTTP;
 //! - [`doctor`]: the `doctor` command: device facts to named misconfigurations;
 //! - [`tui`]: the `top` terminal UI, fed typed messages;
 //! - [`lab`]: network-namespace topologies for tests and `demo`.
 
+pub mod agent;
 pub mod anomaly;
 pub mod caps;
 pub mod cli;
@@ -32,6 +34,7 @@ pub mod kallsyms;
 pub mod kbtf;
 pub mod lab;
 pub mod memory;
+pub mod metrics;
 pub mod netns;
 pub mod output;
 pub mod packet;

@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use vxprobe::{
+    agent,
     cli::{Cli, Command},
     demo, doctor,
     error::{UsageError, exit},
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Probes(args) => probes_cmd::run(args),
             Command::Doctor(args) => doctor::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
         }
     });
     match result {

@@ -1,7 +1,12 @@
 //! A live observation: devices selected, kernel programs loaded and attached, the maps and the
 //! ring buffer in hand. `record` and `top` both run one; dropping it detaches everything.
 
-use std::{collections::BTreeMap, os::unix::fs::MetadataExt as _, path::PathBuf, time::SystemTime};
+use std::{
+    collections::{BTreeMap, HashMap},
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+    time::SystemTime,
+};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -110,6 +115,8 @@ pub struct HopReport {
     pub counters: vxprobe_common::HopCounters,
     /// Faults charged to this hop: drops, checksum failures, refused sends.
     pub drops: u64,
+    /// `drops` by reason ([`drop_reason`]), in the order first seen; they add up to `drops`.
+    pub drop_reasons: Vec<(String, u64)>,
 }
 
 impl HopReport {
@@ -148,6 +155,9 @@ pub struct IntervalReport {
     pub hops: Vec<HopReport>,
     /// Events the kernel could not hand over (ring buffer full), per kind.
     pub lost: Vec<(EventKind, u64)>,
+    /// Faults that killed a packet of a known (inner) flow, anywhere on the node, per flow;
+    /// at most [`FLOW_DROPS_MAX`] flows an interval.
+    pub flow_drops: Vec<(Flow, u64)>,
 }
 
 /// What reading the flow table found, once the interval's flows are out.
@@ -192,8 +202,10 @@ pub struct Session {
     /// `--host/--port/--proto` for events the kernel could not filter (kernel-wide hooks).
     selector: FlowSelector,
     all_drops: bool,
-    /// Faults charged to each hop in the current interval.
-    hop_drops: BTreeMap<HopKey, u64>,
+    /// Faults charged to each hop in the current interval, by reason.
+    hop_drops: BTreeMap<HopKey, Vec<(String, u64)>>,
+    /// Faults that killed a packet of a known flow in the current interval.
+    flow_drops: HashMap<Flow, u64>,
 }
 
 impl Session {
@@ -327,6 +339,7 @@ impl Session {
             selector,
             all_drops: config.all_drops,
             hop_drops: BTreeMap::new(),
+            flow_drops: HashMap::new(),
         })
     }
 
@@ -440,6 +453,7 @@ impl Session {
                 self.netns,
                 &anomaly,
             );
+            charge_flow(&mut self.flow_drops, &anomaly);
             out(anomaly)?;
             if self.backlog {
                 break;
@@ -473,11 +487,13 @@ impl Session {
                     ifindex: hop.device.ifindex,
                     direction: dir as u32,
                 };
+                let drop_reasons = drops.get(&key).cloned().unwrap_or_default();
                 hops.push(HopReport {
                     hop: meta_hop(hop),
                     dir,
                     counters: hop_deltas.get(&key).copied().unwrap_or_default(),
-                    drops: drops.get(&key).copied().unwrap_or(0),
+                    drops: drop_reasons.iter().map(|(_, n)| n).sum(),
+                    drop_reasons,
                 });
             }
         }
@@ -486,6 +502,7 @@ impl Session {
             interval,
             hops,
             lost: self.lost.since_last()?,
+            flow_drops: self.flow_drops.drain().collect(),
         }))?;
 
         let created = self.evictions.created()?;
@@ -567,9 +584,10 @@ fn link_of(hop: &Hop) -> Link {
     }
 }
 
-/// Counts a fault against the hop it happened at, when that hop is one of ours.
+/// Counts a fault against the hop it happened at, when that hop is one of ours, under its
+/// reason.
 fn charge_hop<'a>(
-    drops: &mut BTreeMap<HopKey, u64>,
+    drops: &mut BTreeMap<HopKey, Vec<(String, u64)>>,
     mut hops: impl Iterator<Item = &'a Hop>,
     netns: u64,
     anomaly: &Anomaly,
@@ -584,7 +602,41 @@ fn charge_hop<'a>(
         ifindex,
         direction: direction as u32,
     };
-    *drops.entry(key).or_default() += u64::from(anomaly.count.unwrap_or(1));
+    let n = u64::from(anomaly.count.unwrap_or(1));
+    let reasons = drops.entry(key).or_default();
+    let reason = drop_reason(anomaly);
+    match reasons.iter_mut().find(|(r, _)| r == reason) {
+        Some((_, count)) => *count += n,
+        None => reasons.push((reason.to_owned(), n)),
+    }
+}
+
+/// What a fault charged to a hop is counted under: the kernel's drop reason without
+/// `SKB_DROP_REASON_` (`NETFILTER_DROP`, `UDP_CSUM`, `HW_CSUM_FAULT`...), or `EMSGSIZE` for a
+/// refused send. A bounded set: the kernel's reasons, and one errno.
+pub fn drop_reason(anomaly: &Anomaly) -> &str {
+    match (&anomaly.reason, anomaly.errno) {
+        (Some(reason), _) => reason,
+        (None, Some(_)) => "EMSGSIZE",
+        (None, None) => anomaly.kind.as_str(),
+    }
+}
+
+/// Distinct flows whose losses one interval keeps; beyond, losses of new flows are charged to
+/// their hops only (a flood of drops from spoofed sources must not grow memory).
+pub const FLOW_DROPS_MAX: usize = 65_536;
+
+/// Counts a fault against its (inner) flow, wherever on the node the packet died.
+fn charge_flow(drops: &mut HashMap<Flow, u64>, anomaly: &Anomaly) {
+    let Some(flow) = anomaly.flow.as_ref().filter(|_| anomaly.dropped) else {
+        return;
+    };
+    let n = u64::from(anomaly.count.unwrap_or(1));
+    if let Some(count) = drops.get_mut(flow) {
+        *count += n;
+    } else if drops.len() < FLOW_DROPS_MAX {
+        drops.insert(flow.clone(), n);
+    }
 }
 
 /// Events lost to a full ring buffer, as counted by the kernel per kind.
@@ -661,4 +713,91 @@ pub fn signal_ready(path: Option<&PathBuf>) -> anyhow::Result<()> {
             .with_context(|| format!("writing the ready file {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::{
+        anomaly::{AnomalyKind, tests_support::empty},
+        devices::{DeviceKind, test_device},
+    };
+
+    fn fault(kind: AnomalyKind, reason: Option<&str>, count: Option<u32>) -> Anomaly {
+        let mut a = empty();
+        a.kind = kind;
+        a.ifindex = Some(7);
+        a.hop_direction = Some(Direction::Ingress);
+        a.dropped = true;
+        a.reason = reason.map(str::to_owned);
+        a.count = count;
+        a.flow = Some(Flow {
+            proto: 17,
+            src: IpAddr::V4(Ipv4Addr::new(198, 19, 1, 2)),
+            dst: IpAddr::V4(Ipv4Addr::new(198, 19, 2, 2)),
+            sport: 1000,
+            dport: 2000,
+        });
+        a
+    }
+
+    /// The hop's drops by reason add up to its drops, each fault once, under its reason.
+    #[test]
+    fn hop_drops_are_kept_by_reason_and_add_up() {
+        let hops = [Hop {
+            device: test_device(7, "cali0", DeviceKind::Veth),
+            role: Role::Pod,
+        }];
+        let mut drops = BTreeMap::new();
+        let mut refused = fault(AnomalyKind::Oversize, None, None);
+        refused.errno = Some(90);
+        let mut not_ours = fault(AnomalyKind::Drop, Some("NO_SOCKET"), None);
+        not_ours.ifindex = Some(8);
+        let mut not_dropped = fault(AnomalyKind::CsumError, Some("HW_CSUM_FAULT"), None);
+        not_dropped.dropped = false;
+        for a in [
+            fault(AnomalyKind::Drop, Some("NETFILTER_DROP"), None),
+            fault(AnomalyKind::CsumError, Some("UDP_CSUM"), Some(3)),
+            fault(AnomalyKind::Drop, Some("NETFILTER_DROP"), None),
+            refused,
+            not_ours,
+            not_dropped,
+        ] {
+            charge_hop(&mut drops, hops.iter(), 0, &a);
+        }
+        let key = HopKey {
+            ifindex: 7,
+            direction: Direction::Ingress as u32,
+        };
+        assert_eq!(
+            drops[&key],
+            [
+                ("NETFILTER_DROP".to_owned(), 2),
+                ("UDP_CSUM".to_owned(), 3),
+                ("EMSGSIZE".to_owned(), 1)
+            ]
+        );
+        assert_eq!(drops.len(), 1, "only our hop is charged");
+    }
+
+    #[test]
+    fn flow_drops_count_dead_packets_and_stay_bounded() {
+        let mut drops = HashMap::new();
+        let a = fault(AnomalyKind::Drop, Some("NETFILTER_DROP"), Some(2));
+        charge_flow(&mut drops, &a);
+        charge_flow(&mut drops, &a);
+        let mut alive = a.clone();
+        alive.dropped = false;
+        charge_flow(&mut drops, &alive);
+        assert_eq!(drops[a.flow.as_ref().unwrap()], 4);
+        for port in 0..FLOW_DROPS_MAX as u32 + 10 {
+            let mut other = a.clone();
+            other.flow.as_mut().unwrap().sport = (port % 65536) as u16;
+            other.flow.as_mut().unwrap().dport = (port / 65536) as u16;
+            charge_flow(&mut drops, &other);
+        }
+        assert_eq!(drops.len(), FLOW_DROPS_MAX);
+    }
 }

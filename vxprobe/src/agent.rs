@@ -1,0 +1,306 @@
+//! `vxprobe agent`: the node agent. The same pipeline as `record` (device churn followed),
+//! into the metrics sink ([`crate::metrics`]), served over HTTP: `/metrics` (OpenMetrics or
+//! the Prometheus text format, as the scraper asks), `/healthz`, `/readyz`. SIGTERM or SIGINT
+//! end it as they end `record`: the last interval is counted, everything is detached, exit 0.
+//!
+//! The port is bound before anything is attached, so a port in use fails at once and the
+//! kubelet's probes get answers while the programs load (`/readyz` says 503 until then).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context as _;
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use clap::Args;
+
+use crate::{
+    cli::{ProbeOptions, Selection, parse_interval},
+    error::UsageError,
+    metrics::{
+        Exposition, MetricsSink, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE,
+        prefers_openmetrics,
+    },
+    pipeline::{self, Sink},
+    record::stop_signal,
+    session::{Session, SessionConfig},
+};
+
+/// The agent's port: outside Prometheus' exporter range 9100-9999 (every port there is
+/// allocated to some exporter, and on a host-network pod a collision is a crash loop), outside
+/// Kubernetes' own ports (6443, 10248-10260), the NodePort range (30000-32767) and Linux's
+/// ephemeral range (32768-60999, where an outgoing connection could hold it), and in no
+/// services list.
+pub const DEFAULT_PORT: u16 = 19478;
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:19478";
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    /// Where to serve /metrics, /healthz and /readyz: ADDR:PORT, e.g. 127.0.0.1:19478 or
+    /// [::]:19478.
+    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN, value_parser = parse_listen)]
+    pub listen: SocketAddr,
+    /// The node's name, in `vxprobe_node_info{node}` (default: the hostname; in a DaemonSet,
+    /// spec.nodeName through the downward API).
+    #[arg(long, value_name = "NAME", value_parser = parse_node)]
+    pub node: Option<String>,
+    /// Also export per-flow series for the K flows with the most recent loss (1 to 10000;
+    /// default: none). Each costs a series per hop it crosses, and one for its drops.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub flow_metrics: Option<u32>,
+    /// How often the hop and flow counters are read from the kernel (and the metrics move).
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_interval)]
+    pub stats_interval: Duration,
+    #[command(flatten)]
+    pub probe: ProbeOptions,
+}
+
+/// Parses `--listen`: an IPv4 or bracketed IPv6 address and a port other than 0.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text.parse().map_err(|_| {
+        format!(
+            "'{text}' is not an ADDR:PORT such as 127.0.0.1:{DEFAULT_PORT} or [::]:{DEFAULT_PORT}"
+        )
+    })?;
+    if addr.port() == 0 {
+        return Err(format!(
+            "'{text}': port 0 would be a different port every start; name one (default {DEFAULT_PORT})"
+        ));
+    }
+    Ok(addr)
+}
+
+/// Parses `--node`: a name of printable characters, at most 253 (a DNS name's length).
+pub fn parse_node(text: &str) -> Result<String, String> {
+    let name = text.trim();
+    if name.is_empty() {
+        return Err("the node name is empty".to_owned());
+    }
+    if name.len() > 253 || name.chars().any(char::is_control) {
+        return Err(format!(
+            "'{}' is not a node name (printable, at most 253 characters)",
+            name.escape_debug()
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// The hostname, the default `--node`.
+fn hostname() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").context(
+        "reading the hostname from /proc/sys/kernel/hostname (name the node with --node)",
+    )?;
+    parse_node(&name).map_err(|e| anyhow::anyhow!("{e}: name the node with --node"))
+}
+
+/// What the HTTP handlers know of the agent.
+struct Health {
+    /// Everything is attached and the pipeline runs.
+    ready: AtomicBool,
+    /// Unix milliseconds of the last interval closed (the metrics sink writes it).
+    last_close: Arc<AtomicU64>,
+    /// Unix milliseconds when the agent became ready.
+    ready_at: AtomicU64,
+    /// No interval closed for this long: `/healthz` fails (the pipeline is stuck).
+    stall_after: Duration,
+}
+
+#[derive(Clone)]
+struct AppState {
+    exposition: Arc<Exposition>,
+    health: Arc<Health>,
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let node = match &args.node {
+        Some(node) => node.clone(),
+        None => hostname()?,
+    };
+    // Signals first, as record: a SIGTERM while attaching ends the agent cleanly.
+    let stop = stop_signal(None)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| listen_error(args.listen, &e))?;
+
+    let last_close = Arc::new(AtomicU64::new(0));
+    let (mut sink, exposition) =
+        MetricsSink::new(&node, args.flow_metrics, Arc::clone(&last_close));
+    let health = Arc::new(Health {
+        ready: AtomicBool::new(false),
+        last_close,
+        ready_at: AtomicU64::new(0),
+        stall_after: (args.stats_interval * 3).max(Duration::from_secs(30)),
+    });
+    let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        AppState {
+            exposition,
+            health: Arc::clone(&health),
+        },
+        shutdown_rx,
+    ));
+
+    let result = async {
+        let mut session =
+            Session::start(&SessionConfig::from_cli(&args.selection, &args.probe)).await?;
+        health
+            .ready_at
+            .store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+        health.ready.store(true, Ordering::Relaxed);
+        eprintln!(
+            "vxprobe: agent ready on http://{}/metrics, {} devices observed",
+            args.listen,
+            session.hops().len()
+        );
+        let mut sinks: [&mut dyn Sink; 1] = [&mut sink];
+        let run = pipeline::run(
+            &mut session,
+            &mut sinks,
+            args.stats_interval,
+            false,
+            None,
+            stop,
+        )
+        .await;
+        health.ready.store(false, Ordering::Relaxed);
+        // Detach before anything else: a terminating pod must leave no program behind.
+        session.stop();
+        run
+    }
+    .await;
+
+    // The server answered while we stopped; let in-flight scrapes finish, briefly.
+    let _ = shutdown.send(());
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => eprintln!("vxprobe: the HTTP server failed: {e:#}"),
+        Ok(Err(e)) => eprintln!("vxprobe: the HTTP server task failed: {e}"),
+        Ok(Ok(Ok(()))) | Err(_) => {}
+    }
+    result.map(|_summary| ())
+}
+
+/// A `--listen` address that is not this node's is bad input; a port in use is not.
+fn listen_error(addr: SocketAddr, e: &std::io::Error) -> anyhow::Error {
+    let message = format!("cannot listen on {addr}: {e}");
+    if e.kind() == std::io::ErrorKind::AddrNotAvailable {
+        UsageError::new(format!("{message} (no such address here)")).into()
+    } else {
+        anyhow::anyhow!(message)
+    }
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = shutdown.await;
+        })
+        .await
+        .context("serving HTTP")
+}
+
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(prefers_openmetrics);
+    let body = state.exposition.encode(openmetrics);
+    let content_type = if openmetrics {
+        OPENMETRICS_CONTENT_TYPE
+    } else {
+        PROMETHEUS_CONTENT_TYPE
+    };
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// Alive: starting, or closing intervals. A pipeline that closed none for three intervals
+/// (30 s at least) is stuck, and a restart is the cure.
+async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
+    let health = &state.health;
+    if !health.ready.load(Ordering::Relaxed) {
+        return (StatusCode::OK, "ok: not attached yet\n".into());
+    }
+    let since = health
+        .last_close
+        .load(Ordering::Relaxed)
+        .max(health.ready_at.load(Ordering::Relaxed));
+    let idle = Duration::from_millis(unix_ms(SystemTime::now()).saturating_sub(since));
+    if idle > health.stall_after {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("stalled: no interval closed for {} s\n", idle.as_secs()),
+        );
+    }
+    (StatusCode::OK, "ok\n".into())
+}
+
+/// Ready once every program is attached; not while attaching or stopping.
+async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.health.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: attaching or stopping\n",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_parse() {
+        assert_eq!(
+            parse_listen("127.0.0.1:19478"),
+            Ok("127.0.0.1:19478".parse().unwrap())
+        );
+        assert!(parse_listen("[::]:9").is_ok());
+        for bad in [
+            "19478",
+            "localhost:19478",
+            "1.2.3.4",
+            "1.2.3.4:0",
+            "1.2.3.4:70000",
+            "",
+        ] {
+            assert!(parse_listen(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn node_names_are_printable() {
+        assert_eq!(parse_node("node-1\n"), Ok("node-1".into()));
+        assert!(parse_node(" ").is_err());
+        assert!(parse_node("a\u{7}b").is_err());
+        assert!(parse_node(&"n".repeat(254)).is_err());
+    }
+}
