@@ -1220,3 +1220,20 @@ fn metric_names_are_found_in_promql() {
         ["vxprobe_node_info"]
     );
 }
+
+/// The README's metrics table names every family the agent exports.
+#[test]
+fn the_readme_lists_every_metric() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = readme
+        .split("## Deploying on a cluster")
+        .nth(1)
+        .expect("a 'Deploying on a cluster' section");
+    for family in FAMILIES {
+        assert!(
+            section.contains(&format!("`{}`", family.name)),
+            "README's metrics table lacks {}",
+            family.name
+        );
+    }
+}
