@@ -188,3 +188,19 @@ pub fn tests_need_image(args: &[String]) -> bool {
     }
     tests.is_empty() || tests.iter().any(|t| t == "agent")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_runs_with_the_agent_tests_build_the_image() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(tests_need_image(&args(&[])));
+        assert!(tests_need_image(&args(&["--test", "agent"])));
+        assert!(tests_need_image(&args(&["--test", "hops", "--test=agent"])));
+        assert!(tests_need_image(&args(&["--", "--ignored"])));
+        assert!(!tests_need_image(&args(&["--test", "hops"])));
+        assert!(!tests_need_image(&args(&["--test", "usage", "--", "--test", "agent"])));
+    }
+}
