@@ -246,7 +246,14 @@ fn metrics_match_the_nft_counter_and_record() {
     let lab = Lab::build(&LabOptions::default()).expect("building the lab");
     let n1 = &lab.nodes[0];
     drop_a_third_of_pings(&n1.netns);
-    let mut args = vec!["--stats-interval", "200ms", "--node", "lab-node-1"];
+    let mut args = vec![
+        "--stats-interval",
+        "200ms",
+        "--node",
+        "lab-node-1",
+        "--flow-metrics",
+        "5",
+    ];
     args.extend(NODE_HOPS);
     let agent = Agent::start(&n1.netns, &args);
     let programs = programs_of(agent.pid());
@@ -285,6 +292,24 @@ fn metrics_match_the_nft_counter_and_record() {
     let packets = sum(&m, "vxprobe_hop_packets_total", &CALI_IN);
     assert_eq!(packets, recorded_packets as f64, "record counted the same");
     assert_eq!(packets, seen as f64, "the rule saw what TC saw");
+    // --flow-metrics: the pings' flow lost exactly what the rule dropped.
+    let (pod1, pod2) = (
+        lab.nodes[0].pod.ip.to_string(),
+        lab.nodes[1].pod.ip.to_string(),
+    );
+    let ping_flow = [
+        ("proto", "icmp"),
+        ("src", pod1.as_str()),
+        ("dst", pod2.as_str()),
+    ];
+    assert_eq!(
+        sum(&m, "vxprobe_flow_drops_total", &ping_flow),
+        dropped as f64,
+        "{m:#?}"
+    );
+    let mut at_cali = ping_flow.to_vec();
+    at_cali.extend(CALI_IN);
+    assert!(sum(&m, "vxprobe_flow_packets_total", &at_cali) > 0.0);
     // Node-wide counters see every namespace (other labs too): at least the rule's drops.
     assert!(sum(&m, "vxprobe_drops_total", &[("reason", "NETFILTER_DROP")]) >= dropped as f64);
     assert!(sum(&m, "vxprobe_anomalies_total", &[("kind", "drop")]) >= dropped as f64);

@@ -201,6 +201,8 @@ mod tests {
         assert!(tests_need_image(&args(&["--test", "hops", "--test=agent"])));
         assert!(tests_need_image(&args(&["--", "--ignored"])));
         assert!(!tests_need_image(&args(&["--test", "hops"])));
-        assert!(!tests_need_image(&args(&["--test", "usage", "--", "--test", "agent"])));
+        assert!(!tests_need_image(&args(&[
+            "--test", "usage", "--", "--test", "agent"
+        ])));
     }
 }
