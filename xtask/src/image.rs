@@ -171,8 +171,8 @@ fn check_static(binary: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether `cargo xtask test ARGS` runs the agent's tests (which run the image): no `--test`
-/// filter, or `--test agent`.
+/// Whether `cargo xtask test ARGS` runs the test of the image (vxprobe/tests/image.rs): no
+/// `--test` filter, or `--test image`.
 pub fn tests_need_image(args: &[String]) -> bool {
     let mut tests = Vec::new();
     let mut it = args.iter();
@@ -186,7 +186,7 @@ pub fn tests_need_image(args: &[String]) -> bool {
             tests.push(name.to_owned());
         }
     }
-    tests.is_empty() || tests.iter().any(|t| t == "agent")
+    tests.is_empty() || tests.iter().any(|t| t == "image")
 }
 
 #[cfg(test)]
@@ -194,15 +194,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_runs_with_the_agent_tests_build_the_image() {
+    fn only_runs_with_the_image_test_build_the_image() {
         let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(tests_need_image(&args(&[])));
-        assert!(tests_need_image(&args(&["--test", "agent"])));
-        assert!(tests_need_image(&args(&["--test", "hops", "--test=agent"])));
+        assert!(tests_need_image(&args(&["--test", "image"])));
+        assert!(tests_need_image(&args(&["--test", "hops", "--test=image"])));
         assert!(tests_need_image(&args(&["--", "--ignored"])));
         assert!(!tests_need_image(&args(&["--test", "hops"])));
+        assert!(!tests_need_image(&args(&["--test", "agent"])));
         assert!(!tests_need_image(&args(&[
-            "--test", "usage", "--", "--test", "agent"
+            "--test", "usage", "--", "--test", "image"
         ])));
     }
 }

@@ -198,7 +198,8 @@ fn main() -> anyhow::Result<()> {
         Task::Test { args } => {
             // Kernel state (devices, hooks, tracefs) is shared: one test at a time. The default
             // members leave out vxprobe-ebpf, which only builds for the bpf target.
-            // The agent's tests run Prometheus, promtool, kubernetes-validate and the image.
+            // The agent's tests run Prometheus, promtool, kubernetes-validate; tests/image.rs
+            // runs the image.
             image::ensure_agent_tools()?;
             if setup::is_root() && image::tests_need_image(&args) {
                 image::build(&env, workspace_root()?)?;
