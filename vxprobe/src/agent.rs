@@ -244,15 +244,25 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
 /// (30 s at least) is stuck, and a restart is the cure.
 async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
     let health = &state.health;
-    if !health.ready.load(Ordering::Relaxed) {
+    liveness(
+        health.ready.load(Ordering::Relaxed),
+        health
+            .last_close
+            .load(Ordering::Relaxed)
+            .max(health.ready_at.load(Ordering::Relaxed)),
+        unix_ms(SystemTime::now()),
+        health.stall_after,
+    )
+}
+
+/// `/healthz`'s answer: `since` is when the pipeline last showed life (Unix milliseconds: an
+/// interval closed, or it became ready).
+fn liveness(ready: bool, since: u64, now: u64, stall_after: Duration) -> (StatusCode, String) {
+    if !ready {
         return (StatusCode::OK, "ok: not attached yet\n".into());
     }
-    let since = health
-        .last_close
-        .load(Ordering::Relaxed)
-        .max(health.ready_at.load(Ordering::Relaxed));
-    let idle = Duration::from_millis(unix_ms(SystemTime::now()).saturating_sub(since));
-    if idle > health.stall_after {
+    let idle = Duration::from_millis(now.saturating_sub(since));
+    if idle > stall_after {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("stalled: no interval closed for {} s\n", idle.as_secs()),
@@ -294,6 +304,20 @@ mod tests {
         ] {
             assert!(parse_listen(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn liveness_fails_only_when_intervals_stop() {
+        let stall = Duration::from_secs(30);
+        assert_eq!(
+            liveness(false, 0, 10_000_000, stall).0,
+            StatusCode::OK,
+            "attaching"
+        );
+        assert_eq!(liveness(true, 1_000, 20_000, stall).0, StatusCode::OK);
+        let (status, body) = liveness(true, 1_000, 32_000, stall);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("31 s"), "{body}");
     }
 
     #[test]

@@ -237,7 +237,8 @@ fn vanished_devices_lose_their_series() {
                 .ok_or(format!("{} series", series_of(&m)))
         },
     );
-    let (code, stderr, _) = agent.stop();
+    // Ctrl-C ends it as SIGTERM does.
+    let (code, stderr, _) = agent.stop_with(libc::SIGINT);
     assert_eq!(code, Some(0), "{stderr}");
 }
 

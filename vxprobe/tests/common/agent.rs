@@ -138,10 +138,14 @@ impl Agent {
     }
 
     /// SIGTERM; returns the exit status, what it wrote on stderr and how long it took.
-    pub fn stop(mut self) -> (Option<i32>, String, Duration) {
+    pub fn stop(self) -> (Option<i32>, String, Duration) {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    pub fn stop_with(mut self, signal: i32) -> (Option<i32>, String, Duration) {
         let t0 = Instant::now();
         // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        unsafe { libc::kill(self.pid(), signal) };
         let status = self.child.wait().unwrap();
         let elapsed = t0.elapsed();
         let stderr = self.stderr.take().unwrap().join().unwrap();
