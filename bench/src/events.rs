@@ -138,8 +138,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Events> {
             generated.elapsed = generated.elapsed.max(g.elapsed);
         }
         let cpu = pct(rec.cpu_time()? - cpu0, t0.elapsed());
-        // Let the pipeline catch up with what is still in the ring (it drains at exit too).
-        std::thread::sleep(Duration::from_millis(500));
+        // Stopping drains what is still in the ring before the last line.
         let done = rec.stop()?;
         let lines = &done.lines;
         let (delivered, lost) = (lines.marked, lines.lost);

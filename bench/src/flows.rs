@@ -95,7 +95,13 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Flows> {
             {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            std::thread::sleep(Duration::from_millis(1500));
+            // Two intervals closed since every flow sent (six hop lines each): the window
+            // starts with the flows in the kernel's tables and in the recorder's record.
+            let hops_warm = rec.marked();
+            let wait = Instant::now();
+            while rec.marked() < hops_warm + 12 && wait.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let (sent0, recv0) = (flows.count.load(relaxed()), sink.count.load(relaxed()));
             let (cpu0, t0, hops0) = (rec.cpu_time()?, Instant::now(), rec.marked());
             std::thread::sleep(Duration::from_secs_f64(window));

@@ -148,7 +148,8 @@ pub struct DemoArgs {
     /// With --record: also write the evidence packets here (pcapng).
     #[arg(long, value_name = "PATH", requires = "record")]
     pub pcap: Option<PathBuf>,
-    /// How long each fault lasts.
+    /// How long each fault lasts at least; a phase whose fault has not shown yet (a slow
+    /// machine) goes on until it has, up to ten times this (at least a minute).
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
     pub phase: Duration,
     /// With --record: stop after this long (default: every phase once).

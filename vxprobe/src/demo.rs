@@ -6,7 +6,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -15,14 +15,16 @@ use anyhow::Context as _;
 use tokio::sync::mpsc::Sender;
 
 use crate::{
+    anomaly::{Anomaly, AnomalyKind},
     caps,
     cli::{DemoArgs, Selection, TcAttach},
     lab::{
-        Lab, LabOptions, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV, faults,
-        scenario::{Phase, Traffic},
+        Lab, LabOptions, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV, faults,
+        scenario::{Evidence, Phase, Sign, Traffic},
     },
+    pipeline::Sink,
     record::{Outputs, stop_signal},
-    session::{Session, SessionConfig},
+    session::{IntervalReport, Session, SessionConfig},
     top,
 };
 
@@ -68,12 +70,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let (notes_tx, notes_rx) = tokio::sync::mpsc::channel(16);
     let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Seen::default());
+    let mut watch = Watch {
+        seen: Arc::clone(&seen),
+        node_netns: session.meta().netns,
+    };
     let (phases_done_tx, phases_done) = tokio::sync::oneshot::channel::<()>();
     let injector = {
-        let (lab, stop, phase) = (Arc::clone(&lab), Arc::clone(&stop), args.phase);
+        let (lab, stop, seen) = (Arc::clone(&lab), Arc::clone(&stop), Arc::clone(&seen));
+        let timing = Timing::new(args.phase);
         let cycle = args.record.is_none();
         std::thread::spawn(move || {
-            let injected = inject(&lab, phase, cycle, &stop, &notes_tx);
+            let injected = inject(&lab, timing, cycle, &stop, &seen, &notes_tx);
             let _ = phases_done_tx.send(());
             injected
         })
@@ -95,11 +103,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 }
             };
             outputs
-                .write(&mut session, interval, Some(notes_rx), until)
+                .write(
+                    &mut session,
+                    interval,
+                    Some(notes_rx),
+                    Some(&mut watch),
+                    until,
+                )
                 .await
                 .map(drop)
         }
-        None => top::show(&mut session, interval, Some(notes_rx)).await,
+        None => top::show(&mut session, interval, Some(notes_rx), Some(&mut watch)).await,
     };
     stop.store(true, Ordering::Relaxed);
     let injected = injector
@@ -117,20 +131,117 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 /// The note after the last phase of a recorded demo.
 pub const SCENARIO_OVER: &str = "end: every fault removed";
 
+/// How long phases last: at least `phase`, and beyond it (up to `most`) until the phase's
+/// fault has shown in the pipeline, so a slow machine still shows (and records) every fault.
+#[derive(Copy, Clone, Debug)]
+struct Timing {
+    phase: Duration,
+    most: Duration,
+}
+
+impl Timing {
+    fn new(phase: Duration) -> Self {
+        Self {
+            phase,
+            most: (phase * 10).max(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// What the pipeline has shown so far: anomalies by sign, intervals closed. Written by
+/// [`Watch`] on the pipeline's task, read by the injector's thread.
+#[derive(Default)]
+struct Seen {
+    signs: [AtomicU64; 4],
+    intervals: AtomicU64,
+}
+
+impl Seen {
+    fn slot(sign: Sign) -> usize {
+        match sign {
+            Sign::CsumError => 0,
+            Sign::SizeAtPodVeth => 1,
+            Sign::RefusedSend => 2,
+            Sign::NetfilterDrop => 3,
+        }
+    }
+
+    fn count(&self, evidence: Evidence) -> u64 {
+        match evidence {
+            Evidence::Intervals(_) => self.intervals.load(Ordering::Relaxed),
+            Evidence::Anomaly(sign) => self.signs[Self::slot(sign)].load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether `evidence` showed since the count was `before`.
+    fn shown(&self, evidence: Evidence, before: u64) -> bool {
+        let new = self.count(evidence) - before;
+        match evidence {
+            Evidence::Intervals(n) => new >= u64::from(n),
+            Evidence::Anomaly(_) => new > 0,
+        }
+    }
+}
+
+/// The sink that tells the injector what has shown.
+struct Watch {
+    seen: Arc<Seen>,
+    /// Node 1's namespace, where the TC hops are.
+    node_netns: u64,
+}
+
+impl Watch {
+    fn sign(&self, a: &Anomaly) -> Option<Sign> {
+        let at = |dev: &str| a.ifname.as_deref() == Some(dev);
+        match a.kind {
+            AnomalyKind::CsumError => Some(Sign::CsumError),
+            AnomalyKind::Drop if a.reason.as_deref() == Some("NETFILTER_DROP") => {
+                Some(Sign::NetfilterDrop)
+            }
+            AnomalyKind::Oversize if a.errno.is_some() && at(TAP_DEV) => Some(Sign::RefusedSend),
+            AnomalyKind::Oversize | AnomalyKind::Fragment
+                if at(POD_HOST_DEV) && a.netns == self.node_netns =>
+            {
+                Some(Sign::SizeAtPodVeth)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Sink for Watch {
+    fn anomaly(&mut self, anomaly: &Anomaly) -> anyhow::Result<()> {
+        if let Some(sign) = self.sign(anomaly) {
+            self.seen.signs[Seen::slot(sign)].fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn interval(&mut self, _report: &IntervalReport) -> anyhow::Result<()> {
+        self.seen.intervals.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 /// Runs the phases (once, or over and over for the interactive demo) until `stop`.
 fn inject(
     lab: &Lab,
-    phase_length: Duration,
+    timing: Timing,
     cycle: bool,
     stop: &AtomicBool,
+    seen: &Seen,
     notes: &Sender<String>,
 ) -> std::io::Result<()> {
     loop {
         for phase in Phase::ALL {
             let _ = notes.blocking_send(phase.label().to_owned());
+            let evidence = phase.evidence();
+            let before = seen.count(evidence);
             phase.start(lab)?;
             let started = Instant::now();
-            while started.elapsed() < phase_length {
+            while started.elapsed() < timing.phase
+                || (!seen.shown(evidence, before) && started.elapsed() < timing.most)
+            {
                 if stop.load(Ordering::Relaxed) {
                     return phase.stop(lab);
                 }
@@ -146,7 +257,6 @@ fn inject(
         }
     }
 }
-
 fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) {
     let step = Duration::from_millis(100);
     let end = Instant::now() + total;

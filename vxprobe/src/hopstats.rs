@@ -462,15 +462,6 @@ impl Record {
             self.top.shrink_to_fit();
         }
     }
-
-    fn remove(&mut self, hash: u64) {
-        if let Some(at) = self.find(hash) {
-            self.hashes.remove(at);
-            self.seen.remove(at);
-            self.top.clear();
-            self.top.extend(self.hashes.iter().step_by(BLOCK).copied());
-        }
-    }
 }
 
 /// The per-flow counters: the kernel's flow cache and flow map, and a compact record of what
@@ -614,24 +605,13 @@ impl FlowStats {
         self.record.len() == 0
     }
 
-    /// Deletes a vanished device's entries from the kernel map, with what was last seen of
-    /// them, and those that reach the map later (from cache slots) until the device's ifindex
-    /// is observed again ([`FlowStats::remember_device`]). Rare (a device went away), so it
-    /// walks the kernel's keys rather than keeping every key in memory.
+    /// Forgets a vanished device: its entries are deleted from the kernel map as the next
+    /// read finds them (it reads every entry anyway), and so are those that reach the map
+    /// later (from cache slots), until the device's ifindex is observed again
+    /// ([`FlowStats::remember_device`]). Walking the map's keys here instead took one system
+    /// call per entry on the event loop: at 65,536 entries, longer than an interval.
     pub fn forget_device(&mut self, ifindex: u32) {
         self.forgotten.insert(ifindex);
-        let keys: Vec<FlowKey> = self
-            .map
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.ifindex == ifindex)
-            .collect();
-        for key in keys {
-            self.record.remove(key_hash(&key));
-            if self.map.remove(&key).is_ok() {
-                self.deleted += 1;
-            }
-        }
     }
 
     /// A device is observed at `ifindex` (again): its flows count from now on.
@@ -824,8 +804,6 @@ mod tests {
         assert_eq!(record.find(3), None);
         assert_eq!(record.find(6), Some(2));
         assert_eq!(record.find(5000), Some(501));
-        record.remove(6);
-        assert_eq!((record.find(6), record.find(12)), (None, Some(2)));
     }
 
     #[test]

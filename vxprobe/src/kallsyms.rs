@@ -1,16 +1,21 @@
 //! Kernel addresses to symbol names, from /proc/kallsyms (the `location` of a drop).
 //!
-//! The table is read when the first address is looked up, not at start: it is 120,000-odd
-//! symbols here, tens of milliseconds to read, and only drop events need it. Names live in one
-//! string, entries are (address, where the name is): about 5 MiB instead of 9.
+//! The table is 120,000-odd symbols here. The kernel writes /proc/kallsyms slowly: reading it
+//! takes 50 ms on an idle machine and over half a second on a busy one, so it is read on a
+//! thread of its own from the start of a session ([`Kallsyms::load`]), never on the event
+//! loop, where it once held an interval 900 ms past its end. Names live in one string,
+//! entries are (address, where the name is): about 5 MiB instead of 9.
 
 use std::{
-    cell::OnceCell,
+    cell::{OnceCell, RefCell},
     io::{BufRead as _, BufReader},
+    thread::JoinHandle,
 };
 
 pub struct Kallsyms {
     table: OnceCell<Table>,
+    /// The thread reading /proc/kallsyms, until its table is taken.
+    reading: RefCell<Option<JoinHandle<Table>>>,
 }
 
 #[derive(Default)]
@@ -49,11 +54,17 @@ impl Table {
 }
 
 impl Kallsyms {
-    /// Reads /proc/kallsyms on first use; with kptr_restrict hiding addresses it is empty and
-    /// every lookup falls back to the raw address.
+    /// Starts reading /proc/kallsyms on a thread of its own; the first lookup takes its table
+    /// (waiting only if it comes within the read's first moments). With kptr_restrict hiding
+    /// addresses the table is empty and every lookup falls back to the raw address.
     pub fn load() -> Self {
+        let reading = std::thread::Builder::new()
+            .name("kallsyms".into())
+            .spawn(Self::read)
+            .ok();
         Self {
             table: OnceCell::new(),
+            reading: RefCell::new(reading),
         }
     }
 
@@ -64,7 +75,18 @@ impl Kallsyms {
         }
         Self {
             table: OnceCell::from(table.finish()),
+            reading: RefCell::new(None),
         }
+    }
+
+    fn table(&self) -> &Table {
+        self.table.get_or_init(|| {
+            match self.reading.borrow_mut().take().map(JoinHandle::join) {
+                Some(Ok(table)) => table,
+                // No thread could be started, or it panicked: read it here.
+                _ => Self::read(),
+            }
+        })
     }
 
     fn read() -> Table {
@@ -83,7 +105,7 @@ impl Kallsyms {
 
     /// The function containing `addr`; the raw address when no symbol covers it.
     pub fn name(&self, addr: u64) -> String {
-        let table = self.table.get_or_init(Self::read);
+        let table = self.table();
         let idx = table.symbols.partition_point(|&(a, _, _)| a <= addr);
         match idx.checked_sub(1).and_then(|i| table.symbols.get(i)) {
             Some(&(_, start, len)) => {
@@ -111,7 +133,7 @@ mod tests {
 
     #[test]
     fn the_running_kernel_has_symbols_or_none() {
-        // Lazily read: either real names or, under kptr_restrict, raw addresses.
+        // Read on its own thread: either real names or, under kptr_restrict, raw addresses.
         let syms = Kallsyms::load();
         let name = syms.name(u64::MAX);
         assert!(!name.is_empty());

@@ -39,7 +39,7 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         Session::start(&SessionConfig::from_cli(&args.selection, &args.probe)).await?;
     session::signal_ready(args.ready_file.as_ref())?;
     outputs
-        .write(&mut session, args.stats_interval, None, stop)
+        .write(&mut session, args.stats_interval, None, None, stop)
         .await?;
     session.stop();
     Ok(())
@@ -68,12 +68,14 @@ impl Outputs {
         })
     }
 
-    /// Runs the pipeline into these outputs until `stop`.
+    /// Runs the pipeline into these outputs (and `also`, the demo's watch on its faults)
+    /// until `stop`.
     pub async fn write(
         mut self,
         session: &mut Session,
         stats_interval: Duration,
         notes: Option<Receiver<String>>,
+        also: Option<&mut dyn Sink>,
         stop: impl Future<Output = ()>,
     ) -> anyhow::Result<Summary> {
         let numbered = self.evidence.is_some();
@@ -83,6 +85,9 @@ impl Outputs {
             sinks.push(evidence);
         }
         sinks.push(&mut self.json);
+        if let Some(also) = also {
+            sinks.push(also);
+        }
         pipeline::run(session, &mut sinks, stats_interval, numbered, notes, stop).await
     }
 }

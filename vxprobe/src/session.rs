@@ -210,6 +210,8 @@ pub struct Session {
 
 impl Session {
     pub async fn start(config: &SessionConfig) -> anyhow::Result<Self> {
+        // Read while everything else starts: the kernel writes its symbol table slowly.
+        let kallsyms = Kallsyms::load();
         let devices = devices::list_devices()
             .await
             .context("listing network devices over rtnetlink")?;
@@ -311,7 +313,7 @@ impl Session {
         };
         let enricher = Enricher {
             reasons,
-            kallsyms: Kallsyms::load(),
+            kallsyms,
             netns,
             hops: hops
                 .iter()
@@ -471,6 +473,9 @@ impl Session {
         interval: std::time::Duration,
         mut out: impl FnMut(IntervalPart<'_>) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
+        // The interval ends now: every counter is read after this instant, so whatever was
+        // counted before a line's `ts` is in that line or an earlier one.
+        let ts = SystemTime::now();
         let ending = self.epoch.current();
         let slots = &self.probes.hop_slots;
         let devices = self
@@ -498,7 +503,7 @@ impl Session {
             }
         }
         out(IntervalPart::Report(&IntervalReport {
-            ts: SystemTime::now(),
+            ts,
             interval,
             hops,
             lost: self.lost.since_last()?,

@@ -17,16 +17,18 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     // Attach (and report problems) before the terminal switches to the UI.
     let mut session =
         Session::start(&SessionConfig::from_cli(&args.selection, &args.probe)).await?;
-    let result = show(&mut session, args.interval, None).await;
+    let result = show(&mut session, args.interval, None, None).await;
     session.stop();
     result
 }
 
-/// Runs the UI over `session` until the user quits; `notes` go to its status line.
+/// Runs the UI over `session` until the user quits; `notes` go to its status line, and what
+/// the pipeline hands the UI also to `also` (the demo's watch on its faults).
 pub async fn show(
     session: &mut Session,
     interval: Duration,
     notes: Option<Receiver<String>>,
+    also: Option<&mut dyn Sink>,
 ) -> anyhow::Result<()> {
     let offloads: HashMap<u32, Offload> = match features::dump_netlink().await {
         Ok(by_index) => by_index
@@ -46,7 +48,10 @@ pub async fn show(
     let stop = async {
         let _ = quit_rx.await;
     };
-    let mut sinks: [&mut dyn Sink; 1] = [&mut feed];
+    let mut sinks: Vec<&mut dyn Sink> = vec![&mut feed];
+    if let Some(also) = also {
+        sinks.push(also);
+    }
     let piped = pipeline::run(session, &mut sinks, interval, false, notes, stop).await;
     drop(feed);
     ui.await??;

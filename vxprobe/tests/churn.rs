@@ -4,117 +4,14 @@
 mod common;
 
 use std::{
-    io::{BufRead as _, BufReader},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{VXPROBE, is_root};
+use common::{Recorder, is_root};
 use serde_json::Value;
 use vxprobe::lab::{Lab, LabOptions, VXLAN_DEV, extra_veth_peer_ip};
 use vxprobe_common::names;
-
-/// A `vxprobe record` whose JSON lines can be read while it runs.
-struct LiveRecorder {
-    child: Child,
-    lines: Arc<Mutex<Vec<Value>>>,
-    stderr: Option<std::thread::JoinHandle<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl LiveRecorder {
-    fn start(netns: &str, args: &[&str]) -> Self {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", netns, VXPROBE, "record"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning vxprobe record");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().unwrap();
-        let sink = Arc::clone(&lines);
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let value: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-                sink.lock().unwrap().push(value);
-            }
-        });
-        let mut stderr = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
-            text
-        });
-        let recorder = Self {
-            child,
-            lines,
-            stderr: Some(stderr),
-            reader: Some(reader),
-        };
-        recorder.wait_for("the meta line", Duration::from_secs(20), |l| {
-            l["kind"] == "meta"
-        });
-        recorder
-    }
-
-    fn lines(&self) -> Vec<Value> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    /// Waits until a line matches; returns it.
-    /// Waits until the lines so far satisfy `done`; `limit` as in [`Self::wait_for`].
-    fn wait_until(&self, what: &str, limit: Duration, done: impl Fn(&[Value]) -> bool) {
-        let limit = limit * common::time_scale();
-        let deadline = Instant::now() + limit;
-        while !done(&self.lines()) {
-            assert!(Instant::now() < deadline, "no {what} within {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// `limit` is what a real machine takes; it is scaled for emulated ones.
-    fn wait_for(&self, what: &str, limit: Duration, matches: impl Fn(&Value) -> bool) -> Value {
-        let limit = limit * common::time_scale();
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(found) = self.lines().into_iter().find(|l| matches(l)) {
-                return found;
-            }
-            assert!(Instant::now() < deadline, "no {what} within {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            let stderr = self.stderr.take().unwrap().join().unwrap();
-            panic!("vxprobe exited ({status}): {stderr}");
-        }
-    }
-
-    /// SIGTERM; insists on exit status 0; returns every line and stderr.
-    fn stop(mut self) -> (Vec<Value>, String) {
-        self.assert_running();
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        self.reader.take().unwrap().join().unwrap();
-        let stderr = self.stderr.take().unwrap().join().unwrap();
-        assert_eq!(status.code(), Some(0), "vxprobe: {stderr}");
-        (self.lines(), stderr)
-    }
-}
-
-impl Drop for LiveRecorder {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Continuous pings in the background, killed on drop.
 struct Pinger(Child);
@@ -155,7 +52,7 @@ fn a_recreated_vxlan_device_is_observed_within_two_seconds() {
     let lab = Lab::build(&LabOptions::default()).expect("building the lab");
     let [n1, n2] = &lab.nodes;
     // The default selection: vxlan.calico, its underlay eth0, tap0.
-    let mut rec = LiveRecorder::start(&n1.netns, &["--stats-interval", "200ms"]);
+    let mut rec = Recorder::start(&n1.netns, &["--stats-interval", "200ms"]);
     let _ping = Pinger::start(&n1.pod.netns, &n2.pod.ip.to_string());
     let old = ifindex_of(&n1.netns, VXLAN_DEV);
     rec.wait_for("traffic on vxlan.calico", Duration::from_secs(5), |l| {
@@ -163,10 +60,11 @@ fn a_recreated_vxlan_device_is_observed_within_two_seconds() {
     });
 
     lab.delete_vxlan(0).unwrap();
-    rec.wait_for("the removal", Duration::from_secs(2), |l| {
+    let removed = rec.wait_for("the removal", Duration::from_secs(2), |l| {
         l["kind"] == "device" && l["event"] == "removed" && l["ifindex"] == old
     });
-    std::thread::sleep(Duration::from_millis(700));
+    // The recording goes on past the device's last interval.
+    rec.wait_intervals_after(removed["ts"].as_str().unwrap(), 2);
     rec.assert_running();
 
     lab.recreate_vxlan(0).unwrap();
@@ -186,9 +84,8 @@ fn a_recreated_vxlan_device_is_observed_within_two_seconds() {
         latency < Duration::from_secs(2) * common::time_scale(),
         "{latency:?}"
     );
-    std::thread::sleep(Duration::from_millis(500));
 
-    let (lines, stderr) = rec.stop();
+    let (lines, stderr) = rec.stop_with_stderr();
     // The old hop's lines stop after its last (partial) interval: at most one line per
     // direction follows the removal.
     let removed_at = lines
@@ -214,7 +111,7 @@ fn new_pod_veths_matching_the_glob_are_observed_and_vanished_ones_let_go() {
     }
     let lab = Lab::build(&LabOptions::default()).expect("building the lab");
     let n1 = &lab.nodes[0];
-    let rec = LiveRecorder::start(&n1.netns, &["--stats-interval", "200ms", "-i", "cali*"]);
+    let mut rec = Recorder::start(&n1.netns, &["--stats-interval", "200ms", "-i", "cali*"]);
     for (round, net) in [(0, 30u8), (1, 31)] {
         let name = format!("cali7{round}");
         let created = Instant::now();
@@ -248,7 +145,7 @@ fn new_pod_veths_matching_the_glob_are_observed_and_vanished_ones_let_go() {
             l["kind"] == "device" && l["event"] == "removed" && l["ifindex"] == ifindex
         });
     }
-    let (lines, _) = rec.stop();
+    let lines = rec.stop();
     // cali0 was there all along.
     assert!(
         lines
@@ -310,8 +207,8 @@ fn a_vanished_devices_flows_leaving_the_flow_cache_are_deleted_from_the_map() {
         "--flow-cache",
         "1",
     ];
-    let rec = LiveRecorder::start(&n1.netns, &args);
-    let pid = rec.child.id();
+    let mut rec = Recorder::start(&n1.netns, &args);
+    let pid = rec.pid() as u32;
     lab.add_veth(0, "cali70", "vxp70", 30).unwrap();
     let ifindex = ifindex_of(&n1.netns, "cali70");
     rec.wait_for("the new veth", Duration::from_secs(1), |l| {
@@ -327,11 +224,12 @@ fn a_vanished_devices_flows_leaving_the_flow_cache_are_deleted_from_the_map() {
     );
 
     common::must(&n1.netns, "ip", &["link", "del", "cali70"]);
-    rec.wait_for("the removal", Duration::from_secs(1), |l| {
+    let removed = rec.wait_for("the removal", Duration::from_secs(1), |l| {
         l["kind"] == "device" && l["event"] == "removed" && l["ifindex"] == ifindex
     });
-    // Past the device's last interval, when its map entries are deleted.
-    std::thread::sleep(Duration::from_millis(600) * common::time_scale());
+    // Past the device's last interval (the first to end after the removal), when its map
+    // entries were deleted.
+    rec.wait_intervals_after(removed["ts"].as_str().unwrap(), 2);
     let (cache, _) = flow_ifindexes(pid);
     assert!(
         cache.contains(&gone),
@@ -358,11 +256,11 @@ fn a_vanished_devices_flows_leaving_the_flow_cache_are_deleted_from_the_map() {
         "pod flows took every slot: {cache:?}"
     );
     // The next read finds them in the map and deletes them.
-    std::thread::sleep(Duration::from_millis(600) * common::time_scale());
+    rec.wait_intervals_after(&common::ts_now(), 2);
     let (_, map) = flow_ifindexes(pid);
     assert!(!map.contains(&gone), "{gone} left in the flow map: {map:?}");
     assert!(!map.is_empty(), "the pod's flows are in the map");
-    let (lines, _) = rec.stop();
+    let lines = rec.stop();
     let late: Vec<&Value> = lines[reported..]
         .iter()
         .filter(|l| l["ifindex"] == ifindex)

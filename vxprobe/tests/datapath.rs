@@ -68,8 +68,8 @@ fn udp_datagrams_of_3000_bytes_are_fragments_at_every_hop() {
     }
     let lab = Lab::build(&LabOptions::default()).expect("building the lab");
     let [n1, n2] = &lab.nodes;
-    let rec1 = Recorder::start(&n1.netns, ALL_HOPS);
-    let rec2 = Recorder::start(&n2.netns, ALL_HOPS);
+    let mut rec1 = Recorder::start(&n1.netns, ALL_HOPS);
+    let mut rec2 = Recorder::start(&n2.netns, ALL_HOPS);
     const N: u64 = 12;
     faults::udp_datagrams(
         &n1.pod.netns,
@@ -80,10 +80,12 @@ fn udp_datagrams_of_3000_bytes_are_fragments_at_every_hop() {
         faults::Df::Clear,
     )
     .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-
     // 3008 bytes of UDP in 1450-byte packets: 1424 + 1424 + 160 bytes of payload.
     let expected = 3 * N;
+    // Each node's last hop has counted every fragment (more would fail the checks below).
+    rec1.wait_hop(UNDERLAY_DEV, "egress", "fragments", expected);
+    rec2.wait_hop(POD_HOST_DEV, "egress", "fragments", expected);
+
     let ours = |l: &Value| l["flow"]["dport"] == 7777 && l["flow"]["sport"] == 40001;
     for (node, rec, hops) in [
         ("node1", rec1, SENDER_PATH),
@@ -150,7 +152,7 @@ fn flows_that_share_one_cache_slot_are_counted_exactly() {
     let [n1, n2] = &lab.nodes;
     let mut args = ALL_HOPS.to_vec();
     args.extend(["--flow-cache", "1"]);
-    let rec = Recorder::start(&n1.netns, &args);
+    let mut rec = Recorder::start(&n1.netns, &args);
     const N: u64 = 40;
     let ports = [41001u16, 41002, 41003, 41004];
     let dst = n2.pod.ip;
@@ -169,7 +171,14 @@ fn flows_that_share_one_cache_slot_are_counted_exactly() {
         Ok(())
     })
     .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    for port in ports {
+        rec.wait_total(&format!("port {port}"), "packets", N, |l| {
+            l["kind"] == "flow"
+                && l["ifname"] == UNDERLAY_DEV
+                && l["flow"]["sport"] == port
+                && l["flow"]["dport"] == 9
+        });
+    }
     let lines = rec.stop();
     for port in ports {
         let packets = totals(&lines, "flow", Some("packets"), |l| {
@@ -190,7 +199,7 @@ fn an_overlay_mtu_above_the_underlay_fragments_outer_packets_of_the_inner_flow()
     };
     let lab = Lab::build(&options).expect("building the lab");
     let [n1, n2] = &lab.nodes;
-    let rec = Recorder::start(&n1.netns, ALL_HOPS);
+    let mut rec = Recorder::start(&n1.netns, ALL_HOPS);
     const N: u64 = 10;
     // 1472 bytes of UDP: a full 1500-byte inner packet, 1550 once encapsulated.
     faults::udp_datagrams(
@@ -202,7 +211,7 @@ fn an_overlay_mtu_above_the_underlay_fragments_outer_packets_of_the_inner_flow()
         faults::Df::Clear,
     )
     .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    rec.wait_hop(UNDERLAY_DEV, "egress", "fragments", 2 * N);
     let lines = rec.stop();
     let ours = |l: &Value| l["flow"]["dport"] == 7778;
     let events = totals(&lines, "fragment", None, ours);
@@ -228,7 +237,7 @@ fn ipv6_pod_traffic_crosses_the_overlay_counted_and_attributed() {
     };
     let lab = Lab::build(&options).expect("building the lab");
     let [n1, n2] = &lab.nodes;
-    let rec = Recorder::start(&n1.netns, ALL_HOPS);
+    let mut rec = Recorder::start(&n1.netns, ALL_HOPS);
     const N: u64 = 15;
     faults::udp_datagrams(
         &n1.pod.netns,
@@ -239,9 +248,11 @@ fn ipv6_pod_traffic_crosses_the_overlay_counted_and_attributed() {
         faults::Df::Default,
     )
     .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let lines = rec.stop();
     let ours = |l: &Value| l["flow"]["dport"] == 7779 && l["flow"]["src"] == n1.pod.ip6.to_string();
+    rec.wait_total("IPv6 packets on the underlay", "packets", N, |l| {
+        l["kind"] == "flow" && l["ifname"] == UNDERLAY_DEV && ours(l)
+    });
+    let lines = rec.stop();
     let packets = totals(&lines, "flow", Some("packets"), ours);
     assert_along_sender_path(&packets, N, "IPv6 packets");
     let underlay = lines
@@ -270,7 +281,13 @@ fn offloads_off_on_the_vxlan_show_as_mtu_sized_packets_on_the_underlay() {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        faults::wait_tcp_listening(
+            &n2.pod.netns,
+            5201,
+            &mut server,
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
         let rec = Recorder::start(&n1.netns, ALL_HOPS);
         must(
             &n1.pod.netns,

@@ -515,7 +515,13 @@ fn watch_ties_the_offload_finding_to_the_packets_it_saw() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    vxprobe::lab::faults::wait_tcp_listening(
+        &n2.pod.netns,
+        5201,
+        &mut server,
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
     // Bulk TCP for as long as the doctor watches, however long it takes to attach (a debug
     // build under QEMU/TCG takes seconds): stopped once it has reported.
     let mut client = Lab::command(&n1.pod.netns, "iperf3")

@@ -3,9 +3,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
-use common::{Recorder, is_root, must};
+use common::{Recorder, is_root, must, netns_inode};
 use serde_json::Value;
 use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, UNDERLAY_DEV, VXLAN_DEV, faults};
 
@@ -85,10 +85,19 @@ fn bad_udp_checksums_through(extra_args: &[&str], expected_hook: &str) {
     let before = faults::snmp(&n2.pod.netns, "Udp", "InCsumErrors").unwrap();
     let mut args = vec!["--stats-interval", "200ms", "-i", VXLAN_DEV];
     args.extend(extra_args);
-    let rec = Recorder::start(&n2.netns, &args);
+    let mut rec = Recorder::start(&n2.netns, &args);
     const N: u32 = 17;
     faults::bad_udp_checksums(&n1.pod.netns, n2.pod.ip, 5555, N).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let after = common::wait_until(
+        "the receiver's UdpInCsumErrors",
+        Duration::from_secs(10),
+        || faults::snmp(&n2.pod.netns, "Udp", "InCsumErrors").unwrap(),
+        |now| now - before >= u64::from(N),
+    );
+    let pod = netns_inode(&n2.pod.netns);
+    rec.wait_total("csum_error lines", "count", after - before, |l| {
+        l["kind"] == "csum_error" && l["flow"]["dport"] == 5555 && l["netns"] == pod
+    });
     let lines = rec.stop();
     let after = faults::snmp(&n2.pod.netns, "Udp", "InCsumErrors").unwrap();
     assert_eq!(after - before, u64::from(N), "the kernel's own count");
@@ -97,7 +106,7 @@ fn bad_udp_checksums_through(extra_args: &[&str], expected_hook: &str) {
 
     let ours: Vec<_> = of_kind(&lines, "csum_error")
         .into_iter()
-        .filter(|l| l["flow"]["dport"] == 5555)
+        .filter(|l| l["flow"]["dport"] == 5555 && l["netns"] == pod)
         .collect();
     assert_eq!(
         ours.len() as u64,
@@ -140,7 +149,7 @@ fn netfilter_drops_are_charged_to_their_hop_and_match_the_rule_counter() {
     std::fs::write(&file, ruleset).unwrap();
     must(&n1.netns, "nft", &["-f", file.to_str().unwrap()]);
     let _ = std::fs::remove_file(&file);
-    let rec = Recorder::start(
+    let mut rec = Recorder::start(
         &n1.netns,
         &[
             "--stats-interval",
@@ -169,8 +178,6 @@ fn netfilter_drops_are_charged_to_their_hop_and_match_the_rule_counter() {
     )
     .unwrap();
     assert!(out.status.code().is_some(), "ping ran");
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let lines = rec.stop();
     let nft_counter = |name: &str| -> u64 {
         must(&n1.netns, "nft", &["list", "counter", "inet", "vxp", name])
             .split_whitespace()
@@ -181,12 +188,16 @@ fn netfilter_drops_are_charged_to_their_hop_and_match_the_rule_counter() {
             .unwrap()
     };
     let (dropped, seen) = (nft_counter("dropped"), nft_counter("seen"));
+    // Drops are seen kernel-wide: other labs (tests running beside this one) drop too.
+    let node = netns_inode(&n1.netns);
+    let ours =
+        |l: &Value| l["kind"] == "drop" && l["reason"] == "NETFILTER_DROP" && l["netns"] == node;
+    rec.wait_total("NETFILTER_DROP lines", "count", dropped, ours);
+    rec.wait_hop(POD_HOST_DEV, "ingress", "drops", dropped);
+    let lines = rec.stop();
     assert!(dropped > 30, "the rule dropped {dropped}");
 
-    let nf: Vec<_> = of_kind(&lines, "drop")
-        .into_iter()
-        .filter(|l| l["reason"] == "NETFILTER_DROP")
-        .collect();
+    let nf: Vec<_> = lines.iter().filter(|l| ours(l)).collect();
     assert_eq!(
         nf.len() as u64,
         dropped,
@@ -240,21 +251,31 @@ fn bad_tcp_checksums_are_counted_with_or_without_the_drop_hook() {
         let lab = Lab::build(&LabOptions::default()).expect("building the lab");
         let [n1, n2] = &lab.nodes;
         let before = faults::snmp(&n2.pod.netns, "Tcp", "InCsumErrors").unwrap();
-        let rec = Recorder::start_with_env(
+        let mut rec = Recorder::start_with_env(
             &n2.netns,
             &["--stats-interval", "200ms", "-i", VXLAN_DEV],
             &[("VXPROBE_SKIP_SIGNALS", skip)],
         );
         const N: u32 = 7;
         faults::bad_tcp_checksums(&n1.pod.netns, n2.pod.ip, 7901, N).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        let after = common::wait_until(
+            "the receiver's TcpInCsumErrors",
+            Duration::from_secs(10),
+            || faults::snmp(&n2.pod.netns, "Tcp", "InCsumErrors").unwrap(),
+            |now| now - before >= u64::from(N),
+        );
+        let pod = netns_inode(&n2.pod.netns);
+        let tcp_csum = |l: &Value| {
+            l["kind"] == "csum_error"
+                && l["flow"]["dport"] == 7901
+                && l["reason"] == "TCP_CSUM"
+                && l["netns"] == pod
+        };
+        rec.wait_total("TCP_CSUM lines", "count", after - before, tcp_csum);
         let lines = rec.stop();
         let after = faults::snmp(&n2.pod.netns, "Tcp", "InCsumErrors").unwrap();
         assert_eq!(after - before, u64::from(N), "the kernel's own count");
-        let ours: Vec<_> = of_kind(&lines, "csum_error")
-            .into_iter()
-            .filter(|l| l["flow"]["dport"] == 7901 && l["reason"] == "TCP_CSUM")
-            .collect();
+        let ours: Vec<_> = lines.iter().filter(|l| tcp_csum(l)).collect();
         assert_eq!(
             ours.len() as u64,
             after - before,

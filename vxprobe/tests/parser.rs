@@ -380,7 +380,7 @@ fn headers_in_paged_data_are_read_through_the_helper() {
     }
     let lab = Lab::build(&LabOptions::default()).expect("building the lab");
     let node = &lab.nodes[0].netns;
-    let rec = Recorder::start(node, &["--stats-interval", "200ms", "-i", TAP_DEV]);
+    let mut rec = Recorder::start(node, &["--stats-interval", "200ms", "-i", TAP_DEV]);
     let payload = vec![0x5a; payload_len];
     let plain = eth(
         0x0800,
@@ -439,7 +439,16 @@ fn headers_in_paged_data_are_read_through_the_helper() {
         Ok(())
     })
     .expect("writing into the tap");
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Each flow's packets at the tap's ingress (checked exactly below).
+    for (sport, dport) in [(40001, 7001), (40003, 7003), (40004, 7004)] {
+        rec.wait_total(&format!("flow {sport} > {dport}"), "packets", N, |l| {
+            l["kind"] == "flow"
+                && l["ifname"] == TAP_DEV
+                && l["dir"] == "ingress"
+                && l["flow"]["sport"] == sport
+                && l["flow"]["dport"] == dport
+        });
+    }
     let lines = rec.stop();
     let at_tap: Vec<&Value> = lines
         .iter()

@@ -156,7 +156,7 @@ fn a_recording_with_every_kind_matches_the_schema_and_its_pcapng() {
     faults::set_offload(&n1.netns, TAP_DEV, "tso", false).unwrap();
     faults::set_offload(&n1.netns, TAP_DEV, "gso", false).unwrap();
     let pcap = std::env::temp_dir().join(format!("vxprobe-evidence-{}.pcapng", std::process::id()));
-    let rec = Recorder::start(
+    let mut rec = Recorder::start(
         &n1.netns,
         &[
             "--stats-interval",
@@ -175,14 +175,19 @@ fn a_recording_with_every_kind_matches_the_schema_and_its_pcapng() {
             TAP_DEV,
         ],
     );
-    let settle = || std::thread::sleep(Duration::from_millis(400));
+    // Each fault, then its first line (the recorder names it as it comes).
+    let seen = |rec: &mut Recorder, kind: &str| {
+        rec.wait_for(&format!("a {kind} line"), Duration::from_secs(10), |l| {
+            l["kind"] == kind
+        });
+    };
     // drop (the lossy hop) and retransmit (TCP across it)
     let mut server = Lab::command(&n2.pod.netns, "iperf3")
         .args(["-s", "-1", "-p", "5201"])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    settle();
+    faults::wait_tcp_listening(&n2.pod.netns, 5201, &mut server, Duration::from_secs(10)).unwrap();
     let client = Lab::exec(
         &n1.pod.netns,
         "iperf3",
@@ -195,9 +200,10 @@ fn a_recording_with_every_kind_matches_the_schema_and_its_pcapng() {
         String::from_utf8_lossy(&client.stderr)
     );
     let _ = server.wait();
-    settle();
-    faults::bad_udp_checksums(&n1.pod.netns, n2.pod.ip, 5555, 5).unwrap(); // csum_error
-    settle();
+    seen(&mut rec, "drop");
+    seen(&mut rec, "retransmit");
+    faults::bad_udp_checksums(&n1.pod.netns, n2.pod.ip, 5555, 5).unwrap();
+    seen(&mut rec, "csum_error");
     faults::udp_datagrams(
         &n1.pod.netns,
         n2.pod.ip.into(),
@@ -206,16 +212,16 @@ fn a_recording_with_every_kind_matches_the_schema_and_its_pcapng() {
         3,
         faults::Df::Clear,
     )
-    .unwrap(); // fragment
-    settle();
+    .unwrap();
+    seen(&mut rec, "fragment");
     assert_eq!(
         faults::packet_sends(&n1.netns, TAP_DEV, 2000, 4).unwrap(),
         4
-    ); // oversize
-    settle();
+    );
+    seen(&mut rec, "oversize");
     // A flood the 64 KiB ring cannot hold: lost lines.
     faults::packet_sends(&n1.netns, TAP_DEV, 2000, 100_000).unwrap();
-    settle();
+    seen(&mut rec, "lost");
     let lines = rec.stop();
 
     let kinds = check_schema(&lines);
@@ -308,7 +314,7 @@ fn a_flood_is_delivered_or_counted_as_lost() {
     let node = &lab.nodes[0].netns;
     faults::set_offload(node, TAP_DEV, "tso", false).unwrap();
     faults::set_offload(node, TAP_DEV, "gso", false).unwrap();
-    let rec = Recorder::start(
+    let mut rec = Recorder::start(
         node,
         &[
             "--stats-interval",
@@ -322,7 +328,23 @@ fn a_flood_is_delivered_or_counted_as_lost() {
     const N: u32 = 300_000;
     let refused = faults::packet_sends(node, TAP_DEV, 2000, N).unwrap();
     assert_eq!(refused, N);
-    std::thread::sleep(Duration::from_millis(400));
+    let me = std::process::id();
+    // Every refused send is a line or in a `lost` count (checked exactly below).
+    rec.wait_until(
+        "every refused send delivered or lost",
+        Duration::from_secs(30),
+        |lines| {
+            lines
+                .iter()
+                .map(|l| match l["kind"].as_str() {
+                    Some("oversize") if l["process"]["pid"] == me => 1,
+                    Some("lost") if l["event_kind"] == "oversize" => l["count"].as_u64().unwrap(),
+                    _ => 0,
+                })
+                .sum::<u64>()
+                >= u64::from(N)
+        },
+    );
     let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", rec.pid()))
         .unwrap()
         .lines()
@@ -332,7 +354,6 @@ fn a_flood_is_delivered_or_counted_as_lost() {
         })
         .unwrap();
     let lines = rec.stop();
-    let me = std::process::id();
     let delivered = lines
         .iter()
         .filter(|l| l["kind"] == "oversize" && l["errno"] == 90 && l["process"]["pid"] == me)

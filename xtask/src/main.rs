@@ -197,14 +197,15 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test { args } => {
             // Kernel state (devices, hooks, tracefs) is shared: one test at a time. The default
-            // members leave out vxprobe-ebpf, which only builds for the bpf target.
+            // members leave out vxprobe-ebpf, which only builds for the bpf target. Every test
+            // binary runs, whatever failed before it; cargo names the failed ones at the end.
             // The agent's tests run Prometheus, promtool, kubernetes-validate; tests/image.rs
             // runs the image.
             image::ensure_agent_tools()?;
             if setup::is_root() && image::tests_need_image(&args) {
                 image::build(&env, workspace_root()?)?;
             }
-            let mut cmd = vec!["test"];
+            let mut cmd = vec!["test", "--no-fail-fast"];
             cmd.extend(args.iter().map(String::as_str));
             cmd.extend(["--", "--test-threads=1"]);
             cargo(&env, &cmd)

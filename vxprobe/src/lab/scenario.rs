@@ -101,6 +101,20 @@ impl Phase {
         }
     }
 
+    /// What shows that the phase's fault was seen: the demo holds a phase (up to a bound)
+    /// until it has, so a slow machine still records every fault.
+    pub fn evidence(self) -> Evidence {
+        match self {
+            // The baseline's and the offload's signatures are in the hop lines: a whole
+            // interval after the change, and one more.
+            Phase::Baseline | Phase::OffloadOff => Evidence::Intervals(3),
+            Phase::BadChecksums => Evidence::Anomaly(Sign::CsumError),
+            Phase::MtuMismatch => Evidence::Anomaly(Sign::SizeAtPodVeth),
+            Phase::TapOversize => Evidence::Anomaly(Sign::RefusedSend),
+            Phase::RandomLoss => Evidence::Anomaly(Sign::NetfilterDrop),
+        }
+    }
+
     pub fn stop(self, lab: &Lab) -> io::Result<()> {
         let [n1, _] = &lab.nodes;
         match self {
@@ -116,6 +130,28 @@ impl Phase {
             Phase::OffloadOff => faults::set_offload(&n1.netns, VXLAN_DEV, "tx", true),
         }
     }
+}
+
+/// What a phase waits for before it may end.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Evidence {
+    /// This many intervals closed since the phase began.
+    Intervals(u32),
+    /// An anomaly of this sign since the phase began.
+    Anomaly(Sign),
+}
+
+/// The anomalies that show the demo's faults.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Sign {
+    /// A checksum failure (the bad UDP checksums).
+    CsumError,
+    /// An oversized packet or a fragment at the pod's veth (the MTU mismatch).
+    SizeAtPodVeth,
+    /// A send refused with EMSGSIZE (the tap).
+    RefusedSend,
+    /// A netfilter drop (the random loss).
+    NetfilterDrop,
 }
 
 /// TCP bulk from pod 1 to pod 2 (iperf3), for as long as the value lives; the lab's cleanup

@@ -6,8 +6,10 @@ pub mod agent;
 
 use std::{
     collections::BTreeMap,
+    io::{BufRead as _, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -25,11 +27,14 @@ pub fn is_root() -> bool {
     euid == 0
 }
 
-/// A `vxprobe record` running inside a namespace, stopped with SIGTERM.
+/// A `vxprobe record` running inside a namespace, stopped with SIGTERM. Its JSON lines are
+/// read as they come, so a test waits for the line, event or count it needs (`wait_*`) with a
+/// deadline instead of sleeping a fixed time.
 pub struct Recorder {
     child: Child,
     ready: PathBuf,
-    stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
+    lines: Arc<Mutex<Vec<Value>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
     stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
 }
 
@@ -62,12 +67,22 @@ impl Recorder {
             .spawn()
             .expect("spawning vxprobe record");
         // Read stdout and stderr as they come, so a chatty vxprobe never blocks on a full pipe.
-        let stdout = drain(child.stdout.take().unwrap());
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap();
+        let sink = Arc::clone(&lines);
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                sink.lock().unwrap().push(value);
+            }
+        });
         let stderr = drain(child.stderr.take().unwrap());
         let mut recorder = Recorder {
             child,
             ready,
-            stdout: Some(stdout),
+            lines,
+            reader: Some(reader),
             stderr: Some(stderr),
         };
         recorder.wait_ready();
@@ -78,13 +93,7 @@ impl Recorder {
         let limit = Duration::from_secs(20) * time_scale();
         let deadline = Instant::now() + limit;
         while !self.ready.exists() {
-            if let Some(status) = self.child.try_wait().expect("polling vxprobe") {
-                let stderr = self.stderr.take().unwrap().join().unwrap();
-                panic!(
-                    "vxprobe exited before it was ready ({status}): {}",
-                    String::from_utf8_lossy(&stderr)
-                );
-            }
+            self.assert_running();
             assert!(
                 Instant::now() < deadline,
                 "vxprobe not ready after {limit:?}"
@@ -97,28 +106,135 @@ impl Recorder {
         self.child.id() as i32
     }
 
+    /// The lines written so far (whole intervals: the recorder flushes at each one's end).
+    pub fn lines(&self) -> Vec<Value> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Panics with vxprobe's stderr if it exited.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("polling vxprobe") {
+            let stderr = self.stderr.take().unwrap().join().unwrap();
+            panic!(
+                "vxprobe exited ({status}): {}",
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+    }
+
+    /// Waits until the lines so far satisfy `done`. `limit` is what a real machine needs at
+    /// most, generously; it is scaled for emulated ones ([`time_scale`]). On timeout, panics
+    /// naming `what`, with the lines that are not `hop` or `flow` lines.
+    pub fn wait_until(&mut self, what: &str, limit: Duration, done: impl Fn(&[Value]) -> bool) {
+        let limit = limit * time_scale();
+        let deadline = Instant::now() + limit;
+        loop {
+            if done(&self.lines.lock().unwrap()) {
+                return;
+            }
+            self.assert_running();
+            if Instant::now() >= deadline {
+                let lines = self.lines();
+                let events: Vec<String> = lines
+                    .iter()
+                    .filter(|l| l["kind"] != "hop" && l["kind"] != "flow")
+                    .map(Value::to_string)
+                    .collect();
+                panic!(
+                    "waited {limit:?} for {what}; {} lines, besides hop and flow lines:\n{}",
+                    lines.len(),
+                    events.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for a line matching `matches`; returns it.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Value {
+        self.wait_until(what, limit, |lines| lines.iter().any(&matches));
+        self.lines().into_iter().find(|l| matches(l)).unwrap()
+    }
+
+    /// Waits until `n` intervals that ended after `after` (a [`ts_now`]) have their `hop`
+    /// lines written. An interval reads the kernel's counters after its `ts`, and its lines are
+    /// written at once when it closes: with `n = 2`, everything the kernel counted before
+    /// `after` is in the lines, and the interval that counted it was wholly reported (its end,
+    /// device removals included, done).
+    pub fn wait_intervals_after(&mut self, after: &str, n: usize) {
+        self.wait_until(
+            &format!("{n} intervals ending after {after}"),
+            Duration::from_secs(10),
+            |lines| intervals_after(lines, after) >= n,
+        );
+    }
+
+    /// Waits until the sum of `field` over the lines matching `filter` reaches `at_least`.
+    pub fn wait_total(
+        &mut self,
+        what: &str,
+        field: &str,
+        at_least: u64,
+        filter: impl Fn(&Value) -> bool,
+    ) {
+        self.wait_until(
+            &format!("{what}: {field} >= {at_least}"),
+            Duration::from_secs(10),
+            |lines| {
+                lines
+                    .iter()
+                    .filter(|l| filter(l))
+                    .map(|l| l[field].as_u64().unwrap_or(1))
+                    .sum::<u64>()
+                    >= at_least
+            },
+        );
+    }
+
+    /// Waits until the `hop` lines of `ifname` `dir` add up to `at_least` in `field`.
+    pub fn wait_hop(&mut self, ifname: &str, dir: &str, field: &str, at_least: u64) {
+        self.wait_total(&format!("{ifname} {dir}"), field, at_least, |l| {
+            l["kind"] == "hop" && l["ifname"] == ifname && l["dir"] == dir
+        });
+    }
+
     /// Sends `signal`, waits for the exit, and returns the status code and the JSON lines.
     pub fn stop_with(mut self, signal: i32) -> (i32, Vec<Value>) {
         // SAFETY: kill(2) on our own child's pid; it cannot touch memory.
         unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = self.child.wait().expect("waiting for vxprobe");
         let _ = std::fs::remove_file(&self.ready);
-        let stdout = self.stdout.take().unwrap().join().unwrap();
+        self.reader.take().unwrap().join().unwrap();
         let stderr = self.stderr.take().unwrap().join().unwrap();
         let stderr = String::from_utf8_lossy(&stderr);
-        let lines = String::from_utf8_lossy(&stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect();
         let code = status
             .code()
             .unwrap_or_else(|| panic!("vxprobe killed by a signal: {status:?}\n{stderr}"));
         assert!(code == 0, "vxprobe exited {code}: {stderr}");
-        (code, lines)
+        (code, self.lines())
     }
 
     pub fn stop(self) -> Vec<Value> {
         self.stop_with(libc::SIGTERM).1
+    }
+
+    /// SIGTERM; insists on exit status 0; returns every line and stderr.
+    pub fn stop_with_stderr(mut self) -> (Vec<Value>, String) {
+        self.assert_running();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("waiting for vxprobe");
+        let _ = std::fs::remove_file(&self.ready);
+        self.reader.take().unwrap().join().unwrap();
+        let stderr = self.stderr.take().unwrap().join().unwrap();
+        let stderr = String::from_utf8_lossy(&stderr).into_owned();
+        assert_eq!(status.code(), Some(0), "vxprobe: {stderr}");
+        (self.lines(), stderr)
     }
 
     /// SIGKILL: no chance to detach anything. Returns once the process is gone.
@@ -134,6 +250,48 @@ impl Drop for Recorder {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits until `done` holds, polling every 20 ms; `limit` is scaled as the recorder's waits
+/// are. On timeout, panics naming `what` and what `done`'s last look saw.
+pub fn wait_until<T: std::fmt::Debug>(
+    what: &str,
+    limit: Duration,
+    mut look: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let limit = limit * time_scale();
+    let deadline = Instant::now() + limit;
+    loop {
+        let seen = look();
+        if done(&seen) {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited {limit:?} for {what}; last saw {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Now, as the lines' `ts` write it (RFC 3339, UTC, microseconds): such stamps compare as
+/// strings.
+pub fn ts_now() -> String {
+    humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
+}
+
+/// Intervals with `hop` lines whose `ts` is later than `after` (every hop line of an interval
+/// has the interval's `ts`).
+pub fn intervals_after(lines: &[Value], after: &str) -> usize {
+    let mut stamps: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["kind"] == "hop")
+        .filter_map(|l| l["ts"].as_str())
+        .filter(|ts| *ts > after)
+        .collect();
+    stamps.dedup();
+    stamps.len()
 }
 
 /// Sum of a numeric field of the `hop` lines, per (ifname, dir).
