@@ -4,8 +4,9 @@
 //! measurement with repeated, interleaved runs, and writes a markdown and a JSON report.
 //!
 //! One module per measurement: [`throughput`] (1, 2), [`progcost`] (3), [`events`] (4),
-//! [`flows`] (5), [`attach`] (6), [`render`] (7); [`report`] writes the results.
+//! [`flows`] (5), [`attach`] (6), [`render`] (7), [`agent`] (8); [`report`] writes the results.
 
+mod agent;
 mod attach;
 mod events;
 mod flows;
@@ -54,6 +55,7 @@ enum Measure {
     Flows,
     Attach,
     Render,
+    Agent,
 }
 
 const NICE: i32 = -10;
@@ -163,6 +165,13 @@ fn main() -> anyhow::Result<()> {
         "7. top at 10k flows",
         render,
         render::run(&ctx)
+    );
+
+    measure!(
+        Measure::Agent,
+        "8. agent: idle RSS, RSS at 10k flows, CPU per scrape at 10k series",
+        agent,
+        agent::run(&ctx)
     );
 
     report.finish(SystemTime::now(), &cpu_start, ctx.started.elapsed());

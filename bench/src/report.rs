@@ -14,8 +14,8 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::{
-    attach::Attach, events::Events, flows::Flows, procfs, progcost::ProgCost, render::Render,
-    throughput::Throughput,
+    agent::AgentCost, attach::Attach, events::Events, flows::Flows, procfs, progcost::ProgCost,
+    render::Render, throughput::Throughput,
 };
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -63,6 +63,7 @@ pub struct Report {
     pub flows: Option<Flows>,
     pub attach: Option<Attach>,
     pub render: Option<Render>,
+    pub agent: Option<AgentCost>,
     pub section_seconds: BTreeMap<String, f64>,
     pub errors: BTreeMap<String, String>,
 }
@@ -331,6 +332,9 @@ impl Report {
         }
         if let Some(r) = &self.render {
             render_md(&mut md, r);
+        }
+        if let Some(a) = &self.agent {
+            agent_md(&mut md, a);
         }
         if !self.errors.is_empty() {
             let _ = writeln!(md, "## Failed measurements\n");
@@ -645,5 +649,46 @@ fn render_md(md: &mut String, r: &Render) {
         "\nUI side at a 1 s interval (one interval applied, two frames): {:.1}% of a core. The \
          kernel-map side of the same load is `record`'s CPU at 10k flows above.\n",
         r.ui_cpu_pct_at_1s
+    );
+}
+
+fn agent_md(md: &mut String, a: &AgentCost) {
+    let _ = writeln!(md, "## 8. `agent`: memory, and CPU per scrape\n");
+    let _ = writeln!(
+        md,
+        "`vxprobe agent` on a lab node's three hops (`--stats-interval 1s`, `--max-flows {}`); \
+         {} round(s), {} s windows. Flows as in 5. For the scrape cost, `--flow-metrics {}` \
+         while nft drops half of the flows' datagrams at cali0, and {} back-to-back OpenMetrics \
+         scrapes; CPU per scrape is the agent's CPU over them less what it spends over as long \
+         without scrapes.\n",
+        crate::flows::MAX_FLOWS_ARG,
+        a.rounds,
+        a.window_seconds,
+        a.flow_metrics,
+        a.scrapes
+    );
+    let _ = writeln!(
+        md,
+        "| | |\n| --- | --- |\n\
+         | idle RSS (MiB) | {} (anonymous {}) |\n\
+         | RSS at {} flows (MiB) | {} (anonymous {}) |\n\
+         | CPU at {} flows (% of a core) | {} |\n\
+         | series per scrape | {} |\n\
+         | scrape size (KiB) | {} |\n\
+         | CPU per scrape (ms) | {} |\n\
+         | wall per scrape (ms) | {} |\n\
+         | RSS with those series (MiB) | {} |\n",
+        a.idle_rss_mib.show(1.0, 1),
+        a.idle_anon_mib.show(1.0, 1),
+        a.flows,
+        a.flows_rss_mib.show(1.0, 1),
+        a.flows_anon_mib.show(1.0, 1),
+        a.flows,
+        a.flows_cpu_pct.show(1.0, 1),
+        a.series.show(1.0, 0),
+        a.scrape_kib.show(1.0, 0),
+        a.scrape_cpu_ms.show(1.0, 1),
+        a.scrape_wall_ms.show(1.0, 1),
+        a.series_rss_mib.show(1.0, 1)
     );
 }

@@ -1,6 +1,6 @@
 //! The command line, per the contract: commands, flags, durations.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -33,6 +33,8 @@ pub enum Command {
     Probes(ProbesArgs),
     /// Name the misconfiguration behind the numbers: MTUs, checksum/TSO/GSO offloads, kernel.
     Doctor(DoctorArgs),
+    /// Node agent: the record pipeline as Prometheus metrics over HTTP, until SIGTERM.
+    Agent(AgentArgs),
     /// One incident from both ends of the tunnel: recordings of several nodes joined, loss
     /// located per flow (at a hop, between hops, on the wire), as HTML, Markdown or JSON.
     Report(ReportArgs),
@@ -176,6 +178,52 @@ impl ProbeOptions {
             node: None,
         }
     }
+}
+
+/// The agent's port: outside Prometheus' exporter range 9100-9999 (every port there is
+/// allocated to some exporter, and on a host-network pod a collision is a crash loop), outside
+/// Kubernetes' own ports (6443, 10248-10260), the NodePort range (30000-32767) and Linux's
+/// ephemeral range (32768-60999, where an outgoing connection could hold it), and in no
+/// services list.
+pub const DEFAULT_PORT: u16 = 19478;
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:19478";
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    /// Where to serve /metrics, /healthz and /readyz: ADDR:PORT, e.g. 127.0.0.1:19478 or
+    /// [::]:19478.
+    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN, value_parser = parse_listen)]
+    pub listen: SocketAddr,
+    /// The node's name, in `vxprobe_node_info{node}` (default: the hostname; in a DaemonSet,
+    /// spec.nodeName through the downward API).
+    #[arg(long, value_name = "NAME", value_parser = parse_node_name)]
+    pub node: Option<String>,
+    /// Also export per-flow series for the K flows with the most recent loss (1 to 10000;
+    /// default: none). Each costs a series per hop it crosses, and one for its drops.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub flow_metrics: Option<u32>,
+    /// How often the hop and flow counters are read from the kernel (and the metrics move).
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_interval)]
+    pub stats_interval: Duration,
+    #[command(flatten)]
+    pub probe: ProbeOptions,
+}
+
+/// Parses `--listen`: an IPv4 or bracketed IPv6 address and a port other than 0.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text.parse().map_err(|_| {
+        format!(
+            "'{text}' is not an ADDR:PORT such as 127.0.0.1:{DEFAULT_PORT} or [::]:{DEFAULT_PORT}"
+        )
+    })?;
+    if addr.port() == 0 {
+        return Err(format!(
+            "'{text}': port 0 would be a different port every start; name one (default {DEFAULT_PORT})"
+        ));
+    }
+    Ok(addr)
 }
 
 #[derive(Debug, Args)]
@@ -388,5 +436,32 @@ mod tests {
     fn the_command_line_is_consistent() {
         use clap::CommandFactory as _;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn listen_addresses_parse() {
+        assert_eq!(
+            parse_listen("127.0.0.1:19478"),
+            Ok("127.0.0.1:19478".parse().unwrap())
+        );
+        assert!(parse_listen("[::]:9").is_ok());
+        for bad in [
+            "19478",
+            "localhost:19478",
+            "1.2.3.4",
+            "1.2.3.4:0",
+            "1.2.3.4:70000",
+            "",
+        ] {
+            assert!(parse_listen(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn node_names_are_printable() {
+        assert_eq!(parse_node_name("node-1\n"), Ok("node-1".into()));
+        assert!(parse_node_name(" ").is_err());
+        assert!(parse_node_name("a\u{7}b").is_err());
+        assert!(parse_node_name(&"n".repeat(254)).is_err());
     }
 }

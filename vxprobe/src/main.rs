@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use vxprobe::{
     cli::{Cli, Command},
-    cmd::{demo, doctor, probes as probes_cmd, record, report, top},
+    cmd::{agent, demo, doctor, probes as probes_cmd, record, report, top},
     error::{UsageError, exit},
 };
 
@@ -40,6 +40,7 @@ fn main() -> ExitCode {
             Command::Probes(args) => probes_cmd::run(args),
             Command::Doctor(args) => doctor::run(args).await,
             Command::Report(args) => report::run(args),
+            Command::Agent(args) => agent::run(args).await,
         }
     });
     match result {

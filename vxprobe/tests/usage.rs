@@ -91,6 +91,24 @@ fn every_bad_invocation_exits_2_with_one_line_naming_the_problem() {
         (&["probes", "--skip-hook", "uprobe"], "uprobe"),
         (&["demo", "--pcap", "x.pcapng"], "--record"),
         (&["demo", "--phase", "forever"], "forever"),
+        (&["agent", "--bogus-flag"], "--bogus-flag"),
+        (&["agent", "--listen", "19478"], "19478"),
+        (&["agent", "--listen", "localhost:19478"], "localhost"),
+        (&["agent", "--listen", "127.0.0.1:0"], "port 0"),
+        (&["agent", "--listen", "127.0.0.1:70000"], "70000"),
+        // An address this namespace does not have (198.18.0.0/15, never routed).
+        (
+            &["agent", "--listen", "198.18.255.254:19478"],
+            "198.18.255.254",
+        ),
+        (&["agent", "--node", ""], "node name"),
+        (&["agent", "--flow-metrics", "0"], "--flow-metrics"),
+        (&["agent", "--flow-metrics", "100000"], "100000"),
+        (&["agent", "--flow-metrics", "many"], "many"),
+        (&["agent", "--stats-interval", "1ns"], "1ns"),
+        (&["agent", "--tc-attach", "xdp"], "xdp"),
+        (&["agent", "-i", "nosuchdev"], "nosuchdev"),
+        (&["agent", "stray"], "stray"),
     ];
     for (args, named) in cases {
         let out = vxprobe(ns, &[], args);
@@ -106,7 +124,8 @@ fn every_bad_invocation_exits_2_with_one_line_naming_the_problem() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// No capabilities at all: exit 1, one line naming the three, before anything is loaded.
+/// No capabilities at all: exit 1, one line naming the three, before anything is loaded (the
+/// agent has bound its port by then: it answers probes while it attaches).
 #[test]
 fn without_capabilities_record_top_and_probes_exit_1_naming_them() {
     if !is_root() {
@@ -115,7 +134,12 @@ fn without_capabilities_record_top_and_probes_exit_1_naming_them() {
     let lab = Lab::build(&LabOptions::default()).expect("building the lab");
     let ns = &lab.nodes[0].netns;
     let drop_all = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"];
-    for args in [&["record", "--duration", "1s"][..], &["top"], &["probes"]] {
+    for args in [
+        &["record", "--duration", "1s"][..],
+        &["top"],
+        &["probes"],
+        &["agent", "--listen", "127.0.0.1:19478"],
+    ] {
         let out = vxprobe(Some(ns), &drop_all, args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");

@@ -2,6 +2,7 @@
 //! no prompts), so a fresh machine needs nothing but this repository and rustup.
 
 mod fuzz;
+mod image;
 mod setup;
 mod vm;
 
@@ -93,13 +94,16 @@ enum Task {
     },
     /// Only install what is missing (toolchain parts, bpf-linker, packages, mounts).
     Setup,
+    /// Build the agent's OCI image (FROM scratch, a static musl vxprobe; nothing is pulled):
+    /// localhost/vxprobe:<version> and localhost/vxprobe:latest, with podman (root).
+    Image,
     /// Build vxprobe and its benchmarks, then measure what observing costs (root): writes
     /// bench/results/latest.md and latest.json.
     Bench {
         /// Fewer rounds and shorter runs.
         #[arg(long)]
         quick: bool,
-        /// Only these measurements, comma-separated: tcp,udp,progcost,events,flows,attach,render.
+        /// Only these measurements, comma-separated: tcp,udp,progcost,events,flows,attach,render,agent.
         #[arg(long, value_name = "LIST")]
         only: Option<String>,
     },
@@ -109,7 +113,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let env = setup::ensure_all()?;
     match cli.task {
-        Task::Setup => Ok(()),
+        Task::Setup => image::ensure_agent_tools(),
+        Task::Image => image::build(&env, workspace_root()?).map(|_| ()),
         Task::Bench { quick, only } => bench(&env, quick, only.as_deref()),
         Task::Build => cargo(&env, &["build", "--release", "--package", "vxprobe"]),
         Task::Demo { args } => {
@@ -194,6 +199,12 @@ fn main() -> anyhow::Result<()> {
             // Kernel state (devices, hooks, tracefs) is shared: one test at a time. The default
             // members leave out vxprobe-ebpf, which only builds for the bpf target. Every test
             // binary runs, whatever failed before it; cargo names the failed ones at the end.
+            // The agent's tests run Prometheus, promtool, kubernetes-validate; tests/image.rs
+            // runs the image.
+            image::ensure_agent_tools()?;
+            if setup::is_root() && image::tests_need_image(&args) {
+                image::build(&env, workspace_root()?)?;
+            }
             let mut cmd = vec!["test", "--no-fail-fast"];
             cmd.extend(args.iter().map(String::as_str));
             cmd.extend(["--", "--test-threads=1"]);
@@ -219,9 +230,7 @@ fn bench(env: &setup::BuildEnv, quick: bool, only: Option<&str>) -> anyhow::Resu
             "vxprobe-bench",
         ],
     )?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("xtask lives inside the workspace")?;
+    let root = workspace_root()?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
@@ -242,6 +251,12 @@ fn bench(env: &setup::BuildEnv, quick: bool, only: Option<&str>) -> anyhow::Resu
         bail!("vxprobe-bench failed ({status})");
     }
     Ok(())
+}
+
+fn workspace_root() -> anyhow::Result<&'static Path> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask lives inside the workspace")
 }
 
 /// Runs cargo with bpf-linker on PATH.

@@ -1,5 +1,6 @@
 //! The commands: each builds a session and wires it to its sinks.
 
+pub mod agent;
 pub mod demo;
 pub mod doctor;
 pub mod probes;

@@ -7,7 +7,8 @@
 //! A filter is vxprobe's when its program is named `vxprobe_tc_*`, and stale when no process
 //! holds that program open: a running vxprobe holds its programs, so a second instance never
 //! removes the first one's filters. Filters of other tools (another name, or not BPF) are
-//! never touched. When some process's file descriptors cannot be read (no CAP_SYS_PTRACE),
+//! never touched. When some process's file descriptors cannot be read (no CAP_SYS_PTRACE), or
+//! not every process is visible (a pid namespace of its own: a container without hostPID),
 //! ownership cannot be ruled out and nothing is removed; vxprobe says how to do it by hand.
 
 use std::{collections::BTreeSet, fs, io};
@@ -78,7 +79,8 @@ pub async fn remove_stale_filters() -> Cleanup {
                 let list: Vec<String> = cleanup.kept.iter().map(Filter::describe).collect();
                 eprintln!(
                     "vxprobe: {} vxprobe clsact filter(s) may be stale but their owner cannot be \
-                     checked without CAP_SYS_PTRACE: {} (remove with `tc filter del dev DEV \
+                     checked without CAP_SYS_PTRACE and the host's pid namespace: {} (remove \
+                     with `tc filter del dev DEV \
                      ingress|egress prio N` once no vxprobe runs)",
                     list.len(),
                     list.join(", ")
@@ -235,6 +237,11 @@ fn programs_held_open() -> Holders {
         holders.complete = false;
         return holders;
     };
+    // In a pid namespace of its own (a container without hostPID) /proc shows only that
+    // namespace's processes: a vxprobe elsewhere on the node could hold the filters.
+    if fs::read_to_string("/proc/self/status").is_ok_and(|s| in_child_pid_namespace(&s)) {
+        holders.complete = false;
+    }
     for proc in procs.flatten() {
         let name = proc.file_name();
         if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
@@ -264,6 +271,15 @@ fn programs_held_open() -> Holders {
     holders
 }
 
+/// Whether /proc/self/status says this process has more than one pid (`NSpid:`): it lives in
+/// a child pid namespace.
+fn in_child_pid_namespace(status: &str) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .is_some_and(|pids| pids.split_whitespace().count() > 1)
+}
+
 /// The `prog_id` line of a BPF program's fdinfo.
 pub fn prog_id(fdinfo: &str) -> Option<u32> {
     fdinfo
@@ -284,6 +300,13 @@ mod tests {
         ] {
             assert!(name.starts_with(TC_PROGRAM_PREFIX), "{name}");
         }
+    }
+
+    #[test]
+    fn a_child_pid_namespace_is_told_from_nspid() {
+        assert!(!in_child_pid_namespace("Name:\tvxprobe\nNSpid:\t4242\n"));
+        assert!(in_child_pid_namespace("Name:\tvxprobe\nNSpid:\t4242\t1\n"));
+        assert!(!in_child_pid_namespace("Name:\tvxprobe\n"));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! 198.18.0.0/15 and nothing is routed out of the namespaces.
 
 pub mod faults;
+pub mod http;
 pub mod scenario;
 
 use std::{

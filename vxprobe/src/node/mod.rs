@@ -7,3 +7,10 @@ pub mod facts;
 pub mod features;
 pub mod netns;
 pub mod watch;
+
+/// The node's hostname (vxprobe's UTS namespace's), the default node name.
+pub fn hostname() -> std::io::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?
+        .trim()
+        .to_owned())
+}

@@ -63,13 +63,13 @@ pub fn device_here(ifindex: u32) -> Option<(String, u32)> {
     req.ifr_ifru.ifru_ifindex = ifindex as i32;
     // SAFETY: SIOCGIFNAME and SIOCGIFMTU read and write only `req`, which lives on our stack.
     let result = unsafe {
-        if libc::ioctl(sock, libc::SIOCGIFNAME, &mut req) != 0 {
+        if libc::ioctl(sock, libc::SIOCGIFNAME as _, &mut req) != 0 {
             None
         } else {
             let name = CStr::from_ptr(req.ifr_name.as_ptr())
                 .to_string_lossy()
                 .into_owned();
-            let mtu = if libc::ioctl(sock, libc::SIOCGIFMTU, &mut req) == 0 {
+            let mtu = if libc::ioctl(sock, libc::SIOCGIFMTU as _, &mut req) == 0 {
                 req.ifr_ifru.ifru_mtu as u32
             } else {
                 0

@@ -33,6 +33,9 @@ pub struct HopCount {
     pub counters: HopCounters,
 }
 
+/// Distinct flows whose faults one interval keeps.
+pub const FLOW_FAULTS_MAX: usize = 65_536;
+
 /// The interval under way, and the run's totals.
 #[derive(Debug, Default)]
 pub struct Interval {
@@ -43,8 +46,8 @@ pub struct Interval {
     devices: BTreeSet<u32>,
     hop_faults: HashMap<HopKey, Faults>,
     flow_faults: HashMap<Flow, Faults>,
-    /// Hops crossed in this interval by flows that retransmitted.
-    retransmitting: HashMap<Flow, Vec<HopKey>>,
+    /// Flows that retransmitted in this interval: their retransmits, the hops they crossed.
+    retransmitting: HashMap<Flow, (u64, Vec<HopKey>)>,
     offloads: HashMap<u32, Offload>,
     summary: Summary,
     flows_seen: DistinctCount,
@@ -89,12 +92,19 @@ impl Interval {
                 .add(anomaly.kind, n, dropped);
         }
         if let Some(flow) = &anomaly.flow {
-            self.flow_faults
-                .entry(flow.clone())
-                .or_default()
-                .add(anomaly.kind, n, dropped);
-            if anomaly.kind == AnomalyKind::Retransmit {
-                self.retransmitting.entry(flow.clone()).or_default();
+            // A flood of faults from spoofed sources must not grow memory: beyond the bound,
+            // new flows' faults count at their hops only.
+            let known = self.flow_faults.contains_key(flow);
+            if known || self.flow_faults.len() < FLOW_FAULTS_MAX {
+                self.flow_faults
+                    .entry(flow.clone())
+                    .or_default()
+                    .add(anomaly.kind, n, dropped);
+            }
+            if anomaly.kind == AnomalyKind::Retransmit
+                && (known || self.retransmitting.len() < FLOW_FAULTS_MAX)
+            {
+                self.retransmitting.entry(flow.clone()).or_default().0 += n;
             }
         }
     }
@@ -127,7 +137,9 @@ impl Interval {
             })
             .collect();
         self.summary.lost += lost.iter().map(|(_, n)| n).sum::<u64>();
+        let flow_faults = std::mem::take(&mut self.flow_faults).into_iter().collect();
         IntervalReport {
+            flow_faults,
             ts,
             interval,
             worst_hop: judge::worst_hop(&hops),
@@ -149,7 +161,7 @@ impl Interval {
         let dir = Direction::try_from(u32::from(key.direction)).ok()?;
         let flow = flow_of(key)?;
         self.flows_seen.insert(&(hop.ifindex, dir, &flow));
-        if let Some(crossed) = self.retransmitting.get_mut(&flow) {
+        if let Some((_, crossed)) = self.retransmitting.get_mut(&flow) {
             crossed.push(HopKey {
                 ifindex: hop.ifindex,
                 direction: dir as u32,
@@ -165,17 +177,13 @@ impl Interval {
         })
     }
 
-    /// The interval's end: the flows' faults, retransmits per hop crossed, evictions.
-    /// Vanished devices had their last report: they are hops no more.
+    /// The interval's end: retransmits per hop crossed, evictions. Vanished devices had their
+    /// last report: they are hops no more.
     pub fn end(&mut self, evicted: u64, observed: impl Fn(u32) -> bool) -> IntervalEnd {
         self.summary.evicted += evicted;
         self.summary.intervals += 1;
-        let flow_faults = std::mem::take(&mut self.flow_faults);
         let mut hop_retransmits = BTreeMap::new();
-        for (flow, crossed) in std::mem::take(&mut self.retransmitting) {
-            let n = flow_faults
-                .get(&flow)
-                .map_or(0, |f| f.count(AnomalyKind::Retransmit));
+        for (n, crossed) in std::mem::take(&mut self.retransmitting).into_values() {
             for key in crossed {
                 *hop_retransmits.entry(key).or_default() += n;
             }
@@ -183,7 +191,6 @@ impl Interval {
         self.devices.retain(|&ifindex| observed(ifindex));
         IntervalEnd {
             evicted,
-            flow_faults: flow_faults.into_iter().collect(),
             hop_retransmits,
         }
     }
@@ -290,8 +297,7 @@ mod tests {
         assert_eq!(at.mean_segment, 100);
         assert_eq!(report.hops[1].drops(), 0);
         assert_eq!(report.worst_hop, Some(at.key()));
-        let end = interval.end(0, |_| true);
-        let (_, faults) = &end.flow_faults[0];
+        let (_, faults) = &report.flow_faults[0];
         assert_eq!(faults.drops, 4, "every drop of the flow, wherever");
         let summary = interval.summary(Duration::from_secs(1));
         assert_eq!(summary.events["drop"], 3);

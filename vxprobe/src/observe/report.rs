@@ -175,6 +175,9 @@ pub struct IntervalReport {
     pub worst_hop: Option<HopKey>,
     /// The signature of a tunnel's offloads being off, when the hops show it.
     pub offload_hint: Option<OffloadHint>,
+    /// The interval's anomalies by flow (its inner 5-tuple), for flows that had any; at most
+    /// [`super::interval::FLOW_FAULTS_MAX`] flows.
+    pub flow_faults: Vec<(Flow, Faults)>,
 }
 
 /// What the interval's end adds, once its flows are out.
@@ -184,8 +187,6 @@ pub struct IntervalEnd {
     /// interval; their counts since the last read are missing from the flows (hops stay
     /// exact).
     pub evicted: u64,
-    /// The interval's anomalies by flow (its inner 5-tuple), for flows that had any.
-    pub flow_faults: Vec<(Flow, Faults)>,
     /// TCP retransmits of the flows that crossed each hop in this interval: a retransmit has
     /// no device, its flow's path has.
     pub hop_retransmits: BTreeMap<HopKey, u64>,

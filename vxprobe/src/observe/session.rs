@@ -192,7 +192,10 @@ impl Session {
             .context("reading /proc/self/ns/net")?
             .ino();
         let meta = Meta {
-            node: config.node.clone().unwrap_or_else(hostname),
+            node: config
+                .node
+                .clone()
+                .unwrap_or_else(|| crate::node::hostname().unwrap_or_default()),
             vxprobe_version: env!("CARGO_PKG_VERSION"),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_owned())
@@ -449,13 +452,6 @@ impl Session {
     pub fn stop(self) {
         drop(self.probes);
     }
-}
-
-/// The kernel's hostname (the UTS namespace's), the default node name.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
 }
 
 fn meta_hop(hop: &Hop) -> MetaHop {

@@ -174,7 +174,7 @@ struct SummaryLine<'a> {
 }
 
 /// Events of a kind as lines name them.
-fn event_kind_name(kind: vxprobe_common::EventKind) -> &'static str {
+pub fn event_kind_name(kind: vxprobe_common::EventKind) -> &'static str {
     use vxprobe_common::EventKind;
     match kind {
         EventKind::Drop => "drop",

@@ -2,8 +2,10 @@
 //!
 //! - [`jsonl`]: the `record` lines;
 //! - [`pcap`]: the packets behind anomalies, as pcapng;
-//! - [`tui`]: `top`'s terminal UI.
+//! - [`tui`]: `top`'s terminal UI;
+//! - [`metrics`]: the agent's Prometheus metrics.
 
 pub mod jsonl;
+pub mod metrics;
 pub mod pcap;
 pub mod tui;

@@ -2,6 +2,8 @@
 //! reading what it wrote.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod agent;
+
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader},

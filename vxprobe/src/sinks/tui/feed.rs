@@ -130,7 +130,7 @@ impl Sink for TuiFeed {
         let Some(report) = self.report.take() else {
             return Ok(());
         };
-        let mut flow_faults: HashMap<&Flow, &Faults> = end
+        let mut flow_faults: HashMap<&Flow, &Faults> = report
             .flow_faults
             .iter()
             .map(|(f, faults)| (f, faults))
