@@ -299,6 +299,7 @@ mod tests {
         assert_eq!(report.worst_hop, Some(at.key()));
         let (_, faults) = &report.flow_faults[0];
         assert_eq!(faults.drops, 4, "every drop of the flow, wherever");
+        interval.end(0, |_| true);
         let summary = interval.summary(Duration::from_secs(1));
         assert_eq!(summary.events["drop"], 3);
         assert_eq!(summary.intervals, 1);
