@@ -13,6 +13,8 @@
 //! - [`record`]: the `record` command;
 //! - [`doctor`]: the `doctor` command: device facts to named misconfigurations;
 //! - [`tui`]: the `top` terminal UI, fed typed messages;
+//! - [`pods`]: which pod a network namespace or a host-side veth belongs to (CRI, or the
+//!   node's layout);
 //! - [`lab`]: network-namespace topologies for tests and `demo`.
 
 pub mod anomaly;
@@ -37,6 +39,7 @@ pub mod output;
 pub mod packet;
 pub mod pcap;
 pub mod pipeline;
+pub mod pods;
 pub mod probes;
 pub mod probes_cmd;
 pub mod record;

@@ -36,6 +36,15 @@ const PACKAGES: &[&str] = &[
     // setpriv and capsh: the tests run vxprobe without capabilities.
     "util-linux",
     "libcap2-bin",
+    // protoc: the k8s-cri crate generates its CRI client at build time.
+    "protobuf-compiler",
+    // The pods tests: a real containerd with its CRI plugin and runc, CNI plugins for the
+    // sandboxes' networks, and podman to build a local pause image from busybox-static.
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "podman",
+    "busybox-static",
 ];
 
 /// What `cargo xtask fuzz` needs besides: a C++ compiler for libFuzzer.
