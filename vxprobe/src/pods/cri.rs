@@ -38,8 +38,11 @@ pub const USUAL_SOCKETS: &[&str] = &[
 
 /// No call to the runtime may take longer (a hung runtime must not stall the index forever).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Container names are read again at least this often.
+/// Container names are read again at least this often,
 const CONTAINERS_EVERY: Duration = Duration::from_secs(10);
+/// and at every refresh for this long after a sandbox came or went (kubelet creates a pod's
+/// containers just after its sandbox).
+const CONTAINERS_AFTER_CHANGE: Duration = Duration::from_secs(5);
 
 /// What a sandbox's status said about its network namespace.
 #[derive(Clone, Debug)]
@@ -81,6 +84,26 @@ pub(super) struct Cri {
     sandboxes: HashMap<String, Sandbox>,
     containers: HashMap<String, Vec<String>>,
     containers_read: Option<Instant>,
+    sandboxes_changed: Option<Instant>,
+}
+
+/// A gRPC channel to the CRI runtime listening on `socket` (a Unix socket).
+pub async fn channel(socket: &Path) -> Result<Channel, String> {
+    let path = socket.to_owned();
+    // The URI is required and unused: the connector dials the socket.
+    let endpoint = Endpoint::from_static("http://cri.invalid").connect_timeout(CALL_TIMEOUT);
+    tokio::time::timeout(
+        CALL_TIMEOUT,
+        endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        })),
+    )
+    .await
+    .map_err(|_| format!("{}: no answer in {CALL_TIMEOUT:?}", socket.display()))?
+    .map_err(|e| format!("{}: {e}", socket.display()))
 }
 
 async fn timed<T>(
@@ -102,23 +125,7 @@ impl Cri {
         proc_root: PathBuf,
         node_netns: Vec<u64>,
     ) -> Result<Self, String> {
-        let path = socket.to_owned();
-        // The URI is required and unused: the connector dials the socket.
-        let endpoint = Endpoint::from_static("http://cri.invalid").connect_timeout(CALL_TIMEOUT);
-        let channel = tokio::time::timeout(
-            CALL_TIMEOUT,
-            endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            })),
-        )
-        .await
-        .map_err(|_| format!("{}: no answer in {CALL_TIMEOUT:?}", socket.display()))?
-        .map_err(|e| format!("{}: {e}", socket.display()))?;
+        let channel = channel(socket).await?;
         let mut client = RuntimeServiceClient::new(channel);
         let version = timed(
             "Version",
@@ -136,6 +143,7 @@ impl Cri {
             sandboxes: HashMap::new(),
             containers: HashMap::new(),
             containers_read: None,
+            sandboxes_changed: None,
         })
     }
 
@@ -193,10 +201,16 @@ impl Cri {
                 },
             );
         }
+        if changed {
+            self.sandboxes_changed = Some(Instant::now());
+        }
         let due = self
             .containers_read
-            .is_none_or(|at| at.elapsed() >= CONTAINERS_EVERY);
-        if changed || due {
+            .is_none_or(|at| at.elapsed() >= CONTAINERS_EVERY)
+            || self
+                .sandboxes_changed
+                .is_some_and(|at| at.elapsed() < CONTAINERS_AFTER_CHANGE);
+        if due {
             self.read_containers().await?;
         }
         Ok(self.found())

@@ -289,16 +289,24 @@ impl PodIndex {
     }
 }
 
-/// The node's own namespaces: init's and the caller's (host-network pods live there).
+/// The node's own namespaces: the initial one and the caller's (host-network pods live
+/// there). The initial one is init's, or kthreadd's where init's cannot be read (kernel
+/// threads all live in it).
 fn node_netns(proc_root: &Path) -> Vec<u64> {
     let inode = |path: PathBuf| layout::netns_of_link(&fs::read_link(path).ok()?);
+    let kthreadd = fs::read_to_string(proc_root.join("2/comm"))
+        .is_ok_and(|comm| comm.trim() == "kthreadd")
+        .then(|| inode(proc_root.join("2/ns/net")))
+        .flatten();
     let mut node: Vec<u64> = [
         inode(proc_root.join("1/ns/net")),
+        kthreadd,
         inode("/proc/thread-self/ns/net".into()),
     ]
     .into_iter()
     .flatten()
     .collect();
+    node.sort_unstable();
     node.dedup();
     node
 }
