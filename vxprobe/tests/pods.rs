@@ -585,14 +585,18 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         )
         .unwrap();
         let log = root.join("containerd.log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", netns, "containerd", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&log).unwrap())
-            .stderr(fs::File::create(root.join("containerd.stderr")).unwrap())
-            .spawn()
-            .expect("containerd (xtask installs Debian's)");
+        // Forked from a thread in the namespace, not through `ip netns exec`, whose fresh
+        // /sys has no cgroup mounts for runc.
+        let child = in_netns(netns, || {
+            Command::new("containerd")
+                .arg("--config")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(fs::File::create(&log).unwrap())
+                .stderr(fs::File::create(root.join("containerd.stderr")).unwrap())
+                .spawn()
+                .expect("containerd (xtask installs Debian's)")
+        });
         let mut containerd = Self {
             child,
             socket,
@@ -752,7 +756,12 @@ fn sandbox_config(
             namespace: pod.namespace.clone(),
             attempt: 0,
         }),
-        hostname: pod.name.clone(),
+        // Kubelet leaves the hostname out for host-network pods (no UTS namespace of their own).
+        hostname: if host_network {
+            String::new()
+        } else {
+            pod.name.clone()
+        },
         log_directory: log_directory.to_string_lossy().into_owned(),
         labels,
         linux: Some(LinuxPodSandboxConfig {
