@@ -4,12 +4,14 @@
 //! measurement with repeated, interleaved runs, and writes a markdown and a JSON report.
 //!
 //! One module per measurement: [`throughput`] (1, 2), [`progcost`] (3), [`events`] (4),
-//! [`flows`] (5), [`attach`] (6), [`render`] (7); [`report`] writes the results.
+//! [`flows`] (5), [`attach`] (6), [`render`] (7), [`pods`] (8); [`report`] writes the
+//! results.
 
 mod attach;
 mod events;
 mod flows;
 mod iperf;
+mod pods;
 mod procfs;
 mod progcost;
 mod recorder;
@@ -54,6 +56,7 @@ enum Measure {
     Flows,
     Attach,
     Render,
+    Pods,
 }
 
 const NICE: i32 = -10;
@@ -72,6 +75,11 @@ impl Ctx {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The pod index measured in a process of its own (see `pods`).
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("pods-child") {
+        return pods::child(&argv[2..]);
+    }
     let args = Args::parse();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -163,6 +171,12 @@ fn main() -> anyhow::Result<()> {
         "7. top at 10k flows",
         render,
         render::run(&ctx)
+    );
+    measure!(
+        Measure::Pods,
+        "8. the pod index at 1,000 pods",
+        pods,
+        pods::run(&ctx)
     );
 
     report.finish(SystemTime::now(), &cpu_start, ctx.started.elapsed());
