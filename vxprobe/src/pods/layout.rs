@@ -23,6 +23,8 @@ use super::{Found, Pod, PodId};
 const SETTLE_REFRESHES: u32 = 3;
 /// Every this many refreshes, every known pid is read again.
 const VERIFY_EVERY: u64 = 30;
+/// Refreshes in which a newly named pod's container names are read again.
+const CONTAINER_READS: u32 = 10;
 
 /// The pod UID in a cgroup path, if the path is a kubelet pod's (`kubepods` appears above a
 /// `pod<uid>` segment). Both drivers: cgroupfs `.../kubepods/burstable/pod<uid>/<container>`
@@ -117,9 +119,10 @@ pub(super) struct Layout {
     node_netns: Vec<u64>,
     pids: HashMap<u32, Seen>,
     logs: LogDirs,
-    /// Container names per pod UID (the log directory's subdirectories), read when the pod is
-    /// first named and at every verification.
-    containers: HashMap<Arc<str>, Vec<String>>,
+    /// Container names per pod UID (the log directory's subdirectories) and how many times
+    /// they were read: at every refresh while the pod is young (kubelet makes a container's
+    /// directory when it creates the container, after the sandbox), then at verifications.
+    containers: HashMap<Arc<str>, (Vec<String>, u32)>,
     refreshes: u64,
     uids: HashSet<Arc<str>>,
 }
@@ -242,10 +245,11 @@ impl Layout {
                 continue;
             };
             let containers = match self.containers.get(uid) {
-                Some(known) if !verify => known.clone(),
-                _ => {
+                Some((known, reads)) if !verify && *reads >= CONTAINER_READS => known.clone(),
+                known => {
+                    let reads = known.map_or(0, |(_, reads)| *reads) + 1;
                     let names = container_names(dir);
-                    self.containers.insert(uid.clone(), names.clone());
+                    self.containers.insert(uid.clone(), (names.clone(), reads));
                     names
                 }
             };
@@ -368,6 +372,47 @@ mod tests {
         assert!(parse_log_dir("shop_web_0_0b6a5d6e-3c4f-4e0a-9f7e-2d1c3b4a5f60").is_none());
         assert!(parse_log_dir("shop_web-0_notauid").is_none());
         assert!(parse_log_dir("_web-0_0b6a5d6e-3c4f-4e0a-9f7e-2d1c3b4a5f60").is_none());
+    }
+
+    /// A /proc of symlinks and files: what the layout reads of each process.
+    fn fake_process(proc_root: &Path, pid: u32, netns: u64, cgroup: &str) {
+        let dir = proc_root.join(pid.to_string());
+        fs::create_dir_all(dir.join("ns")).unwrap();
+        std::os::unix::fs::symlink(format!("net:[{netns}]"), dir.join("ns/net")).unwrap();
+        fs::write(dir.join("cgroup"), format!("0::{cgroup}\n")).unwrap();
+    }
+
+    #[test]
+    fn namespaces_are_named_by_their_one_pod_never_the_nodes() {
+        let root = std::env::temp_dir().join(format!("vxprobe-layout-{}", std::process::id()));
+        let (proc_root, logs) = (root.join("proc"), root.join("pods"));
+        let uid = |n: u32| format!("00000000-0000-4000-8000-{n:012}");
+        let cgroup = |n: u32| format!("/kubepods/besteffort/pod{}/c", uid(n));
+        for (n, name) in [(1, "web-0"), (2, "kube-proxy"), (3, "a"), (4, "b")] {
+            fs::create_dir_all(logs.join(format!("shop_{name}_{}/app", uid(n)))).unwrap();
+        }
+        fake_process(&proc_root, 10, 1000, &cgroup(1));
+        fake_process(&proc_root, 11, 1000, &cgroup(1));
+        // nsenter from the host into the pod: no pod of its own, no say.
+        fake_process(&proc_root, 12, 1000, "/user.slice");
+        // A host-network pod, in the node's namespace 1.
+        fake_process(&proc_root, 13, 1, &cgroup(2));
+        // Two pods in one namespace: whose it is cannot be told.
+        fake_process(&proc_root, 14, 2000, &cgroup(3));
+        fake_process(&proc_root, 15, 2000, &cgroup(4));
+        let mut layout = Layout::new(proc_root.clone(), logs, vec![1]);
+        let found = layout.refresh().unwrap();
+        let named: Vec<(u64, String, Vec<String>)> = found
+            .values()
+            .map(|f| (f.netns, f.pod.id.to_string(), f.pod.containers.clone()))
+            .collect();
+        assert_eq!(named, [(1000, "shop/web-0".into(), vec!["app".into()])]);
+        // The pod's processes exit: forgotten.
+        for pid in [10, 11] {
+            fs::remove_dir_all(proc_root.join(pid.to_string())).unwrap();
+        }
+        assert!(layout.refresh().unwrap().is_empty());
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
