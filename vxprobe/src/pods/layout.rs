@@ -23,8 +23,10 @@ use super::{Found, Pod, PodId};
 const SETTLE_REFRESHES: u32 = 3;
 /// Every this many refreshes, every known pid is read again.
 const VERIFY_EVERY: u64 = 30;
-/// Refreshes in which a newly named pod's container names are read again.
-const CONTAINER_READS: u32 = 10;
+/// Refreshes in which a young pod's log directory is checked for new containers,
+const CONTAINER_CHECKS: u32 = 10;
+/// and the age past which a pod's directory is settled (not young) when first read.
+const SETTLED_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The pod UID in a cgroup path, if the path is a kubelet pod's (`kubepods` appears above a
 /// `pod<uid>` segment). Both drivers: cgroupfs `.../kubepods/burstable/pod<uid>/<container>`
@@ -112,6 +114,42 @@ struct LogDirs {
     by_uid: HashMap<Arc<str>, (PodId, PathBuf)>,
 }
 
+/// A pod's container names, and when to read them again: kubelet makes a container's log
+/// directory when it creates the container, after the sandbox, so a young pod's directory is
+/// checked (its mtime) at each of its first refreshes; a settled one only at verifications.
+struct Containers {
+    names: Vec<String>,
+    mtime: Option<SystemTime>,
+    checks: u32,
+}
+
+impl Containers {
+    fn read(dir: &Path) -> Self {
+        let mtime = fs::metadata(dir).and_then(|m| m.modified()).ok();
+        let settled = mtime
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age >= SETTLED_AGE);
+        Self {
+            names: container_names(dir),
+            mtime,
+            checks: if settled { CONTAINER_CHECKS } else { 0 },
+        }
+    }
+
+    /// The names now, reading the directory again only if it changed.
+    fn refresh(&mut self, dir: &Path) -> &[String] {
+        if self.checks < CONTAINER_CHECKS {
+            self.checks += 1;
+            let mtime = fs::metadata(dir).and_then(|m| m.modified()).ok();
+            if mtime != self.mtime {
+                self.names = container_names(dir);
+                self.mtime = mtime;
+            }
+        }
+        &self.names
+    }
+}
+
 /// The layout source's state between refreshes.
 pub(super) struct Layout {
     proc_root: PathBuf,
@@ -119,10 +157,8 @@ pub(super) struct Layout {
     node_netns: Vec<u64>,
     pids: HashMap<u32, Seen>,
     logs: LogDirs,
-    /// Container names per pod UID (the log directory's subdirectories) and how many times
-    /// they were read: at every refresh while the pod is young (kubelet makes a container's
-    /// directory when it creates the container, after the sandbox), then at verifications.
-    containers: HashMap<Arc<str>, (Vec<String>, u32)>,
+    /// Container names per pod UID (the log directory's subdirectories).
+    containers: HashMap<Arc<str>, Containers>,
     refreshes: u64,
     uids: HashSet<Arc<str>>,
 }
@@ -244,12 +280,12 @@ impl Layout {
             let Some((id, dir)) = self.logs.by_uid.get(uid) else {
                 continue;
             };
-            let containers = match self.containers.get(uid) {
-                Some((known, reads)) if !verify && *reads >= CONTAINER_READS => known.clone(),
-                known => {
-                    let reads = known.map_or(0, |(_, reads)| *reads) + 1;
-                    let names = container_names(dir);
-                    self.containers.insert(uid.clone(), (names.clone(), reads));
+            let containers = match self.containers.get_mut(uid) {
+                Some(known) if !verify => known.refresh(dir).to_vec(),
+                _ => {
+                    let read = Containers::read(dir);
+                    let names = read.names.clone();
+                    self.containers.insert(uid.clone(), read);
                     names
                 }
             };

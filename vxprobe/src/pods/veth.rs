@@ -18,8 +18,8 @@ use rtnetlink::{
     Handle, MulticastGroup,
     packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
     packet_route::{
-        RouteNetlinkMessage,
-        link::LinkAttribute,
+        AddressFamily, RouteNetlinkMessage,
+        link::{LinkAttribute, LinkExtentMask},
         nsid::{NsidAttribute, NsidMessage},
     },
 };
@@ -136,7 +136,13 @@ impl Devices {
 
     /// Every device of this namespace whose peer is in another one.
     async fn peer_links(&mut self) -> Result<HashMap<u32, i32>, String> {
-        let mut links = self.handle.link().get().execute();
+        // Without statistics: a thousand veths' counters are most of a dump's bytes.
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
+            .execute();
         let mut out = HashMap::new();
         while let Some(msg) = links
             .try_next()
