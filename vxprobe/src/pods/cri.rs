@@ -85,6 +85,7 @@ pub(super) struct Cri {
     containers: HashMap<String, Vec<String>>,
     containers_read: Option<Instant>,
     sandboxes_changed: Option<Instant>,
+    found: BTreeMap<u64, Found>,
 }
 
 /// A gRPC channel to the CRI runtime listening on `socket` (a Unix socket).
@@ -144,11 +145,12 @@ impl Cri {
             containers: HashMap::new(),
             containers_read: None,
             sandboxes_changed: None,
+            found: BTreeMap::new(),
         })
     }
 
-    /// One refresh: the pods by network namespace now.
-    pub(super) async fn refresh(&mut self) -> Result<BTreeMap<u64, Found>, String> {
+    /// One refresh; says whether [`Cri::found`] changed.
+    pub(super) async fn refresh(&mut self) -> Result<bool, String> {
         let ready = ListPodSandboxRequest {
             filter: Some(PodSandboxFilter {
                 state: Some(PodSandboxStateValue {
@@ -211,12 +213,24 @@ impl Cri {
                 .sandboxes_changed
                 .is_some_and(|at| at.elapsed() < CONTAINERS_AFTER_CHANGE);
         if due {
-            self.read_containers().await?;
+            changed |= self.read_containers().await?;
         }
-        Ok(self.found())
+        if !changed {
+            return Ok(false);
+        }
+        let found = self.work_out();
+        let changed = found != self.found;
+        self.found = found;
+        Ok(changed)
     }
 
-    async fn read_containers(&mut self) -> Result<(), String> {
+    /// The pods by network namespace, as of the last refresh.
+    pub(super) fn found(&self) -> &BTreeMap<u64, Found> {
+        &self.found
+    }
+
+    /// Reads container names; says whether they changed.
+    async fn read_containers(&mut self) -> Result<bool, String> {
         let listed = timed(
             "ListContainers",
             self.client
@@ -236,12 +250,13 @@ impl Cri {
             names.sort();
             names.dedup();
         }
+        let changed = containers != self.containers;
         self.containers = containers;
         self.containers_read = Some(Instant::now());
-        Ok(())
+        Ok(changed)
     }
 
-    fn found(&self) -> BTreeMap<u64, Found> {
+    fn work_out(&self) -> BTreeMap<u64, Found> {
         let mut found = BTreeMap::new();
         for (id, sandbox) in &self.sandboxes {
             let Netns::Own(netns, ns_path) = &sandbox.netns else {

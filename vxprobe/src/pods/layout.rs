@@ -136,6 +136,10 @@ impl Containers {
         }
     }
 
+    fn young(&self) -> bool {
+        self.checks < CONTAINER_CHECKS
+    }
+
     /// The names now, reading the directory again only if it changed.
     fn refresh(&mut self, dir: &Path) -> &[String] {
         if self.checks < CONTAINER_CHECKS {
@@ -161,6 +165,8 @@ pub(super) struct Layout {
     containers: HashMap<Arc<str>, Containers>,
     refreshes: u64,
     uids: HashSet<Arc<str>>,
+    /// The pods by namespace, as of the last refresh.
+    found: BTreeMap<u64, Found>,
 }
 
 impl Layout {
@@ -175,6 +181,7 @@ impl Layout {
             containers: HashMap::new(),
             refreshes: 0,
             uids: HashSet::new(),
+            found: BTreeMap::new(),
         }
     }
 
@@ -183,23 +190,41 @@ impl Layout {
         pod_logs.is_dir()
     }
 
-    /// One refresh: the pods by network namespace now.
-    pub(super) fn refresh(&mut self) -> Result<BTreeMap<u64, Found>, String> {
+    /// The pods by network namespace, as of the last refresh.
+    pub(super) fn found(&self) -> &BTreeMap<u64, Found> {
+        &self.found
+    }
+
+    /// One refresh; says whether [`Layout::found`] changed. Pods are worked out again only
+    /// when something they depend on did: a pod process came, went or moved, the log
+    /// directories changed, a young pod's containers may have.
+    pub(super) fn refresh(&mut self) -> Result<bool, String> {
         let verify = self.refreshes % VERIFY_EVERY == 0;
         self.refreshes += 1;
-        self.read_log_dirs(verify);
+        let mut dirty = verify | self.read_log_dirs(verify);
         let live = self.list_pids()?;
-        self.pids.retain(|pid, _| live.contains(pid));
+        self.pids.retain(|pid, seen| {
+            let keep = live.contains(pid);
+            dirty |= !keep && seen.uid.is_some();
+            keep
+        });
         for pid in live {
             let again = match self.pids.get(&pid) {
                 None => true,
                 Some(seen) => verify || seen.reads < SETTLE_REFRESHES,
             };
             if again {
-                self.read_pid(pid);
+                dirty |= self.read_pid(pid);
             }
         }
-        Ok(self.found(verify))
+        dirty |= self.containers.values().any(Containers::young);
+        if !dirty {
+            return Ok(false);
+        }
+        let found = self.work_out(verify);
+        let changed = found != self.found;
+        self.found = found;
+        Ok(changed)
     }
 
     fn list_pids(&self) -> Result<HashSet<u32>, String> {
@@ -211,22 +236,37 @@ impl Layout {
             .collect())
     }
 
-    fn read_pid(&mut self, pid: u32) {
+    /// Reads a process's namespace and pod; says whether that may change the pods.
+    fn read_pid(&mut self, pid: u32) -> bool {
         let dir = self.proc_root.join(pid.to_string());
-        let (Ok(link), Ok(cgroup)) = (
+        let read = match (
             fs::read_link(dir.join("ns/net")),
             fs::read_to_string(dir.join("cgroup")),
-        ) else {
-            // Gone, or a kernel thread whose namespace cannot be read: nothing to say.
-            self.pids.remove(&pid);
-            return;
+        ) {
+            (Ok(link), Ok(cgroup)) => netns_of_link(&link).map(|netns| (netns, cgroup)),
+            _ => None,
         };
-        let Some(netns) = netns_of_link(&link) else {
-            return;
+        // Gone, or a process whose namespace cannot be read (an undumpable init): nothing to
+        // say, and nothing to read again before the next verification.
+        let (netns, uid) = match read {
+            Some((netns, cgroup)) => (netns, pod_uid_of_process(&cgroup).map(|u| self.intern(u))),
+            None => (0, None),
         };
-        let uid = pod_uid_of_process(&cgroup).map(|uid| self.intern(uid));
-        let reads = self.pids.get(&pid).map_or(0, |s| s.reads) + 1;
-        self.pids.insert(pid, Seen { netns, uid, reads });
+        // The first walk finds settled processes: only those that appear later are young.
+        let first_walk = self.refreshes == 1;
+        let reads = match self.pids.get(&pid) {
+            _ if first_walk => SETTLE_REFRESHES,
+            Some(seen) => seen.reads + 1,
+            None => 1,
+        };
+        let has_pod = uid.is_some();
+        let before = self.pids.insert(pid, Seen { netns, uid, reads });
+        let now = &self.pids[&pid];
+        let same = before
+            .as_ref()
+            .is_some_and(|b| b.netns == now.netns && b.uid == now.uid);
+        let had_pod = before.is_some_and(|b| b.uid.is_some());
+        (had_pod || has_pod) && !same
     }
 
     /// One shared string per UID: a thousand pods have many thousand processes.
@@ -239,10 +279,11 @@ impl Layout {
         uid
     }
 
-    fn read_log_dirs(&mut self, verify: bool) {
+    /// Reads the log directories again if they changed; says whether it did.
+    fn read_log_dirs(&mut self, verify: bool) -> bool {
         let mtime = fs::metadata(&self.pod_logs).and_then(|m| m.modified()).ok();
         if !verify && mtime.is_some() && mtime == self.logs.mtime {
-            return;
+            return false;
         }
         self.logs.mtime = mtime;
         let mut by_uid = HashMap::new();
@@ -254,10 +295,11 @@ impl Layout {
             by_uid.insert(uid, (id, entry.path()));
         }
         self.logs.by_uid = by_uid;
+        true
     }
 
     /// Pods by namespace, from the pids and log directories read so far.
-    fn found(&mut self, verify: bool) -> BTreeMap<u64, Found> {
+    fn work_out(&mut self, verify: bool) -> BTreeMap<u64, Found> {
         // Per namespace: the pod UIDs of its processes, and one pid to open it by.
         let mut per_netns: HashMap<u64, (HashSet<&Arc<str>>, u32)> = HashMap::new();
         for (pid, seen) in &self.pids {
@@ -437,8 +479,9 @@ mod tests {
         fake_process(&proc_root, 14, 2000, &cgroup(3));
         fake_process(&proc_root, 15, 2000, &cgroup(4));
         let mut layout = Layout::new(proc_root.clone(), logs, vec![1]);
-        let found = layout.refresh().unwrap();
-        let named: Vec<(u64, String, Vec<String>)> = found
+        assert!(layout.refresh().unwrap());
+        let named: Vec<(u64, String, Vec<String>)> = layout
+            .found()
             .values()
             .map(|f| (f.netns, f.pod.id.to_string(), f.pod.containers.clone()))
             .collect();
@@ -447,7 +490,9 @@ mod tests {
         for pid in [10, 11] {
             fs::remove_dir_all(proc_root.join(pid.to_string())).unwrap();
         }
-        assert!(layout.refresh().unwrap().is_empty());
+        assert!(layout.refresh().unwrap());
+        assert!(layout.found().is_empty());
+        assert!(!layout.refresh().unwrap(), "nothing changed");
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -317,10 +317,18 @@ enum Backend {
 }
 
 impl Backend {
-    async fn refresh(&mut self) -> Result<BTreeMap<u64, Found>, String> {
+    /// One refresh; says whether [`Backend::found`] changed.
+    async fn refresh(&mut self) -> Result<bool, String> {
         match self {
             Backend::Cri(cri) => cri.refresh().await,
             Backend::Layout(layout) => layout.refresh(),
+        }
+    }
+
+    fn found(&self) -> &BTreeMap<u64, Found> {
+        match self {
+            Backend::Cri(cri) => cri.found(),
+            Backend::Layout(layout) => layout.found(),
         }
     }
 }
@@ -384,24 +392,30 @@ async fn run(config: PodConfig, tx: watch::Sender<Arc<Snapshot>>) {
         None
     };
     let fallback_error = snapshot.error.clone();
-    let mut found = BTreeMap::new();
+    let mut snapshot = Arc::new(snapshot);
+    let mut first = true;
     loop {
         let mut error = fallback_error.clone();
-        match backend.refresh().await {
-            Ok(now) => found = now,
-            Err(e) => error = Some(e),
-        }
-        let mut by_device = HashMap::new();
+        let pods_changed = match backend.refresh().await {
+            Ok(changed) => changed,
+            Err(e) => {
+                error = Some(e);
+                false
+            }
+        };
+        let mut devices_changed = false;
         if let Some(devices) = &mut devices {
-            match devices.refresh(&found).await {
-                Ok(map) => by_device = map,
+            match devices.refresh(backend.found(), pods_changed).await {
+                Ok(changed) => devices_changed = changed,
                 Err(e) => error = Some(e),
             }
         }
-        let next = next_snapshot(&snapshot, &found, &by_device, error);
-        if let Some(next) = next {
-            snapshot = next;
-            if tx.send(Arc::new(snapshot.clone())).is_err() {
+        if first || pods_changed || devices_changed || error != snapshot.error {
+            first = false;
+            let empty = HashMap::new();
+            let by_device = devices.as_ref().map_or(&empty, |d| d.by_device());
+            snapshot = Arc::new(next_snapshot(&snapshot, backend.found(), by_device, error));
+            if tx.send(snapshot.clone()).is_err() {
                 return;
             }
         }
@@ -420,27 +434,13 @@ async fn run(config: PodConfig, tx: watch::Sender<Arc<Snapshot>>) {
     }
 }
 
-/// The snapshot after a refresh, if anything differs from `current` (or none was published).
+/// The snapshot after a refresh that changed something.
 fn next_snapshot(
     current: &Snapshot,
     found: &BTreeMap<u64, Found>,
     by_device: &HashMap<u32, u64>,
     error: Option<String>,
-) -> Option<Snapshot> {
-    let same_pods = current.pods.len() == found.len()
-        && found
-            .iter()
-            .all(|(netns, f)| current.pods.get(netns).is_some_and(|p| **p == *f.pod));
-    let same_devices = current.devices.len() == by_device.len()
-        && by_device.iter().all(|(ifindex, netns)| {
-            current
-                .devices
-                .get(ifindex)
-                .is_some_and(|(n, _)| n == netns)
-        });
-    if current.generation > 0 && same_pods && same_devices && current.error == error {
-        return None;
-    }
+) -> Snapshot {
     let pods: HashMap<u64, Arc<Pod>> = found
         .iter()
         .map(|(netns, f)| {
@@ -456,12 +456,12 @@ fn next_snapshot(
         .iter()
         .filter_map(|(ifindex, netns)| Some((*ifindex, (*netns, pods.get(netns)?.clone()))))
         .collect();
-    Some(Snapshot {
+    Snapshot {
         source: current.source,
         runtime: current.runtime.clone(),
         generation: current.generation + 1,
         pods,
         devices,
         error,
-    })
+    }
 }
