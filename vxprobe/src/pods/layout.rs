@@ -199,7 +199,7 @@ impl Layout {
     /// when something they depend on did: a pod process came, went or moved, the log
     /// directories changed, a young pod's containers may have.
     pub(super) fn refresh(&mut self) -> Result<bool, String> {
-        let verify = self.refreshes % VERIFY_EVERY == 0;
+        let verify = self.refreshes.is_multiple_of(VERIFY_EVERY);
         self.refreshes += 1;
         let mut dirty = verify | self.read_log_dirs(verify);
         let live = self.list_pids()?;

@@ -312,7 +312,7 @@ fn node_netns(proc_root: &Path) -> Vec<u64> {
 }
 
 enum Backend {
-    Cri(Box<cri::Cri>),
+    Cri(cri::Cri),
     Layout(layout::Layout),
 }
 
@@ -347,7 +347,7 @@ async fn choose(config: &PodConfig, node: &[u64]) -> (Option<Backend>, Vec<Strin
     };
     for socket in sockets {
         match cri::Cri::connect(&socket, config.proc_root.clone(), node.to_vec()).await {
-            Ok(cri) => return (Some(Backend::Cri(Box::new(cri))), errors),
+            Ok(cri) => return (Some(Backend::Cri(cri)), errors),
             Err(e) => errors.push(e),
         }
     }
