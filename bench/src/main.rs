@@ -4,13 +4,15 @@
 //! measurement with repeated, interleaved runs, and writes a markdown and a JSON report.
 //!
 //! One module per measurement: [`throughput`] (1, 2), [`progcost`] (3), [`events`] (4),
-//! [`flows`] (5), [`attach`] (6), [`render`] (7), [`agent`] (8); [`report`] writes the results.
+//! [`flows`] (5), [`attach`] (6), [`render`] (7), [`agent`] (8), [`pods`] (9); [`report`] writes
+//! the results.
 
 mod agent;
 mod attach;
 mod events;
 mod flows;
 mod iperf;
+mod pods;
 mod procfs;
 mod progcost;
 mod recorder;
@@ -56,6 +58,7 @@ enum Measure {
     Attach,
     Render,
     Agent,
+    Pods,
 }
 
 const NICE: i32 = -10;
@@ -74,6 +77,11 @@ impl Ctx {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The pod index measured in a process of its own (see `pods`).
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("pods-child") {
+        return pods::child(&argv[2..]);
+    }
     let args = Args::parse();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -165,6 +173,12 @@ fn main() -> anyhow::Result<()> {
         "7. top at 10k flows",
         render,
         render::run(&ctx)
+    );
+    measure!(
+        Measure::Pods,
+        "8. the pod index at 1,000 pods",
+        pods,
+        pods::run(&ctx)
     );
 
     measure!(

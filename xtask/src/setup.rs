@@ -39,6 +39,15 @@ const PACKAGES: &[&str] = &[
     // The report's HTML is opened in headless Chromium by its test; a font to draw it with.
     "chromium",
     "fonts-dejavu-core",
+    // protoc: the k8s-cri crate generates its CRI client at build time.
+    "protobuf-compiler",
+    // The pods tests: a real containerd with its CRI plugin and runc, CNI plugins for the
+    // sandboxes' networks, and podman to build a local pause image from busybox-static.
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "podman",
+    "busybox-static",
 ];
 
 /// What `cargo xtask fuzz` needs besides: a C++ compiler for libFuzzer.
