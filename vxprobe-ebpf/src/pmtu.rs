@@ -1,11 +1,13 @@
 //! `icmp:icmp_send`: the node answering a packet with ICMP "fragmentation needed" (type 3,
 //! code 4), the path-MTU half of an MTU mismatch. tp_btf first, the raw tracepoint next; both
-//! get (skb, type, code).
+//! get (skb, type, code). Before 5.17 there is no such tracepoint: fentry (or a kprobe) on
+//! `__icmp_send(skb, type, code, info, opt)`, which the tracepoint sits in. Fragmentation
+//! needed is never rate-limited (icmpv4_mask_allow, icmpv4_xrlim_allow), so a call is a send.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, raw_tracepoint},
-    programs::{BtfTracePointContext, RawTracePointContext},
+    macros::{btf_tracepoint, fentry, kprobe, raw_tracepoint},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext},
 };
 use vxprobe_common::{EventKind, FragNeededEvent};
 
@@ -25,6 +27,22 @@ pub fn vxprobe_icmp_send_btf(ctx: BtfTracePointContext) -> i32 {
 pub fn vxprobe_icmp_send_raw(ctx: RawTracePointContext) -> i32 {
     let (icmp_type, code): (i64, i64) = (ctx.arg(1), ctx.arg(2));
     on_icmp_send(ctx.arg(0), icmp_type as i32, code as i32);
+    0
+}
+
+#[fentry(function = "__icmp_send")]
+pub fn vxprobe_icmp_send_fentry(ctx: FEntryContext) -> i32 {
+    let (icmp_type, code): (i32, i32) = (ctx.arg(1), ctx.arg(2));
+    on_icmp_send(ctx.arg(0), icmp_type, code);
+    0
+}
+
+#[kprobe]
+pub fn vxprobe_icmp_send_kprobe(ctx: ProbeContext) -> u32 {
+    let skb: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
+    let icmp_type: u64 = ctx.arg(1).unwrap_or(0);
+    let code: u64 = ctx.arg(2).unwrap_or(0);
+    on_icmp_send(skb, icmp_type as i32, code as i32);
     0
 }
 

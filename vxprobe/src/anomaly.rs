@@ -199,8 +199,12 @@ pub struct Enricher {
 
 impl Enricher {
     pub fn drop_event(&self, event: &DropEvent) -> Anomaly {
-        let reason = self.reasons.name(event.reason);
         let location = self.kallsyms.name(event.location);
+        let mut reason = self.reasons.name(event.reason);
+        if self.reasons.reasonless {
+            reason =
+                crate::btf_needs::reasonless_name(reason, &location, packet_bytes(&event.packet));
+        }
         let kind = if reason.ends_with("_CSUM") {
             AnomalyKind::CsumError
         } else if reason == "PKT_TOO_BIG" || SIZE_DROP_LOCATIONS.contains(&location.as_str()) {

@@ -16,6 +16,7 @@
 //! - [`lab`]: network-namespace topologies for tests and `demo`.
 
 pub mod anomaly;
+pub mod btf_needs;
 pub mod caps;
 pub mod cli;
 pub mod decode;
@@ -42,6 +43,7 @@ pub mod probes_cmd;
 pub mod record;
 pub mod session;
 pub mod stale;
+pub mod tc_order;
 pub mod top;
 pub mod tui;
 pub mod watch;

@@ -65,6 +65,9 @@ pub struct Meta {
     /// Slots per CPU of the flow cache in front of it (`--flow-cache`).
     pub flow_cache_slots: u32,
     pub hooks: Vec<HookChoice>,
+    /// Signals observed with less than usual on this kernel, and what they lose (btf_needs).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub degraded: BTreeMap<&'static str, Vec<String>>,
     pub hops: Vec<MetaHop>,
 }
 
@@ -74,6 +77,10 @@ pub struct MetaHop {
     pub ifindex: u32,
     pub role: Role,
     pub mtu: u32,
+    /// Programs and filters that run before vxprobe's on this device and can end processing
+    /// there (tc_order): what they pass, drop or redirect is not counted at the hop.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ahead: Vec<crate::tc_order::Ahead>,
 }
 
 /// A hop that started (a device appeared) or stopped (it vanished) being observed.
@@ -231,13 +238,15 @@ impl Session {
         crate::stale::remove_stale_filters().await;
 
         // Kernel-wide hooks need the running kernel's BTF; without it, say so and count hops.
-        let kernel = KernelBtf::load().and_then(|btf| {
-            let reasons = btf.drop_reasons()?;
-            let offsets = btf.kernel_offsets(&reasons)?;
-            Ok((reasons, offsets))
-        });
-        let (offsets, reasons, no_btf) = match kernel {
-            Ok((reasons, offsets)) => (Some(offsets), reasons, None),
+        // With it, each signal gets what it needs or says what it misses (btf_needs).
+        let kernel = KernelBtf::load().map(|btf| crate::btf_needs::resolve(&btf));
+        let (offsets, reasons, no_btf) = match &kernel {
+            Ok(facts) => {
+                for note in facts.degradations() {
+                    eprintln!("vxprobe: {note}");
+                }
+                (Some(facts.offsets), facts.reasons.clone(), None)
+            }
             Err(e) => {
                 eprintln!("vxprobe: drops, retransmits and refused sends are not observed: {e}");
                 (None, Default::default(), Some(e.to_string()))
@@ -264,6 +273,9 @@ impl Session {
         if let Some(why) = no_btf {
             probes.signals_unavailable(&why);
         } else {
+            if let Ok(facts) = &kernel {
+                probes.use_kernel_facts(facts);
+            }
             for choice in probes.attach_signals(&config.skip_hook) {
                 if choice.hook.is_none() {
                     eprintln!(
@@ -295,7 +307,17 @@ impl Session {
             max_flows: config.max_flows,
             flow_cache_slots: probes.flow_cache_slots,
             hooks: probes.hooks.clone(),
-            hops: hops.iter().map(meta_hop).collect(),
+            degraded: kernel
+                .as_ref()
+                .map(|facts| facts.degraded.clone())
+                .unwrap_or_default(),
+            hops: hops
+                .iter()
+                .map(|h| MetaHop {
+                    ahead: probes.ahead_of(h.device.ifindex),
+                    ..meta_hop(h)
+                })
+                .collect(),
         };
         let enricher = Enricher {
             reasons,
@@ -355,7 +377,10 @@ impl Session {
         self.enricher
             .hops
             .insert(ifindex, (hop.device.name.clone(), link_of(&hop)));
-        self.meta.hops.push(meta_hop(&hop));
+        self.meta.hops.push(MetaHop {
+            ahead: self.probes.ahead_of(ifindex),
+            ..meta_hop(&hop)
+        });
         self.hops.push(hop);
         Ok(true)
     }
@@ -552,6 +577,7 @@ fn meta_hop(hop: &Hop) -> MetaHop {
         ifindex: hop.device.ifindex,
         role: hop.role,
         mtu: hop.device.mtu,
+        ahead: Vec::new(),
     }
 }
 
