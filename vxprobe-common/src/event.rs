@@ -159,6 +159,10 @@ pub const REASONLESS_NOT_SPECIFIED: u32 = 0xffff_ff01;
 /// found wrong: user space names it after the packet's protocol (`UDP_CSUM`, `TCP_CSUM`...).
 pub const REASONLESS_CSUM: u32 = 0xffff_ff02;
 
+/// On a kernel without drop reasons, a free of the packet the same CPU just answered with ICMP
+/// fragmentation needed (`ip_forward`, `ip_fragment`): user space names it `PKT_TOO_BIG`.
+pub const REASONLESS_TOO_BIG: u32 = 0xffff_ff03;
+
 /// `icmp:icmp_send` of type 3 code 4: the node told a sender its packet is too big for the
 /// path (PMTU discovery); `packet` is the packet that triggered it.
 #[repr(C)]

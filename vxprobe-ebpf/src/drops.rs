@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use vxprobe_common::{
     DropEvent, EventKind, KernelOffsets,
-    event::{ABSENT, REASONLESS_CSUM},
+    event::{ABSENT, REASONLESS_CSUM, REASONLESS_TOO_BIG},
 };
 
 use crate::{events, kernel};
@@ -93,9 +93,18 @@ fn caller(ctx: &ProbeContext) -> u64 {
     }
 }
 
-/// The reason a kernel without drop reasons did not give.
+/// The reason a kernel without drop reasons did not give: a size drop where this CPU just
+/// sent fragmentation needed for this very packet (the frag_needed hook marks it; the mark
+/// lasts until this CPU's next free), a checksum failure where the packet says so.
 #[inline(always)]
 fn reasonless(skb: *const u8) -> u32 {
+    if let Some(slot) = crate::pmtu::TOO_BIG.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; programs on one CPU do not preempt each other.
+        let marked = unsafe { core::mem::replace(&mut *slot, 0) };
+        if marked != 0 && marked == skb as u64 {
+            return REASONLESS_TOO_BIG;
+        }
+    }
     if csum_failed(skb, &kernel::offsets()) {
         REASONLESS_CSUM
     } else {

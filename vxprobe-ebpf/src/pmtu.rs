@@ -6,7 +6,8 @@
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, fentry, kprobe, raw_tracepoint},
+    macros::{btf_tracepoint, fentry, kprobe, map, raw_tracepoint},
+    maps::PerCpuArray,
     programs::{BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext},
 };
 use vxprobe_common::{EventKind, FragNeededEvent};
@@ -46,10 +47,19 @@ pub fn vxprobe_icmp_send_kprobe(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// The packet this CPU last answered with fragmentation needed: on kernels without drop
+/// reasons, its free right after (`ip_forward`, `ip_fragment`) is a size drop (drops.rs).
+#[map]
+pub static TOO_BIG: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 #[inline(always)]
 fn on_icmp_send(skb: *const u8, icmp_type: i32, code: i32) {
     if icmp_type != ICMP_DEST_UNREACH || code != ICMP_FRAG_NEEDED {
         return;
+    }
+    if let Some(slot) = TOO_BIG.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; programs on one CPU do not preempt each other.
+        unsafe { *slot = skb as u64 };
     }
     let offsets = kernel::offsets();
     let Some(mut entry) = events::reserve::<FragNeededEvent>(EventKind::FragNeeded) else {

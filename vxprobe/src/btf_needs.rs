@@ -205,7 +205,8 @@ pub fn resolve(btf: &KernelBtf) -> KernelFacts {
                 "drop",
                 format!(
                     "no drop reasons ({e}): drops are NOT_SPECIFIED, told apart by their \
-                     location; checksum failures by the packet's checksum state"
+                     location; checksum failures by the packet's checksum state, size drops by \
+                     the fragmentation-needed ICMP sent for them (frag_needed's hook)"
                 ),
             );
         }
@@ -247,11 +248,21 @@ impl KernelFacts {
 /// a copy fault, EFAULT, from a bad user buffer).
 const CSUM_COPY_LOCATIONS: &[&str] = &["udp_recvmsg", "udpv6_recvmsg"];
 
-/// The name of a drop reason of a kernel without them: `CSUM` (the `_noreason` programs' mark
-/// of a checksum the stack found wrong) and a `NOT_SPECIFIED` free where only a checksum
-/// failure frees become `UDP_CSUM`, `TCP_CSUM`, `ICMP_CSUM`... after the protocol of the
-/// packet's IP header (`ip`: the packet from it, when captured).
+/// Functions of a kernel without drop reasons whose only free is for one reason:
+/// `nf_hook_slow` frees a packet only on a netfilter verdict of NF_DROP.
+const ONLY_FREES_FOR: &[(&str, &str)] = &[("nf_hook_slow", "NETFILTER_DROP")];
+
+/// The name of a drop reason of a kernel without them: a `NOT_SPECIFIED` free where only one
+/// reason frees is that reason; `CSUM` (the `_noreason` programs' mark of a checksum the stack
+/// found wrong) and a `NOT_SPECIFIED` free where only a checksum failure frees become
+/// `UDP_CSUM`, `TCP_CSUM`, `ICMP_CSUM`... after the protocol of the packet's IP header (`ip`:
+/// the packet from it, when captured).
 pub fn reasonless_name(name: String, location: &str, ip: Option<&[u8]>) -> String {
+    if name == "NOT_SPECIFIED"
+        && let Some((_, reason)) = ONLY_FREES_FOR.iter().find(|(at, _)| *at == location)
+    {
+        return (*reason).to_owned();
+    }
     let checksum =
         name == "CSUM" || (name == "NOT_SPECIFIED" && CSUM_COPY_LOCATIONS.contains(&location));
     if !checksum {
@@ -340,6 +351,10 @@ mod tests {
         assert_eq!(
             name("NOT_SPECIFIED", "__udp4_lib_rcv", Some(&udp)),
             "NOT_SPECIFIED"
+        );
+        assert_eq!(
+            name("NOT_SPECIFIED", "nf_hook_slow", None),
+            "NETFILTER_DROP"
         );
     }
 

@@ -198,10 +198,13 @@ pub struct DropReasons {
 impl DropReasons {
     /// The names vxprobe gives the frees of a kernel without drop reasons.
     pub fn reasonless() -> Self {
-        use vxprobe_common::event::{REASONLESS_CSUM, REASONLESS_NOT_SPECIFIED};
+        use vxprobe_common::event::{
+            REASONLESS_CSUM, REASONLESS_NOT_SPECIFIED, REASONLESS_TOO_BIG,
+        };
         let names = [
             (REASONLESS_NOT_SPECIFIED, "SKB_DROP_REASON_NOT_SPECIFIED"),
             (REASONLESS_CSUM, "CSUM"),
+            (REASONLESS_TOO_BIG, "SKB_DROP_REASON_PKT_TOO_BIG"),
         ];
         Self {
             names: names.into_iter().map(|(v, n)| (v, n.to_owned())).collect(),

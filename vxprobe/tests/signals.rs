@@ -301,11 +301,22 @@ fn syn_ack_retransmits_are_counted() {
         std::net::TcpStream::connect((server, 7900))
     })
     .unwrap();
-    // Initial RTO 1 s: the SYN-ACK goes again at about 1 s and 3 s.
-    std::thread::sleep(std::time::Duration::from_millis(3500));
+    // Initial RTO 1 s: the SYN-ACK goes again at about 1 s, 3 s, 7 s... Wait for two, then
+    // close the listener (its request socket retransmits no more) before reading the counter
+    // and stopping the recorder, so both see the same retransmits.
+    let limit = std::time::Duration::from_secs(20) * common::time_scale();
+    let deadline = std::time::Instant::now() + limit;
+    while faults::snmp(&n2.pod.netns, "Tcp", "RetransSegs").unwrap() < before + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server retransmitted its SYN-ACK fewer than twice in {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(listener);
     let after = faults::snmp(&n2.pod.netns, "Tcp", "RetransSegs").unwrap();
     let lines = rec.stop();
-    drop((client, listener));
+    drop(client);
     let synacks: u64 = lines
         .iter()
         .filter(|l| {

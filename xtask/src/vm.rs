@@ -102,6 +102,8 @@ const VM_PACKAGES: &[&str] = &[
     "file",
     "xz-utils",
     "zstd",
+    // signs every Debian suite, bullseye's too (vm/apt.rs)
+    "debian-archive-keyring",
 ];
 
 /// Modules the initramfs loads to reach the host's root (each with its dependencies; built-in
@@ -1078,6 +1080,19 @@ mod tests {
             newest(flavor("debian-6.12").unwrap(), &names).as_deref(),
             Some("linux-image-6.12.117+deb12-amd64")
         );
+        let names: Vec<String> = [
+            "linux-image-5.10.0-30-amd64",
+            "linux-image-5.10.0-32-amd64",
+            "linux-image-5.10.0-32-cloud-amd64",
+            "linux-image-5.10.0-32-rt-amd64",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            newest(flavor("debian-5.10").unwrap(), &names).as_deref(),
+            Some("linux-image-5.10.0-32-amd64")
+        );
+        assert_eq!(flavor("debian-5.10").unwrap().suite, Some("bullseye"));
     }
 
     #[test]
