@@ -151,7 +151,8 @@ impl Anomaly {
     pub fn is_benign(&self) -> bool {
         self.kind == AnomalyKind::Drop
             && self.reason.as_deref() == Some("NO_SOCKET")
-            && self.location.as_deref() == Some("ping_rcv")
+            // icmp_rcv: kernels without drop reasons (btf_needs::reasonless_name)
+            && matches!(self.location.as_deref(), Some("ping_rcv" | "icmp_rcv"))
     }
 
     pub(crate) fn new(kind: AnomalyKind, netns: u32) -> Self {

@@ -149,19 +149,7 @@ pub fn resolve(btf: &KernelBtf) -> KernelFacts {
 
     // The device a bound AF_PACKET socket sends to, when a refused send names none: the
     // task's fd table to the socket, then `packet_sock` (af_packet's own BTF when a module).
-    let bound_device = (|| -> Result<[u32; 7], KernelBtfError> {
-        // The socket's family tells an AF_PACKET one.
-        r.offset("sock_common", &["skc_family"])?;
-        Ok([
-            r.offset("task_struct", &["files"])?,
-            r.offset("files_struct", &["fdt"])?,
-            r.offset("fdtable", &["max_fds"])?,
-            r.offset("fdtable", &["fd"])?,
-            r.offset("file", &["private_data"])?,
-            r.offset("socket", &["sk"])?,
-            r.btf.packet_sock_ifindex()?,
-        ])
-    })();
+    let bound_device = bound_device_offsets(btf);
     let bound_device = r.optional(
         "send_emsgsize",
         "refused sends on a bound AF_PACKET socket without a destination name no device",
@@ -234,6 +222,21 @@ pub fn resolve(btf: &KernelBtf) -> KernelFacts {
     r.facts
 }
 
+/// task->files->fdt->fd[fd]->private_data (a socket)->sk, then `packet_sock`'s ifindex (and
+/// the socket's family, which tells an AF_PACKET one).
+fn bound_device_offsets(btf: &KernelBtf) -> Result<[u32; 7], KernelBtfError> {
+    btf.offset_of("sock_common", &["skc_family"])?;
+    Ok([
+        btf.offset_of("task_struct", &["files"])?,
+        btf.offset_of("files_struct", &["fdt"])?,
+        btf.offset_of("fdtable", &["max_fds"])?,
+        btf.offset_of("fdtable", &["fd"])?,
+        btf.offset_of("file", &["private_data"])?,
+        btf.offset_of("socket", &["sk"])?,
+        btf.packet_sock_ifindex()?,
+    ])
+}
+
 impl KernelFacts {
     /// One line per degraded signal, for stderr and `vxprobe probes`.
     pub fn degradations(&self) -> impl Iterator<Item = String> + '_ {
@@ -262,6 +265,17 @@ pub fn reasonless_name(name: String, location: &str, ip: Option<&[u8]>) -> Strin
         && let Some((_, reason)) = ONLY_FREES_FOR.iter().find(|(at, _)| *at == location)
     {
         return (*reason).to_owned();
+    }
+    // An echo reply no ping socket wanted (root's ping got its copy on a raw socket): 5.10
+    // frees it in icmp_rcv, where later kernels say NO_SOCKET in ping_rcv.
+    if name == "NOT_SPECIFIED"
+        && location == "icmp_rcv"
+        && let Some(&[first, ..]) = ip
+        && first >> 4 == 4
+        && ip.and_then(|p| p.get(9)) == Some(&1)
+        && ip.and_then(|p| p.get(usize::from(first & 0x0f) * 4)) == Some(&0)
+    {
+        return "NO_SOCKET".to_owned();
     }
     let checksum =
         name == "CSUM" || (name == "NOT_SPECIFIED" && CSUM_COPY_LOCATIONS.contains(&location));
@@ -355,6 +369,17 @@ mod tests {
         assert_eq!(
             name("NOT_SPECIFIED", "nf_hook_slow", None),
             "NETFILTER_DROP"
+        );
+        let mut echo_reply = vec![0x45, 0, 0, 28, 0, 0, 0, 0, 64, 1];
+        echo_reply.resize(28, 0);
+        assert_eq!(
+            name("NOT_SPECIFIED", "icmp_rcv", Some(&echo_reply)),
+            "NO_SOCKET"
+        );
+        echo_reply[20] = 8; // an echo request
+        assert_eq!(
+            name("NOT_SPECIFIED", "icmp_rcv", Some(&echo_reply)),
+            "NOT_SPECIFIED"
         );
     }
 

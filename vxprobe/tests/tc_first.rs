@@ -239,8 +239,17 @@ fn clsact_goes_ahead_of_the_filters_already_there() {
             ],
         );
     }
-    let all = vec!["--stats-interval", "200ms", "-i", POD_HOST_DEV];
-    let rec = Recorder::start(ns, &[all.as_slice(), &["--tc-attach", "clsact"]].concat());
+    let rec = Recorder::start(
+        ns,
+        &[
+            "--stats-interval",
+            "200ms",
+            "-i",
+            POD_HOST_DEV,
+            "--tc-attach",
+            "clsact",
+        ],
+    );
     // Where vxprobe's filters went: the ingress one shares priority 1 (at the head of the
     // bpf group), the egress one took 6.
     let show = |dir: &str| must(ns, "tc", &["filter", "show", "dev", POD_HOST_DEV, dir]);

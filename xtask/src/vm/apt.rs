@@ -83,10 +83,9 @@ impl Apt {
 /// The Debian mirror the machine's apt already uses (its first `debian` source that is not
 /// the security archive), else deb.debian.org.
 fn mirror() -> String {
-    let mut texts = Vec::new();
-    for file in ["/etc/apt/sources.list"] {
-        texts.extend(fs::read_to_string(file).ok());
-    }
+    let mut texts: Vec<String> = fs::read_to_string("/etc/apt/sources.list")
+        .into_iter()
+        .collect();
     if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
         let mut files: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
         files.sort();
