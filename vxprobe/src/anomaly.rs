@@ -201,11 +201,13 @@ pub struct Enricher {
 impl Enricher {
     pub fn drop_event(&self, event: &DropEvent) -> Anomaly {
         let location = self.kallsyms.name(event.location);
-        let mut reason = self.reasons.name(event.reason);
-        if self.reasons.reasonless {
-            reason =
-                crate::btf_needs::reasonless_name(reason, &location, packet_bytes(&event.packet));
-        }
+        // Frees the kernel gives no reason for, named where the place says it (all kernels:
+        // 6.1 frees the checksum failures udp_recvmsg finds with plain kfree_skb too).
+        let reason = crate::btf_needs::reasonless_name(
+            self.reasons.name(event.reason),
+            &location,
+            packet_bytes(&event.packet),
+        );
         let kind = if reason.ends_with("_CSUM") {
             AnomalyKind::CsumError
         } else if reason == "PKT_TOO_BIG" || SIZE_DROP_LOCATIONS.contains(&location.as_str()) {

@@ -246,16 +246,17 @@ impl KernelFacts {
     }
 }
 
-/// Where a kernel without drop reasons (before 5.17) frees a UDP datagram only for a checksum
-/// found wrong while copying it to the reader (`csum_copy_err`; the only other free there is
-/// a copy fault, EFAULT, from a bad user buffer).
+/// Where a kernel frees a UDP datagram with no reason (5.10; 6.1 too, which names none there)
+/// only for a checksum found wrong while copying it to the reader (`csum_copy_err`; the only
+/// other free there is a copy fault, EFAULT, from a bad user buffer).
 const CSUM_COPY_LOCATIONS: &[&str] = &["udp_recvmsg", "udpv6_recvmsg"];
 
 /// Functions of a kernel without drop reasons whose only free is for one reason:
 /// `nf_hook_slow` frees a packet only on a netfilter verdict of NF_DROP.
 const ONLY_FREES_FOR: &[(&str, &str)] = &[("nf_hook_slow", "NETFILTER_DROP")];
 
-/// The name of a drop reason of a kernel without them: a `NOT_SPECIFIED` free where only one
+/// The name of a free the kernel gave no reason for (every free before 5.17, the plain
+/// `kfree_skb` ones after; a no-op for other names): a `NOT_SPECIFIED` free where only one
 /// reason frees is that reason; `CSUM` (the `_noreason` programs' mark of a checksum the stack
 /// found wrong) and a `NOT_SPECIFIED` free where only a checksum failure frees become
 /// `UDP_CSUM`, `TCP_CSUM`, `ICMP_CSUM`... after the protocol of the packet's IP header (`ip`:
