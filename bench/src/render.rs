@@ -53,6 +53,7 @@ fn hop(name: &str, ifindex: u32, role: Role) -> MetaHop {
         ifindex,
         role,
         mtu: 1450,
+        ahead: Vec::new(),
     }
 }
 

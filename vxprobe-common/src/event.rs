@@ -140,8 +140,28 @@ impl KernelOffsets {
         packet_ifindex: 0,
         reason_consumed: 0,
         retransmit_has_err: 0,
+        reason_not_dropped: 0,
+        reason_not_specified: 0,
+        skb_ip_summed_bit: 0,
+        skb_csum_valid_bit: 0,
+        skb_csum_sw_bit: 0,
     };
 }
+
+/// In [`KernelOffsets`]: this kernel has no such drop reason, or no such field.
+pub const ABSENT: u32 = u32::MAX;
+
+/// The drop reason a kernel without `enum skb_drop_reason` (before 5.17) gets for its frees:
+/// user space names it `NOT_SPECIFIED`.
+pub const REASONLESS_NOT_SPECIFIED: u32 = 0xffff_ff01;
+
+/// On a kernel without drop reasons, a free of a packet whose checksum the stack computed and
+/// found wrong: user space names it after the packet's protocol (`UDP_CSUM`, `TCP_CSUM`...).
+pub const REASONLESS_CSUM: u32 = 0xffff_ff02;
+
+/// On a kernel without drop reasons, a free of the packet the same CPU just answered with ICMP
+/// fragmentation needed (`ip_forward`, `ip_fragment`): user space names it `PKT_TOO_BIG`.
+pub const REASONLESS_TOO_BIG: u32 = 0xffff_ff03;
 
 /// `icmp:icmp_send` of type 3 code 4: the node told a sender its packet is too big for the
 /// path (PMTU discovery); `packet` is the packet that triggered it.
@@ -307,10 +327,22 @@ pub struct KernelOffsets {
     pub socket_sk: u32,
     /// `struct packet_sock` `ifindex` (0: unknown, e.g. af_packet without BTF).
     pub packet_ifindex: u32,
-    /// The `SKB_CONSUMED` value: frees with it are not drops.
+    /// The `SKB_CONSUMED` value (6.2+): frees with it are not drops. [`ABSENT`] without one.
     pub reason_consumed: u32,
     /// 1 when `tcp_retransmit_skb` has the `err` argument (and fires on failed retransmits).
     pub retransmit_has_err: u32,
+    /// The `SKB_NOT_DROPPED_YET` value (0 since 5.19): not a drop. [`ABSENT`] without one
+    /// (on 5.17 and 5.18, 0 is `NOT_SPECIFIED`, a drop).
+    pub reason_not_dropped: u32,
+    /// What a free without a reason is reported as: `SKB_DROP_REASON_NOT_SPECIFIED`, or
+    /// [`REASONLESS_NOT_SPECIFIED`] where the enum does not exist.
+    pub reason_not_specified: u32,
+    /// Bit offsets in `struct sk_buff` of `ip_summed` (2 bits), `csum_valid` and
+    /// `csum_complete_sw`: a drop with CHECKSUM_COMPLETE computed in software and found wrong is
+    /// a checksum failure on kernels whose frees carry no reason. [`ABSENT`] when missing.
+    pub skb_ip_summed_bit: u32,
+    pub skb_csum_valid_bit: u32,
+    pub skb_csum_sw_bit: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
@@ -319,7 +351,7 @@ const _: () = assert!(core::mem::size_of::<PacketInfo>() == 24 + 16 + SNAP_LEN);
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 16 + 16 + 168);
 const _: () = assert!(core::mem::size_of::<FragNeededEvent>() == 16 + 168);
 const _: () = assert!(core::mem::size_of::<CsumEvent>() == 16 + 8 + 168);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 37 * 4);
 const _: () = assert!(core::mem::size_of::<SockFlow>() == 40);
 const _: () = assert!(core::mem::size_of::<RetransmitEvent>() == 16 + 40 + 8);
 const _: () = assert!(core::mem::size_of::<SendErrorEvent>() == 16 + 8 + 16 + 16 + 8 + 16);

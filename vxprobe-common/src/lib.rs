@@ -53,6 +53,14 @@ pub mod names {
     pub const TCP_BAD_CSUM_RAW: &str = "vxprobe_tcp_bad_csum_raw";
     pub const RX_CSUM_FAULT_KPROBE: &str = "vxprobe_rx_csum_fault_kprobe";
     pub const ICMP_SEND_RAW: &str = "vxprobe_icmp_send_raw";
+    /// `__icmp_send` itself, where `icmp:icmp_send` does not exist (before 5.17).
+    pub const ICMP_SEND_FENTRY: &str = "vxprobe_icmp_send_fentry";
+    pub const ICMP_SEND_KPROBE: &str = "vxprobe_icmp_send_kprobe";
+    /// `skb:kfree_skb` without its `reason` argument (before 5.17): (skb, location) only.
+    pub const KFREE_SKB_BTF_REASONLESS: &str = "vxprobe_kfree_skb_btf_noreason";
+    pub const KFREE_SKB_RAW_REASONLESS: &str = "vxprobe_kfree_skb_raw_noreason";
+    /// A kprobe on `kfree_skb`, a function before 5.17 (an inline wrapper since).
+    pub const KFREE_SKB_KPROBE_REASONLESS: &str = "vxprobe_kfree_skb_kprobe";
     /// A no-op TC program for the benchmark's floor; vxprobe itself never attaches it.
     pub const YARDSTICK_TC: &str = "vxprobe_yardstick_tc";
     /// The least per-hop counter, for the benchmark; never attached by vxprobe either.

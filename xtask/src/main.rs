@@ -35,7 +35,7 @@ enum Task {
     /// Run the root integration tests inside Debian's kernels under QEMU (TCG): the kernel
     /// matrix. Exits with the tests' status (124: timed out, 125: the guest did not report).
     VmTest {
-        /// Which kernel: debian-6.1, debian-6.12 or all.
+        /// Which kernel: debian-5.10, debian-6.1, debian-6.12 or all.
         #[arg(long, default_value = "all", value_parser = kernel_names())]
         kernel: String,
         /// Only the tests that prove each rung of the hook ladder (kernel_hooks, drops,

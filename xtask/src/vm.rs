@@ -35,6 +35,8 @@ use anyhow::{Context as _, bail};
 
 use crate::setup::{self, BuildEnv};
 
+mod apt;
+
 /// A kernel line of the matrix.
 pub struct Flavor {
     pub name: &'static str,
@@ -42,6 +44,9 @@ pub struct Flavor {
     search: &'static str,
     /// Package names are `<prefix><version>-amd64`.
     prefix: &'static str,
+    /// A Debian suite other than the machine's own, read through a private apt state
+    /// (`vm/apt.rs`); `None`: the machine's apt.
+    suite: Option<&'static str>,
     /// What `vxprobe probes --json` reports there: `tc=<mode>` and `<signal>=<hook>` (a hook
     /// type alone, `tp_btf`, matches any target). Checked by `tests/kernel_hooks.rs` through
     /// VXPROBE_EXPECT_HOOKS; update it when the ladder changes.
@@ -50,9 +55,22 @@ pub struct Flavor {
 
 pub const FLAVORS: &[Flavor] = &[
     Flavor {
+        name: "debian-5.10",
+        search: r"^linux-image-5\.10\.0-[0-9]+-amd64$",
+        prefix: "linux-image-5.10.0-",
+        suite: Some("bullseye"),
+        // No drop reasons, no icmp_send or tcp_bad_csum tracepoint, no TCX (see README's
+        // kernel matrix); af_packet is built in, so fexit reaches packet_sendmsg.
+        expect_hooks: "tc=clsact,drop=tp_btf:kfree_skb,retransmit=tp_btf:tcp_retransmit_skb,\
+                       retransmit_synack=tp_btf:tcp_retransmit_synack,frag_needed=fentry:__icmp_send,\
+                       rx_csum_fault=kprobe:netdev_rx_csum_fault,tcp_bad_csum=UNAVAILABLE,\
+                       send_emsgsize=fexit:packet_sendmsg+udp_sendmsg",
+    },
+    Flavor {
         name: "debian-6.1",
         search: r"^linux-image-6\.1\.0-[0-9]+-amd64$",
         prefix: "linux-image-6.1.0-",
+        suite: None,
         // tcp_bad_csum is a stand-in only attached when drops have no hook.
         expect_hooks: "tc=clsact,drop=tp_btf:kfree_skb,retransmit=tp_btf:tcp_retransmit_skb,\
                        retransmit_synack=tp_btf:tcp_retransmit_synack,frag_needed=tp_btf:icmp_send,\
@@ -63,6 +81,7 @@ pub const FLAVORS: &[Flavor] = &[
         name: "debian-6.12",
         search: r"^linux-image-6\.12\.[0-9]+\+deb[0-9]+-amd64$",
         prefix: "linux-image-6.12.",
+        suite: None,
         expect_hooks: "tc=tcx,drop=tp_btf:kfree_skb,retransmit=tp_btf:tcp_retransmit_skb,\
                        retransmit_synack=tp_btf:tcp_retransmit_synack,frag_needed=tp_btf:icmp_send,\
                        rx_csum_fault=kprobe:netdev_rx_csum_fault,tcp_bad_csum=UNAVAILABLE,\
@@ -83,6 +102,8 @@ const VM_PACKAGES: &[&str] = &[
     "file",
     "xz-utils",
     "zstd",
+    // signs every Debian suite, bullseye's too (vm/apt.rs)
+    "debian-archive-keyring",
 ];
 
 /// Modules the initramfs loads to reach the host's root (each with its dependencies; built-in
@@ -299,7 +320,7 @@ fn prepare_kernel(flavor: &Flavor) -> anyhow::Result<Kernel> {
         let partial = kernels_dir().join(format!("{package}.partial"));
         let _ = fs::remove_dir_all(&partial);
         fs::create_dir_all(&partial)?;
-        unpack_kernel(&package, &partial)
+        unpack_kernel(&apt::Apt::for_suite(flavor.suite)?, &package, &partial)
             .with_context(|| format!("preparing kernel package {package}"))?;
         fs::rename(&partial, &dir)?;
         prune_older(flavor, &package);
@@ -310,8 +331,9 @@ fn prepare_kernel(flavor: &Flavor) -> anyhow::Result<Kernel> {
 /// Asks apt for the newest package of the line; without an answer (no package lists, no
 /// network) falls back to the newest one already prepared in the cache.
 fn resolve_package(flavor: &Flavor) -> anyhow::Result<String> {
+    let apt = apt::Apt::for_suite(flavor.suite)?;
     let search = || -> Vec<String> {
-        Command::new("apt-cache")
+        apt.command("apt-cache")
             .args(["search", "--names-only", flavor.search])
             .output()
             .map(|o| {
@@ -325,14 +347,14 @@ fn resolve_package(flavor: &Flavor) -> anyhow::Result<String> {
     let mut names = search();
     if newest(flavor, &names).is_none() && setup::is_root() {
         eprintln!(
-            "vm-test: apt knows no {} package: apt-get update",
-            flavor.name
+            "vm-test: apt knows no {} package: apt-get update{}",
+            flavor.name,
+            flavor
+                .suite
+                .map(|s| format!(" (private {s} lists)"))
+                .unwrap_or_default()
         );
-        let _ = setup::run(
-            Command::new("apt-get")
-                .args(["update", "-q"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        );
+        let _ = apt.update();
         names = search();
     }
     if let Some(name) = newest(flavor, &names) {
@@ -381,11 +403,11 @@ fn newest(flavor: &Flavor, names: &[String]) -> Option<String> {
         .map(|(_, name)| name)
 }
 
-fn unpack_kernel(package: &str, dir: &Path) -> anyhow::Result<()> {
+fn unpack_kernel(apt: &apt::Apt, package: &str, dir: &Path) -> anyhow::Result<()> {
     eprintln!("vm-test: apt-get download {package}");
     let download = || {
         setup::run(
-            Command::new("apt-get")
+            apt.command("apt-get")
                 .args(["download", "-q", package])
                 // root downloads into a directory _apt cannot write: say it is fine
                 .args(["-o", "APT::Sandbox::User=root"])
@@ -395,11 +417,7 @@ fn unpack_kernel(package: &str, dir: &Path) -> anyhow::Result<()> {
     if download().is_err() {
         // stale package lists name a file the mirror no longer has
         eprintln!("vm-test: download failed: apt-get update, then once more");
-        setup::run(
-            Command::new("apt-get")
-                .args(["update", "-q"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        apt.update()?;
         download()?;
     }
     let deb = fs::read_dir(dir)?
@@ -1047,7 +1065,7 @@ mod tests {
         .map(String::from)
         .to_vec();
         assert_eq!(
-            newest(&FLAVORS[0], &names).as_deref(),
+            newest(flavor("debian-6.1").unwrap(), &names).as_deref(),
             Some("linux-image-6.1.0-56-amd64")
         );
         let names: Vec<String> = [
@@ -1059,9 +1077,22 @@ mod tests {
         .map(String::from)
         .to_vec();
         assert_eq!(
-            newest(&FLAVORS[1], &names).as_deref(),
+            newest(flavor("debian-6.12").unwrap(), &names).as_deref(),
             Some("linux-image-6.12.117+deb12-amd64")
         );
+        let names: Vec<String> = [
+            "linux-image-5.10.0-30-amd64",
+            "linux-image-5.10.0-32-amd64",
+            "linux-image-5.10.0-32-cloud-amd64",
+            "linux-image-5.10.0-32-rt-amd64",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            newest(flavor("debian-5.10").unwrap(), &names).as_deref(),
+            Some("linux-image-5.10.0-32-amd64")
+        );
+        assert_eq!(flavor("debian-5.10").unwrap().suite, Some("bullseye"));
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::{collections::HashMap, path::Path};
 
 use btf_rs::{Backend, Btf, Type};
 use fallible_iterator::FallibleIterator as _;
-use vxprobe_common::KernelOffsets;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -73,22 +72,33 @@ impl KernelBtf {
         None
     }
 
-    /// Byte offset of `field` in `aggregate`, looking through anonymous structs and unions.
+    /// Bit offset of `field` in `aggregate`, looking through anonymous structs and unions.
     fn find_member(&self, aggregate: &btf_rs::Struct, field: &str) -> Option<(u32, Type)> {
         for member in &aggregate.members {
             let name = self.btf.resolve_name(member).unwrap_or_default();
             let ty = self.btf.resolve_chained_type(member).ok()?;
             if name == field {
-                return Some((member.bit_offset() / 8, ty));
+                return Some((member.bit_offset(), ty));
             }
             if name.is_empty()
                 && let Some(inner) = self.as_aggregate(ty)
                 && let Some((offset, ty)) = self.find_member(&inner, field)
             {
-                return Some((member.bit_offset() / 8 + offset, ty));
+                return Some((member.bit_offset() + offset, ty));
             }
         }
         None
+    }
+
+    /// Bit offset of a field (a bitfield such as `sk_buff`'s `csum_valid`) in `struct name`.
+    pub fn bit_offset_of(&self, structure: &str, field: &str) -> Result<u32, KernelBtfError> {
+        let current = self.named_struct(structure)?;
+        self.find_member(&current, field)
+            .map(|(bits, _)| bits)
+            .ok_or_else(|| KernelBtfError::MissingField {
+                structure: structure.to_owned(),
+                field: field.to_owned(),
+            })
     }
 
     /// Byte offset of a field path (`["nd_net", "net"]`) from the start of `struct name`.
@@ -103,7 +113,7 @@ impl KernelBtf {
             let (offset, ty) = self
                 .find_member(&current, field)
                 .ok_or_else(|| missing(field))?;
-            total += offset;
+            total += offset / 8;
             if i + 1 < path.len() {
                 current = self.as_aggregate(ty).ok_or_else(|| missing(field))?;
             }
@@ -131,55 +141,14 @@ impl KernelBtf {
         if !names.values().any(|n| n.starts_with("SKB_DROP_REASON_")) {
             return Err(KernelBtfError::MissingType("enum skb_drop_reason".into()));
         }
-        Ok(DropReasons { names })
-    }
-
-    /// Every offset the kernel programs need.
-    pub fn kernel_offsets(&self, reasons: &DropReasons) -> Result<KernelOffsets, KernelBtfError> {
-        Ok(KernelOffsets {
-            skb_len: self.offset_of("sk_buff", &["len"])?,
-            skb_dev: self.offset_of("sk_buff", &["dev"])?,
-            skb_head: self.offset_of("sk_buff", &["head"])?,
-            skb_tail: self.offset_of("sk_buff", &["tail"])?,
-            skb_network_header: self.offset_of("sk_buff", &["network_header"])?,
-            skb_iif: self.offset_of("sk_buff", &["skb_iif"])?,
-            skb_protocol: self.offset_of("sk_buff", &["protocol"])?,
-            dev_ifindex: self.offset_of("net_device", &["ifindex"])?,
-            dev_name: self.offset_of("net_device", &["name"])?,
-            dev_nd_net: self.offset_of("net_device", &["nd_net", "net"])?,
-            net_ns_inum: self.offset_of("net", &["ns", "inum"])?,
-            task_nsproxy: self.offset_of("task_struct", &["nsproxy"])?,
-            nsproxy_net_ns: self.offset_of("nsproxy", &["net_ns"])?,
-            sk_family: self.offset_of("sock_common", &["skc_family"])?,
-            sk_num: self.offset_of("sock_common", &["skc_num"])?,
-            sk_dport: self.offset_of("sock_common", &["skc_dport"])?,
-            sk_rcv_saddr: self.offset_of("sock_common", &["skc_rcv_saddr"])?,
-            sk_daddr: self.offset_of("sock_common", &["skc_daddr"])?,
-            // Kernels built without IPv6 have no v6 fields: IPv4 sockets still work.
-            sk_v6_rcv_saddr: self
-                .offset_of("sock_common", &["skc_v6_rcv_saddr"])
-                .unwrap_or(0),
-            sk_v6_daddr: self
-                .offset_of("sock_common", &["skc_v6_daddr"])
-                .unwrap_or(0),
-            sk_net: self.offset_of("sock_common", &["skc_net", "net"])?,
-            sk_state: self.offset_of("sock_common", &["skc_state"])?,
-            skb_tcp_gso_segs: self.offset_of("sk_buff", &["cb"])?
-                + self.offset_of("tcp_skb_cb", &["tcp_gso_segs"])?,
-            task_files: self.offset_of("task_struct", &["files"])?,
-            files_fdt: self.offset_of("files_struct", &["fdt"])?,
-            fdt_max_fds: self.offset_of("fdtable", &["max_fds"])?,
-            fdt_fd: self.offset_of("fdtable", &["fd"])?,
-            file_private_data: self.offset_of("file", &["private_data"])?,
-            socket_sk: self.offset_of("socket", &["sk"])?,
-            packet_ifindex: self.packet_sock_ifindex().unwrap_or(0),
-            reason_consumed: reasons.value_of("SKB_CONSUMED").unwrap_or(1),
-            retransmit_has_err: u32::from(self.tracepoint_arity("tcp_retransmit_skb")? >= 3),
+        Ok(DropReasons {
+            names,
+            reasonless: false,
         })
     }
 
     /// `struct packet_sock` lives in af_packet, built in or a module with its own split BTF.
-    fn packet_sock_ifindex(&self) -> Result<u32, KernelBtfError> {
+    pub fn packet_sock_ifindex(&self) -> Result<u32, KernelBtfError> {
         if let Ok(offset) = self.offset_of("packet_sock", &["ifindex"]) {
             return Ok(offset);
         }
@@ -222,9 +191,27 @@ impl KernelBtf {
 #[derive(Debug, Clone, Default)]
 pub struct DropReasons {
     names: HashMap<u32, String>,
+    /// The kernel has no `enum skb_drop_reason` (before 5.17): every name here is vxprobe's.
+    pub reasonless: bool,
 }
 
 impl DropReasons {
+    /// The names vxprobe gives the frees of a kernel without drop reasons.
+    pub fn reasonless() -> Self {
+        use vxprobe_common::event::{
+            REASONLESS_CSUM, REASONLESS_NOT_SPECIFIED, REASONLESS_TOO_BIG,
+        };
+        let names = [
+            (REASONLESS_NOT_SPECIFIED, "SKB_DROP_REASON_NOT_SPECIFIED"),
+            (REASONLESS_CSUM, "CSUM"),
+            (REASONLESS_TOO_BIG, "SKB_DROP_REASON_PKT_TOO_BIG"),
+        ];
+        Self {
+            names: names.into_iter().map(|(v, n)| (v, n.to_owned())).collect(),
+            reasonless: true,
+        }
+    }
+
     /// The contract's name: without `SKB_DROP_REASON_`; unknown values by number.
     pub fn name(&self, value: u32) -> String {
         match self.names.get(&value) {
@@ -255,20 +242,6 @@ mod tests {
             eprintln!("skipped: no readable {VMLINUX_BTF}");
         }
         btf
-    }
-
-    #[test]
-    fn offsets_resolve_through_anonymous_unions() {
-        let Some(btf) = kernel() else { return };
-        let reasons = btf.drop_reasons().unwrap();
-        let offsets = btf.kernel_offsets(&reasons).unwrap();
-        // `dev` sits in a union inside an anonymous struct at the very start of sk_buff, after
-        // next/prev; `len` comes later.
-        assert_eq!(offsets.skb_dev, 16);
-        assert!(offsets.skb_len > offsets.skb_dev);
-        assert!(offsets.skb_network_header > offsets.skb_len);
-        // skc_daddr is the first field of sock_common.
-        assert_eq!(offsets.sk_daddr, 0);
     }
 
     #[test]

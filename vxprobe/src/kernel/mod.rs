@@ -6,11 +6,14 @@
 //! - [`flowcache`]: the TC programs' per-CPU flow cache, mapped read-only and merged;
 //! - [`counters`]: flow entries created, the interval epoch, events lost;
 //! - [`btf`], [`kallsyms`]: offsets, drop-reason names and symbols of the running kernel;
+//!   [`btf_needs`]: what each signal needs of the BTF, so a gap costs only that signal;
+//! - [`tc_order`]: what runs ahead of vxprobe's TC programs on a device;
 //! - [`stale`]: clsact filters a killed vxprobe left behind;
 //! - [`caps`]: the capabilities loading needs.
 
 pub mod batch;
 pub mod btf;
+pub mod btf_needs;
 pub mod caps;
 pub mod counters;
 pub mod flowcache;
@@ -20,3 +23,4 @@ pub mod kallsyms;
 pub mod probes;
 pub mod seen;
 pub mod stale;
+pub mod tc_order;

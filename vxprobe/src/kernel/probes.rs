@@ -130,6 +130,11 @@ const LADDERS: &[(&str, &[Rung])] = &[
                 hook: HookType::Kprobe,
                 programs: &[(names::KFREE_SKB_KPROBE, "kfree_skb_reason")],
             },
+            // Before 5.17 (no drop reasons) kfree_skb is the function.
+            Rung {
+                hook: HookType::Kprobe,
+                programs: &[(names::KFREE_SKB_KPROBE_REASONLESS, "kfree_skb")],
+            },
             Rung {
                 hook: HookType::RawTracepoint,
                 programs: &[(names::KFREE_SKB_RAW, "kfree_skb")],
@@ -175,6 +180,15 @@ const LADDERS: &[(&str, &[Rung])] = &[
             Rung {
                 hook: HookType::RawTracepoint,
                 programs: &[(names::ICMP_SEND_RAW, "icmp_send")],
+            },
+            // Before 5.17 there is no icmp_send tracepoint: the function it sits in.
+            Rung {
+                hook: HookType::Fentry,
+                programs: &[(names::ICMP_SEND_FENTRY, "__icmp_send")],
+            },
+            Rung {
+                hook: HookType::Kprobe,
+                programs: &[(names::ICMP_SEND_KPROBE, "__icmp_send")],
             },
         ],
     ),
@@ -282,6 +296,12 @@ pub struct Probes {
     pub hop_slots: HopSlots,
     /// The kernel's BTF as aya reads it, parsed once for every BTF-typed program.
     btf: Option<aya::Btf>,
+    /// Signals the kernel's BTF cannot serve here, with the item they miss.
+    btf_unavailable: std::collections::BTreeMap<&'static str, String>,
+    /// `skb:kfree_skb` has no `reason` argument (before 5.17): its `_noreason` programs run.
+    reasonless_drops: bool,
+    /// What runs ahead of our TC programs on each hop, by ifindex.
+    tc_ahead: HashMap<u32, Vec<crate::kernel::tc_order::Ahead>>,
 }
 
 impl Probes {
@@ -338,7 +358,32 @@ impl Probes {
             tc_links: HashMap::new(),
             hop_slots: HopSlots::default(),
             btf: None,
+            btf_unavailable: Default::default(),
+            reasonless_drops: false,
+            tc_ahead: HashMap::new(),
         })
+    }
+
+    /// What the kernel's BTF says about each signal (before [`Probes::attach_signals`]).
+    pub fn use_kernel_facts(&mut self, facts: &crate::kernel::btf_needs::KernelFacts) {
+        self.btf_unavailable = facts.unavailable.clone();
+        self.reasonless_drops = !facts.kfree_skb_has_reason;
+    }
+
+    /// The program that stands for `name` on this kernel: the `_noreason` variants of
+    /// `skb:kfree_skb` where it has no `reason` argument (reading one is refused).
+    fn variant(&self, name: &'static str) -> &'static str {
+        match name {
+            names::KFREE_SKB_BTF if self.reasonless_drops => names::KFREE_SKB_BTF_REASONLESS,
+            names::KFREE_SKB_RAW if self.reasonless_drops => names::KFREE_SKB_RAW_REASONLESS,
+            _ => name,
+        }
+    }
+
+    /// Programs and filters that run ahead of vxprobe's on a hop and can end processing
+    /// there (found when it was attached).
+    pub fn ahead_of(&self, ifindex: u32) -> Vec<crate::kernel::tc_order::Ahead> {
+        self.tc_ahead.get(&ifindex).cloned().unwrap_or_default()
     }
 
     /// Attaches the TC programs at ingress and egress of every hop, after telling them each
@@ -398,9 +443,14 @@ impl Probes {
             (names::TC_INGRESS, TcAttachType::Ingress),
             (names::TC_EGRESS, TcAttachType::Egress),
         ] {
+            // Ahead of every program already there (TCX), or of as many filters as the
+            // kernel lets a filter precede (clsact: tc_order says how).
             let options = match self.tc_mode {
-                TcMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
-                TcMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
+                TcMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::first()),
+                TcMode::Clsact => TcAttachOptions::Netlink(NlOptions {
+                    priority: crate::kernel::tc_order::clsact_priority(ifindex, attach_type),
+                    ..NlOptions::default()
+                }),
             };
             let attached = program::<SchedClassifier>(&mut self.ebpf, name)?
                 .attach_with_options(ifname, attach_type, options)
@@ -419,6 +469,17 @@ impl Probes {
             }
         }
         self.tc_links.insert(ifindex, links);
+        let ours = [names::TC_INGRESS, names::TC_EGRESS].map(|name| {
+            program::<SchedClassifier>(&mut self.ebpf, name)
+                .ok()
+                .and_then(|p| p.info().ok())
+                .map(|info| info.id())
+        });
+        let ahead = crate::kernel::tc_order::ahead(ifname, ifindex, self.tc_mode, ours);
+        for a in &ahead {
+            eprintln!("vxprobe: {}", a.describe());
+        }
+        self.tc_ahead.insert(ifindex, ahead);
         Ok(())
     }
 
@@ -434,6 +495,7 @@ impl Probes {
         if let Some(links) = self.tc_links.remove(&ifindex) {
             self.detach_links(links);
         }
+        self.tc_ahead.remove(&ifindex);
         let _ = self.write_device_info(ifindex, None);
     }
 
@@ -506,6 +568,14 @@ impl Probes {
                 });
                 continue;
             }
+            if let Some(why) = self.btf_unavailable.get(signal) {
+                self.hooks.push(HookChoice {
+                    signal,
+                    hook: None,
+                    unavailable: vec![why.clone()],
+                });
+                continue;
+            }
             self.attach_ladder(signal, rungs, skip);
         }
         // TCP checksum failures have their own tracepoint; it only stands in when drops (and
@@ -519,6 +589,12 @@ impl Probes {
                 signal: "tcp_bad_csum",
                 hook: None,
                 unavailable: vec!["not needed: drops carry TCP_CSUM".to_owned()],
+            });
+        } else if let Some(why) = self.btf_unavailable.get("tcp_bad_csum") {
+            self.hooks.push(HookChoice {
+                signal: "tcp_bad_csum",
+                hook: None,
+                unavailable: vec![why.clone()],
             });
         } else {
             self.attach_ladder("tcp_bad_csum", TCP_BAD_CSUM_LADDER, skip);
@@ -554,6 +630,7 @@ impl Probes {
                 continue;
             }
             let attached = rung.programs.iter().try_for_each(|&(program, target)| {
+                let program = self.variant(program);
                 self.try_attach(rung.hook, program, target)
                     .with_context(|| target.to_owned())
             });
@@ -566,7 +643,7 @@ impl Probes {
                     // A rung is all or nothing: what did attach must not double-count with
                     // the next rung.
                     for &(program, _) in rung.programs {
-                        self.unload(rung.hook, program);
+                        self.unload(rung.hook, self.variant(program));
                     }
                     choice.unavailable.push(format!("{label}: {e:#}"));
                 }

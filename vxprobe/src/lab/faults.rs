@@ -88,6 +88,27 @@ pub fn bad_udp_checksums(netns: &str, dst: Ipv4Addr, port: u16, count: u32) -> i
     })
 }
 
+/// Like [`bad_udp_checksums`] with `size` bytes of payload: above 76 bytes in all
+/// (CHECKSUM_BREAK) the receiver verifies the checksum only when a socket reads the datagram
+/// (`udp_recvmsg`, while copying it), not on arrival.
+pub fn bad_udp_checksums_sized(
+    netns: &str,
+    dst: Ipv4Addr,
+    port: u16,
+    count: u32,
+    size: usize,
+) -> io::Result<()> {
+    in_netns(netns, move || {
+        let mut datagram = Vec::with_capacity(8 + size);
+        datagram.extend(40003u16.to_be_bytes());
+        datagram.extend(port.to_be_bytes());
+        datagram.extend(((8 + size) as u16).to_be_bytes());
+        datagram.extend(0xdeadu16.to_be_bytes());
+        datagram.extend((0..size).map(|i| b"vxprobe-bad-csum"[i % 16]));
+        raw_sends(libc::IPPROTO_UDP, dst, &datagram, count)
+    })
+}
+
 /// Sends `count` TCP SYNs to `dst:port` whose checksum is wrong, from a raw socket: the
 /// receiver's TCP drops them (TCP_CSUM) and counts TcpInCsumErrors.
 pub fn bad_tcp_checksums(netns: &str, dst: Ipv4Addr, port: u16, count: u32) -> io::Result<()> {

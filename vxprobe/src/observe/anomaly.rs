@@ -161,7 +161,8 @@ impl Anomaly {
     pub fn is_benign(&self) -> bool {
         self.kind == AnomalyKind::Drop
             && self.reason.as_deref() == Some("NO_SOCKET")
-            && self.location.as_deref() == Some("ping_rcv")
+            // icmp_rcv: kernels without drop reasons (btf_needs::reasonless_name)
+            && matches!(self.location.as_deref(), Some("ping_rcv" | "icmp_rcv"))
     }
 
     pub(crate) fn new(kind: AnomalyKind, netns: u32) -> Self {
@@ -209,8 +210,14 @@ pub struct Enricher {
 
 impl Enricher {
     pub fn drop_event(&self, event: &DropEvent) -> Anomaly {
-        let reason = self.reasons.name(event.reason);
         let location = self.kallsyms.name(event.location);
+        // Frees the kernel gives no reason for, named where the place says it (all kernels:
+        // 6.1 frees the checksum failures udp_recvmsg finds with plain kfree_skb too).
+        let reason = crate::kernel::btf_needs::reasonless_name(
+            self.reasons.name(event.reason),
+            &location,
+            packet_bytes(&event.packet),
+        );
         let kind = if reason.ends_with("_CSUM") {
             AnomalyKind::CsumError
         } else if reason == "PKT_TOO_BIG" || SIZE_DROP_LOCATIONS.contains(&location.as_str()) {

@@ -229,6 +229,7 @@ mod tests {
             ifindex,
             role: Role::Pod,
             mtu: 1450,
+            ahead: Vec::new(),
         }
     }
 

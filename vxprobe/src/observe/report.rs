@@ -13,7 +13,10 @@ use super::{
     judge::OffloadHint,
     packet::{Flow, Outer},
 };
-use crate::{kernel::probes::HookChoice, node::devices::Role};
+use crate::{
+    kernel::{probes::HookChoice, tc_order::Ahead},
+    node::devices::Role,
+};
 
 /// What this session watches, with which hooks: the `meta` line, the TUI's status line.
 #[derive(Debug, Clone, Serialize)]
@@ -29,6 +32,10 @@ pub struct Meta {
     /// Slots per CPU of the flow cache in front of it (`--flow-cache`).
     pub flow_cache_slots: u32,
     pub hooks: Vec<HookChoice>,
+    /// Signals observed with less than usual on this kernel, and what they lose
+    /// ([`crate::kernel::btf_needs`]).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub degraded: BTreeMap<&'static str, Vec<String>>,
     pub hops: Vec<MetaHop>,
 }
 
@@ -39,6 +46,11 @@ pub struct MetaHop {
     pub ifindex: u32,
     pub role: Role,
     pub mtu: u32,
+    /// Programs and filters that run before vxprobe's on this device and can end processing
+    /// there ([`crate::kernel::tc_order`]): what they pass, drop or redirect is not counted at
+    /// the hop.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ahead: Vec<Ahead>,
 }
 
 /// A hop that started (a device appeared) or stopped (it vanished) being observed.

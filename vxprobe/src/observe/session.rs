@@ -137,13 +137,15 @@ impl Session {
         crate::kernel::stale::remove_stale_filters().await;
 
         // Kernel-wide hooks need the running kernel's BTF; without it, say so and count hops.
-        let kernel = KernelBtf::load().and_then(|btf| {
-            let reasons = btf.drop_reasons()?;
-            let offsets = btf.kernel_offsets(&reasons)?;
-            Ok((reasons, offsets))
-        });
-        let (offsets, reasons, no_btf) = match kernel {
-            Ok((reasons, offsets)) => (Some(offsets), reasons, None),
+        // With it, each signal gets what it needs or says what it misses (btf_needs).
+        let kernel = KernelBtf::load().map(|btf| crate::kernel::btf_needs::resolve(&btf));
+        let (offsets, reasons, no_btf) = match &kernel {
+            Ok(facts) => {
+                for note in facts.degradations() {
+                    eprintln!("vxprobe: {note}");
+                }
+                (Some(facts.offsets), facts.reasons.clone(), None)
+            }
             Err(e) => {
                 eprintln!("vxprobe: drops, retransmits and refused sends are not observed: {e}");
                 (None, Default::default(), Some(e.to_string()))
@@ -170,6 +172,9 @@ impl Session {
         if let Some(why) = no_btf {
             probes.signals_unavailable(&why);
         } else {
+            if let Ok(facts) = &kernel {
+                probes.use_kernel_facts(facts);
+            }
             for choice in probes.attach_signals(&config.skip_hook) {
                 if choice.hook.is_none() {
                     eprintln!(
@@ -205,7 +210,17 @@ impl Session {
             max_flows: config.max_flows,
             flow_cache_slots: probes.flow_cache_slots,
             hooks: probes.hooks.clone(),
-            hops: hops.iter().map(meta_hop).collect(),
+            degraded: kernel
+                .as_ref()
+                .map(|facts| facts.degraded.clone())
+                .unwrap_or_default(),
+            hops: hops
+                .iter()
+                .map(|h| MetaHop {
+                    ahead: probes.ahead_of(h.device.ifindex),
+                    ..meta_hop(h)
+                })
+                .collect(),
         };
         // The devices' offloads name the cause of the offload signature.
         let offloads = match features::dump_netlink().await {
@@ -284,7 +299,10 @@ impl Session {
         self.enricher
             .hops
             .insert(ifindex, (hop.device.name.clone(), link_of(&hop)));
-        let added = meta_hop(&hop);
+        let added = MetaHop {
+            ahead: self.probes.ahead_of(ifindex),
+            ..meta_hop(&hop)
+        };
         self.meta.hops.push(added.clone());
         self.hops.push(hop);
         Ok(Some(added))
@@ -460,6 +478,7 @@ fn meta_hop(hop: &Hop) -> MetaHop {
         ifindex: hop.device.ifindex,
         role: hop.role,
         mtu: hop.device.mtu,
+        ahead: Vec::new(),
     }
 }
 

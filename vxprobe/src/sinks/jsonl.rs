@@ -153,6 +153,9 @@ struct DeviceLine<'a> {
     netns: u64,
     role: Role,
     mtu: u32,
+    /// What runs before vxprobe's programs on the device (tc_order).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    ahead: &'a [crate::kernel::tc_order::Ahead],
 }
 
 /// Flow entries the kernel's full flow table evicted in an interval.
@@ -318,6 +321,7 @@ impl Sink for JsonSink {
             netns: self.netns,
             role: change.hop.role,
             mtu: change.hop.mtu,
+            ahead: &change.hop.ahead,
         })?;
         Ok(self.lines.flush()?)
     }

@@ -18,6 +18,7 @@ fn meta_hop(ifindex: u32, name: &str, role: Role) -> MetaHop {
         ifindex,
         role,
         mtu: 1450,
+        ahead: Vec::new(),
     }
 }
 
@@ -30,6 +31,7 @@ fn meta(hops: Vec<MetaHop>) -> Meta {
         tc_attach: "tcx",
         max_flows: 4096,
         flow_cache_slots: 1024,
+        degraded: Default::default(),
         hooks: vec![crate::kernel::probes::HookChoice {
             signal: "drop",
             hook: Some("tp_btf:kfree_skb".into()),

@@ -352,6 +352,7 @@ fn the_ui_shows_the_models_loss() {
         ifindex: 7,
         role: Role::Pod,
         mtu: 1450,
+        ahead: Vec::new(),
     };
     let flow = Flow {
         proto: 17,
