@@ -1,6 +1,7 @@
 //! The kernel side: the eBPF object loaded and attached, and its maps read.
 //!
-//! - [`probes`]: loading, TC attachment, the hook ladder of each kernel-wide signal;
+//! - [`probes`]: loading the object; [`tc`]: the hops' TC programs attached; [`ladder`]: the
+//!   hook ladder of each kernel-wide signal;
 //! - [`hops`], [`flows`]: per-hop and per-flow counters read from the maps as interval
 //!   deltas ([`batch`] reads maps whole, [`seen`] keeps what the last read saw);
 //! - [`flowcache`]: the TC programs' per-CPU flow cache, mapped read-only and merged;
@@ -20,7 +21,9 @@ pub mod flowcache;
 pub mod flows;
 pub mod hops;
 pub mod kallsyms;
+pub mod ladder;
 pub mod probes;
 pub mod seen;
 pub mod stale;
+pub mod tc;
 pub mod tc_order;
