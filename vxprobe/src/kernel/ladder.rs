@@ -4,35 +4,10 @@
 
 use anyhow::Context as _;
 use aya::programs::{BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint, TracePoint};
-use serde::Serialize;
 use vxprobe_common::names;
 
+use super::hooks::{HookChoice, HookType};
 use super::probes::{Probes, kernel_btf, program};
-
-/// The hooks of the ladder, in order of preference.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum HookType {
-    Fentry,
-    Fexit,
-    TpBtf,
-    Kprobe,
-    RawTracepoint,
-    Tracepoint,
-}
-
-impl HookType {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            HookType::Fentry => "fentry",
-            HookType::Fexit => "fexit",
-            HookType::TpBtf => "tp_btf",
-            HookType::Kprobe => "kprobe",
-            HookType::RawTracepoint => "raw_tracepoint",
-            HookType::Tracepoint => "tracepoint",
-        }
-    }
-}
 
 /// One rung of a ladder: a hook type and the programs (with their targets) it needs, all of
 /// which must attach.
@@ -166,16 +141,6 @@ const TCP_BAD_CSUM_LADDER: &[Rung] = &[
         programs: &[(names::TCP_BAD_CSUM_RAW, "tcp_bad_csum")],
     },
 ];
-
-/// Which hook a signal uses here, and what was tried before it.
-#[derive(Clone, Debug, Serialize)]
-pub struct HookChoice {
-    pub signal: &'static str,
-    /// `tp_btf:kfree_skb`; absent when no rung worked.
-    pub hook: Option<String>,
-    /// Rungs that failed, with the reason, best first.
-    pub unavailable: Vec<String>,
-}
 
 impl Probes {
     /// Attaches every kernel-wide signal, each through the best rung of its ladder that works

@@ -1,5 +1,6 @@
 //! The kernel side: the eBPF object loaded and attached, and its maps read.
 //!
+//! - [`hooks`]: how TC programs attach and which hook a signal uses (the shared choices);
 //! - [`probes`]: loading the object; [`tc`]: the hops' TC programs attached; [`ladder`]: the
 //!   hook ladder of each kernel-wide signal;
 //! - [`hops`], [`flows`]: per-hop and per-flow counters read from the maps as interval
@@ -19,6 +20,7 @@ pub mod caps;
 pub mod counters;
 pub mod flowcache;
 pub mod flows;
+pub mod hooks;
 pub mod hops;
 pub mod kallsyms;
 pub mod ladder;

@@ -19,10 +19,7 @@ use crate::kernel::hops::HopSlots;
 /// The kernel programs, built by build.rs and embedded in the binary.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vxprobe"));
 
-pub use super::{
-    ladder::{HookChoice, HookType, SKIP_SIGNALS_ENV},
-    tc::{TcAttach, TcMode, device_index},
-};
+pub use super::hooks::{HookChoice, HookType, TcAttach, TcMode};
 
 /// Flow cache slots per CPU unless told: [`FLOW_CACHE_SLOTS`], fewer where many CPUs would
 /// make the cache (and its reader's copy) large: 32768 slots in all at most, a power of two

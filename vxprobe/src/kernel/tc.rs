@@ -3,73 +3,15 @@
 //! them (MTU, link type, counter slot).
 
 use anyhow::Context as _;
-use aya::{
-    programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
-        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
-    },
-    util::KernelVersion,
+use aya::programs::{
+    LinkOrder, SchedClassifier, TcAttachType,
+    tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
 };
-use serde::Serialize;
 use vxprobe_common::{DeviceInfo, LOW_IFINDEXES, names};
 
+use super::hooks::TcMode;
 use super::probes::{Probes, program};
-use crate::{
-    error::UsageError,
-    node::devices::{DeviceKind, Hop},
-};
-
-/// How TC programs attach: TCX links (Linux >= 6.6) or clsact filters; `auto` picks TCX
-/// where the kernel has it (`--tc-attach`).
-#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum TcAttach {
-    Auto,
-    Tcx,
-    Clsact,
-}
-
-/// How TC programs are attached on this kernel.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TcMode {
-    /// TCX links (Linux >= 6.6): owned by this process, gone when it exits, even on SIGKILL.
-    Tcx,
-    /// A clsact qdisc with direct-action filters over netlink (older kernels).
-    Clsact,
-}
-
-impl TcMode {
-    pub fn choose(requested: TcAttach) -> Self {
-        match requested {
-            TcAttach::Tcx => TcMode::Tcx,
-            TcAttach::Clsact => TcMode::Clsact,
-            TcAttach::Auto => match KernelVersion::current() {
-                Ok(v) if v >= KernelVersion::new(6, 6, 0) => TcMode::Tcx,
-                _ => TcMode::Clsact,
-            },
-        }
-    }
-
-    /// `--tc-attach tcx` where the kernel has no TCX (before 6.6) is bad input for this node.
-    pub fn check(requested: TcAttach, kernel: Option<KernelVersion>) -> Result<(), UsageError> {
-        match kernel {
-            Some(v) if requested == TcAttach::Tcx && v < KernelVersion::new(6, 6, 0) => {
-                Err(UsageError::new(format!(
-                    "--tc-attach tcx needs Linux 6.6 or later (this kernel is {v}): use \
-                     --tc-attach clsact or auto"
-                )))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            TcMode::Tcx => "tcx",
-            TcMode::Clsact => "clsact",
-        }
-    }
-}
+use crate::node::devices::{DeviceKind, Hop};
 
 impl Probes {
     /// Programs and filters that run ahead of vxprobe's on a hop and can end processing

@@ -7,7 +7,6 @@ use std::cmp::Reverse;
 
 use vxprobe_common::{Direction, HopKey};
 
-use super::report::HopReport;
 use crate::node::{devices::Role, features::Offload};
 
 /// The share of a hop's packets that died there, in percent (two decimals). At ingress the TC
@@ -82,8 +81,9 @@ pub fn path_verdict(hops: &[(u64, u64)]) -> PathVerdict {
         .map_or(PathVerdict::Clean, |at| PathVerdict::VanishesBefore(at + 1))
 }
 
-/// What the judgments over an interval's hops read of each hop: [`HopReport`] has it, and so
-/// has whatever stands in for one (the TUI's scenario).
+/// What the judgments over an interval's hops read of each hop: a
+/// [`super::report::HopReport`] has it, and so has whatever stands in for one (the TUI's
+/// scenario).
 pub trait HopView {
     fn key(&self) -> HopKey;
     fn ifname(&self) -> &str;
@@ -98,39 +98,6 @@ pub trait HopView {
     fn loss_pct(&self) -> f64;
     fn dir(&self) -> Direction {
         Direction::try_from(self.key().direction).unwrap_or(Direction::Ingress)
-    }
-}
-
-impl HopView for HopReport {
-    fn key(&self) -> HopKey {
-        HopReport::key(self)
-    }
-    fn ifname(&self) -> &str {
-        &self.hop.ifname
-    }
-    fn role(&self) -> Role {
-        self.hop.role
-    }
-    fn mtu(&self) -> u32 {
-        self.hop.mtu
-    }
-    fn packets(&self) -> u64 {
-        self.counters.packets
-    }
-    fn bytes(&self) -> u64 {
-        self.counters.bytes
-    }
-    fn segs(&self) -> u64 {
-        self.counters.segs
-    }
-    fn max_len(&self) -> u64 {
-        u64::from(self.counters.max_len)
-    }
-    fn drops(&self) -> u64 {
-        HopReport::drops(self)
-    }
-    fn loss_pct(&self) -> f64 {
-        self.loss_pct
     }
 }
 

@@ -10,7 +10,7 @@ use vxprobe_common::{Direction, EventKind, FlowCounters, HopCounters, HopKey};
 
 use super::{
     anomaly::AnomalyKind,
-    judge::OffloadHint,
+    judge::{HopView, OffloadHint},
     packet::{Flow, Outer},
 };
 use crate::{
@@ -158,6 +158,39 @@ impl HopReport {
         self.counters
             .oversize
             .max(self.faults.count(AnomalyKind::Oversize))
+    }
+}
+
+impl HopView for HopReport {
+    fn key(&self) -> HopKey {
+        HopReport::key(self)
+    }
+    fn ifname(&self) -> &str {
+        &self.hop.ifname
+    }
+    fn role(&self) -> Role {
+        self.hop.role
+    }
+    fn mtu(&self) -> u32 {
+        self.hop.mtu
+    }
+    fn packets(&self) -> u64 {
+        self.counters.packets
+    }
+    fn bytes(&self) -> u64 {
+        self.counters.bytes
+    }
+    fn segs(&self) -> u64 {
+        self.counters.segs
+    }
+    fn max_len(&self) -> u64 {
+        u64::from(self.counters.max_len)
+    }
+    fn drops(&self) -> u64 {
+        HopReport::drops(self)
+    }
+    fn loss_pct(&self) -> f64 {
+        self.loss_pct
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::read::{FlowId, Micros, OuterId};
 
@@ -286,8 +286,49 @@ pub struct Report {
     pub window: Window,
     /// Worst first.
     pub flows: Vec<FlowReport>,
-    pub findings: Vec<crate::report::findings::Finding>,
+    pub findings: Vec<Finding>,
     pub anomalies: Vec<AnomalyRow>,
     #[serde(skip)]
     pub timeline: Timeline,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Packets dropped, corrupted or delayed.
+    Error,
+    /// Traffic flows at a cost.
+    Warning,
+    Info,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// Stable: `wire-loss`, `uncounted-loss`, `unobserved-loss`, `drops`, `csum-errors`,
+    /// `size-drops`, `refused-sends`, `oversize`, `fragments`, `retransmits`, `frag-needed`,
+    /// `events-lost`, `flows-evicted`, `recording-truncated`, `recording-unfinished`, and
+    /// doctor's codes.
+    pub code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    pub message: String,
+    pub fix: String,
+    /// `path`, `anomalies`, `recording` or `doctor`.
+    pub source: &'static str,
+    /// Packets or events behind it (0 for configuration findings).
+    pub count: u64,
+    pub evidence: serde_json::Value,
 }

@@ -11,8 +11,8 @@ use std::fmt::Write as _;
 
 use super::{
     Report,
-    findings::Severity,
     join::{FlowReport, Where},
+    model::Severity,
     plot::{self, Chart},
     text::{count, duration_ms, flow_places, headline, percent, segment_place, ts},
 };

@@ -126,9 +126,16 @@ pub(super) fn flow_report(
     for i in 1..hops.len() {
         let (a, b) = (&hops[i - 1], &hops[i]);
         let (sent, received) = (count(a), count(b));
-        // A packet fragmented (or reassembled) between the hops is one packet on one side and
-        // several on the other: such counts do not compare.
-        let refragmented = a.fragments != b.fragments;
+        // A packet fragmented (or reassembled) between two hops of a node is one packet on
+        // one side and several on the other: such counts do not compare. The wire between two
+        // nodes fragments nothing: fragments there compare with fragments (a lost fragment is
+        // a lost packet), unless only one end carries any (a router between the nodes split
+        // the packets).
+        let refragmented = if a.node == b.node {
+            a.fragments != b.fragments
+        } else {
+            (a.fragments == 0) != (b.fragments == 0)
+        };
         let lost = if refragmented {
             0
         } else {
@@ -242,11 +249,8 @@ pub(super) fn flow_report(
             .collect(),
     };
     report.lost = report.losses().map(|s| s.lost).sum();
-    report.loss_pct = if sent > 0 {
-        (report.lost as f64 * 100.0 / sent as f64 * 100.0).round() / 100.0
-    } else {
-        0.0
-    };
+    // Loss as the live pipeline defines it for a flow (what died of what was sent).
+    report.loss_pct = crate::observe::judge::flow_loss_pct(sent, report.lost);
     report
 }
 

@@ -335,4 +335,38 @@ fn a_segment_where_packets_are_fragmented_compares_no_counts() {
         f.segments[2].note.is_none(),
         "the wire compares fragments with fragments"
     );
+
+    // Fragments lost on the wire are packets lost there, not a recount.
+    let (mut ra, mut rb) = two_nodes(
+        shape("a", 1, 0, S, 10, 0),
+        shape("b", 2, 0, S, 10, 0),
+        steady,
+        |_, _| 0,
+        [1.0; 6],
+    );
+    for (rec, dir, lose) in [(&mut ra, "egress", 0), (&mut rb, "ingress", 3)] {
+        let hop = HopId {
+            ifname: "eth0".to_owned(),
+            dir: dir.to_owned(),
+        };
+        let series = rec
+            .flows
+            .get_mut(&udp(7000))
+            .unwrap()
+            .get_mut(&(hop, Some(4096)))
+            .unwrap();
+        let middle = series.points.len() / 2;
+        for (i, p) in series.points.iter_mut().enumerate() {
+            p.packets *= 2;
+            if i == middle {
+                p.packets -= lose;
+            }
+            p.segs = p.packets;
+            p.fragments = p.packets;
+        }
+    }
+    let report = joined(ra, rb);
+    let f = report.flows.iter().find(|f| f.flow.dport == 7000).unwrap();
+    let wire = &f.segments[2];
+    assert_eq!((wire.lost, wire.note), (3, None), "{wire:#?}");
 }
