@@ -23,6 +23,7 @@ use std::{
 
 use common::{
     Recorder,
+    agent::{self, Agent},
     containerd::{
         Containerd, PAUSE_IMAGE, build_pause_image, remove_sandbox, sandbox_config, sandbox_netns,
         sandbox_pid,
@@ -658,6 +659,73 @@ fn record_names_a_cri_pod_on_its_events_hops_flows_and_pcapng() {
         .unwrap_or_else(|e| panic!("removing the sandbox: {e}\n{}", containerd.logs()));
     drop(containerd);
     remove_cgroup_tree(&cgroup_top);
+}
+
+/// `agent --pod-labels` on a layout pod's veth: its hop series and the drops in its namespace
+/// carry `pod="shop/web-0"`; once the pod is gone (its process ended), every series naming it
+/// goes, and the veth's series go on without the label.
+#[test]
+fn agent_labels_a_pods_series_and_drops_them_once_it_is_gone() {
+    if !is_root() {
+        return;
+    }
+    let Some(mut pod) = LayoutPod::new("shop", "web-0") else {
+        return;
+    };
+    drop_pings(&format!("--net=/run/netns/{}", pod.pod_ns.name));
+    let agent = Agent::start_with_env(
+        &pod.node.name,
+        &[
+            "-i",
+            &pod.host,
+            "--cri-socket",
+            "none",
+            "--pod-labels",
+            "--stats-interval",
+            "500ms",
+        ],
+        &pod.env(),
+    );
+    let pinging = pod.ping();
+    let label = ("pod", "shop/web-0");
+    let host = pod.host.clone();
+    agent::wait_for(
+        "the pod's hop and drop series",
+        Duration::from_secs(20),
+        || {
+            let s = agent.metrics();
+            let hop = agent::sum(&s, "vxprobe_hop_packets_total", &[("iface", &host), label]);
+            let drops = agent::sum(
+                &s,
+                "vxprobe_drops_total",
+                &[("reason", "NETFILTER_DROP"), label],
+            );
+            let anomalies = agent::sum(&s, "vxprobe_anomalies_total", &[("kind", "drop"), label]);
+            (hop > 0.0 && drops > 0.0 && anomalies >= drops)
+                .then_some(())
+                .ok_or(format!("hop {hop}, drops {drops}, anomalies {anomalies}"))
+        },
+    );
+    drop(pinging);
+    pod.end();
+    agent::wait_for(
+        "every series naming the pod gone, the veth's unlabeled",
+        Duration::from_secs(20),
+        || {
+            let s = agent.metrics();
+            let named: Vec<&String> = s.keys().filter(|k| k.contains("shop/web-0")).collect();
+            let unlabeled = s.keys().any(|k| {
+                k.starts_with("vxprobe_hop_packets_total{")
+                    && k.contains(&format!("iface=\"{host}\""))
+                    && !k.contains("pod=")
+            });
+            (named.is_empty() && unlabeled).then_some(()).ok_or(format!(
+                "still named: {named:?}; veth unlabeled: {unlabeled}"
+            ))
+        },
+    );
+    let (code, stderr, _) = agent.stop();
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
 /// `top` in tmux on a layout pod's veth: the pod column names the pod in the hops and the

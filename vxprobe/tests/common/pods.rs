@@ -279,7 +279,7 @@ pub fn drop_pings(enter: &str) {
 /// `VXPROBE_POD_LOGS` points vxprobe).
 pub struct LayoutPod {
     // Dropped first to last: the process, its cgroup, the files, the namespaces.
-    _process: Sleeper,
+    process: Option<Sleeper>,
     _cgroup: PodCgroup,
     pub root: TempDir,
     pub node: Netns,
@@ -353,7 +353,7 @@ impl LayoutPod {
         let cgroup = PodCgroup::new(&mount, &uid);
         cgroup.add(process.pid());
         Some(Self {
-            _process: process,
+            process: Some(process),
             _cgroup: cgroup,
             root,
             node,
@@ -378,6 +378,11 @@ impl LayoutPod {
     /// vxprobe's environment for this node's layout.
     pub fn env(&self) -> [(&str, &str); 1] {
         [("VXPROBE_POD_LOGS", self.logs.to_str().unwrap())]
+    }
+
+    /// Ends the pod's process: the node's layout has the pod no more.
+    pub fn end(&mut self) {
+        self.process = None;
     }
 
     /// Pings from the node to the pod, ten a second, until dropped.
