@@ -272,11 +272,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Pods> {
 /// One `record` on the node's first veth: start-up to the ready file, memory two intervals
 /// in, the pods `meta` counted. `logs`: where the layout's pod names are (`None`: a directory
 /// that does not exist, so no source names anything).
-fn record_once(
-    ctx: &Ctx,
-    node: &Node,
-    logs: Option<&Path>,
-) -> anyhow::Result<RecordRun> {
+fn record_once(ctx: &Ctx, node: &Node, logs: Option<&Path>) -> anyhow::Result<RecordRun> {
     let ready = node.root.join("record.ready");
     let out = node.root.join("record.jsonl");
     let _ = fs::remove_file(&ready);
