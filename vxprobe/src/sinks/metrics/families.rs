@@ -66,6 +66,12 @@ pub const FAMILIES: &[FamilyDoc] = &[
         "Segments the hop's packets stand for (GSO packets count their gso_segs)"
     ),
     family!(
+        "vxprobe_hop_dropped_packets_total",
+        Counter,
+        HOP,
+        "Faults dropped at the hop, every reason (as the hop line's drops); its series exists from the hop's first interval, so rate() sees its first drops"
+    ),
+    family!(
         "vxprobe_hop_drops_total",
         Counter,
         &["iface", "direction", "role", "reason"],
@@ -326,6 +332,7 @@ pub(super) struct Families {
     pub(super) hop_packets: Family<HopLabels, Counter>,
     pub(super) hop_bytes: Family<HopLabels, Counter>,
     pub(super) hop_segments: Family<HopLabels, Counter>,
+    pub(super) hop_dropped: Family<HopLabels, Counter>,
     pub(super) hop_drops: Family<DropLabels, Counter>,
     pub(super) fragments: Family<HopLabels, Counter>,
     pub(super) hop_oversize: Family<HopLabels, Counter>,
@@ -358,6 +365,7 @@ impl Families {
             hop_packets: Family::default(),
             hop_bytes: Family::default(),
             hop_segments: Family::default(),
+            hop_dropped: Family::default(),
             hop_drops: Family::default(),
             fragments: Family::default(),
             hop_oversize: Family::default(),
@@ -396,6 +404,9 @@ impl Families {
                 "vxprobe_hop_bytes_total" => registry.register(name, help, self.hop_bytes.clone()),
                 "vxprobe_hop_segments_total" => {
                     registry.register(name, help, self.hop_segments.clone())
+                }
+                "vxprobe_hop_dropped_packets_total" => {
+                    registry.register(name, help, self.hop_dropped.clone())
                 }
                 "vxprobe_hop_drops_total" => registry.register(name, help, self.hop_drops.clone()),
                 "vxprobe_fragments_total" => registry.register(name, help, self.fragments.clone()),

@@ -240,6 +240,7 @@ impl MetricsSink {
         for dir in [Direction::Ingress, Direction::Egress] {
             let labels = hop_labels(name, dir, role, pod.clone());
             f.hop_packets.remove(&labels);
+            f.hop_dropped.remove(&labels);
             f.hop_bytes.remove(&labels);
             f.hop_segments.remove(&labels);
             f.fragments.remove(&labels);
@@ -411,6 +412,7 @@ impl Sink for MetricsSink {
             }
             let c = &h.counters;
             f.hop_packets.get_or_create(&labels).inc_by(c.packets);
+            f.hop_dropped.get_or_create(&labels).inc_by(h.drops());
             f.hop_bytes.get_or_create(&labels).inc_by(c.bytes);
             f.hop_segments.get_or_create(&labels).inc_by(c.segs);
             f.fragments.get_or_create(&labels).inc_by(c.fragments);
