@@ -1,5 +1,7 @@
 //! A live observation: devices selected, kernel programs loaded and attached, the maps and the
-//! ring buffer in hand. `record` and `top` both run one; dropping it detaches everything.
+//! ring buffer in hand, the pod index started. `record` and `top` both run one; dropping it
+//! detaches everything. Which pod an event, a hop or a flow belongs to is decided here, once
+//! ([`pod_of`], [`MetaHop::pod`]), from the index's snapshot in hand: never waited on.
 
 use std::{os::unix::fs::MetadataExt as _, sync::Arc, time::Duration};
 

@@ -25,6 +25,7 @@ pub const POD_LABELED: &[&str] = &[
     "vxprobe_hop_bytes_total",
     "vxprobe_hop_segments_total",
     "vxprobe_hop_drops_total",
+    "vxprobe_hop_dropped_packets_total",
     "vxprobe_fragments_total",
     "vxprobe_hop_oversize_packets_total",
     "vxprobe_hop_max_packet_bytes",
@@ -62,6 +63,7 @@ impl Series {
         match self {
             Series::Hop(labels) => {
                 f.hop_packets.remove(labels);
+                f.hop_dropped.remove(labels);
                 f.hop_bytes.remove(labels);
                 f.hop_segments.remove(labels);
                 f.fragments.remove(labels);
