@@ -73,6 +73,19 @@ fn check_schema(lines: &[Value]) -> std::collections::BTreeSet<String> {
         if let Some(flow) = line.get("flow") {
             check_flow(line, flow);
         }
+        // The pod of a namespace or of a host-side veth, where one is named.
+        if let Some(pod) = line.get("pod") {
+            for field in ["namespace", "name", "uid"] {
+                assert!(
+                    pod[field].as_str().is_some_and(|v| !v.is_empty()),
+                    "pod.{field}: {line}"
+                );
+            }
+            assert!(
+                matches!(kind, "hop" | "flow") || line["netns"].as_u64().is_some(),
+                "{line}"
+            );
+        }
         if let Some(outer) = line.get("outer") {
             assert!(outer["vni"].as_u64().is_some(), "outer.vni: {line}");
             assert!(
@@ -88,6 +101,12 @@ fn check_schema(lines: &[Value]) -> std::collections::BTreeSet<String> {
                     line["hooks"].is_array() && line["hops"].is_array(),
                     "{line}"
                 );
+                let source = line["pods"]["source"].as_str().unwrap_or_default();
+                assert!(
+                    ["cri", "layout", "none"].contains(&source),
+                    "pods.source: {line}"
+                );
+                assert!(line["pods"]["count"].as_u64().is_some(), "{line}");
             }
             "hop" => {
                 check_device(line, true);

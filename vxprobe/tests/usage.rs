@@ -84,6 +84,30 @@ fn every_bad_invocation_exits_2_with_one_line_naming_the_problem() {
             "/nonexistent-dir",
         ),
         (&["record", "--ready-file", dir_s], "directory"),
+        // An explicit CRI socket must be there (the usual ones are only probed).
+        (
+            &["record", "--cri-socket", "/nonexistent/cri.sock"],
+            "no such socket /nonexistent/cri.sock",
+        ),
+        (&["record", "--cri-socket", dir_s], "is not a socket"),
+        (
+            &["top", "--cri-socket", "/nonexistent/cri.sock"],
+            "/nonexistent/cri.sock",
+        ),
+        (
+            &[
+                "doctor",
+                "--watch",
+                "1s",
+                "--cri-socket",
+                "/nonexistent/cri.sock",
+            ],
+            "/nonexistent/cri.sock",
+        ),
+        (
+            &["demo", "--cri-socket", "/nonexistent/cri.sock"],
+            "/nonexistent/cri.sock",
+        ),
         (&["top", "--interval", "0s"], "0s"),
         (&["top", "-i", "nosuchdev"], "nosuchdev"),
         (&["doctor", "--assume-kernel", "banana"], "banana"),
@@ -108,6 +132,11 @@ fn every_bad_invocation_exits_2_with_one_line_naming_the_problem() {
         (&["agent", "--stats-interval", "1ns"], "1ns"),
         (&["agent", "--tc-attach", "xdp"], "xdp"),
         (&["agent", "-i", "nosuchdev"], "nosuchdev"),
+        (
+            &["agent", "--cri-socket", "/nonexistent/cri.sock"],
+            "/nonexistent/cri.sock",
+        ),
+        (&["agent", "--pod-labels=yes"], "--pod-labels"),
         (&["agent", "stray"], "stray"),
     ];
     for (args, named) in cases {

@@ -42,7 +42,7 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     let outputs = Outputs::open(&args.output, args.pcap.as_deref(), args.snaplen)?;
     let mut session = Session::start(&SessionConfig {
         node: args.node.clone(),
-        ..args.probe.session(&args.selection)
+        ..args.probe.session(&args.selection, &args.pods)
     })
     .await?;
     signal_ready(args.ready_file.as_ref())?;

@@ -88,6 +88,13 @@ pub struct Anomaly {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ifindex: Option<u32>,
     pub netns: u64,
+    /// The pod whose namespace this is, or at the other end of the device (a host-side veth
+    /// of vxprobe's namespace): set by the session from the pod index.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::observe::report::serialize_pod"
+    )]
+    pub pod: Option<std::sync::Arc<crate::node::pods::Pod>>,
     /// `ingress`/`egress`, for events from device hooks (TC).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dir: Option<&'static str>,
@@ -171,6 +178,7 @@ impl Anomaly {
             ifname: None,
             ifindex: None,
             netns: u64::from(netns),
+            pod: None,
             dir: None,
             reason: None,
             location: None,

@@ -230,6 +230,7 @@ mod tests {
             role: Role::Pod,
             mtu: 1450,
             ahead: Vec::new(),
+            pod: None,
         }
     }
 

@@ -3,9 +3,9 @@
 //! ([`Summary`]). They hold no kernel handle; [`super::interval`] computes every figure in
 //! them once.
 
-use std::{collections::BTreeMap, time::SystemTime};
+use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use vxprobe_common::{Direction, EventKind, FlowCounters, HopCounters, HopKey};
 
 use super::{
@@ -15,7 +15,10 @@ use super::{
 };
 use crate::{
     kernel::{probes::HookChoice, tc_order::Ahead},
-    node::devices::Role,
+    node::{
+        devices::Role,
+        pods::{Pod, Snapshot, Source},
+    },
 };
 
 /// What this session watches, with which hooks: the `meta` line, the TUI's status line.
@@ -37,6 +40,40 @@ pub struct Meta {
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub degraded: BTreeMap<&'static str, Vec<String>>,
     pub hops: Vec<MetaHop>,
+    /// Which source names the pods, and what it knew at start.
+    pub pods: PodsMeta,
+}
+
+/// What `meta` says of the pod index ([`crate::node::pods`]): `source` is `cri`, `layout` or
+/// `none`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PodsMeta {
+    pub source: Source,
+    /// The runtime's name and version (CRI).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// Pod namespaces named at start.
+    pub count: usize,
+    /// Why a better source was passed over, or the index could not say in time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl PodsMeta {
+    /// What the index's first snapshot says.
+    pub fn of(snapshot: &Snapshot) -> Self {
+        Self {
+            source: snapshot.source(),
+            runtime: snapshot.runtime().map(str::to_owned),
+            count: snapshot.len(),
+            error: snapshot.error().map(str::to_owned),
+        }
+    }
+}
+
+/// A pod as lines carry it: `"pod": {"namespace", "name", "uid"}`.
+pub fn serialize_pod<S: Serializer>(pod: &Option<Arc<Pod>>, s: S) -> Result<S::Ok, S::Error> {
+    pod.as_ref().map(|p| &p.id).serialize(s)
 }
 
 /// An observed device: what a hop line says of it.
@@ -51,6 +88,13 @@ pub struct MetaHop {
     /// the hop.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ahead: Vec<Ahead>,
+    /// The pod at the device's other end (a host-side veth), as the pod index knew it when
+    /// the hop was read: `hop` and `flow` lines name it.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_pod"
+    )]
+    pub pod: Option<Arc<Pod>>,
 }
 
 /// A hop that started (a device appeared) or stopped (it vanished) being observed.

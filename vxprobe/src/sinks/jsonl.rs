@@ -10,7 +10,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    node::devices::Role,
+    node::{devices::Role, pods::PodId},
     observe::{
         anomaly::Anomaly,
         packet::{Flow, Outer},
@@ -32,6 +32,9 @@ pub struct HopLine<'a> {
     pub ifname: &'a str,
     pub ifindex: u32,
     pub netns: u64,
+    /// The pod at the device's other end (a host-side veth).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<&'a PodId>,
     pub dir: &'static str,
     pub role: Role,
     pub packets: u64,
@@ -57,6 +60,8 @@ pub struct FlowLine<'a> {
     pub ifname: &'a str,
     pub ifindex: u32,
     pub netns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<&'a PodId>,
     pub dir: &'static str,
     pub role: Role,
     pub flow: &'a Flow,
@@ -245,6 +250,7 @@ impl Sink for JsonSink {
                 ifname: &h.hop.ifname,
                 ifindex: h.hop.ifindex,
                 netns: self.netns,
+                pod: h.hop.pod.as_ref().map(|p| &p.id),
                 dir: h.dir.as_str(),
                 role: h.hop.role,
                 packets: c.packets,
@@ -281,6 +287,7 @@ impl Sink for JsonSink {
                 ifname: &f.hop.ifname,
                 ifindex: f.hop.ifindex,
                 netns: self.netns,
+                pod: f.hop.pod.as_ref().map(|p| &p.id),
                 dir: f.dir.as_str(),
                 role: f.hop.role,
                 flow: &f.flow,

@@ -23,6 +23,7 @@ use pcap_file::{
 };
 
 use crate::{
+    node::pods::PodId,
     observe::anomaly::{Anomaly, Link},
     observe::pipeline::Sink,
     observe::report::{IntervalReport, Summary},
@@ -79,7 +80,8 @@ impl<W: Write> EvidenceFile<W> {
             .ifname
             .clone()
             .unwrap_or_else(|| "(socket)".to_owned());
-        let interface_id = self.interface(anomaly.netns, &hop, evidence.link)?;
+        let pod = anomaly.pod.as_ref().map(|p| &p.id);
+        let interface_id = self.interface(anomaly.netns, &hop, evidence.link, pod)?;
         let data = &evidence.bytes[..evidence.bytes.len().min(self.snaplen)];
         // A packet is never shorter than what was captured of it (readers reject such a
         // block); trust the bytes over a length field that says otherwise.
@@ -101,7 +103,15 @@ impl<W: Write> EvidenceFile<W> {
         Ok(true)
     }
 
-    fn interface(&mut self, netns: u64, hop: &str, link: Link) -> Result<u32, PcapError> {
+    /// The interface block of a hop, written at its first packet; its description names the
+    /// namespace and the pod (of the namespace, or at the device's other end).
+    fn interface(
+        &mut self,
+        netns: u64,
+        hop: &str,
+        link: Link,
+        pod: Option<&PodId>,
+    ) -> Result<u32, PcapError> {
         let key = (netns, hop.to_owned(), link);
         if let Some(id) = self.interfaces.get(&key) {
             return Ok(*id);
@@ -115,7 +125,10 @@ impl<W: Write> EvidenceFile<W> {
             snaplen: self.snaplen as u32,
             options: vec![
                 InterfaceDescriptionOption::IfName(Cow::Owned(bounded(hop.to_owned()))),
-                InterfaceDescriptionOption::IfDescription(Cow::Owned(format!("netns {netns}"))),
+                InterfaceDescriptionOption::IfDescription(Cow::Owned(bounded(match pod {
+                    Some(pod) => format!("netns {netns} pod={pod}"),
+                    None => format!("netns {netns}"),
+                }))),
                 // Timestamps are written in nanoseconds.
                 InterfaceDescriptionOption::IfTsResol(9),
             ],
@@ -149,8 +162,8 @@ fn bounded(mut text: String) -> String {
     text
 }
 
-/// `csum_error reason=UDP_CSUM hop=eth0/ingress netns=4026532290 udp 198.19.1.2:40000 >
-/// 198.19.2.2:5555`
+/// `csum_error reason=UDP_CSUM hop=eth0/ingress netns=4026532290 pod=shop/web-0 udp
+/// 198.19.1.2:40000 > 198.19.2.2:5555`
 fn comment(kind: &str, a: &Anomaly) -> String {
     let mut text = kind.to_owned();
     if let Some(reason) = &a.reason {
@@ -165,6 +178,9 @@ fn comment(kind: &str, a: &Anomaly) -> String {
         None => text.push_str(&format!(" hop={hop}")),
     }
     text.push_str(&format!(" netns={}", a.netns));
+    if let Some(pod) = &a.pod {
+        text.push_str(&format!(" pod={}", pod.id));
+    }
     if let Some(f) = &a.flow {
         text.push_str(&format!(
             " {} {}:{} > {}:{}",

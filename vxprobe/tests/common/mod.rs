@@ -3,6 +3,8 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod agent;
+pub mod containerd;
+pub mod pods;
 
 use std::{
     collections::BTreeMap,

@@ -37,6 +37,9 @@ pub struct DeviceSeen {
     pub egress: DirectionSeen,
     /// Anomaly events naming this device, by kind (in vxprobe's namespace).
     pub events: BTreeMap<&'static str, u64>,
+    /// The pod at the device's other end (a host-side veth).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::node::pods::PodId>,
 }
 
 /// What the devices did, from the interval reports: counts and the faults charged to each.
@@ -57,6 +60,9 @@ impl Sink for Observed {
     fn interval(&mut self, report: &IntervalReport) -> anyhow::Result<()> {
         for hop in &report.hops {
             let seen = self.devices.entry(hop.hop.ifname.clone()).or_default();
+            if let Some(pod) = &hop.hop.pod {
+                seen.pod = Some(pod.id.clone());
+            }
             for kind in AnomalyKind::ALL {
                 let n = hop.faults.count(kind);
                 if n > 0 {
@@ -85,6 +91,7 @@ pub async fn observe(
     facts: &Facts,
     findings: &mut [Finding],
     duration: Duration,
+    pods: crate::node::pods::PodConfig,
 ) -> anyhow::Result<()> {
     let ifaces = facts
         .devices
@@ -95,6 +102,7 @@ pub async fn observe(
     let mut session = Session::start(&SessionConfig {
         max_flows: 4096,
         ring_size: 1 << 20,
+        pods: Some(pods),
         ..SessionConfig::watching(ifaces)
     })
     .await?;

@@ -10,6 +10,8 @@ use prometheus_client::{
 };
 use vxprobe_common::Direction;
 
+use super::pods::PodLabel;
+
 /// What a family is, as Prometheus shows it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -237,6 +239,9 @@ pub(super) struct HopLabels {
     pub(super) iface: String,
     pub(super) direction: &'static str,
     pub(super) role: &'static str,
+    /// `--pod-labels`: the pod at the device's other end.
+    #[prometheus(flatten)]
+    pub(super) pod: PodLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -245,6 +250,8 @@ pub(super) struct DropLabels {
     pub(super) direction: &'static str,
     pub(super) role: &'static str,
     pub(super) reason: String,
+    #[prometheus(flatten)]
+    pub(super) pod: PodLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -256,11 +263,16 @@ pub(super) struct DeviceLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct ReasonLabel {
     pub(super) reason: String,
+    /// `--pod-labels`: the pod whose namespace it happened in.
+    #[prometheus(flatten)]
+    pub(super) pod: PodLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct KindLabel {
     pub(super) kind: &'static str,
+    #[prometheus(flatten)]
+    pub(super) pod: PodLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -459,10 +471,12 @@ pub(super) fn hop_labels(
     ifname: &str,
     dir: Direction,
     role: crate::node::devices::Role,
+    pod: PodLabel,
 ) -> HopLabels {
     HopLabels {
         iface: ifname.to_owned(),
         direction: dir.as_str(),
         role: role.as_str(),
+        pod,
     }
 }

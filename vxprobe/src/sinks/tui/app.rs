@@ -18,7 +18,7 @@ use super::{
     filter::Filter,
     model::{
         AnomalySample, AppEvent, Flow, FlowHop, FlowSample, HopCounts, HopId, HopSample,
-        OffloadHint, Outer, PathVerdict,
+        OffloadHint, Outer, PathVerdict, PodId,
     },
 };
 use crate::observe::judge;
@@ -136,11 +136,28 @@ impl FlowEntry {
         }
         for hop in &sample.hops {
             match self.hops.iter_mut().find(|h| h.id() == hop.id()) {
-                Some(known) => known.counts.add(&hop.counts),
+                Some(known) => {
+                    known.counts.add(&hop.counts);
+                    // Named once the pod index knows it (a veth can be seen before its pod).
+                    if hop.pod.is_some() {
+                        known.pod.clone_from(&hop.pod);
+                    }
+                }
                 None => self.hops.push(hop.clone()),
             }
         }
         self.last_seen = interval;
+    }
+
+    /// The pods on the flow's path (at the veths it crossed), in path order, each once.
+    pub fn pods(&self) -> Vec<&PodId> {
+        let mut pods: Vec<&PodId> = Vec::new();
+        for pod in self.hops.iter().filter_map(|h| h.pod.as_ref()) {
+            if !pods.contains(&pod) {
+                pods.push(pod);
+            }
+        }
+        pods
     }
 
     /// The share of the flow's packets that died on its path ([`judge::flow_loss_pct`]).
@@ -282,7 +299,7 @@ impl App {
     pub fn visible_hops(&self) -> impl Iterator<Item = &HopSample> {
         self.hops
             .iter()
-            .filter(|h| self.filter.matches_hop(&h.ifname))
+            .filter(|h| self.filter.matches_hop(&h.ifname, h.pod.as_ref()))
     }
 
     /// The flows table, worst first by the current sort.
@@ -414,8 +431,10 @@ impl App {
             .flows
             .values()
             .filter(|e| {
-                self.filter
-                    .matches_flow(&e.flow, e.hops.iter().map(|h| h.ifname.as_str()))
+                self.filter.matches_flow(
+                    &e.flow,
+                    e.hops.iter().map(|h| (h.ifname.as_str(), h.pod.as_ref())),
+                )
             })
             .collect();
         rows.sort_unstable_by(|a, b| {

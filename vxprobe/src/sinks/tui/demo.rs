@@ -72,6 +72,7 @@ fn hop((name, ifindex, role): Device, dir: Direction, counts: HopCounts) -> Flow
         ifindex,
         dir,
         role,
+        pod: None,
         counts,
     }
 }
@@ -345,6 +346,7 @@ fn anomalies(node: &Node, i: usize) -> Vec<AppEvent> {
                 location: location.to_owned(),
                 len,
                 flow: Some(flow.clone()),
+                pod: None,
             }));
         };
     if CSUM_DROPS[i] > 0 {

@@ -90,7 +90,11 @@ impl Sink for TuiFeed {
         if anomaly.netns != self.netns
             && let Some(name) = &mut sample.ifname
         {
-            name.push_str(&format!("@{}", anomaly.netns));
+            // A pod's device by its pod, others by their namespace's inode.
+            match &sample.pod {
+                Some(pod) => name.push_str(&format!("@{pod}")),
+                None => name.push_str(&format!("@{}", anomaly.netns)),
+            }
         }
         self.send(AppEvent::Anomaly(sample));
         Ok(())
@@ -114,6 +118,7 @@ impl Sink for TuiFeed {
                 ifindex: f.hop.ifindex,
                 dir: f.dir,
                 role: f.hop.role,
+                pod: f.hop.pod.as_ref().map(|p| p.id.clone()),
                 counts: HopCounts {
                     packets: f.counters.packets,
                     bytes: f.counters.bytes,
@@ -158,6 +163,7 @@ impl Sink for TuiFeed {
             .map(|h| {
                 let c = &h.counters;
                 HopSample {
+                    pod: h.hop.pod.as_ref().map(|p| p.id.clone()),
                     offload: self.offloads.get(&h.hop.ifindex).copied(),
                     packets: c.packets,
                     bytes: c.bytes,

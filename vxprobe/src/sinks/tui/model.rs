@@ -10,7 +10,7 @@ pub use crate::node::features::Offload;
 pub use crate::observe::judge::{OffloadHint, PathVerdict};
 use crate::observe::{anomaly::Anomaly, judge};
 pub use crate::{
-    node::devices::Role,
+    node::{devices::Role, pods::PodId},
     observe::anomaly::AnomalyKind,
     observe::packet::{Flow, Outer},
 };
@@ -41,6 +41,8 @@ pub struct HopSample {
     pub dir: Direction,
     pub role: Role,
     pub mtu: u32,
+    /// The pod at the device's other end (a host-side veth), as the pod index names it.
+    pub pod: Option<PodId>,
     /// `None`: not known (not read yet, or the device does not say).
     pub offload: Option<Offload>,
     /// Packets (skbs: a GSO super-packet counts once) and their bytes seen at the hop.
@@ -88,6 +90,7 @@ impl HopSample {
             dir,
             role,
             mtu,
+            pod: None,
             offload: None,
             packets: 0,
             bytes: 0,
@@ -189,6 +192,8 @@ pub struct FlowHop {
     pub ifindex: u32,
     pub dir: Direction,
     pub role: Role,
+    /// The pod at the device's other end, if any.
+    pub pod: Option<PodId>,
     pub counts: HopCounts,
 }
 
@@ -297,6 +302,8 @@ pub struct AnomalySample {
     /// Packet length; 0 when unknown.
     pub len: u32,
     pub flow: Option<Flow>,
+    /// The pod whose namespace it happened in, or at the device's other end.
+    pub pod: Option<PodId>,
 }
 
 impl AnomalySample {
@@ -315,6 +322,7 @@ impl AnomalySample {
                 .unwrap_or_default(),
             len: anomaly.len.unwrap_or(0),
             flow: anomaly.flow.clone(),
+            pod: anomaly.pod.as_ref().map(|p| p.id.clone()),
         }
     }
 }

@@ -35,6 +35,7 @@ use super::{
     app::{self, App, FlowEntry, Panel, SortKey},
     model::{
         AnomalySample, EventKindView, Flow, HopCounts, HopId, HopSample, OffloadHint, PathVerdict,
+        PodId,
     },
 };
 use crate::observe::judge;

@@ -184,6 +184,7 @@ fn anomaly(i: usize) -> AppEvent {
         location: "kfree_skb".into(),
         len: i as u32,
         flow: None,
+        pod: None,
     })
 }
 
@@ -353,6 +354,7 @@ fn the_ui_shows_the_models_loss() {
         role: Role::Pod,
         mtu: 1450,
         ahead: Vec::new(),
+        pod: None,
     };
     let flow = Flow {
         proto: 17,
