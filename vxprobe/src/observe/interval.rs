@@ -19,8 +19,8 @@ use super::{
     judge,
     packet::Flow,
     report::{
-        Faults, FlowReport, HopReport, IntervalEnd, IntervalReport, LostEvents, MetaHop, Summary,
-        mean_segment,
+        Faults, FlowFaults, FlowReport, HopReport, IntervalEnd, IntervalReport, LostEvents,
+        MetaHop, Summary, mean_segment,
     },
 };
 use crate::node::features::Offload;
@@ -45,7 +45,8 @@ pub struct Interval {
     /// interval (reported one last time).
     devices: BTreeSet<u32>,
     hop_faults: HashMap<HopKey, Faults>,
-    flow_faults: HashMap<Flow, Faults>,
+    /// Each flow's faults: all, and those at each of our hops.
+    flow_faults: HashMap<Flow, (Faults, Vec<(HopKey, Faults)>)>,
     /// Flows that retransmitted in this interval: their retransmits, the hops they crossed.
     retransmitting: HashMap<Flow, (u64, Vec<HopKey>)>,
     offloads: HashMap<u32, Offload>,
@@ -78,14 +79,18 @@ impl Interval {
             .entry(anomaly.kind.as_str())
             .or_default() += 1;
         let dropped = anomaly.dropped.then(|| reason(anomaly));
-        if let (Some(ifindex), Some(dir)) = (anomaly.ifindex, anomaly.hop_direction)
-            && anomaly.netns == self.netns
-            && self.devices.contains(&ifindex)
-        {
-            let key = HopKey {
-                ifindex,
-                direction: dir as u32,
-            };
+        let hop = match (anomaly.ifindex, anomaly.hop_direction) {
+            (Some(ifindex), Some(dir))
+                if anomaly.netns == self.netns && self.devices.contains(&ifindex) =>
+            {
+                Some(HopKey {
+                    ifindex,
+                    direction: dir as u32,
+                })
+            }
+            _ => None,
+        };
+        if let Some(key) = hop {
             self.hop_faults
                 .entry(key)
                 .or_default()
@@ -96,10 +101,18 @@ impl Interval {
             // new flows' faults count at their hops only.
             let known = self.flow_faults.contains_key(flow);
             if known || self.flow_faults.len() < FLOW_FAULTS_MAX {
-                self.flow_faults
-                    .entry(flow.clone())
-                    .or_default()
-                    .add(anomaly.kind, n, dropped);
+                let (total, at) = self.flow_faults.entry(flow.clone()).or_default();
+                total.add(anomaly.kind, n, dropped);
+                if let Some(key) = hop {
+                    let i = match at.iter().position(|(k, _)| *k == key) {
+                        Some(i) => i,
+                        None => {
+                            at.push((key, Faults::default()));
+                            at.len() - 1
+                        }
+                    };
+                    at[i].1.add(anomaly.kind, n, dropped);
+                }
             }
             if anomaly.kind == AnomalyKind::Retransmit
                 && (known || self.retransmitting.len() < FLOW_FAULTS_MAX)
@@ -137,7 +150,10 @@ impl Interval {
             })
             .collect();
         self.summary.lost += lost.iter().map(|(_, n)| n).sum::<u64>();
-        let flow_faults = std::mem::take(&mut self.flow_faults).into_iter().collect();
+        let flow_faults = std::mem::take(&mut self.flow_faults)
+            .into_iter()
+            .map(|(flow, (total, at))| FlowFaults { flow, total, at })
+            .collect();
         IntervalReport {
             flow_faults,
             ts,
@@ -299,8 +315,11 @@ mod tests {
         assert_eq!(at.mean_segment, 100);
         assert_eq!(report.hops[1].drops(), 0);
         assert_eq!(report.worst_hop, Some(at.key()));
-        let (_, faults) = &report.flow_faults[0];
-        assert_eq!(faults.drops, 4, "every drop of the flow, wherever");
+        let faults = &report.flow_faults[0];
+        assert_eq!(faults.total.drops, 4, "every drop of the flow, wherever");
+        // Where it happened at one of our hops: there, by hop (both were charged at 5).
+        assert_eq!(faults.at.len(), 1);
+        assert_eq!((faults.at[0].0, faults.at[0].1.drops), (at.key(), 2));
         interval.end(0, |_| true);
         let summary = interval.summary(Duration::from_secs(1));
         assert_eq!(summary.events["drop"], 3);

@@ -168,6 +168,15 @@ impl Faults {
     }
 }
 
+/// A flow's anomalies over an interval: all of them, and those at each of our hops (the rest
+/// happened elsewhere: in a pod's namespace, at the socket, before any hop).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowFaults {
+    pub flow: Flow,
+    pub total: Faults,
+    pub at: Vec<(HopKey, Faults)>,
+}
+
 /// One hop over one interval: what its TC programs counted and the faults charged to it.
 #[derive(Debug, Clone)]
 pub struct HopReport {
@@ -266,7 +275,7 @@ pub struct IntervalReport {
     pub offload_hint: Option<OffloadHint>,
     /// The interval's anomalies by flow (its inner 5-tuple), for flows that had any; at most
     /// [`super::interval::FLOW_FAULTS_MAX`] flows.
-    pub flow_faults: Vec<(Flow, Faults)>,
+    pub flow_faults: Vec<FlowFaults>,
 }
 
 /// What the interval's end adds, once its flows are out.

@@ -107,10 +107,10 @@ impl FlowLosses {
         for f in self.flows.values_mut() {
             f.recent *= decay;
         }
-        for (flow, faults) in report.flow_faults.iter().filter(|(_, f)| f.drops > 0) {
-            let f = self.flows.entry(flow.clone()).or_default();
-            f.drops += faults.drops;
-            f.recent += faults.drops as f64;
+        for faults in report.flow_faults.iter().filter(|f| f.total.drops > 0) {
+            let f = self.flows.entry(faults.flow.clone()).or_default();
+            f.drops += faults.total.drops;
+            f.recent += faults.total.drops as f64;
         }
         if self.flows.len() > self.capacity() * 2 {
             let mut ranked: Vec<(Flow, f64)> = self

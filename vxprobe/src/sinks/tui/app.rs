@@ -143,7 +143,11 @@ impl FlowEntry {
                         known.pod.clone_from(&hop.pod);
                     }
                 }
-                None => self.hops.push(hop.clone()),
+                None => {
+                    self.hops.push(hop.clone());
+                    // A hop first seen later takes its place on the path, not the end.
+                    self.hops.sort_by_key(|h| (h.path_rank(), h.ifindex));
+                }
             }
         }
         self.last_seen = interval;
@@ -589,6 +593,6 @@ impl App {
             .iter()
             .map(|h| (h.counts.drops, h.counts.bytes))
             .collect();
-        judge::path_verdict(&hops)
+        judge::path_verdict(&hops, entry.total.drops)
     }
 }

@@ -16,7 +16,7 @@ use crate::observe::{
     anomaly::{Anomaly, AnomalyKind},
     packet::{Flow, Outer},
     pipeline::Sink,
-    report::{Faults, FlowReport, IntervalEnd, IntervalReport, Meta, Summary},
+    report::{Faults, FlowFaults, FlowReport, IntervalEnd, IntervalReport, Meta, Summary},
 };
 
 /// Feeds the UI task. Sends never wait: when the UI lags, messages are dropped and counted
@@ -57,6 +57,15 @@ impl TuiFeed {
             self.dropped_messages += 1;
         }
     }
+}
+
+/// A flow's totals with all of its faults, wherever they happened: the model charged each once
+/// to the flow (some happened beyond our hops, in a pod's namespace or at a socket).
+fn with_flow_faults(total: &mut HopCounts, faults: &Faults) {
+    total.drops = faults.drops;
+    total.csum_errors = faults.count(AnomalyKind::CsumError);
+    total.retransmits = faults.count(AnomalyKind::Retransmit);
+    total.oversize = total.oversize.max(faults.count(AnomalyKind::Oversize));
 }
 
 /// A flow's or a hop's faults as the UI's counts.
@@ -135,28 +144,33 @@ impl Sink for TuiFeed {
         let Some(report) = self.report.take() else {
             return Ok(());
         };
-        let mut flow_faults: HashMap<&Flow, &Faults> = report
-            .flow_faults
-            .iter()
-            .map(|(f, faults)| (f, faults))
-            .collect();
-        let flows: Vec<FlowSample> = std::mem::take(&mut self.flows)
+        let mut flow_faults: HashMap<&Flow, &FlowFaults> =
+            report.flow_faults.iter().map(|f| (&f.flow, f)).collect();
+        let mut flows: Vec<FlowSample> = std::mem::take(&mut self.flows)
             .into_iter()
-            .map(|(flow, (outer, hops))| {
+            .map(|(flow, (outer, mut hops))| {
                 let faults = flow_faults.remove(&flow);
+                // Each fault at the hop the model charged it to.
+                for (key, at) in faults.iter().flat_map(|f| &f.at) {
+                    let id = HopId::from(*key);
+                    if let Some(hop) = hops.iter_mut().find(|h| h.id() == id) {
+                        hop.counts.add(&fault_counts(at));
+                    }
+                }
                 let mut sample = FlowSample::from_hops(flow, outer, hops);
                 if let Some(faults) = faults {
-                    // Shown where the flow enters the node: the model charged them to the
-                    // flow, and to the hops themselves in the hop rows.
-                    let counts = fault_counts(faults);
-                    if let Some(first) = sample.hops.first_mut() {
-                        first.counts.add(&counts);
-                    }
-                    sample.total.add(&counts);
+                    with_flow_faults(&mut sample.total, &faults.total);
                 }
                 sample
             })
             .collect();
+        // Flows whose packets died before any of our hops counted them (refused sends, drops
+        // in the sender's namespace): no hop, but their faults.
+        flows.extend(flow_faults.into_values().map(|faults| {
+            let mut sample = FlowSample::from_hops(faults.flow.clone(), None, Vec::new());
+            with_flow_faults(&mut sample.total, &faults.total);
+            sample
+        }));
         let hops = report
             .hops
             .iter()

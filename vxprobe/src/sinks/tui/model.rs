@@ -7,7 +7,7 @@ use crossterm::event::KeyEvent;
 pub use vxprobe_common::Direction;
 
 pub use crate::node::features::Offload;
-pub use crate::observe::judge::{OffloadHint, PathVerdict};
+pub use crate::observe::judge::{OffloadHint, PathCounts as HopCounts, PathVerdict};
 use crate::observe::{anomaly::Anomaly, judge};
 pub use crate::{
     node::{devices::Role, pods::PodId},
@@ -151,40 +151,6 @@ impl judge::HopView for HopSample {
     }
 }
 
-/// The counts one flow has at one hop.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HopCounts {
-    pub packets: u64,
-    pub bytes: u64,
-    pub drops: u64,
-    pub csum_errors: u64,
-    pub oversize: u64,
-    pub fragments: u64,
-    pub retransmits: u64,
-}
-
-impl HopCounts {
-    /// Adds `other` (saturating: a bogus count from the feed must not bring the UI down).
-    pub fn add(&mut self, other: &HopCounts) {
-        let add = |a: &mut u64, b: u64| *a = a.saturating_add(b);
-        add(&mut self.packets, other.packets);
-        add(&mut self.bytes, other.bytes);
-        add(&mut self.drops, other.drops);
-        add(&mut self.csum_errors, other.csum_errors);
-        add(&mut self.oversize, other.oversize);
-        add(&mut self.fragments, other.fragments);
-        add(&mut self.retransmits, other.retransmits);
-    }
-
-    /// Drops (checksum errors and oversize included), retransmits and fragments: what makes a
-    /// flow worth looking at.
-    pub fn trouble(&self) -> u64 {
-        self.drops
-            .saturating_add(self.retransmits)
-            .saturating_add(self.fragments)
-    }
-}
-
 /// One flow at one hop during an interval.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowHop {
@@ -229,23 +195,12 @@ impl FlowSample {
     /// ([`FlowHop::path_rank`]) and the totals computed as [`FlowSample::total`] says.
     pub fn from_hops(flow: Flow, outer: Option<Outer>, mut hops: Vec<FlowHop>) -> Self {
         hops.sort_by_key(|h| (h.path_rank(), h.ifindex));
-        let mut total = HopCounts::default();
-        for hop in &hops {
-            total.add(&HopCounts {
-                packets: 0,
-                bytes: 0,
-                ..hop.counts.clone()
-            });
-        }
-        if let Some(first) = hops.first() {
-            total.packets = first.counts.packets;
-            total.bytes = first.counts.bytes;
-        }
+        let counts: Vec<HopCounts> = hops.iter().map(|h| h.counts.clone()).collect();
         Self {
             flow,
             outer,
+            total: judge::path_totals(&counts),
             hops,
-            total,
         }
     }
 }
