@@ -333,16 +333,13 @@ impl Input<'_> {
             });
         }
         if flags & 8 != 0 {
-            a.evidence = Some(Evidence {
-                link: if flags & 16 != 0 {
-                    Link::Ip
-                } else {
-                    Link::Ethernet
-                },
-                bytes: self.bytes(),
-                original_len: self.u32(),
-                ktime_ns: self.u64(),
-            });
+            let link = if flags & 16 != 0 {
+                Link::Ip
+            } else {
+                Link::Ethernet
+            };
+            a.evidence = Some(Evidence::new(link, self.bytes(), self.u32()));
+            a.ktime_ns = self.u64();
         }
         a
     }

@@ -368,27 +368,30 @@ impl Session {
         let mut taken = 0;
         while let Some(record) = ring.next() {
             taken += 1;
-            if taken >= DRAIN_BATCH {
-                self.backlog = true;
-            }
-            let anomaly = match decode::decode(&record) {
-                Ok(KernelEvent::Drop(event)) => self.enricher.drop_event(&event),
-                Ok(KernelEvent::Retransmit(event)) => self.enricher.retransmit(&event),
-                Ok(KernelEvent::SendError(event)) => self.enricher.send_error(&event),
-                Ok(KernelEvent::Hop(event)) => self.enricher.hop_event(&event),
-                Ok(KernelEvent::FragNeeded(event)) => self.enricher.frag_needed(&event),
-                Ok(KernelEvent::Csum(event)) => self.enricher.csum(&event),
+            let decoded = decode::decode(&record);
+            drop(record);
+            let anomaly = match decoded {
+                Ok(KernelEvent::Drop(event)) => Some(self.enricher.drop_event(&event)),
+                Ok(KernelEvent::Retransmit(event)) => Some(self.enricher.retransmit(&event)),
+                Ok(KernelEvent::SendError(event)) => Some(self.enricher.send_error(&event)),
+                Ok(KernelEvent::Hop(event)) => Some(self.enricher.hop_event(&event)),
+                Ok(KernelEvent::FragNeeded(event)) => Some(self.enricher.frag_needed(&event)),
+                Ok(KernelEvent::Csum(event)) => Some(self.enricher.csum(&event)),
                 Err(e) => {
                     eprintln!("vxprobe: skipping a kernel record: {e}");
-                    continue;
+                    None
                 }
             };
-            drop(record);
-            if !self.selector.matches(&anomaly) || (anomaly.is_benign() && !self.all_drops) {
-                continue;
+            if let Some(anomaly) = anomaly
+                && self.selector.matches(&anomaly)
+                && (self.all_drops || !anomaly.is_benign())
+            {
+                out(anomaly)?;
             }
-            out(anomaly)?;
-            if self.backlog {
+            // Every record counts against the budget, those filtered out too: a flood of
+            // other flows' events must not hold the loop either.
+            if taken >= DRAIN_BATCH {
+                self.backlog = true;
                 break;
             }
         }
@@ -464,6 +467,11 @@ impl Session {
         // Reading a large flow table frees megabytes of buffers each interval.
         crate::memory::release_freed();
         Ok(evicted)
+    }
+
+    /// Runs of our programs the kernel skipped (one of them already running on that CPU).
+    pub fn recursion_misses(&mut self) -> u64 {
+        crate::kernel::counters::recursion_misses(self.probes.ebpf_mut())
     }
 
     /// Detaches everything (also what Drop does; explicit for the reader).

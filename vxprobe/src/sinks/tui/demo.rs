@@ -345,6 +345,7 @@ fn anomalies(node: &Node, i: usize) -> Vec<AppEvent> {
                 location: location.to_owned(),
                 len,
                 flow: Some(flow.clone()),
+                count: 1,
             }));
         };
     if CSUM_DROPS[i] > 0 {

@@ -297,12 +297,15 @@ pub struct AnomalySample {
     /// Packet length; 0 when unknown.
     pub len: u32,
     pub flow: Option<Flow>,
+    /// Identical events this row stands for (folded by the pipeline, merged by the panel).
+    pub count: u64,
 }
 
 impl AnomalySample {
     /// The pipeline's anomaly, as seen at `ts`.
     pub fn from_anomaly(anomaly: &Anomaly, ts: SystemTime) -> Self {
         Self {
+            count: u64::from(anomaly.count.unwrap_or(1)),
             ts,
             kind: anomaly.kind.into(),
             ifname: anomaly.ifname.clone(),
@@ -316,6 +319,16 @@ impl AnomalySample {
             len: anomaly.len.unwrap_or(0),
             flow: anomaly.flow.clone(),
         }
+    }
+
+    /// Whether two samples are the same event (kind, hop, flow and reason), merged into one
+    /// row.
+    pub fn same_event(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.ifname == other.ifname
+            && self.dir == other.dir
+            && self.reason == other.reason
+            && self.flow == other.flow
     }
 }
 
