@@ -355,7 +355,16 @@ fn a_flood_is_delivered_or_counted_as_lost() {
                 .map(|v| v.trim().trim_end_matches(" kB").parse::<u64>().unwrap())
         })
         .unwrap();
+    let misses = common::recursion_misses_of(rec.pid());
     let lines = rec.stop();
+    // Runs of the programs the kernel skipped (nested on a CPU) are in the summary: what the
+    // programs' fdinfo said before the end, or more.
+    let summary = lines.last().unwrap();
+    let reported = summary["recursion_misses"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("recursion_misses in {summary}"));
+    assert!(reported >= misses, "{reported} < {misses}: {summary}");
+    eprintln!("recursion misses: {reported} (fdinfo before the end: {misses})");
     // Delivered: a line each, or folded into a line's `count` (--event-lines).
     let delivered: u64 = lines
         .iter()
