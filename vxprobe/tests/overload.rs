@@ -220,3 +220,94 @@ fn records_the_filter_drops_count_against_the_drain_budget() {
         "intervals closed while the filtered backlog was drained"
     );
 }
+
+/// Refused sends from 400 network namespaces (threads of this test that unshared one each),
+/// on a node running 2,000 more processes: looking up a namespace no process holds means
+/// walking all of /proc. Naming their devices never holds the event loop: the intervals keep
+/// closing on time. (On the loop, the walks held it for about a second.)
+#[test]
+fn namespaces_by_the_hundred_do_not_stall_the_intervals() {
+    if !is_root() {
+        return;
+    }
+    use std::sync::Barrier;
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    const PROCESSES: usize = 2000;
+    const NAMESPACES: usize = 400;
+    let mut sleepers: Vec<std::process::Child> = (0..PROCESSES)
+        .map(|_| {
+            std::process::Command::new("sleep")
+                .arg("600")
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut rec = Recorder::start(
+        &lab.nodes[0].netns,
+        &["--stats-interval", "50ms", "-i", POD_HOST_DEV],
+    );
+    let ready = Arc::new(Barrier::new(NAMESPACES + 1));
+    let done = Arc::new(Barrier::new(NAMESPACES + 1));
+    let senders: Vec<_> = (0..NAMESPACES)
+        .map(|_| {
+            let (ready, done) = (Arc::clone(&ready), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let writer = (|| {
+                    // SAFETY: unshare(2) moves only this thread into a new namespace.
+                    faults::check(unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
+                    let up = std::process::Command::new("ip")
+                        .args(["link", "set", "lo", "mtu", "1500", "up"])
+                        .status()?;
+                    assert!(up.success());
+                    faults::FrameWriter::open("lo")
+                })();
+                ready.wait();
+                let refused = writer
+                    .unwrap()
+                    .send(&faults::FrameWriter::frame(2000), false)
+                    .is_err_and(|e| e.raw_os_error() == Some(libc::EMSGSIZE));
+                // The namespace lives until vxprobe has looked at every send.
+                done.wait();
+                refused
+            })
+        })
+        .collect();
+    ready.wait();
+    let burst = common::ts_now();
+    rec.wait_total("the refused sends", "count", NAMESPACES as u64, |l| {
+        l["kind"] == "oversize" && l["errno"] == 90 && l["len"] == 2000 && l["ifindex"] == 1
+    });
+    rec.wait_intervals_after(&common::ts_now(), 2);
+    done.wait();
+    let refused = senders
+        .into_iter()
+        .map(|s| s.join().unwrap())
+        .filter(|refused| *refused)
+        .count();
+    let lines = rec.stop();
+    for sleeper in &mut sleepers {
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+    }
+    assert_eq!(refused, NAMESPACES);
+    // The intervals' ends from the burst on: no gap much longer than an interval.
+    let stamps: Vec<std::time::SystemTime> = lines
+        .iter()
+        .filter(|l| l["kind"] == "hop" && l["dir"] == "ingress")
+        .filter_map(|l| l["ts"].as_str())
+        .filter(|ts| *ts > burst.as_str())
+        .map(|ts| humantime::parse_rfc3339(ts).unwrap())
+        .collect();
+    let gap = stamps
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).unwrap_or_default())
+        .max()
+        .unwrap();
+    eprintln!(
+        "{NAMESPACES} namespaces, {PROCESSES} processes: longest gap between intervals {gap:?}"
+    );
+    assert!(
+        gap < std::time::Duration::from_millis(250),
+        "the intervals stalled for {gap:?}"
+    );
+}

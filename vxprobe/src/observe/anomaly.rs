@@ -222,9 +222,6 @@ impl Anomaly {
     }
 }
 
-/// Devices of other namespaces remembered at most (a cache: forgotten ones are looked up again).
-const FOREIGN_DEVICES_MAX: usize = 4096;
-
 /// What turns raw events into anomalies: names from this kernel, and our own hops.
 pub struct Enricher {
     pub reasons: DropReasons,
@@ -233,8 +230,8 @@ pub struct Enricher {
     pub netns: u64,
     /// The observed devices by ifindex (in `netns`): name, and whether frames start at IP.
     pub hops: HashMap<u32, (String, Link)>,
-    /// Devices of other namespaces already looked up, by (netns, ifindex).
-    pub foreign_devices: HashMap<(u64, u32), Option<(String, u32)>>,
+    /// Devices of other namespaces by (netns, ifindex): cached, looked up off the event loop.
+    pub devices: netns::DeviceNames,
 }
 
 impl Enricher {
@@ -410,22 +407,13 @@ impl Enricher {
         // could not (no BTF for af_packet), ask /proc while the sender is still there.
         let ifindex = match event.addr_family {
             AF_PACKET | 0 if event.addr_ifindex != 0 => Some(event.addr_ifindex),
-            0 => netns::packet_socket_ifindex(event.tgid, event.fd),
+            0 => self.devices.packet_socket(event.tgid, event.fd),
             _ => None,
         };
         if let Some(ifindex) = ifindex {
             anomaly.ifindex = Some(ifindex);
             anomaly.hop_direction = Some(Direction::Egress);
-            let netns = anomaly.netns;
-            // Pods come and go for weeks: keep the cache bounded.
-            if self.foreign_devices.len() >= FOREIGN_DEVICES_MAX {
-                self.foreign_devices.clear();
-            }
-            let device = self
-                .foreign_devices
-                .entry((netns, ifindex))
-                .or_insert_with(|| netns::device_in_netns(netns, ifindex));
-            if let Some((name, mtu)) = device.clone() {
+            if let Some((name, mtu)) = self.devices.device(anomaly.netns, ifindex) {
                 anomaly.ifname = Some(name);
                 anomaly.mtu = Some(mtu);
             }

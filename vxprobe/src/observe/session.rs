@@ -238,7 +238,7 @@ impl Session {
                 .iter()
                 .map(|h| (h.device.ifindex, (h.device.name.clone(), link_of(h))))
                 .collect(),
-            foreign_devices: Default::default(),
+            devices: crate::node::netns::DeviceNames::new(netns),
         };
         // Start-up parsed the kernel's BTF and loaded programs: megabytes freed mid-heap.
         crate::memory::release_freed();
@@ -451,6 +451,7 @@ impl Session {
     pub fn end_interval(&mut self, created: u64) -> anyhow::Result<u64> {
         self.evictions.deleted(self.flow_stats.take_deleted());
         let evicted = self.evictions.since_last(created, self.flow_stats.len());
+        self.enricher.devices.new_interval();
         self.epoch.advance()?;
         // Vanished devices had their last count: free their slots in the kernel's maps.
         for hop in std::mem::take(&mut self.gone) {
