@@ -133,8 +133,10 @@ impl Session {
 
         TcMode::check(config.tc_attach, aya::util::KernelVersion::current().ok())?;
         // A vxprobe killed in clsact mode left filters that run for no one: remove them (only
-        // vxprobe's, and only those no running vxprobe holds).
-        crate::kernel::stale::remove_stale_filters().await;
+        // vxprobe's, and only those no running vxprobe holds), under the lock other instances
+        // take for their cleanup and attach too (held until ours are attached).
+        let tc_lock = crate::kernel::stale::TcLock::take();
+        crate::kernel::stale::remove_stale_filters(&tc_lock).await;
 
         // Kernel-wide hooks need the running kernel's BTF; without it, say so and count hops.
         // With it, each signal gets what it needs or says what it misses (btf_needs).
@@ -164,6 +166,7 @@ impl Session {
             },
         )?;
         probes.attach_tc(&hops)?;
+        drop(tc_lock);
         // Leave out what vanished while attaching; the device watcher catches up.
         let hops: Vec<Hop> = hops
             .into_iter()
