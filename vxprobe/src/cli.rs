@@ -154,9 +154,19 @@ pub struct RecordArgs {
     /// Write the packets behind drop/csum_error/oversize/fragment events to this pcapng file.
     #[arg(long, value_name = "PATH")]
     pub pcap: Option<PathBuf>,
-    /// Bytes kept of each evidence packet (headers, not payload: at most 128 are captured).
-    #[arg(long, value_name = "BYTES", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=128))]
-    pub snaplen: u32,
+    /// Bytes kept of each evidence packet, 1 to 128 (what the kernel captures). Default: up
+    /// to the end of the innermost transport header, at most 128: headers, not payload.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..=128))]
+    pub snaplen: Option<u32>,
+    /// Lines per (kind, hop, flow, reason) and interval; the rest of a flood folds into one
+    /// line with `count`. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = crate::observe::fold::DEFAULT_EVENT_LINES)]
+    pub event_lines: u32,
+    /// Most bytes the recording writes (--output and --pcap together; 64K to 1P, suffixes K, M,
+    /// G, T, P in powers of 1024). Once reached, a `note` line says so and nothing more is
+    /// written but the `summary`. Default: no limit.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_output_size: Option<u64>,
     /// How often each hop's counters are written as a `hop` line.
     #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_interval)]
     pub stats_interval: Duration,
@@ -443,6 +453,31 @@ pub fn parse_node_name(text: &str) -> Result<String, String> {
     Ok(name.to_owned())
 }
 
+/// Parses a size in bytes (`--max-output-size`): a number with an optional K, M, G, T or P
+/// (powers of 1024, `KiB`/`KB`/`K` alike), from 64 KiB to 1 PiB.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("'{text}' is not a size like 512M or 2G (bytes, or K, M, G, T, P)");
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let number: u64 = t[..digits].parse().map_err(|_| bad())?;
+    let unit = t[digits..].trim().to_ascii_uppercase();
+    let unit = unit.trim_end_matches('B').trim_end_matches('I');
+    let shift = match unit {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        "P" => 50,
+        _ => return Err(bad()),
+    };
+    let bytes = number.checked_mul(1 << shift).ok_or_else(bad)?;
+    if !(64 << 10..=1 << 50).contains(&bytes) {
+        return Err(format!("'{text}': the size must be between 64K and 1P"));
+    }
+    Ok(bytes)
+}
+
 /// Parses `--flow-cache`: a power of two, 1 to 65536.
 pub fn parse_flow_cache(text: &str) -> Result<u32, String> {
     let slots: u32 = text
@@ -535,6 +570,17 @@ mod tests {
         );
         assert!(parse_cri_socket("/nonexistent/cri.sock").is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sizes_have_units_and_bounds() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        for bad in ["", "M", "1000", "2X", "-1G", "2P", "99999999999999999999"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -260,6 +260,51 @@ mod tests {
         assert!(calls.is_empty(), "byte loops: {calls:#?}");
     }
 
+    /// Events lost to a full ring are counted in a per-CPU slot that a program nested on the
+    /// same CPU (a softirq interrupting a program in process context) can count in too: every
+    /// program that counts losses does it with an atomic add (BPF_STX | BPF_ATOMIC | BPF_DW,
+    /// imm BPF_ADD), never a load, add and store.
+    #[test]
+    fn losses_are_counted_with_an_atomic_add() {
+        use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget, SectionKind};
+        const ATOMIC_DW: u8 = 0x03 | 0xc0 | 0x18;
+        const BPF_ADD: i32 = 0x00;
+        const BPF_FETCH: i32 = 0x01;
+        let elf = object::File::parse(EBPF_OBJECT).expect("the embedded eBPF object");
+        let mut counting = Vec::new();
+        for section in elf.sections() {
+            if section.kind() != SectionKind::Text {
+                continue;
+            }
+            let uses_lost = section.relocations().any(|(_, reloc)| {
+                matches!(reloc.target(), RelocationTarget::Symbol(index)
+                    if elf.symbol_by_index(index).is_ok_and(|s| s.name() == Ok(names::LOST)))
+            });
+            if !uses_lost {
+                continue;
+            }
+            let code = section.data().expect("program code");
+            let atomic_adds = code
+                .chunks_exact(8)
+                .filter(|insn| {
+                    let imm = i32::from_le_bytes([insn[4], insn[5], insn[6], insn[7]]);
+                    insn[0] == ATOMIC_DW && (imm == BPF_ADD || imm == BPF_ADD | BPF_FETCH)
+                })
+                .count();
+            counting.push((section.name().unwrap_or("?").to_owned(), atomic_adds));
+        }
+        assert!(
+            counting.len() >= 3,
+            "programs that count losses: {counting:?}"
+        );
+        for (program, atomic_adds) in &counting {
+            assert!(
+                *atomic_adds >= 1,
+                "{program} counts losses without an atomic add"
+            );
+        }
+    }
+
     #[test]
     fn many_cpus_share_a_bounded_cache() {
         assert_eq!(default_flow_cache_slots(2), 1024);

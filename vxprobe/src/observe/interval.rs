@@ -16,6 +16,7 @@ use vxprobe_common::{Direction, FlowCounters, FlowKey, HopCounters, HopKey};
 use super::{
     anomaly::{Anomaly, AnomalyKind, flow_of, outer_of},
     distinct::DistinctCount,
+    fold::Folding,
     judge,
     packet::Flow,
     report::{
@@ -52,6 +53,8 @@ pub struct Interval {
     offloads: HashMap<u32, Offload>,
     summary: Summary,
     flows_seen: DistinctCount,
+    /// Which anomalies become lines of their own ([`super::fold`]).
+    folding: Folding,
 }
 
 impl Interval {
@@ -61,8 +64,30 @@ impl Interval {
         Self {
             netns,
             offloads,
+            folding: Folding::new(super::fold::DEFAULT_EVENT_LINES),
             ..Self::default()
         }
+    }
+
+    /// Lines per (kind, hop, flow, reason) and interval (`--event-lines`; 0: no limit).
+    pub fn with_event_lines(mut self, limit: u32) -> Self {
+        self.folding = Folding::new(limit);
+        self
+    }
+
+    /// Whether a charged anomaly becomes a line of its own (and evidence), or folds into its
+    /// key's `count` line at the interval's end ([`Interval::take_folded`]).
+    pub fn line(&mut self, anomaly: &Anomaly) -> bool {
+        let line = self.folding.line(anomaly);
+        if !line {
+            self.summary.folded += 1;
+        }
+        line
+    }
+
+    /// The interval's folded lines (each with its `count`), to write before it closes.
+    pub fn take_folded(&mut self) -> Vec<Anomaly> {
+        self.folding.take()
     }
 
     /// A device is a hop (from now, or still for the rest of this interval).

@@ -295,17 +295,28 @@ pub struct IntervalEnd {
 pub struct Summary {
     pub duration_ms: u64,
     pub intervals: u64,
-    /// Anomaly lines per kind.
+    /// Anomalies per kind (each kernel event once, whether it had a line of its own or was
+    /// folded into a `count` line).
     pub events: BTreeMap<&'static str, u64>,
+    /// Anomalies folded into `count` lines (`--event-lines`).
+    pub folded: u64,
     /// Events the kernel could not hand over, all kinds.
     pub lost: u64,
     /// Flow entries evicted from the kernel's full flow table (`--max-flows`).
     pub evicted: u64,
     /// Distinct (hop, direction, flow) entries reported (estimated beyond 65,536).
     pub flow_entries: u64,
+    /// Runs of vxprobe's programs the kernel skipped because one of them was already running
+    /// on that CPU (`recursion_misses`, Linux 5.12+): events that could not even be counted.
+    pub recursion_misses: u64,
     /// Packets written to the pcapng file, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evidence_packets: Option<u64>,
+    /// With `--max-output-size`: lines, and evidence packets, not written once it was reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unwritten_lines: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unwritten_packets: Option<u64>,
 }
 
 /// Events the kernel could not hand over (ring buffer full) in an interval, per kind.

@@ -154,8 +154,10 @@ impl Session {
 
         TcMode::check(config.tc_attach, aya::util::KernelVersion::current().ok())?;
         // A vxprobe killed in clsact mode left filters that run for no one: remove them (only
-        // vxprobe's, and only those no running vxprobe holds).
-        crate::kernel::stale::remove_stale_filters().await;
+        // vxprobe's, and only those no running vxprobe holds), under the lock other instances
+        // take for their cleanup and attach too (held until ours are attached).
+        let tc_lock = crate::kernel::stale::TcLock::take();
+        crate::kernel::stale::remove_stale_filters(&tc_lock).await;
 
         // Kernel-wide hooks need the running kernel's BTF; without it, say so and count hops.
         // With it, each signal gets what it needs or says what it misses (btf_needs).
@@ -185,6 +187,7 @@ impl Session {
             },
         )?;
         probes.attach_tc(&hops)?;
+        drop(tc_lock);
         // Leave out what vanished while attaching; the device watcher catches up.
         let hops: Vec<Hop> = hops
             .into_iter()
@@ -261,7 +264,7 @@ impl Session {
                 .iter()
                 .map(|h| (h.device.ifindex, (h.device.name.clone(), link_of(h))))
                 .collect(),
-            foreign_devices: Default::default(),
+            devices: crate::node::netns::DeviceNames::new(netns),
         };
         // Start-up parsed the kernel's BTF and loaded programs: megabytes freed mid-heap.
         crate::memory::release_freed();
@@ -399,28 +402,31 @@ impl Session {
         let mut taken = 0;
         while let Some(record) = ring.next() {
             taken += 1;
-            if taken >= DRAIN_BATCH {
-                self.backlog = true;
-            }
-            let mut anomaly = match decode::decode(&record) {
-                Ok(KernelEvent::Drop(event)) => self.enricher.drop_event(&event),
-                Ok(KernelEvent::Retransmit(event)) => self.enricher.retransmit(&event),
-                Ok(KernelEvent::SendError(event)) => self.enricher.send_error(&event),
-                Ok(KernelEvent::Hop(event)) => self.enricher.hop_event(&event),
-                Ok(KernelEvent::FragNeeded(event)) => self.enricher.frag_needed(&event),
-                Ok(KernelEvent::Csum(event)) => self.enricher.csum(&event),
+            let decoded = decode::decode(&record);
+            drop(record);
+            let anomaly = match decoded {
+                Ok(KernelEvent::Drop(event)) => Some(self.enricher.drop_event(&event)),
+                Ok(KernelEvent::Retransmit(event)) => Some(self.enricher.retransmit(&event)),
+                Ok(KernelEvent::SendError(event)) => Some(self.enricher.send_error(&event)),
+                Ok(KernelEvent::Hop(event)) => Some(self.enricher.hop_event(&event)),
+                Ok(KernelEvent::FragNeeded(event)) => Some(self.enricher.frag_needed(&event)),
+                Ok(KernelEvent::Csum(event)) => Some(self.enricher.csum(&event)),
                 Err(e) => {
                     eprintln!("vxprobe: skipping a kernel record: {e}");
-                    continue;
+                    None
                 }
             };
-            drop(record);
-            if !self.selector.matches(&anomaly) || (anomaly.is_benign() && !self.all_drops) {
-                continue;
+            if let Some(mut anomaly) = anomaly
+                && self.selector.matches(&anomaly)
+                && (self.all_drops || !anomaly.is_benign())
+            {
+                anomaly.pod = pod_of(&pods, own_netns, anomaly.netns, anomaly.ifindex);
+                out(anomaly)?;
             }
-            anomaly.pod = pod_of(&pods, own_netns, anomaly.netns, anomaly.ifindex);
-            out(anomaly)?;
-            if self.backlog {
+            // Every record counts against the budget, those filtered out too: a flood of
+            // other flows' events must not hold the loop either.
+            if taken >= DRAIN_BATCH {
+                self.backlog = true;
                 break;
             }
         }
@@ -487,6 +493,7 @@ impl Session {
     pub fn end_interval(&mut self, created: u64) -> anyhow::Result<u64> {
         self.evictions.deleted(self.flow_stats.take_deleted());
         let evicted = self.evictions.since_last(created, self.flow_stats.len());
+        self.enricher.devices.new_interval();
         self.epoch.advance()?;
         // Vanished devices had their last count: free their slots in the kernel's maps.
         for hop in std::mem::take(&mut self.gone) {
@@ -503,6 +510,11 @@ impl Session {
         // Reading a large flow table frees megabytes of buffers each interval.
         crate::memory::release_freed();
         Ok(evicted)
+    }
+
+    /// Runs of our programs the kernel skipped (one of them already running on that CPU).
+    pub fn recursion_misses(&mut self) -> u64 {
+        crate::kernel::counters::recursion_misses(self.probes.ebpf_mut())
     }
 
     /// Detaches everything (also what Drop does; explicit for the reader).

@@ -476,6 +476,28 @@ pub fn programs_of(pid: i32) -> Vec<u64> {
     ids
 }
 
+/// The runs of process `pid`'s BPF programs the kernel skipped (one of them already running
+/// on that CPU): `recursion_misses` summed over their fdinfo.
+pub fn recursion_misses_of(pid: i32) -> u64 {
+    let mut misses = 0;
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        if target.as_os_str() != "anon_inode:bpf-prog" {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        misses += vxprobe::kernel::counters::fdinfo_field(&info, "recursion_misses").unwrap_or(0);
+    }
+    misses
+}
+
 /// The id of the BPF map named `name` that process `pid` holds open (its /proc fdinfo, as in
 /// [`programs_of`]): other vxprobe instances have maps of the same names.
 pub fn map_of(pid: u32, name: &str) -> u64 {

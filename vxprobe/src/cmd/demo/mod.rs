@@ -47,7 +47,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Some(path) => Some(Outputs::open(
             &path.display().to_string(),
             args.pcap.as_deref(),
-            128,
+            crate::sinks::pcap::Snap::Headers,
         )?),
         None => None,
     };

@@ -49,7 +49,7 @@ pub async fn run(args: DemoArgs, dir: &Path) -> anyhow::Result<()> {
     let outputs = Outputs::open(
         &file("node1.jsonl").display().to_string(),
         Some(&file("node1.pcapng")),
-        128,
+        crate::sinks::pcap::Snap::Headers,
     )?;
     Lab::remove_stale().context("removing a previous demo's namespaces")?;
     let lab = Arc::new(

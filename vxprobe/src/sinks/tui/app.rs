@@ -377,8 +377,13 @@ impl App {
         }
     }
 
-    fn apply_anomaly(&mut self, sample: AnomalySample) {
-        if self.events.len() == MAX_EVENTS {
+    fn apply_anomaly(&mut self, mut sample: AnomalySample) {
+        // Identical events share a row (×N), moved to the top with the newest's details.
+        if let Some(at) = self.events.iter().rposition(|e| e.same_event(&sample))
+            && let Some(old) = self.events.remove(at)
+        {
+            sample.count = sample.count.saturating_add(old.count);
+        } else if self.events.len() == MAX_EVENTS {
             self.events.pop_front();
         }
         self.events.push_back(sample);

@@ -347,6 +347,7 @@ fn anomalies(node: &Node, i: usize) -> Vec<AppEvent> {
                 len,
                 flow: Some(flow.clone()),
                 pod: None,
+                count: 1,
             }));
         };
     if CSUM_DROPS[i] > 0 {

@@ -2,10 +2,7 @@
 //! [`AppEvent`]s. Every count and judgment comes from [`crate::observe`]; this only gathers an
 //! interval's flows by flow (the UI shows a flow's path) and copies the rest.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    time::SystemTime,
-};
+use std::collections::{BTreeMap, HashMap};
 
 use tokio::sync::mpsc::Sender;
 
@@ -95,7 +92,7 @@ impl Sink for TuiFeed {
     }
 
     fn anomaly(&mut self, anomaly: &Anomaly) -> anyhow::Result<()> {
-        let mut sample = AnomalySample::from_anomaly(anomaly, SystemTime::now());
+        let mut sample = AnomalySample::from_anomaly(anomaly, anomaly.ts);
         if anomaly.netns != self.netns
             && let Some(name) = &mut sample.ifname
         {

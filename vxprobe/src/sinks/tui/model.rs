@@ -259,12 +259,15 @@ pub struct AnomalySample {
     pub flow: Option<Flow>,
     /// The pod whose namespace it happened in, or at the device's other end.
     pub pod: Option<PodId>,
+    /// Identical events this row stands for (folded by the pipeline, merged by the panel).
+    pub count: u64,
 }
 
 impl AnomalySample {
     /// The pipeline's anomaly, as seen at `ts`.
     pub fn from_anomaly(anomaly: &Anomaly, ts: SystemTime) -> Self {
         Self {
+            count: u64::from(anomaly.count.unwrap_or(1)),
             ts,
             kind: anomaly.kind.into(),
             ifname: anomaly.ifname.clone(),
@@ -279,6 +282,16 @@ impl AnomalySample {
             flow: anomaly.flow.clone(),
             pod: anomaly.pod.as_ref().map(|p| p.id.clone()),
         }
+    }
+
+    /// Whether two samples are the same event (kind, hop, flow and reason), merged into one
+    /// row.
+    pub fn same_event(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.ifname == other.ifname
+            && self.dir == other.dir
+            && self.reason == other.reason
+            && self.flow == other.flow
     }
 }
 

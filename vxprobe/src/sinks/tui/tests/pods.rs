@@ -63,6 +63,7 @@ fn drop_in_pod() -> AppEvent {
         len: 84,
         flow: None,
         pod: Some(web()),
+        count: 1,
     })
 }
 
