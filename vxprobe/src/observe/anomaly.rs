@@ -131,8 +131,10 @@ pub struct Anomaly {
     /// (kernel-wide hooks are not device hooks).
     #[serde(skip)]
     pub hop_direction: Option<Direction>,
-    /// The packet died (or the send was refused): counts toward its hop's `drops`.
-    #[serde(skip)]
+    /// The packet died (or the send was refused): counts toward its hop's `drops`. Written
+    /// as `"dropped": true` (absent when the packet went on), so readers of a recording (the
+    /// report) take it from the line rather than judge it again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dropped: bool,
     /// The packet's first bytes, for the pcapng evidence file.
     #[serde(skip)]

@@ -233,6 +233,8 @@ impl Recording {
 #[derive(Deserialize)]
 struct Line {
     kind: String,
+    /// On anomaly lines: the packet died there (written by the recorder's model).
+    dropped: Option<bool>,
     ts: Option<String>,
     schema_version: Option<serde_json::Value>,
     node: Option<String>,
@@ -416,14 +418,6 @@ pub fn read(input: impl std::io::BufRead, file: &str, stem: &str) -> Result<Reco
                 }
             }
             "drop" | "csum_error" | "oversize" | "fragment" | "retransmit" | "frag_needed" => {
-                let dropped = match line.kind.as_str() {
-                    "drop" => true,
-                    "csum_error" => line.reason.as_deref() != Some("HW_CSUM_FAULT"),
-                    // A size drop has a reason, a refused send an errno; an oversized packet a
-                    // TC hop saw went on.
-                    "oversize" => line.reason.is_some() || line.errno.is_some(),
-                    _ => false,
-                };
                 rec.events.push(Event {
                     ts: ts()?,
                     kind: line.kind.clone(),
@@ -440,7 +434,7 @@ pub fn read(input: impl std::io::BufRead, file: &str, stem: &str) -> Result<Reco
                     errno: line.errno,
                     process: line.process.as_ref().and_then(|p| p.comm.clone()),
                     pcap_frame: line.pcap_frame,
-                    dropped,
+                    dropped: line.dropped.unwrap_or(false),
                 });
             }
             "lost" => rec.lost_events += line.count.unwrap_or(0),
