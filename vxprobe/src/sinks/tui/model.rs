@@ -205,48 +205,14 @@ impl FlowSample {
     }
 }
 
-/// What the events panel can show: the pipeline's anomaly kinds, with their display names.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum EventKindView {
-    Drop,
-    CsumError,
-    Oversize,
-    Fragment,
-    Retransmit,
-    FragNeeded,
-}
-
-impl EventKindView {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            EventKindView::Drop => "drop",
-            EventKindView::CsumError => "csum_error",
-            EventKindView::Oversize => "oversize",
-            EventKindView::Fragment => "fragment",
-            EventKindView::Retransmit => "retransmit",
-            EventKindView::FragNeeded => "frag_needed",
-        }
-    }
-}
-
-impl From<AnomalyKind> for EventKindView {
-    fn from(kind: AnomalyKind) -> Self {
-        match kind {
-            AnomalyKind::Drop => EventKindView::Drop,
-            AnomalyKind::CsumError => EventKindView::CsumError,
-            AnomalyKind::Oversize => EventKindView::Oversize,
-            AnomalyKind::Retransmit => EventKindView::Retransmit,
-            AnomalyKind::Fragment => EventKindView::Fragment,
-            AnomalyKind::FragNeeded => EventKindView::FragNeeded,
-        }
-    }
-}
+/// What the events panel shows: the pipeline's anomaly kinds, as they are.
+pub use crate::observe::anomaly::AnomalyKind as EventKind;
 
 /// One anomaly for the events panel.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AnomalySample {
     pub ts: SystemTime,
-    pub kind: EventKindView,
+    pub kind: EventKind,
     /// `None` for faults seen at the socket layer, with no device.
     pub ifname: Option<String>,
     pub dir: Option<Direction>,
@@ -269,7 +235,7 @@ impl AnomalySample {
         Self {
             count: u64::from(anomaly.count.unwrap_or(1)),
             ts,
-            kind: anomaly.kind.into(),
+            kind: anomaly.kind,
             ifname: anomaly.ifname.clone(),
             dir: anomaly.hop_direction,
             reason: anomaly.reason.clone().unwrap_or_default(),

@@ -18,13 +18,13 @@ pub(super) const EVENT_COLUMNS: [Column; 6] = [
     left("where", 22, 4).squeeze(8),
 ];
 
-pub(super) fn kind_style(kind: EventKindView) -> Style {
+pub(super) fn kind_style(kind: EventKind) -> Style {
     match kind {
-        EventKindView::Drop => Style::new().fg(Color::Red),
-        EventKindView::CsumError => Style::new().fg(Color::Yellow),
-        EventKindView::Oversize | EventKindView::FragNeeded => Style::new().fg(Color::Magenta),
-        EventKindView::Fragment => Style::new().fg(Color::Cyan),
-        EventKindView::Retransmit => Style::new().fg(Color::Yellow),
+        EventKind::Drop => Style::new().fg(Color::Red),
+        EventKind::CsumError => Style::new().fg(Color::Yellow),
+        EventKind::Oversize | EventKind::FragNeeded => Style::new().fg(Color::Magenta),
+        EventKind::Fragment => Style::new().fg(Color::Cyan),
+        EventKind::Retransmit => Style::new().fg(Color::Yellow),
     }
 }
 

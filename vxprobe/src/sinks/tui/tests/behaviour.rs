@@ -192,7 +192,7 @@ fn anomaly(i: usize) -> AppEvent {
 fn same_anomaly(i: usize) -> AnomalySample {
     AnomalySample {
         ts: std::time::UNIX_EPOCH,
-        kind: EventKindView::Drop,
+        kind: EventKind::Drop,
         ifname: Some("eth0".into()),
         dir: Some(Direction::Ingress),
         reason: "NOT_SPECIFIED".into(),

@@ -12,7 +12,7 @@ use super::{
     App, AppEvent,
     app::{HISTORY_LEN, MAX_EVENTS, MAX_FLOWS, MAX_HELD, Panel, SortKey},
     demo::{demo_events, demo_interval, judged, many_flows},
-    model::{AnomalySample, Direction, EventKindView, HopId, HopSample, PathVerdict},
+    model::{AnomalySample, Direction, EventKind, HopId, HopSample, PathVerdict},
     render::{flow_label, hint_text},
 };
 

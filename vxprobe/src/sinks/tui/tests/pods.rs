@@ -55,7 +55,7 @@ fn with_pods(events: Vec<AppEvent>) -> Vec<AppEvent> {
 fn drop_in_pod() -> AppEvent {
     AppEvent::Anomaly(AnomalySample {
         ts: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_309_333),
-        kind: EventKindView::Drop,
+        kind: EventKind::Drop,
         ifname: Some("eth0@shop/web-0".into()),
         dir: None,
         reason: "NETFILTER_DROP".into(),
