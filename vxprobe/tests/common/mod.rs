@@ -96,10 +96,16 @@ impl Recorder {
         let deadline = Instant::now() + limit;
         while !self.ready.exists() {
             self.assert_running();
-            assert!(
-                Instant::now() < deadline,
-                "vxprobe not ready after {limit:?}"
-            );
+            if Instant::now() >= deadline {
+                // What it was doing is in its stderr: kill it to read all of it.
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let stderr = self.stderr.take().unwrap().join().unwrap();
+                panic!(
+                    "vxprobe not ready after {limit:?}; its stderr:\n{}",
+                    String::from_utf8_lossy(&stderr)
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
