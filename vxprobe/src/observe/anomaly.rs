@@ -190,7 +190,37 @@ pub enum Link {
     Ip,
 }
 
+/// Where an oversized packet was found: a send the kernel refused (EMSGSIZE), a packet it
+/// dropped for its size, or a packet a TC hop saw above its device's MTU (it went on).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum OversizeSource {
+    Send,
+    Drop,
+    Hop,
+}
+
+impl OversizeSource {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OversizeSource::Send => "send",
+            OversizeSource::Drop => "drop",
+            OversizeSource::Hop => "hop",
+        }
+    }
+}
+
 impl Anomaly {
+    /// Where an `oversize` anomaly comes from.
+    pub fn oversize_source(&self) -> OversizeSource {
+        if self.errno.is_some() {
+            OversizeSource::Send
+        } else if self.dropped {
+            OversizeSource::Drop
+        } else {
+            OversizeSource::Hop
+        }
+    }
+
     /// Frees the kernel reports as drops although the packet was delivered: an ICMP echo
     /// reply is handed to raw sockets (root's ping) as a copy, then the original is freed
     /// with NO_SOCKET in `ping_rcv` when no unprivileged ping socket wants it.

@@ -336,6 +336,9 @@ impl Session {
             ..meta_hop(&hop, &self.pods.snapshot())
         };
         self.meta.hops.push(added.clone());
+        // Back within the interval it vanished in (moved out of the namespace and in again):
+        // one hop, counted once, not a vanished one beside a new one.
+        self.gone.retain(|g| g.device.ifindex != ifindex);
         self.hops.push(hop);
         Ok(Some(added))
     }
@@ -498,9 +501,6 @@ impl Session {
         // Vanished devices had their last count: free their slots in the kernel's maps.
         for hop in std::mem::take(&mut self.gone) {
             let ifindex = hop.device.ifindex;
-            if self.is_observed(ifindex) {
-                continue; // back already (a device moved out and in again)
-            }
             if let Some(slot) = self.probes.hop_slots.release(ifindex) {
                 self.hop_stats.forget(ifindex, slot)?;
             }

@@ -312,17 +312,6 @@ impl MetricsSink {
     }
 }
 
-/// Where an oversize anomaly comes from: a refused send, a drop, or a hop's MTU check.
-fn oversize_source(anomaly: &Anomaly) -> &'static str {
-    if anomaly.errno.is_some() {
-        "send"
-    } else if anomaly.dropped {
-        "drop"
-    } else {
-        "hop"
-    }
-}
-
 impl Sink for MetricsSink {
     fn meta(&mut self, meta: &Meta) -> anyhow::Result<()> {
         let f = &self.families;
@@ -389,7 +378,7 @@ impl Sink for MetricsSink {
             AnomalyKind::Oversize => {
                 f.oversize
                     .get_or_create(&SourceLabel {
-                        source: oversize_source(anomaly),
+                        source: anomaly.oversize_source().as_str(),
                     })
                     .inc_by(n);
             }
