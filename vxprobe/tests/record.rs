@@ -155,8 +155,20 @@ fn check_schema(lines: &[Value]) -> std::collections::BTreeSet<String> {
             "evicted" => assert!(line["capacity"].as_u64().is_some(), "{line}"),
             "device" => {
                 check_device(line, false);
-                assert!(line["event"] == "added" || line["event"] == "removed");
+                assert!(
+                    ["added", "removed", "attach_failed"]
+                        .contains(&line["event"].as_str().unwrap()),
+                    "{line}"
+                );
+                if line["event"] == "attach_failed" {
+                    assert!(line["reason"].is_string(), "{line}");
+                }
             }
+            "warning" => {
+                assert!(line["text"].is_string(), "{line}");
+                assert!(line["count"].as_u64().is_some_and(|c| c >= 1), "{line}");
+            }
+            "note" => assert!(line["text"].is_string(), "{line}"),
             "summary" => assert!(line["events"].is_object(), "{line}"),
             other => panic!("a kind the contract does not know: {other}: {line}"),
         }

@@ -81,6 +81,7 @@ impl<K: Pod, V: Pod + Default> BatchReader<K, V> {
         // The kernel's batch position for hash maps is a bucket number.
         let (mut position, mut next) = (0u64, 0u64);
         let mut first = true;
+        let mut attempt = 1;
         loop {
             self.keys.clear();
             self.values.clear();
@@ -123,11 +124,19 @@ impl<K: Pod, V: Pod + Default> BatchReader<K, V> {
                     self.supported = false;
                     return Ok(false);
                 }
+                // Failed for a moment, maybe: the same chunk again, a few times.
+                Some(_) if attempt < super::retry::ATTEMPTS => {
+                    super::retry::count_failure();
+                    attempt += 1;
+                    continue;
+                }
                 Some(_) => {
+                    super::retry::count_failure();
                     return Err(errno.unwrap_or_else(|| io::Error::other("bpf")))
                         .context("BPF_MAP_LOOKUP_BATCH");
                 }
             }
+            attempt = 1;
             f(&self.keys[..got], &self.values[..got * self.cpus]);
             if errno.is_some() {
                 // ENOENT: that was the last chunk.

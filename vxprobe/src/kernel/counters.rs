@@ -29,9 +29,7 @@ impl Evictions {
 
     /// Entries created so far; read before the flow map is.
     pub fn created(&self) -> anyhow::Result<u64> {
-        Ok(self
-            .inserts
-            .get(&0, 0)
+        Ok(super::retry::read(|| self.inserts.get(&0, 0))
             .context("reading FLOW_INSERTS")?
             .iter()
             .sum())
@@ -81,9 +79,7 @@ impl Epoch {
     /// Starts the next interval's epoch.
     pub fn advance(&mut self) -> anyhow::Result<()> {
         self.current = self.current.wrapping_add(1);
-        self.map
-            .set(0, self.current, 0)
-            .context("writing the EPOCH map")
+        super::retry::read(|| self.map.set(0, self.current, 0)).context("writing the EPOCH map")
     }
 }
 
@@ -101,18 +97,20 @@ impl LostCounter {
         }
     }
 
-    /// (kind, newly lost) for every kind that lost events since the last call.
+    /// (kind, newly lost) for every kind that lost events since the last call. All kinds or
+    /// none: a read that fails leaves them all for the next call.
     pub fn since_last(&mut self) -> anyhow::Result<Vec<(EventKind, u64)>> {
-        let mut fresh = Vec::new();
+        let mut totals = [0u64; EventKind::COUNT as usize];
         for kind in EventKind::ALL {
             let index = kind as u32;
-            let total: u64 = self
-                .map
-                .get(&index, 0)
+            totals[index as usize] = super::retry::read(|| self.map.get(&index, 0))
                 .context("reading the LOST map")?
                 .iter()
                 .sum();
-            let seen = &mut self.seen[index as usize];
+        }
+        let mut fresh = Vec::new();
+        for kind in EventKind::ALL {
+            let (total, seen) = (totals[kind as usize], &mut self.seen[kind as usize]);
             if total > *seen {
                 fresh.push((kind, total - *seen));
                 *seen = total;

@@ -165,7 +165,7 @@ impl FlowStats {
         let (forgotten, stale, map) = (&self.forgotten, &mut self.stale, &self.map);
         let cache = self.cache.merge();
         let mut failed = None;
-        read_all(map, &mut self.batch, |key, per_cpu| {
+        let read_all = read_all(map, &mut self.batch, |key, per_cpu| {
             if failed.is_some() {
                 return;
             }
@@ -208,7 +208,17 @@ impl FlowStats {
             {
                 failed = Some(e);
             }
-        })?;
+        });
+        if let Err(e) = read_all {
+            // The map failed midway (after retries): what was read is reported and recorded,
+            // the rest stays as last seen, for the next read to report; flows holding cache
+            // slots wait in `pending` for it too.
+            for seen in &mut record.seen {
+                seen.read = read;
+            }
+            record.rebuild(read, fresh);
+            return Err(e);
+        }
         if let Some(e) = failed {
             return Err(e);
         }

@@ -96,7 +96,8 @@ impl HopStats {
         for (ifindex, slot) in devices {
             for direction in [Direction::Ingress, Direction::Egress] {
                 let index = hop_index(slot, direction);
-                let per_cpu = self.map.get(&index, 0).context("reading HOP_STATS")?;
+                let per_cpu =
+                    super::retry::read(|| self.map.get(&index, 0)).context("reading HOP_STATS")?;
                 let key = HopKey {
                     ifindex,
                     direction: direction as u32,

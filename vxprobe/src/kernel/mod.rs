@@ -11,7 +11,8 @@
 //!   [`btf_needs`]: what each signal needs of the BTF, so a gap costs only that signal;
 //! - [`tc_order`]: what runs ahead of vxprobe's TC programs on a device;
 //! - [`stale`]: clsact filters a killed vxprobe left behind;
-//! - [`caps`]: the capabilities loading needs.
+//! - [`caps`]: the capabilities loading needs;
+//! - [`retry`]: map reads tried again when they fail for a moment, and counted.
 
 pub mod batch;
 pub mod btf;
@@ -25,6 +26,7 @@ pub mod hops;
 pub mod kallsyms;
 pub mod ladder;
 pub mod probes;
+pub mod retry;
 pub mod seen;
 pub mod stale;
 pub mod tc;

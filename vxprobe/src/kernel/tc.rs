@@ -22,21 +22,23 @@ impl Probes {
 
     /// Attaches the TC programs at ingress and egress of every hop, after telling them each
     /// device's MTU and link type. A device that vanished since it was listed is skipped with
-    /// a note (the device watcher catches up with it); any other failure is an error.
-    pub fn attach_tc(&mut self, hops: &[Hop]) -> anyhow::Result<()> {
+    /// a note (the device watcher catches up with it); the others that failed are returned,
+    /// with why, for the caller to report and try again.
+    pub fn attach_tc(&mut self, hops: &[Hop]) -> Vec<(Hop, anyhow::Error)> {
+        let mut failed = Vec::new();
         for hop in hops {
             if let Err(e) = self.attach_hop(hop) {
-                if device_index(&hop.device.name) != Some(hop.device.ifindex) {
+                if !device_is(&hop.device.name, hop.device.ifindex) {
                     eprintln!(
                         "vxprobe: {} vanished while vxprobe attached to it",
                         hop.device.name
                     );
                     continue;
                 }
-                return Err(e);
+                failed.push((hop.clone(), e));
             }
         }
-        Ok(())
+        failed
     }
 
     /// Attaches the TC programs at ingress and egress of one hop, all or nothing.
@@ -184,6 +186,11 @@ impl Probes {
             }
         }
     }
+}
+
+/// Whether `name` is still the device at `ifindex`.
+pub fn device_is(name: &str, ifindex: u32) -> bool {
+    device_index(name) == Some(ifindex)
 }
 
 /// The ifindex a device name stands for right now, if any.

@@ -38,11 +38,16 @@ pub enum DeviceChange {
     Removed { ifindex: u32, name: String },
     /// An observed device changed in a way the kernel programs need to know: its MTU.
     Updated(Hop),
+    /// Every device was read again (and the changes found sent before this): the moment to
+    /// try again what failed, on devices known to be there.
+    Resynced,
 }
 
 /// How often every device is re-read, in case a notification was lost without the kernel
 /// saying so.
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
+/// How soon a resync comes when the pipeline asks for one ([`DeviceWatch::resync_soon`]).
+const RESYNC_SOON: Duration = Duration::from_secs(2);
 /// Changes waiting for the pipeline; beyond this the watcher waits (and a burst that overruns
 /// the netlink socket meanwhile is caught up by a resync).
 const QUEUE: usize = 1024;
@@ -138,6 +143,7 @@ impl Tracker {
 pub struct DeviceWatch {
     rx: mpsc::Receiver<DeviceChange>,
     task: JoinHandle<()>,
+    soon: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl DeviceWatch {
@@ -149,8 +155,15 @@ impl DeviceWatch {
         let subscription = Subscription::open()?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let tracker = Tracker::new(matchers, initial);
-        let task = tokio::spawn(run(tracker, subscription, tx));
-        Ok(Self { rx, task })
+        let soon = std::sync::Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn(run(tracker, subscription, tx, std::sync::Arc::clone(&soon)));
+        Ok(Self { rx, task, soon })
+    }
+
+    /// Asks for a resync in a moment rather than at the next periodic one (an attach failed:
+    /// it is tried again then).
+    pub fn resync_soon(&self) {
+        self.soon.notify_one();
     }
 
     /// The next change; `None` only if the watcher task ended (it does not on its own).
@@ -208,7 +221,12 @@ impl Drop for Subscription {
     }
 }
 
-async fn run(mut tracker: Tracker, first: Subscription, tx: mpsc::Sender<DeviceChange>) {
+async fn run(
+    mut tracker: Tracker,
+    first: Subscription,
+    tx: mpsc::Sender<DeviceChange>,
+    soon: std::sync::Arc<tokio::sync::Notify>,
+) {
     let mut subscription = Some(first);
     let mut warned = false;
     loop {
@@ -226,7 +244,7 @@ async fn run(mut tracker: Tracker, first: Subscription, tx: mpsc::Sender<DeviceC
                 }
             },
         };
-        if follow(&mut tracker, sub, &tx).await.is_err() {
+        if follow(&mut tracker, sub, &tx, &soon).await.is_err() {
             return; // the pipeline is gone
         }
     }
@@ -237,16 +255,20 @@ async fn follow(
     tracker: &mut Tracker,
     mut sub: Subscription,
     tx: &mpsc::Sender<DeviceChange>,
+    soon: &tokio::sync::Notify,
 ) -> Result<(), ()> {
     let mut resync = true;
     let mut timer = tokio::time::interval(RESYNC_EVERY);
     timer.tick().await; // the first tick is immediate
+    let mut early: Option<tokio::time::Instant> = None;
     loop {
         if resync {
             match sub.dump().await {
                 Ok(devices) => {
                     send(tx, tracker.resync(devices)).await?;
+                    send(tx, [DeviceChange::Resynced]).await?;
                     resync = false;
+                    early = None;
                 }
                 // The socket is broken: start over with a new one.
                 Err(_) => return Ok(()),
@@ -271,6 +293,11 @@ async fn follow(
                 None => return Ok(()),
             },
             _ = timer.tick() => resync = true,
+            () = soon.notified(), if early.is_none() => {
+                early = Some(tokio::time::Instant::now() + RESYNC_SOON);
+            }
+            () = tokio::time::sleep_until(early.unwrap_or_else(tokio::time::Instant::now)),
+                if early.is_some() => resync = true,
         }
         send(tx, batch).await?;
     }

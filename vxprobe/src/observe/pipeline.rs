@@ -3,7 +3,7 @@
 //! resolves. Sinks (JSON lines, pcapng, the TUI) receive typed data; nothing here knows how it
 //! is shown.
 
-use std::{future::Future, time::Duration};
+use std::{collections::BTreeMap, future::Future, time::Duration};
 
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -11,10 +11,13 @@ use super::{
     anomaly::Anomaly,
     clock::WallClock,
     interval::Interval,
-    report::{FlowReport, HopChange, IntervalEnd, IntervalReport, Meta, Summary},
+    report::{FlowReport, HopChange, IntervalEnd, IntervalReport, Meta, Summary, Warning},
     session::Session,
 };
-use crate::node::watch::{DeviceChange, DeviceWatch};
+use crate::node::{
+    devices::Hop,
+    watch::{DeviceChange, DeviceWatch},
+};
 
 /// Where pipeline output goes. Sinks format or forward what they are handed; every figure
 /// in it was computed once, by [`Interval`].
@@ -39,6 +42,10 @@ pub trait Sink {
     }
     /// A remark from whoever drives the session (the demo names the fault it injects).
     fn note(&mut self, _text: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// Something the run could not do and went on without.
+    fn warning(&mut self, _warning: &Warning) -> anyhow::Result<()> {
         Ok(())
     }
     /// Last call; a sink may add what it knows to the summary for the sinks after it.
@@ -126,6 +133,12 @@ pub async fn run_with(
             None
         }
     };
+    // Devices that could not be attached: reported, tried again at each resync until they
+    // attach or vanish.
+    let mut failed = Failed::default();
+    for (hop, why) in session.take_attach_failures() {
+        failed.report(session, sinks, hop, why, watch.as_ref())?;
+    }
     let mut ticker = tokio::time::interval_at(Instant::now() + stats_interval, stats_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut interval_start = Instant::now();
@@ -139,7 +152,7 @@ pub async fn run_with(
                 continue;
             }
             change = next_change(&mut watch) => {
-                apply(session, &mut model, sinks, change)?;
+                apply(session, &mut model, sinks, change, &mut failed, watch.as_ref())?;
                 continue;
             }
             Some(text) = next_note(&mut notes) => {
@@ -160,10 +173,11 @@ pub async fn run_with(
             drain(session, &mut model, sinks, &mut out)?;
         }
         let now = Instant::now();
-        close_interval(session, &mut model, sinks, now - interval_start)?;
+        if close_interval(session, &mut model, sinks, now - interval_start)? {
+            interval_start = now;
+        }
         // The wall clock may have been stepped or slewed: follow it.
         out.clock.remeasure();
-        interval_start = now;
         if stopping {
             break;
         }
@@ -184,47 +198,104 @@ struct Drained {
 }
 
 /// Closes the interval: the hops' reports, then the flows that moved a batch at a time, then
-/// the end.
+/// the end. Counters that cannot be read (after retries) are reported as `warning` lines and
+/// left for the next interval, which then covers both (every counter is cumulative in the
+/// kernel); returns whether the interval closed.
 fn close_interval(
     session: &mut Session,
     model: &mut Interval,
     sinks: &mut [&mut dyn Sink],
     length: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
+    let ts = std::time::SystemTime::now();
+    let (counts, lost) = match session.read_hops() {
+        Ok(read) => read,
+        Err(e) => {
+            warn(
+                sinks,
+                format!("hop counters not read, left for the next interval: {e:#}"),
+                1,
+            )?;
+            warn_retries(sinks)?;
+            return Ok(false);
+        }
+    };
     // Folded lines belong to the interval, before its hop lines.
     for folded in model.take_folded() {
         for sink in sinks.iter_mut() {
             sink.anomaly(&folded)?;
         }
     }
-    let ts = std::time::SystemTime::now();
-    let (counts, lost) = session.read_hops()?;
     let report = model.close(ts, length, counts, lost);
     for sink in sinks.iter_mut() {
         sink.interval(&report)?;
     }
     let mut batch = Vec::with_capacity(FLOW_BATCH);
+    let mut sink_failed = None;
     let created = session.read_flows(|hop, key, counters| {
         if let Some(flow) = model.flow_report(hop.clone(), key, counters) {
             batch.push(flow);
         }
         if batch.len() == FLOW_BATCH {
             for sink in sinks.iter_mut() {
-                sink.flows(&batch)?;
+                if let Err(e) = sink.flows(&batch) {
+                    sink_failed = Some(e);
+                    anyhow::bail!("a sink failed");
+                }
             }
             batch.clear();
         }
         Ok(())
-    })?;
+    });
+    if let Some(e) = sink_failed {
+        return Err(e);
+    }
     if !batch.is_empty() {
         for sink in sinks.iter_mut() {
             sink.flows(&batch)?;
         }
     }
+    let created = match created {
+        Ok(created) => Some(created),
+        Err(e) => {
+            let text =
+                format!("flow counters not all read, the rest left for the next interval: {e:#}");
+            warn(sinks, text, 1)?;
+            None
+        }
+    };
     let evicted = session.end_interval(created)?;
     let end = model.end(evicted, |ifindex| session.is_observed(ifindex));
     for sink in sinks.iter_mut() {
         sink.interval_end(&end)?;
+    }
+    for error in session.take_read_errors() {
+        warn(sinks, format!("left for the next interval: {error}"), 1)?;
+    }
+    warn_retries(sinks)?;
+    Ok(true)
+}
+
+/// The map reads that failed and were tried again since the last call, as one `warning`.
+fn warn_retries(sinks: &mut [&mut dyn Sink]) -> anyhow::Result<()> {
+    match crate::kernel::retry::take_failures() {
+        0 => Ok(()),
+        retried => warn(
+            sinks,
+            "map reads failed and were tried again".to_owned(),
+            retried,
+        ),
+    }
+}
+
+fn warn(sinks: &mut [&mut dyn Sink], text: String, count: u64) -> anyhow::Result<()> {
+    let warning = Warning {
+        ts: std::time::SystemTime::now(),
+        text,
+        count,
+    };
+    for sink in sinks.iter_mut() {
+        sink.warning(&warning)?;
     }
     Ok(())
 }
@@ -290,34 +361,101 @@ async fn next_change(watch: &mut Option<DeviceWatch>) -> DeviceChange {
     std::future::pending().await
 }
 
+/// Selected devices that could not be attached, by ifindex, with the reason last reported.
+#[derive(Default)]
+struct Failed(BTreeMap<u32, (Hop, String)>);
+
+impl Failed {
+    /// Reports a failed attach as a `device` line (once per reason) and asks the watcher for
+    /// an early resync, at which it is tried again.
+    fn report(
+        &mut self,
+        session: &Session,
+        sinks: &mut [&mut dyn Sink],
+        hop: Hop,
+        why: String,
+        watch: Option<&DeviceWatch>,
+    ) -> anyhow::Result<()> {
+        let known = self.0.get(&hop.device.ifindex).map(|(_, w)| w.as_str());
+        if known != Some(why.as_str()) {
+            eprintln!("vxprobe: cannot attach to {}: {why}", hop.device.name);
+            let change = HopChange::attach_failed(session.describe(&hop), why.clone());
+            for sink in sinks.iter_mut() {
+                sink.device(&change)?;
+            }
+        }
+        self.0.insert(hop.device.ifindex, (hop, why));
+        if let Some(watch) = watch {
+            watch.resync_soon();
+        }
+        Ok(())
+    }
+}
+
+/// Attaches a device that appeared (or failed before): its `added` line, or an
+/// `attach_failed` one. A device that vanished meanwhile is only noted on stderr.
+fn attach(
+    session: &mut Session,
+    model: &mut Interval,
+    sinks: &mut [&mut dyn Sink],
+    hop: Hop,
+    failed: &mut Failed,
+    watch: Option<&DeviceWatch>,
+) -> anyhow::Result<()> {
+    let (name, ifindex) = (hop.device.name.clone(), hop.device.ifindex);
+    match session.add_hop(hop.clone()) {
+        Ok(Some(added)) => {
+            failed.0.remove(&ifindex);
+            model.observe_device(added.ifindex);
+            let change = HopChange::added(added);
+            for sink in sinks.iter_mut() {
+                sink.device(&change)?;
+            }
+        }
+        Ok(None) => {
+            failed.0.remove(&ifindex);
+        }
+        Err(e) if crate::kernel::tc::device_is(&name, ifindex) => {
+            failed.report(session, sinks, hop, format!("{e:#}"), watch)?;
+        }
+        Err(e) => {
+            failed.0.remove(&ifindex);
+            eprintln!("vxprobe: not observing new device {name}: {e:#}");
+        }
+    }
+    Ok(())
+}
+
 /// Applies a device change to the session and the model, and tells the sinks. A device
-/// that cannot be attached (it vanished again, or the kernel refused) is reported on stderr
-/// and skipped: the recording goes on.
+/// that cannot be attached (the kernel refused) is reported and tried again at the watcher's
+/// next resync; the recording goes on.
 fn apply(
     session: &mut Session,
     model: &mut Interval,
     sinks: &mut [&mut dyn Sink],
     change: DeviceChange,
+    failed: &mut Failed,
+    watch: Option<&DeviceWatch>,
 ) -> anyhow::Result<()> {
     let applied = match change {
         DeviceChange::Added(hop) => {
-            let name = hop.device.name.clone();
-            match session.add_hop(hop) {
-                Ok(Some(added)) => {
-                    model.observe_device(added.ifindex);
-                    Some(HopChange::added(added))
-                }
-                Ok(None) => None,
-                Err(e) => {
-                    eprintln!("vxprobe: not observing new device {name}: {e:#}");
-                    None
-                }
+            return attach(session, model, sinks, hop, failed, watch);
+        }
+        DeviceChange::Resynced => {
+            let retry: Vec<Hop> = failed.0.values().map(|(hop, _)| hop.clone()).collect();
+            for hop in retry {
+                attach(session, model, sinks, hop, failed, watch)?;
             }
+            return Ok(());
         }
         DeviceChange::Removed { ifindex, .. } => {
+            failed.0.remove(&ifindex);
             session.remove_hop(ifindex).map(HopChange::removed)
         }
         DeviceChange::Updated(hop) => {
+            if let Some((known, _)) = failed.0.get_mut(&hop.device.ifindex) {
+                *known = hop.clone();
+            }
             if let Err(e) = session.update_hop(&hop) {
                 eprintln!("vxprobe: {}: new MTU not applied: {e:#}", hop.device.name);
             }

@@ -97,12 +97,15 @@ pub struct MetaHop {
     pub pod: Option<Arc<Pod>>,
 }
 
-/// A hop that started (a device appeared) or stopped (it vanished) being observed.
+/// A hop that started (a device appeared) or stopped (it vanished) being observed, or a
+/// device that should be and could not be attached (`failed`: why; tried again at the device
+/// watcher's next resync).
 #[derive(Debug, Clone)]
 pub struct HopChange {
     pub ts: SystemTime,
     pub added: bool,
     pub hop: MetaHop,
+    pub failed: Option<String>,
 }
 
 impl HopChange {
@@ -111,6 +114,7 @@ impl HopChange {
             ts: SystemTime::now(),
             added: true,
             hop,
+            failed: None,
         }
     }
 
@@ -119,8 +123,28 @@ impl HopChange {
             ts: SystemTime::now(),
             added: false,
             hop,
+            failed: None,
         }
     }
+
+    pub fn attach_failed(hop: MetaHop, why: String) -> Self {
+        Self {
+            ts: SystemTime::now(),
+            added: false,
+            hop,
+            failed: Some(why),
+        }
+    }
+}
+
+/// Something the run could not do and went on without (a `warning` line): map reads that
+/// failed and were tried again, counters that could not be read in an interval.
+#[derive(Debug, Clone)]
+pub struct Warning {
+    pub ts: SystemTime,
+    pub text: String,
+    /// How many times it happened in the interval.
+    pub count: u64,
 }
 
 /// Anomalies charged to one hop, or one flow, over an interval: each anomaly once (a line

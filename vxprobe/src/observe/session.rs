@@ -110,6 +110,10 @@ pub struct Session {
     ending: u32,
     /// Pods by namespace and host-side device: looked up in its snapshots, never waited on.
     pods: PodIndex,
+    /// Selected devices that could not be attached at start, for the pipeline.
+    attach_failures: Vec<(Hop, String)>,
+    /// Map reads that failed after retries since the pipeline last asked.
+    read_errors: Vec<String>,
 }
 
 impl Session {
@@ -186,9 +190,20 @@ impl Session {
                 ring_size: config.ring_size,
             },
         )?;
-        probes.attach_tc(&hops)?;
+        let attach_failures = probes.attach_tc(&hops);
         drop(tc_lock);
-        // Leave out what vanished while attaching; the device watcher catches up.
+        // Nothing attached where something should have been: that is the run's failure.
+        if let Some((_, e)) = attach_failures.first()
+            && !hops.iter().any(|h| probes.is_attached(h.device.ifindex))
+        {
+            return Err(anyhow::anyhow!("{e:#}"));
+        }
+        let attach_failures: Vec<(Hop, String)> = attach_failures
+            .into_iter()
+            .map(|(hop, e)| (hop, format!("{e:#}")))
+            .collect();
+        // Leave out what vanished or failed while attaching; the device watcher catches up
+        // with the former, the pipeline tries the latter again.
         let hops: Vec<Hop> = hops
             .into_iter()
             .filter(|h| probes.is_attached(h.device.ifindex))
@@ -287,7 +302,14 @@ impl Session {
             offloads,
             ending: 0,
             pods,
+            attach_failures,
+            read_errors: Vec::new(),
         })
+    }
+
+    /// The selected devices that could not be attached at start, with why (once).
+    pub fn take_attach_failures(&mut self) -> Vec<(Hop, String)> {
+        std::mem::take(&mut self.attach_failures)
     }
 
     pub fn meta(&self) -> &Meta {
@@ -341,6 +363,11 @@ impl Session {
         self.gone.retain(|g| g.device.ifindex != ifindex);
         self.hops.push(hop);
         Ok(Some(added))
+    }
+
+    /// A device as the lines describe it (with its pod), observed or not.
+    pub fn describe(&self, hop: &Hop) -> MetaHop {
+        meta_hop(hop, &self.pods.snapshot())
     }
 
     /// Stops observing a device that vanished. Its counts of the current interval are still
@@ -463,7 +490,18 @@ impl Session {
                 });
             }
         }
-        Ok((counts, self.lost.since_last()?))
+        // Events lost: read all or none; a failed read leaves them for the next interval.
+        let lost = self.lost.since_last().unwrap_or_else(|e| {
+            self.read_errors.push(format!("{e:#}"));
+            Vec::new()
+        });
+        Ok((counts, lost))
+    }
+
+    /// What could not be read (or written) in the kernel's maps since the last call, after
+    /// retries; the run went on without it.
+    pub fn take_read_errors(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.read_errors)
     }
 
     /// Hands `out` each flow that moved at an observed hop since the last interval, as the
@@ -491,18 +529,32 @@ impl Session {
     }
 
     /// Ends the interval: counts the flow entries the full table evicted (given what was
-    /// `created` before the flow table was read), starts the next epoch, and lets go of the
-    /// devices that vanished.
-    pub fn end_interval(&mut self, created: u64) -> anyhow::Result<u64> {
+    /// `created` before the flow table was read; `None` when it could not be read: they are
+    /// counted next time), starts the next epoch, and lets go of the devices that vanished.
+    /// What fails here is kept for [`Session::take_read_errors`]; the run goes on.
+    pub fn end_interval(&mut self, created: Option<u64>) -> anyhow::Result<u64> {
         self.evictions.deleted(self.flow_stats.take_deleted());
-        let evicted = self.evictions.since_last(created, self.flow_stats.len());
+        let evicted = created.map_or(0, |created| {
+            self.evictions.since_last(created, self.flow_stats.len())
+        });
         self.enricher.devices.new_interval();
-        self.epoch.advance()?;
+        if let Err(e) = self.epoch.advance() {
+            self.read_errors.push(format!("{e:#}"));
+        }
         // Vanished devices had their last count: free their slots in the kernel's maps.
         for hop in std::mem::take(&mut self.gone) {
             let ifindex = hop.device.ifindex;
-            if let Some(slot) = self.probes.hop_slots.release(ifindex) {
-                self.hop_stats.forget(ifindex, slot)?;
+            if let Some(slot) = self.probes.hop_slots.get(ifindex) {
+                match self.hop_stats.forget(ifindex, slot) {
+                    Ok(()) => {
+                        self.probes.hop_slots.release(ifindex);
+                    }
+                    // Not cleared, so not given to another device.
+                    Err(e) => self.read_errors.push(format!(
+                        "{e:#}: {}'s counter slot stays taken",
+                        hop.device.name
+                    )),
+                }
             }
             self.flow_stats.forget_device(ifindex);
             self.enricher.hops.remove(&ifindex);

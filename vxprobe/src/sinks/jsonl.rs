@@ -15,7 +15,7 @@ use crate::{
         anomaly::Anomaly,
         packet::{Flow, Outer},
         pipeline::Sink,
-        report::{FlowReport, HopChange, IntervalEnd, IntervalReport, Meta, Summary},
+        report::{FlowReport, HopChange, IntervalEnd, IntervalReport, Meta, Summary, Warning},
     },
 };
 
@@ -170,12 +170,15 @@ struct LostLine<'a> {
     event_kind: &'static str,
 }
 
-/// A device that started (`added`) or stopped (`removed`: it vanished) being observed.
+/// A device that started (`added`) or stopped (`removed`: it vanished) being observed, or
+/// could not be attached (`attach_failed`, with the `reason`).
 #[derive(Serialize)]
 struct DeviceLine<'a> {
     kind: &'static str,
     ts: String,
     event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
     ifname: &'a str,
     ifindex: u32,
     netns: u64,
@@ -439,13 +442,35 @@ impl Sink for JsonSink {
         self.put(&DeviceLine {
             kind: "device",
             ts: timestamp(change.ts),
-            event: if change.added { "added" } else { "removed" },
+            event: match (&change.failed, change.added) {
+                (Some(_), _) => "attach_failed",
+                (None, true) => "added",
+                (None, false) => "removed",
+            },
+            reason: change.failed.as_deref(),
             ifname: &change.hop.ifname,
             ifindex: change.hop.ifindex,
             netns: self.netns,
             role: change.hop.role,
             mtu: change.hop.mtu,
             ahead: &change.hop.ahead,
+        })?;
+        Ok(self.lines.flush()?)
+    }
+
+    fn warning(&mut self, warning: &Warning) -> anyhow::Result<()> {
+        #[derive(Serialize)]
+        struct WarningLine<'a> {
+            kind: &'static str,
+            ts: String,
+            text: &'a str,
+            count: u64,
+        }
+        self.put(&WarningLine {
+            kind: "warning",
+            ts: timestamp(warning.ts),
+            text: &warning.text,
+            count: warning.count,
         })?;
         Ok(self.lines.flush()?)
     }

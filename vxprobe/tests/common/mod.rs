@@ -55,19 +55,26 @@ impl Recorder {
 
     /// Like [`Recorder::start`], with extra environment variables for vxprobe.
     pub fn start_with_env(netns: &str, args: &[&str], env: &[(&str, &str)]) -> Recorder {
+        Self::start_with(netns, args, |cmd| {
+            cmd.envs(env.iter().copied());
+        })
+    }
+
+    /// Like [`Recorder::start`], with the command adjusted by `adjust` before it is spawned.
+    pub fn start_with(netns: &str, args: &[&str], adjust: impl FnOnce(&mut Command)) -> Recorder {
         let ready =
             std::env::temp_dir().join(format!("vxprobe-ready-{}-{}", std::process::id(), netns));
         let _ = std::fs::remove_file(&ready);
-        let mut child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", netns, VXPROBE, "record", "--ready-file"])
             .arg(&ready)
             .args(args)
-            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning vxprobe record");
+            .stderr(Stdio::piped());
+        adjust(&mut command);
+        let mut child = command.spawn().expect("spawning vxprobe record");
         // Read stdout and stderr as they come, so a chatty vxprobe never blocks on a full pipe.
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().unwrap();
