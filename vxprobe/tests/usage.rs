@@ -105,6 +105,10 @@ fn every_bad_invocation_exits_2_with_one_line_naming_the_problem() {
             &["record", "--output", out, "--ready-file", &dot_out],
             "--ready-file",
         ),
+        (
+            &["record", "--pcap", out, "--ready-file", &dot_out],
+            "--ready-file",
+        ),
         (&["record", "--event-lines", "-1"], "-1"),
         (&["record", "--event-lines", "many"], "many"),
         (&["record", "--max-output-size", "1000"], "1000"),

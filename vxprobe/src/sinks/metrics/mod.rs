@@ -483,12 +483,18 @@ impl Sink for MetricsSink {
 
     fn device(&mut self, change: &HopChange) -> anyhow::Result<()> {
         let hop = &change.hop;
-        let event = if change.added { "added" } else { "removed" };
+        let event = match (&change.failed, change.added) {
+            (Some(_), _) => "attach_failed",
+            (None, true) => "added",
+            (None, false) => "removed",
+        };
         self.families
             .device_changes
             .get_or_create(&EventLabel { event })
             .inc();
-        if change.added {
+        if change.failed.is_some() {
+            // Never observed: no series of its own to start or retire.
+        } else if change.added {
             self.hops
                 .insert(hop.ifindex, (hop.ifname.clone(), hop.role));
             self.retiring.retain(|(name, _)| *name != hop.ifname);

@@ -256,6 +256,29 @@ fn vanished_devices_drop_their_series() {
     );
 }
 
+/// A device that could not be attached is counted as such, and neither observed nor retired.
+#[test]
+fn a_failed_attach_is_counted_and_leaves_the_hops_alone() {
+    let hops = vec![meta_hop(5, "cali0", Role::Pod)];
+    let (mut sink, exposition) = sink(None);
+    sink.meta(&meta(hops.clone())).unwrap();
+    sink.device(&HopChange::attach_failed(
+        meta_hop(6, "cali1", Role::Pod),
+        "Numerical result out of range".into(),
+    ))
+    .unwrap();
+    sink.interval(&report(&hops, 1, &[])).unwrap();
+    sink.interval_end(&IntervalEnd::default()).unwrap();
+    let text = exposition.encode(false);
+    assert!(
+        text.contains(r#"vxprobe_device_changes_total{event="attach_failed"} 1"#),
+        "{text}"
+    );
+    assert!(!text.contains(r#"event="removed""#), "{text}");
+    assert!(!text.contains("cali1"), "{text}");
+    assert!(text.contains("vxprobe_observed_devices 1\n"), "{text}");
+}
+
 /// Anomaly counters add up `count`; oversize is split by where it comes from.
 #[test]
 fn anomalies_are_counted_by_kind_with_their_count() {
