@@ -6,20 +6,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Recorder, is_root, must};
+use common::{Recorder, is_root, must, run::ALL_HOPS};
 use serde_json::Value;
 use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, UNDERLAY_DEV, VXLAN_DEV, faults};
-
-const ALL_HOPS: &[&str] = &[
-    "--stats-interval",
-    "200ms",
-    "-i",
-    "cali*",
-    "-i",
-    VXLAN_DEV,
-    "-i",
-    UNDERLAY_DEV,
-];
 
 /// Per (ifname, dir): the sum of `field` over `kind` lines that match `keep` (without a
 /// field: their events).
@@ -279,18 +268,7 @@ fn offloads_off_on_the_vxlan_show_as_mtu_sized_packets_on_the_underlay() {
     let mut largest = Vec::new();
     for offload in ["on", "off"] {
         must(&n1.netns, "ethtool", &["-K", VXLAN_DEV, "tx", offload]);
-        let mut server = vxprobe::lab::Lab::command(&n2.pod.netns, "iperf3")
-            .args(["-s", "-1", "-p", "5201"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        faults::wait_tcp_listening(
-            &n2.pod.netns,
-            5201,
-            &mut server,
-            std::time::Duration::from_secs(10),
-        )
-        .unwrap();
+        let mut server = faults::iperf3_server(&n2.pod.netns, 5201).unwrap();
         let rec = Recorder::start(&n1.netns, ALL_HOPS);
         must(
             &n1.pod.netns,

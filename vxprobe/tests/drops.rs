@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use common::{Recorder, is_root, must, netns_inode};
 use serde_json::Value;
-use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, UNDERLAY_DEV, VXLAN_DEV, faults};
+use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, VXLAN_DEV, faults};
 
 fn of_kind<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
     lines.iter().filter(|l| l["kind"] == kind).collect()
@@ -56,16 +56,7 @@ fn probes_names_the_hook_of_each_signal() {
     if !is_root() {
         return;
     }
-    let out = std::process::Command::new(common::VXPROBE)
-        .args(["probes", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = common::run::probes_json();
     let drop = report["signals"]
         .as_array()
         .unwrap()
@@ -142,7 +133,7 @@ fn netfilter_drops_are_charged_to_their_hop_and_match_the_rule_counter() {
         return;
     }
     let lab = Lab::build(&LabOptions::default()).expect("building the lab");
-    let [n1, n2] = &lab.nodes;
+    let n1 = &lab.nodes[0];
     // Drop a third of the ICMP echo requests arriving from pod 1 on node 1's cali0.
     let ruleset = format!(
         "table inet vxp {{\n counter seen {{ }}\n counter dropped {{ }}\n chain vxp_forward {{\n  type filter hook forward priority 0;\n  \
@@ -153,35 +144,8 @@ fn netfilter_drops_are_charged_to_their_hop_and_match_the_rule_counter() {
     std::fs::write(&file, ruleset).unwrap();
     must(&n1.netns, "nft", &["-f", file.to_str().unwrap()]);
     let _ = std::fs::remove_file(&file);
-    let mut rec = Recorder::start(
-        &n1.netns,
-        &[
-            "--stats-interval",
-            "200ms",
-            "-i",
-            "cali*",
-            "-i",
-            VXLAN_DEV,
-            "-i",
-            UNDERLAY_DEV,
-        ],
-    );
-    let out = vxprobe::lab::Lab::exec(
-        &n1.pod.netns,
-        "ping",
-        &[
-            "-q",
-            "-c",
-            "300",
-            "-i",
-            "0.002",
-            "-W",
-            "1",
-            &n2.pod.ip.to_string(),
-        ],
-    )
-    .unwrap();
-    assert!(out.status.code().is_some(), "ping ran");
+    let mut rec = Recorder::start(&n1.netns, common::run::ALL_HOPS);
+    common::agent::pings(&lab);
     let nft_counter = |name: &str| -> u64 {
         must(&n1.netns, "nft", &["list", "counter", "inet", "vxp", name])
             .split_whitespace()

@@ -83,15 +83,9 @@ fn duration_ends_the_recording() {
         return;
     }
     let lab = Lab::build(&LabOptions::default()).expect("building the lab");
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.nodes[0].netns, VXPROBE, "record"])
-        .args(["--duration", "600ms", "--stats-interval", "200ms"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::run::record_in(
+        &lab.nodes[0].netns,
+        &["--duration", "600ms", "--stats-interval", "200ms"],
     );
     let hops = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -114,12 +108,6 @@ fn bad_usage_exits_2_with_one_line() {
     ];
     for (args, named) in cases {
         let out = Command::new(VXPROBE).args(*args).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
-        assert!(
-            stderr.contains(named),
-            "{args:?} should name {named}: {stderr}"
-        );
+        common::run::assert_usage_error(&out, args, named);
     }
 }

@@ -124,31 +124,15 @@ fn retransmits_through(extra_args: &[&str]) -> String {
     // is followed by another; the counts compared below cover every run.
     let mut retrans_segs = 0;
     for _ in 0..3 {
-        let mut server = vxprobe::lab::Lab::command(&n2.pod.netns, "iperf3")
-            .args(["-s", "-1", "-p", "5201"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        faults::wait_tcp_listening(
-            &n2.pod.netns,
+        let mut server = faults::iperf3_server(&n2.pod.netns, 5201).unwrap();
+        let client = faults::iperf3_client(
+            &n1.pod.netns,
+            n2.pod.ip.into(),
             5201,
-            &mut server,
-            std::time::Duration::from_secs(10),
+            &["-t", "2", "-b", "20M"],
         )
+        .output()
         .unwrap();
-        let client = vxprobe::lab::Lab::command(&n1.pod.netns, "iperf3")
-            .args([
-                "-c",
-                &n2.pod.ip.to_string(),
-                "-p",
-                "5201",
-                "-t",
-                "2",
-                "-b",
-                "20M",
-            ])
-            .output()
-            .unwrap();
         let _ = server.kill();
         let _ = server.wait();
         assert!(

@@ -171,13 +171,7 @@ fn every_bad_invocation_exits_2_with_one_line_naming_the_problem() {
     ];
     for (args, named) in cases {
         let out = vxprobe(ns, &[], args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
-        assert!(
-            stderr.contains(named),
-            "{args:?} should name {named}: {stderr}"
-        );
+        common::run::assert_usage_error(&out, args, named);
         assert!(out.stdout.is_empty(), "{args:?} wrote to stdout");
     }
     assert_eq!(

@@ -588,3 +588,6 @@ pub fn still_loaded(ids: &[u64]) -> Vec<(u64, String, Vec<u64>)> {
     }
     left
 }
+
+pub mod run;
+pub mod tc;
