@@ -3,21 +3,13 @@
 
 mod common;
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
+use std::time::{Duration, Instant};
+
+use common::{
+    VXPROBE, is_root,
+    pods::{tmux, tmux_start},
 };
-
-use common::{VXPROBE, is_root};
 use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, UNDERLAY_DEV, VXLAN_DEV, faults};
-
-fn tmux(args: &[&str]) -> String {
-    let out = Command::new("tmux")
-        .args(args)
-        .output()
-        .expect("running tmux");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[test]
 fn top_shows_the_lossy_hop_and_flow_and_quits_cleanly() {
@@ -35,17 +27,7 @@ fn top_shows_the_lossy_hop_and_flow_and_quits_cleanly() {
         n1.netns,
         exit_file.display()
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "160",
-        "-y",
-        "45",
-        &command,
-    ]);
+    tmux_start(&session, 160, 45, &command);
     let mut ping = vxprobe::lab::Lab::command(&n1.pod.netns, "ping")
         // Until the screen shows it (killed below): a debug vxprobe under QEMU/TCG takes
         // many seconds to attach.
