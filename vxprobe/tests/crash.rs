@@ -113,10 +113,9 @@ impl Drop for ForeignProgram {
 
 #[test]
 fn after_sigkill_in_clsact_mode_the_next_start_removes_only_vxprobes_filters() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     // Another tool's filters on the hooks vxprobe shares: a BPF one and a u32 one.
     let foreign = ForeignProgram::load();
@@ -222,10 +221,9 @@ fn ping(lab: &Lab, count: u64) {
 
 #[test]
 fn two_recorders_on_the_same_devices_count_exactly_and_independently() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     let modes: &[&str] = if common::has_tcx() {
         &["tcx", "clsact"]
@@ -263,10 +261,9 @@ fn two_recorders_on_the_same_devices_count_exactly_and_independently() {
 /// recording ends as soon as it starts, exit 0, everything detached, also in clsact mode.
 #[test]
 fn sigterm_while_attaching_ends_cleanly() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     for delay_ms in [0, 250] {
         let child = common::run::record_command(ns)
@@ -301,10 +298,9 @@ fn sigterm_while_attaching_ends_cleanly() {
 /// them, and the live instance keeps counting.
 #[test]
 fn cleanup_in_a_pid_namespace_of_its_own_leaves_a_live_instances_filters() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     let mut live = Recorder::start(
         ns,
@@ -368,10 +364,9 @@ fn cleanup_in_a_pid_namespace_of_its_own_leaves_a_live_instances_filters() {
 #[test]
 fn starting_instances_take_the_lock_before_cleanup_and_attach() {
     use std::os::fd::AsRawFd as _;
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     std::fs::create_dir_all("/run/vxprobe").unwrap();
     let lock = std::fs::OpenOptions::new()

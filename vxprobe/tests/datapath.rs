@@ -55,10 +55,9 @@ fn assert_along_sender_path(totals: &BTreeMap<(String, String), u64>, expected: 
 
 #[test]
 fn udp_datagrams_of_3000_bytes_are_fragments_at_every_hop() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     let mut rec1 = Recorder::start(&n1.netns, ALL_HOPS);
     let mut rec2 = Recorder::start(&n2.netns, ALL_HOPS);
@@ -137,10 +136,9 @@ fn udp_datagrams_of_3000_bytes_are_fragments_at_every_hop() {
 /// counts stay exact.
 #[test]
 fn flows_that_share_one_cache_slot_are_counted_exactly() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     let mut args = ALL_HOPS.to_vec();
     args.extend(["--flow-cache", "1"]);
@@ -260,10 +258,9 @@ fn ipv6_pod_traffic_crosses_the_overlay_counted_and_attributed() {
 /// packets to its veth. The hop lines show it in `max_len`, the largest packet per interval.
 #[test]
 fn offloads_off_on_the_vxlan_show_as_mtu_sized_packets_on_the_underlay() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     let mut largest = Vec::new();
     for offload in ["on", "off"] {

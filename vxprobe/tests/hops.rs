@@ -10,10 +10,9 @@ use vxprobe_common::LOW_IFINDEXES;
 
 #[test]
 fn pings_are_counted_exactly_at_every_hop_of_both_nodes() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     let mut node1_args = ALL_HOPS.to_vec();
     node1_args.extend(["-i", TAP_DEV]);
@@ -114,10 +113,9 @@ fn the_default_selection_finds_the_underlay_of_a_vxlan_without_lower_device() {
 /// exactly.
 #[test]
 fn a_device_with_a_high_ifindex_is_counted_exactly() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let n1 = &lab.nodes[0];
     let (dev, peer, net, index) = ("cali9", "vxp9", 40, LOW_IFINDEXES + 904);
     lab.add_veth_at(0, dev, peer, net, Some(index)).unwrap();

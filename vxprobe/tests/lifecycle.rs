@@ -5,8 +5,8 @@ mod common;
 
 use std::process::Command;
 
-use common::{Recorder, VXPROBE, is_root, loaded, programs_of, still_loaded};
-use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV};
+use common::{Recorder, VXPROBE, loaded, programs_of, still_loaded};
+use vxprobe::lab::{POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV};
 
 /// The clsact filters of the lab devices in `netns`.
 fn filters(netns: &str) -> String {
@@ -25,10 +25,9 @@ fn filters(netns: &str) -> String {
 
 #[test]
 fn nothing_stays_attached_after_sigint_or_sigterm() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     // TCX exists since Linux 6.6 (in the VM matrix, Debian's 6.1 has clsact only).
     let modes: &[&str] = if common::kernel_version() >= (6, 6) {
@@ -79,10 +78,9 @@ fn nothing_stays_attached_after_sigint_or_sigterm() {
 
 #[test]
 fn duration_ends_the_recording() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let out = common::run::record_in(
         &lab.nodes[0].netns,
         &["--duration", "600ms", "--stats-interval", "200ms"],

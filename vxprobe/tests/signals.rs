@@ -189,10 +189,9 @@ fn retransmits_through(extra_args: &[&str]) -> String {
 /// counted.
 #[test]
 fn df_traffic_above_the_overlay_mtu_is_refused_at_the_hop_then_at_the_sender() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     faults::set_mtu(&n1.pod.netns, "eth0", 1500).unwrap();
     faults::set_mtu(&n1.netns, POD_HOST_DEV, 1500).unwrap();
@@ -286,10 +285,9 @@ fn df_traffic_above_the_overlay_mtu_is_refused_at_the_hop_then_at_the_sender() {
 /// retransmit of the server's flow, as its TcpRetransSegs counts them.
 #[test]
 fn syn_ack_retransmits_are_counted() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     faults::nft(
         &n1.netns,

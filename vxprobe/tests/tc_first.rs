@@ -209,10 +209,9 @@ fn a_tcx_program_that_passes_everything_does_not_hide_the_hop() {
 
 #[test]
 fn clsact_goes_ahead_of_the_filters_already_there() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     // Another tool's direct-action filters that pass every packet (TC_ACT_OK ends the
     // classification): at priority 1 on ingress, 7 on egress.
@@ -275,10 +274,9 @@ fn clsact_goes_ahead_of_the_filters_already_there() {
 
 #[test]
 fn a_filter_vxprobe_cannot_precede_is_named_in_meta_and_probes() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     // A u32 filter at priority 1 that matches every packet with a class (a terminal match)
     // and no action: TC_ACT_OK, classification ends. A filter of another kind cannot share its priority, and none can

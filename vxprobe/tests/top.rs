@@ -6,17 +6,16 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    VXPROBE, is_root,
+    VXPROBE,
     pods::{tmux, tmux_start},
 };
-use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, UNDERLAY_DEV, VXLAN_DEV, faults};
+use vxprobe::lab::{POD_HOST_DEV, UNDERLAY_DEV, VXLAN_DEV, faults};
 
 #[test]
 fn top_shows_the_lossy_hop_and_flow_and_quits_cleanly() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     faults::random_loss(&n1.netns, POD_HOST_DEV, 4).unwrap();
     let session = format!("vxprobe-top-{}", std::process::id());
