@@ -458,9 +458,7 @@ fn the_ui_shows_the_models_loss() {
     .unwrap();
     feed.interval_end(&model.end(0, |_| true)).unwrap();
     let mut app = App::new();
-    while let Ok(event) = rx.try_recv() {
-        app.handle_event(event);
-    }
+    super::feed(&mut app, std::iter::from_fn(|| rx.try_recv().ok()));
     assert_eq!(app.hops()[0].loss_pct, report.hops[0].loss_pct);
     assert_eq!(app.flow(&flow).unwrap().loss_pct(), 100.0);
 }

@@ -259,9 +259,7 @@ fn the_feed_carries_the_pods() {
     .unwrap();
     feed.interval_end(&model.end(0, |_| true)).unwrap();
     let mut app = App::new();
-    while let Ok(event) = rx.try_recv() {
-        app.handle_event(event);
-    }
+    super::feed(&mut app, std::iter::from_fn(|| rx.try_recv().ok()));
     assert_eq!(app.hops()[0].pod, Some(web()));
     assert_eq!(app.flow(&flow).unwrap().pods(), [&web()]);
     let event = app.visible_events().next().unwrap();
