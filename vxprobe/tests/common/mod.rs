@@ -588,3 +588,7 @@ pub fn still_loaded(ids: &[u64]) -> Vec<(u64, String, Vec<u64>)> {
     }
     left
 }
+
+pub mod lab;
+pub mod run;
+pub mod tc;
