@@ -12,10 +12,10 @@ use std::{
     time::Duration,
 };
 
-use common::{Recorder, agent::*, is_root, programs_of, still_loaded};
+use common::{Recorder, agent::*, programs_of, still_loaded};
 use serde_json::Value;
 use vxprobe::{
-    lab::{Lab, LabOptions, POD_HOST_DEV, UNDERLAY_DEV, VXLAN_DEV, http},
+    lab::{POD_HOST_DEV, UNDERLAY_DEV, VXLAN_DEV, http},
     sinks::metrics::FAMILIES,
 };
 
@@ -23,10 +23,9 @@ use vxprobe::{
 /// metrics module lists; both formats; SIGTERM detaches everything and exits 0.
 #[test]
 fn metrics_match_the_nft_counter_and_record() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let n1 = &lab.nodes[0];
     drop_a_third_of_pings(&n1.netns);
     let mut args = vec![
@@ -174,10 +173,9 @@ fn metrics_match_the_nft_counter_and_record() {
 /// with the device.
 #[test]
 fn vanished_devices_lose_their_series() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let n1 = &lab.nodes[0];
     let agent = Agent::start(
         &n1.netns,
@@ -271,10 +269,9 @@ fn single_value(result: &[Value]) -> Option<f64> {
 /// recording rule the hop's loss, and the loss alert goes pending.
 #[test]
 fn prometheus_scrapes_the_agent_and_evaluates_the_rules() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let n1 = &lab.nodes[0];
     drop_a_third_of_pings(&n1.netns);
     let mut args = vec!["--stats-interval", "200ms"];

@@ -8,9 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Recorder, is_root};
+use common::Recorder;
 use serde_json::Value;
-use vxprobe::lab::{Lab, LabOptions, VXLAN_DEV, extra_veth_peer_ip};
+use vxprobe::lab::{Lab, VXLAN_DEV, extra_veth_peer_ip};
 use vxprobe_common::names;
 
 /// Continuous pings in the background, killed on drop.
@@ -46,10 +46,9 @@ fn is_hop(line: &Value, ifindex: u64) -> bool {
 
 #[test]
 fn a_recreated_vxlan_device_is_observed_within_two_seconds() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     // The default selection: vxlan.calico, its underlay eth0, tap0.
     let mut rec = Recorder::start(&n1.netns, &["--stats-interval", "200ms"]);
@@ -106,10 +105,9 @@ fn a_recreated_vxlan_device_is_observed_within_two_seconds() {
 
 #[test]
 fn new_pod_veths_matching_the_glob_are_observed_and_vanished_ones_let_go() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let n1 = &lab.nodes[0];
     let mut rec = Recorder::start(&n1.netns, &["--stats-interval", "200ms", "-i", "cali*"]);
     for (round, net) in [(0, 30u8), (1, 31)] {
@@ -193,10 +191,9 @@ fn flow_ifindexes(pid: u32) -> (Vec<u32>, Vec<u32>) {
 /// deleted then): they are deleted as they arrive, not left in the map to age out.
 #[test]
 fn a_vanished_devices_flows_leaving_the_flow_cache_are_deleted_from_the_map() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     // One slot per CPU: the last flow a CPU saw holds its slot.
     let args = [

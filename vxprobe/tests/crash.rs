@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Recorder, hop_totals, is_root, loaded, must, programs_of, still_loaded};
+use common::{Recorder, hop_totals, is_root, loaded, programs_of, still_loaded, tc};
 use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV};
 
 const DEVICES: [&str; 4] = [POD_HOST_DEV, VXLAN_DEV, UNDERLAY_DEV, TAP_DEV];
@@ -113,51 +113,27 @@ impl Drop for ForeignProgram {
 
 #[test]
 fn after_sigkill_in_clsact_mode_the_next_start_removes_only_vxprobes_filters() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     // Another tool's filters on the hooks vxprobe shares: a BPF one and a u32 one.
     let foreign = ForeignProgram::load();
-    must(ns, "tc", &["qdisc", "add", "dev", POD_HOST_DEV, "clsact"]);
-    must(
+    tc::add_clsact(ns, POD_HOST_DEV);
+    tc::add_filter(
         ns,
-        "tc",
-        &[
-            "filter",
-            "add",
-            "dev",
-            POD_HOST_DEV,
-            "egress",
-            "prio",
-            "20",
-            "bpf",
-            "da",
-            "object-pinned",
-            foreign.pin.to_str().unwrap(),
-        ],
+        POD_HOST_DEV,
+        "egress",
+        "20",
+        &["bpf", "da", "object-pinned", foreign.pin.to_str().unwrap()],
     );
     // Matches nothing: packets pass on as if it were not there.
-    must(
+    tc::add_filter(
         ns,
-        "tc",
-        &[
-            "filter",
-            "add",
-            "dev",
-            POD_HOST_DEV,
-            "ingress",
-            "prio",
-            "30",
-            "u32",
-            "match",
-            "u32",
-            "0xffffffff",
-            "0xffffffff",
-            "at",
-            "0",
-        ],
+        POD_HOST_DEV,
+        "ingress",
+        "30",
+        &["u32", "match", "u32", "0xffffffff", "0xffffffff", "at", "0"],
     );
     let foreign_before = filters(ns);
     assert!(foreign_before.contains("othertool_tc") || foreign_before.contains("bpf"));
@@ -245,10 +221,9 @@ fn ping(lab: &Lab, count: u64) {
 
 #[test]
 fn two_recorders_on_the_same_devices_count_exactly_and_independently() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     let modes: &[&str] = if common::has_tcx() {
         &["tcx", "clsact"]
@@ -286,22 +261,13 @@ fn two_recorders_on_the_same_devices_count_exactly_and_independently() {
 /// recording ends as soon as it starts, exit 0, everything detached, also in clsact mode.
 #[test]
 fn sigterm_while_attaching_ends_cleanly() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     for delay_ms in [0, 250] {
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                common::VXPROBE,
-                "record",
-                "--tc-attach",
-                "clsact",
-            ])
+        let child = common::run::record_command(ns)
+            .args(["--tc-attach", "clsact"])
             .args(["-i", "*"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -332,10 +298,9 @@ fn sigterm_while_attaching_ends_cleanly() {
 /// them, and the live instance keeps counting.
 #[test]
 fn cleanup_in_a_pid_namespace_of_its_own_leaves_a_live_instances_filters() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     let mut live = Recorder::start(
         ns,
@@ -399,10 +364,9 @@ fn cleanup_in_a_pid_namespace_of_its_own_leaves_a_live_instances_filters() {
 #[test]
 fn starting_instances_take_the_lock_before_cleanup_and_attach() {
     use std::os::fd::AsRawFd as _;
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     std::fs::create_dir_all("/run/vxprobe").unwrap();
     let lock = std::fs::OpenOptions::new()
@@ -417,16 +381,8 @@ fn starting_instances_take_the_lock_before_cleanup_and_attach() {
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
     let ready = std::env::temp_dir().join(format!("vxprobe-lock-ready-{}", std::process::id()));
     let _ = std::fs::remove_file(&ready);
-    let mut waiting = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            common::VXPROBE,
-            "record",
-            "--tc-attach",
-            "clsact",
-        ])
+    let mut waiting = common::run::record_command(ns)
+        .args(["--tc-attach", "clsact"])
         .args(["-i", POD_HOST_DEV, "-o", "/dev/null", "--ready-file"])
         .arg(&ready)
         .spawn()

@@ -6,20 +6,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Recorder, is_root, must};
+use common::{Recorder, is_root, must, run::ALL_HOPS};
 use serde_json::Value;
 use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, UNDERLAY_DEV, VXLAN_DEV, faults};
-
-const ALL_HOPS: &[&str] = &[
-    "--stats-interval",
-    "200ms",
-    "-i",
-    "cali*",
-    "-i",
-    VXLAN_DEV,
-    "-i",
-    UNDERLAY_DEV,
-];
 
 /// Per (ifname, dir): the sum of `field` over `kind` lines that match `keep` (without a
 /// field: their events).
@@ -66,10 +55,9 @@ fn assert_along_sender_path(totals: &BTreeMap<(String, String), u64>, expected: 
 
 #[test]
 fn udp_datagrams_of_3000_bytes_are_fragments_at_every_hop() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     let mut rec1 = Recorder::start(&n1.netns, ALL_HOPS);
     let mut rec2 = Recorder::start(&n2.netns, ALL_HOPS);
@@ -148,10 +136,9 @@ fn udp_datagrams_of_3000_bytes_are_fragments_at_every_hop() {
 /// counts stay exact.
 #[test]
 fn flows_that_share_one_cache_slot_are_counted_exactly() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     let mut args = ALL_HOPS.to_vec();
     args.extend(["--flow-cache", "1"]);
@@ -271,26 +258,14 @@ fn ipv6_pod_traffic_crosses_the_overlay_counted_and_attributed() {
 /// packets to its veth. The hop lines show it in `max_len`, the largest packet per interval.
 #[test]
 fn offloads_off_on_the_vxlan_show_as_mtu_sized_packets_on_the_underlay() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     let mut largest = Vec::new();
     for offload in ["on", "off"] {
         must(&n1.netns, "ethtool", &["-K", VXLAN_DEV, "tx", offload]);
-        let mut server = vxprobe::lab::Lab::command(&n2.pod.netns, "iperf3")
-            .args(["-s", "-1", "-p", "5201"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        faults::wait_tcp_listening(
-            &n2.pod.netns,
-            5201,
-            &mut server,
-            std::time::Duration::from_secs(10),
-        )
-        .unwrap();
+        let mut server = faults::iperf3_server(&n2.pod.netns, 5201).unwrap();
         let rec = Recorder::start(&n1.netns, ALL_HOPS);
         must(
             &n1.pod.netns,

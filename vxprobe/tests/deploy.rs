@@ -254,13 +254,16 @@ fn metric_names(expr: &str) -> Vec<String> {
     {
         return metric_names(selector);
     }
-    const KEYWORDS: &[&str] = &[
+    // Grouping labels follow these and a `(`.
+    const GROUPING: &[&str] = &[
         "by",
         "without",
         "on",
         "ignoring",
         "group_left",
         "group_right",
+    ];
+    const KEYWORDS: &[&str] = &[
         "bool",
         "and",
         "or",
@@ -305,15 +308,7 @@ fn metric_names(expr: &str) -> Vec<String> {
             '[' => depth_bracket += 1,
             ']' => depth_bracket = depth_bracket.saturating_sub(1),
             '(' => {
-                in_grouping = [
-                    "by",
-                    "without",
-                    "on",
-                    "ignoring",
-                    "group_left",
-                    "group_right",
-                ]
-                .contains(&last_word.as_str());
+                in_grouping = GROUPING.contains(&last_word.as_str());
             }
             ')' => in_grouping = false,
             '$' => {
@@ -344,6 +339,7 @@ fn metric_names(expr: &str) -> Vec<String> {
                     && !in_grouping
                     && !is_call
                     && !is_label_name
+                    && !GROUPING.contains(&word.to_lowercase().as_str())
                     && !KEYWORDS.contains(&word.to_lowercase().as_str())
                     && !(start > 0 && chars[start - 1].is_ascii_digit())
                 {

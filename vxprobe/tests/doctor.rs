@@ -130,10 +130,9 @@ impl TapEngine {
 
 #[test]
 fn a_clean_lab_has_no_findings_and_reports_the_facts() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     for node in [n1, n2] {
         let report = doctor(&node.netns, &[]);
@@ -228,10 +227,9 @@ fn overlay_mtu_above_underlay_minus_vxlan_overhead() {
 
 #[test]
 fn a_tunnel_without_lower_device_is_judged_against_its_route_or_local_address() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     let ns = &n1.netns;
     let local = n1.underlay_ip.to_string();
@@ -283,10 +281,9 @@ fn a_tunnel_without_lower_device_is_judged_against_its_route_or_local_address() 
 
 #[test]
 fn tx_checksum_off_on_vxlan_calico_names_felix() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     must(ns, "ethtool", &["-K", VXLAN_DEV, "tx", "off"]);
     let report = doctor(ns, &[]);
@@ -310,10 +307,9 @@ fn tx_checksum_off_on_vxlan_calico_names_felix() {
 
 #[test]
 fn an_old_kernel_with_tx_checksum_on_hits_the_nat_checksum_bug() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     // The lab's devices as they are; the kernel judged as incident #3's.
     let report = doctor(ns, &["--assume-kernel", "4.19.0-17-amd64"]);
@@ -333,10 +329,9 @@ fn an_old_kernel_with_tx_checksum_on_hits_the_nat_checksum_bug() {
 
 #[test]
 fn a_tap_without_tso_gso_refuses_what_gro_builds() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     let _engine = TapEngine::attach(ns, TAP_DEV);
     must(ns, "ethtool", &["-K", TAP_DEV, "tso", "off", "gso", "off"]);
@@ -362,10 +357,9 @@ fn a_tap_without_tso_gso_refuses_what_gro_builds() {
 
 #[test]
 fn a_bridge_feeding_an_engine_tap_with_tx_checksum_on() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     // The engine's tap on a bridge, as antrea-l7-tap0 is a port of OVS next to antrea-gw0.
     must(ns, "ip", &["link", "add", "br-engine", "type", "bridge"]);
@@ -393,10 +387,9 @@ fn a_bridge_feeding_an_engine_tap_with_tx_checksum_on() {
 
 #[test]
 fn a_pod_veth_larger_than_the_overlay() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[1].netns;
     must(ns, "ip", &["link", "set", POD_HOST_DEV, "mtu", "1500"]);
     let report = doctor(ns, &[]);
@@ -409,10 +402,9 @@ fn a_pod_veth_larger_than_the_overlay() {
 
 #[test]
 fn an_underlay_down_cuts_the_tunnel() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     must(ns, "ip", &["link", "set", UNDERLAY_DEV, "down"]);
     let report = doctor(ns, &[]);
@@ -458,10 +450,9 @@ fn the_ioctl_fallback_reads_what_ethtool_netlink_reads() {
 
 #[test]
 fn bad_usage_exits_2_with_one_line() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     for (args, names) in [
         (&["-i", "nosuchdev"][..], "nosuchdev"),
@@ -489,10 +480,9 @@ fn bad_usage_exits_2_with_one_line() {
 /// did meanwhile: TCP bulk across the overlay left it as MTU-sized packets.
 #[test]
 fn watch_ties_the_offload_finding_to_the_packets_it_saw() {
-    if !common::is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     vxprobe::lab::faults::set_offload(&n1.netns, VXLAN_DEV, "tx", false).unwrap();
     let mut server = Lab::command(&n2.pod.netns, "iperf3")
@@ -576,10 +566,9 @@ fn watch_takes_exact_names_survives_churn_and_stops_on_sigint() {
         Arc,
         atomic::{AtomicBool, Ordering},
     };
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = lab.nodes[0].netns.clone();
     must(
         &ns,

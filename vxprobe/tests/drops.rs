@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use common::{Recorder, is_root, must, netns_inode};
 use serde_json::Value;
-use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, UNDERLAY_DEV, VXLAN_DEV, faults};
+use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, VXLAN_DEV, faults};
 
 fn of_kind<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
     lines.iter().filter(|l| l["kind"] == kind).collect()
@@ -56,16 +56,7 @@ fn probes_names_the_hook_of_each_signal() {
     if !is_root() {
         return;
     }
-    let out = std::process::Command::new(common::VXPROBE)
-        .args(["probes", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = common::run::probes_json();
     let drop = report["signals"]
         .as_array()
         .unwrap()
@@ -138,59 +129,15 @@ fn bad_udp_checksums_through(extra_args: &[&str], expected_hook: &str) {
 
 #[test]
 fn netfilter_drops_are_charged_to_their_hop_and_match_the_rule_counter() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
-    let [n1, n2] = &lab.nodes;
-    // Drop a third of the ICMP echo requests arriving from pod 1 on node 1's cali0.
-    let ruleset = format!(
-        "table inet vxp {{\n counter seen {{ }}\n counter dropped {{ }}\n chain vxp_forward {{\n  type filter hook forward priority 0;\n  \
-         iifname \"{POD_HOST_DEV}\" counter name seen\n  \
-         iifname \"{POD_HOST_DEV}\" icmp type echo-request numgen random mod 3 == 0 counter name dropped drop\n }}\n}}\n"
-    );
-    let file = std::env::temp_dir().join(format!("vxprobe-nft-{}", std::process::id()));
-    std::fs::write(&file, ruleset).unwrap();
-    must(&n1.netns, "nft", &["-f", file.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&file);
-    let mut rec = Recorder::start(
-        &n1.netns,
-        &[
-            "--stats-interval",
-            "200ms",
-            "-i",
-            "cali*",
-            "-i",
-            VXLAN_DEV,
-            "-i",
-            UNDERLAY_DEV,
-        ],
-    );
-    let out = vxprobe::lab::Lab::exec(
-        &n1.pod.netns,
-        "ping",
-        &[
-            "-q",
-            "-c",
-            "300",
-            "-i",
-            "0.002",
-            "-W",
-            "1",
-            &n2.pod.ip.to_string(),
-        ],
-    )
-    .unwrap();
-    assert!(out.status.code().is_some(), "ping ran");
-    let nft_counter = |name: &str| -> u64 {
-        must(&n1.netns, "nft", &["list", "counter", "inet", "vxp", name])
-            .split_whitespace()
-            .skip_while(|w| *w != "packets")
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap()
     };
+    let n1 = &lab.nodes[0];
+    // Drop a third of the ICMP echo requests arriving from pod 1 on node 1's cali0.
+    common::agent::drop_a_third_of_pings(&n1.netns);
+    let mut rec = Recorder::start(&n1.netns, common::run::ALL_HOPS);
+    common::agent::pings(&lab);
+    let nft_counter = |name| common::agent::nft_counter(&n1.netns, name);
     let (dropped, seen) = (nft_counter("dropped"), nft_counter("seen"));
     // Drops are seen kernel-wide: other labs (tests running beside this one) drop too.
     let node = netns_inode(&n1.netns);
@@ -321,10 +268,9 @@ fn rx_dropped(netns: &str, dev: &str) -> u64 {
 /// program used to skip for SKB_CONSUMED, absent there; on 5.10 no reason exists at all.
 #[test]
 fn a_plain_drop_is_a_drop_line_matching_the_devices_counter() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     // Pod 1's eth0 stays at 1450; its peer cali0 takes at most 1280 + 14 + 4.
     faults::set_mtu(&n1.netns, POD_HOST_DEV, 1280).unwrap();
@@ -398,10 +344,9 @@ fn a_plain_drop_is_a_drop_line_matching_the_devices_counter() {
 /// 5.10 with no reason, which the location names). Every one equals UdpInCsumErrors.
 #[test]
 fn bad_udp_checksums_found_by_a_reading_socket_match_the_receivers_counter() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     const PORT: u16 = 5557;
     let before = faults::snmp(&n2.pod.netns, "Udp", "InCsumErrors").unwrap();

@@ -2,34 +2,22 @@
 
 mod common;
 
-use common::{Recorder, hop_totals, is_root, must};
+use common::{Recorder, hop_totals, is_root, must, run::ALL_HOPS};
 use vxprobe::lab::{
     Lab, LabOptions, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV, extra_veth_peer_ip,
 };
 use vxprobe_common::LOW_IFINDEXES;
 
-const HOP_ARGS: &[&str] = &[
-    "--stats-interval",
-    "200ms",
-    "-i",
-    "cali*",
-    "-i",
-    VXLAN_DEV,
-    "-i",
-    UNDERLAY_DEV,
-];
-
 #[test]
 fn pings_are_counted_exactly_at_every_hop_of_both_nodes() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
-    let mut node1_args = HOP_ARGS.to_vec();
+    let mut node1_args = ALL_HOPS.to_vec();
     node1_args.extend(["-i", TAP_DEV]);
     let rec1 = Recorder::start(&n1.netns, &node1_args);
-    let rec2 = Recorder::start(&n2.netns, HOP_ARGS);
+    let rec2 = Recorder::start(&n2.netns, ALL_HOPS);
 
     const N: u64 = 25;
     common::ping(&n1.pod.netns, N, &n2.pod.ip.to_string());
@@ -92,21 +80,9 @@ fn the_default_selection_finds_the_underlay_of_a_vxlan_without_lower_device() {
         ..LabOptions::default()
     };
     let lab = Lab::build(&options).expect("building the lab");
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.nodes[0].netns,
-            common::VXPROBE,
-            "record",
-        ])
-        .args(["--duration", "300ms", "--stats-interval", "100ms"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::run::record_in(
+        &lab.nodes[0].netns,
+        &["--duration", "300ms", "--stats-interval", "100ms"],
     );
     let meta: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
@@ -137,10 +113,9 @@ fn the_default_selection_finds_the_underlay_of_a_vxlan_without_lower_device() {
 /// exactly.
 #[test]
 fn a_device_with_a_high_ifindex_is_counted_exactly() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let n1 = &lab.nodes[0];
     let (dev, peer, net, index) = ("cali9", "vxp9", 40, LOW_IFINDEXES + 904);
     lab.add_veth_at(0, dev, peer, net, Some(index)).unwrap();

@@ -10,8 +10,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{VXPROBE, is_root};
-use serde_json::Value;
+use common::is_root;
 
 fn matches(want: &str, got: &str) -> bool {
     if want.contains(':') {
@@ -33,16 +32,7 @@ fn each_signal_uses_the_hook_the_kernel_matrix_expects() {
     if !is_root() {
         return;
     }
-    let out = std::process::Command::new(VXPROBE)
-        .args(["probes", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "vxprobe probes failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = common::run::probes_json();
 
     let mut actual = BTreeMap::new();
     actual.insert(

@@ -5,8 +5,8 @@ mod common;
 
 use std::process::Command;
 
-use common::{Recorder, VXPROBE, is_root, loaded, programs_of, still_loaded};
-use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV};
+use common::{Recorder, VXPROBE, loaded, programs_of, still_loaded};
+use vxprobe::lab::{POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV};
 
 /// The clsact filters of the lab devices in `netns`.
 fn filters(netns: &str) -> String {
@@ -25,10 +25,9 @@ fn filters(netns: &str) -> String {
 
 #[test]
 fn nothing_stays_attached_after_sigint_or_sigterm() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     // TCX exists since Linux 6.6 (in the VM matrix, Debian's 6.1 has clsact only).
     let modes: &[&str] = if common::kernel_version() >= (6, 6) {
@@ -79,19 +78,12 @@ fn nothing_stays_attached_after_sigint_or_sigterm() {
 
 #[test]
 fn duration_ends_the_recording() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.nodes[0].netns, VXPROBE, "record"])
-        .args(["--duration", "600ms", "--stats-interval", "200ms"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    };
+    let out = common::run::record_in(
+        &lab.nodes[0].netns,
+        &["--duration", "600ms", "--stats-interval", "200ms"],
     );
     let hops = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -114,12 +106,6 @@ fn bad_usage_exits_2_with_one_line() {
     ];
     for (args, named) in cases {
         let out = Command::new(VXPROBE).args(*args).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
-        assert!(
-            stderr.contains(named),
-            "{args:?} should name {named}: {stderr}"
-        );
+        common::run::assert_usage_error(&out, args, named);
     }
 }

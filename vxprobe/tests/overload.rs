@@ -13,10 +13,9 @@ use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, faults};
 
 #[test]
 fn a_full_flow_table_evicts_counts_and_keeps_hops_exact() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     const CAPACITY: u64 = 64;
     const FLOWS: u64 = 300;
@@ -85,10 +84,9 @@ fn a_full_flow_table_evicts_counts_and_keeps_hops_exact() {
 /// event is either a line or a lost one, and intervals keep closing during the flood.
 #[test]
 fn a_full_ring_buffer_loses_events_and_counts_every_one() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     let mut rec = Recorder::start(
         &n1.netns,
@@ -157,10 +155,9 @@ fn a_full_ring_buffer_loses_events_and_counts_every_one() {
 /// filtered records skipped the budget, one drain swallowed the whole backlog first.)
 #[test]
 fn records_the_filter_drops_count_against_the_drain_budget() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     let host = n2.pod.ip.to_string();
     let mut rec = Recorder::start(

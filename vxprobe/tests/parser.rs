@@ -75,8 +75,37 @@ fn vxlan(vni: u32, inner_frame: &[u8]) -> Vec<u8> {
     p
 }
 
-/// The flows one run of the ingress program counted for `packet`.
-fn counted(packet: &[u8]) -> BTreeMap<FlowKey, FlowCounters> {
+/// The pod addresses of the inner flows, and the node addresses of the tunnels around them.
+const POD_A: [u8; 4] = [198, 19, 1, 2];
+const POD_B: [u8; 4] = [198, 19, 2, 2];
+const NODE_A: [u8; 4] = [198, 18, 0, 1];
+const NODE_B: [u8; 4] = [198, 18, 0, 2];
+
+/// An Ethernet frame holding an unfragmented IPv4 packet (`proto`, IP id `id`) with ports
+/// `sport` > `dport` around `payload`.
+fn frame4(
+    proto: u8,
+    src: [u8; 4],
+    dst: [u8; 4],
+    id: u16,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    eth(
+        0x0800,
+        &ipv4(proto, src, dst, id, 0, &l4(sport, dport, payload)),
+    )
+}
+
+/// A UDP tunnel packet between the nodes, to `dport` (4789 VXLAN, 6081 Geneve).
+fn tunnel4(dport: u16, tunnel: &[u8]) -> Vec<u8> {
+    frame4(17, NODE_A, NODE_B, 9, 51000, dport, tunnel)
+}
+
+/// The flows the ingress program counted over one run for each of `packets`, in order; every
+/// packet is passed on (TC_ACT_UNSPEC).
+fn counted_all(packets: &[&[u8]]) -> BTreeMap<FlowKey, FlowCounters> {
     let mut probes = Probes::load(TcMode::Tcx, None, &FlowFilter::NONE, Tables::default())
         .expect("loading the eBPF object");
     {
@@ -86,15 +115,17 @@ fn counted(packet: &[u8]) -> BTreeMap<FlowKey, FlowCounters> {
             .unwrap()
             .try_into()
             .unwrap();
-        let opts = TestRunOptions {
-            data_in: Some(packet),
-            ..Default::default()
-        };
-        let result = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
-        assert_eq!(
-            result.return_value as i32, -1,
-            "the packet is passed on (TC_ACT_UNSPEC)"
-        );
+        for packet in packets {
+            let opts = TestRunOptions {
+                data_in: Some(packet),
+                ..Default::default()
+            };
+            let result = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+            assert_eq!(
+                result.return_value as i32, -1,
+                "the packet is passed on (TC_ACT_UNSPEC)"
+            );
+        }
     }
     let mut flows = BTreeMap::new();
     FlowStats::take(probes.ebpf_mut())
@@ -105,6 +136,11 @@ fn counted(packet: &[u8]) -> BTreeMap<FlowKey, FlowCounters> {
         })
         .unwrap();
     flows
+}
+
+/// The flows one run of the ingress program counted for `packet`.
+fn counted(packet: &[u8]) -> BTreeMap<FlowKey, FlowCounters> {
+    counted_all(&[packet])
 }
 
 fn only_flow(packet: &[u8]) -> (vxprobe::observe::packet::Flow, FlowCounters) {
@@ -123,17 +159,7 @@ fn plain_udp_and_tcp() {
     if !is_root() {
         return;
     }
-    let (flow, c) = only_flow(&eth(
-        0x0800,
-        &ipv4(
-            17,
-            [198, 19, 1, 2],
-            [198, 19, 2, 2],
-            1,
-            0,
-            &l4(1111, 53, b"q"),
-        ),
-    ));
+    let (flow, c) = only_flow(&frame4(17, POD_A, POD_B, 1, 1111, 53, b"q"));
     assert_eq!((flow.proto, flow.sport, flow.dport), (17, 1111, 53));
     assert_eq!((flow.src, flow.dst), (ip("198.19.1.2"), ip("198.19.2.2")));
     assert_eq!((c.packets, c.fragments, c.outer.family), (1, 0, 0));
@@ -147,10 +173,7 @@ fn truncated_headers_keep_what_could_be_read() {
         return;
     }
     // Cut inside the UDP header: the flow is known, the ports are not.
-    let full = eth(
-        0x0800,
-        &ipv4(17, [198, 19, 1, 2], [198, 19, 2, 2], 1, 0, &l4(1, 2, &[])),
-    );
+    let full = frame4(17, POD_A, POD_B, 1, 1, 2, &[]);
     let (flow, _) = only_flow(&full[..14 + 20 + 2]);
     assert_eq!((flow.proto, flow.sport, flow.dport), (17, 0, 0));
 
@@ -160,22 +183,8 @@ fn truncated_headers_keep_what_could_be_read() {
     assert_eq!((flow.src, flow.sport, flow.dport), (ip("fd00::1"), 0, 0));
 
     // VXLAN whose inner IPv4 header is cut: the outer flow, no tunnel decoding.
-    let inner = eth(
-        0x0800,
-        &ipv4(6, [198, 19, 1, 2], [198, 19, 2, 2], 5, 0, &l4(1, 2, &[])),
-    );
-    let outer = eth(
-        0x0800,
-        &ipv4(
-            17,
-            [198, 18, 0, 1],
-            [198, 18, 0, 2],
-            9,
-            0,
-            &l4(51000, 4789, &vxlan(1, &inner[..14 + 8])),
-        ),
-    );
-    let (flow, c) = only_flow(&outer);
+    let inner = frame4(6, POD_A, POD_B, 5, 1, 2, &[]);
+    let (flow, c) = only_flow(&tunnel4(4789, &vxlan(1, &inner[..14 + 8])));
     assert_eq!((flow.dport, c.outer.family), (4789, 0));
 }
 
@@ -184,14 +193,7 @@ fn vlan_and_qinq_tags_are_skipped() {
     if !is_root() {
         return;
     }
-    let ip4 = ipv4(
-        6,
-        [198, 19, 1, 2],
-        [198, 19, 2, 2],
-        1,
-        0,
-        &l4(40000, 443, &[0; 12]),
-    );
+    let ip4 = ipv4(6, POD_A, POD_B, 1, 0, &l4(40000, 443, &[0; 12]));
     let (flow, _) = only_flow(&vlan(0x8100, 0x0800, &ip4));
     assert_eq!((flow.proto, flow.dport), (6, 443));
     let mut inner_tag = vec![0x00, 0x65];
@@ -226,45 +228,12 @@ fn later_ipv4_fragments_take_the_ports_of_the_first() {
     if !is_root() {
         return;
     }
-    let mut probes = Probes::load(TcMode::Tcx, None, &FlowFilter::NONE, Tables::default()).unwrap();
     let first = eth(
         0x0800,
-        &ipv4(
-            17,
-            [198, 19, 1, 2],
-            [198, 19, 2, 2],
-            77,
-            0x2000,
-            &l4(1234, 7777, &[0; 64]),
-        ),
+        &ipv4(17, POD_A, POD_B, 77, 0x2000, &l4(1234, 7777, &[0; 64])),
     );
-    let second = eth(
-        0x0800,
-        &ipv4(17, [198, 19, 1, 2], [198, 19, 2, 2], 77, 9, &[0; 40]),
-    );
-    {
-        let prog: &mut SchedClassifier = probes
-            .ebpf_mut()
-            .program_mut(names::TC_INGRESS)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        for packet in [&first, &second] {
-            let opts = TestRunOptions {
-                data_in: Some(packet),
-                ..Default::default()
-            };
-            prog.test_run(opts).unwrap();
-        }
-    }
-    let mut flows = BTreeMap::new();
-    FlowStats::take(probes.ebpf_mut())
-        .unwrap()
-        .interval(0, |key, counters| {
-            flows.insert(*key, *counters);
-            Ok(())
-        })
-        .unwrap();
+    let second = eth(0x0800, &ipv4(17, POD_A, POD_B, 77, 9, &[0; 40]));
+    let flows = counted_all(&[&first, &second]);
     assert_eq!(flows.len(), 1, "both fragments are one flow: {flows:?}");
     let (key, c) = flows.into_iter().next().unwrap();
     assert_eq!((key.sport, key.dport), (1234, 7777));
@@ -276,29 +245,8 @@ fn vxlan_is_counted_by_its_inner_flow_with_the_outer_header_kept() {
     if !is_root() {
         return;
     }
-    let inner = eth(
-        0x0800,
-        &ipv4(
-            6,
-            [198, 19, 1, 2],
-            [198, 19, 2, 2],
-            5,
-            0,
-            &l4(33000, 80, &[0; 12]),
-        ),
-    );
-    let outer = eth(
-        0x0800,
-        &ipv4(
-            17,
-            [198, 18, 0, 1],
-            [198, 18, 0, 2],
-            9,
-            0,
-            &l4(51000, 4789, &vxlan(4096, &inner)),
-        ),
-    );
-    let (flow, c) = only_flow(&outer);
+    let inner = frame4(6, POD_A, POD_B, 5, 33000, 80, &[0; 12]);
+    let (flow, c) = only_flow(&tunnel4(4789, &vxlan(4096, &inner)));
     assert_eq!((flow.proto, flow.sport, flow.dport), (6, 33000, 80));
     assert_eq!(flow.src, ip("198.19.1.2"));
     let o = anomaly::outer_of(&c.outer).expect("outer header kept");
@@ -311,18 +259,7 @@ fn vxlan_with_a_garbage_inner_packet_is_the_outer_flow() {
         return;
     }
     let garbage = [0xffu8; 30];
-    let outer = eth(
-        0x0800,
-        &ipv4(
-            17,
-            [198, 18, 0, 1],
-            [198, 18, 0, 2],
-            9,
-            0,
-            &l4(51000, 4789, &vxlan(7, &garbage)),
-        ),
-    );
-    let (flow, c) = only_flow(&outer);
+    let (flow, c) = only_flow(&tunnel4(4789, &vxlan(7, &garbage)));
     assert_eq!(
         (flow.proto, flow.dport, flow.src),
         (17, 4789, ip("198.18.0.1"))
@@ -343,18 +280,7 @@ fn geneve_options_are_skipped() {
     let mut geneve = vec![0x02, 0x00, 0x65, 0x58, 0, 0, 99, 0];
     geneve.extend([0u8; 8]);
     geneve.extend(inner);
-    let outer = eth(
-        0x0800,
-        &ipv4(
-            17,
-            [198, 18, 0, 1],
-            [198, 18, 0, 2],
-            9,
-            0,
-            &l4(51000, 6081, &geneve),
-        ),
-    );
-    let (flow, c) = only_flow(&outer);
+    let (flow, c) = only_flow(&tunnel4(6081, &geneve));
     assert_eq!(
         (flow.sport, flow.dport, flow.dst),
         (7000, 8000, ip("fd00::b"))
@@ -383,38 +309,32 @@ fn headers_in_paged_data_are_read_through_the_helper() {
     let node = &lab.nodes[0].netns;
     let mut rec = Recorder::start(node, &["--stats-interval", "200ms", "-i", TAP_DEV]);
     let payload = vec![0x5a; payload_len];
-    let plain = eth(
-        0x0800,
-        &ipv4(
-            17,
-            [198, 18, 200, 1],
-            [198, 18, 200, 2],
-            1,
-            0,
-            &l4(40001, 7001, &payload),
-        ),
+    let plain = frame4(
+        17,
+        [198, 18, 200, 1],
+        [198, 18, 200, 2],
+        1,
+        40001,
+        7001,
+        &payload,
     );
-    let inner = eth(
-        0x0800,
-        &ipv4(
-            6,
-            [198, 18, 202, 1],
-            [198, 18, 202, 2],
-            2,
-            0,
-            &l4(40003, 7003, &payload),
-        ),
+    let inner = frame4(
+        6,
+        [198, 18, 202, 1],
+        [198, 18, 202, 2],
+        2,
+        40003,
+        7003,
+        &payload,
     );
-    let tunneled = eth(
-        0x0800,
-        &ipv4(
-            17,
-            [198, 18, 201, 1],
-            [198, 18, 201, 2],
-            3,
-            0,
-            &l4(40002, 4789, &vxlan(77, &inner)),
-        ),
+    let tunneled = frame4(
+        17,
+        [198, 18, 201, 1],
+        [198, 18, 201, 2],
+        3,
+        40002,
+        4789,
+        &vxlan(77, &inner),
     );
     let v6 = eth(
         0x86dd,

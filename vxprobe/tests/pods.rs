@@ -30,15 +30,15 @@ use common::{
     },
     is_root,
     pods::{
-        LayoutPod, Netns, PodCgroup, SEQ, Sleeper, TempDir, cgroup_mount, drop_pings, id, in_netns,
-        init_netns, new_uid, pod_log_dir, remove_cgroup_tree, run, spawn_in, tmux, tshark_packets,
-        unique, wait_screen,
+        LayoutPod, Netns, PodCgroup, SEQ, Sleeper, TempDir, add_veth, cgroup_mount, drop_pings, id,
+        in_netns, init_netns, new_uid, pod_log_dir, remove_cgroup_tree, run, spawn_in, tmux,
+        tmux_start, tshark_packets, unique, wait_screen,
     },
     time_scale,
 };
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, RunPodSandboxRequest,
-    StartContainerRequest, runtime_service_client::RuntimeServiceClient,
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, PodSandboxConfig,
+    RunPodSandboxRequest, StartContainerRequest, runtime_service_client::RuntimeServiceClient,
 };
 use serde_json::Value;
 use vxprobe::node::pods::{CriSocket, Pod, PodConfig, PodId, PodIndex, Snapshot, Source};
@@ -122,23 +122,7 @@ fn layout_case(v2: bool) {
     let node = Netns::new("node");
     let pod_ns = Netns::new("pod");
     let host_dev = format!("calit{}", SEQ.fetch_add(1, Ordering::Relaxed));
-    run(
-        "ip",
-        &[
-            "-n",
-            &node.name,
-            "link",
-            "add",
-            &host_dev,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &pod_ns.name,
-        ],
-    );
+    add_veth(&node, &host_dev, &pod_ns);
     run("ip", &["-n", &node.name, "link", "set", &host_dev, "up"]);
     let (ifindex, _) = common::ifindex_and_mac(&node.name, &host_dev);
 
@@ -267,6 +251,92 @@ fn no_source_names_nothing() {
     );
 }
 
+/// A real containerd in a node namespace of its own, with a locally built pause image imported
+/// and a CNI network of its own subnet, and a CRI client to it. Dropped in field order: the
+/// client, containerd, then its namespace and root.
+struct CriNode {
+    client: RuntimeServiceClient<tonic::transport::Channel>,
+    rt: tokio::runtime::Runtime,
+    containerd: Containerd,
+    image: String,
+    node: Netns,
+    root: TempDir,
+}
+
+impl CriNode {
+    fn start(tag: &str) -> Self {
+        let root = TempDir::new(tag);
+        let node = Netns::new(tag);
+        let image_tag = unique("t");
+        let archive = build_pause_image(&root.0, &image_tag);
+        let image = format!("{PAUSE_IMAGE}:{image_tag}");
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed) % 250;
+        let subnet = format!("198.19.{seq}.0/24");
+        let containerd = Containerd::start(&root.0, &node.name, &image, &subnet);
+        containerd.import(&archive);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = rt.block_on(async {
+            RuntimeServiceClient::new(
+                vxprobe::node::pods::cri::channel(&containerd.socket)
+                    .await
+                    .unwrap(),
+            )
+        });
+        CriNode {
+            client,
+            rt,
+            containerd,
+            image,
+            node,
+            root,
+        }
+    }
+
+    /// Runs `pod`'s sandbox as kubelet would; its id and the config it was run with.
+    fn run_sandbox(
+        &mut self,
+        pod: &PodId,
+        host_network: bool,
+        logs: &Path,
+        cgroup_top: &str,
+    ) -> (String, PodSandboxConfig) {
+        let config = sandbox_config(pod, host_network, logs, cgroup_top);
+        let sandbox = self
+            .rt
+            .block_on(self.client.run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            }))
+            .unwrap_or_else(|e| {
+                let network = if host_network { " (host network)" } else { "" };
+                panic!("RunPodSandbox{network}: {e}\n{}", self.containerd.logs())
+            })
+            .into_inner()
+            .pod_sandbox_id;
+        (sandbox, config)
+    }
+
+    fn remove(&mut self, sandbox: &str) {
+        self.rt
+            .block_on(remove_sandbox(&mut self.client, sandbox))
+            .unwrap_or_else(|e| panic!("removing the sandbox: {e}\n{}", self.containerd.logs()));
+    }
+
+    /// The one veth in the node's namespace: the CNI plugin's host side of the pod's.
+    fn veth(&self) -> Value {
+        let links: Vec<Value> = serde_json::from_str(&run(
+            "ip",
+            &["-n", &self.node.name, "-j", "link", "show", "type", "veth"],
+        ))
+        .unwrap();
+        assert_eq!(links.len(), 1, "one veth in the node: {links:?}");
+        links.into_iter().next().unwrap()
+    }
+}
+
 /// A real containerd: pod sandboxes run through CRI as kubelet runs them (a locally built
 /// pause image, a CNI network of Debian's `ptp` plugin) are named by their namespace, with
 /// labels and container names, and the CNI's host-side veth by its pod; a host-network
@@ -276,33 +346,14 @@ fn cri_names_containerd_sandboxes_and_their_veths() {
     if !is_root() {
         return;
     }
-    let root = TempDir::new("cri");
-    let node = Netns::new("crinode");
-    let tag = unique("t");
-    let archive = build_pause_image(&root.0, &tag);
-    let image = format!("{PAUSE_IMAGE}:{tag}");
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed) % 250;
-    let containerd = Containerd::start(&root.0, &node.name, &image, &format!("198.19.{seq}.0/24"));
-    containerd.import(&archive);
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut client = rt.block_on(async {
-        RuntimeServiceClient::new(
-            vxprobe::node::pods::cri::channel(&containerd.socket)
-                .await
-                .unwrap(),
-        )
-    });
-    let node_namespaces = NodeNamespaces(vec![node.inode(), init_netns()]);
+    let mut cri = CriNode::start("cri");
+    let node_namespaces = NodeNamespaces(vec![cri.node.inode(), init_netns()]);
     let config = PodConfig {
-        cri: CriSocket::Path(containerd.socket.clone()),
-        pod_logs: root.0.join("no-pod-logs"),
+        cri: CriSocket::Path(cri.containerd.socket.clone()),
+        pod_logs: cri.root.0.join("no-pod-logs"),
         ..PodConfig::default()
     };
-    let index = in_netns(&node.name, || PodIndex::start(config)).unwrap();
+    let index = in_netns(&cri.node.name, || PodIndex::start(config)).unwrap();
     let first = wait_first(&index, &node_namespaces);
     assert_eq!(first.source(), Source::Cri, "error: {:?}", first.error());
     assert!(
@@ -310,31 +361,22 @@ fn cri_names_containerd_sandboxes_and_their_veths() {
         "{:?}",
         first.runtime()
     );
-    let logs = root.0.join("logs");
+    let logs = cri.root.0.join("logs");
     let cgroup_top = format!("vxprobe-test-{}", unique("cri"));
 
     // A host-network pod first: when web-0 is named, this one has been listed too.
     let host_pod = id("kube-system", "kube-proxy-q8", &new_uid());
-    let host_config = sandbox_config(&host_pod, true, &logs, &cgroup_top);
-    let host_sandbox = rt
-        .block_on(client.run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(host_config),
-            runtime_handler: String::new(),
-        }))
-        .unwrap_or_else(|e| panic!("RunPodSandbox (host network): {e}\n{}", containerd.logs()))
-        .into_inner()
-        .pod_sandbox_id;
+    let (host_sandbox, _) = cri.run_sandbox(&host_pod, true, &logs, &cgroup_top);
 
     let web = id("shop", "web-0", &new_uid());
-    let web_config = sandbox_config(&web, false, &logs, &cgroup_top);
-    let sandbox = rt
-        .block_on(client.run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(web_config.clone()),
-            runtime_handler: String::new(),
-        }))
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", containerd.logs()))
-        .into_inner()
-        .pod_sandbox_id;
+    let (sandbox, web_config) = cri.run_sandbox(&web, false, &logs, &cgroup_top);
+    let CriNode {
+        containerd,
+        rt,
+        client,
+        image,
+        ..
+    } = &mut cri;
     let container = rt
         .block_on(client.create_container(CreateContainerRequest {
             pod_sandbox_id: sandbox.clone(),
@@ -391,13 +433,7 @@ fn cri_names_containerd_sandboxes_and_their_veths() {
     );
 
     // The ptp plugin's host-side veth, in the node's namespace.
-    let links: Vec<serde_json::Value> = serde_json::from_str(&run(
-        "ip",
-        &["-n", &node.name, "-j", "link", "show", "type", "veth"],
-    ))
-    .unwrap();
-    assert_eq!(links.len(), 1, "one veth in the node: {links:?}");
-    let ifindex = links[0]["ifindex"].as_u64().unwrap() as u32;
+    let ifindex = cri.veth()["ifindex"].as_u64().unwrap() as u32;
     let (by_device, _) = wait_for(
         &index,
         &node_namespaces,
@@ -413,8 +449,7 @@ fn cri_names_containerd_sandboxes_and_their_veths() {
     );
     assert_eq!(snapshot.len(), 1);
 
-    rt.block_on(remove_sandbox(&mut client, &sandbox))
-        .unwrap_or_else(|e| panic!("removing the sandbox: {e}\n{}", containerd.logs()));
+    cri.remove(&sandbox);
     let (_, took) = wait_for(
         &index,
         &node_namespaces,
@@ -423,10 +458,9 @@ fn cri_names_containerd_sandboxes_and_their_veths() {
         |s| (s.pod_of_netns(netns).is_none() && s.pod_of_device(ifindex).is_none()).then_some(()),
     );
     eprintln!("cri: forgotten after {took:?}");
-    rt.block_on(remove_sandbox(&mut client, &host_sandbox))
-        .unwrap();
+    cri.remove(&host_sandbox);
     drop(index);
-    drop(containerd);
+    drop(cri);
     remove_cgroup_tree(&cgroup_top);
 }
 
@@ -568,40 +602,11 @@ fn record_names_a_cri_pod_on_its_events_hops_flows_and_pcapng() {
     if !is_root() {
         return;
     }
-    let root = TempDir::new("crirec");
-    let node = Netns::new("crirec");
-    let tag = unique("t");
-    let archive = build_pause_image(&root.0, &tag);
-    let image = format!("{PAUSE_IMAGE}:{tag}");
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed) % 250;
-    let containerd = Containerd::start(&root.0, &node.name, &image, &format!("198.19.{seq}.0/24"));
-    containerd.import(&archive);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut client = rt.block_on(async {
-        RuntimeServiceClient::new(
-            vxprobe::node::pods::cri::channel(&containerd.socket)
-                .await
-                .unwrap(),
-        )
-    });
+    let mut cri = CriNode::start("crirec");
     let cgroup_top = format!("vxprobe-test-{}", unique("crirec"));
     let web = id("shop", "web-0", &new_uid());
-    let sandbox = rt
-        .block_on(client.run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox_config(
-                &web,
-                false,
-                &root.0.join("logs"),
-                &cgroup_top,
-            )),
-            runtime_handler: String::new(),
-        }))
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", containerd.logs()))
-        .into_inner()
-        .pod_sandbox_id;
+    let logs = cri.root.0.join("logs");
+    let (sandbox, _) = cri.run_sandbox(&web, false, &logs, &cgroup_top);
     let pid = sandbox_pid(&sandbox).expect("the sandbox's process, by its cgroup");
     let enter = format!("--net=/proc/{pid}/ns/net");
     let addrs: Vec<Value> = serde_json::from_str(&run(
@@ -614,18 +619,12 @@ fn record_names_a_cri_pod_on_its_events_hops_flows_and_pcapng() {
         .expect("the pod's address")
         .to_owned();
     drop_pings(&enter);
-    let links: Vec<Value> = serde_json::from_str(&run(
-        "ip",
-        &["-n", &node.name, "-j", "link", "show", "type", "veth"],
-    ))
-    .unwrap();
-    assert_eq!(links.len(), 1, "one veth in the node: {links:?}");
-    let veth = links[0]["ifname"].as_str().unwrap().to_owned();
+    let veth = cri.veth()["ifname"].as_str().unwrap().to_owned();
 
-    let pcap = root.0.join("cri.pcapng");
-    let socket = containerd.socket.to_str().unwrap().to_owned();
+    let pcap = cri.root.0.join("cri.pcapng");
+    let socket = cri.containerd.socket.to_str().unwrap().to_owned();
     let recorder = Recorder::start(
-        &node.name,
+        &cri.node.name,
         &[
             "-i",
             &veth,
@@ -641,7 +640,7 @@ fn record_names_a_cri_pod_on_its_events_hops_flows_and_pcapng() {
         recorder,
         || {
             spawn_in(
-                &node.name,
+                &cri.node.name,
                 "ping",
                 &["-q", "-i", "0.1", "-w", "300", &pod_ip],
             )
@@ -655,9 +654,8 @@ fn record_names_a_cri_pod_on_its_events_hops_flows_and_pcapng() {
             pcap: &pcap,
         },
     );
-    rt.block_on(remove_sandbox(&mut client, &sandbox))
-        .unwrap_or_else(|e| panic!("removing the sandbox: {e}\n{}", containerd.logs()));
-    drop(containerd);
+    cri.remove(&sandbox);
+    drop(cri);
     remove_cgroup_tree(&cgroup_top);
 }
 
@@ -748,17 +746,7 @@ fn top_shows_the_pod_column_and_filters_on_it() {
         pod.host,
         exit_file.display()
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "180",
-        "-y",
-        "45",
-        &command,
-    ]);
+    tmux_start(&session, 180, 45, &command);
     let _ping = pod.ping();
     let name = pod.id.to_string();
     let hop_row = |screen: &str| {

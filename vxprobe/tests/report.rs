@@ -71,6 +71,21 @@ struct Incident {
     ifb_dropped: u64,
 }
 
+impl Incident {
+    /// `report`'s inputs: both recordings, each pcapng after `--pcap`.
+    fn with_pcaps(&self) -> Vec<&str> {
+        let mut args: Vec<&str> = self
+            .recordings
+            .iter()
+            .map(|r| r.to_str().unwrap())
+            .collect();
+        for pcap in &self.pcaps {
+            args.extend(["--pcap", pcap.to_str().unwrap()]);
+        }
+        args
+    }
+}
+
 fn record_incident(name: &str) -> Incident {
     let dir = scratch(name);
     let lab = Lab::build(&LabOptions {
@@ -251,16 +266,8 @@ fn run_report(args: &[&str]) -> (i32, String, String) {
 }
 
 fn report_json(incident: &Incident, extra: &[&str]) -> Value {
-    let mut args = vec![
-        incident.recordings[0].to_str().unwrap(),
-        incident.recordings[1].to_str().unwrap(),
-        "--pcap",
-        incident.pcaps[0].to_str().unwrap(),
-        "--pcap",
-        incident.pcaps[1].to_str().unwrap(),
-        "--format",
-        "json",
-    ];
+    let mut args = incident.with_pcaps();
+    args.extend(["--format", "json"]);
     args.extend(extra);
     let (code, stdout, stderr) = run_report(&args);
     assert_eq!(code, 0, "report failed: {stderr}");
@@ -551,16 +558,9 @@ fn the_html_report_opens_in_chromium_with_summary_paths_and_plots() {
     }
     let incident = record_incident("html");
     let page = incident.dir.join("report.html");
-    let (code, _, stderr) = run_report(&[
-        incident.recordings[0].to_str().unwrap(),
-        incident.recordings[1].to_str().unwrap(),
-        "--pcap",
-        incident.pcaps[0].to_str().unwrap(),
-        "--pcap",
-        incident.pcaps[1].to_str().unwrap(),
-        "-o",
-        page.to_str().unwrap(),
-    ]);
+    let mut args = incident.with_pcaps();
+    args.extend(["-o", page.to_str().unwrap()]);
+    let (code, _, stderr) = run_report(&args);
     assert_eq!(code, 0, "{stderr}");
     let html = std::fs::read_to_string(&page).unwrap();
     // Self-contained: nothing to fetch.
@@ -662,20 +662,10 @@ fn short_recording(lab: &Lab, node: &str, file: &Path) {
     } else {
         &["--node", node]
     };
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.nodes[0].netns, VXPROBE, "record"])
-        .args(named)
-        .args(["--duration", "1s", "--stats-interval", "200ms"])
-        .args(["-i", UNDERLAY_DEV, "-o"])
-        .arg(file)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut args = named.to_vec();
+    args.extend(["--duration", "1s", "--stats-interval", "200ms"]);
+    args.extend(["-i", UNDERLAY_DEV, "-o", file.to_str().unwrap()]);
+    common::run::record_in(&lab.nodes[0].netns, &args);
 }
 
 #[test]

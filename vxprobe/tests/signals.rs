@@ -124,31 +124,15 @@ fn retransmits_through(extra_args: &[&str]) -> String {
     // is followed by another; the counts compared below cover every run.
     let mut retrans_segs = 0;
     for _ in 0..3 {
-        let mut server = vxprobe::lab::Lab::command(&n2.pod.netns, "iperf3")
-            .args(["-s", "-1", "-p", "5201"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        faults::wait_tcp_listening(
-            &n2.pod.netns,
+        let mut server = faults::iperf3_server(&n2.pod.netns, 5201).unwrap();
+        let client = faults::iperf3_client(
+            &n1.pod.netns,
+            n2.pod.ip.into(),
             5201,
-            &mut server,
-            std::time::Duration::from_secs(10),
+            &["-t", "2", "-b", "20M"],
         )
+        .output()
         .unwrap();
-        let client = vxprobe::lab::Lab::command(&n1.pod.netns, "iperf3")
-            .args([
-                "-c",
-                &n2.pod.ip.to_string(),
-                "-p",
-                "5201",
-                "-t",
-                "2",
-                "-b",
-                "20M",
-            ])
-            .output()
-            .unwrap();
         let _ = server.kill();
         let _ = server.wait();
         assert!(
@@ -205,10 +189,9 @@ fn retransmits_through(extra_args: &[&str]) -> String {
 /// counted.
 #[test]
 fn df_traffic_above_the_overlay_mtu_is_refused_at_the_hop_then_at_the_sender() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     faults::set_mtu(&n1.pod.netns, "eth0", 1500).unwrap();
     faults::set_mtu(&n1.netns, POD_HOST_DEV, 1500).unwrap();
@@ -302,10 +285,9 @@ fn df_traffic_above_the_overlay_mtu_is_refused_at_the_hop_then_at_the_sender() {
 /// retransmit of the server's flow, as its TcpRetransSegs counts them.
 #[test]
 fn syn_ack_retransmits_are_counted() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     faults::nft(
         &n1.netns,

@@ -10,7 +10,7 @@ use std::{
     process::Command,
 };
 
-use common::{Recorder, hop_totals, is_root, must};
+use common::{Recorder, hop_totals, is_root, must, tc};
 use serde_json::Value;
 use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, faults};
 
@@ -209,34 +209,21 @@ fn a_tcx_program_that_passes_everything_does_not_hide_the_hop() {
 
 #[test]
 fn clsact_goes_ahead_of_the_filters_already_there() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     // Another tool's direct-action filters that pass every packet (TC_ACT_OK ends the
     // classification): at priority 1 on ingress, 7 on egress.
     let pass = PinnedProgram::load("cni_pass", TC_ACT_OK);
-    must(ns, "tc", &["qdisc", "add", "dev", POD_HOST_DEV, "clsact"]);
+    tc::add_clsact(ns, POD_HOST_DEV);
     for (dir, prio) in [("ingress", "1"), ("egress", "7")] {
-        must(
+        tc::add_filter(
             ns,
-            "tc",
-            &[
-                "filter",
-                "add",
-                "dev",
-                POD_HOST_DEV,
-                dir,
-                "prio",
-                prio,
-                "protocol",
-                "all",
-                "bpf",
-                "da",
-                "object-pinned",
-                pass.path(),
-            ],
+            POD_HOST_DEV,
+            dir,
+            prio,
+            &["protocol", "all", "bpf", "da", "object-pinned", pass.path()],
         );
     }
     let rec = Recorder::start(
@@ -287,35 +274,21 @@ fn clsact_goes_ahead_of_the_filters_already_there() {
 
 #[test]
 fn a_filter_vxprobe_cannot_precede_is_named_in_meta_and_probes() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     // A u32 filter at priority 1 that matches every packet with a class (a terminal match)
     // and no action: TC_ACT_OK, classification ends. A filter of another kind cannot share its priority, and none can
     // go below 1.
-    must(ns, "tc", &["qdisc", "add", "dev", POD_HOST_DEV, "clsact"]);
-    must(
+    tc::add_clsact(ns, POD_HOST_DEV);
+    tc::add_filter(
         ns,
-        "tc",
+        POD_HOST_DEV,
+        "ingress",
+        "1",
         &[
-            "filter",
-            "add",
-            "dev",
-            POD_HOST_DEV,
-            "ingress",
-            "prio",
-            "1",
-            "protocol",
-            "all",
-            "u32",
-            "match",
-            "u32",
-            "0",
-            "0",
-            "classid",
-            "1:1",
+            "protocol", "all", "u32", "match", "u32", "0", "0", "classid", "1:1",
         ],
     );
     let is_the_u32 = |a: &Value| {

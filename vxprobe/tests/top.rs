@@ -3,28 +3,19 @@
 
 mod common;
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
+use std::time::{Duration, Instant};
+
+use common::{
+    VXPROBE,
+    pods::{tmux, tmux_start},
 };
-
-use common::{VXPROBE, is_root};
-use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, UNDERLAY_DEV, VXLAN_DEV, faults};
-
-fn tmux(args: &[&str]) -> String {
-    let out = Command::new("tmux")
-        .args(args)
-        .output()
-        .expect("running tmux");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use vxprobe::lab::{POD_HOST_DEV, UNDERLAY_DEV, VXLAN_DEV, faults};
 
 #[test]
 fn top_shows_the_lossy_hop_and_flow_and_quits_cleanly() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     faults::random_loss(&n1.netns, POD_HOST_DEV, 4).unwrap();
     let session = format!("vxprobe-top-{}", std::process::id());
@@ -35,17 +26,7 @@ fn top_shows_the_lossy_hop_and_flow_and_quits_cleanly() {
         n1.netns,
         exit_file.display()
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "160",
-        "-y",
-        "45",
-        &command,
-    ]);
+    tmux_start(&session, 160, 45, &command);
     let mut ping = vxprobe::lab::Lab::command(&n1.pod.netns, "ping")
         // Until the screen shows it (killed below): a debug vxprobe under QEMU/TCG takes
         // many seconds to attach.

@@ -175,13 +175,7 @@ fn every_bad_invocation_exits_2_with_one_line_naming_the_problem() {
     ];
     for (args, named) in cases {
         let out = vxprobe(ns, &[], args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
-        assert!(
-            stderr.contains(named),
-            "{args:?} should name {named}: {stderr}"
-        );
+        common::run::assert_usage_error(&out, args, named);
         assert!(out.stdout.is_empty(), "{args:?} wrote to stdout");
     }
     assert_eq!(
@@ -252,10 +246,9 @@ fn the_files_a_recording_creates_are_private() {
 /// agent has bound its port by then: it answers probes while it attaches).
 #[test]
 fn without_capabilities_record_top_and_probes_exit_1_naming_them() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     let drop_all = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"];
     for args in [
@@ -315,10 +308,9 @@ fn record_with(netns: &str, shell: &[&str], setup: &str) -> (Option<i32>, String
 /// mount it): a message naming what is missing, hops still counted, exit 0, no panic.
 #[test]
 fn without_btf_or_tracefs_the_recording_goes_on_and_says_why() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let ns = &lab.nodes[0].netns;
     let (code, stdout, stderr) = record_with(
         ns,

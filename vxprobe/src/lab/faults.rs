@@ -378,6 +378,31 @@ pub fn snmp(netns: &str, group: &str, field: &str) -> io::Result<u64> {
     })
 }
 
+/// An iperf3 client in `netns` to the server on `port` at `server`, `args` after (`-t`, `-b`...).
+pub fn iperf3_client(netns: &str, server: IpAddr, port: u16, args: &[&str]) -> Command {
+    let mut client = super::Lab::command(netns, "iperf3");
+    client
+        .args(["-c", &server.to_string(), "-p", &port.to_string()])
+        .args(args);
+    client
+}
+
+/// Starts a one-shot iperf3 server (`-s -1`) on `port` in `netns` and waits (up to 10 s) until
+/// it listens.
+pub fn iperf3_server(netns: &str, port: u16) -> io::Result<std::process::Child> {
+    let mut server = super::Lab::command(netns, "iperf3")
+        .args(["-s", "-1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .spawn()?;
+    if let Err(e) = wait_tcp_listening(netns, port, &mut server, std::time::Duration::from_secs(10))
+    {
+        let _ = server.kill();
+        let _ = server.wait();
+        return Err(e);
+    }
+    Ok(server)
+}
+
 /// Waits until a TCP socket listens on `port` in `netns` (a server just started: connecting
 /// before would be refused); an error if `server` exits or `timeout` passes first.
 pub fn wait_tcp_listening(

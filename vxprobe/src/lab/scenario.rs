@@ -38,15 +38,15 @@ impl Phase {
     ];
 
     /// Every phase, then loss on the wire between the nodes (a lab with a switch).
-    pub const WITH_SWITCH: [Phase; 7] = [
-        Phase::Baseline,
-        Phase::BadChecksums,
-        Phase::MtuMismatch,
-        Phase::TapOversize,
-        Phase::RandomLoss,
-        Phase::OffloadOff,
-        Phase::WireLoss,
-    ];
+    pub const WITH_SWITCH: [Phase; 7] = {
+        let mut phases = [Phase::WireLoss; 7];
+        let mut i = 0;
+        while i < Phase::ALL.len() {
+            phases[i] = Phase::ALL[i];
+            i += 1;
+        }
+        phases
+    };
 
     /// What the person watching is told.
     pub fn label(self) -> &'static str {
@@ -207,20 +207,15 @@ impl Traffic {
             &mut server,
             std::time::Duration::from_secs(10),
         )?;
-        let client = Lab::command(&n1.pod.netns, "iperf3")
-            .args([
-                "-c",
-                &n2.pod.ip.to_string(),
-                "-p",
-                "5201",
-                "-t",
-                "86400",
-                "-b",
-                "50M",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
+        let client = faults::iperf3_client(
+            &n1.pod.netns,
+            n2.pod.ip.into(),
+            5201,
+            &["-t", "86400", "-b", "50M"],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
         let udp_sink = faults::udp_sink(&n2.pod.netns, UDP_PORT)?;
         Ok(Self {
             server,

@@ -185,7 +185,7 @@ pub struct Truncation {
 }
 
 /// One node's recording, read whole.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Recording {
     /// The file as given on the command line.
     pub file: String,
@@ -499,15 +499,7 @@ fn meta(line: &Line, file: &str, stem: &str) -> Result<Recording, ReadError> {
         vxprobe_version: line.vxprobe_version.clone().unwrap_or_default(),
         kernel: line.kernel.clone().unwrap_or_default(),
         netns: line.netns.unwrap_or(0),
-        intervals: Vec::new(),
-        hops: BTreeMap::new(),
-        flows: BTreeMap::new(),
-        events: Vec::new(),
-        notes: Vec::new(),
-        lost_events: 0,
-        evicted: 0,
-        summary: false,
-        truncated: None,
+        ..Recording::default()
     })
 }
 

@@ -466,25 +466,29 @@ pub fn vxprobe_programs() -> Vec<(u64, String, Vec<u64>)> {
         .collect()
 }
 
-/// The ids of the BPF programs process `pid` holds open (its /proc fdinfo; Debian's bpftool
-/// is built without the skeleton that names a program's holders).
-pub fn programs_of(pid: i32) -> Vec<u64> {
-    let mut ids = Vec::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+/// The fdinfo of each BPF program process `pid` holds open (Debian's bpftool is built
+/// without the skeleton that names a program's holders).
+fn bpf_prog_fdinfos(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .flatten()
-    {
-        let target = std::fs::read_link(fd.path()).unwrap_or_default();
-        if target.as_os_str() != "anon_inode:bpf-prog" {
-            continue;
-        }
-        let info = std::fs::read_to_string(format!(
-            "/proc/{pid}/fdinfo/{}",
-            fd.file_name().to_string_lossy()
-        ))
-        .unwrap_or_default();
-        ids.extend(vxprobe::kernel::stale::prog_id(&info).map(u64::from));
-    }
+        .filter(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:bpf-prog")
+        })
+        .map(|fd| {
+            let name = fd.file_name();
+            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", name.to_string_lossy()))
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The ids of the BPF programs process `pid` holds open.
+pub fn programs_of(pid: i32) -> Vec<u64> {
+    let ids: Vec<u64> = bpf_prog_fdinfos(pid)
+        .iter()
+        .filter_map(|info| vxprobe::kernel::stale::prog_id(info).map(u64::from))
+        .collect();
     assert!(!ids.is_empty(), "process {pid} holds no BPF program");
     ids
 }
@@ -492,23 +496,10 @@ pub fn programs_of(pid: i32) -> Vec<u64> {
 /// The runs of process `pid`'s BPF programs the kernel skipped (one of them already running
 /// on that CPU): `recursion_misses` summed over their fdinfo.
 pub fn recursion_misses_of(pid: i32) -> u64 {
-    let mut misses = 0;
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-    {
-        let target = std::fs::read_link(fd.path()).unwrap_or_default();
-        if target.as_os_str() != "anon_inode:bpf-prog" {
-            continue;
-        }
-        let info = std::fs::read_to_string(format!(
-            "/proc/{pid}/fdinfo/{}",
-            fd.file_name().to_string_lossy()
-        ))
-        .unwrap_or_default();
-        misses += vxprobe::kernel::counters::fdinfo_field(&info, "recursion_misses").unwrap_or(0);
-    }
-    misses
+    bpf_prog_fdinfos(pid)
+        .iter()
+        .map(|info| vxprobe::kernel::counters::fdinfo_field(info, "recursion_misses").unwrap_or(0))
+        .sum()
 }
 
 /// The id of the BPF map named `name` that process `pid` holds open (its /proc fdinfo, as in
@@ -595,3 +586,7 @@ pub fn still_loaded(ids: &[u64]) -> Vec<(u64, String, Vec<u64>)> {
     }
     left
 }
+
+pub mod lab;
+pub mod run;
+pub mod tc;

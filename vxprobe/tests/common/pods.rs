@@ -304,23 +304,7 @@ impl LayoutPod {
         let pod_ns = Netns::new("pod");
         let host = format!("calip{}", SEQ.fetch_add(1, Ordering::Relaxed) % 100_000);
         let (host_ip, pod_ip) = ("198.18.77.1", "198.18.77.2");
-        run(
-            "ip",
-            &[
-                "-n",
-                &node.name,
-                "link",
-                "add",
-                &host,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &pod_ns.name,
-            ],
-        );
+        add_veth(&node, &host, &pod_ns);
         run(
             "ip",
             &[
@@ -405,11 +389,7 @@ pub fn tshark_packets(path: &Path) -> Vec<(String, String)> {
         .args(["-e", "frame.comment", "-e", "frame.interface_description"])
         .output()
         .expect("running tshark");
-    assert!(
-        out.status.success(),
-        "tshark: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    super::run::assert_ok("tshark", &out);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
@@ -425,6 +405,43 @@ pub fn tmux(args: &[&str]) -> String {
         .output()
         .expect("running tmux");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A veth pair: `host` in `node`, its peer `eth0` in `pod_ns`.
+pub fn add_veth(node: &Netns, host: &str, pod_ns: &Netns) {
+    run(
+        "ip",
+        &[
+            "-n",
+            &node.name,
+            "link",
+            "add",
+            host,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &pod_ns.name,
+        ],
+    );
+}
+
+/// Starts `command` in a detached tmux session of `columns` x `rows`.
+pub fn tmux_start(session: &str, columns: u16, rows: u16, command: &str) {
+    let (columns, rows) = (columns.to_string(), rows.to_string());
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        session,
+        "-x",
+        &columns,
+        "-y",
+        &rows,
+        command,
+    ]);
 }
 
 /// Waits until the tmux pane shows what `done` looks for; returns the screen.

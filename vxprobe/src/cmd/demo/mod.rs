@@ -36,13 +36,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.report.clone() {
         return report::run(args, &dir).await;
     }
-    let missing = caps::missing();
-    if !missing.is_empty() {
-        anyhow::bail!(
-            "the demo builds network namespaces and loads eBPF: it needs {} (run it as root)",
-            missing.join(", ")
-        );
-    }
+    need_caps()?;
     let outputs = match &args.record {
         Some(path) => Some(Outputs::open(
             &path.display().to_string(),
@@ -55,25 +49,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let lab = Arc::new(Lab::build(&LabOptions::default()).context("building the demo lab")?);
     let _traffic = Traffic::start(&lab).context("starting iperf3 between the pods")?;
 
-    // Observe node 1 from the inside, as vxprobe runs on a real node.
-    let inside = faults::enter_netns(&lab.nodes[0].netns).context("entering node 1's namespace")?;
-    let mut session = Session::start(&SessionConfig {
-        pods: Some(args.pods.config()),
-        ..SessionConfig::watching(
-            ["cali*", VXLAN_DEV, UNDERLAY_DEV, TAP_DEV]
-                .map(str::to_owned)
-                .to_vec(),
-        )
-    })
-    .await?;
+    let mut node1 = Node1::watch(&lab, None, &args).await?;
 
     let (notes_tx, notes_rx) = tokio::sync::mpsc::channel(16);
     let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Seen::default());
-    let mut watch = Watch::new(Arc::clone(&seen), session.meta().netns);
     let (phases_done_tx, phases_done) = tokio::sync::oneshot::channel::<()>();
     let injector = {
-        let (lab, stop, seen) = (Arc::clone(&lab), Arc::clone(&stop), Arc::clone(&seen));
+        let (lab, stop, seen) = (Arc::clone(&lab), Arc::clone(&stop), Arc::clone(&node1.seen));
         let timing = Timing::new(args.phase);
         let cycle = args.record.is_none();
         std::thread::spawn(move || {
@@ -85,41 +67,108 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let interval = Duration::from_secs(1);
     let result = match outputs {
         Some(outputs) => {
-            // Every phase once (however slow the machine makes them), then one more interval
-            // so the last phase's counters are written; or `--duration`, or a signal.
-            let signal_or_duration = stop_signal(args.duration)?;
-            let until = async move {
-                let phases_then_flush = async {
-                    let _ = phases_done.await;
-                    tokio::time::sleep(interval + interval / 2).await;
-                };
-                tokio::select! {
-                    () = signal_or_duration => {}
-                    () = phases_then_flush => {}
-                }
-            };
+            // One more interval after the phases, so the last phase's counters are written.
+            let until = phases_then(phases_done, interval + interval / 2, args.duration)?;
             outputs
                 .write(
-                    &mut session,
+                    &mut node1.session,
                     interval,
                     Some(notes_rx),
-                    Some(&mut watch),
+                    Some(&mut node1.watch),
                     until,
                 )
                 .await
                 .map(drop)
         }
-        None => top::show(&mut session, interval, Some(notes_rx), Some(&mut watch)).await,
+        None => {
+            let (session, watch) = (&mut node1.session, &mut node1.watch);
+            top::show(session, interval, Some(notes_rx), Some(watch)).await
+        }
     };
-    stop.store(true, Ordering::Relaxed);
-    let injected = injector
-        .join()
-        .map_err(|_| anyhow::anyhow!("the fault injector panicked"))?;
-    session.stop();
-    drop(inside);
+    let injected = stop_injector(&stop, injector)?;
+    node1.session.stop();
+    drop(node1.inside);
     drop(_traffic);
     // Deletes every namespace, and with them every device and process the demo made.
     drop(Arc::try_unwrap(lab).map_err(|_| anyhow::anyhow!("the lab is still in use"))?);
     result?;
     injected.context("injecting faults")
+}
+
+/// Refuses to start without what the lab and the eBPF programs need.
+fn need_caps() -> anyhow::Result<()> {
+    let missing = caps::missing();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the demo builds network namespaces and loads eBPF: it needs {} (run it as root)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Node 1 observed from the inside, as vxprobe runs on a real node: a session on the demo's
+/// devices, and the watch the phases check their signals against.
+struct Node1 {
+    session: Session,
+    seen: Arc<Seen>,
+    watch: Watch,
+    /// Back to this thread's own namespace when dropped (after the session has stopped).
+    inside: faults::NetnsGuard,
+}
+
+impl Node1 {
+    /// Enters node 1's namespace and starts the session there (named `node` when given).
+    async fn watch(lab: &Lab, node: Option<&str>, args: &DemoArgs) -> anyhow::Result<Self> {
+        let inside =
+            faults::enter_netns(&lab.nodes[0].netns).context("entering node 1's namespace")?;
+        let mut config = SessionConfig {
+            pods: Some(args.pods.config()),
+            ..SessionConfig::watching(
+                ["cali*", VXLAN_DEV, UNDERLAY_DEV, TAP_DEV]
+                    .map(str::to_owned)
+                    .to_vec(),
+            )
+        };
+        if let Some(node) = node {
+            config.node = Some(node.to_owned());
+        }
+        let session = Session::start(&config).await?;
+        let seen = Arc::new(Seen::default());
+        let watch = Watch::new(Arc::clone(&seen), session.meta().netns);
+        Ok(Self {
+            session,
+            seen,
+            watch,
+            inside,
+        })
+    }
+}
+
+/// Resolves once every phase has run once (however slow the machine makes them) and `flush`
+/// has passed after; or at `--duration`, or on a signal.
+fn phases_then(
+    phases_done: tokio::sync::oneshot::Receiver<()>,
+    flush: Duration,
+    duration: Option<Duration>,
+) -> anyhow::Result<impl Future<Output = ()>> {
+    let signal_or_duration = stop_signal(duration)?;
+    Ok(async move {
+        let phases_then_flush = async {
+            let _ = phases_done.await;
+            tokio::time::sleep(flush).await;
+        };
+        tokio::select! {
+            () = signal_or_duration => {}
+            () = phases_then_flush => {}
+        }
+    })
+}
+
+/// Tells the fault injector to stop, and waits for what it returns.
+fn stop_injector<T>(stop: &AtomicBool, injector: std::thread::JoinHandle<T>) -> anyhow::Result<T> {
+    stop.store(true, Ordering::Relaxed);
+    injector
+        .join()
+        .map_err(|_| anyhow::anyhow!("the fault injector panicked"))
 }

@@ -9,26 +9,25 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::AtomicBool},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 
-use super::phases::{Seen, Timing, Watch, inject};
+use super::{
+    Node1, need_caps,
+    phases::{Timing, inject},
+    phases_then, stop_injector,
+};
 use crate::{
     cli::DemoArgs,
-    cmd::record::{Outputs, stop_signal},
+    cmd::record::Outputs,
     error::UsageError,
-    kernel::caps,
     lab::{
-        Lab, LabOptions, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV, faults,
+        Lab, LabOptions, UNDERLAY_DEV, VXLAN_DEV,
         scenario::{Phase, Traffic},
     },
-    observe::session::{Session, SessionConfig},
     report::{self as join, Format, Inputs},
 };
 
@@ -36,13 +35,7 @@ use crate::{
 const INTERVAL: Duration = Duration::from_secs(1);
 
 pub async fn run(args: DemoArgs, dir: &Path) -> anyhow::Result<()> {
-    let missing = caps::missing();
-    if !missing.is_empty() {
-        anyhow::bail!(
-            "the demo builds network namespaces and loads eBPF: it needs {} (run it as root)",
-            missing.join(", ")
-        );
-    }
+    need_caps()?;
     std::fs::create_dir_all(dir)
         .map_err(|e| UsageError::new(format!("cannot create {}: {e}", dir.display())))?;
     let file = |name: &str| dir.join(name);
@@ -65,25 +58,13 @@ pub async fn run(args: DemoArgs, dir: &Path) -> anyhow::Result<()> {
     );
     let mut node2 = NodeRecorder::start(&lab.nodes[1].netns, "node2", dir, &args.pods)?;
 
-    let inside = faults::enter_netns(&lab.nodes[0].netns).context("entering node 1's namespace")?;
-    let mut session = Session::start(&SessionConfig {
-        node: Some("node1".into()),
-        pods: Some(args.pods.config()),
-        ..SessionConfig::watching(
-            ["cali*", VXLAN_DEV, UNDERLAY_DEV, TAP_DEV]
-                .map(str::to_owned)
-                .to_vec(),
-        )
-    })
-    .await?;
+    let mut node1 = Node1::watch(&lab, Some("node1"), &args).await?;
 
     let (notes_tx, notes_rx) = tokio::sync::mpsc::channel(16);
     let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Seen::default());
-    let mut watch = Watch::new(Arc::clone(&seen), session.meta().netns);
     let (phases_done_tx, phases_done) = tokio::sync::oneshot::channel::<()>();
     let injector = {
-        let (lab, stop, seen) = (Arc::clone(&lab), Arc::clone(&stop), Arc::clone(&seen));
+        let (lab, stop, seen) = (Arc::clone(&lab), Arc::clone(&stop), Arc::clone(&node1.seen));
         let timing = Timing::new(args.phase);
         std::thread::spawn(move || -> anyhow::Result<()> {
             // Traffic from here, while both nodes record, and stopped before they stop.
@@ -105,34 +86,21 @@ pub async fn run(args: DemoArgs, dir: &Path) -> anyhow::Result<()> {
             injected
         })
     };
-    let signal_or_duration = stop_signal(args.duration)?;
-    let until = async move {
-        let phases_then_flush = async {
-            let _ = phases_done.await;
-            // The last packets of the traffic counted, on both nodes.
-            tokio::time::sleep(INTERVAL + INTERVAL / 2).await;
-        };
-        tokio::select! {
-            () = signal_or_duration => {}
-            () = phases_then_flush => {}
-        }
-    };
+    // The last packets of the traffic counted, on both nodes.
+    let until = phases_then(phases_done, INTERVAL + INTERVAL / 2, args.duration)?;
     let recorded = outputs
         .write(
-            &mut session,
+            &mut node1.session,
             INTERVAL,
             Some(notes_rx),
-            Some(&mut watch),
+            Some(&mut node1.watch),
             until,
         )
         .await;
-    stop.store(true, Ordering::Relaxed);
-    let injected = injector
-        .join()
-        .map_err(|_| anyhow::anyhow!("the fault injector panicked"))?;
-    session.stop();
+    let injected = stop_injector(&stop, injector)?;
+    node1.session.stop();
     let node2_stopped = node2.stop();
-    drop(inside);
+    drop(node1.inside);
     drop(Arc::try_unwrap(lab).map_err(|_| anyhow::anyhow!("the lab is still in use"))?);
     recorded?;
     injected?;

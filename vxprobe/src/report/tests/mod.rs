@@ -39,14 +39,8 @@ fn recording(shape: Shape) -> Recording {
                 len: shape.len,
             })
             .collect(),
-        hops: BTreeMap::new(),
-        flows: BTreeMap::new(),
-        events: Vec::new(),
-        notes: Vec::new(),
-        lost_events: 0,
-        evicted: 0,
         summary: true,
-        truncated: None,
+        ..Recording::default()
     }
 }
 
@@ -182,40 +176,20 @@ fn two_nodes(
         dport: flow.sport,
         ..flow.clone()
     };
-    for (i, hop) in A_OUT.iter().enumerate() {
-        let t = traffic.clone();
-        let vni = (hop.2 == "underlay").then_some(4096);
-        add(&mut ra, a.clock, &flow, *hop, vni, move |s, e| {
-            (t(s, e) as f64 * keep[i]).round() as u64
-        });
-    }
-    for (i, hop) in B_IN.iter().enumerate() {
-        let t = traffic.clone();
-        let vni = (hop.2 == "underlay").then_some(4096);
-        add(&mut rb, b.clock, &flow, *hop, vni, move |s, e| {
-            (t(s, e) as f64 * keep[3 + i]).round() as u64
-        });
+    let vni = |hop: (&str, &str, &str)| (hop.2 == "underlay").then_some(4096);
+    for (rec, clock, hops, first) in [(&mut ra, a.clock, A_OUT, 0), (&mut rb, b.clock, B_IN, 3)] {
+        for (i, hop) in hops.into_iter().enumerate() {
+            let t = traffic.clone();
+            add(rec, clock, &flow, hop, vni(hop), move |s, e| {
+                (t(s, e) as f64 * keep[first + i]).round() as u64
+            });
+        }
     }
     // The way back: b's pod to a's.
-    for hop in A_OUT {
-        add(
-            &mut rb,
-            b.clock,
-            &reply,
-            hop,
-            (hop.2 == "underlay").then_some(4096),
-            back.clone(),
-        );
-    }
-    for hop in B_IN {
-        add(
-            &mut ra,
-            a.clock,
-            &reply,
-            hop,
-            (hop.2 == "underlay").then_some(4096),
-            back.clone(),
-        );
+    for (rec, clock, hops) in [(&mut rb, b.clock, A_OUT), (&mut ra, a.clock, B_IN)] {
+        for hop in hops {
+            add(rec, clock, &reply, hop, vni(hop), back.clone());
+        }
     }
     (ra, rb)
 }

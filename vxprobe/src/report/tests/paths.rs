@@ -299,6 +299,19 @@ fn a_stalled_recorder_holding_the_traffic_in_one_long_interval_does_not_shift_th
     assert_eq!(report.flows[0].lost, 0, "{:#?}", report.flows[0].segments);
 }
 
+/// The series of the UDP flow to port 7000 at `rec`'s eth0 in `dir`, inside VNI 4096.
+fn tunneled_at_eth0<'a>(rec: &'a mut Recording, dir: &str) -> &'a mut FlowSeries {
+    let hop = HopId {
+        ifname: "eth0".to_owned(),
+        dir: dir.to_owned(),
+    };
+    rec.flows
+        .get_mut(&udp(7000))
+        .unwrap()
+        .get_mut(&(hop, Some(4096)))
+        .unwrap()
+}
+
 #[test]
 fn a_segment_where_packets_are_fragmented_compares_no_counts() {
     // The tunnel's packets split in two on a's underlay (an overlay MTU above the underlay's
@@ -308,16 +321,7 @@ fn a_segment_where_packets_are_fragmented_compares_no_counts() {
     let b = shape("b", 2, 0, S, 10, 0);
     let (mut ra, mut rb) = two_nodes(a, b, steady, |_, _| 0, [1.0; 6]);
     for (rec, dir) in [(&mut ra, "egress"), (&mut rb, "ingress")] {
-        let hop = HopId {
-            ifname: "eth0".to_owned(),
-            dir: dir.to_owned(),
-        };
-        let series = rec
-            .flows
-            .get_mut(&udp(7000))
-            .unwrap()
-            .get_mut(&(hop, Some(4096)))
-            .unwrap();
+        let series = tunneled_at_eth0(rec, dir);
         for p in &mut series.points {
             p.packets *= 2;
             p.segs *= 2;
@@ -345,16 +349,7 @@ fn a_segment_where_packets_are_fragmented_compares_no_counts() {
         [1.0; 6],
     );
     for (rec, dir, lose) in [(&mut ra, "egress", 0), (&mut rb, "ingress", 3)] {
-        let hop = HopId {
-            ifname: "eth0".to_owned(),
-            dir: dir.to_owned(),
-        };
-        let series = rec
-            .flows
-            .get_mut(&udp(7000))
-            .unwrap()
-            .get_mut(&(hop, Some(4096)))
-            .unwrap();
+        let series = tunneled_at_eth0(rec, dir);
         let middle = series.points.len() / 2;
         for (i, p) in series.points.iter_mut().enumerate() {
             p.packets *= 2;

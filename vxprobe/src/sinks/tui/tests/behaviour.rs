@@ -381,33 +381,18 @@ fn the_ui_shows_the_models_loss() {
     use vxprobe_common::{FlowCounters, HopCounters};
 
     use crate::{
-        node::devices::Role,
         observe::{
             anomaly::{AnomalyKind, tests_support::empty},
             interval::{HopCount, Interval},
-            packet::Flow,
             pipeline::Sink as _,
-            report::{FlowReport, MetaHop},
+            report::FlowReport,
         },
         sinks::tui::feed::TuiFeed,
     };
 
     let netns = 4026531840;
-    let cali = MetaHop {
-        ifname: "cali0".into(),
-        ifindex: 7,
-        role: Role::Pod,
-        mtu: 1450,
-        ahead: Vec::new(),
-        pod: None,
-    };
-    let flow = Flow {
-        proto: 17,
-        src: "198.19.1.2".parse().unwrap(),
-        dst: "198.19.2.2".parse().unwrap(),
-        sport: 40000,
-        dport: 5555,
-    };
+    let cali = cali0(None);
+    let flow = pod_udp();
     let mut model = Interval::new(netns, HashMap::new());
     model.observe_device(7);
     // 50 datagrams crossed cali0; each died of a bad checksum at the receiving pod.
@@ -473,9 +458,7 @@ fn the_ui_shows_the_models_loss() {
     .unwrap();
     feed.interval_end(&model.end(0, |_| true)).unwrap();
     let mut app = App::new();
-    while let Ok(event) = rx.try_recv() {
-        app.handle_event(event);
-    }
+    super::feed(&mut app, std::iter::from_fn(|| rx.try_recv().ok()));
     assert_eq!(app.hops()[0].loss_pct, report.hops[0].loss_pct);
     assert_eq!(app.flow(&flow).unwrap().loss_pct(), 100.0);
 }

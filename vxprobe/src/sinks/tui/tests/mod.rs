@@ -16,6 +16,31 @@ use super::{
     render::{flow_label, hint_text},
 };
 
+/// The cali0 hop the model-driven tests count on (ifindex 7), named by `pod`.
+pub(super) fn cali0(
+    pod: Option<std::sync::Arc<crate::node::pods::Pod>>,
+) -> crate::observe::report::MetaHop {
+    crate::observe::report::MetaHop {
+        ifname: "cali0".into(),
+        ifindex: 7,
+        role: crate::node::devices::Role::Pod,
+        mtu: 1450,
+        ahead: Vec::new(),
+        pod,
+    }
+}
+
+/// The UDP flow between the lab's pods those tests count.
+pub(super) fn pod_udp() -> crate::observe::packet::Flow {
+    crate::observe::packet::Flow {
+        proto: 17,
+        src: "198.19.1.2".parse().unwrap(),
+        dst: "198.19.2.2".parse().unwrap(),
+        sport: 40000,
+        dport: 5555,
+    }
+}
+
 pub(super) fn press(code: KeyCode) -> AppEvent {
     AppEvent::Key(KeyEvent::new(code, KeyModifiers::NONE))
 }

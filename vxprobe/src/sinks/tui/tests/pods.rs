@@ -190,13 +190,12 @@ fn the_feed_carries_the_pods() {
     use std::{collections::HashMap, sync::Arc, time::SystemTime};
 
     use crate::{
-        node::{devices::Role, pods::Pod},
+        node::pods::Pod,
         observe::{
             anomaly::tests_support::empty,
             interval::{HopCount, Interval},
-            packet::Flow,
             pipeline::Sink as _,
-            report::{FlowReport, Meta, MetaHop, PodsMeta},
+            report::{FlowReport, Meta, PodsMeta},
         },
         sinks::tui::feed::TuiFeed,
     };
@@ -207,21 +206,8 @@ fn the_feed_carries_the_pods() {
         labels: Default::default(),
     });
     let netns = 4026531840;
-    let cali = MetaHop {
-        ifname: "cali0".into(),
-        ifindex: 7,
-        role: Role::Pod,
-        mtu: 1450,
-        ahead: Vec::new(),
-        pod: Some(Arc::clone(&pod)),
-    };
-    let flow = Flow {
-        proto: 17,
-        src: "198.19.1.2".parse().unwrap(),
-        dst: "198.19.2.2".parse().unwrap(),
-        sport: 40000,
-        dport: 5555,
-    };
+    let cali = cali0(Some(Arc::clone(&pod)));
+    let flow = pod_udp();
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let mut feed = TuiFeed::new(tx, std::time::Duration::from_secs(1), HashMap::new());
     feed.meta(&Meta {
@@ -273,9 +259,7 @@ fn the_feed_carries_the_pods() {
     .unwrap();
     feed.interval_end(&model.end(0, |_| true)).unwrap();
     let mut app = App::new();
-    while let Ok(event) = rx.try_recv() {
-        app.handle_event(event);
-    }
+    super::feed(&mut app, std::iter::from_fn(|| rx.try_recv().ok()));
     assert_eq!(app.hops()[0].pod, Some(web()));
     assert_eq!(app.flow(&flow).unwrap().pods(), [&web()]);
     let event = app.visible_events().next().unwrap();

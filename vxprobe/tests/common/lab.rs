@@ -1,0 +1,9 @@
+//! The lab a root test runs in.
+
+use vxprobe::lab::{Lab, LabOptions};
+
+/// The default lab, built for a test that needs root; without root, `None` (and `is_root`
+/// has said why the test does nothing).
+pub fn root_lab() -> Option<Lab> {
+    super::is_root().then(|| Lab::build(&LabOptions::default()).expect("building the lab"))
+}
