@@ -16,9 +16,9 @@ use std::{
     time::Duration,
 };
 
-use common::{Recorder, hop_totals, is_root};
+use common::{Recorder, hop_totals};
 use serde_json::Value;
-use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, faults};
+use vxprobe::lab::{POD_HOST_DEV, faults};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -64,10 +64,12 @@ fn tcx_link(program: &OwnedFd, ifindex: u32) -> std::io::Result<OwnedFd> {
 /// attached and counted; the recording never stops.
 #[test]
 fn a_device_that_cannot_be_attached_is_reported_and_attached_later() {
-    if !is_root() || !common::has_tcx() {
+    let Some(lab) = common::lab::root_lab() else {
+        return;
+    };
+    if !common::has_tcx() {
         return;
     }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
     let ns = lab.nodes[0].netns.clone();
     lab.add_veth(0, "cali7", "eth7", 77).unwrap();
     let (ifindex, _) = common::ifindex_and_mac(&ns, "cali7");
@@ -372,10 +374,9 @@ fn retried(lines: &[Value]) -> u64 {
 /// with exit 0, and the hop counts are exact.
 #[test]
 fn map_reads_that_fail_are_tried_again_and_reported_not_fatal() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     let fail = Arc::new(AtomicU32::new(0));
     let stop = Arc::new(AtomicBool::new(false));
