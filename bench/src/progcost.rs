@@ -74,6 +74,9 @@ const PROGRAMS: &[&str] = &[
     names::ICMP_SEND_RAW,
     names::YARDSTICK_TC,
     names::YARDSTICK_COUNT_TC,
+    names::STEP_DEVICE_TC,
+    names::STEP_PARSE_TC,
+    names::STEP_HOP_TC,
     names::TCP_BAD_CSUM_BTF,
     names::TCP_BAD_CSUM_RAW,
     names::RX_CSUM_FAULT_KPROBE,
@@ -148,6 +151,31 @@ pub struct ProgramCost {
     pub loads: BTreeMap<String, WindowCost>,
 }
 
+/// The decomposition: programs that each do a step more than the one before, attached after
+/// vxprobe's on the same hooks (and run alone the same way); vxprobe's own programs do it all.
+pub const LADDER: &[(&str, &str)] = &[
+    (names::YARDSTICK_TC, "nothing (the no-op)"),
+    (
+        names::YARDSTICK_COUNT_TC,
+        "one counter slot by ifindex (the least counter)",
+    ),
+    (
+        names::STEP_DEVICE_TC,
+        "looks up its device (MTU, hop slot), reads the length and GSO segments",
+    ),
+    (
+        names::STEP_PARSE_TC,
+        "... parses the headers (VLAN, IPv4/IPv6, VXLAN/Geneve to the inner flow)",
+    ),
+    (names::STEP_HOP_TC, "... counts the hop"),
+];
+
+/// The label of vxprobe's own programs in the decomposition.
+pub const FULL_STEP: &str = "... counts the flow, reports fragments and oversize (vxprobe)";
+
+/// The ratio vxprobe's TC programs may cost, at most, of the no-op on the same hooks.
+pub const RATIO_TARGET: f64 = 1.8;
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ProgCost {
     pub rounds: usize,
@@ -161,6 +189,11 @@ pub struct ProgCost {
     /// The least per-hop counter on the same hooks in the same windows, per load: what
     /// counting at all costs here.
     pub least_counter: BTreeMap<String, Dist>,
+    /// Every program of [`LADDER`] on the same hooks in the same windows: program -> load ->
+    /// mean ns per run (one sample per window).
+    pub steps: BTreeMap<String, BTreeMap<String, Dist>>,
+    /// Per load: both TC programs' mean ns per run over the no-op's in the same window.
+    pub ratio: BTreeMap<String, Dist>,
     pub isolated: Option<Isolated>,
 }
 
@@ -183,6 +216,8 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
     let mut tc: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut floor: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut least_counter: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut steps: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    let mut ratio: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for round in 0..rounds {
         for load in ["tcp", "udp64", "faults"] {
             let before = snapshot(&ids)?;
@@ -231,6 +266,14 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
                     if let Some(yardstick) = yardstick {
                         yardstick.entry(load.to_owned()).or_default().push(per_run);
                     }
+                    if LADDER.iter().any(|(p, _)| p == name) {
+                        steps
+                            .entry(name.clone())
+                            .or_default()
+                            .entry(load.to_owned())
+                            .or_default()
+                            .push(per_run);
+                    }
                 }
                 samples
                     .entry((load.to_owned(), name.clone()))
@@ -238,25 +281,31 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
                     .push((per_run, dcnt));
             }
             if tc_runs > 0 {
-                tc.entry(load.to_owned())
-                    .or_default()
-                    .push(tc_ns as f64 / tc_runs as f64);
+                let tc_per_run = tc_ns as f64 / tc_runs as f64;
+                tc.entry(load.to_owned()).or_default().push(tc_per_run);
+                if let Some(noop) = floor.get(load).and_then(|f| f.last()) {
+                    ratio
+                        .entry(load.to_owned())
+                        .or_default()
+                        .push(tc_per_run / noop);
+                }
             }
+            let last = |program: &str| {
+                steps
+                    .get(program)
+                    .and_then(|s| s.get(load))
+                    .and_then(|v| v.last())
+                    .map_or("-".into(), |ns| format!("{ns:.0}"))
+            };
             ctx.log(&format!(
-                "  round {}/{rounds} {load}: TC {:.0} ns/run over {tc_runs} runs, no-op {:.0}, \
-                 least counter {:.0}",
+                "  round {}/{rounds} {load}: TC {:.0} ns/run over {tc_runs} runs; steps {}",
                 round + 1,
                 tc_ns as f64 / tc_runs.max(1) as f64,
-                floor
-                    .get(load)
-                    .and_then(|f| f.last())
-                    .copied()
-                    .unwrap_or(f64::NAN),
-                least_counter
-                    .get(load)
-                    .and_then(|f| f.last())
-                    .copied()
-                    .unwrap_or(f64::NAN),
+                LADDER
+                    .iter()
+                    .map(|(p, _)| last(p))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
             ));
         }
     }
@@ -277,7 +326,12 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
             },
         );
     }
+    let dists = |m: BTreeMap<String, Vec<f64>>| -> BTreeMap<String, Dist> {
+        m.into_iter().map(|(k, v)| (k, Dist::of(&v))).collect()
+    };
     Ok(ProgCost {
+        steps: steps.into_iter().map(|(k, v)| (k, dists(v))).collect(),
+        ratio: dists(ratio),
         isolated: Some(isolated),
         rounds,
         seconds_per_window: seconds,
@@ -309,15 +363,17 @@ impl Yardsticks {
             .enable_all()
             .build()?
             .block_on(devices::list_devices())?;
-        let devices = devices::select(&listed, &patterns, &Default::default())
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .into_iter()
-            .map(|hop| hop.device.name)
-            .collect::<Vec<_>>();
+        let hops = devices::select(&listed, &patterns, &Default::default())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mode = TcMode::choose(TcAttach::Auto);
         let mut probes = Probes::load(mode, None, &FlowFilter::NONE, Tables::default())?;
+        // The steps look their devices up as vxprobe's programs do (their own maps).
+        for hop in &hops {
+            probes.set_device_info(hop)?;
+        }
+        let devices = hops.into_iter().map(|hop| hop.device.name).collect::<Vec<_>>();
         let mut ids = Vec::new();
-        for name in [names::YARDSTICK_TC, names::YARDSTICK_COUNT_TC] {
+        for (name, _) in LADDER {
             let prog = classifier(&mut probes, name)?;
             prog.load().with_context(|| format!("loading {name}"))?;
             for device in &devices {
@@ -353,6 +409,10 @@ pub struct Isolated {
     pub floor: Dist,
     /// The least per-hop counter the same way.
     pub least_counter: Dist,
+    /// Every program of [`LADDER`] the same way (on the pod's packet).
+    pub steps: BTreeMap<String, Dist>,
+    /// vxprobe's program over the no-op, per packet: each sample's median over the no-op's.
+    pub ratio: BTreeMap<String, f64>,
 }
 
 fn frame(ethertype: u16, payload: &[u8]) -> Vec<u8> {
@@ -434,18 +494,20 @@ pub fn isolated(ctx: &Ctx) -> anyhow::Result<Isolated> {
         ));
         out.ns_per_run.insert(name.to_owned(), d);
     }
-    let yardstick = classifier(&mut probes, names::YARDSTICK_TC)?;
-    yardstick.load().context("loading the yardstick program")?;
     let (_, pod_packet) = &packets()[0];
-    out.floor = test_run(yardstick, pod_packet, repeat, samples)?;
-    let counter = classifier(&mut probes, names::YARDSTICK_COUNT_TC)?;
-    counter.load().context("loading the least counter")?;
-    out.least_counter = test_run(counter, pod_packet, repeat, samples)?;
-    ctx.log(&format!(
-        "  isolated, no-op program: {} ns per run, least counter {} ns",
-        out.floor.show(1.0, 0),
-        out.least_counter.show(1.0, 0)
-    ));
+    for (name, _) in LADDER {
+        let step = classifier(&mut probes, name)?;
+        step.load().with_context(|| format!("loading {name}"))?;
+        let d = test_run(step, pod_packet, repeat, samples)?;
+        ctx.log(&format!("  isolated, {name}: {} ns per run", d.show(1.0, 0)));
+        out.steps.insert((*name).to_owned(), d);
+    }
+    out.floor = out.steps[names::YARDSTICK_TC].clone();
+    out.least_counter = out.steps[names::YARDSTICK_COUNT_TC].clone();
+    for (packet, d) in &out.ns_per_run {
+        out.ratio
+            .insert(packet.clone(), d.median / out.floor.median.max(1e-9));
+    }
     Ok(out)
 }
 

@@ -65,6 +65,11 @@ pub mod names {
     pub const YARDSTICK_TC: &str = "vxprobe_yardstick_tc";
     /// The least per-hop counter, for the benchmark; never attached by vxprobe either.
     pub const YARDSTICK_COUNT_TC: &str = "vxprobe_yardstick_count_tc";
+    /// vxprobe's TC program cut short after a step, for the benchmark's decomposition: the
+    /// device looked up, the headers parsed, the hop counted (never attached by vxprobe).
+    pub const STEP_DEVICE_TC: &str = "vxprobe_step_device_tc";
+    pub const STEP_PARSE_TC: &str = "vxprobe_step_parse_tc";
+    pub const STEP_HOP_TC: &str = "vxprobe_step_hop_tc";
 }
 
 /// Upper bound on the devices observed at once (each is two hops, ingress and egress).

@@ -51,14 +51,27 @@ const PASS_ON: i32 = TC_ACT_UNSPEC;
 
 #[classifier]
 pub fn vxprobe_tc_ingress(ctx: TcContext) -> i32 {
-    observe(&ctx, Direction::Ingress);
+    observe::<{ step::ALL }>(&ctx, Direction::Ingress);
     PASS_ON
 }
 
 #[classifier]
 pub fn vxprobe_tc_egress(ctx: TcContext) -> i32 {
-    observe(&ctx, Direction::Egress);
+    observe::<{ step::ALL }>(&ctx, Direction::Egress);
     PASS_ON
+}
+
+/// How far [`observe`] goes: vxprobe's programs do it all; the benchmark's yardsticks
+/// (`yardstick.rs`) stop after a step, to show what each step costs on the same packets.
+pub mod step {
+    /// Looks up the device and reads the packet's length and GSO segments.
+    pub const DEVICE: u8 = 1;
+    /// ... and parses the headers (and applies the filter).
+    pub const PARSE: u8 = 2;
+    /// ... and counts the hop.
+    pub const HOP: u8 = 3;
+    /// ... and counts the flow, and reports fragments and oversized packets: vxprobe.
+    pub const ALL: u8 = 4;
 }
 
 /// Per-CPU working memory for one program run (the BPF stack is 512 bytes).
@@ -73,7 +86,7 @@ struct Scratch {
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-fn observe(ctx: &TcContext, direction: Direction) {
+pub fn observe<const UPTO: u8>(ctx: &TcContext, direction: Direction) {
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed to this program; these are plain
     // fields of the context, readable by every TC program.
     let (ifindex, gso_segs) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_segs) };
@@ -82,6 +95,10 @@ fn observe(ctx: &TcContext, direction: Direction) {
     // A device user space has let go of (its programs are being detached): flows only.
     let device = known.unwrap_or_default();
     let hop = known.map(|d| hop_index(d.slot, direction));
+    if UPTO == step::DEVICE {
+        core::hint::black_box((len, gso_segs, device.mtu, device.l3, hop));
+        return;
+    }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -91,6 +108,10 @@ fn observe(ctx: &TcContext, direction: Direction) {
     let is_ip = parse::packet(ctx, device.l3 != 0, &mut scratch.packet, &mut scratch.spill);
     let filter = filter();
     if filter.flags != 0 && !(is_ip && matches(&filter, &scratch.packet)) {
+        return;
+    }
+    if UPTO == step::PARSE {
+        core::hint::black_box(is_ip);
         return;
     }
 
@@ -119,6 +140,9 @@ fn observe(ctx: &TcContext, direction: Direction) {
     }
     let packet = &scratch.packet;
     count_hop(hop, &sample);
+    if UPTO == step::HOP {
+        return;
+    }
 
     let key = flow_key(ifindex, direction as u8, &packet.flow);
     flows::count(&key, &sample, &packet.outer, &mut scratch.flow);
