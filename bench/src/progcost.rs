@@ -66,6 +66,8 @@ const PROGRAMS: &[&str] = &[
     names::SENDTO_EXIT,
     names::SENDMSG_ENTER,
     names::SENDMSG_EXIT,
+    names::SENDTO_EXIT_REGS,
+    names::SENDMSG_EXIT_REGS,
     names::PACKET_SENDMSG_FEXIT,
     names::UDP_SENDMSG_FEXIT,
     names::RETRANSMIT_SYNACK_BTF,
@@ -173,6 +175,10 @@ pub const LADDER: &[(&str, &str)] = &[
 /// The label of vxprobe's own programs in the decomposition.
 pub const FULL_STEP: &str = "... counts the flow, reports fragments and oversize (vxprobe)";
 
+/// The windows: iperf3 TCP, iperf3 64-byte UDP, injected faults (refused sends, bad
+/// checksums, fragments), and sends that succeed (64-byte UDP datagrams to a closed port).
+pub const LOADS: [&str; 4] = ["tcp", "udp64", "faults", "sends"];
+
 /// The ratio vxprobe's TC programs may cost, at most, of the no-op on the same hooks.
 pub const RATIO_TARGET: f64 = 1.8;
 
@@ -219,7 +225,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
     let mut steps: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
     let mut ratio: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for round in 0..rounds {
-        for load in ["tcp", "udp64", "faults"] {
+        for load in LOADS {
             let before = snapshot(&ids)?;
             match load {
                 "tcp" => {
@@ -227,6 +233,17 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
                 }
                 "udp64" => {
                     iperf::client(&n1.pod.netns, n2.pod.ip, Load::Udp { len: 64 }, seconds)?;
+                }
+                "sends" => {
+                    // Sends that succeed: what the send hooks cost every sender of the node.
+                    faults::udp_datagrams(
+                        &n1.pod.netns,
+                        n2.pod.ip.into(),
+                        9,
+                        64,
+                        20_000,
+                        faults::Df::Clear,
+                    )?;
                 }
                 _ => {
                     // Refused sends into the tap (EMSGSIZE), bad UDP checksums dropped by
@@ -371,7 +388,10 @@ impl Yardsticks {
         for hop in &hops {
             probes.set_device_info(hop)?;
         }
-        let devices = hops.into_iter().map(|hop| hop.device.name).collect::<Vec<_>>();
+        let devices = hops
+            .into_iter()
+            .map(|hop| hop.device.name)
+            .collect::<Vec<_>>();
         let mut ids = Vec::new();
         for (name, _) in LADDER {
             let prog = classifier(&mut probes, name)?;
@@ -499,7 +519,10 @@ pub fn isolated(ctx: &Ctx) -> anyhow::Result<Isolated> {
         let step = classifier(&mut probes, name)?;
         step.load().with_context(|| format!("loading {name}"))?;
         let d = test_run(step, pod_packet, repeat, samples)?;
-        ctx.log(&format!("  isolated, {name}: {} ns per run", d.show(1.0, 0)));
+        ctx.log(&format!(
+            "  isolated, {name}: {} ns per run",
+            d.show(1.0, 0)
+        ));
         out.steps.insert((*name).to_owned(), d);
     }
     out.floor = out.steps[names::YARDSTICK_TC].clone();

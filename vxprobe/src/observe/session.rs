@@ -69,7 +69,7 @@ impl SessionConfig {
 }
 
 /// The event ring buffer's size unless `--ring-size` says otherwise.
-pub const DEFAULT_RING_SIZE: u32 = 8 << 20;
+pub const DEFAULT_RING_SIZE: u32 = vxprobe_common::RING_SIZE;
 
 /// A live observation: the hops selected, the programs attached, the maps and the ring
 /// buffer in hand. It reads what the kernel counted; [`super::interval`] makes the reports.
@@ -410,10 +410,7 @@ impl Session {
         let mut counts = Vec::with_capacity((self.hops.len() + self.gone.len()) * 2);
         for hop in self.hops.iter().chain(&self.gone) {
             for dir in [Direction::Ingress, Direction::Egress] {
-                let key = HopKey {
-                    ifindex: hop.device.ifindex,
-                    direction: dir as u32,
-                };
+                let key = HopKey::new(hop.device.ifindex, dir);
                 counts.push(HopCount {
                     hop: meta_hop(hop),
                     dir,

@@ -94,7 +94,6 @@ pub async fn observe(
         .collect();
     let mut session = Session::start(&SessionConfig {
         max_flows: 4096,
-        ring_size: 1 << 20,
         ..SessionConfig::watching(ifaces)
     })
     .await?;

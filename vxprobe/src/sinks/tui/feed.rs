@@ -115,10 +115,10 @@ impl Sink for TuiFeed {
                 dir: f.dir,
                 role: f.hop.role,
                 counts: HopCounts {
-                    packets: f.counters.packets,
-                    bytes: f.counters.bytes,
-                    fragments: f.counters.fragments,
-                    oversize: f.counters.oversize,
+                    packets: f.counters.counters.packets,
+                    bytes: f.counters.counters.bytes,
+                    fragments: f.counters.counters.fragments,
+                    oversize: f.counters.counters.oversize,
                     ..HopCounts::default()
                 },
             });
