@@ -3,7 +3,9 @@
 //! kubelet-shaped cgroup (v1, cgroupfs driver), with a kubelet-shaped log directory under a
 //! test root and a veth whose host side is in a lab node namespace. A fresh process (this
 //! binary, `pods-child`) starts the index there and reports how long until every pod and every
-//! veth is named, the memory that took, and the CPU of a steady refresh.
+//! veth is named, the memory that took, and the CPU of a steady refresh. Then `vxprobe record`
+//! on one of the node's veths, with the layout's 1,000 pods and (the other arm, interleaved)
+//! with no pod source: its start-up to the ready file and its memory.
 
 use std::{
     fs,
@@ -41,6 +43,24 @@ pub struct Pods {
     pub trimmed_rss_mib: Dist,
     /// CPU per refresh (one a second) once built, nothing changing.
     pub refresh_cpu_ms: Dist,
+    /// `record` with the 1,000 pods, and without a pod source.
+    pub record: RecordArms,
+}
+
+/// `vxprobe record -i vp0` started with the layout's pods and without any.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RecordArms {
+    pub runs: usize,
+    /// Pods `meta` counted at start (the index's first look).
+    pub named: usize,
+    /// Spawn to the ready file: attached, and the index's first look taken.
+    pub startup_ms: Dist,
+    pub startup_ms_without: Dist,
+    /// RSS two intervals in, and its peak.
+    pub rss_mib: Dist,
+    pub rss_mib_without: Dist,
+    pub hwm_mib: Dist,
+    pub hwm_mib_without: Dist,
 }
 
 /// What a `pods-child` run reports (one JSON line on stdout).
@@ -209,6 +229,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Pods> {
             .with_context(|| String::from_utf8_lossy(&out.stdout).into_owned())?;
         reports.push(report);
     }
+    let record = record_arms(ctx, &node, &logs, runs)?;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let of = |f: &dyn Fn(&ChildReport) -> f64| Dist::of(&reports.iter().map(f).collect::<Vec<_>>());
     let out = Pods {
@@ -222,6 +243,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Pods> {
         index_rss_mib: of(&|r| mib(r.rss_after.saturating_sub(r.rss_before))),
         trimmed_rss_mib: of(&|r| mib(r.rss_trimmed)),
         refresh_cpu_ms: of(&|r| r.refresh_cpu_ms),
+        record,
     };
     ctx.log(&format!(
         "  named in {} ms ({} ms of CPU); RSS {} MiB ({} MiB trimmed), {} MiB of it the index; \
@@ -233,7 +255,126 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Pods> {
         out.index_rss_mib.show(1.0, 1),
         out.refresh_cpu_ms.show(1.0, 2)
     ));
+    ctx.log(&format!(
+        "  record: ready {} ms with {} pods named ({} ms without pods); RSS {} MiB, peak {} \
+         ({} / {} MiB without)",
+        out.record.startup_ms.show(1.0, 0),
+        out.record.named,
+        out.record.startup_ms_without.show(1.0, 0),
+        out.record.rss_mib.show(1.0, 1),
+        out.record.hwm_mib.show(1.0, 1),
+        out.record.rss_mib_without.show(1.0, 1),
+        out.record.hwm_mib_without.show(1.0, 1),
+    ));
     Ok(out)
+}
+
+/// One `record` on the node's first veth: start-up to the ready file, memory two intervals
+/// in, the pods `meta` counted. `logs`: where the layout's pod names are (`None`: a directory
+/// that does not exist, so no source names anything).
+fn record_once(ctx: &Ctx, node: &Node, logs: Option<&Path>) -> anyhow::Result<RecordRun> {
+    let ready = node.root.join("record.ready");
+    let out = node.root.join("record.jsonl");
+    let _ = fs::remove_file(&ready);
+    let pod_logs = logs.map_or_else(|| node.root.join("no-pods"), Path::to_path_buf);
+    let started = Instant::now();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &node.netns])
+        .arg(&ctx.vxprobe)
+        .args([
+            "record",
+            "-i",
+            "vp0",
+            "--cri-socket",
+            "none",
+            "--stats-interval",
+            "500ms",
+        ])
+        .arg("--ready-file")
+        .arg(&ready)
+        .arg("-o")
+        .arg(&out)
+        .env("VXPROBE_POD_LOGS", &pod_logs)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawning vxprobe record")?;
+    let pid = child.id();
+    let deadline = started + Duration::from_secs(60);
+    while !ready.exists() {
+        if let Some(status) = child.try_wait()? {
+            bail!("vxprobe record exited before it was ready ({status})");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("vxprobe record not ready after 60 s");
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let startup = started.elapsed();
+    // Two intervals: the hop lines of the first ones written, every buffer warm.
+    let hops = |text: &str| {
+        text.lines()
+            .filter(|l| l.contains("\"kind\":\"hop\""))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hops(&fs::read_to_string(&out).unwrap_or_default()) < 4 {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("vxprobe record wrote no two intervals in 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let memory = procfs::memory(pid)?;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    child.wait()?;
+    let text = fs::read_to_string(&out)?;
+    let meta: serde_json::Value = serde_json::from_str(text.lines().next().unwrap_or("{}"))?;
+    let named = meta["pods"]["count"].as_u64().unwrap_or(0) as usize;
+    Ok(RecordRun {
+        startup_ms: startup.as_secs_f64() * 1e3,
+        rss: memory.rss,
+        hwm: memory.hwm,
+        named,
+    })
+}
+
+/// What one `record` start showed.
+struct RecordRun {
+    startup_ms: f64,
+    rss: u64,
+    hwm: u64,
+    named: usize,
+}
+
+/// `record` with the pods and without, interleaved.
+fn record_arms(ctx: &Ctx, node: &Node, logs: &Path, runs: usize) -> anyhow::Result<RecordArms> {
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        with.push(record_once(ctx, node, Some(logs))?);
+        without.push(record_once(ctx, node, None)?);
+    }
+    let named = with.iter().map(|r| r.named).min().unwrap_or(0);
+    if named < PODS {
+        bail!("record's meta counted {named} pods of {PODS}");
+    }
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let dist = |arm: &[RecordRun], f: &dyn Fn(&RecordRun) -> f64| {
+        Dist::of(&arm.iter().map(f).collect::<Vec<_>>())
+    };
+    Ok(RecordArms {
+        runs,
+        named,
+        startup_ms: dist(&with, &|r| r.startup_ms),
+        startup_ms_without: dist(&without, &|r| r.startup_ms),
+        rss_mib: dist(&with, &|r| mib(r.rss)),
+        rss_mib_without: dist(&without, &|r| mib(r.rss)),
+        hwm_mib: dist(&with, &|r| mib(r.hwm)),
+        hwm_mib_without: dist(&without, &|r| mib(r.hwm)),
+    })
 }
 
 /// `vxprobe-bench pods-child LOGS N STEADY_SECONDS`, run inside the lab node's namespace:

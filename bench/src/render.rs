@@ -54,6 +54,7 @@ fn hop(name: &str, ifindex: u32, role: Role) -> MetaHop {
         role,
         mtu: 1450,
         ahead: Vec::new(),
+        pod: None,
     }
 }
 

@@ -813,7 +813,13 @@ fn pods_md(md: &mut String, p: &crate::pods::Pods) {
          | of it the index (RSS before the start subtracted) | {} MiB |\n\
          | RSS after `malloc_trim` (the allocator's free pages returned) | {} MiB |\n\
          | CPU per refresh (1 s), nothing changing (a full run's window holds one 30 s \
-         verification) | {} ms |\n",
+         verification) | {} ms |\n\n\
+         `vxprobe record -i vp0` in that namespace, with the layout's pods ({} named in \
+         `meta`) and, interleaved, without a pod source, {} runs each:\n\n\
+         | | with the pods | without |\n| --- | --- | --- |\n\
+         | spawn to ready (attached, the index's first look taken) | {} ms | {} ms |\n\
+         | RSS two intervals in | {} MiB | {} MiB |\n\
+         | peak RSS | {} MiB | {} MiB |\n",
         p.processes,
         p.pods,
         p.setup_seconds,
@@ -823,6 +829,14 @@ fn pods_md(md: &mut String, p: &crate::pods::Pods) {
         p.rss_mib.show(1.0, 1),
         p.index_rss_mib.show(1.0, 1),
         p.trimmed_rss_mib.show(1.0, 1),
-        p.refresh_cpu_ms.show(1.0, 2)
+        p.refresh_cpu_ms.show(1.0, 2),
+        p.record.named,
+        p.record.runs,
+        p.record.startup_ms.show(1.0, 0),
+        p.record.startup_ms_without.show(1.0, 0),
+        p.record.rss_mib.show(1.0, 1),
+        p.record.rss_mib_without.show(1.0, 1),
+        p.record.hwm_mib.show(1.0, 1),
+        p.record.hwm_mib_without.show(1.0, 1)
     );
 }

@@ -1,5 +1,7 @@
 //! The ring buffer every event goes through, with loss counted per kind in the kernel.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
     TASK_COMM_LEN,
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -30,8 +32,17 @@ const WAKEUP_EVERY: u64 = 64;
 pub fn reserve<T: Event + 'static>(kind: EventKind) -> Option<RingBufEntry<T>> {
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         if let Some(lost) = LOST.get_ptr_mut(kind as u32) {
-            // SAFETY: a per-CPU slot, written only by this CPU while this program runs.
-            unsafe { *lost += 1 };
+            // A per-CPU slot, but not one program's alone: a program in process context (a
+            // send refused, a socket freeing an skb) can be interrupted on its CPU by a
+            // softirq whose program finds the ring full too. A plain load-add-store would
+            // lose one of the two counts; the atomic add (BPF_ATOMIC | BPF_ADD without
+            // fetch, which every kernel since 3.18 has as XADD) loses none.
+            // (The BPF target has no compare-and-swap, so core's atomic types offer no
+            // fetch_add: the intrinsic they are built on, whose unused result LLVM lowers to
+            // that add.)
+            // SAFETY: `lost` points at a live, aligned u64 of the map for as long as this
+            // program runs, and is only ever accessed atomically or by user space's reads.
+            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(lost, 1) };
         }
         return None;
     };
@@ -46,6 +57,8 @@ pub fn reserve<T: Event + 'static>(kind: EventKind) -> Option<RingBufEntry<T>> {
     Some(entry)
 }
 
+/// (The count of submissions stays a plain add: a lost increment only moves a wakeup, and an
+/// atomic add whose result is used needs BPF_FETCH, Linux 5.12.)
 #[inline(always)]
 pub fn submit<T>(entry: RingBufEntry<T>) {
     let mut flags = u64::from(BPF_RB_NO_WAKEUP);

@@ -2,6 +2,13 @@
 //! around a function that does the work.
 #![no_std]
 #![no_main]
+// The one atomic add vxprobe needs (events.rs: core's atomics offer none on a target without
+// compare-and-swap). The kernel programs build with nightly only, through aya-build.
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "core_intrinsics: atomic_xadd, see events.rs"
+)]
 
 mod csum;
 mod drops;

@@ -32,6 +32,15 @@ impl Frag {
         self.offset != 0 || self.more != 0
     }
 
+    /// Field by field: an assignment between two of the scratch slot's became a memmove call
+    /// (a byte loop on BPF) on every tunnelled packet.
+    #[inline(always)]
+    pub fn set(&mut self, from: &Frag) {
+        self.offset = from.offset;
+        self.more = from.more;
+        self.id = from.id;
+    }
+
     /// The first fragment, or an unfragmented packet: the transport header is here.
     #[inline(always)]
     pub fn has_transport(&self) -> bool {
@@ -370,7 +379,7 @@ pub fn packet(
     outer.dport = key.dport;
     copy_addr(&mut outer.src, &key.src);
     copy_addr(&mut outer.dst, &key.dst);
-    facts.outer_frag = facts.frag;
+    facts.outer_frag.set(&facts.frag);
     if ip(ctx, inner_type, inner_off, key, &mut facts.frag, spill).is_none() {
         let outer = &facts.outer;
         set_proto_family(key, IPPROTO_UDP, outer.family);
@@ -378,7 +387,7 @@ pub fn packet(
         key.dport = outer.dport;
         copy_addr(&mut key.src, &outer.src);
         copy_addr(&mut key.dst, &outer.dst);
-        facts.frag = facts.outer_frag;
+        facts.frag.set(&facts.outer_frag);
         set_outer_family(&mut facts.outer, 0);
     }
     true

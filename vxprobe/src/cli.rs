@@ -5,9 +5,12 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 pub use crate::kernel::probes::TcAttach;
-use crate::observe::{
-    filter::FlowSelector,
-    session::{DEFAULT_RING_SIZE, SessionConfig},
+use crate::{
+    node::pods::{CriSocket, PodConfig},
+    observe::{
+        filter::FlowSelector,
+        session::{DEFAULT_RING_SIZE, SessionConfig},
+    },
 };
 
 #[derive(Debug, Parser)]
@@ -78,6 +81,8 @@ pub struct DoctorArgs {
     /// finding what its devices did meanwhile (`evidence.observed`).
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub watch: Option<Duration>,
+    #[command(flatten)]
+    pub pods: PodOptions,
 }
 
 /// Parses a kernel release for `--assume-kernel`: it must start with MAJOR.MINOR.
@@ -149,23 +154,77 @@ pub struct RecordArgs {
     /// Write the packets behind drop/csum_error/oversize/fragment events to this pcapng file.
     #[arg(long, value_name = "PATH")]
     pub pcap: Option<PathBuf>,
-    /// Bytes kept of each evidence packet (headers, not payload: at most 128 are captured).
-    #[arg(long, value_name = "BYTES", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=128))]
-    pub snaplen: u32,
+    /// Bytes kept of each evidence packet, 1 to 128 (what the kernel captures). Default: up
+    /// to the end of the innermost transport header, at most 128: headers, not payload.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..=128))]
+    pub snaplen: Option<u32>,
+    /// Lines per (kind, hop, flow, reason) and interval; the rest of a flood folds into one
+    /// line with `count`. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = crate::observe::fold::DEFAULT_EVENT_LINES)]
+    pub event_lines: u32,
+    /// Most bytes the recording writes (--output and --pcap together; 64K to 1P, suffixes K, M,
+    /// G, T, P in powers of 1024). Once reached, a `note` line says so and nothing more is
+    /// written but the `summary`. Default: no limit.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_output_size: Option<u64>,
     /// How often each hop's counters are written as a `hop` line.
     #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_interval)]
     pub stats_interval: Duration,
     #[command(flatten)]
     pub probe: ProbeOptions,
+    #[command(flatten)]
+    pub pods: PodOptions,
     /// Created once every probe is attached (for scripts and tests that must not race the
     /// attach).
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
 }
 
+/// Where pod names come from.
+#[derive(Debug, Clone, Default, Args)]
+pub struct PodOptions {
+    /// The container runtime's CRI socket, to name pods by their network namespaces
+    /// (containerd's, CRI-O's...); `none`: name them from the node's layout only (cgroups and
+    /// /var/log/pods). Default: the first of the usual sockets that answers.
+    #[arg(long, value_name = "PATH", value_parser = parse_cri_socket)]
+    pub cri_socket: Option<CriSocket>,
+}
+
+/// Kubelet's pod log directories, where the layout reads pod names, when not
+/// `/var/log/pods` (a host mount elsewhere).
+pub const POD_LOGS_ENV: &str = "VXPROBE_POD_LOGS";
+
+impl PodOptions {
+    /// The pod index's configuration.
+    pub fn config(&self) -> PodConfig {
+        let mut config = PodConfig {
+            cri: self.cri_socket.clone().unwrap_or(CriSocket::Probe),
+            ..PodConfig::default()
+        };
+        if let Some(logs) = std::env::var_os(POD_LOGS_ENV).filter(|v| !v.is_empty()) {
+            config.pod_logs = logs.into();
+        }
+        config
+    }
+}
+
+/// Parses `--cri-socket`: `none`, or a socket that exists.
+pub fn parse_cri_socket(text: &str) -> Result<CriSocket, String> {
+    use std::os::unix::fs::FileTypeExt as _;
+    if text == "none" {
+        return Ok(CriSocket::Off);
+    }
+    match std::fs::metadata(text) {
+        Ok(m) if m.file_type().is_socket() => Ok(CriSocket::Path(text.into())),
+        Ok(_) => Err(format!("{text} is not a socket")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!("no such socket {text}")),
+        Err(e) => Err(format!("{text}: {e}")),
+    }
+}
+
 impl ProbeOptions {
     /// How `record`, `top` (and the agent) observe, as their command lines ask.
-    pub fn session(&self, selection: &Selection) -> SessionConfig {
+    pub fn session(&self, selection: &Selection, pods: &PodOptions) -> SessionConfig {
         SessionConfig {
             ifaces: selection.ifaces.clone(),
             flows: selection.flows(),
@@ -176,6 +235,7 @@ impl ProbeOptions {
             ring_size: self.ring_size,
             all_drops: self.all_drops,
             node: None,
+            pods: Some(pods.config()),
         }
     }
 }
@@ -207,8 +267,15 @@ pub struct AgentArgs {
     /// How often the hop and flow counters are read from the kernel (and the metrics move).
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_interval)]
     pub stats_interval: Duration,
+    /// Add a `pod` label (namespace/name) to the hop series of pods' veths and to the
+    /// node-wide drop, checksum and anomaly series, for at most 256 pods at a time (the rest
+    /// are `other`).
+    #[arg(long)]
+    pub pod_labels: bool,
     #[command(flatten)]
     pub probe: ProbeOptions,
+    #[command(flatten)]
+    pub pods: PodOptions,
 }
 
 /// Parses `--listen`: an IPv4 or bracketed IPv6 address and a port other than 0.
@@ -235,6 +302,8 @@ pub struct TopArgs {
     pub interval: Duration,
     #[command(flatten)]
     pub probe: ProbeOptions,
+    #[command(flatten)]
+    pub pods: PodOptions,
 }
 
 #[derive(Debug, Args)]
@@ -257,6 +326,8 @@ pub struct DemoArgs {
     /// nodes and write their recordings, evidence and the report (html, md, json) into DIR.
     #[arg(long, value_name = "DIR", conflicts_with = "record")]
     pub report: Option<PathBuf>,
+    #[command(flatten)]
+    pub pods: PodOptions,
 }
 
 /// How the kernel side is set up; the defaults suit almost everyone.
@@ -382,6 +453,31 @@ pub fn parse_node_name(text: &str) -> Result<String, String> {
     Ok(name.to_owned())
 }
 
+/// Parses a size in bytes (`--max-output-size`): a number with an optional K, M, G, T or P
+/// (powers of 1024, `KiB`/`KB`/`K` alike), from 64 KiB to 1 PiB.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("'{text}' is not a size like 512M or 2G (bytes, or K, M, G, T, P)");
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let number: u64 = t[..digits].parse().map_err(|_| bad())?;
+    let unit = t[digits..].trim().to_ascii_uppercase();
+    let unit = unit.trim_end_matches('B').trim_end_matches('I');
+    let shift = match unit {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        "P" => 50,
+        _ => return Err(bad()),
+    };
+    let bytes = number.checked_mul(1 << shift).ok_or_else(bad)?;
+    if !(64 << 10..=1 << 50).contains(&bytes) {
+        return Err(format!("'{text}': the size must be between 64K and 1P"));
+    }
+    Ok(bytes)
+}
+
 /// Parses `--flow-cache`: a power of two, 1 to 65536.
 pub fn parse_flow_cache(text: &str) -> Result<u32, String> {
     let slots: u32 = text
@@ -454,6 +550,36 @@ mod tests {
             "",
         ] {
             assert!(parse_listen(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cri_sockets_exist_and_are_sockets() {
+        assert_eq!(parse_cri_socket("none"), Ok(CriSocket::Off));
+        let dir = std::env::temp_dir().join(format!("vxprobe-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("cri.sock");
+        let _ = std::fs::remove_file(&socket);
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let text = socket.to_str().unwrap();
+        assert_eq!(parse_cri_socket(text), Ok(CriSocket::Path(socket.clone())));
+        let dir_text = dir.to_str().unwrap();
+        assert_eq!(
+            parse_cri_socket(dir_text),
+            Err(format!("{dir_text} is not a socket"))
+        );
+        assert!(parse_cri_socket("/nonexistent/cri.sock").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sizes_have_units_and_bounds() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        for bad in ["", "M", "1000", "2X", "-1G", "2P", "99999999999999999999"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
         }
     }
 

@@ -54,7 +54,7 @@ pub fn decode(data: &[u8]) {
             (2, ("eth0".to_owned(), Link::Ethernet)),
             (3, ("tun0".to_owned(), Link::Ip)),
         ]),
-        foreign_devices: HashMap::new(),
+        devices: crate::node::netns::DeviceNames::new(4026531840),
     };
     let anomaly = match event {
         KernelEvent::Drop(e) => enricher.drop_event(&e),
@@ -68,8 +68,9 @@ pub fn decode(data: &[u8]) {
             if e.addr_family == 0 && e.addr_ifindex == 0 {
                 e.addr_family = 2;
             }
-            enricher.foreign_devices.insert(
-                (u64::from(e.header.netns), e.addr_ifindex),
+            enricher.devices.insert(
+                u64::from(e.header.netns),
+                e.addr_ifindex,
                 Some(("tap0".to_owned(), 1500)),
             );
             enricher.send_error(&e)
@@ -333,16 +334,13 @@ impl Input<'_> {
             });
         }
         if flags & 8 != 0 {
-            a.evidence = Some(Evidence {
-                link: if flags & 16 != 0 {
-                    Link::Ip
-                } else {
-                    Link::Ethernet
-                },
-                bytes: self.bytes(),
-                original_len: self.u32(),
-                ktime_ns: self.u64(),
-            });
+            let link = if flags & 16 != 0 {
+                Link::Ip
+            } else {
+                Link::Ethernet
+            };
+            a.evidence = Some(Evidence::new(link, self.bytes(), self.u32()));
+            a.ktime_ns = self.u64();
         }
         a
     }

@@ -326,3 +326,144 @@ fn sigterm_while_attaching_ends_cleanly() {
         );
     }
 }
+
+/// A recorder in a PID namespace of its own (`unshare -p`: a pod without hostPID) cannot see
+/// the process that holds another instance's clsact filters: it must report them and leave
+/// them, and the live instance keeps counting.
+#[test]
+fn cleanup_in_a_pid_namespace_of_its_own_leaves_a_live_instances_filters() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let ns = &lab.nodes[0].netns;
+    let mut live = Recorder::start(
+        ns,
+        &[
+            "--tc-attach",
+            "clsact",
+            "--stats-interval",
+            "200ms",
+            "-i",
+            POD_HOST_DEV,
+        ],
+    );
+    let ids = programs_of(live.pid());
+    // Each filter's program id, once (tc and bpftool both list it).
+    let on_hooks = |listing: &str| -> std::collections::BTreeSet<u64> {
+        program_ids_in(listing)
+            .filter(|id| ids.contains(id))
+            .collect()
+    };
+    assert_eq!(on_hooks(&filters(ns)).len(), 2, "{}", filters(ns));
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "unshare", "-p", "-f", "--mount-proc"])
+        .args([
+            common::VXPROBE,
+            "record",
+            "--tc-attach",
+            "clsact",
+            "-i",
+            POD_HOST_DEV,
+        ])
+        .args(["--duration", "1s", "--stats-interval", "300ms"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("may be stale") && stderr.contains("PID namespace"),
+        "reported, with why: {stderr}"
+    );
+    assert!(!stderr.contains("removed"), "{stderr}");
+    let after = filters(ns);
+    assert_eq!(
+        on_hooks(&after).len(),
+        2,
+        "the live instance's filters: {after}"
+    );
+    let started = common::ts_now();
+    ping(&lab, 10);
+    live.wait_intervals_after(&started, 2);
+    let lines = live.stop();
+    let counted = hop_totals(&lines, "packets");
+    assert!(
+        counted[&(POD_HOST_DEV.to_owned(), "ingress".to_owned())] >= 10,
+        "the live instance still counts: {counted:?}"
+    );
+}
+
+/// Instances serialize cleanup and attach with a lock under /run: while another holds
+/// `/run/vxprobe/tc.lock`, a starting recorder waits on it and attaches nothing; once it is
+/// released, the recorder attaches and becomes ready.
+#[test]
+fn starting_instances_take_the_lock_before_cleanup_and_attach() {
+    use std::os::fd::AsRawFd as _;
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let ns = &lab.nodes[0].netns;
+    std::fs::create_dir_all("/run/vxprobe").unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(vxprobe::kernel::stale::LOCK_PATH)
+        .unwrap();
+    // Another instance (of another test, elsewhere on the machine) may hold it a moment.
+    // SAFETY: flock(2) on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let ready = std::env::temp_dir().join(format!("vxprobe-lock-ready-{}", std::process::id()));
+    let _ = std::fs::remove_file(&ready);
+    let mut waiting = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            common::VXPROBE,
+            "record",
+            "--tc-attach",
+            "clsact",
+        ])
+        .args(["-i", POD_HOST_DEV, "-o", "/dev/null", "--ready-file"])
+        .arg(&ready)
+        .spawn()
+        .unwrap();
+    let pid = waiting.id();
+    let holds_lock = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.flatten().any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|t| t.as_os_str() == vxprobe::kernel::stale::LOCK_PATH)
+                })
+            })
+            .unwrap_or(false)
+    };
+    common::wait_until(
+        "the recorder waiting on the lock",
+        Duration::from_secs(30),
+        holds_lock,
+        |open| *open,
+    );
+    assert!(!ready.exists(), "ready while another holds the lock");
+    let before = filters(ns);
+    assert!(
+        !before.contains("vxprobe"),
+        "attached while another holds the lock: {before}"
+    );
+    drop(lock);
+    common::wait_until(
+        "the recorder ready once the lock is free",
+        Duration::from_secs(30),
+        || ready.exists(),
+        |ready| *ready,
+    );
+    assert!(filters(ns).contains("vxprobe_tc"), "{}", filters(ns));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert!(waiting.wait().unwrap().success());
+    let _ = std::fs::remove_file(&ready);
+}

@@ -21,7 +21,8 @@ const ALL_HOPS: &[&str] = &[
     UNDERLAY_DEV,
 ];
 
-/// Per (ifname, dir): the sum of `field` over `kind` lines that match `keep`.
+/// Per (ifname, dir): the sum of `field` over `kind` lines that match `keep` (without a
+/// field: their events).
 fn totals(
     lines: &[Value],
     kind: &str,
@@ -34,7 +35,9 @@ fn totals(
             l["ifname"].as_str().unwrap().to_owned(),
             l["dir"].as_str().unwrap().to_owned(),
         );
-        *out.entry(key).or_default() += field.map_or(1, |f| l[f].as_u64().unwrap());
+        // Without a field: events, each line standing for `count` of them (1 when absent).
+        let n = l["count"].as_u64().unwrap_or(1);
+        *out.entry(key).or_default() += field.map_or(n, |f| l[f].as_u64().unwrap());
     }
     out
 }

@@ -147,3 +147,115 @@ fn demo_record_finds_every_fault_where_it_was_injected_and_cleans_up() {
         "MTU-sized after: {last}"
     );
 }
+
+/// Whether process `pid` runs (a zombie does not).
+fn runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_owned();
+            Some(state != "Z")
+        })
+        .unwrap_or(false)
+}
+
+/// The processes inside the namespaces whose names start with `prefix`, but `except`.
+fn processes_in(prefix: &str, except: u32) -> Vec<u32> {
+    let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let mut pids = Vec::new();
+    for name in String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| name.starts_with(prefix))
+    {
+        let out = Command::new("ip")
+            .args(["netns", "pids", name])
+            .output()
+            .unwrap();
+        pids.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .filter(|p| *p != except && runs(*p)),
+        );
+    }
+    pids
+}
+
+/// A demo killed with SIGKILL leaves its traffic (iperf3) running in its namespaces; the next
+/// demo ends those processes and removes the namespaces, and leaves alone the lab of a
+/// process that lives (this test's, with a process inside).
+#[test]
+fn a_killed_demos_processes_are_ended_by_the_next_demo() {
+    if !is_root() {
+        return;
+    }
+    let live = vxprobe::lab::Lab::build(&vxprobe::lab::LabOptions::default()).unwrap();
+    let mut sleeper = vxprobe::lab::Lab::command(&live.nodes[0].pod.netns, "sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    let file = std::env::temp_dir().join(format!("vxprobe-killed-{}.json", std::process::id()));
+    let mut first = Command::new(VXPROBE)
+        .args(["demo", "--record", file.to_str().unwrap(), "--phase", "60s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = first.id();
+    let prefix = format!("{NETNS_PREFIX}{pid}-");
+    let left = common::wait_until(
+        "the first demo's traffic",
+        std::time::Duration::from_secs(60),
+        || processes_in(&prefix, pid),
+        |pids| pids.len() >= 2,
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(
+        left.iter().any(|p| runs(*p)),
+        "the killed demo's processes outlive it: {left:?}"
+    );
+    let second = Command::new(VXPROBE)
+        .args([
+            "demo",
+            "--record",
+            file.to_str().unwrap(),
+            "--duration",
+            "2s",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let running: Vec<u32> = left.iter().copied().filter(|p| runs(*p)).collect();
+    assert!(
+        running.is_empty(),
+        "the killed demo's processes still run: {running:?}"
+    );
+    let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let names = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert!(
+        !names.lines().any(|l| l.starts_with(&prefix)),
+        "its namespaces are gone:\n{names}"
+    );
+    assert!(
+        sleeper.try_wait().unwrap().is_none(),
+        "a live lab's process was ended"
+    );
+    assert!(
+        names.contains(&live.nodes[0].pod.netns),
+        "a live lab was removed"
+    );
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let _ = std::fs::remove_file(&file);
+}

@@ -119,6 +119,28 @@ fn the_manifests_validate_and_agree() {
         "the agent listens on the port the DaemonSet declares"
     );
     assert_eq!(pod["hostNetwork"], true);
+    // Pods are named from the runtime's socket or the node's layout: host pids, the socket's
+    // directory and kubelet's pod logs, read-only; no --cri-socket (probed: another runtime
+    // falls back to the layout instead of failing).
+    assert_eq!(pod["hostPID"], true);
+    for path in ["/run/containerd", "/var/log/pods"] {
+        assert!(
+            container["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["mountPath"] == path && m["readOnly"] == true),
+            "{path} mounted read-only"
+        );
+    }
+    assert!(
+        !container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().is_some_and(|a| a.starts_with("--cri-socket"))),
+        "the socket is probed"
+    );
     assert_eq!(
         pod["tolerations"],
         serde_json::json!([{"operator": "Exists"}])

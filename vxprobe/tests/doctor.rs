@@ -549,3 +549,122 @@ fn watch_ties_the_offload_finding_to_the_packets_it_saw() {
     );
     assert_eq!(f["evidence"]["observed_for_s"], 3.0);
 }
+
+/// The BPF programs and links process `pid` holds (its fds), 0 when it is gone.
+fn bpf_fds(pid: u32) -> (usize, usize) {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return (0, 0);
+    };
+    let (mut programs, mut links) = (0, 0);
+    for fd in fds.flatten() {
+        match std::fs::read_link(fd.path()).unwrap_or_default().to_str() {
+            Some("anon_inode:bpf-prog") => programs += 1,
+            Some("anon_inode:bpf_link") => links += 1,
+            _ => {}
+        }
+    }
+    (programs, links)
+}
+
+/// `--watch` names devices exactly (a device called `v[1]*` is itself, not a pattern that
+/// matches nothing), starts while veths come and go (one deleted between the listing and the
+/// selection is left out, not a usage error), and SIGINT ends it early: exit 0, the report
+/// printed, none of its programs left loaded and nothing left on the devices.
+#[test]
+fn watch_takes_exact_names_survives_churn_and_stops_on_sigint() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let ns = lab.nodes[0].netns.clone();
+    must(
+        &ns,
+        "ip",
+        &[
+            "link", "add", "v[1]*", "type", "veth", "peer", "name", "v[1]p",
+        ],
+    );
+    must(&ns, "ip", &["link", "set", "v[1]*", "up"]);
+    // Veths created and deleted for as long as the doctor starts.
+    let churning = Arc::new(AtomicBool::new(true));
+    let churn = {
+        let (ns, churning) = (ns.clone(), Arc::clone(&churning));
+        std::thread::spawn(move || {
+            let mut rounds = 0;
+            while churning.load(Ordering::Relaxed) {
+                let name = format!("gone{}", rounds % 4);
+                let _ = vxprobe::lab::Lab::exec(
+                    &ns,
+                    "ip",
+                    &[
+                        "link",
+                        "add",
+                        &name,
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                        &format!("{name}p"),
+                    ],
+                );
+                let _ = vxprobe::lab::Lab::exec(&ns, "ip", &["link", "del", &name]);
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let doctor = Command::new("ip")
+        .args([
+            "netns", "exec", &ns, VXPROBE, "doctor", "--json", "--watch", "120s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = doctor.id();
+    // Attached: it holds its programs and links (TCX) or filters (clsact); give it the time a
+    // debug build needs, then interrupt it.
+    let (programs, _) = common::wait_until(
+        "the doctor's programs",
+        std::time::Duration::from_secs(30),
+        || bpf_fds(pid),
+        |(programs, links)| *programs > 0 && (*links > 0 || !common::has_tcx()),
+    );
+    let ids = common::programs_of(pid as i32);
+    churning.store(false, Ordering::Relaxed);
+    let rounds = churn.join().unwrap();
+    let interrupted = std::time::Instant::now();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let out = doctor.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        interrupted.elapsed() < std::time::Duration::from_secs(20),
+        "stopped early: {:?}",
+        interrupted.elapsed()
+    );
+    eprintln!("{programs} programs, {rounds} veths churned while it started");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("the report, printed");
+    assert!(
+        report["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["ifname"] == "v[1]*")
+    );
+    assert!(
+        common::still_loaded(&ids).is_empty(),
+        "programs left loaded"
+    );
+    for dev in ["v[1]*", POD_HOST_DEV, VXLAN_DEV, UNDERLAY_DEV] {
+        for dir in ["ingress", "egress"] {
+            let filters = must(&ns, "tc", &["filter", "show", "dev", dev, dir]);
+            assert!(filters.trim().is_empty(), "{dev} {dir}: {filters}");
+        }
+    }
+}

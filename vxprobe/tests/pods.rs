@@ -4,6 +4,10 @@
 //! a socket, processes in pod-shaped cgroups (v1, and v2 where mounted) with kubelet-shaped
 //! log directories under a test root. The node's own namespaces are never named.
 //!
+//! Then the pods end to end: `vxprobe record` names a pod on the drops inside its namespace,
+//! on its veth's `hop` and `flow` lines and in its pcapng (read back with tshark), from either
+//! source; `vxprobe top` shows the pod column and filters on it (in tmux).
+//!
 //! Everything happens in network namespaces the tests create (containerd runs in one, so the
 //! CNI plugin's host-side veths land there), under a temporary root; addresses are from
 //! 198.18.0.0/15.
@@ -12,128 +16,32 @@ mod common;
 
 use std::{
     fs,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
+    path::Path,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use common::{
+    Recorder,
+    agent::{self, Agent},
+    containerd::{
+        Containerd, PAUSE_IMAGE, build_pause_image, remove_sandbox, sandbox_config, sandbox_netns,
+        sandbox_pid,
     },
-    time::{Duration, Instant, SystemTime},
+    is_root,
+    pods::{
+        LayoutPod, Netns, PodCgroup, SEQ, Sleeper, TempDir, cgroup_mount, drop_pings, id, in_netns,
+        init_netns, new_uid, pod_log_dir, remove_cgroup_tree, run, spawn_in, tmux, tshark_packets,
+        unique, wait_screen,
+    },
+    time_scale,
 };
-
-use common::{is_root, time_scale};
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListPodSandboxRequest, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest, runtime_service_client::RuntimeServiceClient,
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, RunPodSandboxRequest,
+    StartContainerRequest, runtime_service_client::RuntimeServiceClient,
 };
+use serde_json::Value;
 use vxprobe::node::pods::{CriSocket, Pod, PodConfig, PodId, PodIndex, Snapshot, Source};
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A name no other test (or test run) uses.
-fn unique(tag: &str) -> String {
-    format!(
-        "{}-{tag}{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// A pod UID, as the API server makes them (a version 4 UUID).
-fn new_uid() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed) as u64;
-    let pid = std::process::id() as u64;
-    format!(
-        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-        nanos as u32,
-        (nanos >> 32) as u16,
-        seq & 0xfff,
-        pid & 0xfff,
-        (nanos ^ (seq << 20) ^ pid) & 0xffff_ffff_ffff
-    )
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace of the test's own; `vxp-<pid>-...`, so a crashed run's are removed by
-/// `Lab::remove_stale`.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Self {
-        let name = format!("{}{}", vxprobe::lab::NETNS_PREFIX, unique(tag));
-        run("ip", &["netns", "add", &name]);
-        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
-        Self { name }
-    }
-
-    fn inode(&self) -> u64 {
-        common::netns_inode(&self.name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// A temporary directory, removed afterwards.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("vxprobe-pods-{}", unique(tag)));
-        fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Runs `f` on a thread inside the namespace `netns`; threads it starts (the index's) stay
-/// there.
-fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let file = fs::File::open(format!("/run/netns/{netns}")).unwrap();
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: setns on a namespace fd we hold open; it moves only this thread.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap()
-    })
-}
 
 /// The node's own namespaces: never named as a pod, checked at every look at the index.
 struct NodeNamespaces(Vec<u64>);
@@ -148,11 +56,6 @@ impl NodeNamespaces {
             );
         }
     }
-}
-
-/// The initial namespace: kthreadd's (init's may not be readable in a sandbox).
-fn init_netns() -> u64 {
-    fs::metadata("/proc/2/ns/net").unwrap().ino()
 }
 
 /// Waits (up to `limit`, scaled) for `check` to find something in the index's snapshots,
@@ -197,128 +100,6 @@ fn wait_first(index: &PodIndex, node: &NodeNamespaces) -> Arc<Snapshot> {
         |s| (s.generation() > 0).then(|| index.snapshot()),
     )
     .0
-}
-
-/// A `sleep` child, in the namespace `netns` if given; killed when dropped.
-struct Sleeper(Child);
-
-impl Sleeper {
-    fn start(netns: Option<&str>) -> Self {
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", ns, "sleep", "1000"]);
-                cmd
-            }
-            None => {
-                let mut cmd = Command::new("sleep");
-                cmd.arg("1000");
-                cmd
-            }
-        };
-        Self(cmd.stdin(Stdio::null()).spawn().expect("spawning sleep"))
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Where a cgroup hierarchy is mounted: v1's `pids` controller, or the v2 hierarchy.
-fn cgroup_mount(v2: bool) -> Option<PathBuf> {
-    let mounts = fs::read_to_string("/proc/mounts").unwrap();
-    mounts.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (path, fstype, options) = (fields[1], fields[2], fields[3]);
-        let wanted = if v2 {
-            fstype == "cgroup2"
-        } else {
-            fstype == "cgroup" && options.split(',').any(|o| o == "pids")
-        };
-        wanted.then(|| PathBuf::from(path))
-    })
-}
-
-/// Every cgroup hierarchy mounted here (v1 controllers and v2).
-fn cgroup_mounts() -> Vec<PathBuf> {
-    let mounts = fs::read_to_string("/proc/mounts").unwrap();
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            matches!(fields[2], "cgroup" | "cgroup2").then(|| PathBuf::from(fields[1]))
-        })
-        .collect()
-}
-
-/// Removes the cgroup tree `top` (relative to each hierarchy) wherever it exists, leaves first.
-fn remove_cgroup_tree(top: &str) {
-    fn remove(dir: &Path) {
-        if let Ok(entries) = fs::read_dir(dir) {
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    remove(&entry.path());
-                }
-            }
-        }
-        let _ = fs::remove_dir(dir);
-    }
-    for mount in cgroup_mounts() {
-        remove(&mount.join(top));
-    }
-}
-
-/// A kubelet-shaped pod cgroup (cgroupfs driver) under a test-only top directory:
-/// `<mount>/vxprobe-test-<n>/kubepods/besteffort/pod<uid>`.
-struct PodCgroup {
-    top: String,
-    leaf: PathBuf,
-}
-
-impl PodCgroup {
-    fn new(mount: &Path, uid: &str) -> Self {
-        let top = format!("vxprobe-test-{}", unique("cg"));
-        let leaf = mount
-            .join(&top)
-            .join(format!("kubepods/besteffort/pod{uid}"));
-        fs::create_dir_all(&leaf).unwrap_or_else(|e| panic!("{}: {e}", leaf.display()));
-        Self { top, leaf }
-    }
-
-    fn add(&self, pid: u32) {
-        let procs = self.leaf.join("cgroup.procs");
-        fs::write(&procs, pid.to_string())
-            .unwrap_or_else(|e| panic!("{} < {pid}: {e}", procs.display()));
-    }
-}
-
-impl Drop for PodCgroup {
-    fn drop(&mut self) {
-        remove_cgroup_tree(&self.top);
-    }
-}
-
-/// A kubelet-shaped pod log directory with one subdirectory per container.
-fn pod_log_dir(logs: &Path, namespace: &str, name: &str, uid: &str, containers: &[&str]) {
-    let dir = logs.join(format!("{namespace}_{name}_{uid}"));
-    for container in containers {
-        fs::create_dir_all(dir.join(container)).unwrap();
-    }
-}
-
-fn id(namespace: &str, name: &str, uid: &str) -> PodId {
-    PodId {
-        namespace: namespace.into(),
-        name: name.into(),
-        uid: uid.into(),
-    }
 }
 
 /// A process in a pod-shaped cgroup, with its log directory, is named within 2 s from the
@@ -486,319 +267,6 @@ fn no_source_names_nothing() {
     );
 }
 
-const PAUSE_IMAGE: &str = "localhost/vxprobe-pause";
-
-/// A pause image built here (FROM scratch, busybox-static's sleep) and saved as an OCI
-/// archive: nothing can be pulled from a registry on this machine.
-fn build_pause_image(root: &Path, tag: &str) -> PathBuf {
-    let context = root.join("image");
-    fs::create_dir_all(&context).unwrap();
-    fs::copy("/bin/busybox", context.join("busybox")).expect("busybox-static (xtask installs it)");
-    fs::write(
-        context.join("Containerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\n\
-         ENTRYPOINT [\"/bin/busybox\", \"sleep\", \"2147483647\"]\n",
-    )
-    .unwrap();
-    // Podman's storage under the test root: nothing is left in the machine's.
-    let storage = [
-        "--root",
-        &root.join("podman/root").to_string_lossy(),
-        "--runroot",
-        &root.join("podman/run").to_string_lossy(),
-        "--storage-driver",
-        "vfs",
-    ]
-    .map(str::to_owned);
-    let image = format!("{PAUSE_IMAGE}:{tag}");
-    let mut build = storage.to_vec();
-    build.extend(["build", "-q", "-t", &image].map(str::to_owned));
-    build.push(context.to_string_lossy().into_owned());
-    run(
-        "podman",
-        &build.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    let archive = root.join("pause.tar");
-    let mut save = storage.to_vec();
-    save.extend(["save", "--format", "oci-archive", "-o"].map(str::to_owned));
-    save.push(archive.to_string_lossy().into_owned());
-    save.push(image);
-    run(
-        "podman",
-        &save.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    archive
-}
-
-/// containerd beside the system: its own root, state, socket and config, run inside the
-/// node's namespace (so the CNI plugin's host-side veths are made there).
-struct Containerd {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-    root: PathBuf,
-}
-
-impl Containerd {
-    fn start(root: &Path, netns: &str, image: &str, subnet: &str) -> Self {
-        let socket = root.join("containerd.sock");
-        let cni = root.join("cni");
-        fs::create_dir_all(&cni).unwrap();
-        fs::write(
-            cni.join("10-vxprobe.conflist"),
-            format!(
-                r#"{{"cniVersion": "0.4.0", "name": "vxprobe-{}", "plugins": [
-                    {{"type": "ptp", "ipMasq": false, "mtu": 1500,
-                      "ipam": {{"type": "host-local", "subnet": "{subnet}",
-                                "dataDir": "{}"}}}}]}}"#,
-                unique("net"),
-                root.join("ipam").display()
-            ),
-        )
-        .unwrap();
-        let config = root.join("containerd.toml");
-        fs::write(
-            &config,
-            format!(
-                r#"version = 2
-root = "{root}/root"
-state = "{root}/state"
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
-[grpc]
-  address = "{socket}"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{root}/opt"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{image}"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{cni}"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-"#,
-                root = root.display(),
-                socket = socket.display(),
-                cni = cni.display(),
-            ),
-        )
-        .unwrap();
-        let log = root.join("containerd.log");
-        // Forked from a thread in the namespace, not through `ip netns exec`, whose fresh
-        // /sys has no cgroup mounts for runc.
-        let child = in_netns(netns, || {
-            Command::new("containerd")
-                .arg("--config")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(fs::File::create(&log).unwrap())
-                .stderr(fs::File::create(root.join("containerd.stderr")).unwrap())
-                .spawn()
-                .expect("containerd (xtask installs Debian's)")
-        });
-        let mut containerd = Self {
-            child,
-            socket,
-            log,
-            root: root.to_owned(),
-        };
-        containerd.wait_serving();
-        containerd
-    }
-
-    fn wait_serving(&mut self) {
-        let limit = Duration::from_secs(30) * time_scale();
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("containerd exited ({status}): {}", self.logs());
-            }
-            let answered = self.socket.exists()
-                && Command::new("ctr")
-                    .arg("--address")
-                    .arg(&self.socket)
-                    .arg("version")
-                    .output()
-                    .is_ok_and(|o| o.status.success());
-            if answered {
-                return;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "containerd not serving after {limit:?}: {}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn logs(&self) -> String {
-        let stderr = fs::read_to_string(self.root.join("containerd.stderr")).unwrap_or_default();
-        let stdout = fs::read_to_string(&self.log).unwrap_or_default();
-        let text = format!("{stdout}{stderr}");
-        let tail: Vec<&str> = text.lines().rev().take(30).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    }
-
-    fn import(&self, archive: &Path) {
-        run(
-            "ctr",
-            &[
-                "--address",
-                &self.socket.to_string_lossy(),
-                "-n",
-                "k8s.io",
-                "images",
-                "import",
-                "--base-name",
-                PAUSE_IMAGE,
-                &archive.to_string_lossy(),
-            ],
-        );
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        // Sandboxes still there (a failed test): removed through CRI, as kubelet would.
-        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            let socket = self.socket.clone();
-            rt.block_on(async move {
-                let Ok(channel) = vxprobe::node::pods::cri::channel(&socket).await else {
-                    return;
-                };
-                let mut client = RuntimeServiceClient::new(channel);
-                let Ok(list) = client
-                    .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-                    .await
-                else {
-                    return;
-                };
-                for sandbox in list.into_inner().items {
-                    let _ = remove_sandbox(&mut client, &sandbox.id).await;
-                }
-            });
-        }
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        // Shims outlive containerd: end the ones started for this socket, by pid.
-        let address = self.socket.to_string_lossy().into_owned();
-        for entry in fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            if cmdline.starts_with("/usr/bin/containerd-shim") && cmdline.contains(&address) {
-                // SAFETY: kill(2) on a shim this test's containerd started.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        // Mounts left under the root (rootfs overlays, shm), deepest first.
-        let root = self.root.to_string_lossy().into_owned();
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<&str> = mountinfo
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4))
-            .filter(|m| m.starts_with(&root))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for mount in mounts {
-            let _ = Command::new("umount").args(["-l", mount]).status();
-        }
-    }
-}
-
-async fn remove_sandbox(
-    client: &mut RuntimeServiceClient<tonic::transport::Channel>,
-    id: &str,
-) -> Result<(), tonic::Status> {
-    client
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await?;
-    client
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await?;
-    Ok(())
-}
-
-/// A sandbox config as kubelet writes one (cgroupfs driver), under a test-only cgroup top.
-fn sandbox_config(
-    pod: &PodId,
-    host_network: bool,
-    logs: &Path,
-    cgroup_top: &str,
-) -> PodSandboxConfig {
-    let labels = [
-        ("io.kubernetes.pod.name", pod.name.as_str()),
-        ("io.kubernetes.pod.namespace", pod.namespace.as_str()),
-        ("io.kubernetes.pod.uid", pod.uid.as_str()),
-        ("app", "web"),
-    ]
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .into_iter()
-    .collect();
-    let log_directory = logs.join(format!("{}_{}_{}", pod.namespace, pod.name, pod.uid));
-    fs::create_dir_all(&log_directory).unwrap();
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: pod.name.clone(),
-            uid: pod.uid.clone(),
-            namespace: pod.namespace.clone(),
-            attempt: 0,
-        }),
-        // Kubelet leaves the hostname out for host-network pods (no UTS namespace of their own).
-        hostname: if host_network {
-            String::new()
-        } else {
-            pod.name.clone()
-        },
-        log_directory: log_directory.to_string_lossy().into_owned(),
-        labels,
-        linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: format!("/{cgroup_top}/kubepods/besteffort/pod{}", pod.uid),
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: if host_network {
-                        NamespaceMode::Node
-                    } else {
-                        NamespaceMode::Pod
-                    } as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// The network namespace of a sandbox, found without CRI: the process runc put in a cgroup
-/// named after the sandbox.
-fn sandbox_netns(sandbox_id: &str) -> Option<u64> {
-    fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        entry.file_name().to_str()?.parse::<u32>().ok()?;
-        let cgroup = fs::read_to_string(entry.path().join("cgroup")).ok()?;
-        cgroup.contains(sandbox_id).then(|| {
-            fs::metadata(entry.path().join("ns/net"))
-                .ok()
-                .map(|m| m.ino())
-        })?
-    })
-}
-
 /// A real containerd: pod sandboxes run through CRI as kubelet runs them (a locally built
 /// pause image, a CNI network of Debian's `ptp` plugin) are named by their namespace, with
 /// labels and container names, and the CNI's host-side veth by its pod; a host-network
@@ -960,4 +428,385 @@ fn cri_names_containerd_sandboxes_and_their_veths() {
     drop(index);
     drop(containerd);
     remove_cgroup_tree(&cgroup_top);
+}
+
+// ---------------------------------------------------------------------------------------------
+// End to end: `record` and `top` name the pods.
+
+/// What a recording of a pod's traffic must show: pinged from the node while its namespace
+/// drops every echo request, the pod is named on the drops in its namespace, on its veth's
+/// `hop` and `flow` lines, in `meta` (its source, and the veth's hop), on nothing else, and in
+/// the pcapng's comments and interface descriptions.
+struct Expected<'a> {
+    source: &'a str,
+    /// The pod's namespace (inode) and the host side of its veth.
+    netns: u64,
+    veth: &'a str,
+    pod_ip: &'a str,
+    pod: Value,
+    pcap: &'a Path,
+}
+
+fn records_the_pod(mut recorder: Recorder, ping: impl FnOnce() -> Sleeper, want: &Expected) {
+    let pod = &want.pod;
+    let meta = recorder.wait_for("the meta line", Duration::from_secs(10), |l| {
+        l["kind"] == "meta"
+    });
+    assert_eq!(meta["pods"]["source"], want.source, "{meta}");
+    let pinging = ping();
+    let named = |l: &Value| &l["pod"] == pod;
+    let dropped = recorder.wait_for(
+        "a drop in the pod's namespace naming the pod",
+        Duration::from_secs(20),
+        |l| l["kind"] == "drop" && l["netns"] == want.netns && named(l),
+    );
+    assert_eq!(dropped["reason"], "NETFILTER_DROP", "{dropped}");
+    recorder.wait_for(
+        "a hop line of the pod's veth naming the pod",
+        Duration::from_secs(10),
+        |l| {
+            l["kind"] == "hop"
+                && l["ifname"] == want.veth
+                && l["dir"] == "egress"
+                && l["packets"].as_u64() > Some(0)
+                && named(l)
+        },
+    );
+    recorder.wait_for(
+        "a flow line to the pod at its veth naming the pod",
+        Duration::from_secs(10),
+        |l| {
+            l["kind"] == "flow"
+                && l["ifname"] == want.veth
+                && l["flow"]["proto"] == "icmp"
+                && l["flow"]["dst"] == want.pod_ip
+                && named(l)
+        },
+    );
+    drop(pinging);
+    let lines = recorder.stop();
+    for line in &lines {
+        if let Some(named) = line.get("pod") {
+            assert_eq!(named, pod, "only the pod is named: {line}");
+        }
+        if line["kind"] == "drop" && line["netns"] == want.netns {
+            assert_eq!(&line["pod"], pod, "every drop in its namespace: {line}");
+        }
+        if matches!(line["kind"].as_str(), Some("hop" | "flow")) && line["ifname"] == want.veth {
+            // The index names a veth once its peer's namespace is a pod's: at the latest
+            // when its first interval closes, here before anything was attached.
+            assert_eq!(&line["pod"], pod, "every line of its veth: {line}");
+        }
+    }
+    let hops = lines[0]["hops"].as_array().unwrap();
+    assert_eq!(hops.len(), 1);
+    assert_eq!(&hops[0]["pod"], pod, "meta names the veth's pod at start");
+    let name = format!(
+        "pod={}/{}",
+        pod["namespace"].as_str().unwrap(),
+        pod["name"].as_str().unwrap()
+    );
+    let packets = tshark_packets(want.pcap);
+    let named: Vec<&(String, String)> = packets
+        .iter()
+        .filter(|(comment, _)| comment.contains("NETFILTER_DROP"))
+        .collect();
+    assert!(!named.is_empty(), "no drop in the pcapng: {packets:?}");
+    for (comment, description) in named {
+        assert!(comment.contains(&name), "{comment}");
+        assert!(
+            description.contains(&format!("netns {}", want.netns)) && description.contains(&name),
+            "{description}"
+        );
+    }
+}
+
+/// From the node's layout: a lab veth whose peer is in a pod's namespace, the pod's process in
+/// a kubelet-shaped cgroup, its log directory where `VXPROBE_POD_LOGS` says.
+#[test]
+fn record_names_a_layout_pod_on_its_events_hops_flows_and_pcapng() {
+    if !is_root() {
+        return;
+    }
+    let Some(pod) = LayoutPod::new("shop", "web-0") else {
+        return;
+    };
+    drop_pings(&format!("--net=/run/netns/{}", pod.pod_ns.name));
+    let pcap = pod.root.0.join("layout.pcapng");
+    let recorder = Recorder::start_with_env(
+        &pod.node.name,
+        &[
+            "-i",
+            &pod.host,
+            "--cri-socket",
+            "none",
+            "--stats-interval",
+            "500ms",
+            "--pcap",
+            pcap.to_str().unwrap(),
+        ],
+        &pod.env(),
+    );
+    records_the_pod(
+        recorder,
+        || pod.ping(),
+        &Expected {
+            source: "layout",
+            netns: pod.pod_ns.inode(),
+            veth: &pod.host,
+            pod_ip: &pod.pod_ip,
+            pod: pod.json(),
+            pcap: &pcap,
+        },
+    );
+}
+
+/// Over CRI, from a real containerd: a sandbox run as kubelet runs it, with the CNI's
+/// (Debian's `ptp`) veth in the node's namespace; `record --cri-socket` names it.
+#[test]
+fn record_names_a_cri_pod_on_its_events_hops_flows_and_pcapng() {
+    if !is_root() {
+        return;
+    }
+    let root = TempDir::new("crirec");
+    let node = Netns::new("crirec");
+    let tag = unique("t");
+    let archive = build_pause_image(&root.0, &tag);
+    let image = format!("{PAUSE_IMAGE}:{tag}");
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed) % 250;
+    let containerd = Containerd::start(&root.0, &node.name, &image, &format!("198.19.{seq}.0/24"));
+    containerd.import(&archive);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut client = rt.block_on(async {
+        RuntimeServiceClient::new(
+            vxprobe::node::pods::cri::channel(&containerd.socket)
+                .await
+                .unwrap(),
+        )
+    });
+    let cgroup_top = format!("vxprobe-test-{}", unique("crirec"));
+    let web = id("shop", "web-0", &new_uid());
+    let sandbox = rt
+        .block_on(client.run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox_config(
+                &web,
+                false,
+                &root.0.join("logs"),
+                &cgroup_top,
+            )),
+            runtime_handler: String::new(),
+        }))
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", containerd.logs()))
+        .into_inner()
+        .pod_sandbox_id;
+    let pid = sandbox_pid(&sandbox).expect("the sandbox's process, by its cgroup");
+    let enter = format!("--net=/proc/{pid}/ns/net");
+    let addrs: Vec<Value> = serde_json::from_str(&run(
+        "nsenter",
+        &[&enter, "ip", "-j", "-4", "addr", "show", "eth0"],
+    ))
+    .unwrap();
+    let pod_ip = addrs[0]["addr_info"][0]["local"]
+        .as_str()
+        .expect("the pod's address")
+        .to_owned();
+    drop_pings(&enter);
+    let links: Vec<Value> = serde_json::from_str(&run(
+        "ip",
+        &["-n", &node.name, "-j", "link", "show", "type", "veth"],
+    ))
+    .unwrap();
+    assert_eq!(links.len(), 1, "one veth in the node: {links:?}");
+    let veth = links[0]["ifname"].as_str().unwrap().to_owned();
+
+    let pcap = root.0.join("cri.pcapng");
+    let socket = containerd.socket.to_str().unwrap().to_owned();
+    let recorder = Recorder::start(
+        &node.name,
+        &[
+            "-i",
+            &veth,
+            "--cri-socket",
+            &socket,
+            "--stats-interval",
+            "500ms",
+            "--pcap",
+            pcap.to_str().unwrap(),
+        ],
+    );
+    records_the_pod(
+        recorder,
+        || {
+            spawn_in(
+                &node.name,
+                "ping",
+                &["-q", "-i", "0.1", "-w", "300", &pod_ip],
+            )
+        },
+        &Expected {
+            source: "cri",
+            netns: sandbox_netns(&sandbox).expect("the sandbox's namespace"),
+            veth: &veth,
+            pod_ip: &pod_ip,
+            pod: serde_json::json!({"namespace": "shop", "name": "web-0", "uid": web.uid}),
+            pcap: &pcap,
+        },
+    );
+    rt.block_on(remove_sandbox(&mut client, &sandbox))
+        .unwrap_or_else(|e| panic!("removing the sandbox: {e}\n{}", containerd.logs()));
+    drop(containerd);
+    remove_cgroup_tree(&cgroup_top);
+}
+
+/// `agent --pod-labels` on a layout pod's veth: its hop series and the drops in its namespace
+/// carry `pod="shop/web-0"`; once the pod is gone (its process ended), every series naming it
+/// goes, and the veth's series go on without the label.
+#[test]
+fn agent_labels_a_pods_series_and_drops_them_once_it_is_gone() {
+    if !is_root() {
+        return;
+    }
+    let Some(mut pod) = LayoutPod::new("shop", "web-0") else {
+        return;
+    };
+    drop_pings(&format!("--net=/run/netns/{}", pod.pod_ns.name));
+    let agent = Agent::start_with_env(
+        &pod.node.name,
+        &[
+            "-i",
+            &pod.host,
+            "--cri-socket",
+            "none",
+            "--pod-labels",
+            "--stats-interval",
+            "500ms",
+        ],
+        &pod.env(),
+    );
+    let pinging = pod.ping();
+    let label = ("pod", "shop/web-0");
+    let host = pod.host.clone();
+    agent::wait_for(
+        "the pod's hop and drop series",
+        Duration::from_secs(20),
+        || {
+            let s = agent.metrics();
+            let hop = agent::sum(&s, "vxprobe_hop_packets_total", &[("iface", &host), label]);
+            let drops = agent::sum(
+                &s,
+                "vxprobe_drops_total",
+                &[("reason", "NETFILTER_DROP"), label],
+            );
+            let anomalies = agent::sum(&s, "vxprobe_anomalies_total", &[("kind", "drop"), label]);
+            (hop > 0.0 && drops > 0.0 && anomalies >= drops)
+                .then_some(())
+                .ok_or(format!("hop {hop}, drops {drops}, anomalies {anomalies}"))
+        },
+    );
+    drop(pinging);
+    pod.end();
+    agent::wait_for(
+        "every series naming the pod gone, the veth's unlabeled",
+        Duration::from_secs(20),
+        || {
+            let s = agent.metrics();
+            let named: Vec<&String> = s.keys().filter(|k| k.contains("shop/web-0")).collect();
+            let unlabeled = s.keys().any(|k| {
+                k.starts_with("vxprobe_hop_packets_total{")
+                    && k.contains(&format!("iface=\"{host}\""))
+                    && !k.contains("pod=")
+            });
+            (named.is_empty() && unlabeled).then_some(()).ok_or(format!(
+                "still named: {named:?}; veth unlabeled: {unlabeled}"
+            ))
+        },
+    );
+    let (code, stderr, _) = agent.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// `top` in tmux on a layout pod's veth: the pod column names the pod in the hops and the
+/// flows; `pod:` keeps them, `ns:` of another namespace empties both tables; `q` exits 0.
+#[test]
+fn top_shows_the_pod_column_and_filters_on_it() {
+    if !is_root() {
+        return;
+    }
+    let Some(pod) = LayoutPod::new("shop", "web-0") else {
+        return;
+    };
+    let session = format!("vxprobe-pods-top-{}", std::process::id());
+    let exit_file = pod.root.0.join("top.exit");
+    let command = format!(
+        "VXPROBE_POD_LOGS={} ip netns exec {} {} top --interval 500ms -i {} --cri-socket none; echo $? > {}; sleep 60",
+        pod.logs.display(),
+        pod.node.name,
+        common::VXPROBE,
+        pod.host,
+        exit_file.display()
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "180",
+        "-y",
+        "45",
+        &command,
+    ]);
+    let _ping = pod.ping();
+    let name = pod.id.to_string();
+    let hop_row = |screen: &str| {
+        screen
+            .lines()
+            .find(|l| l.contains(&pod.host) && l.contains("egress"))
+            .map(str::to_owned)
+    };
+    let screen = wait_screen(&session, "the veth's hop and flow named by the pod", |s| {
+        hop_row(s).is_some_and(|row| row.contains(&name))
+            && s.lines()
+                .any(|l| l.contains(&pod.pod_ip) && l.contains(&name))
+    });
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.contains("device") && l.contains(" pod ")),
+        "a pod column:\n{screen}"
+    );
+    // pod:NAME keeps the pod's hops and flows.
+    tmux(&["send-keys", "-t", &session, "/pod:web-0", "Enter"]);
+    let screen = wait_screen(&session, "the pod: filter in force", |s| {
+        s.contains("filter: pod:web-0")
+    });
+    assert!(
+        hop_row(&screen).is_some_and(|r| r.contains(&name)),
+        "{screen}"
+    );
+    assert!(screen.contains(&pod.pod_ip), "{screen}");
+    // ns: of a namespace no pod here is in empties both tables.
+    tmux(&["send-keys", "-t", &session, "/"]);
+    for _ in 0.."pod:web-0".len() {
+        tmux(&["send-keys", "-t", &session, "BSpace"]);
+    }
+    tmux(&["send-keys", "-t", &session, "ns:kube-system", "Enter"]);
+    let screen = wait_screen(&session, "the ns: filter emptying the tables", |s| {
+        s.contains("filter: ns:kube-system")
+            && s.contains("no hop matches the filter")
+            && s.contains("no flow matches the filter")
+    });
+    assert!(hop_row(&screen).is_none(), "{screen}");
+    tmux(&["send-keys", "-t", &session, "q"]);
+    let code = common::wait_until(
+        "top's exit status",
+        Duration::from_secs(10),
+        || fs::read_to_string(&exit_file).unwrap_or_default(),
+        |code| !code.trim().is_empty(),
+    );
+    let _ = tmux(&["kill-session", "-t", &session]);
+    assert_eq!(code.trim(), "0");
 }

@@ -67,7 +67,7 @@ impl TcxProgram {
         let dev = dev.to_owned();
         // The link's ifindex is looked up in the namespace of the thread that creates it.
         let link = faults::in_netns(netns, move || {
-            let ifindex = vxprobe::kernel::probes::device_index(&dev).expect("the device");
+            let ifindex = vxprobe::kernel::tc::device_index(&dev).expect("the device");
             let mut attr = [0u8; 128];
             attr[0..4].copy_from_slice(&prog_fd.to_ne_bytes());
             attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());

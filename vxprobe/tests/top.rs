@@ -55,7 +55,7 @@ fn top_shows_the_lossy_hop_and_flow_and_quits_cleanly() {
         .unwrap();
 
     // Wait until the screen shows the loss at cali0 and the pods' flow.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(60) * common::time_scale();
     let mut screen = String::new();
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));

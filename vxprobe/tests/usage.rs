@@ -40,6 +40,18 @@ fn every_bad_invocation_exits_2_with_one_line_naming_the_problem() {
     let same = dir.join("same");
     let same = same.to_str().unwrap();
     let dir_s = dir.to_str().unwrap();
+    // Links planted where root will write: their target must stay as it is.
+    let target = dir.join("precious");
+    std::fs::write(&target, b"keep me").unwrap();
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let link = link.to_str().unwrap();
+    let hard = dir.join("hard");
+    std::fs::hard_link(&target, &hard).unwrap();
+    let hard = hard.to_str().unwrap();
+    let out = dir.join("out.jsonl");
+    let out = out.to_str().unwrap();
+    let dot_out = format!("{dir_s}/./out.jsonl");
     let cases: &[(&[&str], &str)] = &[
         (&[], "command"),
         (&["frobnicate"], "frobnicate"),
@@ -80,10 +92,52 @@ fn every_bad_invocation_exits_2_with_one_line_naming_the_problem() {
         ),
         (&["record", "--output", same, "--pcap", same], "same file"),
         (
+            &["record", "--output", out, "--pcap", &dot_out],
+            "same file",
+        ),
+        (&["record", "--output", link], link),
+        (&["record", "--output", link], "symbolic link"),
+        (&["record", "--pcap", link], link),
+        (&["record", "--output", hard], "hard links"),
+        (&["record", "--pcap", hard], hard),
+        (&["record", "--ready-file", link], "symbolic link"),
+        (
+            &["record", "--output", out, "--ready-file", &dot_out],
+            "--ready-file",
+        ),
+        (&["record", "--event-lines", "-1"], "-1"),
+        (&["record", "--event-lines", "many"], "many"),
+        (&["record", "--max-output-size", "1000"], "1000"),
+        (&["record", "--max-output-size", "lots"], "lots"),
+        (
             &["record", "--ready-file", "/nonexistent-dir/ready"],
             "/nonexistent-dir",
         ),
         (&["record", "--ready-file", dir_s], "directory"),
+        // An explicit CRI socket must be there (the usual ones are only probed).
+        (
+            &["record", "--cri-socket", "/nonexistent/cri.sock"],
+            "no such socket /nonexistent/cri.sock",
+        ),
+        (&["record", "--cri-socket", dir_s], "is not a socket"),
+        (
+            &["top", "--cri-socket", "/nonexistent/cri.sock"],
+            "/nonexistent/cri.sock",
+        ),
+        (
+            &[
+                "doctor",
+                "--watch",
+                "1s",
+                "--cri-socket",
+                "/nonexistent/cri.sock",
+            ],
+            "/nonexistent/cri.sock",
+        ),
+        (
+            &["demo", "--cri-socket", "/nonexistent/cri.sock"],
+            "/nonexistent/cri.sock",
+        ),
         (&["top", "--interval", "0s"], "0s"),
         (&["top", "-i", "nosuchdev"], "nosuchdev"),
         (&["doctor", "--assume-kernel", "banana"], "banana"),
@@ -108,6 +162,11 @@ fn every_bad_invocation_exits_2_with_one_line_naming_the_problem() {
         (&["agent", "--stats-interval", "1ns"], "1ns"),
         (&["agent", "--tc-attach", "xdp"], "xdp"),
         (&["agent", "-i", "nosuchdev"], "nosuchdev"),
+        (
+            &["agent", "--cri-socket", "/nonexistent/cri.sock"],
+            "/nonexistent/cri.sock",
+        ),
+        (&["agent", "--pod-labels=yes"], "--pod-labels"),
         (&["agent", "stray"], "stray"),
     ];
     for (args, named) in cases {
@@ -121,6 +180,67 @@ fn every_bad_invocation_exits_2_with_one_line_naming_the_problem() {
         );
         assert!(out.stdout.is_empty(), "{args:?} wrote to stdout");
     }
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        b"keep me",
+        "no link was written through"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What a recording creates is its owner's only (0600), the ready file appears whole under
+/// its name (written beside it, then renamed) and nothing else is left in its directory.
+#[test]
+fn the_files_a_recording_creates_are_private() {
+    if !is_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let dir = std::env::temp_dir().join(format!("vxprobe-private-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let args = [
+        "record",
+        "-i",
+        "cali0",
+        "--duration",
+        "1s",
+        "--stats-interval",
+        "200ms",
+        "-o",
+        &path("rec.jsonl"),
+        "--pcap",
+        &path("rec.pcapng"),
+        "--ready-file",
+        &path("ready"),
+    ];
+    let out = vxprobe(Some(&lab.nodes[0].netns), &[], &args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["rec.jsonl", "rec.pcapng", "ready"] {
+        let mode = std::fs::metadata(dir.join(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
+    assert_eq!(std::fs::read(dir.join("ready")).unwrap(), b"ready\n");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["ready", "rec.jsonl", "rec.pcapng"],
+        "no temporary file left"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

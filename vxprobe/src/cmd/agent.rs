@@ -31,7 +31,7 @@ use crate::{
     observe::pipeline::{self, Sink},
     observe::session::{Session, SessionConfig},
     sinks::metrics::{
-        Exposition, MetricsSink, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE,
+        Exposition, MAX_POD_LABELS, MetricsSink, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE,
         prefers_openmetrics,
     },
 };
@@ -94,7 +94,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let result = async {
         let mut session = Session::start(&SessionConfig {
             node: Some(node.clone()),
-            ..args.probe.session(&args.selection)
+            ..args.probe.session(&args.selection, &args.pods)
         })
         .await?;
         health
@@ -106,6 +106,16 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             args.listen,
             session.hops().len()
         );
+        if args.pod_labels {
+            let index = session.pods().clone();
+            sink.label_pods(
+                MAX_POD_LABELS,
+                Box::new(move || {
+                    let pods = index.snapshot();
+                    pods.pods().map(|(_, pod)| pod.id.to_string()).collect()
+                }),
+            );
+        }
         let mut sinks: [&mut dyn Sink; 1] = [&mut sink];
         let run = pipeline::run(
             &mut session,

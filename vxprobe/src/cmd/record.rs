@@ -3,7 +3,9 @@
 
 use std::{
     future::Future,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -19,30 +21,30 @@ use crate::{
     observe::pipeline::{self, Sink},
     observe::report::Summary,
     observe::session::{Session, SessionConfig},
-    sinks::jsonl::{JsonLines, JsonSink},
-    sinks::pcap::EvidenceFile,
+    sinks::files,
+    sinks::jsonl::{Budget, JsonLines, JsonSink},
+    sinks::pcap::{EvidenceFile, PcapError, Snap},
 };
 
 pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     // Output paths are the user's input: check them before touching the kernel.
-    if let Some(pcap) = &args.pcap
-        && args.output != "-"
-        && same_file(Path::new(&args.output), pcap)
-    {
-        return Err(UsageError::new(format!(
-            "--output and --pcap name the same file ({})",
-            pcap.display()
-        ))
-        .into());
-    }
+    let mut outputs = Outputs::open(
+        &args.output,
+        args.pcap.as_deref(),
+        Snap::from_flag(args.snaplen),
+    )?;
+    outputs.check_ready_file_apart(args.ready_file.as_deref())?;
     check_ready_file(args.ready_file.as_ref())?;
     // Signals first: a SIGTERM while attaching (which takes a moment) then ends the recording
     // cleanly as soon as it starts, instead of killing vxprobe half-attached.
     let stop = stop_signal(args.duration)?;
-    let outputs = Outputs::open(&args.output, args.pcap.as_deref(), args.snaplen)?;
+    if let Some(limit) = args.max_output_size {
+        outputs = outputs.within(limit);
+    }
+    outputs.event_lines = args.event_lines;
     let mut session = Session::start(&SessionConfig {
         node: args.node.clone(),
-        ..args.probe.session(&args.selection)
+        ..args.probe.session(&args.selection, &args.pods)
     })
     .await?;
     signal_ready(args.ready_file.as_ref())?;
@@ -57,23 +59,78 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
 pub struct Outputs {
     json: JsonSink,
     evidence: Option<EvidenceFile>,
+    /// The files' places and identities, to keep the ready file apart from them.
+    files: Vec<(PathBuf, Option<files::Identity>)>,
+    /// `--event-lines`.
+    pub event_lines: u32,
 }
 
 impl Outputs {
-    /// `output`: a path or `-` for stdout. A path that cannot be written is bad input.
-    pub fn open(output: &str, pcap: Option<&Path>, snaplen: u32) -> anyhow::Result<Self> {
-        let lines = JsonLines::open(output)
-            .map_err(|e| UsageError::new(format!("cannot write to {output}: {e}")))?;
+    /// `output`: a path or `-` for stdout. A path that cannot be written, a link, or the same
+    /// file twice is bad input.
+    pub fn open(output: &str, pcap: Option<&Path>, snap: Snap) -> anyhow::Result<Self> {
+        let usage = |e: files::FileError| UsageError::new(e.to_string());
+        if let Some(pcap) = pcap {
+            if output != "-" && same_place(Path::new(output), pcap) {
+                return Err(same(pcap).into());
+            }
+            files::refuse_symlink(pcap).map_err(usage)?;
+        }
+        let lines = JsonLines::open(output).map_err(usage)?;
+        let mut files = Vec::new();
+        if output != "-" {
+            files.push((files::place(Path::new(output)), lines.identity));
+        }
         let evidence = match pcap {
-            Some(path) => Some(EvidenceFile::create(path, snaplen).map_err(|e| {
-                UsageError::new(format!("cannot write to {}: {e}", path.display()))
-            })?),
+            Some(path) => {
+                let mut evidence = EvidenceFile::create(path, snap).map_err(|e| match e {
+                    PcapError::File(e) => usage(e),
+                    e => UsageError::new(format!("cannot write to {}: {e}", path.display())),
+                })?;
+                let identity = evidence.identity();
+                // Two names of one file (a hard link made meanwhile, a bind mount).
+                if identity.is_some() && files.iter().any(|(_, id)| *id == identity) {
+                    return Err(same(path).into());
+                }
+                files.push((files::place(path), identity));
+                Some(evidence)
+            }
             None => None,
         };
         Ok(Self {
             json: JsonSink::new(lines),
             evidence,
+            files,
+            event_lines: crate::observe::fold::DEFAULT_EVENT_LINES,
         })
+    }
+
+    /// Bounds what the outputs write together (`--max-output-size`).
+    pub fn within(mut self, limit: u64) -> Self {
+        let budget = Arc::new(Budget::new(limit));
+        self.json = self.json.within(Arc::clone(&budget));
+        self.evidence = self.evidence.map(|e| e.within(budget));
+        self
+    }
+
+    /// The ready file must be neither output.
+    pub fn check_ready_file_apart(&self, ready: Option<&Path>) -> Result<(), UsageError> {
+        let Some(ready) = ready else {
+            return Ok(());
+        };
+        let place = files::place(ready);
+        let identity = std::fs::metadata(ready).ok().map(|m| (m.dev(), m.ino()));
+        if self
+            .files
+            .iter()
+            .any(|(at, id)| *at == place || (identity.is_some() && *id == identity))
+        {
+            return Err(UsageError::new(format!(
+                "--ready-file {} is also an output of the recording",
+                ready.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Runs the pipeline into these outputs (and `also`, the demo's watch on its faults)
@@ -86,7 +143,11 @@ impl Outputs {
         also: Option<&mut dyn Sink>,
         stop: impl Future<Output = ()>,
     ) -> anyhow::Result<Summary> {
-        let numbered = self.evidence.is_some();
+        let options = pipeline::Options {
+            number_evidence: self.evidence.is_some(),
+            event_lines: self.event_lines,
+            ..pipeline::Options::every(stats_interval)
+        };
         // Evidence first: it adds its packet count to the summary the JSON sink writes last.
         let mut sinks: Vec<&mut dyn Sink> = Vec::new();
         if let Some(evidence) = self.evidence.as_mut() {
@@ -96,14 +157,20 @@ impl Outputs {
         if let Some(also) = also {
             sinks.push(also);
         }
-        pipeline::run(session, &mut sinks, stats_interval, numbered, notes, stop).await
+        pipeline::run_with(session, &mut sinks, options, notes, stop).await
     }
 }
 
-/// Whether two paths name one file: the same path, or the same existing inode.
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    if a == b {
+fn same(path: &Path) -> UsageError {
+    UsageError::new(format!(
+        "--output and --pcap name the same file ({})",
+        path.display()
+    ))
+}
+
+/// Whether two paths name one file: the same place, or the same existing inode.
+fn same_place(a: &Path, b: &Path) -> bool {
+    if files::place(a) == files::place(b) {
         return true;
     }
     match (std::fs::metadata(a), std::fs::metadata(b)) {
@@ -143,6 +210,11 @@ pub fn check_ready_file(path: Option<&PathBuf>) -> Result<(), UsageError> {
     if path.is_dir() {
         return Err(bad("is a directory"));
     }
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(bad(
+            "is a symbolic link: vxprobe does not write through links",
+        ));
+    }
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => std::path::Path::new("."),
@@ -164,10 +236,12 @@ pub fn check_ready_file(path: Option<&PathBuf>) -> Result<(), UsageError> {
     }
 }
 
-/// Where a ready file goes once everything is attached.
+/// Where a ready file goes once everything is attached: written under a temporary name in
+/// its directory and renamed into place, so it appears whole (and a link planted meanwhile is
+/// replaced, not followed).
 pub fn signal_ready(path: Option<&PathBuf>) -> anyhow::Result<()> {
     if let Some(path) = path {
-        std::fs::write(path, b"ready\n")
+        files::write_atomically(path, b"ready\n")
             .with_context(|| format!("writing the ready file {}", path.display()))?;
     }
     Ok(())

@@ -14,7 +14,7 @@ use crate::{
 
 pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     // Attach (and report problems) before the terminal switches to the UI.
-    let mut session = Session::start(&args.probe.session(&args.selection)).await?;
+    let mut session = Session::start(&args.probe.session(&args.selection, &args.pods)).await?;
     let result = show(&mut session, args.interval, None, None).await;
     session.stop();
     result

@@ -17,6 +17,17 @@ pub fn missing() -> Vec<&'static str> {
     missing_from(effective)
 }
 
+/// CAP_SYS_PTRACE: reading every process's descriptors, and /proc under hidepid.
+pub const CAP_SYS_PTRACE: u32 = 19;
+
+/// Whether `cap` is in the effective set.
+pub fn has(cap: u32) -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| parse_cap_eff(&status))
+        .is_some_and(|effective| effective & (1u64 << cap) != 0)
+}
+
 fn parse_cap_eff(status: &str) -> Option<u64> {
     let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
     u64::from_str_radix(hex.trim(), 16).ok()

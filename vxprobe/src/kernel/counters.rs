@@ -121,3 +121,36 @@ impl LostCounter {
         Ok(fresh)
     }
 }
+
+/// Runs of `ebpf`'s loaded programs the kernel skipped because one of them was already
+/// running on that CPU (a softirq freeing an skb while a drop program runs in process context,
+/// say): the `recursion_misses` of each program's fdinfo (Linux 5.12+; 0 before).
+pub fn recursion_misses(ebpf: &aya::Ebpf) -> u64 {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    ebpf.programs()
+        .filter_map(|(_, program)| program.fd().ok())
+        .filter_map(|fd| {
+            let fd = fd.as_fd().as_raw_fd();
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+            fdinfo_field(&info, "recursion_misses")
+        })
+        .sum()
+}
+
+/// A numeric field of an fdinfo file (`name:\tvalue`).
+pub fn fdinfo_field(fdinfo: &str, name: &str) -> Option<u64> {
+    fdinfo.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fdinfo_fields_are_read_by_name() {
+        let info = "prog_type:\t26\nrun_cnt:\t0\nrecursion_misses:\t12\nverified_insns:\t99\n";
+        assert_eq!(super::fdinfo_field(info, "recursion_misses"), Some(12));
+        assert_eq!(super::fdinfo_field(info, "misses"), None);
+    }
+}

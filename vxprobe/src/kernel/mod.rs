@@ -1,6 +1,8 @@
 //! The kernel side: the eBPF object loaded and attached, and its maps read.
 //!
-//! - [`probes`]: loading, TC attachment, the hook ladder of each kernel-wide signal;
+//! - [`hooks`]: how TC programs attach and which hook a signal uses (the shared choices);
+//! - [`probes`]: loading the object; [`tc`]: the hops' TC programs attached; [`ladder`]: the
+//!   hook ladder of each kernel-wide signal;
 //! - [`hops`], [`flows`]: per-hop and per-flow counters read from the maps as interval
 //!   deltas ([`batch`] reads maps whole, [`seen`] keeps what the last read saw);
 //! - [`flowcache`]: the TC programs' per-CPU flow cache, mapped read-only and merged;
@@ -18,9 +20,12 @@ pub mod caps;
 pub mod counters;
 pub mod flowcache;
 pub mod flows;
+pub mod hooks;
 pub mod hops;
 pub mod kallsyms;
+pub mod ladder;
 pub mod probes;
 pub mod seen;
 pub mod stale;
+pub mod tc;
 pub mod tc_order;

@@ -308,7 +308,10 @@ impl Lab {
         &self.namespaces
     }
 
-    /// Deletes namespaces left by labs whose process is gone (a crashed test or demo).
+    /// Deletes what labs whose process is gone (a killed test or demo) left: the processes
+    /// still running inside their namespaces (iperf3, ping), then the namespaces. A lab whose
+    /// process still runs is never touched; a lab's pid taken by a process that started after
+    /// the lab was made does not keep the lab alive.
     pub fn remove_stale() -> io::Result<()> {
         let out = Command::new("ip").args(["netns", "list"]).output()?;
         for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -322,27 +325,93 @@ impl Lab {
             else {
                 continue;
             };
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = ip(&format!("netns del {name}"));
+            if owner_lives(pid, name) {
+                continue;
             }
+            end_processes_in(name);
+            let _ = ip(&format!("netns del {name}"));
         }
         Ok(())
+    }
+}
+
+/// Whether the process that made the lab namespace `name` still runs: `pid` is there, and it
+/// started before the namespace was made (not a later process that got the same pid). When
+/// in doubt, it lives.
+fn owner_lives(pid: u32, name: &str) -> bool {
+    let Some(started) = process_start(pid) else {
+        return false; // no such process
+    };
+    let made = std::fs::metadata(format!("/run/netns/{name}")).and_then(|m| m.modified());
+    match made {
+        // A second of slack for the clocks' resolutions.
+        Ok(made) => started <= made + std::time::Duration::from_secs(1),
+        Err(_) => true,
+    }
+}
+
+/// When process `pid` started, on the wall clock (`None`: no such process, or a zombie).
+fn process_start(pid: u32) -> Option<std::time::SystemTime> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    let ticks: u64 = fields.get(19)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let booted = std::time::SystemTime::now() - std::time::Duration::from_secs_f64(uptime);
+    Some(booted + std::time::Duration::from_millis(ticks * 1000 / hz.max(1)))
+}
+
+/// Ends every process inside the namespace `ns` (but this one) and waits, briefly, until
+/// they are gone: a namespace deleted with processes in it lives on with them, nameless.
+fn end_processes_in(ns: &str) {
+    let me = std::process::id().to_string();
+    let pids = || -> Vec<String> {
+        Command::new("ip")
+            .args(["netns", "pids", ns])
+            .output()
+            .map(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .filter(|pid| *pid != me)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for _ in 0..50 {
+        let left: Vec<String> = pids()
+            .into_iter()
+            .filter(|pid| pid.parse().ok().and_then(process_start).is_some())
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        for pid in &left {
+            if let Ok(pid) = pid.parse::<libc::pid_t>() {
+                // SAFETY: kill(2) on a process of the lab's namespace.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
         for ns in self.namespaces.iter().rev() {
-            // Kill what still runs inside (iperf3, ping) so the namespace really goes away.
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-                let me = std::process::id().to_string();
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    // A process may watch a lab node from inside (the demo): not itself.
-                    if pid != me {
-                        let _ = Command::new("kill").args(["-9", pid]).status();
-                    }
-                }
-            }
+            // End what still runs inside (iperf3, ping) so the namespace really goes away; a
+            // process may watch a lab node from inside (the demo): not this one.
+            end_processes_in(ns);
             let _ = ip(&format!("netns del {ns}"));
         }
     }

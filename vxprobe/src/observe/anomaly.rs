@@ -89,6 +89,13 @@ pub struct Anomaly {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ifindex: Option<u32>,
     pub netns: u64,
+    /// The pod whose namespace this is, or at the other end of the device (a host-side veth
+    /// of vxprobe's namespace): set by the session from the pod index.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::observe::report::serialize_pod"
+    )]
+    pub pod: Option<std::sync::Arc<crate::node::pods::Pod>>,
     /// `ingress`/`egress`, for events from device hooks (TC).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dir: Option<&'static str>,
@@ -125,8 +132,10 @@ pub struct Anomaly {
     /// (kernel-wide hooks are not device hooks).
     #[serde(skip)]
     pub hop_direction: Option<Direction>,
-    /// The packet died (or the send was refused): counts toward its hop's `drops`.
-    #[serde(skip)]
+    /// The packet died (or the send was refused): counts toward its hop's `drops`. Written
+    /// as `"dropped": true` (absent when the packet went on), so readers of a recording (the
+    /// report) take it from the line rather than judge it again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dropped: bool,
     /// The packet's first bytes, for the pcapng evidence file.
     #[serde(skip)]
@@ -134,6 +143,13 @@ pub struct Anomaly {
     /// The packet's frame number in the evidence file (`--pcap`), 1-based as Wireshark shows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pcap_frame: Option<u64>,
+    /// CLOCK_MONOTONIC nanoseconds when the kernel saw it (`bpf_ktime_get_ns`).
+    #[serde(skip)]
+    pub ktime_ns: u64,
+    /// `ktime_ns` on the wall clock ([`super::clock`]): the line's `ts`, the pcapng block's
+    /// time.
+    #[serde(skip)]
+    pub ts: std::time::SystemTime,
 }
 
 /// What a packet capture needs of an anomaly's packet.
@@ -144,8 +160,28 @@ pub struct Evidence {
     pub bytes: Vec<u8>,
     /// The packet's length before it was cut.
     pub original_len: u32,
-    /// CLOCK_MONOTONIC nanoseconds when the kernel saw it.
-    pub ktime_ns: u64,
+    /// Where its headers end: the end of the innermost transport header (of the inner packet
+    /// for tunnel packets), at most `bytes.len()`; `None` when they cannot be told apart from
+    /// the payload (no IP packet). The evidence keeps no more than this unless `--snaplen`
+    /// says otherwise.
+    pub headers: Option<usize>,
+}
+
+impl Evidence {
+    pub fn new(link: Link, bytes: Vec<u8>, original_len: u32) -> Self {
+        let headers = match link {
+            Link::Ethernet => packet::parse_ethernet(&bytes)
+                .and_then(|ip| Some(bytes.len() - ip.len() + packet::headers_end(ip)?)),
+            Link::Ip => packet::headers_end(&bytes),
+        }
+        .map(|end| end.min(bytes.len()));
+        Self {
+            link,
+            bytes,
+            original_len,
+            headers,
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -155,7 +191,37 @@ pub enum Link {
     Ip,
 }
 
+/// Where an oversized packet was found: a send the kernel refused (EMSGSIZE), a packet it
+/// dropped for its size, or a packet a TC hop saw above its device's MTU (it went on).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum OversizeSource {
+    Send,
+    Drop,
+    Hop,
+}
+
+impl OversizeSource {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OversizeSource::Send => "send",
+            OversizeSource::Drop => "drop",
+            OversizeSource::Hop => "hop",
+        }
+    }
+}
+
 impl Anomaly {
+    /// Where an `oversize` anomaly comes from.
+    pub fn oversize_source(&self) -> OversizeSource {
+        if self.errno.is_some() {
+            OversizeSource::Send
+        } else if self.dropped {
+            OversizeSource::Drop
+        } else {
+            OversizeSource::Hop
+        }
+    }
+
     /// Frees the kernel reports as drops although the packet was delivered: an ICMP echo
     /// reply is handed to raw sockets (root's ping) as a copy, then the original is freed
     /// with NO_SOCKET in `ping_rcv` when no unprivileged ping socket wants it.
@@ -172,6 +238,7 @@ impl Anomaly {
             ifname: None,
             ifindex: None,
             netns: u64::from(netns),
+            pod: None,
             dir: None,
             reason: None,
             location: None,
@@ -190,12 +257,11 @@ impl Anomaly {
             dropped: false,
             evidence: None,
             pcap_frame: None,
+            ktime_ns: 0,
+            ts: std::time::SystemTime::UNIX_EPOCH,
         }
     }
 }
-
-/// Devices of other namespaces remembered at most (a cache: forgotten ones are looked up again).
-const FOREIGN_DEVICES_MAX: usize = 4096;
 
 /// What turns raw events into anomalies: names from this kernel, and our own hops.
 pub struct Enricher {
@@ -205,8 +271,8 @@ pub struct Enricher {
     pub netns: u64,
     /// The observed devices by ifindex (in `netns`): name, and whether frames start at IP.
     pub hops: HashMap<u32, (String, Link)>,
-    /// Devices of other namespaces already looked up, by (netns, ifindex).
-    pub foreign_devices: HashMap<(u64, u32), Option<(String, u32)>>,
+    /// Devices of other namespaces by (netns, ifindex): cached, looked up off the event loop.
+    pub devices: netns::DeviceNames,
 }
 
 impl Enricher {
@@ -234,6 +300,7 @@ impl Enricher {
             info.task_netns
         };
         let mut anomaly = Anomaly::new(kind, netns);
+        anomaly.ktime_ns = event.header.ktime_ns;
         anomaly.dropped = true;
         if has_device {
             anomaly.ifname = Some(c_string(&info.ifname));
@@ -250,12 +317,11 @@ impl Enricher {
                 anomaly.flow = Some(parsed.flow);
                 anomaly.outer = parsed.outer;
             }
-            anomaly.evidence = Some(Evidence {
-                link: Link::Ip,
-                bytes: bytes.to_vec(),
-                original_len: info.skb_len.max(bytes.len() as u32),
-                ktime_ns: event.header.ktime_ns,
-            });
+            anomaly.evidence = Some(Evidence::new(
+                Link::Ip,
+                bytes.to_vec(),
+                info.skb_len.max(bytes.len() as u32),
+            ));
         }
         anomaly.reason = Some(reason);
         anomaly.location = Some(location);
@@ -270,6 +336,7 @@ impl Enricher {
             AnomalyKind::Fragment
         };
         let mut anomaly = Anomaly::new(kind, 0);
+        anomaly.ktime_ns = event.header.ktime_ns;
         anomaly.netns = self.netns;
         let direction = Direction::try_from(event.flow.direction).ok();
         anomaly.hop_direction = direction;
@@ -281,12 +348,11 @@ impl Enricher {
             .unwrap_or(0)
             .min(event.frame.len());
         if captured > 0 {
-            anomaly.evidence = Some(Evidence {
-                link: hop.map_or(Link::Ethernet, |(_, link)| *link),
-                bytes: event.frame[..captured].to_vec(),
-                original_len: event.len,
-                ktime_ns: event.header.ktime_ns,
-            });
+            anomaly.evidence = Some(Evidence::new(
+                hop.map_or(Link::Ethernet, |(_, link)| *link),
+                event.frame[..captured].to_vec(),
+                event.len,
+            ));
         }
         anomaly.len = Some(event.len);
         anomaly.flow = flow_of(&event.flow);
@@ -306,6 +372,7 @@ impl Enricher {
     pub fn csum(&self, event: &CsumEvent) -> Anomaly {
         let info = &event.packet;
         let mut anomaly = Anomaly::new(AnomalyKind::CsumError, event.header.netns);
+        anomaly.ktime_ns = event.header.ktime_ns;
         let (reason, location) = if event.origin == CsumOrigin::RxCsumFault as u32 {
             ("HW_CSUM_FAULT", "netdev_rx_csum_fault")
         } else {
@@ -331,6 +398,7 @@ impl Enricher {
     pub fn frag_needed(&self, event: &FragNeededEvent) -> Anomaly {
         let info = &event.packet;
         let mut anomaly = Anomaly::new(AnomalyKind::FragNeeded, event.header.netns);
+        anomaly.ktime_ns = event.header.ktime_ns;
         if info.ifindex != 0 {
             anomaly.ifname = Some(c_string(&info.ifname));
             anomaly.ifindex = Some(info.ifindex);
@@ -345,6 +413,7 @@ impl Enricher {
 
     pub fn retransmit(&self, event: &RetransmitEvent) -> Anomaly {
         let mut anomaly = Anomaly::new(AnomalyKind::Retransmit, event.header.netns);
+        anomaly.ktime_ns = event.header.ktime_ns;
         anomaly.flow = sock_flow(&event.flow);
         anomaly.count = (event.segs > 1).then_some(event.segs);
         anomaly
@@ -354,6 +423,7 @@ impl Enricher {
     /// sll_ifindex) or the socket's binding, looked up in the sender's namespace.
     pub fn send_error(&mut self, event: &SendErrorEvent) -> Anomaly {
         let mut anomaly = Anomaly::new(AnomalyKind::Oversize, event.header.netns);
+        anomaly.ktime_ns = event.header.ktime_ns;
         anomaly.dropped = true;
         anomaly.len = Some(event.len);
         anomaly.errno = Some(event.errno);
@@ -371,22 +441,13 @@ impl Enricher {
         // could not (no BTF for af_packet), ask /proc while the sender is still there.
         let ifindex = match family {
             AF_PACKET | 0 if event.addr_ifindex != 0 => Some(event.addr_ifindex),
-            0 => netns::packet_socket_ifindex(event.tgid, event.fd),
+            0 => self.devices.packet_socket(event.tgid, event.fd),
             _ => None,
         };
         if let Some(ifindex) = ifindex {
             anomaly.ifindex = Some(ifindex);
             anomaly.hop_direction = Some(Direction::Egress);
-            let netns = anomaly.netns;
-            // Pods come and go for weeks: keep the cache bounded.
-            if self.foreign_devices.len() >= FOREIGN_DEVICES_MAX {
-                self.foreign_devices.clear();
-            }
-            let device = self
-                .foreign_devices
-                .entry((netns, ifindex))
-                .or_insert_with(|| netns::device_in_netns(netns, ifindex));
-            if let Some((name, mtu)) = device.clone() {
+            if let Some((name, mtu)) = self.devices.device(anomaly.netns, ifindex) {
                 anomaly.ifname = Some(name);
                 anomaly.mtu = Some(mtu);
             }

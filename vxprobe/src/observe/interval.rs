@@ -16,11 +16,12 @@ use vxprobe_common::{Counters, Direction, FlowCounters, FlowKey, HopKey};
 use super::{
     anomaly::{Anomaly, AnomalyKind, flow_of, outer_of},
     distinct::DistinctCount,
+    fold::Folding,
     judge,
     packet::Flow,
     report::{
-        Faults, FlowReport, HopReport, IntervalEnd, IntervalReport, LostEvents, MetaHop, Summary,
-        mean_segment,
+        Faults, FlowFaults, FlowReport, HopReport, IntervalEnd, IntervalReport, LostEvents,
+        MetaHop, Summary, mean_segment,
     },
 };
 use crate::node::features::Offload;
@@ -45,12 +46,15 @@ pub struct Interval {
     /// interval (reported one last time).
     devices: BTreeSet<u32>,
     hop_faults: HashMap<HopKey, Faults>,
-    flow_faults: HashMap<Flow, Faults>,
+    /// Each flow's faults: all, and those at each of our hops.
+    flow_faults: HashMap<Flow, (Faults, Vec<(HopKey, Faults)>)>,
     /// Flows that retransmitted in this interval: their retransmits, the hops they crossed.
     retransmitting: HashMap<Flow, (u64, Vec<HopKey>)>,
     offloads: HashMap<u32, Offload>,
     summary: Summary,
     flows_seen: DistinctCount,
+    /// Which anomalies become lines of their own ([`super::fold`]).
+    folding: Folding,
 }
 
 impl Interval {
@@ -60,8 +64,30 @@ impl Interval {
         Self {
             netns,
             offloads,
+            folding: Folding::new(super::fold::DEFAULT_EVENT_LINES),
             ..Self::default()
         }
+    }
+
+    /// Lines per (kind, hop, flow, reason) and interval (`--event-lines`; 0: no limit).
+    pub fn with_event_lines(mut self, limit: u32) -> Self {
+        self.folding = Folding::new(limit);
+        self
+    }
+
+    /// Whether a charged anomaly becomes a line of its own (and evidence), or folds into its
+    /// key's `count` line at the interval's end ([`Interval::take_folded`]).
+    pub fn line(&mut self, anomaly: &Anomaly) -> bool {
+        let line = self.folding.line(anomaly);
+        if !line {
+            self.summary.folded += 1;
+        }
+        line
+    }
+
+    /// The interval's folded lines (each with its `count`), to write before it closes.
+    pub fn take_folded(&mut self) -> Vec<Anomaly> {
+        self.folding.take()
     }
 
     /// A device is a hop (from now, or still for the rest of this interval).
@@ -78,11 +104,15 @@ impl Interval {
             .entry(anomaly.kind.as_str())
             .or_default() += 1;
         let dropped = anomaly.dropped.then(|| reason(anomaly));
-        if let (Some(ifindex), Some(dir)) = (anomaly.ifindex, anomaly.hop_direction)
-            && anomaly.netns == self.netns
-            && self.devices.contains(&ifindex)
-        {
-            let key = HopKey::new(ifindex, dir);
+        let hop = match (anomaly.ifindex, anomaly.hop_direction) {
+            (Some(ifindex), Some(dir))
+                if anomaly.netns == self.netns && self.devices.contains(&ifindex) =>
+            {
+                Some(HopKey::new(ifindex, dir))
+            }
+            _ => None,
+        };
+        if let Some(key) = hop {
             self.hop_faults
                 .entry(key)
                 .or_default()
@@ -93,10 +123,18 @@ impl Interval {
             // new flows' faults count at their hops only.
             let known = self.flow_faults.contains_key(flow);
             if known || self.flow_faults.len() < FLOW_FAULTS_MAX {
-                self.flow_faults
-                    .entry(flow.clone())
-                    .or_default()
-                    .add(anomaly.kind, n, dropped);
+                let (total, at) = self.flow_faults.entry(flow.clone()).or_default();
+                total.add(anomaly.kind, n, dropped);
+                if let Some(key) = hop {
+                    let i = match at.iter().position(|(k, _)| *k == key) {
+                        Some(i) => i,
+                        None => {
+                            at.push((key, Faults::default()));
+                            at.len() - 1
+                        }
+                    };
+                    at[i].1.add(anomaly.kind, n, dropped);
+                }
             }
             if anomaly.kind == AnomalyKind::Retransmit
                 && (known || self.retransmitting.len() < FLOW_FAULTS_MAX)
@@ -131,7 +169,10 @@ impl Interval {
             })
             .collect();
         self.summary.lost += lost.iter().map(|(_, n)| n).sum::<u64>();
-        let flow_faults = std::mem::take(&mut self.flow_faults).into_iter().collect();
+        let flow_faults = std::mem::take(&mut self.flow_faults)
+            .into_iter()
+            .map(|(flow, (total, at))| FlowFaults { flow, total, at })
+            .collect();
         IntervalReport {
             flow_faults,
             ts,
@@ -221,6 +262,7 @@ mod tests {
             role: Role::Pod,
             mtu: 1450,
             ahead: Vec::new(),
+            pod: None,
         }
     }
 
@@ -289,8 +331,11 @@ mod tests {
         assert_eq!(at.mean_segment, 100);
         assert_eq!(report.hops[1].drops(), 0);
         assert_eq!(report.worst_hop, Some(at.key()));
-        let (_, faults) = &report.flow_faults[0];
-        assert_eq!(faults.drops, 4, "every drop of the flow, wherever");
+        let faults = &report.flow_faults[0];
+        assert_eq!(faults.total.drops, 4, "every drop of the flow, wherever");
+        // Where it happened at one of our hops: there, by hop (both were charged at 5).
+        assert_eq!(faults.at.len(), 1);
+        assert_eq!((faults.at[0].0, faults.at[0].1.drops), (at.key(), 2));
         interval.end(0, |_| true);
         let summary = interval.summary(Duration::from_secs(1));
         assert_eq!(summary.events["drop"], 3);

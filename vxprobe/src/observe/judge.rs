@@ -7,7 +7,6 @@ use std::cmp::Reverse;
 
 use vxprobe_common::{Direction, HopKey};
 
-use super::report::HopReport;
 use crate::node::{devices::Role, features::Offload};
 
 /// The share of a hop's packets that died there, in percent (two decimals). At ingress the TC
@@ -53,6 +52,60 @@ pub fn path_rank(role: Role, dir: Direction) -> u8 {
     }
 }
 
+/// A flow's counts at one hop of its path, or over the whole path ([`path_totals`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PathCounts {
+    pub packets: u64,
+    pub bytes: u64,
+    pub drops: u64,
+    pub csum_errors: u64,
+    pub oversize: u64,
+    pub fragments: u64,
+    pub retransmits: u64,
+}
+
+impl PathCounts {
+    /// Adds `other` (saturating: a bogus count from the feed must not bring the UI down).
+    pub fn add(&mut self, other: &PathCounts) {
+        let add = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+        add(&mut self.packets, other.packets);
+        add(&mut self.bytes, other.bytes);
+        add(&mut self.drops, other.drops);
+        add(&mut self.csum_errors, other.csum_errors);
+        add(&mut self.oversize, other.oversize);
+        add(&mut self.fragments, other.fragments);
+        add(&mut self.retransmits, other.retransmits);
+    }
+
+    /// Drops (checksum errors and oversize included), retransmits and fragments: what makes a
+    /// flow worth looking at.
+    pub fn trouble(&self) -> u64 {
+        self.drops
+            .saturating_add(self.retransmits)
+            .saturating_add(self.fragments)
+    }
+}
+
+/// A flow's counts over its path, from its counts at each hop in path order: packets and bytes
+/// as it sent them (at its first hop); fragments and packets over the MTU as many as the hop
+/// that saw most (one packet is seen at several hops); faults added up (each anomaly was
+/// charged to one hop).
+pub fn path_totals(hops: &[PathCounts]) -> PathCounts {
+    let mut total = PathCounts::default();
+    if let Some(first) = hops.first() {
+        total.packets = first.packets;
+        total.bytes = first.bytes;
+    }
+    for hop in hops {
+        total.fragments = total.fragments.max(hop.fragments);
+        total.oversize = total.oversize.max(hop.oversize);
+        total.drops = total.drops.saturating_add(hop.drops);
+        total.csum_errors = total.csum_errors.saturating_add(hop.csum_errors);
+        total.retransmits = total.retransmits.saturating_add(hop.retransmits);
+    }
+    total
+}
+
 /// The hop of a flow's path where it loses packets, and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PathVerdict {
@@ -62,13 +115,17 @@ pub enum PathVerdict {
     DropsAt(usize),
     /// No drop counted, but this hop saw far fewer bytes than the one before it.
     VanishesBefore(usize),
+    /// Packets died beyond the path's hops (in a pod's namespace, at a socket, before any
+    /// hop saw them): this many.
+    DropsElsewhere(u64),
 }
 
-/// Where a path loses packets: the hop with the most drops (the first of equals), else the
-/// first hop that saw less than 80% of the bytes of the one before it (bytes grow by tunnel
-/// headers and shrink by nothing else on a healthy path). `hops`: (drops, bytes) of each hop
-/// in path order.
-pub fn path_verdict(hops: &[(u64, u64)]) -> PathVerdict {
+/// Where a path loses packets: the hop with the most drops (the first of equals); else, when
+/// the flow lost packets elsewhere (`flow_drops` is all of its drops), there; else the first
+/// hop that saw less than 80% of the bytes of the one before it (bytes grow by tunnel headers
+/// and shrink by nothing else on a healthy path). `hops`: (drops, bytes) of each hop in path
+/// order.
+pub fn path_verdict(hops: &[(u64, u64)], flow_drops: u64) -> PathVerdict {
     let worst = hops
         .iter()
         .enumerate()
@@ -77,13 +134,17 @@ pub fn path_verdict(hops: &[(u64, u64)]) -> PathVerdict {
     if let Some((at, _)) = worst {
         return PathVerdict::DropsAt(at);
     }
+    if flow_drops > 0 {
+        return PathVerdict::DropsElsewhere(flow_drops);
+    }
     hops.windows(2)
         .position(|w| u128::from(w[1].1) * 5 < u128::from(w[0].1) * 4)
         .map_or(PathVerdict::Clean, |at| PathVerdict::VanishesBefore(at + 1))
 }
 
-/// What the judgments over an interval's hops read of each hop: [`HopReport`] has it, and so
-/// has whatever stands in for one (the TUI's scenario).
+/// What the judgments over an interval's hops read of each hop: a
+/// [`super::report::HopReport`] has it, and so has whatever stands in for one (the TUI's
+/// scenario).
 pub trait HopView {
     fn key(&self) -> HopKey;
     fn ifname(&self) -> &str;
@@ -98,39 +159,6 @@ pub trait HopView {
     fn loss_pct(&self) -> f64;
     fn dir(&self) -> Direction {
         Direction::try_from(self.key().direction).unwrap_or(Direction::Ingress)
-    }
-}
-
-impl HopView for HopReport {
-    fn key(&self) -> HopKey {
-        HopReport::key(self)
-    }
-    fn ifname(&self) -> &str {
-        &self.hop.ifname
-    }
-    fn role(&self) -> Role {
-        self.hop.role
-    }
-    fn mtu(&self) -> u32 {
-        self.hop.mtu
-    }
-    fn packets(&self) -> u64 {
-        self.counters.packets
-    }
-    fn bytes(&self) -> u64 {
-        self.counters.bytes
-    }
-    fn segs(&self) -> u64 {
-        self.counters.segs
-    }
-    fn max_len(&self) -> u64 {
-        u64::from(self.counters.max_len)
-    }
-    fn drops(&self) -> u64 {
-        HopReport::drops(self)
-    }
-    fn loss_pct(&self) -> f64 {
-        self.loss_pct
     }
 }
 
@@ -277,18 +305,41 @@ mod tests {
 
     #[test]
     fn paths_lose_where_drops_are_or_where_bytes_fall() {
-        assert_eq!(path_verdict(&[]), PathVerdict::Clean);
+        assert_eq!(path_verdict(&[], 0), PathVerdict::Clean);
         assert_eq!(
-            path_verdict(&[(0, 1000), (0, 1050), (0, 1050)]),
+            path_verdict(&[(0, 1000), (0, 1050), (0, 1050)], 0),
             PathVerdict::Clean
         );
         assert_eq!(
-            path_verdict(&[(0, 1000), (3, 900), (3, 900)]),
+            path_verdict(&[(0, 1000), (3, 900), (3, 900)], 6),
             PathVerdict::DropsAt(1)
         );
         assert_eq!(
-            path_verdict(&[(0, 1000), (0, 500), (0, 500)]),
+            path_verdict(&[(0, 1000), (0, 500), (0, 500)], 0),
             PathVerdict::VanishesBefore(1)
+        );
+        // 50 datagrams crossed the node whole, then died of bad checksums in the receiving
+        // pod: they are lost beyond these hops, not at the first of them.
+        assert_eq!(
+            path_verdict(&[(0, 1000), (0, 1050)], 50),
+            PathVerdict::DropsElsewhere(50)
+        );
+    }
+
+    #[test]
+    fn a_paths_totals_count_each_packet_once() {
+        let hop = |packets, fragments, drops| PathCounts {
+            packets,
+            bytes: packets * 100,
+            fragments,
+            drops,
+            ..PathCounts::default()
+        };
+        // Three fragments seen at the three hops of a node: three fragments, not nine.
+        let total = path_totals(&[hop(3, 3, 0), hop(3, 3, 1), hop(2, 3, 0)]);
+        assert_eq!(
+            (total.packets, total.bytes, total.fragments, total.drops),
+            (3, 300, 3, 1)
         );
     }
 

@@ -6,12 +6,16 @@
 //! - [`interval`]: the one interval model: each anomaly charged to its hop and flow once,
 //!   loss and the other judgments ([`judge`]) made once, into the plain [`report`] types;
 //! - [`pipeline`]: the loop from the session through the model to the sinks;
-//! - [`distinct`]: bounded distinct counts for the summary.
+//! - [`distinct`]: bounded distinct counts for the summary;
+//! - [`fold`]: which anomalies of a flood become lines (`--event-lines`), the rest `count`;
+//! - [`clock`]: the kernel's timestamps as wall time.
 
 pub mod anomaly;
+pub mod clock;
 pub mod decode;
 pub mod distinct;
 pub mod filter;
+pub mod fold;
 pub mod interval;
 pub mod judge;
 pub mod packet;

@@ -103,6 +103,8 @@ struct L3<'a> {
     fragment: Option<Fragment>,
     /// The bytes after the UDP header, when this is the first (or only) piece of a UDP packet.
     payload: Option<&'a [u8]>,
+    /// Where the transport header starts (after the IP header and its extensions).
+    l4_at: usize,
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -136,7 +138,7 @@ fn parse_ipv4(b: &[u8]) -> Option<L3<'_>> {
     });
     let src = IpAddr::V4(Ipv4Addr::from(be32(b, 12)?));
     let dst = IpAddr::V4(Ipv4Addr::from(be32(b, 16)?));
-    Some(transport(b[9], src, dst, b.get(ihl..), fragment))
+    Some(transport(b[9], src, dst, (ihl, b.get(ihl..)), fragment))
 }
 
 fn parse_ipv6(b: &[u8]) -> Option<L3<'_>> {
@@ -166,14 +168,14 @@ fn parse_ipv6(b: &[u8]) -> Option<L3<'_>> {
             _ => break,
         }
     }
-    Some(transport(next, src, dst, b.get(at..), fragment))
+    Some(transport(next, src, dst, (at, b.get(at..)), fragment))
 }
 
 fn transport<'a>(
     proto: u8,
     src: IpAddr,
     dst: IpAddr,
-    l4: Option<&'a [u8]>,
+    (l4_at, l4): (usize, Option<&'a [u8]>),
     fragment: Option<Fragment>,
 ) -> L3<'a> {
     let first_piece = fragment.as_ref().is_none_or(|f| f.offset == 0);
@@ -197,7 +199,48 @@ fn transport<'a>(
         },
         fragment,
         payload,
+        l4_at,
     }
+}
+
+/// Where the headers of a packet that starts at its IP header end: after the innermost
+/// transport header (TCP with its options, UDP, ICMP's first 8 bytes), or after the IP header
+/// for a later fragment or another protocol; for VXLAN/Geneve, after the inner packet's. The
+/// offset may lie beyond a captured packet's end. `None`: not an IP packet.
+pub fn headers_end(b: &[u8]) -> Option<usize> {
+    headers_end_at(b, 0)
+}
+
+fn headers_end_at(b: &[u8], depth: u8) -> Option<usize> {
+    let l3 = parse_l3(b)?;
+    if l3.fragment.as_ref().is_some_and(|f| f.offset != 0) {
+        return Some(l3.l4_at);
+    }
+    let at = l3.l4_at;
+    let end = match l3.flow.proto {
+        IPPROTO_TCP => {
+            let words = b.get(at + 12).map_or(5, |d| usize::from(d >> 4).max(5));
+            at + words * 4
+        }
+        IPPROTO_UDP => {
+            // A tunnel packet (whole, not fragmented): the inner packet's headers.
+            let inner = l3
+                .payload
+                .filter(|_| depth == 0 && l3.fragment.is_none())
+                .and_then(|payload| tunnel_payload(l3.flow.dport, payload))
+                .and_then(|(_, frame)| parse_ethernet(frame));
+            if let Some(ip) = inner
+                && let Some(end) = headers_end_at(ip, depth + 1)
+            {
+                // `ip` lies within `b`: its offset is the distance between the two.
+                return Some(ip.as_ptr() as usize - b.as_ptr() as usize + end);
+            }
+            at + 8
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => at + 8,
+        _ => at,
+    };
+    Some(end)
 }
 
 /// The encapsulated Ethernet frame and VNI of a VXLAN or Geneve payload.
@@ -311,5 +354,32 @@ mod tests {
         let f = parsed.fragment.unwrap();
         assert_eq!((f.offset, f.more), (1480, false));
         assert_eq!(parsed.flow.sport, 0);
+    }
+
+    #[test]
+    fn headers_end_after_the_innermost_transport_header() {
+        let udp = ipv4_udp([198, 19, 1, 2], [198, 19, 2, 2], 1000, 53, &[7; 100]);
+        assert_eq!(headers_end(&udp), Some(28));
+        // TCP with 12 bytes of options: data offset 8 words.
+        let mut tcp = udp.clone();
+        tcp[9] = IPPROTO_TCP;
+        tcp[20 + 12] = 8 << 4;
+        assert_eq!(headers_end(&tcp), Some(52));
+        // A later fragment: only the IP header is header.
+        let mut later = udp.clone();
+        later[7] = 0xb9;
+        assert_eq!(headers_end(&later), Some(20));
+        // VXLAN: outer IP 20, UDP 8, VXLAN 8, inner Ethernet 14, inner IP 20, UDP 8.
+        let mut frame = vec![0u8; 12];
+        frame.extend([0x08, 0x00]);
+        frame.extend(ipv4_udp([198, 19, 1, 2], [198, 19, 2, 2], 1, 2, &[9; 500]));
+        let mut vxlan = vec![0x08, 0, 0, 0, 0x00, 0x10, 0x00, 0];
+        vxlan.extend(frame);
+        let outer = ipv4_udp([198, 18, 0, 1], [198, 18, 0, 2], 40000, 4789, &vxlan);
+        assert_eq!(headers_end(&outer), Some(78));
+        assert_eq!(headers_end(&[0x00; 40]), None);
+        for len in 0..outer.len() {
+            let _ = headers_end(&outer[..len]);
+        }
     }
 }

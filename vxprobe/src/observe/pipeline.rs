@@ -9,6 +9,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{
     anomaly::Anomaly,
+    clock::WallClock,
     interval::Interval,
     report::{FlowReport, HopChange, IntervalEnd, IntervalReport, Meta, Summary},
     session::Session,
@@ -53,25 +54,67 @@ const FINAL_DRAIN: Duration = Duration::from_secs(5);
 /// Flows handed to the sinks at a time: flows are never all held.
 const FLOW_BATCH: usize = 1024;
 
+/// How a pipeline runs, beyond the session and its sinks.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// How often an interval closes (`--stats-interval`, top's `--interval`).
+    pub stats_interval: Duration,
+    /// Give every anomaly line with a packet its frame number in the evidence file
+    /// (`pcap_frame`), so a JSON line leads straight to its packet in Wireshark.
+    pub number_evidence: bool,
+    /// Lines per (kind, hop, flow, reason) and interval before the rest fold into one
+    /// (`--event-lines`; 0: no limit).
+    pub event_lines: u32,
+}
+
+impl Options {
+    pub fn every(stats_interval: Duration) -> Self {
+        Self {
+            stats_interval,
+            number_evidence: false,
+            event_lines: super::fold::DEFAULT_EVENT_LINES,
+        }
+    }
+}
+
 /// Runs until `stop` resolves, then closes a last (partial) interval so nothing counted is
 /// left unreported, and hands every sink the summary.
-/// `number_evidence`: give every anomaly with a packet its frame number in the evidence file
-/// (`pcap_frame`), so a JSON line leads straight to its packet in Wireshark.
+/// `number_evidence`: see [`Options::number_evidence`].
 /// `notes`: remarks to pass to the sinks as they come.
 pub async fn run(
     session: &mut Session,
     sinks: &mut [&mut dyn Sink],
     stats_interval: Duration,
     number_evidence: bool,
+    notes: Option<tokio::sync::mpsc::Receiver<String>>,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<Summary> {
+    let options = Options {
+        number_evidence,
+        ..Options::every(stats_interval)
+    };
+    run_with(session, sinks, options, notes, stop).await
+}
+
+/// [`run`], with every option.
+pub async fn run_with(
+    session: &mut Session,
+    sinks: &mut [&mut dyn Sink],
+    options: Options,
     mut notes: Option<tokio::sync::mpsc::Receiver<String>>,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
+    let stats_interval = options.stats_interval;
     let started = Instant::now();
-    let mut model = Interval::new(session.meta().netns, session.offloads().clone());
+    let mut model = Interval::new(session.meta().netns, session.offloads().clone())
+        .with_event_lines(options.event_lines);
     for hop in session.hops() {
         model.observe_device(hop.device.ifindex);
     }
-    let mut frames = number_evidence.then_some(0u64);
+    let mut out = Drained {
+        frames: options.number_evidence.then_some(0),
+        clock: WallClock::measured(),
+    };
     for sink in sinks.iter_mut() {
         sink.meta(session.meta())?;
     }
@@ -92,7 +135,7 @@ pub async fn run(
             ready = session.events_ready() => {
                 ready?;
                 write_waiting_notes(&mut notes, sinks)?;
-                drain(session, &mut model, sinks, &mut frames)?;
+                drain(session, &mut model, sinks, &mut out)?;
                 continue;
             }
             change = next_change(&mut watch) => {
@@ -111,23 +154,33 @@ pub async fn run(
         // Records submitted without a wakeup are picked up here, before the interval closes;
         // at the end, every record left (a flood can leave many batches), for a while at most.
         write_waiting_notes(&mut notes, sinks)?;
-        drain(session, &mut model, sinks, &mut frames)?;
+        drain(session, &mut model, sinks, &mut out)?;
         let last_drain = Instant::now() + FINAL_DRAIN;
         while stopping && session.has_backlog() && Instant::now() < last_drain {
-            drain(session, &mut model, sinks, &mut frames)?;
+            drain(session, &mut model, sinks, &mut out)?;
         }
         let now = Instant::now();
         close_interval(session, &mut model, sinks, now - interval_start)?;
+        // The wall clock may have been stepped or slewed: follow it.
+        out.clock.remeasure();
         interval_start = now;
         if stopping {
             break;
         }
     }
     let mut summary = model.summary(started.elapsed());
+    summary.recursion_misses = session.recursion_misses();
     for sink in sinks.iter_mut() {
         sink.finish(&mut summary)?;
     }
     Ok(summary)
+}
+
+/// What the drain gives each anomaly besides the model's judgment: its wall time, its frame
+/// number in the evidence file.
+struct Drained {
+    frames: Option<u64>,
+    clock: WallClock,
 }
 
 /// Closes the interval: the hops' reports, then the flows that moved a batch at a time, then
@@ -138,6 +191,12 @@ fn close_interval(
     sinks: &mut [&mut dyn Sink],
     length: Duration,
 ) -> anyhow::Result<()> {
+    // Folded lines belong to the interval, before its hop lines.
+    for folded in model.take_folded() {
+        for sink in sinks.iter_mut() {
+            sink.anomaly(&folded)?;
+        }
+    }
     let ts = std::time::SystemTime::now();
     let (counts, lost) = session.read_hops()?;
     let report = model.close(ts, length, counts, lost);
@@ -199,11 +258,15 @@ fn drain(
     session: &mut Session,
     model: &mut Interval,
     sinks: &mut [&mut dyn Sink],
-    frames: &mut Option<u64>,
+    out: &mut Drained,
 ) -> anyhow::Result<()> {
     session.drain(|mut anomaly| {
+        anomaly.ts = out.clock.wall(anomaly.ktime_ns);
         model.charge(&anomaly);
-        if let Some(frame) = frames
+        if !model.line(&anomaly) {
+            return Ok(()); // folded: written with its count when the interval closes
+        }
+        if let Some(frame) = &mut out.frames
             && anomaly.evidence.is_some()
         {
             *frame += 1;

@@ -3,19 +3,22 @@
 //! ([`Summary`]). They hold no kernel handle; [`super::interval`] computes every figure in
 //! them once.
 
-use std::{collections::BTreeMap, time::SystemTime};
+use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use vxprobe_common::{Counters, Direction, EventKind, FlowCounters, HopKey};
 
 use super::{
     anomaly::AnomalyKind,
-    judge::OffloadHint,
+    judge::{HopView, OffloadHint},
     packet::{Flow, Outer},
 };
 use crate::{
     kernel::{probes::HookChoice, tc_order::Ahead},
-    node::devices::Role,
+    node::{
+        devices::Role,
+        pods::{Pod, Snapshot, Source},
+    },
 };
 
 /// What this session watches, with which hooks: the `meta` line, the TUI's status line.
@@ -37,6 +40,40 @@ pub struct Meta {
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub degraded: BTreeMap<&'static str, Vec<String>>,
     pub hops: Vec<MetaHop>,
+    /// Which source names the pods, and what it knew at start.
+    pub pods: PodsMeta,
+}
+
+/// What `meta` says of the pod index ([`crate::node::pods`]): `source` is `cri`, `layout` or
+/// `none`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PodsMeta {
+    pub source: Source,
+    /// The runtime's name and version (CRI).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// Pod namespaces named at start.
+    pub count: usize,
+    /// Why a better source was passed over, or the index could not say in time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl PodsMeta {
+    /// What the index's first snapshot says.
+    pub fn of(snapshot: &Snapshot) -> Self {
+        Self {
+            source: snapshot.source(),
+            runtime: snapshot.runtime().map(str::to_owned),
+            count: snapshot.len(),
+            error: snapshot.error().map(str::to_owned),
+        }
+    }
+}
+
+/// A pod as lines carry it: `"pod": {"namespace", "name", "uid"}`.
+pub fn serialize_pod<S: Serializer>(pod: &Option<Arc<Pod>>, s: S) -> Result<S::Ok, S::Error> {
+    pod.as_ref().map(|p| &p.id).serialize(s)
 }
 
 /// An observed device: what a hop line says of it.
@@ -51,6 +88,13 @@ pub struct MetaHop {
     /// the hop.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ahead: Vec<Ahead>,
+    /// The pod at the device's other end (a host-side veth), as the pod index knew it when
+    /// the hop was read: `hop` and `flow` lines name it.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_pod"
+    )]
+    pub pod: Option<Arc<Pod>>,
 }
 
 /// A hop that started (a device appeared) or stopped (it vanished) being observed.
@@ -124,6 +168,15 @@ impl Faults {
     }
 }
 
+/// A flow's anomalies over an interval: all of them, and those at each of our hops (the rest
+/// happened elsewhere: in a pod's namespace, at the socket, before any hop).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowFaults {
+    pub flow: Flow,
+    pub total: Faults,
+    pub at: Vec<(HopKey, Faults)>,
+}
+
 /// One hop over one interval: what its TC programs counted and the faults charged to it.
 #[derive(Debug, Clone)]
 pub struct HopReport {
@@ -158,6 +211,39 @@ impl HopReport {
     }
 }
 
+impl HopView for HopReport {
+    fn key(&self) -> HopKey {
+        HopReport::key(self)
+    }
+    fn ifname(&self) -> &str {
+        &self.hop.ifname
+    }
+    fn role(&self) -> Role {
+        self.hop.role
+    }
+    fn mtu(&self) -> u32 {
+        self.hop.mtu
+    }
+    fn packets(&self) -> u64 {
+        self.counters.packets
+    }
+    fn bytes(&self) -> u64 {
+        self.counters.bytes
+    }
+    fn segs(&self) -> u64 {
+        self.counters.segs
+    }
+    fn max_len(&self) -> u64 {
+        u64::from(self.counters.max_len)
+    }
+    fn drops(&self) -> u64 {
+        HopReport::drops(self)
+    }
+    fn loss_pct(&self) -> f64 {
+        self.loss_pct
+    }
+}
+
 /// One flow at one hop over one interval.
 #[derive(Debug, Clone)]
 pub struct FlowReport {
@@ -186,7 +272,7 @@ pub struct IntervalReport {
     pub offload_hint: Option<OffloadHint>,
     /// The interval's anomalies by flow (its inner 5-tuple), for flows that had any; at most
     /// [`super::interval::FLOW_FAULTS_MAX`] flows.
-    pub flow_faults: Vec<(Flow, Faults)>,
+    pub flow_faults: Vec<FlowFaults>,
 }
 
 /// What the interval's end adds, once its flows are out.
@@ -206,17 +292,28 @@ pub struct IntervalEnd {
 pub struct Summary {
     pub duration_ms: u64,
     pub intervals: u64,
-    /// Anomaly lines per kind.
+    /// Anomalies per kind (each kernel event once, whether it had a line of its own or was
+    /// folded into a `count` line).
     pub events: BTreeMap<&'static str, u64>,
+    /// Anomalies folded into `count` lines (`--event-lines`).
+    pub folded: u64,
     /// Events the kernel could not hand over, all kinds.
     pub lost: u64,
     /// Flow entries evicted from the kernel's full flow table (`--max-flows`).
     pub evicted: u64,
     /// Distinct (hop, direction, flow) entries reported (estimated beyond 65,536).
     pub flow_entries: u64,
+    /// Runs of vxprobe's programs the kernel skipped because one of them was already running
+    /// on that CPU (`recursion_misses`, Linux 5.12+): events that could not even be counted.
+    pub recursion_misses: u64,
     /// Packets written to the pcapng file, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evidence_packets: Option<u64>,
+    /// With `--max-output-size`: lines, and evidence packets, not written once it was reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unwritten_lines: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unwritten_packets: Option<u64>,
 }
 
 /// Events the kernel could not hand over (ring buffer full) in an interval, per kind.

@@ -1,7 +1,9 @@
 //! A live observation: devices selected, kernel programs loaded and attached, the maps and the
-//! ring buffer in hand. `record` and `top` both run one; dropping it detaches everything.
+//! ring buffer in hand, the pod index started. `record` and `top` both run one; dropping it
+//! detaches everything. Which pod an event, a hop or a flow belongs to is decided here, once
+//! ([`pod_of`], [`MetaHop::pod`]), from the index's snapshot in hand: never waited on.
 
-use std::os::unix::fs::MetadataExt as _;
+use std::{os::unix::fs::MetadataExt as _, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -13,7 +15,7 @@ use super::{
     decode::{self, KernelEvent},
     filter::FlowSelector,
     interval::HopCount,
-    report::{LostEvents, Meta, MetaHop},
+    report::{LostEvents, Meta, MetaHop, PodsMeta},
 };
 use crate::{
     error::UsageError,
@@ -29,6 +31,7 @@ use crate::{
     node::{
         devices::{self, DeviceKind, Hop},
         features::{self, Offload},
+        pods::{Pod, PodConfig, PodError, PodIndex, Snapshot, Source},
     },
 };
 
@@ -49,6 +52,8 @@ pub struct SessionConfig {
     pub all_drops: bool,
     /// The node's name in `meta` (`--node`); `None`: the hostname.
     pub node: Option<String>,
+    /// Where pod names come from (`--cri-socket`); `None`: pods are not named.
+    pub pods: Option<PodConfig>,
 }
 
 impl SessionConfig {
@@ -64,12 +69,17 @@ impl SessionConfig {
             ring_size: DEFAULT_RING_SIZE,
             all_drops: false,
             node: None,
+            pods: Some(PodConfig::default()),
         }
     }
 }
 
 /// The event ring buffer's size unless `--ring-size` says otherwise.
 pub const DEFAULT_RING_SIZE: u32 = vxprobe_common::RING_SIZE;
+
+/// How long start-up waits for the pod index's first look at the node, for `meta`: a runtime
+/// that does not answer takes the index this long to give up on (then it reads the layout).
+const POD_INDEX_WAIT: Duration = Duration::from_secs(6);
 
 /// A live observation: the hops selected, the programs attached, the maps and the ring
 /// buffer in hand. It reads what the kernel counted; [`super::interval`] makes the reports.
@@ -98,10 +108,21 @@ pub struct Session {
     /// The epoch of the interval being read ([`Session::read_hops`] to
     /// [`Session::end_interval`]).
     ending: u32,
+    /// Pods by namespace and host-side device: looked up in its snapshots, never waited on.
+    pods: PodIndex,
 }
 
 impl Session {
     pub async fn start(config: &SessionConfig) -> anyhow::Result<Self> {
+        // The pod index looks at the node on a thread of its own, in this thread's namespace
+        // (whose veths it names): started first, it has done so by the time we are attached.
+        let mut pods = match &config.pods {
+            Some(pods) => PodIndex::start(pods.clone()).map_err(|e| match e {
+                PodError::NoSocket(_) => anyhow::Error::from(UsageError::new(e.to_string())),
+                PodError::Thread(_) => anyhow::Error::from(e),
+            })?,
+            None => PodIndex::disabled(),
+        };
         // Read while everything else starts: the kernel writes its symbol table slowly.
         let kallsyms = Kallsyms::load();
         let devices = devices::list_devices()
@@ -133,8 +154,10 @@ impl Session {
 
         TcMode::check(config.tc_attach, aya::util::KernelVersion::current().ok())?;
         // A vxprobe killed in clsact mode left filters that run for no one: remove them (only
-        // vxprobe's, and only those no running vxprobe holds).
-        crate::kernel::stale::remove_stale_filters().await;
+        // vxprobe's, and only those no running vxprobe holds), under the lock other instances
+        // take for their cleanup and attach too (held until ours are attached).
+        let tc_lock = crate::kernel::stale::TcLock::take();
+        crate::kernel::stale::remove_stale_filters(&tc_lock).await;
 
         // Kernel-wide hooks need the running kernel's BTF; without it, say so and count hops.
         // With it, each signal gets what it needs or says what it misses (btf_needs).
@@ -164,6 +187,7 @@ impl Session {
             },
         )?;
         probes.attach_tc(&hops)?;
+        drop(tc_lock);
         // Leave out what vanished while attaching; the device watcher catches up.
         let hops: Vec<Hop> = hops
             .into_iter()
@@ -196,6 +220,7 @@ impl Session {
         let netns = std::fs::metadata("/proc/self/ns/net")
             .context("reading /proc/self/ns/net")?
             .ino();
+        let (first_pods, pods_meta) = first_pods(&mut pods).await;
         let meta = Meta {
             node: config
                 .node
@@ -218,9 +243,10 @@ impl Session {
                 .iter()
                 .map(|h| MetaHop {
                     ahead: probes.ahead_of(h.device.ifindex),
-                    ..meta_hop(h)
+                    ..meta_hop(h, &first_pods)
                 })
                 .collect(),
+            pods: pods_meta,
         };
         // The devices' offloads name the cause of the offload signature.
         let offloads = match features::dump_netlink().await {
@@ -238,7 +264,7 @@ impl Session {
                 .iter()
                 .map(|h| (h.device.ifindex, (h.device.name.clone(), link_of(h))))
                 .collect(),
-            foreign_devices: Default::default(),
+            devices: crate::node::netns::DeviceNames::new(netns),
         };
         // Start-up parsed the kernel's BTF and loaded programs: megabytes freed mid-heap.
         crate::memory::release_freed();
@@ -260,11 +286,17 @@ impl Session {
             all_drops: config.all_drops,
             offloads,
             ending: 0,
+            pods,
         })
     }
 
     pub fn meta(&self) -> &Meta {
         &self.meta
+    }
+
+    /// The pod index the session names pods by.
+    pub fn pods(&self) -> &PodIndex {
+        &self.pods
     }
 
     /// The hops observed now.
@@ -301,9 +333,12 @@ impl Session {
             .insert(ifindex, (hop.device.name.clone(), link_of(&hop)));
         let added = MetaHop {
             ahead: self.probes.ahead_of(ifindex),
-            ..meta_hop(&hop)
+            ..meta_hop(&hop, &self.pods.snapshot())
         };
         self.meta.hops.push(added.clone());
+        // Back within the interval it vanished in (moved out of the namespace and in again):
+        // one hop, counted once, not a vanished one beside a new one.
+        self.gone.retain(|g| g.device.ifindex != ifindex);
         self.hops.push(hop);
         Ok(Some(added))
     }
@@ -315,7 +350,7 @@ impl Session {
         let hop = self.hops.remove(at);
         self.probes.detach_hop(ifindex);
         self.meta.hops.retain(|h| h.ifindex != ifindex);
-        let gone = meta_hop(&hop);
+        let gone = meta_hop(&hop, &self.pods.snapshot());
         self.gone.push(hop);
         Some(gone)
     }
@@ -364,31 +399,37 @@ impl Session {
         mut out: impl FnMut(Anomaly) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         self.backlog = false;
+        let pods = self.pods.snapshot();
+        let own_netns = self.meta.netns;
         let ring = self.ring.get_mut();
         let mut taken = 0;
         while let Some(record) = ring.next() {
             taken += 1;
-            if taken >= DRAIN_BATCH {
-                self.backlog = true;
-            }
-            let anomaly = match decode::decode(&record) {
-                Ok(KernelEvent::Drop(event)) => self.enricher.drop_event(&event),
-                Ok(KernelEvent::Retransmit(event)) => self.enricher.retransmit(&event),
-                Ok(KernelEvent::SendError(event)) => self.enricher.send_error(&event),
-                Ok(KernelEvent::Hop(event)) => self.enricher.hop_event(&event),
-                Ok(KernelEvent::FragNeeded(event)) => self.enricher.frag_needed(&event),
-                Ok(KernelEvent::Csum(event)) => self.enricher.csum(&event),
+            let decoded = decode::decode(&record);
+            drop(record);
+            let anomaly = match decoded {
+                Ok(KernelEvent::Drop(event)) => Some(self.enricher.drop_event(&event)),
+                Ok(KernelEvent::Retransmit(event)) => Some(self.enricher.retransmit(&event)),
+                Ok(KernelEvent::SendError(event)) => Some(self.enricher.send_error(&event)),
+                Ok(KernelEvent::Hop(event)) => Some(self.enricher.hop_event(&event)),
+                Ok(KernelEvent::FragNeeded(event)) => Some(self.enricher.frag_needed(&event)),
+                Ok(KernelEvent::Csum(event)) => Some(self.enricher.csum(&event)),
                 Err(e) => {
                     eprintln!("vxprobe: skipping a kernel record: {e}");
-                    continue;
+                    None
                 }
             };
-            drop(record);
-            if !self.selector.matches(&anomaly) || (anomaly.is_benign() && !self.all_drops) {
-                continue;
+            if let Some(mut anomaly) = anomaly
+                && self.selector.matches(&anomaly)
+                && (self.all_drops || !anomaly.is_benign())
+            {
+                anomaly.pod = pod_of(&pods, own_netns, anomaly.netns, anomaly.ifindex);
+                out(anomaly)?;
             }
-            out(anomaly)?;
-            if self.backlog {
+            // Every record counts against the budget, those filtered out too: a flood of
+            // other flows' events must not hold the loop either.
+            if taken >= DRAIN_BATCH {
+                self.backlog = true;
                 break;
             }
         }
@@ -407,12 +448,13 @@ impl Session {
             .chain(&self.gone)
             .filter_map(|hop| Some((hop.device.ifindex, slots.get(hop.device.ifindex)?)));
         let deltas = self.hop_stats.interval(self.ending, devices)?;
+        let pods = self.pods.snapshot();
         let mut counts = Vec::with_capacity((self.hops.len() + self.gone.len()) * 2);
         for hop in self.hops.iter().chain(&self.gone) {
             for dir in [Direction::Ingress, Direction::Egress] {
                 let key = HopKey::new(hop.device.ifindex, dir);
                 counts.push(HopCount {
-                    hop: meta_hop(hop),
+                    hop: meta_hop(hop, &pods),
                     dir,
                     counters: deltas.get(&key).copied().unwrap_or_default(),
                 });
@@ -429,7 +471,13 @@ impl Session {
         mut out: impl FnMut(&MetaHop, &FlowKey, &FlowCounters) -> anyhow::Result<()>,
     ) -> anyhow::Result<u64> {
         let created = self.evictions.created()?;
-        let hops: Vec<MetaHop> = self.hops.iter().chain(&self.gone).map(meta_hop).collect();
+        let pods = self.pods.snapshot();
+        let hops: Vec<MetaHop> = self
+            .hops
+            .iter()
+            .chain(&self.gone)
+            .map(|hop| meta_hop(hop, &pods))
+            .collect();
         self.flow_stats.interval(self.ending, |key, counters| {
             match hops.iter().find(|h| h.ifindex == key.ifindex) {
                 Some(hop) => out(hop, key, counters),
@@ -445,13 +493,11 @@ impl Session {
     pub fn end_interval(&mut self, created: u64) -> anyhow::Result<u64> {
         self.evictions.deleted(self.flow_stats.take_deleted());
         let evicted = self.evictions.since_last(created, self.flow_stats.len());
+        self.enricher.devices.new_interval();
         self.epoch.advance()?;
         // Vanished devices had their last count: free their slots in the kernel's maps.
         for hop in std::mem::take(&mut self.gone) {
             let ifindex = hop.device.ifindex;
-            if self.is_observed(ifindex) {
-                continue; // back already (a device moved out and in again)
-            }
             if let Some(slot) = self.probes.hop_slots.release(ifindex) {
                 self.hop_stats.forget(ifindex, slot)?;
             }
@@ -463,19 +509,69 @@ impl Session {
         Ok(evicted)
     }
 
+    /// Runs of our programs the kernel skipped (one of them already running on that CPU).
+    pub fn recursion_misses(&mut self) -> u64 {
+        crate::kernel::counters::recursion_misses(self.probes.ebpf_mut())
+    }
+
     /// Detaches everything (also what Drop does; explicit for the reader).
     pub fn stop(self) {
         drop(self.probes);
     }
 }
 
-fn meta_hop(hop: &Hop) -> MetaHop {
+/// A hop as lines name it, with the pod at its other end as `pods` knows it.
+fn meta_hop(hop: &Hop, pods: &Snapshot) -> MetaHop {
     MetaHop {
         ifname: hop.device.name.clone(),
         ifindex: hop.device.ifindex,
         role: hop.role,
         mtu: hop.device.mtu,
         ahead: Vec::new(),
+        pod: pods.pod_of_device(hop.device.ifindex).cloned(),
+    }
+}
+
+/// The pod an event belongs to: the pod whose namespace it happened in, or, in vxprobe's own
+/// namespace (never a pod's), the pod at the other end of its device (a host-side veth).
+/// Device numbers of other namespaces are theirs: only the namespace names those events.
+pub fn pod_of(
+    pods: &Snapshot,
+    own_netns: u64,
+    netns: u64,
+    ifindex: Option<u32>,
+) -> Option<Arc<Pod>> {
+    match pods.pod_of_netns(netns) {
+        Some(pod) => Some(pod.clone()),
+        None if netns == own_netns => pods.pod_of_device(ifindex?).cloned(),
+        None => None,
+    }
+}
+
+/// The index's first look at the node, and what `meta` says of it; a source that takes longer
+/// than [`POD_INDEX_WAIT`] is said to be none yet (pods it names later are still named).
+async fn first_pods(pods: &mut PodIndex) -> (Arc<Snapshot>, PodsMeta) {
+    match tokio::time::timeout(POD_INDEX_WAIT, pods.ready()).await {
+        Ok(first) => {
+            if let Some(error) = first.error() {
+                eprintln!("vxprobe: pods ({} source): {error}", first.source());
+            }
+            let meta = PodsMeta::of(&first);
+            (first, meta)
+        }
+        Err(_) => {
+            let error = format!(
+                "the pod index had not looked at the node after {POD_INDEX_WAIT:?}; pods it names later are named"
+            );
+            eprintln!("vxprobe: {error}");
+            let meta = PodsMeta {
+                source: Source::None,
+                runtime: None,
+                count: 0,
+                error: Some(error),
+            };
+            (pods.snapshot(), meta)
+        }
     }
 }
 

@@ -4,51 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 
-use super::join::{HopRef, Report, Where};
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    /// Packets dropped, corrupted or delayed.
-    Error,
-    /// Traffic flows at a cost.
-    Warning,
-    Info,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-            Severity::Info => "info",
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Finding {
-    pub severity: Severity,
-    /// Stable: `wire-loss`, `uncounted-loss`, `unobserved-loss`, `drops`, `csum-errors`,
-    /// `size-drops`, `refused-sends`, `oversize`, `fragments`, `retransmits`, `frag-needed`,
-    /// `events-lost`, `flows-evicted`, `recording-truncated`, `recording-unfinished`, and
-    /// doctor's codes.
-    pub code: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ifname: Option<String>,
-    pub message: String,
-    pub fix: String,
-    /// `path`, `anomalies`, `recording` or `doctor`.
-    pub source: &'static str,
-    /// Packets or events behind it (0 for configuration findings).
-    pub count: u64,
-    pub evidence: serde_json::Value,
-}
+use super::model::{Finding, HopRef, Report, Severity, Where};
 
 /// A `vxprobe doctor --json` document, with the node it is about.
 #[derive(Clone, Debug)]
@@ -137,7 +96,7 @@ fn path_findings(report: &Report) -> Vec<Finding> {
     groups
         .into_iter()
         .map(|((w, from, to), g)| {
-            let share = g.lost as f64 * 100.0 / g.sent.max(1) as f64;
+            let share = crate::observe::judge::flow_loss_pct(g.sent, g.lost);
             let flows = g.flows.len();
             let of = if flows == 1 {
                 "1 flow".to_owned()

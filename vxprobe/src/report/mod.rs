@@ -10,6 +10,7 @@ pub mod html;
 pub mod join;
 pub mod json;
 pub mod md;
+pub mod model;
 pub mod plot;
 pub mod read;
 pub mod skew;

@@ -233,6 +233,8 @@ impl Recording {
 #[derive(Deserialize)]
 struct Line {
     kind: String,
+    /// On anomaly lines: the packet died there (written by the recorder's model).
+    dropped: Option<bool>,
     ts: Option<String>,
     schema_version: Option<serde_json::Value>,
     node: Option<String>,
@@ -275,9 +277,17 @@ pub fn parse_ts(text: &str) -> Option<Micros> {
 
 /// Formats microseconds since the epoch as RFC 3339 (UTC, milliseconds).
 pub fn format_ts(at: Micros) -> String {
-    let at =
-        std::time::UNIX_EPOCH + std::time::Duration::from_micros(u64::try_from(at).unwrap_or(0));
+    // humantime writes years up to 9999; a crafted recording (or one shifted by a skew) can
+    // hold later times: they are written as the last millisecond it can.
+    const LAST: Micros = 253_402_300_799_999_000;
+    let at = std::time::UNIX_EPOCH
+        + std::time::Duration::from_micros(u64::try_from(at.min(LAST)).unwrap_or(0));
     humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// An `interval_ms` as microseconds, saturating (a crafted value must not overflow).
+fn interval_micros(ms: u64) -> Micros {
+    i64::try_from(ms.saturating_mul(1000)).unwrap_or(Micros::MAX)
 }
 
 /// Reads a recording from a file.
@@ -359,7 +369,7 @@ pub fn read(input: impl std::io::BufRead, file: &str, stem: &str) -> Result<Reco
                 let interval = match &current {
                     Some((text, i)) if *text == ts_text => *i,
                     _ => {
-                        let len = line.interval_ms.map_or(0, |ms| ms as i64 * 1000);
+                        let len = line.interval_ms.map_or(0, interval_micros);
                         rec.intervals.push(Interval { end: at, len });
                         let i = rec.intervals.len() - 1;
                         current = Some((ts_text, i));
@@ -384,8 +394,7 @@ pub fn read(input: impl std::io::BufRead, file: &str, stem: &str) -> Result<Reco
                 let role = line.role.clone().unwrap_or_else(|| "other".to_owned());
                 if line.kind == "hop" {
                     if rec.intervals[interval].len == 0 {
-                        rec.intervals[interval].len =
-                            line.interval_ms.map_or(0, |ms| ms as i64 * 1000);
+                        rec.intervals[interval].len = line.interval_ms.map_or(0, interval_micros);
                     }
                     let series = rec.hops.entry(hop).or_default();
                     series.role = role;
@@ -409,14 +418,6 @@ pub fn read(input: impl std::io::BufRead, file: &str, stem: &str) -> Result<Reco
                 }
             }
             "drop" | "csum_error" | "oversize" | "fragment" | "retransmit" | "frag_needed" => {
-                let dropped = match line.kind.as_str() {
-                    "drop" => true,
-                    "csum_error" => line.reason.as_deref() != Some("HW_CSUM_FAULT"),
-                    // A size drop has a reason, a refused send an errno; an oversized packet a
-                    // TC hop saw went on.
-                    "oversize" => line.reason.is_some() || line.errno.is_some(),
-                    _ => false,
-                };
                 rec.events.push(Event {
                     ts: ts()?,
                     kind: line.kind.clone(),
@@ -433,7 +434,7 @@ pub fn read(input: impl std::io::BufRead, file: &str, stem: &str) -> Result<Reco
                     errno: line.errno,
                     process: line.process.as_ref().and_then(|p| p.comm.clone()),
                     pcap_frame: line.pcap_frame,
-                    dropped,
+                    dropped: line.dropped.unwrap_or(false),
                 });
             }
             "lost" => rec.lost_events += line.count.unwrap_or(0),

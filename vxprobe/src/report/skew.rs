@@ -26,6 +26,8 @@ pub struct Measure {
 const MIN_CORRELATION: f64 = 0.5;
 /// Grid points a curve is compared at, at most (long recordings use a coarser grid).
 const MAX_GRID: i64 = 4000;
+/// Offsets scored in one pass of the search, at most.
+const MAX_OFFSETS: i64 = 4000;
 
 /// The skew of `other`'s clock against `reference`'s, searched within `max`; `None` when the
 /// traffic between them cannot tell (none, or too steady, or no match).
@@ -195,9 +197,12 @@ pub fn best_offset(pairs: &[(Series, Series)], max: Micros, step: Micros) -> Opt
         }
         scores
     };
+    // At most MAX_OFFSETS offsets a pass: short intervals over a long span would otherwise
+    // mean tens of thousands of offsets, each scored over the whole grid.
+    let step = step.max(2 * max / MAX_OFFSETS);
     let (low, high) = plateau(&scan(-max, max, step))?;
     // Finer across the plateau found (and a step beyond each end).
-    let fine_step = (step / 8).max(1);
+    let fine_step = (step / 8).max(1).max((high - low + 2 * step) / MAX_OFFSETS);
     let (low, high) = plateau(&scan(low - step, high + step, fine_step)).unwrap_or((low, high));
     let offset = low + (high - low) / 2;
     let (correlation, _) = correlation(offset)?;

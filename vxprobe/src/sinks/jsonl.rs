@@ -2,15 +2,15 @@
 //! contract's field names live here and nowhere else.
 
 use std::{
-    fs::File,
     io::{self, Write},
+    sync::Arc,
     time::SystemTime,
 };
 
 use serde::Serialize;
 
 use crate::{
-    node::devices::Role,
+    node::{devices::Role, pods::PodId},
     observe::{
         anomaly::Anomaly,
         packet::{Flow, Outer},
@@ -32,6 +32,9 @@ pub struct HopLine<'a> {
     pub ifname: &'a str,
     pub ifindex: u32,
     pub netns: u64,
+    /// The pod at the device's other end (a host-side veth).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<&'a PodId>,
     pub dir: &'static str,
     pub role: Role,
     pub packets: u64,
@@ -57,6 +60,8 @@ pub struct FlowLine<'a> {
     pub ifname: &'a str,
     pub ifindex: u32,
     pub netns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<&'a PodId>,
     pub dir: &'static str,
     pub role: Role,
     pub flow: &'a Flow,
@@ -81,32 +86,55 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct JsonLines {
     out: Box<dyn Write + Send>,
     pending: Vec<u8>,
+    /// The output file's device and inode (`None`: stdout).
+    pub identity: Option<super::files::Identity>,
 }
 
 /// Complete lines kept before they are written even within an interval (an event burst).
 const PENDING_LIMIT: usize = 256 * 1024;
 
 impl JsonLines {
-    /// `-` is stdout; anything else is a file, created or truncated.
-    pub fn open(path: &str) -> io::Result<Self> {
-        let out: Box<dyn Write + Send> = if path == "-" {
-            Box::new(io::stdout())
+    /// `-` is stdout; anything else is a file, created (mode 0600) or truncated, never
+    /// through a link ([`super::files::create`]).
+    pub fn open(path: &str) -> Result<Self, super::files::FileError> {
+        let (out, identity): (Box<dyn Write + Send>, _) = if path == "-" {
+            (Box::new(io::stdout()), None)
         } else {
-            Box::new(File::create(path)?)
+            let file = super::files::create(std::path::Path::new(path))?;
+            let identity = super::files::identity(&file);
+            (Box::new(file), identity)
         };
         Ok(Self {
             out,
             pending: Vec::with_capacity(PENDING_LIMIT),
+            identity,
         })
     }
 
     pub fn write<T: Serialize>(&mut self, line: &T) -> io::Result<()> {
+        self.write_within(line, None).map(drop)
+    }
+
+    /// Writes the line if `budget` has room for it (always, without one); returns whether it
+    /// did.
+    pub fn write_within<T: Serialize>(
+        &mut self,
+        line: &T,
+        budget: Option<&Budget>,
+    ) -> io::Result<bool> {
+        let start = self.pending.len();
         serde_json::to_writer(&mut self.pending, line)?;
         self.pending.push(b'\n');
+        if let Some(budget) = budget
+            && !budget.take((self.pending.len() - start) as u64)
+        {
+            self.pending.truncate(start);
+            return Ok(false);
+        }
         if self.pending.len() >= PENDING_LIMIT {
             self.flush()?;
         }
-        Ok(())
+        Ok(true)
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
@@ -176,9 +204,58 @@ struct SummaryLine<'a> {
     summary: &'a Summary,
 }
 
+/// What a recording may write (`--max-output-size`), shared by its JSON lines and its
+/// evidence: once a line or a packet finds no room, both stop for good (a `note` line says
+/// so, and the `summary` is still written), so no line points at a packet that is not there.
+#[derive(Debug)]
+pub struct Budget {
+    limit: u64,
+    used: std::sync::atomic::AtomicU64,
+    full: std::sync::atomic::AtomicBool,
+}
+
+impl Budget {
+    pub fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            used: 0.into(),
+            full: false.into(),
+        }
+    }
+
+    /// Takes `bytes` of the budget; false (for good) once they do not fit.
+    pub fn take(&self, bytes: u64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.full.load(Relaxed) {
+            return false;
+        }
+        let used = self.used.load(Relaxed);
+        if used.saturating_add(bytes) > self.limit {
+            self.full.store(true, Relaxed);
+            return false;
+        }
+        self.used.store(used + bytes, Relaxed);
+        true
+    }
+
+    /// Counts `bytes` written whatever the limit (the note and the summary).
+    pub fn spend(&self, bytes: u64) {
+        self.used
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+}
+
 /// The `record` sink: every line of the contract, flushed at each interval and at the end.
 pub struct JsonSink {
     lines: JsonLines,
+    /// `--max-output-size`.
+    budget: Option<Arc<Budget>>,
+    /// Lines not written for want of room.
+    unwritten: u64,
     /// The namespace of the TC hops, from the meta data.
     netns: u64,
     max_flows: u32,
@@ -190,6 +267,8 @@ impl JsonSink {
     pub fn new(lines: JsonLines) -> Self {
         Self {
             lines,
+            budget: None,
+            unwritten: 0,
             netns: 0,
             max_flows: 0,
             interval_ts: String::new(),
@@ -197,11 +276,52 @@ impl JsonSink {
     }
 }
 
+impl JsonSink {
+    /// Within `budget` (`--max-output-size`).
+    pub fn within(mut self, budget: Arc<Budget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Writes a line if the budget has room; the first line that finds none is replaced by a
+    /// `note` saying the recording stops here.
+    fn put<T: Serialize>(&mut self, line: &T) -> io::Result<()> {
+        let Some(budget) = self.budget.clone() else {
+            return self.lines.write(line);
+        };
+        if self.lines.write_within(line, Some(&budget))? {
+            return Ok(());
+        }
+        self.unwritten += 1;
+        if self.unwritten == 1 {
+            let note = NoteLine {
+                kind: "note",
+                ts: timestamp(SystemTime::now()),
+                text: &format!(
+                    "--max-output-size {} reached: no more lines or evidence are written; the \
+                     summary still counts everything",
+                    budget.limit()
+                ),
+            };
+            self.lines.write(&note)?;
+            budget.spend(serde_json::to_vec(&note).map_or(0, |v| v.len() as u64 + 1));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct NoteLine<'a> {
+    kind: &'static str,
+    ts: String,
+    text: &'a str,
+}
+
 impl Sink for JsonSink {
     fn meta(&mut self, meta: &Meta) -> anyhow::Result<()> {
         self.netns = meta.netns;
         self.max_flows = meta.max_flows;
-        self.lines.write(&MetaLine {
+        self.put(&MetaLine {
             kind: "meta",
             ts: timestamp(SystemTime::now()),
             schema_version: SCHEMA_VERSION,
@@ -211,8 +331,8 @@ impl Sink for JsonSink {
     }
 
     fn anomaly(&mut self, anomaly: &Anomaly) -> anyhow::Result<()> {
-        let ts = timestamp(SystemTime::now());
-        Ok(self.lines.write(&AnomalyLine {
+        let ts = timestamp(anomaly.ts);
+        Ok(self.put(&AnomalyLine {
             kind: anomaly.kind.as_str(),
             ts: &ts,
             anomaly,
@@ -226,12 +346,13 @@ impl Sink for JsonSink {
         let interval_ms = u64::try_from(report.interval.as_millis()).unwrap_or(u64::MAX);
         for h in &report.hops {
             let c = &h.counters;
-            self.lines.write(&HopLine {
+            self.put(&HopLine {
                 kind: "hop",
                 ts: &ts,
                 ifname: &h.hop.ifname,
                 ifindex: h.hop.ifindex,
                 netns: self.netns,
+                pod: h.hop.pod.as_ref().map(|p| &p.id),
                 dir: h.dir.as_str(),
                 role: h.hop.role,
                 packets: c.packets,
@@ -247,7 +368,7 @@ impl Sink for JsonSink {
             })?;
         }
         for (kind, count) in &report.lost {
-            self.lines.write(&LostLine {
+            self.put(&LostLine {
                 kind: "lost",
                 ts: &ts,
                 count: *count,
@@ -260,14 +381,16 @@ impl Sink for JsonSink {
 
     /// One `flow` line per flow and hop that moved, with the interval's timestamp.
     fn flows(&mut self, flows: &[FlowReport]) -> anyhow::Result<()> {
+        let ts = self.interval_ts.clone();
         for f in flows {
             let c = &f.counters;
-            self.lines.write(&FlowLine {
+            self.put(&FlowLine {
                 kind: "flow",
-                ts: &self.interval_ts,
+                ts: &ts,
                 ifname: &f.hop.ifname,
                 ifindex: f.hop.ifindex,
                 netns: self.netns,
+                pod: f.hop.pod.as_ref().map(|p| &p.id),
                 dir: f.dir.as_str(),
                 role: f.hop.role,
                 flow: &f.flow,
@@ -288,9 +411,10 @@ impl Sink for JsonSink {
     /// complete and handed to the OS.
     fn interval_end(&mut self, end: &IntervalEnd) -> anyhow::Result<()> {
         if end.evicted > 0 {
-            self.lines.write(&EvictedLine {
+            let ts = self.interval_ts.clone();
+            self.put(&EvictedLine {
                 kind: "evicted",
-                ts: &self.interval_ts,
+                ts: &ts,
                 count: end.evicted,
                 capacity: self.max_flows,
             })?;
@@ -299,7 +423,7 @@ impl Sink for JsonSink {
     }
 
     fn device(&mut self, change: &HopChange) -> anyhow::Result<()> {
-        self.lines.write(&DeviceLine {
+        self.put(&DeviceLine {
             kind: "device",
             ts: timestamp(change.ts),
             event: if change.added { "added" } else { "removed" },
@@ -314,13 +438,7 @@ impl Sink for JsonSink {
     }
 
     fn note(&mut self, text: &str) -> anyhow::Result<()> {
-        #[derive(Serialize)]
-        struct NoteLine<'a> {
-            kind: &'static str,
-            ts: String,
-            text: &'a str,
-        }
-        self.lines.write(&NoteLine {
+        self.put(&NoteLine {
             kind: "note",
             ts: timestamp(SystemTime::now()),
             text,
@@ -329,6 +447,10 @@ impl Sink for JsonSink {
     }
 
     fn finish(&mut self, summary: &mut Summary) -> anyhow::Result<()> {
+        if self.budget.is_some() {
+            summary.unwritten_lines = Some(self.unwritten);
+        }
+        // The summary is written whatever the budget: it holds the run's totals.
         self.lines.write(&SummaryLine {
             kind: "summary",
             ts: timestamp(SystemTime::now()),

@@ -5,6 +5,7 @@
 //! - [`tui`]: `top`'s terminal UI;
 //! - [`metrics`]: the agent's Prometheus metrics.
 
+pub mod files;
 pub mod jsonl;
 pub mod metrics;
 pub mod pcap;

@@ -1,6 +1,7 @@
 //! Evidence: the packets behind anomaly events as a pcapng file that tshark and Wireshark
 //! open. One interface block per hop (device, namespace and link type), each packet cut at
-//! the snap length and commented with its kind, reason, hop and flow.
+//! the end of its headers (or `--snaplen`) and commented with its kind, reason, hop and flow;
+//! its time is the anomaly's `ts` (the kernel's clock, [`crate::observe::clock`]).
 
 use std::{
     borrow::Cow,
@@ -8,7 +9,6 @@ use std::{
     fs::File,
     io::{self, BufWriter, Write},
     path::Path,
-    time::Duration,
 };
 
 use pcap_file::{
@@ -23,6 +23,7 @@ use pcap_file::{
 };
 
 use crate::{
+    node::pods::PodId,
     observe::anomaly::{Anomaly, Link},
     observe::pipeline::Sink,
     observe::report::{IntervalReport, Summary},
@@ -34,6 +35,46 @@ pub enum PcapError {
     Pcap(#[from] pcap_file::PcapError),
     #[error("{0}")]
     Io(#[from] io::Error),
+    #[error("{0}")]
+    File(#[from] super::files::FileError),
+}
+
+/// How much of each packet the evidence keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Snap {
+    /// Without `--snaplen`: up to the end of the innermost transport header, at most
+    /// [`SNAP_LEN`] bytes: headers, not the user's payload.
+    Headers,
+    /// `--snaplen N`: N bytes (at most what the kernel captured).
+    Bytes(u32),
+}
+
+/// Bytes the kernel captures of a packet, and so the most evidence keeps.
+pub const SNAP_LEN: u32 = vxprobe_common::SNAP_LEN as u32;
+
+impl Snap {
+    /// From `--snaplen`.
+    pub fn from_flag(snaplen: Option<u32>) -> Self {
+        snaplen.map_or(Snap::Headers, Snap::Bytes)
+    }
+
+    /// The snap length interface blocks announce.
+    fn len(self) -> u32 {
+        match self {
+            Snap::Headers => SNAP_LEN,
+            Snap::Bytes(n) => n,
+        }
+    }
+
+    /// How many of a packet's bytes are kept.
+    fn keep(self, evidence: &crate::observe::anomaly::Evidence) -> usize {
+        let all = evidence.bytes.len();
+        match self {
+            Snap::Headers => evidence.headers.unwrap_or(all).min(SNAP_LEN as usize),
+            Snap::Bytes(n) => n as usize,
+        }
+        .min(all)
+    }
 }
 
 /// The evidence file; `W` is a `BufWriter<File>` except in tests and fuzzing.
@@ -41,28 +82,48 @@ pub struct EvidenceFile<W: Write = BufWriter<File>> {
     writer: PcapNgWriter<W>,
     /// Interface ids by (namespace, device name, link type).
     interfaces: HashMap<(u64, String, Link), u32>,
-    snaplen: usize,
-    /// CLOCK_REALTIME - CLOCK_MONOTONIC, to turn the kernel's timestamps into wall time.
-    realtime_offset_ns: i128,
+    snap: Snap,
     packets: u64,
+    /// `--max-output-size`, shared with the JSON lines.
+    budget: Option<std::sync::Arc<super::jsonl::Budget>>,
+    /// Packets not written for want of room.
+    unwritten: u64,
 }
 
 impl EvidenceFile {
-    pub fn create(path: &Path, snaplen: u32) -> Result<Self, PcapError> {
-        let file = File::create(path)?;
-        Self::from_writer(BufWriter::new(file), snaplen)
+    /// Creates the file (mode 0600, never through a link: [`super::files::create`]).
+    pub fn create(path: &Path, snap: Snap) -> Result<Self, PcapError> {
+        let file = super::files::create(path)?;
+        Self::with_snap(BufWriter::new(file), snap)
+    }
+
+    /// The file's device and inode.
+    pub fn identity(&mut self) -> Option<super::files::Identity> {
+        super::files::identity(self.writer.get_mut().get_ref())
     }
 }
 
 impl<W: Write> EvidenceFile<W> {
+    /// Packets cut at `snaplen` bytes.
     pub fn from_writer(writer: W, snaplen: u32) -> Result<Self, PcapError> {
+        Self::with_snap(writer, Snap::Bytes(snaplen))
+    }
+
+    pub fn with_snap(writer: W, snap: Snap) -> Result<Self, PcapError> {
         Ok(Self {
             writer: PcapNgWriter::new(writer)?,
             interfaces: HashMap::new(),
-            snaplen: snaplen as usize,
-            realtime_offset_ns: realtime_offset_ns(),
+            snap,
             packets: 0,
+            budget: None,
+            unwritten: 0,
         })
+    }
+
+    /// Within `budget` (`--max-output-size`).
+    pub fn within(mut self, budget: std::sync::Arc<super::jsonl::Budget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// The writer, with everything written so far.
@@ -79,29 +140,47 @@ impl<W: Write> EvidenceFile<W> {
             .ifname
             .clone()
             .unwrap_or_else(|| "(socket)".to_owned());
-        let interface_id = self.interface(anomaly.netns, &hop, evidence.link)?;
-        let data = &evidence.bytes[..evidence.bytes.len().min(self.snaplen)];
+        let pod = anomaly.pod.as_ref().map(|p| &p.id);
+        let data = &evidence.bytes[..self.snap.keep(evidence)];
+        let comment = bounded(comment(kind, anomaly));
+        if let Some(budget) = &self.budget {
+            // The enhanced packet block, its comment, and an interface block if it is new.
+            let pad = |n: usize| n.div_ceil(4) as u64 * 4;
+            if !budget.take(32 + pad(data.len()) + pad(comment.len()) + 8 + 64) {
+                self.unwritten += 1;
+                return Ok(false);
+            }
+        }
+        let interface_id = self.interface(anomaly.netns, &hop, evidence.link, pod)?;
         // A packet is never shorter than what was captured of it (readers reject such a
         // block); trust the bytes over a length field that says otherwise.
         let original_len = evidence
             .original_len
             .max(u32::try_from(evidence.bytes.len()).unwrap_or(u32::MAX));
-        let wall = i128::from(evidence.ktime_ns) + self.realtime_offset_ns;
-        let timestamp = Duration::from_nanos(u64::try_from(wall).unwrap_or(0));
+        let timestamp = anomaly
+            .ts
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
         self.writer.write_pcapng_block(EnhancedPacketBlock {
             interface_id,
             timestamp,
             original_len,
             data: Cow::Borrowed(data),
-            options: vec![EnhancedPacketOption::Comment(Cow::Owned(bounded(comment(
-                kind, anomaly,
-            ))))],
+            options: vec![EnhancedPacketOption::Comment(Cow::Owned(comment))],
         })?;
         self.packets += 1;
         Ok(true)
     }
 
-    fn interface(&mut self, netns: u64, hop: &str, link: Link) -> Result<u32, PcapError> {
+    /// The interface block of a hop, written at its first packet; its description names the
+    /// namespace and the pod (of the namespace, or at the device's other end).
+    fn interface(
+        &mut self,
+        netns: u64,
+        hop: &str,
+        link: Link,
+        pod: Option<&PodId>,
+    ) -> Result<u32, PcapError> {
         let key = (netns, hop.to_owned(), link);
         if let Some(id) = self.interfaces.get(&key) {
             return Ok(*id);
@@ -112,10 +191,13 @@ impl<W: Write> EvidenceFile<W> {
                 Link::Ethernet => DataLink::ETHERNET,
                 Link::Ip => DataLink::RAW,
             },
-            snaplen: self.snaplen as u32,
+            snaplen: self.snap.len(),
             options: vec![
                 InterfaceDescriptionOption::IfName(Cow::Owned(bounded(hop.to_owned()))),
-                InterfaceDescriptionOption::IfDescription(Cow::Owned(format!("netns {netns}"))),
+                InterfaceDescriptionOption::IfDescription(Cow::Owned(bounded(match pod {
+                    Some(pod) => format!("netns {netns} pod={pod}"),
+                    None => format!("netns {netns}"),
+                }))),
                 // Timestamps are written in nanoseconds.
                 InterfaceDescriptionOption::IfTsResol(9),
             ],
@@ -149,8 +231,8 @@ fn bounded(mut text: String) -> String {
     text
 }
 
-/// `csum_error reason=UDP_CSUM hop=eth0/ingress netns=4026532290 udp 198.19.1.2:40000 >
-/// 198.19.2.2:5555`
+/// `csum_error reason=UDP_CSUM hop=eth0/ingress netns=4026532290 pod=shop/web-0 udp
+/// 198.19.1.2:40000 > 198.19.2.2:5555`
 fn comment(kind: &str, a: &Anomaly) -> String {
     let mut text = kind.to_owned();
     if let Some(reason) = &a.reason {
@@ -165,6 +247,9 @@ fn comment(kind: &str, a: &Anomaly) -> String {
         None => text.push_str(&format!(" hop={hop}")),
     }
     text.push_str(&format!(" netns={}", a.netns));
+    if let Some(pod) = &a.pod {
+        text.push_str(&format!(" pod={}", pod.id));
+    }
     if let Some(f) = &a.flow {
         text.push_str(&format!(
             " {} {}:{} > {}:{}",
@@ -181,19 +266,6 @@ fn comment(kind: &str, a: &Anomaly) -> String {
     text
 }
 
-fn realtime_offset_ns() -> i128 {
-    let read = |clock| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes one timespec we own.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-    };
-    read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC)
-}
-
 impl<W: Write> Sink for EvidenceFile<W> {
     fn anomaly(&mut self, anomaly: &Anomaly) -> anyhow::Result<()> {
         self.write(anomaly.kind.as_str(), anomaly)?;
@@ -207,6 +279,9 @@ impl<W: Write> Sink for EvidenceFile<W> {
     fn finish(&mut self, summary: &mut Summary) -> anyhow::Result<()> {
         self.flush()?;
         summary.evidence_packets = Some(self.packets);
+        if self.budget.is_some() {
+            summary.unwritten_packets = Some(self.unwritten);
+        }
         Ok(())
     }
 }
@@ -221,12 +296,11 @@ mod tests {
             crate::observe::anomaly::Anomaly::new(crate::observe::anomaly::AnomalyKind::Drop, 1);
         anomaly.reason = Some("é".repeat(40_000));
         anomaly.ifname = Some("x".repeat(70_000));
-        anomaly.evidence = Some(crate::observe::anomaly::Evidence {
-            link: Link::Ip,
-            bytes: vec![0x45; 60],
-            original_len: 10,
-            ktime_ns: 1,
-        });
+        anomaly.evidence = Some(crate::observe::anomaly::Evidence::new(
+            Link::Ip,
+            vec![0x45; 60],
+            10,
+        ));
         let mut file = EvidenceFile::from_writer(Vec::new(), 128).unwrap();
         assert!(file.write("drop", &anomaly).unwrap());
         let bytes = file.into_inner();

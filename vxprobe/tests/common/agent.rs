@@ -79,10 +79,16 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(netns: &str, args: &[&str]) -> Agent {
+        Self::start_with_env(netns, args, &[])
+    }
+
+    /// Like [`Agent::start`], with extra environment variables for vxprobe.
+    pub fn start_with_env(netns: &str, args: &[&str], env: &[(&str, &str)]) -> Agent {
         let mut child = Command::new("ip")
             .args(["netns", "exec", netns, VXPROBE, "agent", "--listen"])
             .arg(local(PORT).to_string())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -3,6 +3,8 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod agent;
+pub mod containerd;
+pub mod pods;
 
 use std::{
     collections::BTreeMap,
@@ -94,10 +96,16 @@ impl Recorder {
         let deadline = Instant::now() + limit;
         while !self.ready.exists() {
             self.assert_running();
-            assert!(
-                Instant::now() < deadline,
-                "vxprobe not ready after {limit:?}"
-            );
+            if Instant::now() >= deadline {
+                // What it was doing is in its stderr: kill it to read all of it.
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let stderr = self.stderr.take().unwrap().join().unwrap();
+                panic!(
+                    "vxprobe not ready after {limit:?}; its stderr:\n{}",
+                    String::from_utf8_lossy(&stderr)
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -472,6 +480,28 @@ pub fn programs_of(pid: i32) -> Vec<u64> {
     }
     assert!(!ids.is_empty(), "process {pid} holds no BPF program");
     ids
+}
+
+/// The runs of process `pid`'s BPF programs the kernel skipped (one of them already running
+/// on that CPU): `recursion_misses` summed over their fdinfo.
+pub fn recursion_misses_of(pid: i32) -> u64 {
+    let mut misses = 0;
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        if target.as_os_str() != "anon_inode:bpf-prog" {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        misses += vxprobe::kernel::counters::fdinfo_field(&info, "recursion_misses").unwrap_or(0);
+    }
+    misses
 }
 
 /// The id of the BPF map named `name` that process `pid` holds open (its /proc fdinfo, as in

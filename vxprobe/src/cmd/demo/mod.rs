@@ -47,7 +47,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Some(path) => Some(Outputs::open(
             &path.display().to_string(),
             args.pcap.as_deref(),
-            128,
+            crate::sinks::pcap::Snap::Headers,
         )?),
         None => None,
     };
@@ -57,11 +57,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     // Observe node 1 from the inside, as vxprobe runs on a real node.
     let inside = faults::enter_netns(&lab.nodes[0].netns).context("entering node 1's namespace")?;
-    let mut session = Session::start(&SessionConfig::watching(
-        ["cali*", VXLAN_DEV, UNDERLAY_DEV, TAP_DEV]
-            .map(str::to_owned)
-            .to_vec(),
-    ))
+    let mut session = Session::start(&SessionConfig {
+        pods: Some(args.pods.config()),
+        ..SessionConfig::watching(
+            ["cali*", VXLAN_DEV, UNDERLAY_DEV, TAP_DEV]
+                .map(str::to_owned)
+                .to_vec(),
+        )
+    })
     .await?;
 
     let (notes_tx, notes_rx) = tokio::sync::mpsc::channel(16);

@@ -49,7 +49,7 @@ pub async fn run(args: DemoArgs, dir: &Path) -> anyhow::Result<()> {
     let outputs = Outputs::open(
         &file("node1.jsonl").display().to_string(),
         Some(&file("node1.pcapng")),
-        128,
+        crate::sinks::pcap::Snap::Headers,
     )?;
     Lab::remove_stale().context("removing a previous demo's namespaces")?;
     let lab = Arc::new(
@@ -63,11 +63,12 @@ pub async fn run(args: DemoArgs, dir: &Path) -> anyhow::Result<()> {
         "vxprobe: recording both nodes of the demo into {}",
         dir.display()
     );
-    let mut node2 = NodeRecorder::start(&lab.nodes[1].netns, "node2", dir)?;
+    let mut node2 = NodeRecorder::start(&lab.nodes[1].netns, "node2", dir, &args.pods)?;
 
     let inside = faults::enter_netns(&lab.nodes[0].netns).context("entering node 1's namespace")?;
     let mut session = Session::start(&SessionConfig {
         node: Some("node1".into()),
+        pods: Some(args.pods.config()),
         ..SessionConfig::watching(
             ["cali*", VXLAN_DEV, UNDERLAY_DEV, TAP_DEV]
                 .map(str::to_owned)
@@ -162,6 +163,16 @@ pub async fn run(args: DemoArgs, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo's `--cri-socket`, passed on to node 2's recorder.
+fn cri_socket_arg(pods: &crate::cli::PodOptions) -> Vec<std::ffi::OsString> {
+    use crate::node::pods::CriSocket;
+    match &pods.cri_socket {
+        Some(CriSocket::Path(path)) => vec!["--cri-socket".into(), path.into()],
+        Some(CriSocket::Off) => vec!["--cri-socket".into(), "none".into()],
+        Some(CriSocket::Probe) | None => Vec::new(),
+    }
+}
+
 /// A `vxprobe record` (this executable) inside a node's namespace.
 struct NodeRecorder {
     child: Child,
@@ -169,7 +180,12 @@ struct NodeRecorder {
 }
 
 impl NodeRecorder {
-    fn start(netns: &str, node: &str, dir: &Path) -> anyhow::Result<Self> {
+    fn start(
+        netns: &str,
+        node: &str,
+        dir: &Path,
+        pods: &crate::cli::PodOptions,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding the vxprobe executable")?;
         let ready = dir.join(format!(".{node}.ready"));
         let _ = std::fs::remove_file(&ready);
@@ -179,6 +195,7 @@ impl NodeRecorder {
             .arg(&exe)
             .args(["record", "--node", node, "--stats-interval", "1s"])
             .args(["-i", "cali*", "-i", VXLAN_DEV, "-i", UNDERLAY_DEV])
+            .args(cri_socket_arg(pods))
             .arg("-o")
             .arg(out("jsonl"))
             .arg("--pcap")

@@ -25,7 +25,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
         .filter(|f| selected.as_ref().is_none_or(|s| s.contains(&f.ifname)))
         .collect();
     if let Some(duration) = args.watch {
-        watch::observe(&facts, &mut findings, duration).await?;
+        watch::observe(&facts, &mut findings, duration, args.pods.config()).await?;
     }
     let report = render::Report::new(&facts, &findings, |d| {
         selected.as_ref().is_none_or(|s| s.contains(&d.name))

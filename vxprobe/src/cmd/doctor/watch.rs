@@ -1,15 +1,30 @@
 //! `doctor --watch DUR`: run the observation pipeline for a while and tie each finding to
 //! what the devices it names actually did: oversized packets on the tap, the largest packets
 //! on the underlay, fragments and fragmentation-needed messages, checksum failures.
+//!
+//! Devices are watched by their exact names (a name holding `[` or `*` is itself, not a
+//! pattern); a device that vanished before it was attached (a pod deleted meanwhile) is left
+//! out; SIGINT and SIGTERM end the watch early, detach everything and still print the report.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
 
 use serde::Serialize;
 use serde_json::Value;
 
 use super::rules::Finding;
 use crate::{
-    node::facts::Facts,
+    error::UsageError,
+    node::{devices, facts::Facts},
     observe::{
         anomaly::{Anomaly, AnomalyKind},
         pipeline::{self, Sink},
@@ -37,6 +52,9 @@ pub struct DeviceSeen {
     pub egress: DirectionSeen,
     /// Anomaly events naming this device, by kind (in vxprobe's namespace).
     pub events: BTreeMap<&'static str, u64>,
+    /// The pod at the device's other end (a host-side veth).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<crate::node::pods::PodId>,
 }
 
 /// What the devices did, from the interval reports: counts and the faults charged to each.
@@ -57,6 +75,9 @@ impl Sink for Observed {
     fn interval(&mut self, report: &IntervalReport) -> anyhow::Result<()> {
         for hop in &report.hops {
             let seen = self.devices.entry(hop.hop.ifname.clone()).or_default();
+            if let Some(pod) = &hop.hop.pod {
+                seen.pod = Some(pod.id.clone());
+            }
             for kind in AnomalyKind::ALL {
                 let n = hop.faults.count(kind);
                 if n > 0 {
@@ -79,27 +100,23 @@ impl Sink for Observed {
     }
 }
 
-/// Watches every device but `lo` for `duration`, then adds to each finding's evidence an
-/// `observed` object: what its device (and, for tunnels, the underlay) did meanwhile.
+/// Watches every device but `lo` for `duration` (or until SIGINT or SIGTERM), then adds to
+/// each finding's evidence an `observed` object: what its device (and, for tunnels, the
+/// underlay) did meanwhile.
 pub async fn observe(
     facts: &Facts,
     findings: &mut [Finding],
     duration: Duration,
+    pods: crate::node::pods::PodConfig,
 ) -> anyhow::Result<()> {
-    let ifaces = facts
-        .devices
-        .iter()
-        .filter(|d| d.name != "lo")
-        .map(|d| d.name.clone())
-        .collect();
-    let mut session = Session::start(&SessionConfig {
-        max_flows: 4096,
-        ..SessionConfig::watching(ifaces)
-    })
-    .await?;
+    // Handlers first: a signal while attaching ends the watch as soon as it starts.
+    let (stop, interrupted) = stop_signal(duration)?;
+    let started = tokio::time::Instant::now();
+    let Some(mut session) = start(facts, pods).await? else {
+        return Ok(()); // every device vanished: nothing to watch
+    };
     let mut observed = Observed::default();
     let mut sinks: [&mut dyn Sink; 1] = [&mut observed];
-    let stop = tokio::time::sleep(duration);
     pipeline::run(
         &mut session,
         &mut sinks,
@@ -109,6 +126,11 @@ pub async fn observe(
         stop,
     )
     .await?;
+    let watched = if interrupted.load(Ordering::Relaxed) {
+        started.elapsed()
+    } else {
+        duration
+    };
     session.stop();
     for finding in findings {
         let mut seen = serde_json::Map::new();
@@ -126,9 +148,70 @@ pub async fn observe(
             }
         }
         if let Value::Object(evidence) = &mut finding.evidence {
-            evidence.insert("observed_for_s".into(), duration.as_secs_f64().into());
+            evidence.insert("observed_for_s".into(), watched.as_secs_f64().into());
             evidence.insert("observed".into(), Value::Object(seen));
         }
     }
     Ok(())
+}
+
+/// Resolves when `duration` has passed since it was first polled, or at SIGINT or SIGTERM
+/// (then the flag says so). The handlers are installed at once.
+fn stop_signal(
+    duration: Duration,
+) -> anyhow::Result<(impl std::future::Future<Output = ()>, Arc<AtomicBool>)> {
+    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&interrupted);
+    let stop = async move {
+        tokio::select! {
+            _ = sigterm.recv() => flag.store(true, Ordering::Relaxed),
+            _ = sigint.recv() => flag.store(true, Ordering::Relaxed),
+            () = tokio::time::sleep(duration) => {}
+        }
+    };
+    Ok((stop, interrupted))
+}
+
+/// Times the devices are listed again when one vanished between the listing and the
+/// selection.
+const START_ATTEMPTS: usize = 3;
+
+/// A session on the devices the facts name (but `lo`) that are still there, by their exact
+/// names; `None` when none is left.
+async fn start(
+    facts: &Facts,
+    pods: crate::node::pods::PodConfig,
+) -> anyhow::Result<Option<Session>> {
+    let wanted: BTreeSet<&str> = facts
+        .devices
+        .iter()
+        .map(|d| d.name.as_str())
+        .filter(|name| *name != "lo")
+        .collect();
+    for attempt in 1..=START_ATTEMPTS {
+        let present: Vec<String> = devices::list_devices()
+            .await?
+            .into_iter()
+            .filter(|d| wanted.contains(d.name.as_str()))
+            .map(|d| glob::Pattern::escape(&d.name))
+            .collect();
+        if present.is_empty() {
+            return Ok(None);
+        }
+        match Session::start(&SessionConfig {
+            max_flows: 4096,
+            pods: Some(pods.clone()),
+            ..SessionConfig::watching(present)
+        })
+        .await
+        {
+            Ok(session) => return Ok(Some(session)),
+            // "no such interface": one vanished since the listing (nothing is attached yet).
+            Err(e) if attempt < START_ATTEMPTS && e.downcast_ref::<UsageError>().is_some() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the last attempt returns")
 }

@@ -10,6 +10,8 @@ use prometheus_client::{
 };
 use vxprobe_common::Direction;
 
+use super::pods::PodLabel;
+
 /// What a family is, as Prometheus shows it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -62,6 +64,12 @@ pub const FAMILIES: &[FamilyDoc] = &[
         Counter,
         HOP,
         "Segments the hop's packets stand for (GSO packets count their gso_segs)"
+    ),
+    family!(
+        "vxprobe_hop_dropped_packets_total",
+        Counter,
+        HOP,
+        "Faults dropped at the hop, every reason (as the hop line's drops); its series exists from the hop's first interval, so rate() sees its first drops"
     ),
     family!(
         "vxprobe_hop_drops_total",
@@ -231,6 +239,9 @@ pub(super) struct HopLabels {
     pub(super) iface: String,
     pub(super) direction: &'static str,
     pub(super) role: &'static str,
+    /// `--pod-labels`: the pod at the device's other end.
+    #[prometheus(flatten)]
+    pub(super) pod: PodLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -239,6 +250,8 @@ pub(super) struct DropLabels {
     pub(super) direction: &'static str,
     pub(super) role: &'static str,
     pub(super) reason: String,
+    #[prometheus(flatten)]
+    pub(super) pod: PodLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -250,11 +263,16 @@ pub(super) struct DeviceLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct ReasonLabel {
     pub(super) reason: String,
+    /// `--pod-labels`: the pod whose namespace it happened in.
+    #[prometheus(flatten)]
+    pub(super) pod: PodLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct KindLabel {
     pub(super) kind: &'static str,
+    #[prometheus(flatten)]
+    pub(super) pod: PodLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -314,6 +332,7 @@ pub(super) struct Families {
     pub(super) hop_packets: Family<HopLabels, Counter>,
     pub(super) hop_bytes: Family<HopLabels, Counter>,
     pub(super) hop_segments: Family<HopLabels, Counter>,
+    pub(super) hop_dropped: Family<HopLabels, Counter>,
     pub(super) hop_drops: Family<DropLabels, Counter>,
     pub(super) fragments: Family<HopLabels, Counter>,
     pub(super) hop_oversize: Family<HopLabels, Counter>,
@@ -346,6 +365,7 @@ impl Families {
             hop_packets: Family::default(),
             hop_bytes: Family::default(),
             hop_segments: Family::default(),
+            hop_dropped: Family::default(),
             hop_drops: Family::default(),
             fragments: Family::default(),
             hop_oversize: Family::default(),
@@ -384,6 +404,9 @@ impl Families {
                 "vxprobe_hop_bytes_total" => registry.register(name, help, self.hop_bytes.clone()),
                 "vxprobe_hop_segments_total" => {
                     registry.register(name, help, self.hop_segments.clone())
+                }
+                "vxprobe_hop_dropped_packets_total" => {
+                    registry.register(name, help, self.hop_dropped.clone())
                 }
                 "vxprobe_hop_drops_total" => registry.register(name, help, self.hop_drops.clone()),
                 "vxprobe_fragments_total" => registry.register(name, help, self.fragments.clone()),
@@ -448,10 +471,12 @@ pub(super) fn hop_labels(
     ifname: &str,
     dir: Direction,
     role: crate::node::devices::Role,
+    pod: PodLabel,
 ) -> HopLabels {
     HopLabels {
         iface: ifname.to_owned(),
         direction: dir.as_str(),
         role: role.as_str(),
+        pod,
     }
 }

@@ -7,8 +7,9 @@
 //! charged or classified here. [`FAMILIES`] is the one list of what is exported.
 //!
 //! Label sets stay bounded: hops are the observed devices (a device that vanishes loses its
-//! series once its last interval is counted), reasons are the kernel's drop reasons, and
-//! per-flow series exist only with `--flow-metrics K`, for at most K flows.
+//! series once its last interval is counted), reasons are the kernel's drop reasons,
+//! per-flow series exist only with `--flow-metrics K`, for at most K flows, and `pod` labels
+//! only with `--pod-labels`, for at most [`MAX_POD_LABELS`] pods ([`pods`]).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -23,6 +24,7 @@ use prometheus_client::registry::Registry;
 use vxprobe_common::Direction;
 
 use crate::{
+    node::pods::Pod,
     observe::anomaly::{Anomaly, AnomalyKind},
     observe::packet::Flow,
     observe::pipeline::Sink,
@@ -30,6 +32,7 @@ use crate::{
 };
 
 mod families;
+mod pods;
 #[cfg(test)]
 mod tests;
 
@@ -38,6 +41,8 @@ use families::{
     HookLabels, KindLabel, NodeLabels, ReasonLabel, SourceLabel, hop_labels,
 };
 pub use families::{FAMILIES, FamilyDoc, Kind};
+pub use pods::{LivePods, MAX_POD_LABELS, OTHER_POD, POD_LABELED};
+use pods::{PodLabel, PodLabels, Series};
 
 /// The exposition the HTTP server encodes on each scrape; shared, read-only.
 #[derive(Debug)]
@@ -101,10 +106,10 @@ impl FlowLosses {
         for f in self.flows.values_mut() {
             f.recent *= decay;
         }
-        for (flow, faults) in report.flow_faults.iter().filter(|(_, f)| f.drops > 0) {
-            let f = self.flows.entry(flow.clone()).or_default();
-            f.drops += faults.drops;
-            f.recent += faults.drops as f64;
+        for faults in report.flow_faults.iter().filter(|f| f.total.drops > 0) {
+            let f = self.flows.entry(faults.flow.clone()).or_default();
+            f.drops += faults.total.drops;
+            f.recent += faults.total.drops as f64;
         }
         if self.flows.len() > self.capacity() * 2 {
             let mut ranked: Vec<(Flow, f64)> = self
@@ -155,6 +160,27 @@ pub struct MetricsSink {
     flows_this_interval: u64,
     /// Unix time in milliseconds of the last interval closed, for `/healthz`.
     last_close: Arc<AtomicU64>,
+    /// `--pod-labels`: the pods labeled and their series.
+    pods: Option<PodLabels>,
+    /// The pod label each hop's series carry now, by device name.
+    hop_pods: HashMap<String, PodLabel>,
+}
+
+/// The label of a hop's or an event's pod: none without `--pod-labels`.
+fn pod_label(pods: &mut Option<PodLabels>, pod: Option<&Arc<Pod>>) -> PodLabel {
+    match pods {
+        Some(pods) => pods.label(pod.map(|p| &p.id)),
+        None => PodLabel(None),
+    }
+}
+
+/// Remembers a series created under a pod's label, to drop with the pod.
+fn created(pods: &mut Option<PodLabels>, label: &PodLabel, series: impl FnOnce() -> Series) {
+    if let Some(pods) = pods
+        && label.0.is_some()
+    {
+        pods.created(label, series());
+    }
 }
 
 impl MetricsSink {
@@ -180,8 +206,21 @@ impl MetricsSink {
             }),
             flows_this_interval: 0,
             last_close,
+            pods: None,
+            hop_pods: HashMap::new(),
         };
         (sink, Arc::new(Exposition { registry }))
+    }
+
+    /// `--pod-labels`: label the series of at most `max` pods at a time; `live` says which
+    /// pods the node has (`namespace/name`), and the series of the others are dropped.
+    pub fn label_pods(&mut self, max: usize, live: LivePods) {
+        self.pods = Some(PodLabels::new(max, live));
+    }
+
+    /// Pods labeled now.
+    pub fn labeled_pods(&self) -> usize {
+        self.pods.as_ref().map_or(0, PodLabels::labeled)
     }
 
     fn set_devices(&self) {
@@ -196,10 +235,12 @@ impl MetricsSink {
         if self.hops.values().any(|(n, _)| n == name) {
             return;
         }
+        let pod = self.hop_pods.remove(name).unwrap_or_default();
         let f = &self.families;
         for dir in [Direction::Ingress, Direction::Egress] {
-            let labels = hop_labels(name, dir, role);
+            let labels = hop_labels(name, dir, role, pod.clone());
             f.hop_packets.remove(&labels);
+            f.hop_dropped.remove(&labels);
             f.hop_bytes.remove(&labels);
             f.hop_segments.remove(&labels);
             f.fragments.remove(&labels);
@@ -212,6 +253,33 @@ impl MetricsSink {
         });
         for labels in self.reasons_seen.remove(name).unwrap_or_default() {
             f.hop_drops.remove(&labels);
+        }
+    }
+
+    /// A hop's series are now labeled `pod` (named, or renamed, by the pod index): its
+    /// series under the old label go.
+    fn relabel_hop(&mut self, name: &str, role: crate::node::devices::Role, pod: &PodLabel) {
+        let old = match self.hop_pods.get(name) {
+            Some(old) if old == pod => return,
+            Some(old) => old.clone(),
+            None => {
+                self.hop_pods.insert(name.to_owned(), pod.clone());
+                return;
+            }
+        };
+        self.hop_pods.insert(name.to_owned(), pod.clone());
+        for dir in [Direction::Ingress, Direction::Egress] {
+            Series::Hop(hop_labels(name, dir, role, old.clone())).remove(&self.families);
+        }
+        if let Some(seen) = self.reasons_seen.get_mut(name) {
+            seen.retain(|labels| {
+                if labels.pod == old {
+                    self.families.hop_drops.remove(labels);
+                    false
+                } else {
+                    true
+                }
+            });
         }
     }
 
@@ -241,17 +309,6 @@ impl MetricsSink {
             }
             f.flow_drops.get_or_create(&labels).inc_by(tracked.drops);
         }
-    }
-}
-
-/// Where an oversize anomaly comes from: a refused send, a drop, or a hop's MTU check.
-fn oversize_source(anomaly: &Anomaly) -> &'static str {
-    if anomaly.errno.is_some() {
-        "send"
-    } else if anomaly.dropped {
-        "drop"
-    } else {
-        "hop"
     }
 }
 
@@ -288,27 +345,40 @@ impl Sink for MetricsSink {
     }
 
     fn anomaly(&mut self, anomaly: &Anomaly) -> anyhow::Result<()> {
+        let pod = pod_label(&mut self.pods, anomaly.pod.as_ref());
         let f = &self.families;
         let n = u64::from(anomaly.count.unwrap_or(1));
-        f.anomalies
-            .get_or_create(&KindLabel {
-                kind: anomaly.kind.as_str(),
-            })
-            .inc_by(n);
-        let reason = || ReasonLabel {
+        let kind = KindLabel {
+            kind: anomaly.kind.as_str(),
+            pod: pod.clone(),
+        };
+        if f.anomalies.get(&kind).is_none() {
+            created(&mut self.pods, &pod, || Series::Anomalies(kind.clone()));
+        }
+        f.anomalies.get_or_create(&kind).inc_by(n);
+        let reason = ReasonLabel {
             reason: anomaly.reason.clone().unwrap_or_default(),
+            pod: pod.clone(),
         };
         match anomaly.kind {
             AnomalyKind::Drop => {
-                f.drops.get_or_create(&reason()).inc_by(n);
+                if f.drops.get(&reason).is_none() {
+                    created(&mut self.pods, &pod, || Series::Drops(reason.clone()));
+                }
+                f.drops.get_or_create(&reason).inc_by(n);
             }
             AnomalyKind::CsumError => {
-                f.checksum_errors.get_or_create(&reason()).inc_by(n);
+                if f.checksum_errors.get(&reason).is_none() {
+                    created(&mut self.pods, &pod, || {
+                        Series::ChecksumErrors(reason.clone())
+                    });
+                }
+                f.checksum_errors.get_or_create(&reason).inc_by(n);
             }
             AnomalyKind::Oversize => {
                 f.oversize
                     .get_or_create(&SourceLabel {
-                        source: oversize_source(anomaly),
+                        source: anomaly.oversize_source().as_str(),
                     })
                     .inc_by(n);
             }
@@ -321,11 +391,17 @@ impl Sink for MetricsSink {
     }
 
     fn interval(&mut self, report: &IntervalReport) -> anyhow::Result<()> {
-        let f = &self.families;
         for h in &report.hops {
-            let labels = hop_labels(&h.hop.ifname, h.dir, h.hop.role);
+            let pod = pod_label(&mut self.pods, h.hop.pod.as_ref());
+            self.relabel_hop(&h.hop.ifname, h.hop.role, &pod);
+            let f = &self.families;
+            let labels = hop_labels(&h.hop.ifname, h.dir, h.hop.role, pod.clone());
+            if f.hop_packets.get(&labels).is_none() {
+                created(&mut self.pods, &pod, || Series::Hop(labels.clone()));
+            }
             let c = &h.counters;
             f.hop_packets.get_or_create(&labels).inc_by(c.packets);
+            f.hop_dropped.get_or_create(&labels).inc_by(h.drops());
             f.hop_bytes.get_or_create(&labels).inc_by(c.bytes);
             f.hop_segments.get_or_create(&labels).inc_by(c.segs);
             f.fragments.get_or_create(&labels).inc_by(c.fragments);
@@ -339,20 +415,24 @@ impl Sink for MetricsSink {
                     direction: labels.direction,
                     role: labels.role,
                     reason: reason.clone(),
+                    pod: pod.clone(),
                 };
                 if f.hop_drops.get(&labels).is_none() {
-                    self.reasons_seen
-                        .entry(labels.iface.clone())
-                        .or_default()
-                        .push(labels.clone());
+                    let seen = self.reasons_seen.entry(labels.iface.clone()).or_default();
+                    if !seen.contains(&labels) {
+                        seen.push(labels.clone());
+                    }
+                    created(&mut self.pods, &pod, || Series::HopDrops(labels.clone()));
                 }
                 f.hop_drops.get_or_create(&labels).inc_by(*n);
             }
         }
+        let f = &self.families;
         for (kind, n) in &report.lost {
             f.events_lost
                 .get_or_create(&KindLabel {
                     kind: kind.line_name(),
+                    pod: PodLabel(None),
                 })
                 .inc_by(*n);
         }
@@ -390,6 +470,12 @@ impl Sink for MetricsSink {
         // The vanished hops had their last interval: their series go.
         for (name, role) in std::mem::take(&mut self.retiring) {
             self.retire(&name, role);
+        }
+        // Pods the node no longer has lose their series (and their places).
+        if let Some(pods) = &mut self.pods {
+            for series in pods.forget_gone() {
+                series.remove(&self.families);
+            }
         }
         self.export_flows();
         Ok(())

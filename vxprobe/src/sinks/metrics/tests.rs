@@ -19,6 +19,7 @@ fn meta_hop(ifindex: u32, name: &str, role: Role) -> MetaHop {
         role,
         mtu: 1450,
         ahead: Vec::new(),
+        pod: None,
     }
 }
 
@@ -38,6 +39,12 @@ fn meta(hops: Vec<MetaHop>) -> Meta {
             unavailable: Vec::new(),
         }],
         hops,
+        pods: crate::observe::report::PodsMeta {
+            source: crate::node::pods::Source::None,
+            runtime: None,
+            count: 0,
+            error: None,
+        },
     }
 }
 
@@ -332,4 +339,117 @@ fn accept_headers_choose_the_format() {
         "text/plain;version=0.0.4,application/openmetrics-text;q=0.5"
     ));
     assert!(!prefers_openmetrics("application/openmetrics-text;q=0"));
+}
+
+fn pod(name: &str) -> Arc<crate::node::pods::Pod> {
+    Arc::new(crate::node::pods::Pod {
+        id: crate::node::pods::PodId {
+            namespace: "shop".into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+        },
+        containers: Vec::new(),
+        labels: Default::default(),
+    })
+}
+
+/// `--pod-labels`: hop and node-wide series of a pod carry `pod="namespace/name"`, for at
+/// most the cap of pods (the rest `other`); a pod the node no longer has loses every series,
+/// and its place goes to the next; without the flag no series has a `pod` label.
+#[test]
+fn pod_labels_are_bounded_and_forgotten_pods_lose_their_series() {
+    let mut hops = vec![
+        meta_hop(5, "cali0", Role::Pod),
+        meta_hop(6, "cali1", Role::Pod),
+        meta_hop(7, "cali2", Role::Pod),
+        meta_hop(2, "eth0", Role::Underlay),
+    ];
+    for (hop, name) in hops.iter_mut().zip(["web-0", "web-1", "web-2"]) {
+        hop.pod = Some(pod(name));
+    }
+    let live: Arc<std::sync::Mutex<std::collections::HashSet<String>>> =
+        Arc::new(std::sync::Mutex::new(
+            ["shop/web-0", "shop/web-1", "shop/web-2"]
+                .map(str::to_owned)
+                .into(),
+        ));
+    let drop_in = |name: Option<&str>| {
+        let mut a = empty();
+        a.reason = Some("NETFILTER_DROP".into());
+        a.pod = name.map(pod);
+        a
+    };
+    let run = |sink: &mut MetricsSink, hops: &[MetaHop], pods: &[Option<&str>]| {
+        sink.interval(&report(hops, 1, &[("UDP_CSUM", 1)])).unwrap();
+        for name in pods.iter().copied() {
+            sink.anomaly(&drop_in(name)).unwrap();
+        }
+        sink.interval_end(&IntervalEnd::default()).unwrap();
+    };
+
+    let (mut plain, exposition) = sink(None);
+    plain.meta(&meta(hops.clone())).unwrap();
+    run(&mut plain, &hops, &[Some("web-0"), Some("web-2"), None]);
+    assert!(!exposition.encode(false).contains("pod="), "opt-in");
+
+    let (mut sink, exposition) = sink(None);
+    let seen = Arc::clone(&live);
+    sink.label_pods(2, Box::new(move || seen.lock().unwrap().clone()));
+    sink.meta(&meta(hops.clone())).unwrap();
+    run(&mut sink, &hops, &[Some("web-0"), Some("web-2"), None]);
+    let s = samples(&exposition.encode(false));
+    let hop = |iface: &str, pod: Option<&str>| {
+        let pod = pod.map_or_else(String::new, |p| format!(",pod=\"{p}\""));
+        format!(
+            "vxprobe_hop_packets_total{{iface=\"{iface}\",direction=\"ingress\",role=\"pod\"{pod}}}"
+        )
+    };
+    assert_eq!(s[&hop("cali0", Some("shop/web-0"))], 1.0);
+    assert_eq!(s[&hop("cali1", Some("shop/web-1"))], 1.0);
+    assert_eq!(s[&hop("cali2", Some(OTHER_POD))], 1.0, "beyond the cap");
+    assert!(s.contains_key(
+        r#"vxprobe_hop_packets_total{iface="eth0",direction="ingress",role="underlay"}"#
+    ));
+    assert_eq!(
+        s[r#"vxprobe_hop_drops_total{iface="cali0",direction="ingress",role="pod",reason="UDP_CSUM",pod="shop/web-0"}"#],
+        1.0
+    );
+    assert_eq!(
+        s[r#"vxprobe_drops_total{reason="NETFILTER_DROP",pod="shop/web-0"}"#],
+        1.0
+    );
+    assert_eq!(
+        s[r#"vxprobe_drops_total{reason="NETFILTER_DROP",pod="other"}"#],
+        1.0
+    );
+    assert_eq!(s[r#"vxprobe_drops_total{reason="NETFILTER_DROP"}"#], 1.0);
+    assert_eq!(
+        s[r#"vxprobe_anomalies_total{kind="drop",pod="shop/web-0"}"#],
+        1.0
+    );
+    assert_eq!(sink.labeled_pods(), 2);
+    for series in s.keys() {
+        if series.contains("pod=") {
+            let family = series.split('{').next().unwrap();
+            assert!(POD_LABELED.contains(&family), "{series}");
+        }
+    }
+
+    // web-0 is gone: every series naming it goes at the interval's end, and web-2 gets the
+    // place it left.
+    live.lock().unwrap().remove("shop/web-0");
+    hops[0].pod = None;
+    run(&mut sink, &hops, &[Some("web-2")]);
+    let text = exposition.encode(false);
+    assert!(!text.contains("web-0"), "{text}");
+    assert_eq!(sink.labeled_pods(), 1);
+    run(&mut sink, &hops, &[Some("web-2")]);
+    let text = exposition.encode(false);
+    assert!(!text.contains("web-0"), "{text}");
+    let s = samples(&text);
+    // cali0 counts afresh, unlabeled, from the interval its pod was gone in (two of them).
+    assert_eq!(s[&hop("cali0", None)], 2.0);
+    assert_eq!(s[&hop("cali2", Some("shop/web-2"))], 1.0);
+    assert!(!s.contains_key(&hop("cali2", Some(OTHER_POD))), "relabeled");
+    assert_eq!(sink.labeled_pods(), 2);
 }

@@ -18,7 +18,7 @@ use super::{
     filter::Filter,
     model::{
         AnomalySample, AppEvent, Flow, FlowHop, FlowSample, HopCounts, HopId, HopSample,
-        OffloadHint, Outer, PathVerdict,
+        OffloadHint, Outer, PathVerdict, PodId,
     },
 };
 use crate::observe::judge;
@@ -136,11 +136,32 @@ impl FlowEntry {
         }
         for hop in &sample.hops {
             match self.hops.iter_mut().find(|h| h.id() == hop.id()) {
-                Some(known) => known.counts.add(&hop.counts),
-                None => self.hops.push(hop.clone()),
+                Some(known) => {
+                    known.counts.add(&hop.counts);
+                    // Named once the pod index knows it (a veth can be seen before its pod).
+                    if hop.pod.is_some() {
+                        known.pod.clone_from(&hop.pod);
+                    }
+                }
+                None => {
+                    self.hops.push(hop.clone());
+                    // A hop first seen later takes its place on the path, not the end.
+                    self.hops.sort_by_key(|h| (h.path_rank(), h.ifindex));
+                }
             }
         }
         self.last_seen = interval;
+    }
+
+    /// The pods on the flow's path (at the veths it crossed), in path order, each once.
+    pub fn pods(&self) -> Vec<&PodId> {
+        let mut pods: Vec<&PodId> = Vec::new();
+        for pod in self.hops.iter().filter_map(|h| h.pod.as_ref()) {
+            if !pods.contains(&pod) {
+                pods.push(pod);
+            }
+        }
+        pods
     }
 
     /// The share of the flow's packets that died on its path ([`judge::flow_loss_pct`]).
@@ -282,7 +303,7 @@ impl App {
     pub fn visible_hops(&self) -> impl Iterator<Item = &HopSample> {
         self.hops
             .iter()
-            .filter(|h| self.filter.matches_hop(&h.ifname))
+            .filter(|h| self.filter.matches_hop(&h.ifname, h.pod.as_ref()))
     }
 
     /// The flows table, worst first by the current sort.
@@ -356,8 +377,13 @@ impl App {
         }
     }
 
-    fn apply_anomaly(&mut self, sample: AnomalySample) {
-        if self.events.len() == MAX_EVENTS {
+    fn apply_anomaly(&mut self, mut sample: AnomalySample) {
+        // Identical events share a row (×N), moved to the top with the newest's details.
+        if let Some(at) = self.events.iter().rposition(|e| e.same_event(&sample))
+            && let Some(old) = self.events.remove(at)
+        {
+            sample.count = sample.count.saturating_add(old.count);
+        } else if self.events.len() == MAX_EVENTS {
             self.events.pop_front();
         }
         self.events.push_back(sample);
@@ -414,8 +440,10 @@ impl App {
             .flows
             .values()
             .filter(|e| {
-                self.filter
-                    .matches_flow(&e.flow, e.hops.iter().map(|h| h.ifname.as_str()))
+                self.filter.matches_flow(
+                    &e.flow,
+                    e.hops.iter().map(|h| (h.ifname.as_str(), h.pod.as_ref())),
+                )
             })
             .collect();
         rows.sort_unstable_by(|a, b| {
@@ -570,6 +598,6 @@ impl App {
             .iter()
             .map(|h| (h.counts.drops, h.counts.bytes))
             .collect();
-        judge::path_verdict(&hops)
+        judge::path_verdict(&hops, entry.total.drops)
     }
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::model::{
-    AnomalySample, AppEvent, Direction, EventKindView, Flow, FlowHop, FlowSample, HopCounts, HopId,
+    AnomalySample, AppEvent, Direction, EventKind, Flow, FlowHop, FlowSample, HopCounts, HopId,
     HopSample, Offload, Outer, Role,
 };
 use crate::observe::judge;
@@ -72,6 +72,7 @@ fn hop((name, ifindex, role): Device, dir: Direction, counts: HopCounts) -> Flow
         ifindex,
         dir,
         role,
+        pod: None,
         counts,
     }
 }
@@ -345,12 +346,14 @@ fn anomalies(node: &Node, i: usize) -> Vec<AppEvent> {
                 location: location.to_owned(),
                 len,
                 flow: Some(flow.clone()),
+                pod: None,
+                count: 1,
             }));
         };
     if CSUM_DROPS[i] > 0 {
         push(
             120,
-            EventKindView::CsumError,
+            EventKind::CsumError,
             ETH0,
             Direction::Ingress,
             "UDP_CSUM",
@@ -362,7 +365,7 @@ fn anomalies(node: &Node, i: usize) -> Vec<AppEvent> {
     if FW_DROPS[i] > 0 {
         push(
             340,
-            EventKindView::Drop,
+            EventKind::Drop,
             ETH0,
             Direction::Ingress,
             "NETFILTER_DROP",
@@ -374,7 +377,7 @@ fn anomalies(node: &Node, i: usize) -> Vec<AppEvent> {
     if TAP_DROPS[i] > 0 {
         push(
             610,
-            EventKindView::Oversize,
+            EventKind::Oversize,
             TAP0,
             Direction::Egress,
             "PKT_TOO_BIG",
@@ -386,7 +389,7 @@ fn anomalies(node: &Node, i: usize) -> Vec<AppEvent> {
     if CSUM_DROPS[i] > 50 {
         push(
             870,
-            EventKindView::CsumError,
+            EventKind::CsumError,
             ETH0,
             Direction::Ingress,
             "UDP_CSUM",

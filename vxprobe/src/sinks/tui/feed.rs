@@ -2,10 +2,7 @@
 //! [`AppEvent`]s. Every count and judgment comes from [`crate::observe`]; this only gathers an
 //! interval's flows by flow (the UI shows a flow's path) and copies the rest.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    time::SystemTime,
-};
+use std::collections::{BTreeMap, HashMap};
 
 use tokio::sync::mpsc::Sender;
 
@@ -16,7 +13,7 @@ use crate::observe::{
     anomaly::{Anomaly, AnomalyKind},
     packet::{Flow, Outer},
     pipeline::Sink,
-    report::{Faults, FlowReport, IntervalEnd, IntervalReport, Meta, Summary},
+    report::{Faults, FlowFaults, FlowReport, IntervalEnd, IntervalReport, Meta, Summary},
 };
 
 /// Feeds the UI task. Sends never wait: when the UI lags, messages are dropped and counted
@@ -59,6 +56,15 @@ impl TuiFeed {
     }
 }
 
+/// A flow's totals with all of its faults, wherever they happened: the model charged each once
+/// to the flow (some happened beyond our hops, in a pod's namespace or at a socket).
+fn with_flow_faults(total: &mut HopCounts, faults: &Faults) {
+    total.drops = faults.drops;
+    total.csum_errors = faults.count(AnomalyKind::CsumError);
+    total.retransmits = faults.count(AnomalyKind::Retransmit);
+    total.oversize = total.oversize.max(faults.count(AnomalyKind::Oversize));
+}
+
 /// A flow's or a hop's faults as the UI's counts.
 fn fault_counts(faults: &Faults) -> HopCounts {
     HopCounts {
@@ -86,11 +92,15 @@ impl Sink for TuiFeed {
     }
 
     fn anomaly(&mut self, anomaly: &Anomaly) -> anyhow::Result<()> {
-        let mut sample = AnomalySample::from_anomaly(anomaly, SystemTime::now());
+        let mut sample = AnomalySample::from_anomaly(anomaly, anomaly.ts);
         if anomaly.netns != self.netns
             && let Some(name) = &mut sample.ifname
         {
-            name.push_str(&format!("@{}", anomaly.netns));
+            // A pod's device by its pod, others by their namespace's inode.
+            match &sample.pod {
+                Some(pod) => name.push_str(&format!("@{pod}")),
+                None => name.push_str(&format!("@{}", anomaly.netns)),
+            }
         }
         self.send(AppEvent::Anomaly(sample));
         Ok(())
@@ -114,6 +124,7 @@ impl Sink for TuiFeed {
                 ifindex: f.hop.ifindex,
                 dir: f.dir,
                 role: f.hop.role,
+                pod: f.hop.pod.as_ref().map(|p| p.id.clone()),
                 counts: HopCounts {
                     packets: f.counters.counters.packets,
                     bytes: f.counters.counters.bytes,
@@ -130,34 +141,40 @@ impl Sink for TuiFeed {
         let Some(report) = self.report.take() else {
             return Ok(());
         };
-        let mut flow_faults: HashMap<&Flow, &Faults> = report
-            .flow_faults
-            .iter()
-            .map(|(f, faults)| (f, faults))
-            .collect();
-        let flows: Vec<FlowSample> = std::mem::take(&mut self.flows)
+        let mut flow_faults: HashMap<&Flow, &FlowFaults> =
+            report.flow_faults.iter().map(|f| (&f.flow, f)).collect();
+        let mut flows: Vec<FlowSample> = std::mem::take(&mut self.flows)
             .into_iter()
-            .map(|(flow, (outer, hops))| {
+            .map(|(flow, (outer, mut hops))| {
                 let faults = flow_faults.remove(&flow);
+                // Each fault at the hop the model charged it to.
+                for (key, at) in faults.iter().flat_map(|f| &f.at) {
+                    let id = HopId::from(*key);
+                    if let Some(hop) = hops.iter_mut().find(|h| h.id() == id) {
+                        hop.counts.add(&fault_counts(at));
+                    }
+                }
                 let mut sample = FlowSample::from_hops(flow, outer, hops);
                 if let Some(faults) = faults {
-                    // Shown where the flow enters the node: the model charged them to the
-                    // flow, and to the hops themselves in the hop rows.
-                    let counts = fault_counts(faults);
-                    if let Some(first) = sample.hops.first_mut() {
-                        first.counts.add(&counts);
-                    }
-                    sample.total.add(&counts);
+                    with_flow_faults(&mut sample.total, &faults.total);
                 }
                 sample
             })
             .collect();
+        // Flows whose packets died before any of our hops counted them (refused sends, drops
+        // in the sender's namespace): no hop, but their faults.
+        flows.extend(flow_faults.into_values().map(|faults| {
+            let mut sample = FlowSample::from_hops(faults.flow.clone(), None, Vec::new());
+            with_flow_faults(&mut sample.total, &faults.total);
+            sample
+        }));
         let hops = report
             .hops
             .iter()
             .map(|h| {
                 let c = &h.counters;
                 HopSample {
+                    pod: h.hop.pod.as_ref().map(|p| p.id.clone()),
                     offload: self.offloads.get(&h.hop.ifindex).copied(),
                     packets: c.packets,
                     bytes: c.bytes,

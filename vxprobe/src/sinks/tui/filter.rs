@@ -4,19 +4,46 @@
 //! - `port:5201` matches a flow with that source or destination port;
 //! - `dev:cali` matches a flow that crossed a device whose name contains the text, and the hops
 //!   of such devices;
+//! - `pod:web` matches what belongs to a pod whose name contains the text (`pod:shop/web-0`:
+//!   namespace/name): the hops of its veth, the flows that crossed one, its events;
+//! - `ns:shop` the same for the pods of a Kubernetes namespace whose name contains the text;
 //! - a bare term matches any of these, or the protocol name (`tcp`).
 //!
-//! Host/port/bare terms narrow the flows and events; only `dev:` terms narrow the hops table,
-//! so that typing an address never empties it.
+//! Host/port/bare terms narrow the flows and events; only `dev:`, `pod:` and `ns:` terms
+//! narrow the hops table, so that typing an address never empties it.
 
-use super::model::{AnomalySample, Flow};
+use super::model::{AnomalySample, Flow, PodId};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Term {
     Host(String),
     Port(u16),
     Dev(String),
+    Pod(String),
+    Ns(String),
     Any(String),
+}
+
+impl Term {
+    /// Whether a device and the pod at it match a term about devices or pods; `None` for the
+    /// terms about addresses and ports.
+    fn place(&self, device: &str, pod: Option<&PodId>) -> Option<bool> {
+        match self {
+            Term::Dev(d) => Some(device.contains(d.as_str())),
+            Term::Pod(p) => Some(pod.is_some_and(|pod| pod_named(pod, p))),
+            Term::Ns(n) => Some(pod.is_some_and(|pod| pod.namespace.contains(n.as_str()))),
+            Term::Any(a) => Some(
+                device.contains(a.as_str())
+                    || pod.is_some_and(|pod| pod_named(pod, a) || pod.namespace.contains(a)),
+            ),
+            Term::Host(_) | Term::Port(_) => None,
+        }
+    }
+}
+
+/// `pod:` text: in the pod's name, or in `namespace/name` when it has a slash.
+fn pod_named(pod: &PodId, text: &str) -> bool {
+    pod.name.contains(text) || (text.contains('/') && pod.to_string().contains(text))
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,7 +64,9 @@ impl Filter {
                     // A port that does not parse matches nothing, as a typo should.
                     "port" => Some(Term::Port(value.parse().unwrap_or(0))),
                     "dev" if !value.is_empty() => Some(Term::Dev(value)),
-                    "host" | "dev" => None,
+                    "pod" if !value.is_empty() => Some(Term::Pod(value)),
+                    "ns" if !value.is_empty() => Some(Term::Ns(value)),
+                    "host" | "dev" | "pod" | "ns" => None,
                     // IPv6 addresses contain colons: anything else is a bare term.
                     _ => Some(Term::Any(word.to_ascii_lowercase())),
                 }
@@ -57,35 +86,46 @@ impl Filter {
         self.terms.is_empty()
     }
 
-    /// A flow with the names of the devices it crossed.
-    pub fn matches_flow<'a>(&self, flow: &Flow, devices: impl Iterator<Item = &'a str>) -> bool {
+    /// A flow with the places it was seen: each device's name and the pod at it.
+    pub fn matches_flow<'a>(
+        &self,
+        flow: &Flow,
+        places: impl Iterator<Item = (&'a str, Option<&'a PodId>)>,
+    ) -> bool {
         if self.terms.is_empty() {
             return true;
         }
-        let devices: Vec<String> = devices.map(str::to_ascii_lowercase).collect();
+        let places: Vec<(String, Option<&PodId>)> = places
+            .map(|(device, pod)| (device.to_ascii_lowercase(), pod))
+            .collect();
         let src = flow.src.to_string();
         let dst = flow.dst.to_string();
         let proto = flow.proto_name();
+        let anywhere = |term: &Term| {
+            places
+                .iter()
+                .any(|(device, pod)| term.place(device, *pod) == Some(true))
+        };
         self.terms.iter().all(|term| match term {
             Term::Host(h) => src.contains(h.as_str()) || dst.contains(h.as_str()),
             Term::Port(p) => *p != 0 && (flow.sport == *p || flow.dport == *p),
-            Term::Dev(d) => devices.iter().any(|name| name.contains(d.as_str())),
+            Term::Dev(_) | Term::Pod(_) | Term::Ns(_) => anywhere(term),
             Term::Any(a) => {
                 src.contains(a.as_str())
                     || dst.contains(a.as_str())
                     || a.parse::<u16>()
                         .is_ok_and(|p| flow.sport == p || flow.dport == p)
-                    || devices.iter().any(|name| name.contains(a.as_str()))
+                    || anywhere(term)
                     || proto == *a
             }
         })
     }
 
-    /// Hops are narrowed by `dev:` terms only.
-    pub fn matches_hop(&self, ifname: &str) -> bool {
+    /// Hops are narrowed by `dev:`, `pod:` and `ns:` terms only.
+    pub fn matches_hop(&self, ifname: &str, pod: Option<&PodId>) -> bool {
         let name = ifname.to_ascii_lowercase();
         self.terms.iter().all(|term| match term {
-            Term::Dev(d) => name.contains(d.as_str()),
+            Term::Dev(_) | Term::Pod(_) | Term::Ns(_) => term.place(&name, pod) == Some(true),
             _ => true,
         })
     }
@@ -94,15 +134,15 @@ impl Filter {
         if self.terms.is_empty() {
             return true;
         }
-        let device = event.ifname.as_deref().into_iter();
+        let device = event.ifname.as_deref().unwrap_or("");
+        let pod = event.pod.as_ref();
         match &event.flow {
-            Some(flow) => self.matches_flow(flow, device),
+            Some(flow) => self.matches_flow(flow, std::iter::once((device, pod))),
             None => {
-                let name = event.ifname.as_deref().unwrap_or("").to_ascii_lowercase();
-                self.terms.iter().all(|term| match term {
-                    Term::Dev(d) | Term::Any(d) => name.contains(d.as_str()),
-                    Term::Host(_) | Term::Port(_) => false,
-                })
+                let name = device.to_ascii_lowercase();
+                self.terms
+                    .iter()
+                    .all(|term| term.place(&name, pod).unwrap_or(false))
             }
         }
     }

@@ -20,8 +20,7 @@ mod tests;
 pub use app::App;
 pub use demo::demo_events;
 pub use model::{
-    AnomalySample, AppEvent, EventKindView, FlowHop, FlowSample, HopCounts, HopId, HopSample,
-    Offload,
+    AnomalySample, AppEvent, EventKind, FlowHop, FlowSample, HopCounts, HopId, HopSample, Offload,
 };
 pub use render::render_once;
 pub use terminal::run;

@@ -7,10 +7,10 @@ use crossterm::event::KeyEvent;
 pub use vxprobe_common::Direction;
 
 pub use crate::node::features::Offload;
-pub use crate::observe::judge::{OffloadHint, PathVerdict};
+pub use crate::observe::judge::{OffloadHint, PathCounts as HopCounts, PathVerdict};
 use crate::observe::{anomaly::Anomaly, judge};
 pub use crate::{
-    node::devices::Role,
+    node::{devices::Role, pods::PodId},
     observe::anomaly::AnomalyKind,
     observe::packet::{Flow, Outer},
 };
@@ -41,6 +41,8 @@ pub struct HopSample {
     pub dir: Direction,
     pub role: Role,
     pub mtu: u32,
+    /// The pod at the device's other end (a host-side veth), as the pod index names it.
+    pub pod: Option<PodId>,
     /// `None`: not known (not read yet, or the device does not say).
     pub offload: Option<Offload>,
     /// Packets (skbs: a GSO super-packet counts once) and their bytes seen at the hop.
@@ -88,6 +90,7 @@ impl HopSample {
             dir,
             role,
             mtu,
+            pod: None,
             offload: None,
             packets: 0,
             bytes: 0,
@@ -145,40 +148,6 @@ impl judge::HopView for HopSample {
     }
 }
 
-/// The counts one flow has at one hop.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HopCounts {
-    pub packets: u64,
-    pub bytes: u64,
-    pub drops: u64,
-    pub csum_errors: u64,
-    pub oversize: u64,
-    pub fragments: u64,
-    pub retransmits: u64,
-}
-
-impl HopCounts {
-    /// Adds `other` (saturating: a bogus count from the feed must not bring the UI down).
-    pub fn add(&mut self, other: &HopCounts) {
-        let add = |a: &mut u64, b: u64| *a = a.saturating_add(b);
-        add(&mut self.packets, other.packets);
-        add(&mut self.bytes, other.bytes);
-        add(&mut self.drops, other.drops);
-        add(&mut self.csum_errors, other.csum_errors);
-        add(&mut self.oversize, other.oversize);
-        add(&mut self.fragments, other.fragments);
-        add(&mut self.retransmits, other.retransmits);
-    }
-
-    /// Drops (checksum errors and oversize included), retransmits and fragments: what makes a
-    /// flow worth looking at.
-    pub fn trouble(&self) -> u64 {
-        self.drops
-            .saturating_add(self.retransmits)
-            .saturating_add(self.fragments)
-    }
-}
-
 /// One flow at one hop during an interval.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowHop {
@@ -186,6 +155,8 @@ pub struct FlowHop {
     pub ifindex: u32,
     pub dir: Direction,
     pub role: Role,
+    /// The pod at the device's other end, if any.
+    pub pod: Option<PodId>,
     pub counts: HopCounts,
 }
 
@@ -221,69 +192,24 @@ impl FlowSample {
     /// ([`FlowHop::path_rank`]) and the totals computed as [`FlowSample::total`] says.
     pub fn from_hops(flow: Flow, outer: Option<Outer>, mut hops: Vec<FlowHop>) -> Self {
         hops.sort_by_key(|h| (h.path_rank(), h.ifindex));
-        let mut total = HopCounts::default();
-        for hop in &hops {
-            total.add(&HopCounts {
-                packets: 0,
-                bytes: 0,
-                ..hop.counts.clone()
-            });
-        }
-        if let Some(first) = hops.first() {
-            total.packets = first.counts.packets;
-            total.bytes = first.counts.bytes;
-        }
+        let counts: Vec<HopCounts> = hops.iter().map(|h| h.counts.clone()).collect();
         Self {
             flow,
             outer,
+            total: judge::path_totals(&counts),
             hops,
-            total,
         }
     }
 }
 
-/// What the events panel can show: the pipeline's anomaly kinds, with their display names.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum EventKindView {
-    Drop,
-    CsumError,
-    Oversize,
-    Fragment,
-    Retransmit,
-    FragNeeded,
-}
-
-impl EventKindView {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            EventKindView::Drop => "drop",
-            EventKindView::CsumError => "csum_error",
-            EventKindView::Oversize => "oversize",
-            EventKindView::Fragment => "fragment",
-            EventKindView::Retransmit => "retransmit",
-            EventKindView::FragNeeded => "frag_needed",
-        }
-    }
-}
-
-impl From<AnomalyKind> for EventKindView {
-    fn from(kind: AnomalyKind) -> Self {
-        match kind {
-            AnomalyKind::Drop => EventKindView::Drop,
-            AnomalyKind::CsumError => EventKindView::CsumError,
-            AnomalyKind::Oversize => EventKindView::Oversize,
-            AnomalyKind::Retransmit => EventKindView::Retransmit,
-            AnomalyKind::Fragment => EventKindView::Fragment,
-            AnomalyKind::FragNeeded => EventKindView::FragNeeded,
-        }
-    }
-}
+/// What the events panel shows: the pipeline's anomaly kinds, as they are.
+pub use crate::observe::anomaly::AnomalyKind as EventKind;
 
 /// One anomaly for the events panel.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AnomalySample {
     pub ts: SystemTime,
-    pub kind: EventKindView,
+    pub kind: EventKind,
     /// `None` for faults seen at the socket layer, with no device.
     pub ifname: Option<String>,
     pub dir: Option<Direction>,
@@ -294,14 +220,19 @@ pub struct AnomalySample {
     /// Packet length; 0 when unknown.
     pub len: u32,
     pub flow: Option<Flow>,
+    /// The pod whose namespace it happened in, or at the device's other end.
+    pub pod: Option<PodId>,
+    /// Identical events this row stands for (folded by the pipeline, merged by the panel).
+    pub count: u64,
 }
 
 impl AnomalySample {
     /// The pipeline's anomaly, as seen at `ts`.
     pub fn from_anomaly(anomaly: &Anomaly, ts: SystemTime) -> Self {
         Self {
+            count: u64::from(anomaly.count.unwrap_or(1)),
             ts,
-            kind: anomaly.kind.into(),
+            kind: anomaly.kind,
             ifname: anomaly.ifname.clone(),
             dir: anomaly.hop_direction,
             reason: anomaly.reason.clone().unwrap_or_default(),
@@ -312,7 +243,18 @@ impl AnomalySample {
                 .unwrap_or_default(),
             len: anomaly.len.unwrap_or(0),
             flow: anomaly.flow.clone(),
+            pod: anomaly.pod.as_ref().map(|p| p.id.clone()),
         }
+    }
+
+    /// Whether two samples are the same event (kind, hop, flow and reason), merged into one
+    /// row.
+    pub fn same_event(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.ifname == other.ifname
+            && self.dir == other.dir
+            && self.reason == other.reason
+            && self.flow == other.flow
     }
 }
 

@@ -18,13 +18,13 @@ pub(super) const EVENT_COLUMNS: [Column; 6] = [
     left("where", 22, 4).squeeze(8),
 ];
 
-pub(super) fn kind_style(kind: EventKindView) -> Style {
+pub(super) fn kind_style(kind: EventKind) -> Style {
     match kind {
-        EventKindView::Drop => Style::new().fg(Color::Red),
-        EventKindView::CsumError => Style::new().fg(Color::Yellow),
-        EventKindView::Oversize | EventKindView::FragNeeded => Style::new().fg(Color::Magenta),
-        EventKindView::Fragment => Style::new().fg(Color::Cyan),
-        EventKindView::Retransmit => Style::new().fg(Color::Yellow),
+        EventKind::Drop => Style::new().fg(Color::Red),
+        EventKind::CsumError => Style::new().fg(Color::Yellow),
+        EventKind::Oversize | EventKind::FragNeeded => Style::new().fg(Color::Magenta),
+        EventKind::Fragment => Style::new().fg(Color::Cyan),
+        EventKind::Retransmit => Style::new().fg(Color::Yellow),
     }
 }
 
@@ -36,7 +36,14 @@ pub(super) fn event_cells(e: &AnomalySample) -> Vec<Txt> {
     };
     vec![
         styled(clock(e.ts), DIM),
-        styled(e.kind.as_str(), kind_style(e.kind)),
+        if e.count > 1 {
+            styled(
+                format!("{} ×{}", e.kind.as_str(), e.count),
+                kind_style(e.kind),
+            )
+        } else {
+            styled(e.kind.as_str(), kind_style(e.kind))
+        },
         txt(device),
         txt(e.reason.clone()),
         txt(e.flow.as_ref().map_or_else(String::new, flow_label)),
@@ -64,7 +71,13 @@ pub(super) fn render_events(app: &App, area: Rect, buf: &mut Buffer) {
         .map(|e| event_cells(e))
         .collect();
     let mut columns = EVENT_COLUMNS;
-    for (i, (min, max)) in [(2, (6, 20)), (3, (6, 24)), (4, (4, 64)), (5, (5, 28))] {
+    for (i, (min, max)) in [
+        (1, (10, 18)),
+        (2, (6, 20)),
+        (3, (6, 24)),
+        (4, (4, 64)),
+        (5, (5, 28)),
+    ] {
         columns[i].width = content_width(
             cells.iter().map(|row| text_width(&row[i].text)),
             columns[i].header,

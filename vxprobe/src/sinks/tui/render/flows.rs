@@ -7,7 +7,7 @@ use ratatui::{
     text::{Line, Span},
 };
 
-use super::{format::*, table::*, *};
+use super::{format::*, hops::pod_cell, table::*, *};
 
 pub(super) const FLOW_COLUMNS: [Column; 11] = [
     left("flow", 30, 0).squeeze(16),
@@ -32,6 +32,21 @@ pub(super) fn sort_column(sort: SortKey) -> usize {
         SortKey::Fragments => 8,
         SortKey::Bytes => 2,
     }
+}
+
+/// Where the pod column goes (before the path) when some flow on the page crossed a pod's
+/// veth.
+const POD_COLUMN: usize = 10;
+
+/// The pods on a flow's path, `namespace/name`, comma-separated.
+fn pods_text(entry: &FlowEntry) -> Option<String> {
+    let pods = entry.pods();
+    (!pods.is_empty()).then(|| {
+        pods.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    })
 }
 
 pub(super) fn path_text(entry: &FlowEntry) -> String {
@@ -103,7 +118,36 @@ pub(super) fn render_flows(app: &App, area: Rect, buf: &mut Buffer) {
         4,
         40,
     );
-    let rows = entries.iter().map(|e| (flow_cells(e), None)).collect();
+    let mut columns = columns.to_vec();
+    let pods = entries.iter().any(|e| !e.pods().is_empty());
+    let mut path = 10;
+    if pods {
+        let width = content_width(
+            entries
+                .iter()
+                .filter_map(|e| pods_text(e))
+                .map(|t| text_width(&t)),
+            "pod",
+            3,
+            40,
+        );
+        columns.insert(POD_COLUMN, left("pod", width, 2).squeeze(8));
+        path += 1;
+    }
+    let rows = entries
+        .iter()
+        .map(|e| {
+            let mut cells = flow_cells(e);
+            if pods {
+                let cell = match pods_text(e) {
+                    Some(text) => txt(text),
+                    None => pod_cell(None),
+                };
+                cells.insert(POD_COLUMN, cell);
+            }
+            (cells, None)
+        })
+        .collect();
     render_panel_table(
         app,
         area,
@@ -114,7 +158,7 @@ pub(super) fn render_flows(app: &App, area: Rect, buf: &mut Buffer) {
             empty,
             columns: &mut columns,
             rows,
-            flexible: Some(10),
+            flexible: Some(path),
             sorted: Some(sorted),
             selected: app.flow_sel - range.start,
         },

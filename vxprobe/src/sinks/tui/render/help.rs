@@ -19,7 +19,10 @@ pub(super) const HELP: &[(&str, &str)] = &[
         "sort flows: loss, retrans, csum, oversize, frag, bytes",
     ),
     ("Enter", "path of the selected flow: its hops in order"),
-    ("/", "filter: host:IP port:N dev:NAME or any text"),
+    (
+        "/",
+        "filter: host:IP port:N dev:NAME pod:NAME ns:NS or any text",
+    ),
     ("p", "pause (updates are held, applied on resume)"),
     ("?", "this help"),
 ];

@@ -28,6 +28,17 @@ pub(super) const HOP_COLUMNS: [Column; 16] = [
     left("offload", 12, 7),
 ];
 
+/// Where the pod column goes (after the device) when some hop has a pod.
+const POD_COLUMN: usize = 2;
+
+/// A pod's cell: `namespace/name`, or a dim `-`.
+pub(super) fn pod_cell(pod: Option<&PodId>) -> Txt {
+    match pod {
+        Some(pod) => txt(pod.to_string()),
+        None => styled("-", DIM),
+    }
+}
+
 pub(super) fn offload_text(hop: &HopSample) -> (String, Style) {
     match hop.offload {
         None => ("?".into(), DIM),
@@ -129,13 +140,27 @@ pub(super) fn render_hops(app: &App, area: Rect, buf: &mut Buffer) {
     } else {
         "no hop matches the filter"
     };
-    let mut columns = HOP_COLUMNS;
+    let mut columns = HOP_COLUMNS.to_vec();
     columns[1].width = content_width(hops.iter().map(|h| text_width(&h.ifname)), "device", 6, 16);
+    // A pod column only where pods are named (a node's own devices have none).
+    let pods = hops.iter().any(|h| h.pod.is_some());
+    if pods {
+        let widths = hops
+            .iter()
+            .filter_map(|h| h.pod.as_ref())
+            .map(|p| text_width(&p.to_string()));
+        let width = content_width(widths, "pod", 3, 32);
+        columns.insert(POD_COLUMN, left("pod", width, 2).squeeze(8));
+    }
     let rows = hops[range.clone()]
         .iter()
         .map(|hop| {
             let worst = app.worst_hop == Some(hop.id());
-            (hop_cells(app, hop), worst.then_some(WORST))
+            let mut cells = hop_cells(app, hop);
+            if pods {
+                cells.insert(POD_COLUMN, pod_cell(hop.pod.as_ref()));
+            }
+            (cells, worst.then_some(WORST))
         })
         .collect();
     render_panel_table(

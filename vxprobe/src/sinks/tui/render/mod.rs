@@ -34,7 +34,8 @@ pub use format::{flow_label, hint_text, human_bytes, human_count};
 use super::{
     app::{self, App, FlowEntry, Panel, SortKey},
     model::{
-        AnomalySample, EventKindView, Flow, HopCounts, HopId, HopSample, OffloadHint, PathVerdict,
+        AnomalySample, EventKind, Flow, HopCounts, HopId, HopSample, OffloadHint, PathVerdict,
+        PodId,
     },
 };
 use crate::observe::judge;

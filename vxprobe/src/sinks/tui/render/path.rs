@@ -107,7 +107,7 @@ pub(super) fn render_path(app: &App, area: Rect, buf: &mut Buffer) {
         let loss = judge::hop_loss_pct(hop.dir, c.packets, c.drops);
         let flagged = match verdict {
             PathVerdict::DropsAt(i) | PathVerdict::VanishesBefore(i) => i == at,
-            PathVerdict::Clean => false,
+            PathVerdict::Clean | PathVerdict::DropsElsewhere(_) => false,
         };
         let cells = [
             txt(format!("{}", at + 1)),
@@ -165,6 +165,14 @@ pub(super) fn render_path(app: &App, area: Rect, buf: &mut Buffer) {
                 )),
             ])
         }
+        PathVerdict::DropsElsewhere(dropped) => Line::from(vec![
+            Span::styled("✗ loses packets beyond these hops", WORST),
+            Span::raw(format!(
+                ": {} dropped in a pod's namespace, at a socket or before any hop saw them ({} of what it sent)",
+                human_count(dropped),
+                pct(entry.loss_pct()),
+            )),
+        ]),
         PathVerdict::VanishesBefore(at) => {
             let (before, hop) = (&entry.hops[at - 1], &entry.hops[at]);
             Line::from(vec![

@@ -67,7 +67,7 @@ pub(super) fn render_status(app: &App, area: Rect, buf: &mut Buffer) {
             Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD),
         ));
         spans.push(Span::styled(
-            "  host:IP port:N dev:NAME · Enter keep · Esc cancel",
+            "  host:IP port:N dev:NAME pod:NAME ns:NS · Enter keep · Esc cancel",
             DIM,
         ));
         Paragraph::new(Line::from(spans)).render(area, buf);

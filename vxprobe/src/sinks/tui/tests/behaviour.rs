@@ -81,7 +81,7 @@ fn filter_by_port_host_device_and_text() {
             app.visible_hops()
                 .map(|h| h.ifname.clone())
                 .collect::<Vec<_>>(),
-            app.visible_events().count(),
+            app.visible_events().map(|e| e.count).sum::<u64>(),
         )
     };
     let (flows, hops, _) = filter("port:53");
@@ -89,7 +89,7 @@ fn filter_by_port_host_device_and_text() {
     assert_eq!(hops.len(), 8, "host/port terms leave the hops alone");
     let (flows, _, events) = filter("host:198.18.9");
     assert_eq!(flows, ["udp:5004>5004"]);
-    assert_eq!(events, 4, "the tap's oversize events");
+    assert_eq!(events, 4, "the tap's oversize events (one row, ×4)");
     let (flows, hops, _) = filter("dev:tap");
     assert_eq!(flows, ["udp:5004>5004"]);
     assert_eq!(hops, ["tap0", "tap0"]);
@@ -174,17 +174,63 @@ fn pause_holds_at_most_max_held() {
 // ---------------------------------------------------------------------------------------------
 // Bounded memory.
 
+/// Anomaly `i`, of a flow of its own (distinct events, one row each).
 fn anomaly(i: usize) -> AppEvent {
     AppEvent::Anomaly(AnomalySample {
+        flow: Some(crate::observe::packet::Flow {
+            proto: 17,
+            src: "198.19.1.2".parse().unwrap(),
+            dst: "198.19.2.2".parse().unwrap(),
+            sport: i as u16,
+            dport: 5555,
+        }),
+        ..same_anomaly(i)
+    })
+}
+
+/// Anomaly `i` of one event repeated: only its length differs.
+fn same_anomaly(i: usize) -> AnomalySample {
+    AnomalySample {
         ts: std::time::UNIX_EPOCH,
-        kind: EventKindView::Drop,
+        kind: EventKind::Drop,
         ifname: Some("eth0".into()),
         dir: Some(Direction::Ingress),
         reason: "NOT_SPECIFIED".into(),
         location: "kfree_skb".into(),
         len: i as u32,
         flow: None,
-    })
+        pod: None,
+        count: 1,
+    }
+}
+
+#[test]
+fn identical_events_share_one_row_with_their_count() {
+    let mut app = App::new();
+    for i in 0..20 {
+        app.handle_event(AppEvent::Anomaly(same_anomaly(i)));
+    }
+    // A folded line from the pipeline adds its count.
+    app.handle_event(AppEvent::Anomaly(AnomalySample {
+        count: 80,
+        ..same_anomaly(99)
+    }));
+    app.handle_event(anomaly(7));
+    assert_eq!(app.event_count(), 2);
+    let rows: Vec<_> = app.visible_events().collect();
+    assert_eq!(
+        (rows[0].count, rows[0].len),
+        (1, 7),
+        "another event, newest"
+    );
+    assert_eq!(
+        (rows[1].count, rows[1].len),
+        (100, 99),
+        "the merged row has the latest's details"
+    );
+    // The same event again moves its row back to the top.
+    app.handle_event(AppEvent::Anomaly(same_anomaly(5)));
+    assert_eq!(app.visible_events().next().unwrap().count, 101);
 }
 
 #[test]
@@ -353,6 +399,7 @@ fn the_ui_shows_the_models_loss() {
         role: Role::Pod,
         mtu: 1450,
         ahead: Vec::new(),
+        pod: None,
     };
     let flow = Flow {
         proto: 17,

@@ -5,14 +5,15 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::{Terminal, backend::TestBackend, buffer::Buffer, style::Color};
 
 mod behaviour;
+mod pods;
 mod screens;
 
 use super::{
     App, AppEvent,
     app::{HISTORY_LEN, MAX_EVENTS, MAX_FLOWS, MAX_HELD, Panel, SortKey},
     demo::{demo_events, demo_interval, judged, many_flows},
-    model::{AnomalySample, Direction, EventKindView, HopId, HopSample, PathVerdict},
-    render::hint_text,
+    model::{AnomalySample, Direction, EventKind, HopId, HopSample, PathVerdict},
+    render::{flow_label, hint_text},
 };
 
 pub(super) fn press(code: KeyCode) -> AppEvent {

@@ -361,6 +361,7 @@ fn flow_samples_from_hops_in_any_order() {
         ifindex,
         dir,
         role,
+        pod: None,
         counts: HopCounts {
             packets,
             bytes: packets * 100,
