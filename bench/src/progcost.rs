@@ -118,7 +118,11 @@ fn prog_ids(pid: u32) -> anyhow::Result<BTreeSet<u64>> {
     Ok(ids)
 }
 
-fn snapshot(ids: &BTreeSet<u64>) -> anyhow::Result<Totals> {
+/// The prefix of the baseline recorder's programs in [`Totals`].
+const BASELINE: &str = "baseline:";
+
+/// `baseline`: the ids of the baseline recorder's programs, named with [`BASELINE`] first.
+fn snapshot(ids: &BTreeSet<u64>, baseline: &BTreeSet<u64>) -> anyhow::Result<Totals> {
     let out = Command::new("bpftool")
         .args(["-j", "prog", "show"])
         .output()
@@ -127,10 +131,13 @@ fn snapshot(ids: &BTreeSet<u64>) -> anyhow::Result<Totals> {
     let mut totals = Totals::new();
     for p in progs.as_array().into_iter().flatten() {
         let Some(id) = p["id"].as_u64() else { continue };
-        if !ids.contains(&id) {
+        if !ids.contains(&id) && !baseline.contains(&id) {
             continue;
         }
-        let name = full_name(p["name"].as_str().unwrap_or("?"));
+        let mut name = full_name(p["name"].as_str().unwrap_or("?"));
+        if baseline.contains(&id) {
+            name.insert_str(0, BASELINE);
+        }
         let t = totals.entry(name).or_default();
         t.0 += p["run_time_ns"].as_u64().unwrap_or(0);
         t.1 += p["run_cnt"].as_u64().unwrap_or(0);
@@ -200,6 +207,10 @@ pub struct ProgCost {
     pub steps: BTreeMap<String, BTreeMap<String, Dist>>,
     /// Per load: both TC programs' mean ns per run over the no-op's in the same window.
     pub ratio: BTreeMap<String, Dist>,
+    /// The baseline recorder's (`--baseline`) TC programs, on the same hooks in the same
+    /// windows, per load: mean ns per run, and over the no-op's. Empty without one.
+    pub baseline_tc: BTreeMap<String, Dist>,
+    pub baseline_ratio: BTreeMap<String, Dist>,
     pub isolated: Option<Isolated>,
 }
 
@@ -213,6 +224,16 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
     let _stats = StatsEnabled::new()?;
     let mut hops = node_hops();
     hops.extend(["-i".into(), "tap0".into()]);
+    // The baseline first: each recorder attaches ahead of what is there, so the measured
+    // one runs first on every packet (and meets the packet's cache misses first).
+    let baseline = match &ctx.baseline {
+        Some(path) => Some(Recorder::start(path, &n1.netns, &hops, Output::DevNull)?),
+        None => None,
+    };
+    let baseline_ids = match &baseline {
+        Some(rec) => prog_ids(rec.pid())?,
+        None => BTreeSet::new(),
+    };
     let rec = Recorder::start(&ctx.vxprobe, &n1.netns, &hops, Output::DevNull)?;
     let mut ids = prog_ids(rec.pid())?;
     let yardsticks = Yardsticks::attach(&n1.netns, &hops)?;
@@ -224,9 +245,11 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
     let mut least_counter: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut steps: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
     let mut ratio: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut baseline_tc: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut baseline_ratio: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for round in 0..rounds {
         for load in LOADS {
-            let before = snapshot(&ids)?;
+            let before = snapshot(&ids, &baseline_ids)?;
             match load {
                 "tcp" => {
                     iperf::client(&n1.pod.netns, n2.pod.ip, Load::Tcp, seconds)?;
@@ -260,14 +283,22 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
                     )?;
                 }
             }
-            let after = snapshot(&ids)?;
+            let after = snapshot(&ids, &baseline_ids)?;
             let (mut tc_ns, mut tc_runs) = (0u64, 0u64);
+            let (mut base_ns, mut base_runs) = (0u64, 0u64);
             for (name, (ns, cnt)) in &after {
                 let (ns0, cnt0) = before.get(name).copied().unwrap_or_default();
                 let (dns, dcnt) = (ns - ns0, cnt - cnt0);
                 if name.starts_with("vxprobe_tc_") {
                     tc_ns += dns;
                     tc_runs += dcnt;
+                }
+                if name
+                    .strip_prefix(BASELINE)
+                    .is_some_and(|n| n.starts_with("vxprobe_tc_"))
+                {
+                    base_ns += dns;
+                    base_runs += dcnt;
                 }
                 let per_run = if dcnt > 0 {
                     dns as f64 / dcnt as f64
@@ -307,6 +338,23 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
                         .push(tc_per_run / noop);
                 }
             }
+            if base_runs > 0 {
+                let per_run = base_ns as f64 / base_runs as f64;
+                baseline_tc
+                    .entry(load.to_owned())
+                    .or_default()
+                    .push(per_run);
+                if let Some(noop) = floor.get(load).and_then(|f| f.last()) {
+                    baseline_ratio
+                        .entry(load.to_owned())
+                        .or_default()
+                        .push(per_run / noop);
+                }
+                ctx.log(&format!(
+                    "  round {}/{rounds} {load}: baseline TC {per_run:.0} ns/run over {base_runs} runs",
+                    round + 1
+                ));
+            }
             let last = |program: &str| {
                 steps
                     .get(program)
@@ -328,6 +376,9 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
     }
     drop(yardsticks);
     rec.stop()?;
+    if let Some(baseline) = baseline {
+        baseline.stop()?;
+    }
     let mut programs: BTreeMap<String, ProgramCost> = BTreeMap::new();
     for ((load, name), windows) in samples {
         let entry = programs.entry(name.clone()).or_insert_with(|| ProgramCost {
@@ -349,6 +400,8 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
     Ok(ProgCost {
         steps: steps.into_iter().map(|(k, v)| (k, dists(v))).collect(),
         ratio: dists(ratio),
+        baseline_tc: dists(baseline_tc),
+        baseline_ratio: dists(baseline_ratio),
         isolated: Some(isolated),
         rounds,
         seconds_per_window: seconds,

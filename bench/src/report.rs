@@ -533,6 +533,30 @@ fn prog_cost_md(md: &mut String, p: &ProgCost) {
             .collect::<Vec<_>>()
             .join(" | ")
     );
+    if !p.baseline_tc.is_empty() {
+        let row = |m: &BTreeMap<String, crate::stats::Dist>, digits: usize, unit: &str| {
+            loads
+                .iter()
+                .map(|l| {
+                    m.get(*l)
+                        .map_or("-".into(), |d| format!("{}{unit}", d.show(1.0, digits)))
+                })
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
+        let _ = writeln!(
+            md,
+            "A baseline build (`--baseline`) recorded on the same hooks in the same windows \
+             (attached first, so it runs after the measured one on every packet):\n\n\
+             | | {} |\n| --- |{}\n| baseline: both TC programs | {} |\n\
+             | baseline: over the no-op | {} |\n| measured: over the no-op | {} |\n",
+            loads.join(" | "),
+            " --- |".repeat(loads.len()),
+            row(&p.baseline_tc, 0, " ns"),
+            row(&p.baseline_ratio, 2, ""),
+            row(&p.ratio, 2, ""),
+        );
+    }
     let _ = writeln!(
         md,
         "`{}` is a TC program that does nothing, attached after vxprobe's on the same hooks \
