@@ -295,28 +295,39 @@ impl CriNode {
         }
     }
 
-    /// Runs `pod`'s sandbox as kubelet would; its id and the config it was run with.
+    /// Runs `pod`'s sandbox as kubelet would; its id and the config it was run with. `None`
+    /// (the test skips, saying why) only where this machine's runc cannot start a container
+    /// at all: Debian 11's 5.10 under vm-test, where runc's init dies before it reports
+    /// ("read init-p: connection reset by peer"). Anywhere else a failure is a failure.
     fn run_sandbox(
         &mut self,
         pod: &PodId,
         host_network: bool,
         logs: &Path,
         cgroup_top: &str,
-    ) -> (String, PodSandboxConfig) {
+    ) -> Option<(String, PodSandboxConfig)> {
         let config = sandbox_config(pod, host_network, logs, cgroup_top);
-        let sandbox = self
+        let reply = self
             .rt
             .block_on(self.client.run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(config.clone()),
                 runtime_handler: String::new(),
-            }))
-            .unwrap_or_else(|e| {
+            }));
+        let sandbox = match reply {
+            Ok(reply) => reply.into_inner().pod_sandbox_id,
+            Err(e)
+                if common::kernel_version() < (5, 11)
+                    && e.message().contains("OCI runtime create failed") =>
+            {
+                eprintln!("skipped: runc cannot start a container on this kernel: {e}");
+                return None;
+            }
+            Err(e) => {
                 let network = if host_network { " (host network)" } else { "" };
                 panic!("RunPodSandbox{network}: {e}\n{}", self.containerd.logs())
-            })
-            .into_inner()
-            .pod_sandbox_id;
-        (sandbox, config)
+            }
+        };
+        Some((sandbox, config))
     }
 
     fn remove(&mut self, sandbox: &str) {
@@ -366,10 +377,14 @@ fn cri_names_containerd_sandboxes_and_their_veths() {
 
     // A host-network pod first: when web-0 is named, this one has been listed too.
     let host_pod = id("kube-system", "kube-proxy-q8", &new_uid());
-    let (host_sandbox, _) = cri.run_sandbox(&host_pod, true, &logs, &cgroup_top);
+    let Some((host_sandbox, _)) = cri.run_sandbox(&host_pod, true, &logs, &cgroup_top) else {
+        return;
+    };
 
     let web = id("shop", "web-0", &new_uid());
-    let (sandbox, web_config) = cri.run_sandbox(&web, false, &logs, &cgroup_top);
+    let (sandbox, web_config) = cri
+        .run_sandbox(&web, false, &logs, &cgroup_top)
+        .expect("a second sandbox where the first ran");
     let CriNode {
         containerd,
         rt,
@@ -489,12 +504,18 @@ fn records_the_pod(mut recorder: Recorder, ping: impl FnOnce() -> Sleeper, want:
     assert_eq!(meta["pods"]["source"], want.source, "{meta}");
     let pinging = ping();
     let named = |l: &Value| &l["pod"] == pod;
-    let dropped = recorder.wait_for(
-        "a drop in the pod's namespace naming the pod",
+    // The rule's drops; the pod's namespace may drop other packets too (a neighbour
+    // solicitation, a closed port), and those name the pod as well.
+    recorder.wait_for(
+        "a NETFILTER_DROP in the pod's namespace naming the pod",
         Duration::from_secs(20),
-        |l| l["kind"] == "drop" && l["netns"] == want.netns && named(l),
+        |l| {
+            l["kind"] == "drop"
+                && l["netns"] == want.netns
+                && l["reason"] == "NETFILTER_DROP"
+                && named(l)
+        },
     );
-    assert_eq!(dropped["reason"], "NETFILTER_DROP", "{dropped}");
     recorder.wait_for(
         "a hop line of the pod's veth naming the pod",
         Duration::from_secs(10),
@@ -606,7 +627,9 @@ fn record_names_a_cri_pod_on_its_events_hops_flows_and_pcapng() {
     let cgroup_top = format!("vxprobe-test-{}", unique("crirec"));
     let web = id("shop", "web-0", &new_uid());
     let logs = cri.root.0.join("logs");
-    let (sandbox, _) = cri.run_sandbox(&web, false, &logs, &cgroup_top);
+    let Some((sandbox, _)) = cri.run_sandbox(&web, false, &logs, &cgroup_top) else {
+        return;
+    };
     let pid = sandbox_pid(&sandbox).expect("the sandbox's process, by its cgroup");
     let enter = format!("--net=/proc/{pid}/ns/net");
     let addrs: Vec<Value> = serde_json::from_str(&run(
