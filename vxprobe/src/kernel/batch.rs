@@ -12,16 +12,16 @@ use aya::{
     Pod,
     maps::{IterableMap as _, MapData, PerCpuHashMap, PerCpuValues},
 };
-use vxprobe_common::FlowCounters;
+use vxprobe_common::{FlowCounters, HopCounters};
 
 /// Counter structs that can be summed over CPUs.
 pub trait Counters: Pod + Default + Copy {
     fn merge(&mut self, other: &Self);
 }
 
-impl Counters for vxprobe_common::Counters {
+impl Counters for HopCounters {
     fn merge(&mut self, other: &Self) {
-        vxprobe_common::Counters::merge(self, other);
+        HopCounters::merge(self, other);
     }
 }
 

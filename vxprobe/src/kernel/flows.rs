@@ -187,7 +187,7 @@ impl FlowStats {
                     let seen = &mut record.seen[at];
                     // Fewer packets than last time: the LRU evicted the entry and the
                     // kernel created it again, so all it holds is new.
-                    let delta = if seen.packets <= now.counters.packets {
+                    let delta = if seen.packets <= now.packets {
                         seen.delta(now, epoch)
                     } else {
                         FlowSeen::default().delta(now, epoch)
@@ -203,7 +203,7 @@ impl FlowStats {
             let mut delta = delta;
             if cache.settle(key, per_cpu, &mut delta) {
                 pending.add(key, &delta);
-            } else if delta.counters.packets > 0
+            } else if delta.packets > 0
                 && let Err(e) = out(key, &delta)
             {
                 failed = Some(e);
@@ -228,7 +228,7 @@ impl FlowStats {
             }
         });
         for (key, delta) in pending.drain() {
-            if delta.counters.packets > 0 {
+            if delta.packets > 0 {
                 out(&key, &delta)?;
             }
         }
@@ -301,15 +301,12 @@ mod tests {
 
     fn counters(packets: u64, fragments: u64) -> FlowCounters {
         FlowCounters {
-            counters: vxprobe_common::Counters {
-                packets,
-                bytes: packets * 100,
-                segs: packets,
-                fragments,
-                max_len: 1500,
-                max_epoch: 7,
-                ..Default::default()
-            },
+            packets,
+            bytes: packets * 100,
+            segs: packets,
+            fragments,
+            max_len: 1500,
+            max_epoch: 7,
             ..Default::default()
         }
     }

@@ -75,7 +75,7 @@ impl SessionConfig {
 }
 
 /// The event ring buffer's size unless `--ring-size` says otherwise.
-pub const DEFAULT_RING_SIZE: u32 = vxprobe_common::RING_SIZE;
+pub const DEFAULT_RING_SIZE: u32 = 8 << 20;
 
 /// How long start-up waits for the pod index's first look at the node, for `meta`: a runtime
 /// that does not answer takes the index this long to give up on (then it reads the layout).
@@ -479,7 +479,10 @@ impl Session {
         let mut counts = Vec::with_capacity((self.hops.len() + self.gone.len()) * 2);
         for hop in self.hops.iter().chain(&self.gone) {
             for dir in [Direction::Ingress, Direction::Egress] {
-                let key = HopKey::new(hop.device.ifindex, dir);
+                let key = HopKey {
+                    ifindex: hop.device.ifindex,
+                    direction: dir as u32,
+                };
                 counts.push(HopCount {
                     hop: meta_hop(hop, &pods),
                     dir,

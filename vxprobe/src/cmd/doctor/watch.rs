@@ -202,6 +202,7 @@ async fn start(
         }
         match Session::start(&SessionConfig {
             max_flows: 4096,
+            ring_size: 1 << 20,
             pods: Some(pods.clone()),
             ..SessionConfig::watching(present)
         })

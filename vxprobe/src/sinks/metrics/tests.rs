@@ -1,6 +1,6 @@
 use std::net::{IpAddr, Ipv4Addr};
 
-use vxprobe_common::{Counters, EventKind};
+use vxprobe_common::{EventKind, HopCounters};
 
 use super::{families::registered_name, *};
 use crate::{
@@ -79,7 +79,7 @@ fn report(hops: &[MetaHop], packets: u64, reasons: &[(&str, u64)]) -> IntervalRe
             counts.push(HopCount {
                 hop: h.clone(),
                 dir,
-                counters: Counters {
+                counters: HopCounters {
                     packets,
                     bytes: packets * 100,
                     segs: packets,
@@ -323,10 +323,7 @@ fn flow_series_are_the_top_k_by_loss() {
             flow: flow(port),
             outer: None,
             counters: vxprobe_common::FlowCounters {
-                counters: Counters {
-                    packets: 10,
-                    ..Default::default()
-                },
+                packets: 10,
                 ..Default::default()
             },
             mean_segment: 0,

@@ -117,7 +117,10 @@ impl HopSample {
 
 impl judge::HopView for HopSample {
     fn key(&self) -> vxprobe_common::HopKey {
-        vxprobe_common::HopKey::new(self.ifindex, self.dir)
+        vxprobe_common::HopKey {
+            ifindex: self.ifindex,
+            direction: self.dir as u32,
+        }
     }
     fn ifname(&self) -> &str {
         &self.ifname

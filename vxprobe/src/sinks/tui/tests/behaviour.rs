@@ -378,7 +378,7 @@ fn status_shows_evicted_flows_only_when_some_were() {
 fn the_ui_shows_the_models_loss() {
     use std::{collections::HashMap, time::SystemTime};
 
-    use vxprobe_common::{Counters, FlowCounters};
+    use vxprobe_common::{FlowCounters, HopCounters};
 
     use crate::{
         observe::{
@@ -415,7 +415,7 @@ fn the_ui_shows_the_models_loss() {
         a.reason = Some("NETFILTER_DROP".into());
         model.charge(&a);
     }
-    let counters = |packets| Counters {
+    let counters = |packets| HopCounters {
         packets,
         bytes: packets * 200,
         segs: packets,
@@ -448,12 +448,9 @@ fn the_ui_shows_the_models_loss() {
         flow: flow.clone(),
         outer: None,
         counters: FlowCounters {
-            counters: Counters {
-                packets: 50,
-                bytes: 50 * 200,
-                segs: 50,
-                ..Default::default()
-            },
+            packets: 50,
+            bytes: 50 * 200,
+            segs: 50,
             ..Default::default()
         },
         mean_segment: 200,
