@@ -13,9 +13,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use common::{Recorder, is_root, netns_inode};
+use common::{Recorder, netns_inode};
 use serde_json::Value;
-use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, faults};
+use vxprobe::lab::{POD_HOST_DEV, faults};
 
 fn scratch(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("vxprobe-evidence-{}-{name}", std::process::id()))
@@ -90,10 +90,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// (no payload byte in the file) and the file is its owner's only.
 #[test]
 fn each_line_has_its_packets_time_and_the_evidence_only_headers() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     let pcap = scratch("times.pcapng");
     let _ = std::fs::remove_file(&pcap);
@@ -170,10 +169,9 @@ fn each_line_has_its_packets_time_and_the_evidence_only_headers() {
 /// `--snaplen N` keeps N bytes, payload included (the user asked for it).
 #[test]
 fn an_explicit_snaplen_keeps_that_many_bytes() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     let pcap = scratch("snaplen.pcapng");
     let mut rec = Recorder::start(
@@ -225,10 +223,9 @@ fn count_of(lines: &[Value], filter: impl Fn(&Value) -> bool) -> u64 {
 /// the counts add up to the kernel's fragment counter exactly, in far fewer lines.
 #[test]
 fn a_flood_of_fragments_folds_into_few_lines_with_exact_totals() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     let pcap = scratch("flood.pcapng");
     let mut rec = Recorder::start(
@@ -326,10 +323,9 @@ fn a_flood_of_fragments_folds_into_few_lines_with_exact_totals() {
 /// note saying so and the summary), the summary's totals stay exact.
 #[test]
 fn the_output_size_is_bounded_and_the_summary_still_counts() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     let pcap = scratch("bounded.pcapng");
     const LIMIT: u64 = 64 * 1024;

@@ -20,42 +20,9 @@ use common::{Recorder, hop_totals};
 use serde_json::Value;
 use vxprobe::lab::{POD_HOST_DEV, faults};
 
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-const BPF_TCX_INGRESS: u32 = 46;
-
 /// A classifier of "another tool" that passes everything on (`r0 = TCX_NEXT; exit`).
 fn load_pass_program() -> std::io::Result<OwnedFd> {
-    let insns: [u8; 16] = [
-        0xb7, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, // mov64 r0, -1
-        0x95, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // exit
-    ];
-    let license = b"GPL\0";
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_SCHED_CLS.to_ne_bytes());
-    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
-    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
-    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-    attr[48..56].copy_from_slice(b"othertool_tcx\0\0\0"[..8].as_ref());
-    // SAFETY: bpf(2) reads the attribute and the buffers it points at, all alive here.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len()) };
-    faults::check(fd as libc::c_int)?;
-    // SAFETY: a new descriptor the kernel just gave us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// A TCX link of `program` at the ingress of `ifindex` (in the calling thread's namespace).
-fn tcx_link(program: &OwnedFd, ifindex: u32) -> std::io::Result<OwnedFd> {
-    let mut attr = [0u8; 64];
-    attr[0..4].copy_from_slice(&(program.as_raw_fd() as u32).to_ne_bytes());
-    attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-    attr[8..12].copy_from_slice(&BPF_TCX_INGRESS.to_ne_bytes());
-    // SAFETY: bpf(2) reads the attribute.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, attr.as_ptr(), attr.len()) };
-    faults::check(fd as libc::c_int)?;
-    // SAFETY: a new descriptor the kernel just gave us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    common::tc::load_verdict("othertool_tcx", -1, true)
 }
 
 /// A device whose TCX ingress holds as many programs as the kernel allows: vxprobe's attach
@@ -78,7 +45,7 @@ fn a_device_that_cannot_be_attached_is_reported_and_attached_later() {
         let mut links = Vec::new();
         for _ in 0..100 {
             let program = load_pass_program()?;
-            match tcx_link(&program, ifindex) {
+            match common::tc::tcx_link(&program, ifindex) {
                 Ok(link) => links.push(link),
                 Err(_) => break,
             }
@@ -120,7 +87,7 @@ fn a_device_that_cannot_be_attached_is_reported_and_attached_later() {
         let mut links = Vec::new();
         for _ in 0..100 {
             let program = load_pass_program()?;
-            match tcx_link(&program, x8) {
+            match common::tc::tcx_link(&program, x8) {
                 Ok(link) => links.push(link),
                 Err(_) => break,
             }

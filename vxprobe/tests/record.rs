@@ -6,9 +6,9 @@ mod common;
 
 use std::{net::IpAddr, process::Command, time::Duration};
 
-use common::{Recorder, is_root};
+use common::Recorder;
 use serde_json::Value;
-use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV, faults};
+use vxprobe::lab::{Lab, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV, faults};
 
 fn is_rfc3339_utc(ts: &str) -> bool {
     ts.len() >= 20
@@ -178,10 +178,9 @@ fn check_schema(lines: &[Value]) -> std::collections::BTreeSet<String> {
 
 #[test]
 fn a_recording_with_every_kind_matches_the_schema_and_its_pcapng() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let [n1, n2] = &lab.nodes;
     faults::random_loss(&n1.netns, POD_HOST_DEV, 10).unwrap();
     faults::set_offload(&n1.netns, TAP_DEV, "tso", false).unwrap();
@@ -338,10 +337,9 @@ fn a_recording_with_every_kind_matches_the_schema_and_its_pcapng() {
 /// lost (per kind), and vxprobe's memory stays bounded.
 #[test]
 fn a_flood_is_delivered_or_counted_as_lost() {
-    if !is_root() {
+    let Some(lab) = common::lab::root_lab() else {
         return;
-    }
-    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    };
     let node = &lab.nodes[0].netns;
     faults::set_offload(node, TAP_DEV, "tso", false).unwrap();
     faults::set_offload(node, TAP_DEV, "gso", false).unwrap();

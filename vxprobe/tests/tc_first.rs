@@ -6,7 +6,7 @@
 mod common;
 
 use std::{
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     process::Command,
 };
 
@@ -15,42 +15,9 @@ use serde_json::Value;
 use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, faults};
 
 const TC_ACT_OK: i32 = 0;
-const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_TCX_INGRESS: u32 = 46;
-
-fn bpf(cmd: libc::c_long, attr: &[u8; 128]) -> std::io::Result<OwnedFd> {
-    // SAFETY: bpf(2) with an attr buffer that outlives the call; the pointers written into it
-    // by the callers point to live buffers of the sizes stated next to them.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), attr.len()) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a new fd returned by bpf(2), owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Loads `r0 = verdict; exit` as a SCHED_CLS program named `name`, for TCX ingress
-/// (`tcx`) or for a clsact filter.
+/// Another tool's classifier (`tc::load_verdict`); a test without it cannot go on.
 fn load_verdict(name: &str, verdict: i32, tcx: bool) -> OwnedFd {
-    let imm = verdict.to_le_bytes();
-    let insns: [u8; 16] = [
-        0xb7, 0x00, 0x00, 0x00, imm[0], imm[1], imm[2], imm[3], // mov64 r0, verdict
-        0x95, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // exit
-    ];
-    let license = b"GPL\0";
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_SCHED_CLS.to_ne_bytes());
-    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
-    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
-    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-    attr[48..48 + name.len()].copy_from_slice(name.as_bytes());
-    if tcx {
-        attr[68..72].copy_from_slice(&BPF_TCX_INGRESS.to_ne_bytes());
-    }
-    bpf(BPF_PROG_LOAD, &attr).unwrap_or_else(|e| panic!("BPF_PROG_LOAD {name}: {e}"))
+    tc::load_verdict(name, verdict, tcx).unwrap_or_else(|e| panic!("BPF_PROG_LOAD {name}: {e}"))
 }
 
 /// Another tool's TCX program on a device's ingress, appended to the chain (what a CNI that
@@ -63,16 +30,11 @@ struct TcxProgram {
 impl TcxProgram {
     fn attach(netns: &str, dev: &str, name: &str, verdict: i32) -> Self {
         let prog = load_verdict(name, verdict, true);
-        let prog_fd = prog.as_raw_fd() as u32;
-        let dev = dev.to_owned();
+        let (dev, linked) = (dev.to_owned(), prog.try_clone().expect("a second fd"));
         // The link's ifindex is looked up in the namespace of the thread that creates it.
         let link = faults::in_netns(netns, move || {
             let ifindex = vxprobe::kernel::tc::device_index(&dev).expect("the device");
-            let mut attr = [0u8; 128];
-            attr[0..4].copy_from_slice(&prog_fd.to_ne_bytes());
-            attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-            attr[8..12].copy_from_slice(&BPF_TCX_INGRESS.to_ne_bytes());
-            bpf(BPF_LINK_CREATE, &attr)
+            tc::tcx_link(&linked, ifindex)
         })
         .unwrap_or_else(|e| panic!("BPF_LINK_CREATE tcx ingress: {e}"));
         Self {
@@ -106,7 +68,8 @@ impl PinnedProgram {
         attr[8..12].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
         // BPF_OBJ_PIN returns 0, not an fd: wrap nothing.
         // SAFETY: bpf(2) with a NUL-terminated path that outlives the call.
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), attr.len()) };
+        let rc =
+            unsafe { libc::syscall(libc::SYS_bpf, tc::BPF_OBJ_PIN, attr.as_ptr(), attr.len()) };
         assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
         Self { dir, pin }
     }
