@@ -210,7 +210,7 @@ pub fn check_ready_file(path: Option<&PathBuf>) -> Result<(), UsageError> {
     if path.is_dir() {
         return Err(bad("is a directory"));
     }
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+    if crate::sinks::files::refuse_symlink(path).is_err() {
         return Err(bad(
             "is a symbolic link: vxprobe does not write through links",
         ));

@@ -430,10 +430,7 @@ fn in_child_pid_namespace(status: &str) -> bool {
 
 /// The `prog_id` line of a BPF program's fdinfo.
 pub fn prog_id(fdinfo: &str) -> Option<u32> {
-    fdinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("prog_id:"))
-        .and_then(|v| v.trim().parse().ok())
+    super::counters::fdinfo_field(fdinfo, "prog_id").and_then(|id| u32::try_from(id).ok())
 }
 
 #[cfg(test)]

@@ -8,15 +8,8 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::Duration,
 };
-
-use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -110,7 +103,7 @@ pub async fn observe(
     pods: crate::node::pods::PodConfig,
 ) -> anyhow::Result<()> {
     // Handlers first: a signal while attaching ends the watch as soon as it starts.
-    let (stop, interrupted) = stop_signal(duration)?;
+    let stop = crate::cmd::record::stop_signal(Some(duration))?;
     let started = tokio::time::Instant::now();
     let Some(mut session) = start(facts, pods).await? else {
         return Ok(()); // every device vanished: nothing to watch
@@ -126,11 +119,8 @@ pub async fn observe(
         stop,
     )
     .await?;
-    let watched = if interrupted.load(Ordering::Relaxed) {
-        started.elapsed()
-    } else {
-        duration
-    };
+    // Cut short by a signal, or the whole duration (attaching came before it started).
+    let watched = started.elapsed().min(duration);
     session.stop();
     for finding in findings {
         let mut seen = serde_json::Map::new();
@@ -153,25 +143,6 @@ pub async fn observe(
         }
     }
     Ok(())
-}
-
-/// Resolves when `duration` has passed since it was first polled, or at SIGINT or SIGTERM
-/// (then the flag says so). The handlers are installed at once.
-fn stop_signal(
-    duration: Duration,
-) -> anyhow::Result<(impl std::future::Future<Output = ()>, Arc<AtomicBool>)> {
-    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&interrupted);
-    let stop = async move {
-        tokio::select! {
-            _ = sigterm.recv() => flag.store(true, Ordering::Relaxed),
-            _ = sigint.recv() => flag.store(true, Ordering::Relaxed),
-            () = tokio::time::sleep(duration) => {}
-        }
-    };
-    Ok((stop, interrupted))
 }
 
 /// Times the devices are listed again when one vanished between the listing and the
