@@ -108,7 +108,8 @@ fn each_line_has_its_packets_time_and_the_evidence_only_headers() {
         ],
     );
     let pod2 = netns_inode(&n2.pod.netns);
-    // Few events: no wakeup (one per 64 records), read when the interval ends.
+    // Few events: no wakeup (one per 64 records), read when the interval ends (2 s later).
+    let sent_from = std::time::SystemTime::now();
     faults::bad_udp_checksums(&n1.pod.netns, n2.pod.ip, 5555, 5).unwrap();
     faults::udp_datagrams(
         &n1.pod.netns,
@@ -119,6 +120,7 @@ fn each_line_has_its_packets_time_and_the_evidence_only_headers() {
         faults::Df::Clear,
     )
     .unwrap();
+    let sent_by = std::time::SystemTime::now();
     rec.wait_total("the bad checksums", "count", 5, |l| {
         l["kind"] == "csum_error" && l["netns"] == pod2
     });
@@ -140,6 +142,19 @@ fn each_line_has_its_packets_time_and_the_evidence_only_headers() {
         let kind = line["kind"].as_str().unwrap();
         assert!(comment.starts_with(kind), "frame {n}: {comment} for {line}");
         let ts = epoch_seconds(line["ts"].as_str().unwrap());
+        // The kernel's time of the packet, not the moment vxprobe read it (up to 2 s later):
+        // within the sends, give or take the clock's conversion.
+        let secs = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
+        };
+        assert!(
+            ts >= secs(sent_from) - 0.001 && ts <= secs(sent_by) + 0.001,
+            "{kind} line ts {ts:.6} outside the sends ({:.6} to {:.6}): {line}",
+            secs(sent_from),
+            secs(sent_by)
+        );
         assert!(
             (ts - time).abs() <= 0.001,
             "{kind} line ts {ts:.6} and frame {n} at {time:.6} are {:.6} s apart: {line}",
@@ -389,6 +404,13 @@ fn the_output_size_is_bounded_and_the_summary_still_counts() {
     assert!(
         summary["events"]["fragment"].as_u64().unwrap() >= DATAGRAMS * 3,
         "the summary counts every fragment: {summary}"
+    );
+    // No line points at a packet the bounded evidence does not hold.
+    let packets = packet_bytes(&pcap).len() as u64;
+    let last_frame = lines.iter().filter_map(|l| l["pcap_frame"].as_u64()).max();
+    assert!(
+        last_frame.unwrap_or(0) <= packets,
+        "a line points at frame {last_frame:?} of {packets}"
     );
     let _ = std::fs::remove_file(&pcap);
 }

@@ -20,9 +20,22 @@ use common::{Recorder, hop_totals};
 use serde_json::Value;
 use vxprobe::lab::{POD_HOST_DEV, faults};
 
-/// A classifier of "another tool" that passes everything on (`r0 = TCX_NEXT; exit`).
-fn load_pass_program() -> std::io::Result<OwnedFd> {
-    common::tc::load_verdict("othertool_tcx", -1, true)
+/// Links of "another tool"'s pass-everything program (`r0 = TCX_NEXT; exit`) at the TCX
+/// ingress of `ifindex` in `netns`, until the kernel refuses one (it takes 64,
+/// BPF_MPROG_MAX): a hook with no room left.
+fn fill_tcx_hook(netns: &str, ifindex: u32) -> Vec<OwnedFd> {
+    faults::in_netns(netns, move || {
+        let mut links = Vec::new();
+        for _ in 0..100 {
+            let program = common::tc::load_verdict("othertool_tcx", -1, true)?;
+            match common::tc::tcx_link(&program, ifindex) {
+                Ok(link) => links.push(link),
+                Err(_) => break,
+            }
+        }
+        Ok(links)
+    })
+    .unwrap()
 }
 
 /// A device whose TCX ingress holds as many programs as the kernel allows: vxprobe's attach
@@ -40,19 +53,7 @@ fn a_device_that_cannot_be_attached_is_reported_and_attached_later() {
     let ns = lab.nodes[0].netns.clone();
     lab.add_veth(0, "cali7", "eth7", 77).unwrap();
     let (ifindex, _) = common::ifindex_and_mac(&ns, "cali7");
-    // Fill the hook: the kernel takes 64 programs (BPF_MPROG_MAX), then refuses.
-    let mut links = faults::in_netns(&ns, move || {
-        let mut links = Vec::new();
-        for _ in 0..100 {
-            let program = load_pass_program()?;
-            match common::tc::tcx_link(&program, ifindex) {
-                Ok(link) => links.push(link),
-                Err(_) => break,
-            }
-        }
-        Ok(links)
-    })
-    .unwrap();
+    let mut links = fill_tcx_hook(&ns, ifindex);
     assert!(links.len() >= 32, "{} programs on the hook", links.len());
     let mut rec = Recorder::start(
         &ns,
@@ -83,18 +84,7 @@ fn a_device_that_cannot_be_attached_is_reported_and_attached_later() {
     // Mid-run: a device with a full hook becomes selected (renamed into the `cali*` glob).
     lab.add_veth(0, "x8", "eth8", 78).unwrap();
     let (x8, _) = common::ifindex_and_mac(&ns, "x8");
-    let mut more = faults::in_netns(&ns, move || {
-        let mut links = Vec::new();
-        for _ in 0..100 {
-            let program = load_pass_program()?;
-            match common::tc::tcx_link(&program, x8) {
-                Ok(link) => links.push(link),
-                Err(_) => break,
-            }
-        }
-        Ok(links)
-    })
-    .unwrap();
+    let mut more = fill_tcx_hook(&ns, x8);
     for args in [
         &["link", "set", "x8", "down"][..],
         &["link", "set", "x8", "name", "cali8"],
