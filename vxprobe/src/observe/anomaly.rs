@@ -15,7 +15,10 @@ use vxprobe_common::{
 use crate::{
     kernel::btf::DropReasons,
     kernel::kallsyms::Kallsyms,
-    node::netns,
+    node::{
+        devices::{DeviceKind, Hop},
+        netns,
+    },
     observe::packet::{self, Flow, Outer},
 };
 
@@ -188,6 +191,17 @@ pub enum Link {
     Ethernet,
     /// The packet starts with its IP header.
     Ip,
+}
+
+impl Link {
+    /// How a hop's frames start: tun devices carry IP packets, the others Ethernet frames.
+    pub fn of(hop: &Hop) -> Self {
+        if hop.device.kind == DeviceKind::Tun {
+            Self::Ip
+        } else {
+            Self::Ethernet
+        }
+    }
 }
 
 /// Where an oversized packet was found: a send the kernel refused (EMSGSIZE), a packet it

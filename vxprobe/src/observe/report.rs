@@ -16,7 +16,7 @@ use super::{
 use crate::{
     kernel::{probes::HookChoice, tc_order::Ahead},
     node::{
-        devices::Role,
+        devices::{Hop, Role},
         pods::{Pod, Snapshot, Source},
     },
 };
@@ -95,6 +95,20 @@ pub struct MetaHop {
         serialize_with = "serialize_pod"
     )]
     pub pod: Option<Arc<Pod>>,
+}
+
+impl MetaHop {
+    /// A hop as lines name it, with the pod at its other end as `pods` knows it.
+    pub fn of(hop: &Hop, pods: &Snapshot) -> Self {
+        Self {
+            ifname: hop.device.name.clone(),
+            ifindex: hop.device.ifindex,
+            role: hop.role,
+            mtu: hop.device.mtu,
+            ahead: Vec::new(),
+            pod: pods.pod_of_device(hop.device.ifindex).cloned(),
+        }
+    }
 }
 
 /// A hop that started (a device appeared) or stopped (it vanished) being observed, or a

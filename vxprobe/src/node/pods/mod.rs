@@ -168,6 +168,23 @@ impl Snapshot {
         self.devices.get(&ifindex).map(|(_, pod)| pod)
     }
 
+    /// The pod an event belongs to: the pod whose namespace it happened in, or, in the
+    /// observer's own namespace (`own_netns`, never a pod's), the pod at the other end of its
+    /// device (a host-side veth). Device numbers of other namespaces are theirs: only the
+    /// namespace names those events.
+    pub fn pod_of_event(
+        &self,
+        own_netns: u64,
+        netns: u64,
+        ifindex: Option<u32>,
+    ) -> Option<Arc<Pod>> {
+        match self.pod_of_netns(netns) {
+            Some(pod) => Some(pod.clone()),
+            None if netns == own_netns => self.pod_of_device(ifindex?).cloned(),
+            None => None,
+        }
+    }
+
     /// The pod's namespace inode at the other end of this device.
     pub fn netns_of_device(&self, ifindex: u32) -> Option<u64> {
         self.devices.get(&ifindex).map(|(netns, _)| *netns)

@@ -1,21 +1,20 @@
 //! A live observation: devices selected, kernel programs loaded and attached, the maps and the
 //! ring buffer in hand, the pod index started. `record` and `top` both run one; dropping it
 //! detaches everything. Which pod an event, a hop or a flow belongs to is decided here, once
-//! ([`pod_of`], [`MetaHop::pod`]), from the index's snapshot in hand: never waited on.
+//! ([`Snapshot::pod_of_event`], [`MetaHop::pod`]), from the index's snapshot in hand: never waited on.
+
+mod read;
 
 use std::{os::unix::fs::MetadataExt as _, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
-use vxprobe_common::{Direction, FlowCounters, FlowKey, HopKey};
 
 use super::{
-    anomaly::{Anomaly, Enricher, Link},
-    decode::{self, KernelEvent},
+    anomaly::{Enricher, Link},
     filter::FlowSelector,
-    interval::HopCount,
-    report::{LostEvents, Meta, MetaHop, PodsMeta},
+    report::{Meta, MetaHop, PodsMeta},
 };
 use crate::{
     error::UsageError,
@@ -29,9 +28,9 @@ use crate::{
         probes::{HookType, Probes, Tables, TcAttach, TcMode},
     },
     node::{
-        devices::{self, DeviceKind, Hop},
+        devices::{self, Hop},
         features::{self, Offload},
-        pods::{Pod, PodConfig, PodError, PodIndex, Snapshot, Source},
+        pods::{PodConfig, PodError, PodIndex, Snapshot, Source},
     },
 };
 
@@ -258,7 +257,7 @@ impl Session {
                 .iter()
                 .map(|h| MetaHop {
                     ahead: probes.ahead_of(h.device.ifindex),
-                    ..meta_hop(h, &first_pods)
+                    ..MetaHop::of(h, &first_pods)
                 })
                 .collect(),
             pods: pods_meta,
@@ -277,7 +276,7 @@ impl Session {
             netns,
             hops: hops
                 .iter()
-                .map(|h| (h.device.ifindex, (h.device.name.clone(), link_of(h))))
+                .map(|h| (h.device.ifindex, (h.device.name.clone(), Link::of(h))))
                 .collect(),
             devices: crate::node::netns::DeviceNames::new(netns),
         };
@@ -352,10 +351,10 @@ impl Session {
         self.flow_stats.remember_device(ifindex);
         self.enricher
             .hops
-            .insert(ifindex, (hop.device.name.clone(), link_of(&hop)));
+            .insert(ifindex, (hop.device.name.clone(), Link::of(&hop)));
         let added = MetaHop {
             ahead: self.probes.ahead_of(ifindex),
-            ..meta_hop(&hop, &self.pods.snapshot())
+            ..MetaHop::of(&hop, &self.pods.snapshot())
         };
         self.meta.hops.push(added.clone());
         // Back within the interval it vanished in (moved out of the namespace and in again):
@@ -367,7 +366,7 @@ impl Session {
 
     /// A device as the lines describe it (with its pod), observed or not.
     pub fn describe(&self, hop: &Hop) -> MetaHop {
-        meta_hop(hop, &self.pods.snapshot())
+        MetaHop::of(hop, &self.pods.snapshot())
     }
 
     /// Stops observing a device that vanished. Its counts of the current interval are still
@@ -377,7 +376,7 @@ impl Session {
         let hop = self.hops.remove(at);
         self.probes.detach_hop(ifindex);
         self.meta.hops.retain(|h| h.ifindex != ifindex);
-        let gone = meta_hop(&hop, &self.pods.snapshot());
+        let gone = MetaHop::of(&hop, &self.pods.snapshot());
         self.gone.push(hop);
         Some(gone)
     }
@@ -396,210 +395,9 @@ impl Session {
         Ok(())
     }
 
-    /// Whether the last drain stopped at its batch limit with records waiting.
-    pub fn has_backlog(&self) -> bool {
-        self.backlog
-    }
-
-    /// Waits until the kernel wakes us for new events (at once when a drain left some).
-    pub async fn events_ready(&mut self) -> anyhow::Result<()> {
-        if self.backlog {
-            // Let the timer, signals and device changes in between two batches.
-            tokio::task::yield_now().await;
-            self.backlog = false;
-            return Ok(());
-        }
-        let mut guard = self
-            .ring
-            .readable_mut()
-            .await
-            .context("waiting on the ring buffer")?;
-        guard.clear_ready();
-        Ok(())
-    }
-
-    /// Decodes the records waiting in the ring buffer (at most [`DRAIN_BATCH`] per call, so a
-    /// flood cannot starve the interval timer) and hands each anomaly that passes the flow
-    /// filter to `out`.
-    pub fn drain(
-        &mut self,
-        mut out: impl FnMut(Anomaly) -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
-        self.backlog = false;
-        let pods = self.pods.snapshot();
-        let own_netns = self.meta.netns;
-        let ring = self.ring.get_mut();
-        let mut taken = 0;
-        while let Some(record) = ring.next() {
-            taken += 1;
-            let decoded = decode::decode(&record);
-            drop(record);
-            let anomaly = match decoded {
-                Ok(KernelEvent::Drop(event)) => Some(self.enricher.drop_event(&event)),
-                Ok(KernelEvent::Retransmit(event)) => Some(self.enricher.retransmit(&event)),
-                Ok(KernelEvent::SendError(event)) => Some(self.enricher.send_error(&event)),
-                Ok(KernelEvent::Hop(event)) => Some(self.enricher.hop_event(&event)),
-                Ok(KernelEvent::FragNeeded(event)) => Some(self.enricher.frag_needed(&event)),
-                Ok(KernelEvent::Csum(event)) => Some(self.enricher.csum(&event)),
-                Err(e) => {
-                    eprintln!("vxprobe: skipping a kernel record: {e}");
-                    None
-                }
-            };
-            if let Some(mut anomaly) = anomaly
-                && self.selector.matches(&anomaly)
-                && (self.all_drops || !anomaly.is_benign())
-            {
-                anomaly.pod = pod_of(&pods, own_netns, anomaly.netns, anomaly.ifindex);
-                out(anomaly)?;
-            }
-            // Every record counts against the budget, those filtered out too: a flood of
-            // other flows' events must not hold the loop either.
-            if taken >= DRAIN_BATCH {
-                self.backlog = true;
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads what each hop (observed, or vanished in this interval) counted since the last
-    /// interval, both directions, quiet ones included, and the events lost meanwhile. The
-    /// interval ends when this is called: everything is read after it.
-    pub fn read_hops(&mut self) -> anyhow::Result<(Vec<HopCount>, LostEvents)> {
-        self.ending = self.epoch.current();
-        let slots = &self.probes.hop_slots;
-        let devices = self
-            .hops
-            .iter()
-            .chain(&self.gone)
-            .filter_map(|hop| Some((hop.device.ifindex, slots.get(hop.device.ifindex)?)));
-        let deltas = self.hop_stats.interval(self.ending, devices)?;
-        let pods = self.pods.snapshot();
-        let mut counts = Vec::with_capacity((self.hops.len() + self.gone.len()) * 2);
-        for hop in self.hops.iter().chain(&self.gone) {
-            for dir in [Direction::Ingress, Direction::Egress] {
-                let key = HopKey {
-                    ifindex: hop.device.ifindex,
-                    direction: dir as u32,
-                };
-                counts.push(HopCount {
-                    hop: meta_hop(hop, &pods),
-                    dir,
-                    counters: deltas.get(&key).copied().unwrap_or_default(),
-                });
-            }
-        }
-        // Events lost: read all or none; a failed read leaves them for the next interval.
-        let lost = self.lost.since_last().unwrap_or_else(|e| {
-            self.read_errors.push(format!("{e:#}"));
-            Vec::new()
-        });
-        Ok((counts, lost))
-    }
-
-    /// What could not be read (or written) in the kernel's maps since the last call, after
-    /// retries; the run went on without it.
-    pub fn take_read_errors(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.read_errors)
-    }
-
-    /// Hands `out` each flow that moved at an observed hop since the last interval, as the
-    /// flow table is read (never all held). Returns the flow entries the kernel created so
-    /// far, for [`Session::end_interval`].
-    pub fn read_flows(
-        &mut self,
-        mut out: impl FnMut(&MetaHop, &FlowKey, &FlowCounters) -> anyhow::Result<()>,
-    ) -> anyhow::Result<u64> {
-        let created = self.evictions.created()?;
-        let pods = self.pods.snapshot();
-        let hops: Vec<MetaHop> = self
-            .hops
-            .iter()
-            .chain(&self.gone)
-            .map(|hop| meta_hop(hop, &pods))
-            .collect();
-        self.flow_stats.interval(self.ending, |key, counters| {
-            match hops.iter().find(|h| h.ifindex == key.ifindex) {
-                Some(hop) => out(hop, key, counters),
-                None => Ok(()),
-            }
-        })?;
-        Ok(created)
-    }
-
-    /// Ends the interval: counts the flow entries the full table evicted (given what was
-    /// `created` before the flow table was read; `None` when it could not be read: they are
-    /// counted next time), starts the next epoch, and lets go of the devices that vanished.
-    /// What fails here is kept for [`Session::take_read_errors`]; the run goes on.
-    pub fn end_interval(&mut self, created: Option<u64>) -> anyhow::Result<u64> {
-        self.evictions.deleted(self.flow_stats.take_deleted());
-        let evicted = created.map_or(0, |created| {
-            self.evictions.since_last(created, self.flow_stats.len())
-        });
-        self.enricher.devices.new_interval();
-        if let Err(e) = self.epoch.advance() {
-            self.read_errors.push(format!("{e:#}"));
-        }
-        // Vanished devices had their last count: free their slots in the kernel's maps.
-        for hop in std::mem::take(&mut self.gone) {
-            let ifindex = hop.device.ifindex;
-            if let Some(slot) = self.probes.hop_slots.get(ifindex) {
-                match self.hop_stats.forget(ifindex, slot) {
-                    Ok(()) => {
-                        self.probes.hop_slots.release(ifindex);
-                    }
-                    // Not cleared, so not given to another device.
-                    Err(e) => self.read_errors.push(format!(
-                        "{e:#}: {}'s counter slot stays taken",
-                        hop.device.name
-                    )),
-                }
-            }
-            self.flow_stats.forget_device(ifindex);
-            self.enricher.hops.remove(&ifindex);
-        }
-        // Reading a large flow table frees megabytes of buffers each interval.
-        crate::memory::release_freed();
-        Ok(evicted)
-    }
-
-    /// Runs of our programs the kernel skipped (one of them already running on that CPU).
-    pub fn recursion_misses(&mut self) -> u64 {
-        crate::kernel::counters::recursion_misses(self.probes.ebpf_mut())
-    }
-
     /// Detaches everything (also what Drop does; explicit for the reader).
     pub fn stop(self) {
         drop(self.probes);
-    }
-}
-
-/// A hop as lines name it, with the pod at its other end as `pods` knows it.
-fn meta_hop(hop: &Hop, pods: &Snapshot) -> MetaHop {
-    MetaHop {
-        ifname: hop.device.name.clone(),
-        ifindex: hop.device.ifindex,
-        role: hop.role,
-        mtu: hop.device.mtu,
-        ahead: Vec::new(),
-        pod: pods.pod_of_device(hop.device.ifindex).cloned(),
-    }
-}
-
-/// The pod an event belongs to: the pod whose namespace it happened in, or, in vxprobe's own
-/// namespace (never a pod's), the pod at the other end of its device (a host-side veth).
-/// Device numbers of other namespaces are theirs: only the namespace names those events.
-pub fn pod_of(
-    pods: &Snapshot,
-    own_netns: u64,
-    netns: u64,
-    ifindex: Option<u32>,
-) -> Option<Arc<Pod>> {
-    match pods.pod_of_netns(netns) {
-        Some(pod) => Some(pod.clone()),
-        None if netns == own_netns => pods.pod_of_device(ifindex?).cloned(),
-        None => None,
     }
 }
 
@@ -632,12 +430,3 @@ async fn first_pods(pods: &mut PodIndex) -> (Arc<Snapshot>, PodsMeta) {
 
 /// Records decoded per [`Session::drain`] call at most.
 pub const DRAIN_BATCH: usize = 16 * 1024;
-
-/// How a hop's frames start: tun devices carry IP packets, the others Ethernet frames.
-fn link_of(hop: &Hop) -> Link {
-    if hop.device.kind == DeviceKind::Tun {
-        Link::Ip
-    } else {
-        Link::Ethernet
-    }
-}
