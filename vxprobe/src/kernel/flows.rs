@@ -185,13 +185,7 @@ impl FlowStats {
             let delta = match record.find(hash) {
                 Some(at) => {
                     let seen = &mut record.seen[at];
-                    // Fewer packets than last time: the LRU evicted the entry and the
-                    // kernel created it again, so all it holds is new.
-                    let delta = if seen.packets <= now.packets {
-                        seen.delta(now, epoch)
-                    } else {
-                        FlowSeen::default().delta(now, epoch)
-                    };
+                    let delta = seen.since(now, epoch);
                     *seen = FlowSeen::of(now, read);
                     delta
                 }

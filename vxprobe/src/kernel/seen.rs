@@ -30,6 +30,25 @@ impl FlowSeen {
         }
     }
 
+    /// What the entry counted since it was seen: `now` minus what was seen, or all of `now`
+    /// when the entry cannot be the one seen (the LRU evicted it and the kernel created it
+    /// again): a counter went down, or more fragments or oversized packets came than packets
+    /// (each packet adds at most one of each). Without that check a recreated entry with fewer
+    /// fragments than seen read as four billion of them.
+    pub fn since(&self, now: &FlowCounters, epoch: u32) -> FlowCounters {
+        let delta = self.delta(now, epoch);
+        let continues = now.packets >= self.packets
+            && now.bytes >= self.bytes
+            && now.segs >= self.segs
+            && delta.fragments <= delta.packets
+            && delta.oversize <= delta.packets;
+        if continues {
+            delta
+        } else {
+            Self::default().delta(now, epoch)
+        }
+    }
+
     /// `now` minus what was seen, with `now`'s gauges; the maximum only if it is `epoch`'s.
     pub fn delta(&self, now: &FlowCounters, epoch: u32) -> FlowCounters {
         FlowCounters {
@@ -91,6 +110,23 @@ mod tests {
         let seen = FlowSeen::of(&counters(10, u64::from(u32::MAX)), 1);
         assert_eq!(seen.delta(&counters(11, 1 << 32), 7).fragments, 1);
     }
+    #[test]
+    fn a_recreated_entry_counts_from_zero() {
+        let seen = FlowSeen::of(&counters(10, 5), 1);
+        // Fewer packets: evicted and created again, all it holds is new.
+        assert_eq!(seen.since(&counters(4, 1), 7).packets, 4);
+        // More packets than seen but fewer fragments: created again, not 2^32 - 4 fragments.
+        let d = seen.since(&counters(12, 1), 7);
+        assert_eq!((d.packets, d.fragments), (12, 1));
+        // The same entry, counting on.
+        let d = seen.since(&counters(12, 6), 7);
+        assert_eq!((d.packets, d.fragments), (2, 1));
+        // More oversized packets than packets since: not the entry seen.
+        let mut now = counters(11, 5);
+        now.oversize = 3;
+        assert_eq!(seen.since(&now, 7).oversize, 3);
+    }
+
     #[test]
     fn seen_is_small() {
         assert_eq!(size_of::<FlowSeen>(), 40);
