@@ -166,9 +166,7 @@ impl Worker {
                     return;
                 };
                 for (netns, ifindex) in asked {
-                    let Some((device, at_home)) = look_in(&home, netns, ifindex) else {
-                        continue;
-                    };
+                    let (device, at_home) = look_in(&home, netns, ifindex);
                     if answer.send(((netns, ifindex), device)).is_err() || !at_home {
                         return;
                     }
@@ -180,19 +178,19 @@ impl Worker {
 }
 
 /// Looks `ifindex` up in namespace `netns` from the calling thread, which returns to `home`
-/// after: (the device, whether it got back). `None` if it never left.
-fn look_in(home: &fs::File, netns: u64, ifindex: u32) -> Option<(Option<DeviceName>, bool)> {
+/// after: (the device, whether the thread is at home again).
+fn look_in(home: &fs::File, netns: u64, ifindex: u32) -> (Option<DeviceName>, bool) {
     let Some(ns) = find_netns(netns) else {
-        return Some((None, true));
+        return (None, true);
     };
     // SAFETY: setns on a valid namespace fd; it affects only the calling (worker) thread.
     if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Some((None, true));
+        return (None, true);
     }
     let device = device_here(ifindex);
     // SAFETY: as above, back to the thread's own namespace.
     let back = unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } == 0;
-    Some((device, back))
+    (device, back)
 }
 
 /// A handle on the network namespace with inode `netns`: ours, a named one (`ip netns`, CNI
