@@ -46,8 +46,6 @@ pub enum DeviceChange {
 /// How often every device is re-read, in case a notification was lost without the kernel
 /// saying so.
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
-/// How soon a resync comes when the pipeline asks for one ([`DeviceWatch::resync_soon`]).
-const RESYNC_SOON: Duration = Duration::from_secs(2);
 /// Changes waiting for the pipeline; beyond this the watcher waits (and a burst that overruns
 /// the netlink socket meanwhile is caught up by a resync).
 const QUEUE: usize = 1024;
@@ -143,7 +141,7 @@ impl Tracker {
 pub struct DeviceWatch {
     rx: mpsc::Receiver<DeviceChange>,
     task: JoinHandle<()>,
-    soon: std::sync::Arc<tokio::sync::Notify>,
+    soon: mpsc::UnboundedSender<Duration>,
 }
 
 impl DeviceWatch {
@@ -155,15 +153,16 @@ impl DeviceWatch {
         let subscription = Subscription::open()?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let tracker = Tracker::new(matchers, initial);
-        let soon = std::sync::Arc::new(tokio::sync::Notify::new());
-        let task = tokio::spawn(run(tracker, subscription, tx, std::sync::Arc::clone(&soon)));
+        let (soon, asked) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(tracker, subscription, tx, asked));
         Ok(Self { rx, task, soon })
     }
 
-    /// Asks for a resync in a moment rather than at the next periodic one (an attach failed:
-    /// it is tried again then).
-    pub fn resync_soon(&self) {
-        self.soon.notify_one();
+    /// Asks for a resync `after` this long rather than at the next periodic one (an attach
+    /// failed: it is tried again then). The earliest of the times asked for wins.
+    pub fn resync_in(&self, after: Duration) {
+        // The task ends only with this handle (Drop): a send cannot fail before.
+        let _ = self.soon.send(after);
     }
 
     /// The next change; `None` only if the watcher task ended (it does not on its own).
@@ -225,7 +224,7 @@ async fn run(
     mut tracker: Tracker,
     first: Subscription,
     tx: mpsc::Sender<DeviceChange>,
-    soon: std::sync::Arc<tokio::sync::Notify>,
+    mut asked: mpsc::UnboundedReceiver<Duration>,
 ) {
     let mut subscription = Some(first);
     let mut warned = false;
@@ -244,7 +243,7 @@ async fn run(
                 }
             },
         };
-        if follow(&mut tracker, sub, &tx, &soon).await.is_err() {
+        if follow(&mut tracker, sub, &tx, &mut asked).await.is_err() {
             return; // the pipeline is gone
         }
     }
@@ -255,7 +254,7 @@ async fn follow(
     tracker: &mut Tracker,
     mut sub: Subscription,
     tx: &mpsc::Sender<DeviceChange>,
-    soon: &tokio::sync::Notify,
+    asked: &mut mpsc::UnboundedReceiver<Duration>,
 ) -> Result<(), ()> {
     let mut resync = true;
     let mut timer = tokio::time::interval(RESYNC_EVERY);
@@ -293,8 +292,9 @@ async fn follow(
                 None => return Ok(()),
             },
             _ = timer.tick() => resync = true,
-            () = soon.notified(), if early.is_none() => {
-                early = Some(tokio::time::Instant::now() + RESYNC_SOON);
+            Some(after) = asked.recv() => {
+                let at = tokio::time::Instant::now() + after;
+                early = Some(early.map_or(at, |e| e.min(at)));
             }
             () = tokio::time::sleep_until(early.unwrap_or_else(tokio::time::Instant::now)),
                 if early.is_some() => resync = true,

@@ -361,13 +361,21 @@ async fn next_change(watch: &mut Option<DeviceWatch>) -> DeviceChange {
     std::future::pending().await
 }
 
-/// Selected devices that could not be attached, by ifindex, with the reason last reported.
+/// Selected devices that could not be attached, by ifindex, with the reason last reported
+/// and how many attaches in a row failed.
 #[derive(Default)]
-struct Failed(BTreeMap<u32, (Hop, String)>);
+struct Failed(BTreeMap<u32, (Hop, String, u32)>);
+
+/// When a device that failed to attach `tries` times in a row is tried again: 2 s, then twice
+/// as long each time up to 16 s (the periodic resync comes every 30 s anyway). A hook that
+/// stays full is not a reason to re-read every device of the node every 2 s.
+fn retry_after(tries: u32) -> Duration {
+    Duration::from_secs(2 << tries.saturating_sub(1).min(3))
+}
 
 impl Failed {
     /// Reports a failed attach as a `device` line (once per reason) and asks the watcher for
-    /// an early resync, at which it is tried again.
+    /// an early resync ([`retry_after`]), at which it is tried again.
     fn report(
         &mut self,
         session: &Session,
@@ -376,7 +384,9 @@ impl Failed {
         why: String,
         watch: Option<&DeviceWatch>,
     ) -> anyhow::Result<()> {
-        let known = self.0.get(&hop.device.ifindex).map(|(_, w)| w.as_str());
+        let known = self.0.get(&hop.device.ifindex);
+        let tries = known.map_or(0, |(_, _, tries)| *tries) + 1;
+        let known = known.map(|(_, w, _)| w.as_str());
         if known != Some(why.as_str()) {
             eprintln!("vxprobe: cannot attach to {}: {why}", hop.device.name);
             let change = HopChange::attach_failed(session.describe(&hop), why.clone());
@@ -384,9 +394,9 @@ impl Failed {
                 sink.device(&change)?;
             }
         }
-        self.0.insert(hop.device.ifindex, (hop, why));
+        self.0.insert(hop.device.ifindex, (hop, why, tries));
         if let Some(watch) = watch {
-            watch.resync_soon();
+            watch.resync_in(retry_after(tries));
         }
         Ok(())
     }
@@ -442,7 +452,7 @@ fn apply(
             return attach(session, model, sinks, hop, failed, watch);
         }
         DeviceChange::Resynced => {
-            let retry: Vec<Hop> = failed.0.values().map(|(hop, _)| hop.clone()).collect();
+            let retry: Vec<Hop> = failed.0.values().map(|(hop, _, _)| hop.clone()).collect();
             for hop in retry {
                 attach(session, model, sinks, hop, failed, watch)?;
             }
@@ -453,7 +463,7 @@ fn apply(
             session.remove_hop(ifindex).map(HopChange::removed)
         }
         DeviceChange::Updated(hop) => {
-            if let Some((known, _)) = failed.0.get_mut(&hop.device.ifindex) {
+            if let Some((known, _, _)) = failed.0.get_mut(&hop.device.ifindex) {
                 *known = hop.clone();
             }
             if let Err(e) = session.update_hop(&hop) {
@@ -468,4 +478,15 @@ fn apply(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_attaches_are_retried_ever_later_up_to_16_s() {
+        let secs: Vec<u64> = (1..=6).map(|t| retry_after(t).as_secs()).collect();
+        assert_eq!(secs, [2, 4, 8, 16, 16, 16]);
+    }
 }
