@@ -43,6 +43,11 @@ struct Args {
     /// Where reports go: a timestamped pair and latest.md/latest.json.
     #[arg(long, value_name = "DIR", default_value = "bench/results")]
     out: PathBuf,
+    /// A second vxprobe binary (another build: the "before" of a change) recording on the same
+    /// hooks in the same windows, for measurement 3: its TC programs' cost and ratio to the
+    /// no-op are reported beside the measured one's.
+    #[arg(long, value_name = "PATH")]
+    baseline: Option<PathBuf>,
     /// Run only these measurements (comma-separated); the report then has only them.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Measure>,
@@ -66,6 +71,7 @@ const NICE: i32 = -10;
 /// What every measurement gets.
 pub struct Ctx {
     pub vxprobe: PathBuf,
+    pub baseline: Option<PathBuf>,
     pub quick: bool,
     started: Instant,
 }
@@ -89,8 +95,16 @@ fn main() -> anyhow::Result<()> {
     }
     let vxprobe = std::fs::canonicalize(&args.vxprobe)
         .with_context(|| format!("no vxprobe binary at {}", args.vxprobe.display()))?;
+    let baseline = match &args.baseline {
+        Some(path) => Some(
+            std::fs::canonicalize(path)
+                .with_context(|| format!("no baseline binary at {}", path.display()))?,
+        ),
+        None => None,
+    };
     let ctx = Ctx {
         vxprobe,
+        baseline,
         quick: args.quick,
         started: Instant::now(),
     };

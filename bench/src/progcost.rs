@@ -66,6 +66,8 @@ const PROGRAMS: &[&str] = &[
     names::SENDTO_EXIT,
     names::SENDMSG_ENTER,
     names::SENDMSG_EXIT,
+    names::SENDTO_EXIT_REGS,
+    names::SENDMSG_EXIT_REGS,
     names::PACKET_SENDMSG_FEXIT,
     names::UDP_SENDMSG_FEXIT,
     names::RETRANSMIT_SYNACK_BTF,
@@ -74,6 +76,9 @@ const PROGRAMS: &[&str] = &[
     names::ICMP_SEND_RAW,
     names::YARDSTICK_TC,
     names::YARDSTICK_COUNT_TC,
+    names::STEP_DEVICE_TC,
+    names::STEP_PARSE_TC,
+    names::STEP_HOP_TC,
     names::TCP_BAD_CSUM_BTF,
     names::TCP_BAD_CSUM_RAW,
     names::RX_CSUM_FAULT_KPROBE,
@@ -113,7 +118,11 @@ fn prog_ids(pid: u32) -> anyhow::Result<BTreeSet<u64>> {
     Ok(ids)
 }
 
-fn snapshot(ids: &BTreeSet<u64>) -> anyhow::Result<Totals> {
+/// The prefix of the baseline recorder's programs in [`Totals`].
+const BASELINE: &str = "baseline:";
+
+/// `baseline`: the ids of the baseline recorder's programs, named with [`BASELINE`] first.
+fn snapshot(ids: &BTreeSet<u64>, baseline: &BTreeSet<u64>) -> anyhow::Result<Totals> {
     let out = Command::new("bpftool")
         .args(["-j", "prog", "show"])
         .output()
@@ -122,10 +131,13 @@ fn snapshot(ids: &BTreeSet<u64>) -> anyhow::Result<Totals> {
     let mut totals = Totals::new();
     for p in progs.as_array().into_iter().flatten() {
         let Some(id) = p["id"].as_u64() else { continue };
-        if !ids.contains(&id) {
+        if !ids.contains(&id) && !baseline.contains(&id) {
             continue;
         }
-        let name = full_name(p["name"].as_str().unwrap_or("?"));
+        let mut name = full_name(p["name"].as_str().unwrap_or("?"));
+        if baseline.contains(&id) {
+            name.insert_str(0, BASELINE);
+        }
         let t = totals.entry(name).or_default();
         t.0 += p["run_time_ns"].as_u64().unwrap_or(0);
         t.1 += p["run_cnt"].as_u64().unwrap_or(0);
@@ -148,6 +160,35 @@ pub struct ProgramCost {
     pub loads: BTreeMap<String, WindowCost>,
 }
 
+/// The decomposition: programs that each do a step more than the one before, attached after
+/// vxprobe's on the same hooks (and run alone the same way); vxprobe's own programs do it all.
+pub const LADDER: &[(&str, &str)] = &[
+    (names::YARDSTICK_TC, "nothing (the no-op)"),
+    (
+        names::YARDSTICK_COUNT_TC,
+        "one counter slot by ifindex (the least counter)",
+    ),
+    (
+        names::STEP_DEVICE_TC,
+        "looks up its device (MTU, hop slot), reads the length and GSO segments",
+    ),
+    (
+        names::STEP_PARSE_TC,
+        "... parses the headers (VLAN, IPv4/IPv6, VXLAN/Geneve to the inner flow)",
+    ),
+    (names::STEP_HOP_TC, "... counts the hop"),
+];
+
+/// The label of vxprobe's own programs in the decomposition.
+pub const FULL_STEP: &str = "... counts the flow, reports fragments and oversize (vxprobe)";
+
+/// The windows: iperf3 TCP, iperf3 64-byte UDP, injected faults (refused sends, bad
+/// checksums, fragments), and sends that succeed (64-byte UDP datagrams to a closed port).
+pub const LOADS: [&str; 4] = ["tcp", "udp64", "faults", "sends"];
+
+/// The ratio vxprobe's TC programs may cost, at most, of the no-op on the same hooks.
+pub const RATIO_TARGET: f64 = 1.8;
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ProgCost {
     pub rounds: usize,
@@ -161,6 +202,15 @@ pub struct ProgCost {
     /// The least per-hop counter on the same hooks in the same windows, per load: what
     /// counting at all costs here.
     pub least_counter: BTreeMap<String, Dist>,
+    /// Every program of [`LADDER`] on the same hooks in the same windows: program -> load ->
+    /// mean ns per run (one sample per window).
+    pub steps: BTreeMap<String, BTreeMap<String, Dist>>,
+    /// Per load: both TC programs' mean ns per run over the no-op's in the same window.
+    pub ratio: BTreeMap<String, Dist>,
+    /// The baseline recorder's (`--baseline`) TC programs, on the same hooks in the same
+    /// windows, per load: mean ns per run, and over the no-op's. Empty without one.
+    pub baseline_tc: BTreeMap<String, Dist>,
+    pub baseline_ratio: BTreeMap<String, Dist>,
     pub isolated: Option<Isolated>,
 }
 
@@ -174,6 +224,16 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
     let _stats = StatsEnabled::new()?;
     let mut hops = node_hops();
     hops.extend(["-i".into(), "tap0".into()]);
+    // The baseline first: each recorder attaches ahead of what is there, so the measured
+    // one runs first on every packet (and meets the packet's cache misses first).
+    let baseline = match &ctx.baseline {
+        Some(path) => Some(Recorder::start(path, &n1.netns, &hops, Output::DevNull)?),
+        None => None,
+    };
+    let baseline_ids = match &baseline {
+        Some(rec) => prog_ids(rec.pid())?,
+        None => BTreeSet::new(),
+    };
     let rec = Recorder::start(&ctx.vxprobe, &n1.netns, &hops, Output::DevNull)?;
     let mut ids = prog_ids(rec.pid())?;
     let yardsticks = Yardsticks::attach(&n1.netns, &hops)?;
@@ -183,15 +243,30 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
     let mut tc: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut floor: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut least_counter: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut steps: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    let mut ratio: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut baseline_tc: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut baseline_ratio: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for round in 0..rounds {
-        for load in ["tcp", "udp64", "faults"] {
-            let before = snapshot(&ids)?;
+        for load in LOADS {
+            let before = snapshot(&ids, &baseline_ids)?;
             match load {
                 "tcp" => {
                     iperf::client(&n1.pod.netns, n2.pod.ip, Load::Tcp, seconds)?;
                 }
                 "udp64" => {
                     iperf::client(&n1.pod.netns, n2.pod.ip, Load::Udp { len: 64 }, seconds)?;
+                }
+                "sends" => {
+                    // Sends that succeed: what the send hooks cost every sender of the node.
+                    faults::udp_datagrams(
+                        &n1.pod.netns,
+                        n2.pod.ip.into(),
+                        9,
+                        64,
+                        20_000,
+                        faults::Df::Clear,
+                    )?;
                 }
                 _ => {
                     // Refused sends into the tap (EMSGSIZE), bad UDP checksums dropped by
@@ -208,14 +283,22 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
                     )?;
                 }
             }
-            let after = snapshot(&ids)?;
+            let after = snapshot(&ids, &baseline_ids)?;
             let (mut tc_ns, mut tc_runs) = (0u64, 0u64);
+            let (mut base_ns, mut base_runs) = (0u64, 0u64);
             for (name, (ns, cnt)) in &after {
                 let (ns0, cnt0) = before.get(name).copied().unwrap_or_default();
                 let (dns, dcnt) = (ns - ns0, cnt - cnt0);
                 if name.starts_with("vxprobe_tc_") {
                     tc_ns += dns;
                     tc_runs += dcnt;
+                }
+                if name
+                    .strip_prefix(BASELINE)
+                    .is_some_and(|n| n.starts_with("vxprobe_tc_"))
+                {
+                    base_ns += dns;
+                    base_runs += dcnt;
                 }
                 let per_run = if dcnt > 0 {
                     dns as f64 / dcnt as f64
@@ -231,6 +314,14 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
                     if let Some(yardstick) = yardstick {
                         yardstick.entry(load.to_owned()).or_default().push(per_run);
                     }
+                    if LADDER.iter().any(|(p, _)| p == name) {
+                        steps
+                            .entry(name.clone())
+                            .or_default()
+                            .entry(load.to_owned())
+                            .or_default()
+                            .push(per_run);
+                    }
                 }
                 samples
                     .entry((load.to_owned(), name.clone()))
@@ -238,30 +329,56 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
                     .push((per_run, dcnt));
             }
             if tc_runs > 0 {
-                tc.entry(load.to_owned())
-                    .or_default()
-                    .push(tc_ns as f64 / tc_runs as f64);
+                let tc_per_run = tc_ns as f64 / tc_runs as f64;
+                tc.entry(load.to_owned()).or_default().push(tc_per_run);
+                if let Some(noop) = floor.get(load).and_then(|f| f.last()) {
+                    ratio
+                        .entry(load.to_owned())
+                        .or_default()
+                        .push(tc_per_run / noop);
+                }
             }
+            if base_runs > 0 {
+                let per_run = base_ns as f64 / base_runs as f64;
+                baseline_tc
+                    .entry(load.to_owned())
+                    .or_default()
+                    .push(per_run);
+                if let Some(noop) = floor.get(load).and_then(|f| f.last()) {
+                    baseline_ratio
+                        .entry(load.to_owned())
+                        .or_default()
+                        .push(per_run / noop);
+                }
+                ctx.log(&format!(
+                    "  round {}/{rounds} {load}: baseline TC {per_run:.0} ns/run over {base_runs} runs",
+                    round + 1
+                ));
+            }
+            let last = |program: &str| {
+                steps
+                    .get(program)
+                    .and_then(|s| s.get(load))
+                    .and_then(|v| v.last())
+                    .map_or("-".into(), |ns| format!("{ns:.0}"))
+            };
             ctx.log(&format!(
-                "  round {}/{rounds} {load}: TC {:.0} ns/run over {tc_runs} runs, no-op {:.0}, \
-                 least counter {:.0}",
+                "  round {}/{rounds} {load}: TC {:.0} ns/run over {tc_runs} runs; steps {}",
                 round + 1,
                 tc_ns as f64 / tc_runs.max(1) as f64,
-                floor
-                    .get(load)
-                    .and_then(|f| f.last())
-                    .copied()
-                    .unwrap_or(f64::NAN),
-                least_counter
-                    .get(load)
-                    .and_then(|f| f.last())
-                    .copied()
-                    .unwrap_or(f64::NAN),
+                LADDER
+                    .iter()
+                    .map(|(p, _)| last(p))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
             ));
         }
     }
     drop(yardsticks);
     rec.stop()?;
+    if let Some(baseline) = baseline {
+        baseline.stop()?;
+    }
     let mut programs: BTreeMap<String, ProgramCost> = BTreeMap::new();
     for ((load, name), windows) in samples {
         let entry = programs.entry(name.clone()).or_insert_with(|| ProgramCost {
@@ -277,7 +394,14 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
             },
         );
     }
+    let dists = |m: BTreeMap<String, Vec<f64>>| -> BTreeMap<String, Dist> {
+        m.into_iter().map(|(k, v)| (k, Dist::of(&v))).collect()
+    };
     Ok(ProgCost {
+        steps: steps.into_iter().map(|(k, v)| (k, dists(v))).collect(),
+        ratio: dists(ratio),
+        baseline_tc: dists(baseline_tc),
+        baseline_ratio: dists(baseline_ratio),
         isolated: Some(isolated),
         rounds,
         seconds_per_window: seconds,
@@ -309,15 +433,20 @@ impl Yardsticks {
             .enable_all()
             .build()?
             .block_on(devices::list_devices())?;
-        let devices = devices::select(&listed, &patterns, &Default::default())
-            .map_err(|e| anyhow::anyhow!("{e}"))?
+        let hops = devices::select(&listed, &patterns, &Default::default())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mode = TcMode::choose(TcAttach::Auto);
+        let mut probes = Probes::load(mode, None, &FlowFilter::NONE, Tables::default())?;
+        // The steps look their devices up as vxprobe's programs do (their own maps).
+        for hop in &hops {
+            probes.set_device_info(hop)?;
+        }
+        let devices = hops
             .into_iter()
             .map(|hop| hop.device.name)
             .collect::<Vec<_>>();
-        let mode = TcMode::choose(TcAttach::Auto);
-        let mut probes = Probes::load(mode, None, &FlowFilter::NONE, Tables::default())?;
         let mut ids = Vec::new();
-        for name in [names::YARDSTICK_TC, names::YARDSTICK_COUNT_TC] {
+        for (name, _) in LADDER {
             let prog = classifier(&mut probes, name)?;
             prog.load().with_context(|| format!("loading {name}"))?;
             for device in &devices {
@@ -353,6 +482,10 @@ pub struct Isolated {
     pub floor: Dist,
     /// The least per-hop counter the same way.
     pub least_counter: Dist,
+    /// Every program of [`LADDER`] the same way (on the pod's packet).
+    pub steps: BTreeMap<String, Dist>,
+    /// vxprobe's program over the no-op, per packet: each sample's median over the no-op's.
+    pub ratio: BTreeMap<String, f64>,
 }
 
 fn frame(ethertype: u16, payload: &[u8]) -> Vec<u8> {
@@ -434,18 +567,23 @@ pub fn isolated(ctx: &Ctx) -> anyhow::Result<Isolated> {
         ));
         out.ns_per_run.insert(name.to_owned(), d);
     }
-    let yardstick = classifier(&mut probes, names::YARDSTICK_TC)?;
-    yardstick.load().context("loading the yardstick program")?;
     let (_, pod_packet) = &packets()[0];
-    out.floor = test_run(yardstick, pod_packet, repeat, samples)?;
-    let counter = classifier(&mut probes, names::YARDSTICK_COUNT_TC)?;
-    counter.load().context("loading the least counter")?;
-    out.least_counter = test_run(counter, pod_packet, repeat, samples)?;
-    ctx.log(&format!(
-        "  isolated, no-op program: {} ns per run, least counter {} ns",
-        out.floor.show(1.0, 0),
-        out.least_counter.show(1.0, 0)
-    ));
+    for (name, _) in LADDER {
+        let step = classifier(&mut probes, name)?;
+        step.load().with_context(|| format!("loading {name}"))?;
+        let d = test_run(step, pod_packet, repeat, samples)?;
+        ctx.log(&format!(
+            "  isolated, {name}: {} ns per run",
+            d.show(1.0, 0)
+        ));
+        out.steps.insert((*name).to_owned(), d);
+    }
+    out.floor = out.steps[names::YARDSTICK_TC].clone();
+    out.least_counter = out.steps[names::YARDSTICK_COUNT_TC].clone();
+    for (packet, d) in &out.ns_per_run {
+        out.ratio
+            .insert(packet.clone(), d.median / out.floor.median.max(1e-9));
+    }
     Ok(out)
 }
 

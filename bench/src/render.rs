@@ -18,7 +18,7 @@ use vxprobe::{
     observe::report::{FlowReport, IntervalEnd, IntervalReport, MetaHop, mean_segment},
     sinks::tui::{App, feed::TuiFeed, render_once},
 };
-use vxprobe_common::{Direction, FlowCounters, HopCounters};
+use vxprobe_common::{Counters, Direction, FlowCounters};
 
 use crate::{Ctx, procfs::thread_cpu_time, stats::Dist};
 
@@ -64,7 +64,7 @@ fn report(n: u32, interval_no: u64) -> (IntervalReport, Vec<FlowReport>) {
     let cali = hop("cali0", 5, Role::Pod);
     let vxlan = hop("vxlan.calico", 4, Role::Overlay);
     let eth0 = hop("eth0", 2, Role::Underlay);
-    let counters = |packets: u64| HopCounters {
+    let counters = |packets: u64| Counters {
         packets,
         bytes: packets * 900,
         segs: packets,
@@ -111,11 +111,7 @@ fn report(n: u32, interval_no: u64) -> (IntervalReport, Vec<FlowReport>) {
                 outer,
                 mean_segment: mean_segment(c.bytes, c.segs),
                 counters: FlowCounters {
-                    packets: c.packets,
-                    bytes: c.bytes,
-                    segs: c.segs,
-                    max_len: c.max_len,
-                    max_epoch: c.max_epoch,
+                    counters: c,
                     ..Default::default()
                 },
             });

@@ -6,59 +6,82 @@
 /// Bytes of packet kept with an event, from the network header on: headers, not payload.
 pub const SNAP_LEN: usize = 128;
 
-/// What a ring-buffer record is. Stored as `u32` in the header.
-#[repr(u32)]
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum EventKind {
+/// Defines [`EventKind`] from one list: each kind's value and the `kind` its JSON lines carry;
+/// [`EventKind::ALL`], [`EventKind::COUNT`] and the conversions follow from it.
+macro_rules! event_kinds {
+    ($($(#[$doc:meta])* $kind:ident = $value:literal, $line:literal;)*) => {
+        /// What a ring-buffer record is. Stored as `u32` in the header.
+        #[repr(u32)]
+        #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum EventKind {
+            $($(#[$doc])* $kind = $value,)*
+        }
+
+        impl EventKind {
+            /// Every kind, for per-kind counters indexed by `kind as u32`.
+            pub const ALL: [EventKind; [$($value),*].len()] = [$(EventKind::$kind),*];
+
+            /// The `kind` of the JSON lines this kind of event becomes.
+            pub const fn line_name(self) -> &'static str {
+                match self {
+                    $(EventKind::$kind => $line,)*
+                }
+            }
+        }
+
+        impl TryFrom<u32> for EventKind {
+            type Error = u32;
+
+            fn try_from(value: u32) -> Result<Self, Self::Error> {
+                match value {
+                    $($value => Ok(EventKind::$kind),)*
+                    other => Err(other),
+                }
+            }
+        }
+    };
+}
+
+event_kinds! {
     /// A packet freed with a drop reason (`skb:kfree_skb`).
-    Drop = 1,
+    Drop = 1, "drop";
     /// A TCP segment retransmitted (`tcp:tcp_retransmit_skb`).
-    Retransmit = 2,
+    Retransmit = 2, "retransmit";
     /// A send(2) family call that failed with EMSGSIZE ("Message too long").
-    SendError = 3,
+    SendError = 3, "oversize";
     /// An IP fragment seen at a hop (TC).
-    Fragment = 4,
+    Fragment = 4, "fragment";
     /// A non-GSO packet longer than its device's MTU allows, seen at a hop (TC).
-    HopOversize = 5,
+    HopOversize = 5, "oversize";
     /// An ICMP "fragmentation needed" the kernel sent back for a packet (`icmp:icmp_send`).
-    FragNeeded = 6,
+    FragNeeded = 6, "frag_needed";
     /// A checksum failure seen by a hook other than a drop with a reason: `tcp:tcp_bad_csum`
     /// (kernels without drop reasons) or `netdev_rx_csum_fault` (a device's
     /// CHECKSUM_COMPLETE value was wrong).
-    Csum = 7,
+    Csum = 7, "csum_error";
 }
 
 impl EventKind {
-    /// Every kind, for per-kind counters indexed by `kind as u32`.
-    pub const ALL: [EventKind; 7] = [
-        EventKind::Drop,
-        EventKind::Retransmit,
-        EventKind::SendError,
-        EventKind::Fragment,
-        EventKind::HopOversize,
-        EventKind::FragNeeded,
-        EventKind::Csum,
-    ];
     /// One past the largest kind value: the size of per-kind arrays.
-    pub const COUNT: u32 = 8;
-}
-
-impl TryFrom<u32> for EventKind {
-    type Error = u32;
-
-    fn try_from(value: u32) -> Result<Self, Self::Error> {
-        match value {
-            1 => Ok(EventKind::Drop),
-            2 => Ok(EventKind::Retransmit),
-            3 => Ok(EventKind::SendError),
-            4 => Ok(EventKind::Fragment),
-            5 => Ok(EventKind::HopOversize),
-            6 => Ok(EventKind::FragNeeded),
-            7 => Ok(EventKind::Csum),
-            other => Err(other),
+    pub const COUNT: u32 = {
+        let mut max = 0;
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            if Self::ALL[i] as u32 > max {
+                max = Self::ALL[i] as u32;
+            }
+            i += 1;
         }
-    }
+        max + 1
+    };
 }
+
+/// An event struct: `#[repr(C)]` with an [`EventHeader`] first, so whoever reserves its
+/// record writes the header there.
+///
+/// # Safety
+/// The type must be `#[repr(C)]` and start with an `EventHeader` field.
+pub unsafe trait Event {}
 
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -195,7 +218,8 @@ pub struct CsumEvent {
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct SockFlow {
-    /// AF_INET (2) or AF_INET6 (10).
+    /// [`AF_INET`](crate::AF_INET) or [`AF_INET6`](crate::AF_INET6), as the socket holds
+    /// it (16 bits).
     pub family: u16,
     /// Local port, host order.
     pub sport: u16,
@@ -257,7 +281,8 @@ pub struct SendErrorEvent {
     pub fd: u32,
     /// Bytes the caller tried to send.
     pub len: u32,
-    /// Destination address family from the call's sockaddr (0: none given).
+    /// Destination address family from the call's sockaddr (`AF_*`, 16 bits as sockaddr
+    /// holds it; 0: none given).
     pub addr_family: u16,
     /// Destination port (AF_INET/AF_INET6), host order.
     pub addr_port: u16,
@@ -355,6 +380,19 @@ const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 37 * 4);
 const _: () = assert!(core::mem::size_of::<SockFlow>() == 40);
 const _: () = assert!(core::mem::size_of::<RetransmitEvent>() == 16 + 40 + 8);
 const _: () = assert!(core::mem::size_of::<SendErrorEvent>() == 16 + 8 + 16 + 16 + 8 + 16);
+
+// SAFETY: each is #[repr(C)] with `header: EventHeader` as its first field.
+unsafe impl Event for DropEvent {}
+// SAFETY: as above.
+unsafe impl Event for RetransmitEvent {}
+// SAFETY: as above.
+unsafe impl Event for SendErrorEvent {}
+// SAFETY: as above.
+unsafe impl Event for HopEvent {}
+// SAFETY: as above.
+unsafe impl Event for FragNeededEvent {}
+// SAFETY: as above.
+unsafe impl Event for CsumEvent {}
 
 #[cfg(feature = "user")]
 mod pod {

@@ -1,5 +1,7 @@
 //! Per-flow counters at a hop, and the packet facts the TC programs decode.
 
+use crate::Counters;
+
 /// A flow at a hop. For VXLAN/Geneve traffic the addresses and ports are the INNER ones.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -9,7 +11,7 @@ pub struct FlowKey {
     pub direction: u8,
     /// IP protocol number (6 tcp, 17 udp, 1 icmp, 58 icmpv6...).
     pub proto: u8,
-    /// 4 or 6.
+    /// [`AF_INET`](crate::AF_INET) or [`AF_INET6`](crate::AF_INET6).
     pub family: u8,
     pub _pad: u8,
     /// Host order; 0 where the protocol has no ports.
@@ -24,7 +26,8 @@ pub struct FlowKey {
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct OuterHeader {
-    /// 0: not encapsulated; otherwise 4 or 6.
+    /// 0: not encapsulated; otherwise [`AF_INET`](crate::AF_INET) or
+    /// [`AF_INET6`](crate::AF_INET6).
     pub family: u8,
     pub _pad: [u8; 3],
     pub vni: u32,
@@ -38,15 +41,8 @@ pub struct OuterHeader {
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlowCounters {
-    pub packets: u64,
-    pub bytes: u64,
-    pub segs: u64,
-    pub fragments: u64,
-    pub oversize: u64,
-    /// Largest packet (skb length) seen in epoch `max_epoch`; user space bumps the epoch
-    /// every interval, so this is the largest packet of the interval.
-    pub max_len: u32,
-    pub max_epoch: u32,
+    /// What the flow counted, as a hop counts.
+    pub counters: Counters,
     /// The flow's tunnel header (family 0: none seen). A flow's packets at one hop share one:
     /// the kernel stores the first it sees in each cache tenure (`CachedFlow`), and a merge
     /// keeps the newest tenure's.
@@ -61,16 +57,7 @@ pub struct FlowCounters {
 impl FlowCounters {
     #[inline(always)]
     pub fn merge(&mut self, other: &FlowCounters) {
-        self.packets += other.packets;
-        self.bytes += other.bytes;
-        self.segs += other.segs;
-        self.fragments += other.fragments;
-        self.oversize += other.oversize;
-        // The newest epoch wins; within one epoch, the largest packet.
-        if (other.max_epoch, other.max_len) > (self.max_epoch, self.max_len) {
-            self.max_epoch = other.max_epoch;
-            self.max_len = other.max_len;
-        }
+        self.counters.merge(&other.counters);
         if other.outer.family != 0 {
             // SAFETY: a shared and an exclusive reference never overlap. Spelled out: the
             // assignment, between two map values, became a memmove call in the kernel
@@ -145,7 +132,7 @@ pub struct FragInfo {
 pub struct FlowFilter {
     /// Bits: [`FlowFilter::HOST`], [`FlowFilter::PORT`], [`FlowFilter::PROTO`].
     pub flags: u32,
-    /// 4 or 6 for the host.
+    /// [`AF_INET`](crate::AF_INET) or [`AF_INET6`](crate::AF_INET6) for the host.
     pub host_family: u8,
     pub proto: u8,
     pub port: u16,
@@ -174,7 +161,7 @@ mod tests {
             ifindex,
             direction: 1,
             proto: 17,
-            family: 4,
+            family: crate::AF_INET,
             sport,
             dport: 4789,
             ..Default::default()

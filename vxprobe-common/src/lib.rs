@@ -5,18 +5,22 @@
 //! compile-time asserts: a change that moves a field breaks the build, not the data.
 #![no_std]
 
+pub mod counters;
 pub mod event;
 pub mod flow;
 pub mod hop;
+pub mod wire;
 
+pub use counters::Counters;
 pub use event::{
-    CsumEvent, CsumOrigin, DropEvent, EventHeader, EventKind, FragNeededEvent, HopEvent,
+    CsumEvent, CsumOrigin, DropEvent, Event, EventHeader, EventKind, FragNeededEvent, HopEvent,
     KernelOffsets, PacketInfo, RetransmitEvent, SNAP_LEN, SendCall, SendErrorEvent, SockFlow,
 };
 pub use flow::{
     CachedFlow, FlowCounters, FlowFilter, FlowKey, FragInfo, FragKey, OuterHeader, flow_cache_slot,
 };
-pub use hop::{Direction, HopCounters, HopKey};
+pub use hop::{Direction, HopKey};
+pub use wire::{AF_INET, AF_INET6, AF_PACKET};
 
 /// Names of maps and programs, shared so user space never spells one by hand.
 pub mod names {
@@ -42,6 +46,9 @@ pub mod names {
     pub const SENDTO_EXIT: &str = "vxprobe_sendto_exit";
     pub const SENDMSG_ENTER: &str = "vxprobe_sendmsg_enter";
     pub const SENDMSG_EXIT: &str = "vxprobe_sendmsg_exit";
+    /// The exits alone, the arguments read from the saved registers (5.15+).
+    pub const SENDTO_EXIT_REGS: &str = "vxprobe_sendto_exit_regs";
+    pub const SENDMSG_EXIT_REGS: &str = "vxprobe_sendmsg_exit_regs";
     pub const PACKET_SENDMSG_FEXIT: &str = "vxprobe_packet_sendmsg_fexit";
     pub const UDP_SENDMSG_FEXIT: &str = "vxprobe_udp_sendmsg_fexit";
     pub const KFREE_SKB_KPROBE_SK: &str = "vxprobe_sk_skb_reason_drop_kprobe";
@@ -65,7 +72,16 @@ pub mod names {
     pub const YARDSTICK_TC: &str = "vxprobe_yardstick_tc";
     /// The least per-hop counter, for the benchmark; never attached by vxprobe either.
     pub const YARDSTICK_COUNT_TC: &str = "vxprobe_yardstick_count_tc";
+    /// vxprobe's TC program cut short after a step, for the benchmark's decomposition: the
+    /// device looked up, the headers parsed, the hop counted (never attached by vxprobe).
+    pub const STEP_DEVICE_TC: &str = "vxprobe_step_device_tc";
+    pub const STEP_PARSE_TC: &str = "vxprobe_step_parse_tc";
+    pub const STEP_HOP_TC: &str = "vxprobe_step_hop_tc";
 }
+
+/// Default size of the event ring buffer in bytes (`--ring-size`): a burst of ~40k drop
+/// events fits between two reads.
+pub const RING_SIZE: u32 = 8 << 20;
 
 /// Upper bound on the devices observed at once (each is two hops, ingress and egress).
 pub const MAX_DEVICES: u32 = 2048;

@@ -4,7 +4,6 @@
 //! CHECKSUM_COMPLETE value wrong (flagged, not necessarily dropped).
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, kprobe, raw_tracepoint},
     programs::{BtfTracePointContext, ProbeContext, RawTracePointContext},
 };
@@ -42,8 +41,6 @@ fn report(skb: *const u8, origin: CsumOrigin) {
     // SAFETY: `event` points to a reserved, exclusively owned ring-buffer record; every field
     // is written before submit.
     unsafe {
-        (*event).header.kind = EventKind::Csum as u32;
-        (*event).header.ktime_ns = bpf_ktime_get_ns();
         (*event).origin = origin as u32;
         (*event)._pad = 0;
         (*event).packet._pad = 0;

@@ -9,7 +9,6 @@
 //! whose checksum the stack computed in software and found wrong (see [`csum_failed`]).
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, kprobe, raw_tracepoint},
     programs::{BtfTracePointContext, ProbeContext, RawTracePointContext},
 };
@@ -153,8 +152,6 @@ fn on_kfree_skb(skb: *const u8, location: u64, reason: u32) {
     // SAFETY: `event` points to a reserved, exclusively owned ring-buffer record of the right
     // size; every field is written before submit.
     unsafe {
-        (*event).header.kind = EventKind::Drop as u32;
-        (*event).header.ktime_ns = bpf_ktime_get_ns();
         (*event).location = location;
         (*event).reason = reason;
         (*event)._pad = 0;

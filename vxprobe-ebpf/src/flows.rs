@@ -10,7 +10,7 @@ use aya_ebpf::{
     maps::{Array, LruPerCpuHashMap, PerCpuArray},
 };
 use vxprobe_common::{
-    CachedFlow, FLOW_CACHE_SLOTS as DEFAULT_SLOTS, FlowCounters, FlowKey, HopCounters, MAX_FLOWS,
+    CachedFlow, Counters, FLOW_CACHE_SLOTS as DEFAULT_SLOTS, FlowCounters, FlowKey, MAX_FLOWS,
     OuterHeader, flow_cache_slot,
 };
 
@@ -38,9 +38,9 @@ static FLOW_INSERTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// `BPF_NOEXIST`: create, never overwrite (another CPU may have created the flow meanwhile).
 const NOEXIST: u64 = 1;
 
-/// Counts one packet (`sample`) of `key`; `spare` is scratch room for a map insert.
+/// Counts one packet (`sample`) of `key`; `spare`: room for a map value, if one is needed.
 #[inline(always)]
-pub fn count(key: &FlowKey, sample: &HopCounters, outer: &OuterHeader, spare: &mut FlowCounters) {
+pub fn count(key: &FlowKey, sample: &Counters, outer: &OuterHeader, spare: &mut FlowCounters) {
     // SAFETY: a plain read of a static; volatile so the compiler cannot fold the placeholder.
     let slots = unsafe { core::ptr::read_volatile(&FLOW_CACHE_SLOTS) };
     // SAFETY: a helper without arguments.
@@ -48,17 +48,28 @@ pub fn count(key: &FlowKey, sample: &HopCounters, outer: &OuterHeader, spare: &m
     let index = cpu * slots + flow_cache_slot(key, slots);
     let Some(slot) = FLOW_CACHE.get_ptr_mut(index) else {
         // Only if user space sized the cache for fewer CPUs than run this program.
-        first_count(spare, sample, outer);
-        add_to_map(key, spare);
+        count_uncached(key, sample, outer, spare);
         return;
     };
     // SAFETY: slots of this CPU's share are written only by programs on this CPU, which do
     // not preempt each other; user space only reads them.
-    let slot = unsafe { &mut *slot };
-    if same_flow(&slot.key, key) {
-        add(&mut slot.counters, sample, outer);
+    let held = unsafe { &mut *slot };
+    if same_flow(&held.key, key) {
+        held.counters.counters.merge(sample);
+        // A flow's packets at one hop share their tunnel header: stored when the flow takes
+        // the slot, or later only if the slot has none yet (not 44 bytes copied per packet).
+        if held.counters.outer.family == 0 && outer.family != 0 {
+            held.counters.outer = *outer;
+        }
         return;
     }
+    take(held, key, sample, outer);
+}
+
+/// `key` takes the slot from its holder. Out of line: a flow takes a slot once, and then
+/// counts there.
+#[inline(never)]
+fn take(slot: &mut CachedFlow, key: &FlowKey, sample: &Counters, outer: &OuterHeader) {
     if slot.key.ifindex != 0 {
         // Into the map before the slot changes hands: a reader that sees the new holder
         // finds the old one's counters in the map.
@@ -76,18 +87,26 @@ pub fn count(key: &FlowKey, sample: &HopCounters, outer: &OuterHeader, spare: &m
     slot.generation = generation;
 }
 
+/// Without a cache slot: straight into the map.
+#[inline(never)]
+fn count_uncached(key: &FlowKey, sample: &Counters, outer: &OuterHeader, spare: &mut FlowCounters) {
+    first_count(spare, sample, outer);
+    add_to_map(key, spare);
+}
+
 /// A flow's counters from its first packet, field by field: LLVM makes a memset call (a byte
 /// loop on the BPF target) of a struct literal's zeros.
 #[inline(always)]
-fn first_count(c: &mut FlowCounters, sample: &HopCounters, outer: &OuterHeader) {
-    c.packets = sample.packets;
-    c.bytes = sample.bytes;
-    c.segs = sample.segs;
-    c.fragments = sample.fragments;
-    c.oversize = sample.oversize;
-    c.max_len = sample.max_len;
-    c.max_epoch = sample.max_epoch;
-    c.outer = clean(outer);
+fn first_count(c: &mut FlowCounters, sample: &Counters, outer: &OuterHeader) {
+    let to = &mut c.counters;
+    to.packets = sample.packets;
+    to.bytes = sample.bytes;
+    to.segs = sample.segs;
+    to.fragments = sample.fragments;
+    to.oversize = sample.oversize;
+    to.max_len = sample.max_len;
+    to.max_epoch = sample.max_epoch;
+    store_outer(&mut c.outer, outer);
     c._pad = 0;
     c.generation = 0;
 }
@@ -156,28 +175,24 @@ fn merge(entry: &mut FlowCounters, counted: &FlowCounters) {
     entry.merge(counted);
 }
 
+/// Stores a tunnel header as it is kept: all zero when there is none (the scratch copy only
+/// has its family cleared per packet). Word by word, into map or ring-buffer memory: a
+/// temporary would be a stack copy, and a literal's zeros a memset call.
 #[inline(always)]
-fn add(flow: &mut FlowCounters, sample: &HopCounters, outer: &OuterHeader) {
-    flow.packets += sample.packets;
-    flow.bytes += sample.bytes;
-    flow.segs += sample.segs;
-    flow.fragments += sample.fragments;
-    flow.oversize += sample.oversize;
-    crate::tc::raise_max(&mut flow.max_len, &mut flow.max_epoch, sample);
-    // A flow's packets at one hop share their tunnel header: stored when the flow takes the
-    // slot, or later only if the slot has none yet (not 44 bytes copied per packet).
-    if flow.outer.family == 0 && outer.family != 0 {
-        flow.outer = *outer;
-    }
-}
-
-/// A tunnel header as it may be stored: all zero when there is none (the scratch copy only
-/// has its family cleared per packet).
-#[inline(always)]
-pub fn clean(outer: &OuterHeader) -> OuterHeader {
+pub fn store_outer(dst: &mut OuterHeader, outer: &OuterHeader) {
     if outer.family != 0 {
-        *outer
-    } else {
-        OuterHeader::default()
+        // SAFETY: two distinct OuterHeaders; an explicit non-overlapping copy, where an
+        // assignment between map values became a memmove call (a byte loop on BPF).
+        unsafe { core::ptr::copy_nonoverlapping(outer, dst, 1) };
+        return;
+    }
+    let zero = core::hint::black_box(0u32);
+    let words = (dst as *mut OuterHeader).cast::<u32>();
+    const WORDS: usize = core::mem::size_of::<OuterHeader>() / 4;
+    let mut i = 0;
+    while i < WORDS {
+        // SAFETY: OuterHeader is #[repr(C)], 4-aligned, WORDS words of integers.
+        unsafe { words.add(i).write(zero) };
+        i += 1;
     }
 }

@@ -106,8 +106,8 @@ pub fn fill_packet_info(skb: *const u8, info: &mut PacketInfo, o: &KernelOffsets
     netns
 }
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+const AF_INET: u16 = vxprobe_common::AF_INET as u16;
+const AF_INET6: u16 = vxprobe_common::AF_INET6 as u16;
 
 /// The addresses and ports of a `struct sock`, and its namespace inode.
 #[inline(always)]

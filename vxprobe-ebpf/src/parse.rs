@@ -2,89 +2,112 @@
 //! fragments), TCP/UDP ports, and VXLAN/Geneve decapsulation to the inner flow. Reads come
 //! straight from the packet's linear data when the bytes are there, through
 //! bpf_skb_load_bytes (non-linear skbs, clean failure past the end) when they are not.
+//!
+//! The parse writes the flow key itself, field by field, and only as deep as the key needs:
+//! no intermediate header struct copied into the key afterwards (those copies, and the
+//! registers they took, were a third of the per-packet work).
 
 use aya_ebpf::programs::TcContext;
-use vxprobe_common::OuterHeader;
+use vxprobe_common::{
+    AF_INET, AF_INET6, FlowKey, OuterHeader,
+    wire::{
+        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ETH_P_TEB, GENEVE_PORT,
+        IPPROTO_TCP, IPPROTO_UDP, VXLAN_LINUX_PORT, VXLAN_PORT,
+    },
+};
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const ETH_P_TEB: u16 = 0x6558;
-
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-
-const VXLAN_PORT: u16 = 4789;
-const VXLAN_LINUX_PORT: u16 = 8472;
-const GENEVE_PORT: u16 = 6081;
-
-/// An IPv4 (first word) or IPv6 address as it sits in the packet, in 32-bit words: an IPv4
-/// address is one word and three zero words, stored as such, where sixteen bytes would have
-/// been cleared by a memset call (a byte loop on the BPF target) in every header parse.
-pub type Addr = [u32; 4];
-
-/// The address's bytes, as the kernel/user structs hold it.
-#[inline(always)]
-pub fn addr_bytes(a: &Addr) -> [u8; 16] {
-    // SAFETY: [u32; 4] and [u8; 16] have the same size and no invalid bit patterns.
-    unsafe { core::mem::transmute::<Addr, [u8; 16]>(*a) }
+/// Where an IP header says its packet is in a fragmented datagram.
+#[derive(Copy, Clone, Default)]
+pub struct Frag {
+    /// Fragment offset in bytes; 0 for a first fragment and an unfragmented packet.
+    pub offset: u32,
+    /// MF: more fragments follow (1) or not (0).
+    pub more: u32,
+    pub id: u32,
 }
 
-/// Four word loads: a transmute of the array becomes a memmove call (a byte loop on BPF)
-/// when the bytes are in a map value.
-#[inline(always)]
-pub fn addr_words(b: &[u8; 16]) -> Addr {
-    // SAFETY: the sixteen bytes are `b`'s.
-    unsafe { load_addr(b.as_ptr()) }
-}
-
-/// # Safety
-/// `at..at + 16` must be readable (at any alignment).
-#[inline(always)]
-unsafe fn load_addr(at: *const u8) -> Addr {
-    // SAFETY: the caller's: the four words are inside the sixteen bytes.
-    let word = |i: usize| unsafe { core::ptr::read_unaligned(at.add(i).cast::<u32>()) };
-    [word(0), word(4), word(8), word(12)]
-}
-
-/// One IP header's worth of facts.
-#[derive(Copy, Clone)]
-pub struct Ip {
-    pub family: u8,
-    pub proto: u8,
-    pub src: Addr,
-    pub dst: Addr,
-    pub sport: u16,
-    pub dport: u16,
-    /// Fragment offset in bytes; `more` when MF is set. Both 0 for unfragmented packets.
-    pub frag_offset: u32,
-    pub frag_more: bool,
-    pub frag_id: u32,
-    /// Where the transport header starts.
-    pub l4: usize,
-}
-
-impl Ip {
+impl Frag {
+    #[inline(always)]
     pub fn is_fragment(&self) -> bool {
-        self.frag_offset != 0 || self.frag_more
+        self.offset != 0 || self.more != 0
+    }
+
+    /// Field by field: an assignment between two of the scratch slot's became a memmove call
+    /// (a byte loop on BPF) on every tunnelled packet.
+    #[inline(always)]
+    pub fn set(&mut self, from: &Frag) {
+        self.offset = from.offset;
+        self.more = from.more;
+        self.id = from.id;
     }
 
     /// The first fragment, or an unfragmented packet: the transport header is here.
+    #[inline(always)]
     pub fn has_transport(&self) -> bool {
-        self.frag_offset == 0
+        self.offset == 0
     }
 }
 
-/// A packet: the flow it belongs to (inner for tunnels) and its tunnel header, if any.
-/// Lives in a per-CPU scratch slot: the 512-byte BPF stack cannot hold it with the rest.
-pub struct Packet {
-    pub flow: Ip,
-    /// The tunnel header; only `family` is set (to 0) when there is none.
+/// What the parse found besides the flow key.
+pub struct Facts {
+    /// The tunnel header; only `family` is meaningful (0) when there is none.
     pub outer: OuterHeader,
-    /// The outer IP header of a tunnel packet (to key outer fragments); family 0 if none.
-    pub outer_ip: Ip,
+    /// The flow's own IP header's fragment facts.
+    pub frag: Frag,
+    /// The tunnel's outer IP header's, when there is a tunnel.
+    pub outer_frag: Frag,
+}
+
+/// Sixteen bytes as four aligned words: every address in these structs is 4-aligned, and a
+/// copy of `[u8; 16]` would be sixteen byte loads and stores.
+#[inline(always)]
+pub fn copy_addr(dst: &mut [u8; 16], src: &[u8; 16]) {
+    let (d, s) = (dst.as_mut_ptr().cast::<u32>(), src.as_ptr().cast::<u32>());
+    // SAFETY: both arrays sit at 4-aligned offsets of #[repr(C)] structs of 4-byte
+    // alignment (FlowKey, OuterHeader, FragKey, the events), so four aligned words.
+    unsafe {
+        d.write(s.read());
+        d.add(1).write(s.add(1).read());
+        d.add(2).write(s.add(2).read());
+        d.add(3).write(s.add(3).read());
+    }
+}
+
+/// The key's second word (direction, protocol, family, padding) in one aligned store. Byte by
+/// byte, LLVM merges the protocol's and the family's stores into one 16-bit store at an odd
+/// offset, and the verifier refuses misaligned stack access.
+#[inline(always)]
+pub fn set_proto_family(key: &mut FlowKey, proto: u8, family: u8) {
+    const { assert!(cfg!(target_endian = "little")) };
+    let word = u32::from(key.direction) | u32::from(proto) << 8 | u32::from(family) << 16;
+    // SAFETY: FlowKey is #[repr(C)] and 4-aligned; its bytes 4..8 are direction, proto,
+    // family and the padding, in that order (little endian: the low byte first).
+    unsafe { (key as *mut FlowKey).cast::<u32>().add(1).write(word) }
+}
+
+/// A tunnel header's first word (family and padding) in one aligned store, as above.
+#[inline(always)]
+pub fn set_outer_family(outer: &mut OuterHeader, family: u8) {
+    // SAFETY: OuterHeader is #[repr(C)] and 4-aligned; its first four bytes are the family and
+    // the padding (little endian, as above).
+    unsafe {
+        (outer as *mut OuterHeader)
+            .cast::<u32>()
+            .write(u32::from(family))
+    }
+}
+
+/// An IPv4 address in the first word, zeros after it.
+#[inline(always)]
+fn set_addr4(dst: &mut [u8; 16], word: u32) {
+    let d = dst.as_mut_ptr().cast::<u32>();
+    // SAFETY: as in `copy_addr`.
+    unsafe {
+        d.write(word);
+        d.add(1).write(0);
+        d.add(2).write(0);
+        d.add(3).write(0);
+    }
 }
 
 /// Header reads go no further into a packet than this: far past any real header chain, and a
@@ -95,13 +118,11 @@ const MAX_DIRECT_OFFSET: usize = 1024;
 /// out of the packet.
 pub const SPILL_LEN: usize = 40;
 
-/// Where a header is copied when it is not in the packet's linear data: per-CPU scratch memory
-/// (the BPF stack is too small to spare it).
+/// Where a header is copied when it is not in the packet's linear data (on the stack).
 pub type Spill = [u8; SPILL_LEN];
 
 /// `N` bytes of header, wherever they are: fields are read out of it one load each, at
-/// offsets checked against `N` when the program is compiled. The verifier checks a packet
-/// read; it cannot check one in the spill, whose map value is longer than most headers.
+/// offsets checked against `N` when the program is compiled.
 #[derive(Clone, Copy)]
 struct Header<'a, const N: usize> {
     at: *const u8,
@@ -138,18 +159,25 @@ impl<const N: usize> Header<'_, N> {
         u32::from_be(self.raw32::<AT>())
     }
 
+    /// Sixteen address bytes at AT, as four words into `dst`.
     #[inline(always)]
-    fn addr16<const AT: usize>(self) -> Addr {
+    fn addr16<const AT: usize>(self, dst: &mut [u8; 16]) {
         const { assert!(AT + 16 <= N) };
-        // SAFETY: as in `u8`.
-        unsafe { load_addr(self.at.add(AT)) }
+        let d = dst.as_mut_ptr().cast::<u32>();
+        // SAFETY: the words are inside the header (as in `u8`); `dst` as in `copy_addr`.
+        unsafe {
+            let word = |i: usize| core::ptr::read_unaligned(self.at.add(AT + i).cast::<u32>());
+            d.write(word(0));
+            d.add(1).write(word(4));
+            d.add(2).write(word(8));
+            d.add(3).write(word(12));
+        }
     }
 }
 
 /// The `N` header bytes at `offset`: in place when they are in the packet's linear data
 /// (headers almost always are), else copied into `spill` by bpf_skb_load_bytes, which also
-/// reaches paged data and fails cleanly past the end. Fields are then read in place: copying
-/// headers out byte by byte (what a `[u8; N]` read becomes on BPF) was most of the parse.
+/// reaches paged data and fails cleanly past the end.
 ///
 /// Two bytes at least: for one, LLVM turns `start + 1 <= end` into `start < end`, which the
 /// verifier does not take as proof that a byte is there.
@@ -177,8 +205,9 @@ fn header<'a, const N: usize>(
 
 /// Copies `len` (<= SPILL_LEN) bytes at `offset` into `spill`; false past the packet's end.
 /// Out of line: rare (paged headers, truncated packets), so it stays out of the per-packet
-/// code's way in the instruction cache.
-#[cold]
+/// code's way in the instruction cache. Not `#[cold]`: that puts it in `.text.unlikely`, and
+/// aya 0.14 links functions by their offset in their section alone, so two text sections'
+/// functions at the same offset are taken for one (calls into `.text` then land here).
 #[inline(never)]
 fn spill_in(ctx: &TcContext, offset: usize, spill: &mut Spill, len: u32) -> bool {
     // SAFETY: the helper writes at most `len` <= SPILL_LEN bytes into `spill` (the caller's
@@ -208,93 +237,116 @@ fn ethernet(ctx: &TcContext, start: usize, spill: &mut Spill) -> Option<(u16, us
     Some((ethertype, off))
 }
 
+/// The IP header at `off` and its ports into `key` (family, proto, addresses, ports), its
+/// fragment facts into `frag`; returns where the transport header starts.
 #[inline(always)]
-fn ip(ctx: &TcContext, ethertype: u16, off: usize, ip: &mut Ip, spill: &mut Spill) -> Option<()> {
-    match ethertype {
-        ETH_P_IP => ipv4(ctx, off, ip, spill)?,
-        ETH_P_IPV6 => ipv6(ctx, off, ip, spill)?,
+fn ip(
+    ctx: &TcContext,
+    ethertype: u16,
+    off: usize,
+    key: &mut FlowKey,
+    frag: &mut Frag,
+    spill: &mut Spill,
+) -> Option<usize> {
+    let l4 = match ethertype {
+        ETH_P_IP => ipv4(ctx, off, key, frag, spill)?,
+        ETH_P_IPV6 => ipv6(ctx, off, key, frag, spill)?,
         _ => return None,
     };
-    ip.sport = 0;
-    ip.dport = 0;
-    if ip.has_transport() && (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP) {
-        if let Some(ports) = header::<4>(ctx, ip.l4, spill) {
-            ip.sport = ports.be16::<0>();
-            ip.dport = ports.be16::<2>();
+    key.sport = 0;
+    key.dport = 0;
+    if frag.has_transport() && (key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP) {
+        if let Some(ports) = header::<4>(ctx, l4, spill) {
+            key.sport = ports.be16::<0>();
+            key.dport = ports.be16::<2>();
         }
     }
-    Some(())
+    Some(l4)
 }
 
 #[inline(always)]
-fn ipv4(ctx: &TcContext, off: usize, ip: &mut Ip, spill: &mut Spill) -> Option<()> {
+fn ipv4(
+    ctx: &TcContext,
+    off: usize,
+    key: &mut FlowKey,
+    frag: &mut Frag,
+    spill: &mut Spill,
+) -> Option<usize> {
     let h = header::<20>(ctx, off, spill)?;
     let version_ihl = h.u8::<0>();
     if version_ihl >> 4 != 4 {
         return None;
     }
-    let frag = h.be16::<6>();
-    ip.family = 4;
-    ip.proto = h.u8::<9>();
-    ip.src = [h.raw32::<12>(), 0, 0, 0];
-    ip.dst = [h.raw32::<16>(), 0, 0, 0];
-    ip.frag_offset = u32::from(frag & 0x1fff) * 8;
-    ip.frag_more = frag & 0x2000 != 0;
-    ip.frag_id = u32::from(h.be16::<4>());
-    ip.l4 = off + usize::from(version_ihl & 0x0f) * 4;
-    Some(())
+    let flags = h.be16::<6>();
+    set_proto_family(key, h.u8::<9>(), AF_INET);
+    set_addr4(&mut key.src, h.raw32::<12>());
+    set_addr4(&mut key.dst, h.raw32::<16>());
+    frag.offset = u32::from(flags & 0x1fff) * 8;
+    frag.more = u32::from(flags >> 13) & 1;
+    frag.id = u32::from(h.be16::<4>());
+    Some(off + usize::from(version_ihl & 0x0f) * 4)
 }
 
 #[inline(always)]
-fn ipv6(ctx: &TcContext, off: usize, ip: &mut Ip, spill: &mut Spill) -> Option<()> {
+fn ipv6(
+    ctx: &TcContext,
+    off: usize,
+    key: &mut FlowKey,
+    frag: &mut Frag,
+    spill: &mut Spill,
+) -> Option<usize> {
     let h = header::<40>(ctx, off, spill)?;
     if h.u8::<0>() >> 4 != 6 {
         return None;
     }
-    ip.family = 6;
-    ip.proto = h.u8::<6>();
-    ip.src = h.addr16::<8>();
-    ip.dst = h.addr16::<24>();
-    ip.frag_offset = 0;
-    ip.frag_more = false;
-    ip.frag_id = 0;
-    ip.l4 = off + 40;
+    let mut proto = h.u8::<6>();
+    h.addr16::<8>(&mut key.src);
+    h.addr16::<24>(&mut key.dst);
+    frag.offset = 0;
+    frag.more = 0;
+    frag.id = 0;
+    let mut l4 = off + 40;
     // Extension headers: hop-by-hop (0), routing (43), fragment (44), destination (60).
     for _ in 0..4 {
-        match ip.proto {
+        match proto {
             // A chain cut short still leaves a flow: addresses known, ports not.
             0 | 43 | 60 => {
-                let Some(ext) = header::<2>(ctx, ip.l4, spill) else {
+                let Some(ext) = header::<2>(ctx, l4, spill) else {
                     break;
                 };
-                ip.proto = ext.u8::<0>();
-                ip.l4 += (usize::from(ext.u8::<1>()) + 1) * 8;
+                proto = ext.u8::<0>();
+                l4 += (usize::from(ext.u8::<1>()) + 1) * 8;
             }
             44 => {
-                let Some(frag) = header::<8>(ctx, ip.l4, spill) else {
+                let Some(h) = header::<8>(ctx, l4, spill) else {
                     break;
                 };
-                ip.proto = frag.u8::<0>();
-                let off_flags = frag.be16::<2>();
-                ip.frag_offset = u32::from(off_flags & 0xfff8);
-                ip.frag_more = off_flags & 1 != 0;
-                ip.frag_id = frag.be32::<4>();
-                ip.l4 += 8;
+                proto = h.u8::<0>();
+                let off_flags = h.be16::<2>();
+                frag.offset = u32::from(off_flags & 0xfff8);
+                frag.more = u32::from(off_flags & 1);
+                frag.id = h.be32::<4>();
+                l4 += 8;
             }
             _ => break,
         }
     }
-    Some(())
+    set_proto_family(key, proto, AF_INET6);
+    Some(l4)
 }
 
-/// Decodes a packet into `p`; `l3_device` when frames start at the IP header (tun).
-/// Returns false for packets that are not IP.
+/// Decodes a packet's flow into `key` (all but its hop: ifindex and direction) and the rest
+/// into `facts`; `l3_device` when frames start at the IP header (tun). Returns false for
+/// packets that are not IP (then `key` means nothing).
 #[inline(always)]
-pub fn packet(ctx: &TcContext, l3_device: bool, p: &mut Packet, spill: &mut Spill) -> bool {
-    // Family 0: no tunnel; the other fields mean nothing then (not zeroed: a memset each
-    // packet).
-    p.outer.family = 0;
-    p.outer_ip.family = 0;
+pub fn packet(
+    ctx: &TcContext,
+    l3_device: bool,
+    key: &mut FlowKey,
+    facts: &mut Facts,
+    spill: &mut Spill,
+) -> bool {
+    set_outer_family(&mut facts.outer, 0);
     let Some((ethertype, off)) = (if l3_device {
         match header::<2>(ctx, 0, spill).map(|h| h.u8::<0>()) {
             Some(b) if b >> 4 == 6 => Some((ETH_P_IPV6, 0)),
@@ -306,46 +358,47 @@ pub fn packet(ctx: &TcContext, l3_device: bool, p: &mut Packet, spill: &mut Spil
     }) else {
         return false;
     };
-    if ip(ctx, ethertype, off, &mut p.flow, spill).is_none() {
+    let Some(l4) = ip(ctx, ethertype, off, key, &mut facts.frag, spill) else {
         return false;
-    }
-    if p.flow.proto != IPPROTO_UDP || !p.flow.has_transport() {
+    };
+    if key.proto != IPPROTO_UDP || !facts.frag.has_transport() {
         return true;
     }
-    let Some((vni, inner_eth)) = tunnel(ctx, &p.flow, spill) else {
+    let Some((vni, inner_eth)) = tunnel(ctx, key.dport, l4, spill) else {
         return true;
     };
     let Some((inner_type, inner_off)) = ethernet(ctx, inner_eth, spill) else {
         return true;
     };
-    // Keep the outer header, then decode the inner one over `flow`; a garbage inner packet
+    // Keep the outer header, then decode the inner one over the key; a garbage inner packet
     // leaves the outer flow in place.
-    p.outer_ip = p.flow;
-    if ip(ctx, inner_type, inner_off, &mut p.flow, spill).is_none() {
-        p.flow = p.outer_ip;
-        p.outer_ip.family = 0;
-        return true;
+    let outer = &mut facts.outer;
+    set_outer_family(outer, key.family);
+    outer.vni = vni;
+    outer.sport = key.sport;
+    outer.dport = key.dport;
+    copy_addr(&mut outer.src, &key.src);
+    copy_addr(&mut outer.dst, &key.dst);
+    facts.outer_frag.set(&facts.frag);
+    if ip(ctx, inner_type, inner_off, key, &mut facts.frag, spill).is_none() {
+        let outer = &facts.outer;
+        set_proto_family(key, IPPROTO_UDP, outer.family);
+        key.sport = outer.sport;
+        key.dport = outer.dport;
+        copy_addr(&mut key.src, &outer.src);
+        copy_addr(&mut key.dst, &outer.dst);
+        facts.frag.set(&facts.outer_frag);
+        set_outer_family(&mut facts.outer, 0);
     }
-    // Field by field, the padding byte by byte: LLVM makes a memset call (a byte loop on the
-    // BPF target) of a struct literal's zeros, even of three bytes.
-    let o = &p.outer_ip;
-    p.outer.family = o.family;
-    p.outer._pad[0] = 0;
-    p.outer._pad[1] = 0;
-    p.outer._pad[2] = 0;
-    p.outer.vni = vni;
-    p.outer.sport = o.sport;
-    p.outer.dport = o.dport;
-    p.outer.src = addr_bytes(&o.src);
-    p.outer.dst = addr_bytes(&o.dst);
     true
 }
 
-/// VXLAN or Geneve carrying Ethernet: (VNI, offset of the inner Ethernet header).
+/// VXLAN or Geneve carrying Ethernet, by the UDP destination port `dport` of the datagram
+/// whose header is at `l4`: (VNI, offset of the inner Ethernet header).
 #[inline(always)]
-fn tunnel(ctx: &TcContext, udp: &Ip, spill: &mut Spill) -> Option<(u32, usize)> {
-    let payload = udp.l4 + 8;
-    if udp.dport == VXLAN_PORT || udp.dport == VXLAN_LINUX_PORT {
+fn tunnel(ctx: &TcContext, dport: u16, l4: usize, spill: &mut Spill) -> Option<(u32, usize)> {
+    let payload = l4 + 8;
+    if dport == VXLAN_PORT || dport == VXLAN_LINUX_PORT {
         let h = header::<8>(ctx, payload, spill)?;
         if h.u8::<0>() & 0x08 == 0 {
             return None;
@@ -353,7 +406,7 @@ fn tunnel(ctx: &TcContext, udp: &Ip, spill: &mut Spill) -> Option<(u32, usize)> 
         let vni = h.be32::<4>() >> 8;
         return Some((vni, payload + 8));
     }
-    if udp.dport == GENEVE_PORT {
+    if dport == GENEVE_PORT {
         let h = header::<8>(ctx, payload, spill)?;
         if h.be16::<2>() != ETH_P_TEB {
             return None;

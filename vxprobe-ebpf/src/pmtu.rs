@@ -5,7 +5,6 @@
 //! needed is never rate-limited (icmpv4_mask_allow, icmpv4_xrlim_allow), so a call is a send.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, fentry, kprobe, map, raw_tracepoint},
     maps::PerCpuArray,
     programs::{BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext},
@@ -69,8 +68,6 @@ fn on_icmp_send(skb: *const u8, icmp_type: i32, code: i32) {
     // SAFETY: `event` points to a reserved, exclusively owned ring-buffer record; every field
     // is written before submit.
     unsafe {
-        (*event).header.kind = EventKind::FragNeeded as u32;
-        (*event).header.ktime_ns = bpf_ktime_get_ns();
         (*event).packet._pad = 0;
         (*event).header.netns = kernel::fill_packet_info(skb, &mut (*event).packet, &offsets);
     }

@@ -3,7 +3,6 @@
 //! ones included.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
@@ -64,8 +63,6 @@ fn on_retransmit(sk: *const u8, skb: *const u8) {
     // SAFETY: `event` points to a reserved, exclusively owned ring-buffer record; every field
     // is written before submit.
     unsafe {
-        (*event).header.kind = EventKind::Retransmit as u32;
-        (*event).header.ktime_ns = bpf_ktime_get_ns();
         (*event).header.netns = kernel::read_sock(sk, &mut (*event).flow, &offsets);
         (*event).state = u32::from(kernel::read::<u8>(sk, offsets.sk_state).unwrap_or(0));
         (*event).segs =

@@ -1,10 +1,14 @@
 //! Sends refused with EMSGSIZE ("Message too long"), seen where every kernel has a hook: the
-//! sendto/sendmsg syscall tracepoints. The enter hook remembers the call's arguments per
-//! thread; the exit hook reports the failures and reads the destination address then (the
-//! caller's memory is still there while it waits in the syscall).
+//! sendto/sendmsg syscall tracepoints. Where the kernel hands programs the current task's
+//! saved registers (`bpf_task_pt_regs`, 5.15+), the exit hook alone does it all: a send that
+//! succeeds costs one compare, and a refused one's arguments are read from the registers the
+//! call was made with. Before that, the enter hook remembers the call's arguments per thread
+//! (a map update on every send of the node) and the exit hook takes them back. Either way the
+//! destination address is read at the exit (the caller's memory is still there while it waits
+//! in the syscall).
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf},
+    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::{map, tracepoint},
     maps::LruHashMap,
     programs::TracePointContext,
@@ -14,9 +18,9 @@ use vxprobe_common::{EventKind, SendCall, SendErrorEvent};
 use crate::{events, kernel};
 
 const EMSGSIZE: i64 = 90;
-const AF_INET: u16 = 2;
-const AF_PACKET: u16 = 17;
-const AF_INET6: u16 = 10;
+const AF_INET: u16 = vxprobe_common::AF_INET as u16;
+const AF_PACKET: u16 = vxprobe_common::AF_PACKET as u16;
+const AF_INET6: u16 = vxprobe_common::AF_INET6 as u16;
 
 /// Syscall tracepoint records: 8 bytes of common fields, the syscall number, then each
 /// argument (or the return value) in an 8-byte slot. This layout is the same on every kernel.
@@ -78,6 +82,94 @@ fn remember(ctx: &TracePointContext, call: SendCall, len: u64, user_ptr: u64) {
     let _ = PENDING_SENDS.insert(&aya_ebpf::helpers::bpf_get_current_pid_tgid(), &pending, 0);
 }
 
+/// `sendto` refused, its arguments from the registers it was called with (no enter hook).
+#[tracepoint(category = "syscalls", name = "sys_exit_sendto")]
+pub fn vxprobe_sendto_exit_regs(ctx: TracePointContext) -> u32 {
+    if arg(&ctx, 0) as i64 == -EMSGSIZE {
+        // sendto(fd, buf, len, flags, dest_addr, addrlen)
+        if let Some(regs) = syscall_regs() {
+            report(
+                aya_ebpf::helpers::bpf_get_current_pid_tgid(),
+                &PendingSend {
+                    call: SendCall::Sendto as u32,
+                    fd: syscall_arg(regs, 0) as u32,
+                    len: syscall_arg(regs, 2),
+                    user_ptr: syscall_arg(regs, 4),
+                },
+            );
+        }
+    }
+    0
+}
+
+/// `sendmsg` refused, as above.
+#[tracepoint(category = "syscalls", name = "sys_exit_sendmsg")]
+pub fn vxprobe_sendmsg_exit_regs(ctx: TracePointContext) -> u32 {
+    if arg(&ctx, 0) as i64 == -EMSGSIZE {
+        // sendmsg(fd, msg, flags)
+        if let Some(regs) = syscall_regs() {
+            report(
+                aya_ebpf::helpers::bpf_get_current_pid_tgid(),
+                &PendingSend {
+                    call: SendCall::Sendmsg as u32,
+                    fd: syscall_arg(regs, 0) as u32,
+                    len: 0,
+                    user_ptr: syscall_arg(regs, 1),
+                },
+            );
+        }
+    }
+    0
+}
+
+/// The registers the current task entered the kernel with (5.15+; a program that calls this
+/// is refused before, and the ladder takes the enter/exit pair).
+#[inline(always)]
+fn syscall_regs() -> Option<*const u8> {
+    // SAFETY: helpers without preconditions; the task pointer goes straight to the other.
+    let regs = unsafe {
+        aya_ebpf::helpers::generated::bpf_task_pt_regs(
+            aya_ebpf::helpers::generated::bpf_get_current_task_btf(),
+        )
+    } as *const u8;
+    (!regs.is_null()).then_some(regs)
+}
+
+/// Argument `n` (0-based) of the system call, as its saved registers hold it at the exit.
+#[inline(always)]
+fn syscall_arg(regs: *const u8, n: usize) -> u64 {
+    use core::mem::offset_of;
+    #[cfg(bpf_target_arch = "x86_64")]
+    let offset = {
+        use aya_ebpf::bindings::pt_regs;
+        [
+            offset_of!(pt_regs, rdi),
+            offset_of!(pt_regs, rsi),
+            offset_of!(pt_regs, rdx),
+            offset_of!(pt_regs, r10),
+            offset_of!(pt_regs, r8),
+        ]
+    };
+    // The first argument's register holds the return value by now: its value at entry is
+    // kept apart (`orig_x0`).
+    #[cfg(bpf_target_arch = "aarch64")]
+    let offset = {
+        use aya_ebpf::bindings::{pt_regs, user_pt_regs};
+        let x = |i: usize| offset_of!(pt_regs, user_regs) + offset_of!(user_pt_regs, regs) + 8 * i;
+        [offset_of!(pt_regs, orig_x0), x(1), x(2), x(3), x(4)]
+    };
+    #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
+    let offset: [usize; 5] = {
+        // User space does not offer this rung on other architectures.
+        let _ = regs;
+        return 0;
+    };
+    if n >= offset.len() {
+        return 0;
+    }
+    kernel::read::<u64>(regs, offset[n] as u32).unwrap_or(0)
+}
+
 #[inline(always)]
 fn finish(ctx: &TracePointContext) {
     let key = aya_ebpf::helpers::bpf_get_current_pid_tgid();
@@ -90,6 +182,12 @@ fn finish(ctx: &TracePointContext) {
     if ret != -EMSGSIZE {
         return;
     }
+    report(key, &pending);
+}
+
+/// A refused send of the current task (`key`: its pid_tgid) into the ring buffer.
+#[inline(always)]
+fn report(key: u64, pending: &PendingSend) {
     let Some(mut entry) = events::reserve::<SendErrorEvent>(EventKind::SendError) else {
         return;
     };
@@ -97,8 +195,6 @@ fn finish(ctx: &TracePointContext) {
     // SAFETY: `event` points to a reserved, exclusively owned ring-buffer record; every field
     // is written before submit. User memory is only read through bpf_probe_read_user.
     unsafe {
-        (*event).header.kind = EventKind::SendError as u32;
-        (*event).header.ktime_ns = bpf_ktime_get_ns();
         (*event).header.netns = kernel::task_netns(&kernel::offsets());
         (*event).tgid = (key >> 32) as u32;
         (*event).pid = key as u32;
@@ -201,8 +297,6 @@ fn report_kernel_send(call: SendCall, sk: *const u8, msg: *const u8, len: u64) {
     // SAFETY: `event` points to a reserved, exclusively owned ring-buffer record; every field
     // is written before submit. Kernel memory is only read through bpf_probe_read_kernel.
     unsafe {
-        (*event).header.kind = EventKind::SendError as u32;
-        (*event).header.ktime_ns = bpf_ktime_get_ns();
         (*event).header.netns = kernel::task_netns(&o);
         (*event).tgid = (pid_tgid >> 32) as u32;
         (*event).pid = pid_tgid as u32;

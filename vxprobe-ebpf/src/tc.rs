@@ -1,28 +1,32 @@
 //! TC classifiers: the per-hop view of the datapath. Attached at ingress and egress of every
 //! selected device; they count per hop and per flow (inner flow for tunnel traffic), report
 //! fragments and oversized packets, and always hand the packet on unchanged.
+//!
+//! Per packet: the device's entry (an array slot by ifindex), the headers parsed straight into
+//! the flow key on the stack, the hop's per-CPU counters, the flow's per-CPU cache slot. What
+//! happens to few packets (fragments, events, a flow taking a cache slot) is out of line, so
+//! the common path keeps its registers.
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
-    helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use vxprobe_common::{
-    DeviceInfo, Direction, EventKind, FlowCounters, FlowFilter, FlowKey, FragInfo, FragKey,
-    HopCounters, HopEvent, LOW_IFINDEXES, MAX_DEVICES, MAX_HOPS, OuterHeader, SNAP_LEN, hop_index,
+    Counters, DeviceInfo, Direction, EventKind, FlowCounters, FlowFilter, FlowKey, FragInfo,
+    FragKey, HopEvent, LOW_IFINDEXES, MAX_DEVICES, MAX_HOPS, OuterHeader, SNAP_LEN, hop_index,
 };
 
 use crate::{
     events,
-    flows::{self, clean},
-    parse::{self, Ip, Packet, Spill, addr_bytes, addr_words},
+    flows::{self, store_outer},
+    parse::{self, Facts, Frag, Spill, copy_addr, set_proto_family},
 };
 
 /// Per hop, at [`hop_index`]: user space gives each device a slot.
 #[map]
-static HOP_STATS: PerCpuArray<HopCounters> = PerCpuArray::with_max_entries(MAX_HOPS, 0);
+static HOP_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_HOPS, 0);
 
 /// What the first fragment of a packet told, for the fragments after it.
 #[map]
@@ -51,129 +55,146 @@ const PASS_ON: i32 = TC_ACT_UNSPEC;
 
 #[classifier]
 pub fn vxprobe_tc_ingress(ctx: TcContext) -> i32 {
-    observe(&ctx, Direction::Ingress);
+    observe::<{ step::ALL }>(&ctx, Direction::Ingress);
     PASS_ON
 }
 
 #[classifier]
 pub fn vxprobe_tc_egress(ctx: TcContext) -> i32 {
-    observe(&ctx, Direction::Egress);
+    observe::<{ step::ALL }>(&ctx, Direction::Egress);
     PASS_ON
 }
 
-/// Per-CPU working memory for one program run (the BPF stack is 512 bytes).
+/// How far [`observe`] goes: vxprobe's programs do it all; the benchmark's yardsticks
+/// (`yardstick.rs`) stop after a step, to show what each step costs on the same packets.
+pub mod step {
+    /// Looks up the device and reads the packet's length and GSO segments.
+    pub const DEVICE: u8 = 1;
+    /// ... and parses the headers (and applies the filter).
+    pub const PARSE: u8 = 2;
+    /// ... and counts the hop.
+    pub const HOP: u8 = 3;
+    /// ... and counts the flow, and reports fragments and oversized packets: vxprobe.
+    pub const ALL: u8 = 4;
+}
+
+/// Per-CPU working memory for one program run: the flow key and what the parse found. Not
+/// the stack: with misaligned loads allowed (vxprobe-ebpf's build.rs), LLVM merges stores of
+/// neighbouring fields into wider ones at odd offsets, which the verifier accepts in a map
+/// value and refuses on the stack.
 struct Scratch {
-    packet: Packet,
+    key: FlowKey,
+    facts: Facts,
     spill: Spill,
-    frag: FragInfo,
-    flow: FlowCounters,
+    frag_key: FragKey,
+    frag_info: FragInfo,
+    /// A flow's counters when there is no cache slot to count them in.
+    spare: FlowCounters,
 }
 
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-fn observe(ctx: &TcContext, direction: Direction) {
-    // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed to this program; these are plain
-    // fields of the context, readable by every TC program.
-    let (ifindex, gso_segs) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_segs) };
+pub fn observe<const UPTO: u8>(ctx: &TcContext, direction: Direction) {
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed to this program; a plain field
+    // of the context, readable by every TC program.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let len = ctx.len();
-    let known = device_info(ifindex);
     // A device user space has let go of (its programs are being detached): flows only.
-    let device = known.unwrap_or_default();
-    let hop = known.map(|d| hop_index(d.slot, direction));
+    let device = device_info(ifindex);
+    if UPTO == step::DEVICE {
+        // SAFETY: as above.
+        let gso_segs = unsafe { (*ctx.skb.skb).gso_segs };
+        core::hint::black_box(len ^ gso_segs ^ device.mtu ^ device.l3 ^ device.slot);
+        return;
+    }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's scratch slot; programs on one CPU do not preempt each other, so no
     // one else uses it during this run.
     let scratch = unsafe { &mut *scratch };
-    let is_ip = parse::packet(ctx, device.l3 != 0, &mut scratch.packet, &mut scratch.spill);
+    scratch.key.ifindex = ifindex;
+    scratch.key.direction = direction as u8;
+    let (key, facts) = (&mut scratch.key, &mut scratch.facts);
+    let is_ip = parse::packet(ctx, device.l3 != 0, key, facts, &mut scratch.spill);
     let filter = filter();
-    if filter.flags != 0 && !(is_ip && matches(&filter, &scratch.packet)) {
+    if filter.flags != 0 && !(is_ip && matches(&filter, key, &facts.outer)) {
+        return;
+    }
+    if UPTO == step::PARSE {
+        core::hint::black_box(u32::from(is_ip));
         return;
     }
 
-    let segs = u64::from(gso_segs.max(1));
+    let fragment = is_ip
+        && (facts.frag.is_fragment() || facts.outer.family != 0 && facts.outer_frag.is_fragment());
     let link_header = if device.l3 != 0 { 0 } else { 14 };
+    // SAFETY: as above.
+    let gso_segs = unsafe { (*ctx.skb.skb).gso_segs };
     let oversize = is_ip && gso_segs <= 1 && device.mtu != 0 && len > device.mtu + link_header;
-    let fragment = is_ip && is_fragment(&scratch.packet);
-    // Every field from a value computed above: LLVM merges runs of constant zero stores into
-    // memset calls, which the BPF target turns into a byte-by-byte loop.
-    let sample = HopCounters {
+    let sample = Counters {
         packets: 1,
         bytes: u64::from(len),
-        segs,
+        segs: u64::from(gso_segs.max(1)),
         fragments: u64::from(fragment),
         oversize: u64::from(oversize),
         max_len: len,
         max_epoch: EPOCH.get(0).copied().unwrap_or(0),
     };
-    if !is_ip {
-        count_hop(hop, &sample);
+    if device.known != 0
+        && let Some(counters) = HOP_STATS.get_ptr_mut(hop_index(device.slot, direction))
+    {
+        // SAFETY: a per-CPU slot: only this CPU writes it while this program runs.
+        unsafe { (*counters).merge(&sample) };
+    }
+    if UPTO == step::HOP || !is_ip {
         return;
     }
     if fragment {
-        let ip = fragment_of(&scratch.packet);
-        remember_or_recall(&ip, &mut scratch.packet, &mut scratch.frag);
+        remember_or_recall(scratch);
     }
-    let packet = &scratch.packet;
-    count_hop(hop, &sample);
-
-    let key = flow_key(ifindex, direction as u8, &packet.flow);
-    flows::count(&key, &sample, &packet.outer, &mut scratch.flow);
-
+    let (key, facts) = (&scratch.key, &scratch.facts);
+    flows::count(key, &sample, &facts.outer, &mut scratch.spare);
     if fragment || oversize {
-        let kind = if oversize {
-            EventKind::HopOversize
+        let (kind, frag) = if oversize {
+            (EventKind::HopOversize, Frag::default())
+        } else if facts.frag.is_fragment() {
+            (EventKind::Fragment, facts.frag)
         } else {
-            EventKind::Fragment
+            (EventKind::Fragment, facts.outer_frag)
         };
-        let frag = if fragment {
-            fragment_of(packet)
-        } else {
-            packet.flow
-        };
-        report(
-            ctx,
-            kind,
-            &key,
-            &packet.outer,
+        let what = Report {
+            kind: kind as u32,
             len,
-            device.mtu,
+            mtu: device.mtu,
             gso_segs,
-            &frag,
-        );
+            frag_offset: frag.offset,
+            frag_more: frag.more,
+        };
+        report(ctx, &what, key, &facts.outer);
     }
 }
 
-/// `flow`'s key at the hop of `ifindex` and `direction`.
+/// What user space said about the device (`known` 0: nothing).
 #[inline(always)]
-fn flow_key(ifindex: u32, direction: u8, flow: &Ip) -> FlowKey {
-    FlowKey {
-        ifindex,
-        direction,
-        proto: flow.proto,
-        family: flow.family,
-        _pad: 0,
-        sport: flow.sport,
-        dport: flow.dport,
-        src: addr_bytes(&flow.src),
-        dst: addr_bytes(&flow.dst),
+fn device_info(ifindex: u32) -> DeviceInfo {
+    let found = if ifindex < LOW_IFINDEXES {
+        DEVICE_INFO_LOW.get_ptr(ifindex)
+    } else {
+        DEVICE_INFO.get_ptr(&ifindex)
+    };
+    match found {
+        // SAFETY: a value of a map only user space writes, copied out at once.
+        Some(info) => unsafe { *info },
+        None => DeviceInfo {
+            mtu: 0,
+            l3: 0,
+            slot: 0,
+            known: 0,
+        },
     }
-}
-
-/// What user space said about the device, if it described it.
-#[inline(always)]
-fn device_info(ifindex: u32) -> Option<DeviceInfo> {
-    if ifindex < LOW_IFINDEXES {
-        return DEVICE_INFO_LOW
-            .get(ifindex)
-            .copied()
-            .filter(|d| d.known != 0);
-    }
-    // SAFETY: a lookup in a map only user space writes; the value is copied out at once.
-    unsafe { DEVICE_INFO.get(&ifindex) }.copied()
 }
 
 #[inline(always)]
@@ -182,161 +203,141 @@ fn filter() -> FlowFilter {
     unsafe { core::ptr::read_volatile(&FILTER) }
 }
 
+/// Four word compares: a `==` on the byte arrays would be a memcmp call, which BPF has not.
 #[inline(always)]
-fn matches(filter: &FlowFilter, p: &Packet) -> bool {
-    let outer = &p.outer;
+fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let (a, b) = (a.as_ptr().cast::<u32>(), b.as_ptr().cast::<u32>());
+    // SAFETY: as in parse's `copy_addr`: addresses sit 4-aligned in their structs.
+    unsafe { (0..4).all(|i| a.add(i).read() == b.add(i).read()) }
+}
+
+#[inline(always)]
+fn matches(filter: &FlowFilter, key: &FlowKey, outer: &OuterHeader) -> bool {
     let tunneled = outer.family != 0;
     if filter.flags & FlowFilter::HOST != 0 {
         let host = &filter.host;
-        let words = addr_words(host);
-        let inner = p.flow.src == words || p.flow.dst == words;
-        let outer_hit = tunneled && (outer.src == *host || outer.dst == *host);
+        let inner = same_addr(&key.src, host) || same_addr(&key.dst, host);
+        let outer_hit = tunneled && (same_addr(&outer.src, host) || same_addr(&outer.dst, host));
         if !(inner || outer_hit) {
             return false;
         }
     }
     if filter.flags & FlowFilter::PORT != 0 {
         let port = filter.port;
-        let inner = p.flow.sport == port || p.flow.dport == port;
+        let inner = key.sport == port || key.dport == port;
         let outer_hit = tunneled && (outer.sport == port || outer.dport == port);
         if !(inner || outer_hit) {
             return false;
         }
     }
-    if filter.flags & FlowFilter::PROTO != 0 && p.flow.proto != filter.proto {
+    if filter.flags & FlowFilter::PROTO != 0 && key.proto != filter.proto {
         return false;
     }
     true
-}
-
-/// Whether the packet is an IP fragment: its outer header (tunnel packets split on the
-/// underlay) or the flow's own.
-#[inline(always)]
-fn is_fragment(packet: &Packet) -> bool {
-    is_outer_fragment(packet) || packet.flow.is_fragment()
-}
-
-/// Whether the fragmented header is a tunnel packet's outer one (split on the underlay).
-#[inline(always)]
-fn is_outer_fragment(packet: &Packet) -> bool {
-    packet.outer_ip.family != 0 && packet.outer_ip.is_fragment()
-}
-
-/// The IP header that is fragmented (of a packet [`is_fragment`] said is one).
-#[inline(always)]
-fn fragment_of(packet: &Packet) -> Ip {
-    if is_outer_fragment(packet) {
-        packet.outer_ip
-    } else {
-        packet.flow
-    }
 }
 
 /// First fragments record their flow; later ones (no transport header) take it back. The
 /// tunnel header is recorded only when the tunnel's own outer header is the fragmented one:
 /// a later outer fragment carries no UDP header to find it in. An inner packet's fragments
 /// are the same fragments at every hop, in the tunnel on the underlay and not on the pod's
-/// veth: there they keep the tunnel header they have, or none.
-#[inline(always)]
-fn remember_or_recall(ip: &Ip, packet: &mut Packet, info: &mut FragInfo) {
-    let key = FragKey {
-        id: ip.frag_id,
-        proto: ip.proto,
-        family: ip.family,
-        _pad: 0,
-        src: addr_bytes(&ip.src),
-        dst: addr_bytes(&ip.dst),
+/// veth: there they keep the tunnel header they have, or none. Out of line: fragments are
+/// few, and their map work would take the common path's registers.
+#[inline(never)]
+fn remember_or_recall(scratch: &mut Scratch) {
+    let Scratch {
+        key,
+        facts,
+        frag_key,
+        frag_info,
+        ..
+    } = scratch;
+    // The fragmented header: the tunnel's outer one (a UDP datagram), or the flow's own.
+    let outer_fragmented = facts.outer.family != 0 && facts.outer_frag.is_fragment();
+    let frag = if outer_fragmented {
+        frag_key.proto = vxprobe_common::wire::IPPROTO_UDP;
+        frag_key.family = facts.outer.family;
+        copy_addr(&mut frag_key.src, &facts.outer.src);
+        copy_addr(&mut frag_key.dst, &facts.outer.dst);
+        facts.outer_frag
+    } else {
+        frag_key.proto = key.proto;
+        frag_key.family = key.family;
+        copy_addr(&mut frag_key.src, &key.src);
+        copy_addr(&mut frag_key.dst, &key.dst);
+        facts.frag
     };
-    if ip.has_transport() {
+    frag_key.id = frag.id;
+    frag_key._pad = 0;
+    if frag.has_transport() {
         // The flow alone, not at a hop: later fragments are the same at every hop.
-        info.flow = flow_key(0, 0, &packet.flow);
-        info.outer = if is_outer_fragment(packet) {
-            clean(&packet.outer)
+        frag_info.flow = *key;
+        frag_info.flow.ifindex = 0;
+        frag_info.flow.direction = 0;
+        if outer_fragmented {
+            store_outer(&mut frag_info.outer, &facts.outer);
         } else {
-            OuterHeader::default()
-        };
-        let _ = FRAGMENTS.insert(&key, info, 0);
-    } else if let Some(stored) = FRAGMENTS.get_ptr(&key) {
+            store_outer(&mut frag_info.outer, &NO_TUNNEL);
+        }
+        let _ = FRAGMENTS.insert(frag_key, frag_info, 0);
+    } else if let Some(stored) = FRAGMENTS.get_ptr(frag_key) {
         // SAFETY: a valid map value pointer for the duration of this program run.
         let info = unsafe { &*stored };
-        packet.flow.proto = info.flow.proto;
-        packet.flow.family = info.flow.family;
-        packet.flow.sport = info.flow.sport;
-        packet.flow.dport = info.flow.dport;
-        packet.flow.src = addr_words(&info.flow.src);
-        packet.flow.dst = addr_words(&info.flow.dst);
+        set_proto_family(key, info.flow.proto, info.flow.family);
+        key.sport = info.flow.sport;
+        key.dport = info.flow.dport;
+        copy_addr(&mut key.src, &info.flow.src);
+        copy_addr(&mut key.dst, &info.flow.dst);
         if info.outer.family != 0 {
-            // SAFETY: two distinct OuterHeaders (a map value, this CPU's scratch); an explicit
-            // non-overlapping copy, where an assignment between map values became a memmove
-            // call (a byte loop on BPF).
-            unsafe { core::ptr::copy_nonoverlapping(&info.outer, &mut packet.outer, 1) };
+            store_outer(&mut facts.outer, &info.outer);
         }
     }
 }
 
-#[inline(always)]
-fn count_hop(hop: Option<u32>, sample: &HopCounters) {
-    let Some(counters) = hop.and_then(|index| HOP_STATS.get_ptr_mut(index)) else {
-        return;
-    };
-    // SAFETY: a per-CPU slot: only this CPU writes it while this program runs.
-    unsafe { add(&mut *counters, sample) }
-}
+/// A tunnel header's family says there is none.
+static NO_TUNNEL: OuterHeader = OuterHeader {
+    family: 0,
+    _pad: [0; 3],
+    vni: 0,
+    sport: 0,
+    dport: 0,
+    src: [0; 16],
+    dst: [0; 16],
+};
 
-#[inline(always)]
-fn add(counters: &mut HopCounters, sample: &HopCounters) {
-    counters.packets += sample.packets;
-    counters.bytes += sample.bytes;
-    counters.segs += sample.segs;
-    counters.fragments += sample.fragments;
-    counters.oversize += sample.oversize;
-    raise_max(&mut counters.max_len, &mut counters.max_epoch, sample);
-}
-
-/// The largest packet of the current epoch: a new epoch starts over.
-#[inline(always)]
-pub fn raise_max(max_len: &mut u32, max_epoch: &mut u32, sample: &HopCounters) {
-    if *max_epoch != sample.max_epoch {
-        *max_epoch = sample.max_epoch;
-        *max_len = sample.max_len;
-    } else if sample.max_len > *max_len {
-        *max_len = sample.max_len;
-    }
-}
-
-#[inline(always)]
-#[allow(
-    clippy::too_many_arguments,
-    reason = "a flat record filled in one place"
-)]
-fn report(
-    ctx: &TcContext,
-    kind: EventKind,
-    key: &FlowKey,
-    outer: &OuterHeader,
+/// What a hop event says besides the flow and the tunnel header.
+struct Report {
+    kind: u32,
     len: u32,
     mtu: u32,
     gso_segs: u32,
-    frag: &Ip,
-) {
+    frag_offset: u32,
+    frag_more: u32,
+}
+
+/// A fragment or an oversized packet, with its first bytes, into the ring buffer. Out of
+/// line, as `remember_or_recall`.
+#[inline(never)]
+fn report(ctx: &TcContext, what: &Report, key: &FlowKey, outer: &OuterHeader) {
+    let kind = if what.kind == EventKind::HopOversize as u32 {
+        EventKind::HopOversize
+    } else {
+        EventKind::Fragment
+    };
     let Some(mut entry) = events::reserve::<HopEvent>(kind) else {
         return;
     };
     let event = entry.as_mut_ptr();
-    // SAFETY: `event` points to a reserved, exclusively owned ring-buffer record; every field
-    // is written before submit.
+    // SAFETY: `event` points to a reserved, exclusively owned ring-buffer record whose header
+    // `reserve` wrote; every other field is written before submit.
     unsafe {
-        (*event).header.kind = kind as u32;
-        (*event).header.netns = 0;
-        (*event).header.ktime_ns = bpf_ktime_get_ns();
         (*event).flow = *key;
-        (*event).outer = clean(outer);
-        (*event).len = len;
-        (*event).mtu = mtu;
-        (*event).gso_segs = gso_segs;
-        (*event).frag_offset = frag.frag_offset;
-        (*event).frag_more = u32::from(frag.frag_more);
-        (*event).cap_len = copy_frame(ctx, &mut (*event).frame, len);
+        store_outer(&mut (*event).outer, outer);
+        (*event).len = what.len;
+        (*event).mtu = what.mtu;
+        (*event).gso_segs = what.gso_segs;
+        (*event).frag_offset = what.frag_offset;
+        (*event).frag_more = what.frag_more;
+        (*event).cap_len = copy_frame(ctx, &mut (*event).frame, what.len);
     }
     events::submit(entry);
 }

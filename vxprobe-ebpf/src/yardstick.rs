@@ -33,3 +33,23 @@ pub fn vxprobe_yardstick_count_tc(ctx: TcContext) -> i32 {
     }
     TC_ACT_UNSPEC
 }
+
+/// vxprobe's own TC program cut short after a step (`tc::step`): what the device lookup, the
+/// parse and the hop's counters each add, on the same hooks and packets as the real one.
+#[classifier]
+pub fn vxprobe_step_device_tc(ctx: TcContext) -> i32 {
+    crate::tc::observe::<{ crate::tc::step::DEVICE }>(&ctx, vxprobe_common::Direction::Ingress);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn vxprobe_step_parse_tc(ctx: TcContext) -> i32 {
+    crate::tc::observe::<{ crate::tc::step::PARSE }>(&ctx, vxprobe_common::Direction::Ingress);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn vxprobe_step_hop_tc(ctx: TcContext) -> i32 {
+    crate::tc::observe::<{ crate::tc::step::HOP }>(&ctx, vxprobe_common::Direction::Ingress);
+    TC_ACT_UNSPEC
+}

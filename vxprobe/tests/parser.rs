@@ -162,7 +162,10 @@ fn plain_udp_and_tcp() {
     let (flow, c) = only_flow(&frame4(17, POD_A, POD_B, 1, 1111, 53, b"q"));
     assert_eq!((flow.proto, flow.sport, flow.dport), (17, 1111, 53));
     assert_eq!((flow.src, flow.dst), (ip("198.19.1.2"), ip("198.19.2.2")));
-    assert_eq!((c.packets, c.fragments, c.outer.family), (1, 0, 0));
+    assert_eq!(
+        (c.counters.packets, c.counters.fragments, c.outer.family),
+        (1, 0, 0)
+    );
 }
 
 /// (BPF_PROG_TEST_RUN itself refuses frames whose IP header is incomplete, so the cuts are
@@ -214,13 +217,16 @@ fn ipv6_extension_headers_and_fragment_header() {
     let (flow, c) = only_flow(&eth(0x86dd, &ipv6(0, "fd00::1", "fd00::2", &ext)));
     assert_eq!((flow.proto, flow.sport, flow.dport), (17, 5000, 6000));
     assert_eq!(flow.src, ip("fd00::1"));
-    assert_eq!(c.fragments, 0);
+    assert_eq!(c.counters.fragments, 0);
 
     // A first fragment (offset 0, M=1) keeps its ports and counts as a fragment.
     let mut frag = vec![17, 0, 0x00, 0x01, 0, 0, 0, 42];
     frag.extend(l4(5000, 6000, &[0; 32]));
     let (flow, c) = only_flow(&eth(0x86dd, &ipv6(44, "fd00::1", "fd00::2", &frag)));
-    assert_eq!((flow.sport, flow.dport, c.fragments), (5000, 6000, 1));
+    assert_eq!(
+        (flow.sport, flow.dport, c.counters.fragments),
+        (5000, 6000, 1)
+    );
 }
 
 #[test]
@@ -237,7 +243,7 @@ fn later_ipv4_fragments_take_the_ports_of_the_first() {
     assert_eq!(flows.len(), 1, "both fragments are one flow: {flows:?}");
     let (key, c) = flows.into_iter().next().unwrap();
     assert_eq!((key.sport, key.dport), (1234, 7777));
-    assert_eq!((c.packets, c.fragments), (2, 2));
+    assert_eq!((c.counters.packets, c.counters.fragments), (2, 2));
 }
 
 #[test]

@@ -12,16 +12,16 @@ use aya::{
     Pod,
     maps::{IterableMap as _, MapData, PerCpuHashMap, PerCpuValues},
 };
-use vxprobe_common::{FlowCounters, HopCounters};
+use vxprobe_common::FlowCounters;
 
 /// Counter structs that can be summed over CPUs.
 pub trait Counters: Pod + Default + Copy {
     fn merge(&mut self, other: &Self);
 }
 
-impl Counters for HopCounters {
+impl Counters for vxprobe_common::Counters {
     fn merge(&mut self, other: &Self) {
-        HopCounters::merge(self, other);
+        vxprobe_common::Counters::merge(self, other);
     }
 }
 

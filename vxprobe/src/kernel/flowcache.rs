@@ -199,7 +199,7 @@ impl CacheMerge {
                         counters: FlowSeen::of(&slot.counters, 0),
                         live: true,
                     };
-                    if delta.packets > 0 {
+                    if delta.counters.packets > 0 {
                         out(&slot.key, &delta);
                     }
                 }
@@ -369,7 +369,7 @@ mod tests {
     fn key(port: u16) -> FlowKey {
         FlowKey {
             ifindex: 3,
-            family: 4,
+            family: vxprobe_common::AF_INET,
             proto: 17,
             sport: port,
             dport: 9,
@@ -379,9 +379,12 @@ mod tests {
 
     fn counted(packets: u64) -> FlowCounters {
         FlowCounters {
-            packets,
-            bytes: packets * 100,
-            segs: packets,
+            counters: vxprobe_common::Counters {
+                packets,
+                bytes: packets * 100,
+                segs: packets,
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -465,12 +468,12 @@ mod tests {
                 if self.merge.settle(&k, &[value], &mut delta) {
                     pending.add(&k, &delta);
                 } else {
-                    *self.total.entry(k).or_default() += delta.packets;
+                    *self.total.entry(k).or_default() += delta.counters.packets;
                 }
             }
             self.merge.deltas(self.epoch, |k, d| pending.add(k, d));
             for (k, d) in pending.drain() {
-                *self.total.entry(k).or_default() += d.packets;
+                *self.total.entry(k).or_default() += d.counters.packets;
             }
             self.epoch += 1;
         }
@@ -608,7 +611,7 @@ mod tests {
         let mut delta = counted(3);
         assert!(!merge.settle(&key(1), &[counted(0), in_map], &mut delta));
         let mut from_cache = 0;
-        merge.deltas(1, |_, d| from_cache += d.packets);
+        merge.deltas(1, |_, d| from_cache += d.counters.packets);
         assert_eq!(from_cache, 0, "CPU 2's slot is already in the map");
         assert_eq!(parse_cpu_list("0-1,4").unwrap(), vec![0, 1, 4]);
         assert_eq!(parse_cpu_list("0").unwrap(), vec![0]);

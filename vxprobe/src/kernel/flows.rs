@@ -197,7 +197,7 @@ impl FlowStats {
             let mut delta = delta;
             if cache.settle(key, per_cpu, &mut delta) {
                 pending.add(key, &delta);
-            } else if delta.packets > 0
+            } else if delta.counters.packets > 0
                 && let Err(e) = out(key, &delta)
             {
                 failed = Some(e);
@@ -222,7 +222,7 @@ impl FlowStats {
             }
         });
         for (key, delta) in pending.drain() {
-            if delta.packets > 0 {
+            if delta.counters.packets > 0 {
                 out(&key, &delta)?;
             }
         }
@@ -295,12 +295,15 @@ mod tests {
 
     fn counters(packets: u64, fragments: u64) -> FlowCounters {
         FlowCounters {
-            packets,
-            bytes: packets * 100,
-            segs: packets,
-            fragments,
-            max_len: 1500,
-            max_epoch: 7,
+            counters: vxprobe_common::Counters {
+                packets,
+                bytes: packets * 100,
+                segs: packets,
+                fragments,
+                max_len: 1500,
+                max_epoch: 7,
+                ..Default::default()
+            },
             ..Default::default()
         }
     }

@@ -5,26 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, PerCpuValues};
-use vxprobe_common::{Direction, HopCounters, HopKey, MAX_DEVICES, hop_index, names};
+use vxprobe_common::{Counters, Direction, HopKey, MAX_DEVICES, hop_index, names};
 
 use super::batch::sum;
-
-/// `now - before`; the maximum is kept only if it belongs to `epoch`.
-fn hop_delta(now: &HopCounters, before: &HopCounters, epoch: u32) -> HopCounters {
-    HopCounters {
-        packets: now.packets.saturating_sub(before.packets),
-        bytes: now.bytes.saturating_sub(before.bytes),
-        segs: now.segs.saturating_sub(before.segs),
-        fragments: now.fragments.saturating_sub(before.fragments),
-        oversize: now.oversize.saturating_sub(before.oversize),
-        max_len: if now.max_epoch == epoch {
-            now.max_len
-        } else {
-            0
-        },
-        max_epoch: epoch,
-    }
-}
 
 /// Which slot of the kernel's per-hop counter array each observed device counts in. A slot
 /// stays taken until its device's last interval was reported ([`HopStats::forget`]).
@@ -70,8 +53,8 @@ impl HopSlots {
 
 /// The per-hop counter array and the totals last seen (two entries per device).
 pub struct HopStats {
-    map: PerCpuArray<MapData, HopCounters>,
-    last: BTreeMap<HopKey, HopCounters>,
+    map: PerCpuArray<MapData, Counters>,
+    last: BTreeMap<HopKey, Counters>,
 }
 
 impl HopStats {
@@ -91,17 +74,14 @@ impl HopStats {
         &mut self,
         epoch: u32,
         devices: impl IntoIterator<Item = (u32, u32)>,
-    ) -> anyhow::Result<BTreeMap<HopKey, HopCounters>> {
+    ) -> anyhow::Result<BTreeMap<HopKey, Counters>> {
         let mut totals = BTreeMap::new();
         for (ifindex, slot) in devices {
             for direction in [Direction::Ingress, Direction::Egress] {
                 let index = hop_index(slot, direction);
                 let per_cpu =
                     super::retry::read(|| self.map.get(&index, 0)).context("reading HOP_STATS")?;
-                let key = HopKey {
-                    ifindex,
-                    direction: direction as u32,
-                };
+                let key = HopKey::new(ifindex, direction);
                 totals.insert(key, sum(&per_cpu));
             }
         }
@@ -109,7 +89,7 @@ impl HopStats {
             .iter()
             .filter_map(|(key, now)| {
                 let before = self.last.get(key).copied().unwrap_or_default();
-                let delta = hop_delta(now, &before, epoch);
+                let delta = now.delta(&before, epoch);
                 (delta.packets > 0).then_some((*key, delta))
             })
             .collect();
@@ -122,11 +102,8 @@ impl HopStats {
     pub fn forget(&mut self, ifindex: u32, slot: u32) -> anyhow::Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         for direction in [Direction::Ingress, Direction::Egress] {
-            self.last.remove(&HopKey {
-                ifindex,
-                direction: direction as u32,
-            });
-            let zeros = PerCpuValues::try_from(vec![HopCounters::default(); cpus])?;
+            self.last.remove(&HopKey::new(ifindex, direction));
+            let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus])?;
             self.map
                 .set(hop_index(slot, direction), zeros, 0)
                 .context("clearing a slot of HOP_STATS")?;

@@ -114,6 +114,15 @@ const LADDERS: &[(&str, &[Rung])] = &[
                     (names::UDP_SENDMSG_FEXIT, "udp_sendmsg"),
                 ],
             },
+            // The exits alone, where the kernel hands out the saved registers (5.15+): a send
+            // that succeeds costs one compare, not a map update and a map lookup.
+            Rung {
+                hook: HookType::Tracepoint,
+                programs: &[
+                    (names::SENDTO_EXIT_REGS, "syscalls/sys_exit_sendto"),
+                    (names::SENDMSG_EXIT_REGS, "syscalls/sys_exit_sendmsg"),
+                ],
+            },
             Rung {
                 hook: HookType::Tracepoint,
                 programs: &[
@@ -280,6 +289,12 @@ impl Probes {
                 prog.attach(target).context("attach")?;
             }
             HookType::Tracepoint => {
+                // The saved registers are read at offsets known for these two only.
+                if [names::SENDTO_EXIT_REGS, names::SENDMSG_EXIT_REGS].contains(&program_name)
+                    && !cfg!(any(target_arch = "x86_64", target_arch = "aarch64"))
+                {
+                    anyhow::bail!("system call registers are read on x86-64 and arm64 only");
+                }
                 ensure_tracefs()?;
                 let (category, name) = target.split_once('/').context("category/name")?;
                 let prog = program::<TracePoint>(&mut self.ebpf, program_name)?;

@@ -51,7 +51,7 @@ impl Default for Tables {
         Self {
             max_flows: vxprobe_common::MAX_FLOWS,
             flow_cache_slots: None,
-            ring_size: 4096,
+            ring_size: vxprobe_common::RING_SIZE,
         }
     }
 }

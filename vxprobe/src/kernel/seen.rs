@@ -1,7 +1,7 @@
 //! What was seen of a flow's counters at the last read: enough to turn the next read into a
 //! delta, kept compact (40 bytes) for every flow entry and every flow cache slot.
 
-use vxprobe_common::FlowCounters;
+use vxprobe_common::{Counters, FlowCounters};
 
 /// What is kept of a flow entry between reads besides its key's hash (and of a flow cache
 /// slot's holder, [`crate::kernel::flowcache`]): the additive counters, 40 bytes (a `FlowKey` and
@@ -20,6 +20,7 @@ pub struct FlowSeen {
 
 impl FlowSeen {
     pub fn of(c: &FlowCounters, read: u32) -> Self {
+        let c = &c.counters;
         Self {
             packets: c.packets,
             bytes: c.bytes,
@@ -36,33 +37,41 @@ impl FlowSeen {
     /// (each packet adds at most one of each). Without that check a recreated entry with fewer
     /// fragments than seen read as four billion of them.
     pub fn since(&self, now: &FlowCounters, epoch: u32) -> FlowCounters {
-        let delta = self.delta(now, epoch);
-        let continues = now.packets >= self.packets
-            && now.bytes >= self.bytes
-            && now.segs >= self.segs
-            && delta.fragments <= delta.packets
-            && delta.oversize <= delta.packets;
+        let c = &now.counters;
+        // Fragments and oversize as the low 32 bits give them: right across a wrap.
+        let since_low = |low: u32, now: u64| u64::from((now as u32).wrapping_sub(low));
+        let continues = c.packets >= self.packets
+            && c.bytes >= self.bytes
+            && c.segs >= self.segs
+            && since_low(self.fragments, c.fragments) <= c.packets - self.packets
+            && since_low(self.oversize, c.oversize) <= c.packets - self.packets;
         if continues {
-            delta
+            self.delta(now, epoch)
         } else {
             Self::default().delta(now, epoch)
         }
     }
 
-    /// `now` minus what was seen, with `now`'s gauges; the maximum only if it is `epoch`'s.
+    /// What was seen, as counters next to `now`: the rarely counted fragments and oversize
+    /// are kept as their low 32 bits, taken back to full width under `now`'s.
+    fn before(&self, now: &Counters) -> Counters {
+        let widen =
+            |low: u32, now: u64| now.saturating_sub(u64::from((now as u32).wrapping_sub(low)));
+        Counters {
+            packets: self.packets,
+            bytes: self.bytes,
+            segs: self.segs,
+            fragments: widen(self.fragments, now.fragments),
+            oversize: widen(self.oversize, now.oversize),
+            max_len: 0,
+            max_epoch: 0,
+        }
+    }
+
+    /// `now` minus what was seen ([`Counters::delta`]), with `now`'s tunnel header.
     pub fn delta(&self, now: &FlowCounters, epoch: u32) -> FlowCounters {
         FlowCounters {
-            packets: now.packets.saturating_sub(self.packets),
-            bytes: now.bytes.saturating_sub(self.bytes),
-            segs: now.segs.saturating_sub(self.segs),
-            fragments: u64::from((now.fragments as u32).wrapping_sub(self.fragments)),
-            oversize: u64::from((now.oversize as u32).wrapping_sub(self.oversize)),
-            max_len: if now.max_epoch == epoch {
-                now.max_len
-            } else {
-                0
-            },
-            max_epoch: epoch,
+            counters: now.counters.delta(&self.before(&now.counters), epoch),
             outer: now.outer,
             _pad: 0,
             generation: 0,
@@ -71,11 +80,10 @@ impl FlowSeen {
 
     /// Takes what was seen off a delta that includes it (additive counters only).
     pub fn take_off(&self, delta: &mut FlowCounters) {
-        delta.packets = delta.packets.saturating_sub(self.packets);
-        delta.bytes = delta.bytes.saturating_sub(self.bytes);
-        delta.segs = delta.segs.saturating_sub(self.segs);
-        delta.fragments = delta.fragments.saturating_sub(u64::from(self.fragments));
-        delta.oversize = delta.oversize.saturating_sub(u64::from(self.oversize));
+        let epoch = delta.counters.max_epoch;
+        let (max_len, before) = (delta.counters.max_len, self.before(&delta.counters));
+        delta.counters = delta.counters.delta(&before, epoch);
+        delta.counters.max_len = max_len;
     }
 }
 
@@ -85,12 +93,15 @@ mod tests {
 
     fn counters(packets: u64, fragments: u64) -> FlowCounters {
         FlowCounters {
-            packets,
-            bytes: packets * 100,
-            segs: packets,
-            fragments,
-            max_len: 1500,
-            max_epoch: 7,
+            counters: Counters {
+                packets,
+                bytes: packets * 100,
+                segs: packets,
+                fragments,
+                oversize: 0,
+                max_len: 1500,
+                max_epoch: 7,
+            },
             ..Default::default()
         }
     }
@@ -99,32 +110,33 @@ mod tests {
     fn deltas_from_what_was_seen() {
         let seen = FlowSeen::of(&counters(10, 2), 1);
         let d = seen.delta(&counters(15, 3), 7);
-        assert_eq!((d.packets, d.bytes, d.segs, d.fragments), (5, 500, 5, 1));
-        assert_eq!(d.max_len, 1500, "the maximum of this epoch");
+        let c = &d.counters;
+        assert_eq!((c.packets, c.bytes, c.segs, c.fragments), (5, 500, 5, 1));
+        assert_eq!(c.max_len, 1500, "the maximum of this epoch");
         assert_eq!(
-            seen.delta(&counters(15, 3), 8).max_len,
+            seen.delta(&counters(15, 3), 8).counters.max_len,
             0,
             "an older maximum"
         );
         // The low 32 bits kept of the fragments still give the delta across a wrap.
         let seen = FlowSeen::of(&counters(10, u64::from(u32::MAX)), 1);
-        assert_eq!(seen.delta(&counters(11, 1 << 32), 7).fragments, 1);
+        assert_eq!(seen.delta(&counters(11, 1 << 32), 7).counters.fragments, 1);
     }
     #[test]
     fn a_recreated_entry_counts_from_zero() {
         let seen = FlowSeen::of(&counters(10, 5), 1);
         // Fewer packets: evicted and created again, all it holds is new.
-        assert_eq!(seen.since(&counters(4, 1), 7).packets, 4);
+        assert_eq!(seen.since(&counters(4, 1), 7).counters.packets, 4);
         // More packets than seen but fewer fragments: created again, not 2^32 - 4 fragments.
-        let d = seen.since(&counters(12, 1), 7);
+        let d = seen.since(&counters(12, 1), 7).counters;
         assert_eq!((d.packets, d.fragments), (12, 1));
         // The same entry, counting on.
-        let d = seen.since(&counters(12, 6), 7);
+        let d = seen.since(&counters(12, 6), 7).counters;
         assert_eq!((d.packets, d.fragments), (2, 1));
         // More oversized packets than packets since: not the entry seen.
         let mut now = counters(11, 5);
-        now.oversize = 3;
-        assert_eq!(seen.since(&now, 7).oversize, 3);
+        now.counters.oversize = 3;
+        assert_eq!(seen.since(&now, 7).counters.oversize, 3);
     }
 
     #[test]

@@ -8,8 +8,9 @@ use std::{
 
 use serde::Serialize;
 use vxprobe_common::{
-    CsumEvent, CsumOrigin, Direction, DropEvent, EventKind, FlowKey, FragNeededEvent, HopEvent,
-    OuterHeader, PacketInfo, RetransmitEvent, SendCall, SendErrorEvent, SockFlow,
+    AF_INET, AF_INET6, AF_PACKET, CsumEvent, CsumOrigin, Direction, DropEvent, EventKind, FlowKey,
+    FragNeededEvent, HopEvent, OuterHeader, PacketInfo, RetransmitEvent, SendCall, SendErrorEvent,
+    SockFlow,
 };
 
 use crate::{
@@ -351,7 +352,7 @@ impl Enricher {
         let mut anomaly = Anomaly::new(kind, 0);
         anomaly.ktime_ns = event.header.ktime_ns;
         anomaly.netns = self.netns;
-        let direction = Direction::try_from(u32::from(event.flow.direction)).ok();
+        let direction = Direction::try_from(event.flow.direction).ok();
         anomaly.hop_direction = direction;
         anomaly.dir = direction.map(Direction::as_str);
         anomaly.ifindex = Some(event.flow.ifindex);
@@ -445,21 +446,14 @@ impl Enricher {
             pid: event.tgid,
             comm: c_string(&event.comm),
         });
-        const AF_INET: u16 = 2;
-        const AF_PACKET: u16 = 17;
-        const AF_INET6: u16 = 10;
-        let ip_family = match event.addr_family {
-            AF_INET => 4,
-            AF_INET6 => 6,
-            _ => 0,
-        };
-        anomaly.dest = ip_of(ip_family, &event.addr).map(|addr| Destination {
+        let family = u8::try_from(event.addr_family).unwrap_or(0);
+        anomaly.dest = ip_of(family, &event.addr).map(|addr| Destination {
             addr,
             port: event.addr_port,
         });
         // The kernel names the device from the destination or the socket's binding; if it
         // could not (no BTF for af_packet), ask /proc while the sender is still there.
-        let ifindex = match event.addr_family {
+        let ifindex = match family {
             AF_PACKET | 0 if event.addr_ifindex != 0 => Some(event.addr_ifindex),
             0 => self.devices.packet_socket(event.tgid, event.fd),
             _ => None,
@@ -481,10 +475,11 @@ fn c_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
+/// An address of `family` (`AF_*`, as every kernel struct holds it).
 fn ip_of(family: u8, raw: &[u8; 16]) -> Option<IpAddr> {
     match family {
-        4 => Some(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).into()),
-        6 => Some(Ipv6Addr::from(*raw).into()),
+        AF_INET => Some(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).into()),
+        AF_INET6 => Some(Ipv6Addr::from(*raw).into()),
         _ => None,
     }
 }
@@ -512,17 +507,11 @@ pub fn outer_of(outer: &OuterHeader) -> Option<Outer> {
 }
 
 fn sock_flow(flow: &SockFlow) -> Option<Flow> {
-    let addr = |raw: &[u8; 16]| -> Option<IpAddr> {
-        match flow.family {
-            2 => Some(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).into()),
-            10 => Some(Ipv6Addr::from(*raw).into()),
-            _ => None,
-        }
-    };
+    let family = u8::try_from(flow.family).ok()?;
     Some(Flow {
         proto: 6,
-        src: addr(&flow.saddr)?,
-        dst: addr(&flow.daddr)?,
+        src: ip_of(family, &flow.saddr)?,
+        dst: ip_of(family, &flow.daddr)?,
         sport: flow.sport,
         dport: flow.dport,
     })

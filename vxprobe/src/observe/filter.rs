@@ -45,11 +45,11 @@ impl FlowSelector {
             filter.flags |= FlowFilter::HOST;
             match host {
                 IpAddr::V4(v4) => {
-                    filter.host_family = 4;
+                    filter.host_family = vxprobe_common::AF_INET;
                     filter.host[..4].copy_from_slice(&v4.octets());
                 }
                 IpAddr::V6(v6) => {
-                    filter.host_family = 6;
+                    filter.host_family = vxprobe_common::AF_INET6;
                     filter.host = v6.octets();
                 }
             }
@@ -146,7 +146,10 @@ mod tests {
             k.flags,
             FlowFilter::HOST | FlowFilter::PORT | FlowFilter::PROTO
         );
-        assert_eq!((k.host_family, k.port, k.proto), (6, 4789, 6));
+        assert_eq!(
+            (k.host_family, k.port, k.proto),
+            (vxprobe_common::AF_INET6, 4789, 6)
+        );
         assert_eq!(FlowSelector::default().to_kernel(), FlowFilter::NONE);
     }
 }

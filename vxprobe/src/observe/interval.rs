@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use vxprobe_common::{Direction, FlowCounters, FlowKey, HopCounters, HopKey};
+use vxprobe_common::{Counters, Direction, FlowCounters, FlowKey, HopKey};
 
 use super::{
     anomaly::{Anomaly, AnomalyKind, flow_of, outer_of},
@@ -31,7 +31,7 @@ use crate::node::features::Offload;
 pub struct HopCount {
     pub hop: MetaHop,
     pub dir: Direction,
-    pub counters: HopCounters,
+    pub counters: Counters,
 }
 
 /// Distinct flows whose faults one interval keeps.
@@ -108,10 +108,7 @@ impl Interval {
             (Some(ifindex), Some(dir))
                 if anomaly.netns == self.netns && self.devices.contains(&ifindex) =>
             {
-                Some(HopKey {
-                    ifindex,
-                    direction: dir as u32,
-                })
+                Some(HopKey::new(ifindex, dir))
             }
             _ => None,
         };
@@ -159,10 +156,7 @@ impl Interval {
         let hops: Vec<HopReport> = counts
             .into_iter()
             .map(|c| {
-                let key = HopKey {
-                    ifindex: c.hop.ifindex,
-                    direction: c.dir as u32,
-                };
+                let key = HopKey::new(c.hop.ifindex, c.dir);
                 let faults = faults.remove(&key).unwrap_or_default();
                 HopReport {
                     loss_pct: judge::hop_loss_pct(c.dir, c.counters.packets, faults.drops),
@@ -199,17 +193,14 @@ impl Interval {
         key: &FlowKey,
         counters: &FlowCounters,
     ) -> Option<FlowReport> {
-        let dir = Direction::try_from(u32::from(key.direction)).ok()?;
+        let dir = Direction::try_from(key.direction).ok()?;
         let flow = flow_of(key)?;
         self.flows_seen.insert(&(hop.ifindex, dir, &flow));
         if let Some((_, crossed)) = self.retransmitting.get_mut(&flow) {
-            crossed.push(HopKey {
-                ifindex: hop.ifindex,
-                direction: dir as u32,
-            });
+            crossed.push(HopKey::new(hop.ifindex, dir));
         }
         Some(FlowReport {
-            mean_segment: mean_segment(counters.bytes, counters.segs),
+            mean_segment: mean_segment(counters.counters.bytes, counters.counters.segs),
             outer: outer_of(&counters.outer),
             hop,
             dir,
@@ -279,7 +270,7 @@ mod tests {
         HopCount {
             hop: hop(ifindex),
             dir,
-            counters: HopCounters {
+            counters: Counters {
                 packets,
                 bytes: packets * 100,
                 segs: packets,
@@ -361,7 +352,7 @@ mod tests {
         let key = |dir: Direction| FlowKey {
             ifindex: 5,
             direction: dir as u8,
-            family: 4,
+            family: vxprobe_common::AF_INET,
             proto: 17,
             sport: 40000,
             dport: 5555,
@@ -370,9 +361,12 @@ mod tests {
             ..Default::default()
         };
         let counters = FlowCounters {
-            packets: 4,
-            bytes: 400,
-            segs: 4,
+            counters: vxprobe_common::Counters {
+                packets: 4,
+                bytes: 400,
+                segs: 4,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let report = interval
@@ -381,10 +375,7 @@ mod tests {
         assert_eq!((report.flow, report.mean_segment), (flow(), 100));
         let end = interval.end(0, |_| true);
         assert_eq!(
-            end.hop_retransmits.get(&HopKey {
-                ifindex: 5,
-                direction: Direction::Ingress as u32
-            }),
+            end.hop_retransmits.get(&HopKey::new(5, Direction::Ingress)),
             Some(&3)
         );
     }

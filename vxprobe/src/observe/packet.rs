@@ -6,13 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
-pub const VXLAN_PORTS: [u16; 2] = [4789, 8472];
-pub const GENEVE_PORT: u16 = 6081;
-
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ICMPV6: u8 = 58;
+pub use vxprobe_common::wire::{GENEVE_PORT, VXLAN_PORTS};
+use vxprobe_common::wire::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Flow {
@@ -260,7 +255,7 @@ fn tunnel_payload(dport: u16, udp_payload: &[u8]) -> Option<(u32, &[u8])> {
     }
     if dport == GENEVE_PORT {
         let options = usize::from(udp_payload.first()? & 0x3f) * 4;
-        if be16(udp_payload, 2)? != 0x6558 {
+        if be16(udp_payload, 2)? != vxprobe_common::wire::ETH_P_TEB {
             return None; // not Transparent Ethernet Bridging
         }
         let vni = be32(udp_payload, 4)? >> 8;
@@ -274,14 +269,19 @@ pub fn parse_ethernet(frame: &[u8]) -> Option<&[u8]> {
     let mut ethertype = be16(frame, 12)?;
     let mut at = 14;
     for _ in 0..2 {
-        if ethertype == 0x8100 || ethertype == 0x88a8 {
+        if ethertype == vxprobe_common::wire::ETH_P_8021Q
+            || ethertype == vxprobe_common::wire::ETH_P_8021AD
+        {
             ethertype = be16(frame, at + 2)?;
             at += 4;
         }
     }
-    matches!(ethertype, 0x0800 | 0x86dd)
-        .then(|| frame.get(at..))
-        .flatten()
+    matches!(
+        ethertype,
+        vxprobe_common::wire::ETH_P_IP | vxprobe_common::wire::ETH_P_IPV6
+    )
+    .then(|| frame.get(at..))
+    .flatten()
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
 use serde::{Serialize, Serializer};
-use vxprobe_common::{Direction, EventKind, FlowCounters, HopCounters, HopKey};
+use vxprobe_common::{Counters, Direction, EventKind, FlowCounters, HopKey};
 
 use super::{
     anomaly::AnomalyKind,
@@ -220,7 +220,7 @@ pub struct FlowFaults {
 pub struct HopReport {
     pub hop: MetaHop,
     pub dir: Direction,
-    pub counters: HopCounters,
+    pub counters: Counters,
     pub faults: Faults,
     /// The share of the hop's packets that died there ([`super::judge::hop_loss_pct`]).
     pub loss_pct: f64,
@@ -231,10 +231,7 @@ pub struct HopReport {
 
 impl HopReport {
     pub fn key(&self) -> HopKey {
-        HopKey {
-            ifindex: self.hop.ifindex,
-            direction: self.dir as u32,
-        }
+        HopKey::new(self.hop.ifindex, self.dir)
     }
 
     /// Faults dropped here (the `hop` line's `drops`).

@@ -207,19 +207,6 @@ struct SummaryLine<'a> {
     summary: &'a Summary,
 }
 
-/// Events of a kind as lines name them.
-pub fn event_kind_name(kind: vxprobe_common::EventKind) -> &'static str {
-    use vxprobe_common::EventKind;
-    match kind {
-        EventKind::Drop => "drop",
-        EventKind::Retransmit => "retransmit",
-        EventKind::SendError | EventKind::HopOversize => "oversize",
-        EventKind::Fragment => "fragment",
-        EventKind::FragNeeded => "frag_needed",
-        EventKind::Csum => "csum_error",
-    }
-}
-
 /// What a recording may write (`--max-output-size`), shared by its JSON lines and its
 /// evidence: once a line or a packet finds no room, both stop for good (a `note` line says
 /// so, and the `summary` is still written), so no line points at a packet that is not there.
@@ -388,7 +375,7 @@ impl Sink for JsonSink {
                 kind: "lost",
                 ts: &ts,
                 count: *count,
-                event_kind: event_kind_name(*kind),
+                event_kind: kind.line_name(),
             })?;
         }
         self.interval_ts = ts;
@@ -411,13 +398,13 @@ impl Sink for JsonSink {
                 role: f.hop.role,
                 flow: &f.flow,
                 outer: f.outer.as_ref(),
-                packets: c.packets,
-                bytes: c.bytes,
-                segs: c.segs,
+                packets: c.counters.packets,
+                bytes: c.counters.bytes,
+                segs: c.counters.segs,
                 mean_segment: f.mean_segment,
-                max_len: u64::from(c.max_len),
-                fragments: c.fragments,
-                oversize: c.oversize,
+                max_len: u64::from(c.counters.max_len),
+                fragments: c.counters.fragments,
+                oversize: c.counters.oversize,
             })?;
         }
         Ok(())

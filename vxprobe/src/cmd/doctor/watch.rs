@@ -173,7 +173,6 @@ async fn start(
         }
         match Session::start(&SessionConfig {
             max_flows: 4096,
-            ring_size: 1 << 20,
             pods: Some(pods.clone()),
             ..SessionConfig::watching(present)
         })

@@ -74,7 +74,7 @@ impl SessionConfig {
 }
 
 /// The event ring buffer's size unless `--ring-size` says otherwise.
-pub const DEFAULT_RING_SIZE: u32 = 8 << 20;
+pub const DEFAULT_RING_SIZE: u32 = vxprobe_common::RING_SIZE;
 
 /// How long start-up waits for the pod index's first look at the node, for `meta`: a runtime
 /// that does not answer takes the index this long to give up on (then it reads the layout).

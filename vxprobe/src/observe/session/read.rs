@@ -97,10 +97,7 @@ impl Session {
         let mut counts = Vec::with_capacity((self.hops.len() + self.gone.len()) * 2);
         for hop in self.hops.iter().chain(&self.gone) {
             for dir in [Direction::Ingress, Direction::Egress] {
-                let key = HopKey {
-                    ifindex: hop.device.ifindex,
-                    direction: dir as u32,
-                };
+                let key = HopKey::new(hop.device.ifindex, dir);
                 counts.push(HopCount {
                     hop: MetaHop::of(hop, &pods),
                     dir,

@@ -29,7 +29,6 @@ use crate::{
     observe::packet::Flow,
     observe::pipeline::Sink,
     observe::report::{FlowReport, HopChange, IntervalEnd, IntervalReport, Meta},
-    sinks::jsonl::event_kind_name,
 };
 
 mod families;
@@ -128,7 +127,8 @@ impl FlowLosses {
     fn flows(&mut self, batch: &[FlowReport]) {
         for r in batch {
             if let Some(f) = self.flows.get_mut(&r.flow) {
-                *f.packets.entry((r.hop.ifname.clone(), r.dir)).or_default() += r.counters.packets;
+                *f.packets.entry((r.hop.ifname.clone(), r.dir)).or_default() +=
+                    r.counters.counters.packets;
             }
         }
     }
@@ -431,7 +431,7 @@ impl Sink for MetricsSink {
         for (kind, n) in &report.lost {
             f.events_lost
                 .get_or_create(&KindLabel {
-                    kind: event_kind_name(*kind),
+                    kind: kind.line_name(),
                     pod: PodLabel(None),
                 })
                 .inc_by(*n);

@@ -1,6 +1,6 @@
 use std::net::{IpAddr, Ipv4Addr};
 
-use vxprobe_common::{EventKind, HopCounters};
+use vxprobe_common::{Counters, EventKind};
 
 use super::{families::registered_name, *};
 use crate::{
@@ -79,7 +79,7 @@ fn report(hops: &[MetaHop], packets: u64, reasons: &[(&str, u64)]) -> IntervalRe
             counts.push(HopCount {
                 hop: h.clone(),
                 dir,
-                counters: HopCounters {
+                counters: Counters {
                     packets,
                     bytes: packets * 100,
                     segs: packets,
@@ -323,7 +323,10 @@ fn flow_series_are_the_top_k_by_loss() {
             flow: flow(port),
             outer: None,
             counters: vxprobe_common::FlowCounters {
-                packets: 10,
+                counters: Counters {
+                    packets: 10,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             mean_segment: 0,

@@ -126,10 +126,10 @@ impl Sink for TuiFeed {
                 role: f.hop.role,
                 pod: f.hop.pod.as_ref().map(|p| p.id.clone()),
                 counts: HopCounts {
-                    packets: f.counters.packets,
-                    bytes: f.counters.bytes,
-                    fragments: f.counters.fragments,
-                    oversize: f.counters.oversize,
+                    packets: f.counters.counters.packets,
+                    bytes: f.counters.counters.bytes,
+                    fragments: f.counters.counters.fragments,
+                    oversize: f.counters.counters.oversize,
                     ..HopCounts::default()
                 },
             });

@@ -117,10 +117,7 @@ impl HopSample {
 
 impl judge::HopView for HopSample {
     fn key(&self) -> vxprobe_common::HopKey {
-        vxprobe_common::HopKey {
-            ifindex: self.ifindex,
-            direction: self.dir as u32,
-        }
+        vxprobe_common::HopKey::new(self.ifindex, self.dir)
     }
     fn ifname(&self) -> &str {
         &self.ifname

@@ -378,7 +378,7 @@ fn status_shows_evicted_flows_only_when_some_were() {
 fn the_ui_shows_the_models_loss() {
     use std::{collections::HashMap, time::SystemTime};
 
-    use vxprobe_common::{FlowCounters, HopCounters};
+    use vxprobe_common::{Counters, FlowCounters};
 
     use crate::{
         observe::{
@@ -415,7 +415,7 @@ fn the_ui_shows_the_models_loss() {
         a.reason = Some("NETFILTER_DROP".into());
         model.charge(&a);
     }
-    let counters = |packets| HopCounters {
+    let counters = |packets| Counters {
         packets,
         bytes: packets * 200,
         segs: packets,
@@ -448,9 +448,12 @@ fn the_ui_shows_the_models_loss() {
         flow: flow.clone(),
         outer: None,
         counters: FlowCounters {
-            packets: 50,
-            bytes: 50 * 200,
-            segs: 50,
+            counters: Counters {
+                packets: 50,
+                bytes: 50 * 200,
+                segs: 50,
+                ..Default::default()
+            },
             ..Default::default()
         },
         mean_segment: 200,
