@@ -110,10 +110,6 @@ fn set_addr4(dst: &mut [u8; 16], word: u32) {
     }
 }
 
-/// Header reads go no further into a packet than this: far past any real header chain, and a
-/// bound the verifier must see before a variable offset may move a packet pointer.
-const MAX_DIRECT_OFFSET: usize = 1024;
-
 /// Room for the largest header read at once (IPv6's fixed 40 bytes) when it has to be copied
 /// out of the packet.
 pub const SPILL_LEN: usize = 40;
@@ -190,7 +186,11 @@ fn header<'a, const N: usize>(
     const { assert!(N >= 2 && N <= SPILL_LEN) };
     let start = ctx.data();
     let end = ctx.data_end();
-    let at = if offset < MAX_DIRECT_OFFSET && start + offset + N <= end {
+    // No separate `offset < LIMIT` test: every offset is a sum of bounded header lengths,
+    // which bounds it for the verifier already, and such a test let Linux 6.1's verifier walk
+    // a dead branch whose offset had contradictory bounds (umin > umax): the pointer moved by
+    // it became a scalar, and the program was refused.
+    let at = if start + offset + N <= end {
         (start + offset) as *const u8
     } else if spill_in(ctx, offset, spill, N as u32) {
         spill.as_ptr()

@@ -710,7 +710,7 @@ fn guest_script(
         sh_quote(&flavor.expect_hooks.split_whitespace().collect::<String>()),
         flavor.name
     );
-    for var in ["RUST_BACKTRACE", "RUST_LOG"] {
+    for var in ["RUST_BACKTRACE", "RUST_LOG", "VXPROBE_VERBOSE"] {
         if let Ok(value) = std::env::var(var) {
             s += &format!("export {var}={}\n", sh_quote(&value));
         }
