@@ -236,14 +236,22 @@ impl Anomaly {
         }
     }
 
-    /// Frees the kernel reports as drops although the packet was delivered: an ICMP echo
-    /// reply is handed to raw sockets (root's ping) as a copy, then the original is freed
-    /// with NO_SOCKET in `ping_rcv` when no unprivileged ping socket wants it.
+    /// Frees the kernel reports as drops although no packet was lost:
+    /// - an ICMP echo reply is handed to raw sockets (root's ping) as a copy, then the
+    ///   original is freed with NO_SOCKET in `ping_rcv` when no unprivileged ping socket
+    ///   wants it;
+    /// - the fragments of a reassembled datagram hang on its `frag_list` and are freed with
+    ///   it, in `skb_release_data`, with the datagram's reason: NOT_SPECIFIED when it was
+    ///   delivered and consumed (each reassembled datagram read as fragments - 1 drops). A
+    ///   datagram that was dropped is its own drop line, at its own location.
     pub fn is_benign(&self) -> bool {
         self.kind == AnomalyKind::Drop
-            && self.reason.as_deref() == Some("NO_SOCKET")
-            // icmp_rcv: kernels without drop reasons (btf_needs::reasonless_name)
-            && matches!(self.location.as_deref(), Some("ping_rcv" | "icmp_rcv"))
+            && match self.location.as_deref() {
+                // icmp_rcv: kernels without drop reasons (btf_needs::reasonless_name)
+                Some("ping_rcv" | "icmp_rcv") => self.reason.as_deref() == Some("NO_SOCKET"),
+                Some("skb_release_data") => true,
+                _ => false,
+            }
     }
 
     pub(crate) fn new(kind: AnomalyKind, netns: u32) -> Self {
@@ -531,5 +539,26 @@ pub(crate) mod tests_support {
     /// An anomaly with nothing set, for tests to fill in.
     pub fn empty() -> Anomaly {
         Anomaly::new(AnomalyKind::Drop, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{tests_support::empty, *};
+
+    #[test]
+    fn frees_that_lose_nothing_are_benign() {
+        let drop = |reason: &str, location: &str| Anomaly {
+            reason: Some(reason.into()),
+            location: Some(location.into()),
+            ..empty()
+        };
+        assert!(drop("NO_SOCKET", "ping_rcv").is_benign());
+        assert!(drop("NO_SOCKET", "icmp_rcv").is_benign());
+        assert!(drop("NOT_SPECIFIED", "skb_release_data").is_benign());
+        assert!(drop("NETFILTER_DROP", "skb_release_data").is_benign());
+        assert!(!drop("NO_SOCKET", "udp_queue_rcv_one_skb").is_benign());
+        assert!(!drop("NOT_SPECIFIED", "ip_rcv_finish").is_benign());
+        assert!(!drop("NETFILTER_DROP", "nf_hook_slow").is_benign());
     }
 }
