@@ -152,6 +152,80 @@ fn new_pod_veths_matching_the_glob_are_observed_and_vanished_ones_let_go() {
     );
 }
 
+/// An MTU change of an observed device is a `device` line (`mtu_changed`, the MTU before and
+/// after), and its kernel programs judge sizes by the new MTU from then on.
+#[test]
+fn an_mtu_change_is_reported_and_sizes_are_judged_by_the_new_mtu() {
+    let Some(lab) = common::lab::root_lab() else {
+        return;
+    };
+    let n1 = &lab.nodes[0];
+    lab.add_veth(0, "cali76", "vxp76", 36).unwrap();
+    let ifindex = ifindex_of(&n1.netns, "cali76");
+    let peer = extra_veth_peer_ip(36).to_string();
+    let mut rec = Recorder::start(&n1.netns, &["--stats-interval", "200ms", "-i", "cali76"]);
+    // Five 3000-byte pings: three fragments each at MTU 1500.
+    let big_pings = || {
+        common::must(
+            &n1.netns,
+            "ping",
+            &[
+                "-q", "-c", "5", "-i", "0.01", "-W", "2", "-s", "3000", &peer,
+            ],
+        )
+    };
+    let egress_sum = |lines: &[Value], field: &str| -> u64 {
+        lines
+            .iter()
+            .filter(|l| is_hop(l, ifindex) && l["dir"] == "egress")
+            .filter_map(|l| l[field].as_u64())
+            .sum()
+    };
+    big_pings();
+    rec.wait_until("the pings' 15 fragments", Duration::from_secs(5), |lines| {
+        egress_sum(lines, "fragments") >= 15
+    });
+
+    common::must(
+        &n1.pod.netns,
+        "ip",
+        &["link", "set", "vxp76", "mtu", "4000"],
+    );
+    common::must(&n1.netns, "ip", &["link", "set", "cali76", "mtu", "4000"]);
+    let changed = rec.wait_for("cali76's mtu_changed line", Duration::from_secs(5), |l| {
+        l["kind"] == "device" && l["event"] == "mtu_changed" && l["ifindex"] == ifindex
+    });
+    assert_eq!(
+        (changed["mtu"].as_u64(), changed["mtu_was"].as_u64()),
+        (Some(4000), Some(1500)),
+        "{changed}"
+    );
+    let from = rec
+        .lines()
+        .iter()
+        .position(|l| l["event"] == "mtu_changed")
+        .unwrap();
+    big_pings();
+    rec.wait_until("the five pings whole", Duration::from_secs(5), |lines| {
+        egress_sum(&lines[from..], "packets") >= 5
+    });
+    let after = &rec.lines()[from..];
+    // Whole packets now, under the new MTU: neither fragments nor oversized.
+    assert_eq!(egress_sum(after, "fragments"), 0);
+    assert_eq!(egress_sum(after, "oversize"), 0);
+    let largest = after
+        .iter()
+        .filter(|l| is_hop(l, ifindex) && l["dir"] == "egress")
+        .filter_map(|l| l["max_len"].as_u64())
+        .max();
+    assert!(largest >= Some(3028), "{largest:?}");
+    let lines = rec.stop();
+    // The replies, reassembled and delivered, lost nothing: their fragments freed with them
+    // are not drops.
+    let drops: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "drop").collect();
+    assert!(drops.is_empty(), "{drops:?}");
+}
+
 /// The CPUs this test may run on (and the pings it starts, which inherit its affinity): every
 /// CPU the earlier pings could have counted on.
 fn allowed_cpus() -> Vec<usize> {

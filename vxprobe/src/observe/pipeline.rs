@@ -11,7 +11,9 @@ use super::{
     anomaly::Anomaly,
     clock::WallClock,
     interval::Interval,
-    report::{FlowReport, HopChange, IntervalEnd, IntervalReport, Meta, Summary, Warning},
+    report::{
+        DeviceEvent, FlowReport, HopChange, IntervalEnd, IntervalReport, Meta, Summary, Warning,
+    },
     session::Session,
 };
 use crate::node::{
@@ -466,10 +468,15 @@ fn apply(
             if let Some((known, _, _)) = failed.0.get_mut(&hop.device.ifindex) {
                 *known = hop.clone();
             }
-            if let Err(e) = session.update_hop(&hop) {
-                eprintln!("vxprobe: {}: new MTU not applied: {e:#}", hop.device.name);
+            match session.update_hop(&hop) {
+                Ok(changed) => {
+                    changed.map(|(was, now)| HopChange::new(DeviceEvent::MtuChanged { was }, now))
+                }
+                Err(e) => {
+                    eprintln!("vxprobe: {}: new MTU not applied: {e:#}", hop.device.name);
+                    None
+                }
             }
-            None
         }
     };
     if let Some(change) = applied {

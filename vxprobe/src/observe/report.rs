@@ -111,43 +111,59 @@ impl MetaHop {
     }
 }
 
-/// A hop that started (a device appeared) or stopped (it vanished) being observed, or a
-/// device that should be and could not be attached (`failed`: why; tried again at the device
-/// watcher's next resync).
+/// What happened to an observed (or selected) device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceEvent {
+    /// It appeared and is observed from now on.
+    Added,
+    /// It vanished (or was renamed out of the selection): its lines stop.
+    Removed,
+    /// It should be observed and could not be attached (why); tried again at the device
+    /// watcher's next resync.
+    AttachFailed(String),
+    /// Its MTU changed (from `was`): the kernel programs judge sizes by the new one.
+    MtuChanged { was: u32 },
+}
+
+impl DeviceEvent {
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            DeviceEvent::Added => "added",
+            DeviceEvent::Removed => "removed",
+            DeviceEvent::AttachFailed(_) => "attach_failed",
+            DeviceEvent::MtuChanged { .. } => "mtu_changed",
+        }
+    }
+}
+
+/// A change of an observed device, as the `device` lines and metrics tell it.
 #[derive(Debug, Clone)]
 pub struct HopChange {
     pub ts: SystemTime,
-    pub added: bool,
+    pub event: DeviceEvent,
+    /// The device as it is now (after the change).
     pub hop: MetaHop,
-    pub failed: Option<String>,
 }
 
 impl HopChange {
-    pub fn added(hop: MetaHop) -> Self {
+    pub fn new(event: DeviceEvent, hop: MetaHop) -> Self {
         Self {
             ts: SystemTime::now(),
-            added: true,
+            event,
             hop,
-            failed: None,
         }
+    }
+
+    pub fn added(hop: MetaHop) -> Self {
+        Self::new(DeviceEvent::Added, hop)
     }
 
     pub fn removed(hop: MetaHop) -> Self {
-        Self {
-            ts: SystemTime::now(),
-            added: false,
-            hop,
-            failed: None,
-        }
+        Self::new(DeviceEvent::Removed, hop)
     }
 
     pub fn attach_failed(hop: MetaHop, why: String) -> Self {
-        Self {
-            ts: SystemTime::now(),
-            added: false,
-            hop,
-            failed: Some(why),
-        }
+        Self::new(DeviceEvent::AttachFailed(why), hop)
     }
 }
 

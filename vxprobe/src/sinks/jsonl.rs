@@ -15,7 +15,9 @@ use crate::{
         anomaly::Anomaly,
         packet::{Flow, Outer},
         pipeline::Sink,
-        report::{FlowReport, HopChange, IntervalEnd, IntervalReport, Meta, Summary, Warning},
+        report::{
+            DeviceEvent, FlowReport, HopChange, IntervalEnd, IntervalReport, Meta, Summary, Warning,
+        },
     },
 };
 
@@ -184,6 +186,9 @@ struct DeviceLine<'a> {
     netns: u64,
     role: Role,
     mtu: u32,
+    /// `mtu_changed`: the MTU before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mtu_was: Option<u32>,
     /// What runs before vxprobe's programs on the device (tc_order).
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     ahead: &'a [crate::kernel::tc_order::Ahead],
@@ -429,12 +434,15 @@ impl Sink for JsonSink {
         self.put(&DeviceLine {
             kind: "device",
             ts: timestamp(change.ts),
-            event: match (&change.failed, change.added) {
-                (Some(_), _) => "attach_failed",
-                (None, true) => "added",
-                (None, false) => "removed",
+            event: change.event.as_str(),
+            reason: match &change.event {
+                DeviceEvent::AttachFailed(why) => Some(why),
+                _ => None,
             },
-            reason: change.failed.as_deref(),
+            mtu_was: match change.event {
+                DeviceEvent::MtuChanged { was } => Some(was),
+                _ => None,
+            },
             ifname: &change.hop.ifname,
             ifindex: change.hop.ifindex,
             netns: self.netns,

@@ -382,17 +382,23 @@ impl Session {
     }
 
     /// An observed device changed its MTU: the kernel programs judge sizes by it.
-    pub fn update_hop(&mut self, hop: &Hop) -> anyhow::Result<()> {
+    /// The MTU it had before, and the device as lines describe it now; `None` when it is not
+    /// observed or its MTU is the same.
+    pub fn update_hop(&mut self, hop: &Hop) -> anyhow::Result<Option<(u32, MetaHop)>> {
         let ifindex = hop.device.ifindex;
         let Some(known) = self.hops.iter_mut().find(|h| h.device.ifindex == ifindex) else {
-            return Ok(());
+            return Ok(None);
         };
+        let was = known.device.mtu;
         known.device = hop.device.clone();
         self.probes.set_device_info(hop)?;
         for m in self.meta.hops.iter_mut().filter(|m| m.ifindex == ifindex) {
             m.mtu = hop.device.mtu;
         }
-        Ok(())
+        Ok((was != hop.device.mtu).then(|| {
+            let meta = self.meta.hops.iter().find(|m| m.ifindex == ifindex);
+            (was, meta.cloned().unwrap_or_else(|| self.describe(hop)))
+        }))
     }
 
     /// Detaches everything (also what Drop does; explicit for the reader).

@@ -28,7 +28,7 @@ use crate::{
     observe::anomaly::{Anomaly, AnomalyKind},
     observe::packet::Flow,
     observe::pipeline::Sink,
-    observe::report::{FlowReport, HopChange, IntervalEnd, IntervalReport, Meta},
+    observe::report::{DeviceEvent, FlowReport, HopChange, IntervalEnd, IntervalReport, Meta},
 };
 
 mod families;
@@ -483,31 +483,30 @@ impl Sink for MetricsSink {
 
     fn device(&mut self, change: &HopChange) -> anyhow::Result<()> {
         let hop = &change.hop;
-        let event = match (&change.failed, change.added) {
-            (Some(_), _) => "attach_failed",
-            (None, true) => "added",
-            (None, false) => "removed",
-        };
+        let event = change.event.as_str();
         self.families
             .device_changes
             .get_or_create(&EventLabel { event })
             .inc();
-        if change.failed.is_some() {
+        match change.event {
             // Never observed: no series of its own to start or retire.
-        } else if change.added {
-            self.hops
-                .insert(hop.ifindex, (hop.ifname.clone(), hop.role));
-            self.retiring.retain(|(name, _)| *name != hop.ifname);
-            self.families
-                .hop_mtu
-                .get_or_create(&DeviceLabels {
-                    iface: hop.ifname.clone(),
-                    role: hop.role.as_str(),
-                })
-                .set(i64::from(hop.mtu));
-        } else {
-            self.hops.remove(&hop.ifindex);
-            self.retiring.push((hop.ifname.clone(), hop.role));
+            DeviceEvent::AttachFailed(_) => {}
+            DeviceEvent::Added | DeviceEvent::MtuChanged { .. } => {
+                self.hops
+                    .insert(hop.ifindex, (hop.ifname.clone(), hop.role));
+                self.retiring.retain(|(name, _)| *name != hop.ifname);
+                self.families
+                    .hop_mtu
+                    .get_or_create(&DeviceLabels {
+                        iface: hop.ifname.clone(),
+                        role: hop.role.as_str(),
+                    })
+                    .set(i64::from(hop.mtu));
+            }
+            DeviceEvent::Removed => {
+                self.hops.remove(&hop.ifindex);
+                self.retiring.push((hop.ifname.clone(), hop.role));
+            }
         }
         self.set_devices();
         Ok(())

@@ -279,6 +279,33 @@ fn a_failed_attach_is_counted_and_leaves_the_hops_alone() {
     assert!(text.contains("vxprobe_observed_devices 1\n"), "{text}");
 }
 
+/// An MTU change is counted, and the hop's MTU gauge follows it.
+#[test]
+fn an_mtu_change_moves_the_mtu_gauge() {
+    let hops = vec![meta_hop(5, "cali0", Role::Pod)];
+    let (mut sink, exposition) = sink(None);
+    sink.meta(&meta(hops.clone())).unwrap();
+    let mut bigger = hops[0].clone();
+    bigger.mtu = 9000;
+    sink.device(&HopChange::new(
+        DeviceEvent::MtuChanged { was: hops[0].mtu },
+        bigger,
+    ))
+    .unwrap();
+    sink.interval(&report(&hops, 1, &[])).unwrap();
+    sink.interval_end(&IntervalEnd::default()).unwrap();
+    let text = exposition.encode(false);
+    assert!(
+        text.contains(r#"vxprobe_device_changes_total{event="mtu_changed"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"vxprobe_hop_mtu_bytes{iface="cali0",role="pod"} 9000"#),
+        "{text}"
+    );
+    assert!(text.contains("vxprobe_observed_devices 1\n"), "{text}");
+}
+
 /// Anomaly counters add up `count`; oversize is split by where it comes from.
 #[test]
 fn anomalies_are_counted_by_kind_with_their_count() {
