@@ -174,15 +174,8 @@ fn record_incident(name: &str) -> Incident {
     let received_before = faults::snmp(&n2.pod.netns, "Ip", "InReceives").unwrap();
     for _ in 0..(N / 100) {
         for port in [WIRE_PORT, HOP_PORT, BETWEEN_PORT] {
-            faults::udp_datagrams(
-                &n1.pod.netns,
-                n2.pod.ip.into(),
-                port,
-                200,
-                100,
-                faults::Df::Default,
-            )
-            .unwrap();
+            lab.pod_datagrams(port, 200, 100, faults::Df::Default)
+                .unwrap();
         }
         // Bursts of 100 per flow, paced so no backlog queue overflows.
         std::thread::sleep(Duration::from_millis(20));
