@@ -43,6 +43,14 @@ pub fn tshark_fields(pcap: &Path, fields: &[&str]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The element of the JSON array `list` whose `field` is `value`; panics naming both without
+/// one.
+pub fn element<'a>(list: &'a Value, field: &str, value: &str) -> &'a Value {
+    list.as_array()
+        .and_then(|items| items.iter().find(|item| item[field] == value))
+        .unwrap_or_else(|| panic!("no {field} {value} in {list}"))
+}
+
 /// `vxprobe record`, to be run inside `netns`.
 pub fn record_command(netns: &str) -> Command {
     let mut command = Command::new("ip");
