@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use vxprobe_common::{Direction, HopCounters, HopKey, MAX_DEVICES, hop_index, names};
 
-use super::batch::sum;
+use super::batch::{sum, take_map};
 
 /// `now - before`; the maximum is kept only if it belongs to `epoch`.
 fn hop_delta(now: &HopCounters, before: &HopCounters, epoch: u32) -> HopCounters {
@@ -76,11 +76,8 @@ pub struct HopStats {
 
 impl HopStats {
     pub fn take(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
-        let map = ebpf
-            .take_map(names::HOP_STATS)
-            .context("map HOP_STATS missing from the eBPF object")?;
         Ok(Self {
-            map: PerCpuArray::try_from(map)?,
+            map: take_map(ebpf, names::HOP_STATS)?,
             last: BTreeMap::new(),
         })
     }
