@@ -364,19 +364,11 @@ pub fn loss_counter(netns: &str, name: &str) -> io::Result<u64> {
 
 /// `ethtool -K dev feature on|off` inside the namespace.
 pub fn set_offload(netns: &str, dev: &str, feature: &str, on: bool) -> io::Result<()> {
-    let status = Command::new("ip")
-        .args(["netns", "exec", netns, "ethtool", "-K", dev, feature])
-        .arg(if on { "on" } else { "off" })
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "ethtool -K {dev} {feature} failed"
-        )))
-    }
+    let state = if on { "on" } else { "off" };
+    super::run(
+        "ip",
+        &format!("netns exec {netns} ethtool -K {dev} {feature} {state}"),
+    )
 }
 
 /// A counter of /proc/net/snmp (`Udp`, `Tcp`, ...) or /proc/net/netstat (`TcpExt`) read
@@ -521,14 +513,5 @@ pub fn udp_sink(
 
 /// Sets a device's MTU inside the namespace.
 pub fn set_mtu(netns: &str, dev: &str, mtu: u32) -> io::Result<()> {
-    let status = Command::new("ip")
-        .args(["-n", netns, "link", "set", dev, "mtu", &mtu.to_string()])
-        .status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "ip link set {dev} mtu {mtu} failed"
-        )))
-    }
+    super::ip(&format!("-n {netns} link set {dev} mtu {mtu}"))
 }
