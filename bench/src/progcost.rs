@@ -273,14 +273,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<ProgCost> {
                     // the receiving pod, and fragments on every hop.
                     faults::packet_sends(&n1.netns, "tap0", 2000, 20_000)?;
                     faults::bad_udp_checksums(&n1.pod.netns, n2.pod.ip, 9, 5_000)?;
-                    faults::udp_datagrams(
-                        &n1.pod.netns,
-                        n2.pod.ip.into(),
-                        9,
-                        4000,
-                        2_000,
-                        faults::Df::Clear,
-                    )?;
+                    lab.pod_datagrams(9, 4000, 2_000, faults::Df::Clear)?;
                 }
             }
             let after = snapshot(&ids, &baseline_ids)?;

@@ -48,14 +48,7 @@ pub struct Render {
 }
 
 fn hop(name: &str, ifindex: u32, role: Role) -> MetaHop {
-    MetaHop {
-        ifname: name.into(),
-        ifindex,
-        role,
-        mtu: 1450,
-        ahead: Vec::new(),
-        pod: None,
-    }
+    MetaHop::new(name, ifindex, role, 1450)
 }
 
 /// An interval of the lab's sending node with `n` TCP flows, each at cali0 ingress,

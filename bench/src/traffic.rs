@@ -5,7 +5,6 @@
 use std::{
     io,
     net::{Ipv4Addr, UdpSocket},
-    os::fd::AsRawFd as _,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -14,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vxprobe::lab::faults::{FrameWriter, check, in_netns, socket};
+use vxprobe::lab::faults::{FrameWriter, RawSender, in_netns, set_int_option};
 
 /// Keeps a loop at `rate` per second: after each batch, sleeps until the batch is due.
 struct Pacer {
@@ -136,15 +135,7 @@ fn background(
 /// stopped (or `limit` has passed). The UDP checksum is 0 ("none"), valid over IPv4.
 pub fn flows(netns: &str, dst: Ipv4Addr, n: u32, period: Duration, limit: Duration) -> Background {
     background(netns, move |stop, count| {
-        let fd = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP)?;
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(dst.octets()),
-            },
-            sin_zero: [0; 8],
-        };
+        let sender = RawSender::open(libc::IPPROTO_UDP, dst)?;
         let mut datagram = [0u8; 8 + 18];
         let len = datagram.len() as u16;
         datagram[4..6].copy_from_slice(&len.to_be_bytes());
@@ -159,18 +150,7 @@ pub fn flows(netns: &str, dst: Ipv4Addr, n: u32, period: Duration, limit: Durati
                 let (sport, dport) = flow_ports(k);
                 datagram[0..2].copy_from_slice(&sport.to_be_bytes());
                 datagram[2..4].copy_from_slice(&dport.to_be_bytes());
-                // SAFETY: the datagram and the sockaddr_in outlive the call; lengths match.
-                let rc = unsafe {
-                    libc::sendto(
-                        fd.as_raw_fd(),
-                        datagram.as_ptr().cast(),
-                        datagram.len(),
-                        0,
-                        (&raw const addr).cast(),
-                        size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                    )
-                };
-                if rc >= 0 {
+                if sender.send(&datagram).is_ok() {
                     sent += 1;
                 }
                 if sent.is_multiple_of(64) {
@@ -195,18 +175,9 @@ pub fn sink(netns: &str, ports: std::ops::Range<u16>) -> Background {
             .map(|p| {
                 let s = UdpSocket::bind(("0.0.0.0", p))?;
                 s.set_nonblocking(true)?;
-                let size: libc::c_int = 16 << 20;
-                // SAFETY: setsockopt reads one c_int we own. SO_RCVBUFFORCE (root) goes past
-                // rmem_max, so bursts wait in the buffer instead of being dropped.
-                check(unsafe {
-                    libc::setsockopt(
-                        s.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_RCVBUFFORCE,
-                        (&raw const size).cast(),
-                        size_of::<libc::c_int>() as libc::socklen_t,
-                    )
-                })?;
+                // SO_RCVBUFFORCE (root) goes past rmem_max, so bursts wait in the buffer
+                // instead of being dropped.
+                set_int_option(&s, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 16 << 20)?;
                 Ok(s)
             })
             .collect::<io::Result<_>>()?;

@@ -6,9 +6,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Recorder, is_root, must, run::ALL_HOPS};
+use common::{Recorder, must, run::ALL_HOPS};
 use serde_json::Value;
-use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, UNDERLAY_DEV, VXLAN_DEV, faults};
+use vxprobe::lab::{LabOptions, POD_HOST_DEV, UNDERLAY_DEV, VXLAN_DEV, faults};
 
 /// Per (ifname, dir): the sum of `field` over `kind` lines that match `keep` (without a
 /// field: their events).
@@ -62,15 +62,8 @@ fn udp_datagrams_of_3000_bytes_are_fragments_at_every_hop() {
     let mut rec1 = Recorder::start(&n1.netns, ALL_HOPS);
     let mut rec2 = Recorder::start(&n2.netns, ALL_HOPS);
     const N: u64 = 12;
-    faults::udp_datagrams(
-        &n1.pod.netns,
-        n2.pod.ip.into(),
-        7777,
-        3000,
-        N as u32,
-        faults::Df::Clear,
-    )
-    .unwrap();
+    lab.pod_datagrams(7777, 3000, N as u32, faults::Df::Clear)
+        .unwrap();
     // 3008 bytes of UDP in 1450-byte packets: 1424 + 1424 + 160 bytes of payload.
     let expected = 3 * N;
     // Each node's last hop has counted every fragment (more would fail the checks below).
@@ -180,27 +173,18 @@ fn flows_that_share_one_cache_slot_are_counted_exactly() {
 
 #[test]
 fn an_overlay_mtu_above_the_underlay_fragments_outer_packets_of_the_inner_flow() {
-    if !is_root() {
-        return;
-    }
-    let options = LabOptions {
+    let Some(lab) = common::lab::root_lab_with(LabOptions {
         overlay_mtu: 1500,
         ..LabOptions::default()
+    }) else {
+        return;
     };
-    let lab = Lab::build(&options).expect("building the lab");
-    let [n1, n2] = &lab.nodes;
+    let n1 = &lab.nodes[0];
     let mut rec = Recorder::start(&n1.netns, ALL_HOPS);
     const N: u64 = 10;
     // 1472 bytes of UDP: a full 1500-byte inner packet, 1550 once encapsulated.
-    faults::udp_datagrams(
-        &n1.pod.netns,
-        n2.pod.ip.into(),
-        7778,
-        1472,
-        N as u32,
-        faults::Df::Clear,
-    )
-    .unwrap();
+    lab.pod_datagrams(7778, 1472, N as u32, faults::Df::Clear)
+        .unwrap();
     rec.wait_hop(UNDERLAY_DEV, "egress", "fragments", 2 * N);
     let lines = rec.stop();
     let ours = |l: &Value| l["flow"]["dport"] == 7778;
@@ -218,14 +202,12 @@ fn an_overlay_mtu_above_the_underlay_fragments_outer_packets_of_the_inner_flow()
 
 #[test]
 fn ipv6_pod_traffic_crosses_the_overlay_counted_and_attributed() {
-    if !is_root() {
-        return;
-    }
-    let options = LabOptions {
+    let Some(lab) = common::lab::root_lab_with(LabOptions {
         ipv6: true,
         ..LabOptions::default()
+    }) else {
+        return;
     };
-    let lab = Lab::build(&options).expect("building the lab");
     let [n1, n2] = &lab.nodes;
     let mut rec = Recorder::start(&n1.netns, ALL_HOPS);
     const N: u64 = 15;

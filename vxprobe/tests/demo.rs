@@ -224,21 +224,13 @@ fn a_killed_demos_processes_are_ended_by_the_next_demo() {
         left.iter().any(|p| runs(*p)),
         "the killed demo's processes outlive it: {left:?}"
     );
-    let second = Command::new(VXPROBE)
-        .args([
-            "demo",
-            "--record",
-            file.to_str().unwrap(),
-            "--duration",
-            "2s",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        second.status.success(),
-        "{}",
-        String::from_utf8_lossy(&second.stderr)
-    );
+    common::run::output_ok(Command::new(VXPROBE).args([
+        "demo",
+        "--record",
+        file.to_str().unwrap(),
+        "--duration",
+        "2s",
+    ]));
     let running: Vec<u32> = left.iter().copied().filter(|p| runs(*p)).collect();
     assert!(
         running.is_empty(),

@@ -185,16 +185,14 @@ fn a_clean_lab_has_no_findings_and_reports_the_facts() {
 
 #[test]
 fn overlay_mtu_above_underlay_minus_vxlan_overhead() {
-    if !is_root() {
-        return;
-    }
     // vxlan.calico as Calico makes it on real nodes: a `local` address and no `dev`, so the
     // kernel lets its MTU exceed what the underlay carries; the underlay is found by routing.
-    let lab = Lab::build(&LabOptions {
+    let Some(lab) = common::lab::root_lab_with(LabOptions {
         vxlan_lower_dev: false,
         ..LabOptions::default()
-    })
-    .expect("building the lab");
+    }) else {
+        return;
+    };
     let ns = &lab.nodes[0].netns;
     assert_eq!(codes(&doctor(ns, &[])), Vec::<(String, String)>::new());
     must(ns, "ip", &["link", "set", VXLAN_DEV, "mtu", "1500"]);

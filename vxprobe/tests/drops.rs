@@ -57,12 +57,7 @@ fn probes_names_the_hook_of_each_signal() {
         return;
     }
     let report = common::run::probes_json();
-    let drop = report["signals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["signal"] == "drop")
-        .unwrap();
+    let drop = common::run::element(&report["signals"], "signal", "drop");
     // This kernel has tp_btf; kernels without it fall back (see the raw tracepoint test).
     assert_eq!(drop["hook"], "tp_btf:kfree_skb");
     // TCX links exist since Linux 6.6; before, `auto` adds clsact filters.

@@ -9,13 +9,20 @@ use std::{
     collections::BTreeMap,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, SystemTime},
 };
 
-use common::{Recorder, netns_inode};
+use common::{Recorder, netns_inode, run::tshark_fields};
 use serde_json::Value;
-use vxprobe::lab::{POD_HOST_DEV, faults};
+use vxprobe::lab::{Lab, POD_HOST_DEV, faults};
+
+/// `record` on node 1 at cali0 only, its evidence in `pcap`, with `args` (the interval and
+/// the options a test is about).
+fn record_with_evidence(lab: &Lab, pcap: &Path, args: &[&str]) -> Recorder {
+    let mut all = args.to_vec();
+    all.extend(["--pcap", pcap.to_str().unwrap(), "-i", POD_HOST_DEV]);
+    Recorder::start(&lab.nodes[0].netns, &all)
+}
 
 fn scratch(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("vxprobe-evidence-{}-{name}", std::process::id()))
@@ -24,36 +31,22 @@ fn scratch(name: &str) -> PathBuf {
 /// Every packet of a pcapng file: (frame number, epoch seconds, captured bytes, original
 /// length, comment), from tshark.
 fn frames(pcap: &Path) -> Vec<(u64, f64, u64, u64, String)> {
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(pcap)
-        .args(["-T", "fields", "-E", "separator=|"])
-        .args(["-e", "frame.number", "-e", "frame.time_epoch"])
-        .args([
-            "-e",
-            "frame.cap_len",
-            "-e",
-            "frame.len",
-            "-e",
-            "frame.comment",
-        ])
-        .output()
-        .expect("running tshark");
-    assert!(
-        out.status.success(),
-        "tshark: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|line| {
-            let f: Vec<&str> = line.split('|').collect();
+    let fields = [
+        "frame.number",
+        "frame.time_epoch",
+        "frame.cap_len",
+        "frame.len",
+        "frame.comment",
+    ];
+    tshark_fields(pcap, &fields)
+        .into_iter()
+        .map(|f| {
             (
                 f[0].parse().unwrap(),
                 f[1].parse().unwrap(),
                 f[2].parse().unwrap(),
                 f[3].parse().unwrap(),
-                f[4].to_owned(),
+                f[4].clone(),
             )
         })
         .collect()
@@ -96,30 +89,12 @@ fn each_line_has_its_packets_time_and_the_evidence_only_headers() {
     let [n1, n2] = &lab.nodes;
     let pcap = scratch("times.pcapng");
     let _ = std::fs::remove_file(&pcap);
-    let mut rec = Recorder::start(
-        &n1.netns,
-        &[
-            "--stats-interval",
-            "2s",
-            "--pcap",
-            pcap.to_str().unwrap(),
-            "-i",
-            POD_HOST_DEV,
-        ],
-    );
+    let mut rec = record_with_evidence(&lab, &pcap, &["--stats-interval", "2s"]);
     let pod2 = netns_inode(&n2.pod.netns);
     // Few events: no wakeup (one per 64 records), read when the interval ends (2 s later).
     let sent_from = std::time::SystemTime::now();
     faults::bad_udp_checksums(&n1.pod.netns, n2.pod.ip, 5555, 5).unwrap();
-    faults::udp_datagrams(
-        &n1.pod.netns,
-        n2.pod.ip.into(),
-        7777,
-        3000,
-        4,
-        faults::Df::Clear,
-    )
-    .unwrap();
+    lab.pod_datagrams(7777, 3000, 4, faults::Df::Clear).unwrap();
     let sent_by = std::time::SystemTime::now();
     rec.wait_total("the bad checksums", "count", 5, |l| {
         l["kind"] == "csum_error" && l["netns"] == pod2
@@ -187,30 +162,13 @@ fn an_explicit_snaplen_keeps_that_many_bytes() {
     let Some(lab) = common::lab::root_lab() else {
         return;
     };
-    let [n1, n2] = &lab.nodes;
     let pcap = scratch("snaplen.pcapng");
-    let mut rec = Recorder::start(
-        &n1.netns,
-        &[
-            "--stats-interval",
-            "200ms",
-            "--snaplen",
-            "100",
-            "--pcap",
-            pcap.to_str().unwrap(),
-            "-i",
-            POD_HOST_DEV,
-        ],
+    let mut rec = record_with_evidence(
+        &lab,
+        &pcap,
+        &["--stats-interval", "200ms", "--snaplen", "100"],
     );
-    faults::udp_datagrams(
-        &n1.pod.netns,
-        n2.pod.ip.into(),
-        7777,
-        3000,
-        2,
-        faults::Df::Clear,
-    )
-    .unwrap();
+    lab.pod_datagrams(7777, 3000, 2, faults::Df::Clear).unwrap();
     rec.wait_total("the fragments at cali0", "count", 6, |l| {
         l["kind"] == "fragment" && l["ifname"] == POD_HOST_DEV
     });
@@ -241,30 +199,12 @@ fn a_flood_of_fragments_folds_into_few_lines_with_exact_totals() {
     let Some(lab) = common::lab::root_lab() else {
         return;
     };
-    let [n1, n2] = &lab.nodes;
     let pcap = scratch("flood.pcapng");
-    let mut rec = Recorder::start(
-        &n1.netns,
-        &[
-            "--stats-interval",
-            "500ms",
-            "--pcap",
-            pcap.to_str().unwrap(),
-            "-i",
-            POD_HOST_DEV,
-        ],
-    );
+    let mut rec = record_with_evidence(&lab, &pcap, &["--stats-interval", "500ms"]);
     const DATAGRAMS: u32 = 2000;
     let fragments = u64::from(DATAGRAMS) * 3;
-    faults::udp_datagrams(
-        &n1.pod.netns,
-        n2.pod.ip.into(),
-        7777,
-        3000,
-        DATAGRAMS,
-        faults::Df::Clear,
-    )
-    .unwrap();
+    lab.pod_datagrams(7777, 3000, DATAGRAMS, faults::Df::Clear)
+        .unwrap();
     let at_cali0 =
         |l: &Value| l["kind"] == "fragment" && l["ifname"] == POD_HOST_DEV && l["dir"] == "ingress";
     rec.wait_hop(POD_HOST_DEV, "ingress", "fragments", fragments);
@@ -341,11 +281,11 @@ fn the_output_size_is_bounded_and_the_summary_still_counts() {
     let Some(lab) = common::lab::root_lab() else {
         return;
     };
-    let [n1, n2] = &lab.nodes;
     let pcap = scratch("bounded.pcapng");
     const LIMIT: u64 = 64 * 1024;
-    let mut rec = Recorder::start(
-        &n1.netns,
+    let mut rec = record_with_evidence(
+        &lab,
+        &pcap,
         &[
             "--stats-interval",
             "200ms",
@@ -353,22 +293,11 @@ fn the_output_size_is_bounded_and_the_summary_still_counts() {
             "0",
             "--max-output-size",
             "64K",
-            "--pcap",
-            pcap.to_str().unwrap(),
-            "-i",
-            POD_HOST_DEV,
         ],
     );
     const DATAGRAMS: u64 = 1000;
-    faults::udp_datagrams(
-        &n1.pod.netns,
-        n2.pod.ip.into(),
-        7777,
-        3000,
-        DATAGRAMS as u32,
-        faults::Df::Clear,
-    )
-    .unwrap();
+    lab.pod_datagrams(7777, 3000, DATAGRAMS as u32, faults::Df::Clear)
+        .unwrap();
     rec.wait_for("the note of the limit", Duration::from_secs(10), |l| {
         l["kind"] == "note"
             && l["text"]

@@ -2,9 +2,9 @@
 
 mod common;
 
-use common::{Recorder, hop_totals, is_root, must, run::ALL_HOPS};
+use common::{Recorder, hop_totals, must, run::ALL_HOPS};
 use vxprobe::lab::{
-    Lab, LabOptions, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV, extra_veth_peer_ip,
+    LabOptions, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV, extra_veth_peer_ip,
 };
 use vxprobe_common::LOW_IFINDEXES;
 
@@ -72,14 +72,12 @@ fn pings_are_counted_exactly_at_every_hop_of_both_nodes() {
 /// its underlay, the device routing to the remote VTEP.
 #[test]
 fn the_default_selection_finds_the_underlay_of_a_vxlan_without_lower_device() {
-    if !is_root() {
-        return;
-    }
-    let options = LabOptions {
+    let Some(lab) = common::lab::root_lab_with(LabOptions {
         vxlan_lower_dev: false,
         ..LabOptions::default()
+    }) else {
+        return;
     };
-    let lab = Lab::build(&options).expect("building the lab");
     let out = common::run::record_in(
         &lab.nodes[0].netns,
         &["--duration", "300ms", "--stats-interval", "100ms"],

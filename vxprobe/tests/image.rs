@@ -206,15 +206,7 @@ fn the_image_runs_under_the_daemonsets_security_context() {
     }
 
     // The kubelet's stop: SIGTERM, then the container's exit status.
-    let stop = Command::new("podman")
-        .args(["kill", "--signal", "TERM", &name])
-        .output()
-        .unwrap();
-    assert!(
-        stop.status.success(),
-        "{}",
-        String::from_utf8_lossy(&stop.stderr)
-    );
+    common::run::output_ok(Command::new("podman").args(["kill", "--signal", "TERM", &name]));
     let status = wait_for("the container to exit", Duration::from_secs(30), || {
         container_guard
             .0

@@ -16,7 +16,7 @@ fn a_full_flow_table_evicts_counts_and_keeps_hops_exact() {
     let Some(lab) = common::lab::root_lab() else {
         return;
     };
-    let [n1, n2] = &lab.nodes;
+    let n1 = &lab.nodes[0];
     const CAPACITY: u64 = 64;
     const FLOWS: u64 = 300;
     // One cache slot per CPU: every flow but the last one on each CPU goes to the table (the
@@ -36,15 +36,8 @@ fn a_full_flow_table_evicts_counts_and_keeps_hops_exact() {
     );
     // One datagram to each of FLOWS ports: FLOWS flows at cali0 ingress.
     for port in 0..FLOWS as u16 {
-        faults::udp_datagrams(
-            &n1.pod.netns,
-            n2.pod.ip.into(),
-            20000 + port,
-            64,
-            1,
-            faults::Df::Default,
-        )
-        .unwrap();
+        lab.pod_datagrams(20000 + port, 64, 1, faults::Df::Default)
+            .unwrap();
     }
     rec.wait_hop(POD_HOST_DEV, "ingress", "packets", FLOWS);
     let lines = rec.stop();
@@ -179,15 +172,9 @@ fn records_the_filter_drops_count_against_the_drain_budget() {
     unsafe { libc::kill(rec.pid(), libc::SIGSTOP) };
     // 400,000 records of refused sends while it sleeps (several drain batches of them)...
     const SENDS: u32 = 400_000;
-    let refused = faults::udp_datagrams(
-        &n1.pod.netns,
-        n2.pod.ip.into(),
-        7000,
-        2000,
-        SENDS,
-        faults::Df::Always,
-    )
-    .unwrap();
+    let refused = lab
+        .pod_datagrams(7000, 2000, SENDS, faults::Df::Always)
+        .unwrap();
     assert_eq!(refused, SENDS, "every send refused (pod MTU 1450)");
     // ... then one the filter keeps.
     faults::bad_udp_checksums(&n1.pod.netns, n2.pod.ip, 5555, 1).unwrap();

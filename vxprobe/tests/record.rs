@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::{net::IpAddr, process::Command, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
-use common::Recorder;
+use common::{Recorder, run::tshark_fields};
 use serde_json::Value;
 use vxprobe::lab::{Lab, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV, faults};
 
@@ -234,15 +234,7 @@ fn a_recording_with_every_kind_matches_the_schema_and_its_pcapng() {
     seen(&mut rec, "retransmit");
     faults::bad_udp_checksums(&n1.pod.netns, n2.pod.ip, 5555, 5).unwrap();
     seen(&mut rec, "csum_error");
-    faults::udp_datagrams(
-        &n1.pod.netns,
-        n2.pod.ip.into(),
-        7777,
-        3000,
-        3,
-        faults::Df::Clear,
-    )
-    .unwrap();
+    lab.pod_datagrams(7777, 3000, 3, faults::Df::Clear).unwrap();
     seen(&mut rec, "fragment");
     assert_eq!(
         faults::packet_sends(&n1.netns, TAP_DEV, 2000, 4).unwrap(),
@@ -289,28 +281,7 @@ fn a_recording_with_every_kind_matches_the_schema_and_its_pcapng() {
         .filter(|l| l.get("pcap_frame").is_some())
         .collect();
     assert!(!with_evidence.is_empty());
-    let out = Command::new("tshark")
-        .args([
-            "-r",
-            pcap.to_str().unwrap(),
-            "-T",
-            "fields",
-            "-e",
-            "frame.number",
-            "-e",
-            "frame.comment",
-        ])
-        .output()
-        .expect("running tshark");
-    assert!(
-        out.status.success(),
-        "tshark: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let frames: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let frames = tshark_fields(&pcap, &["frame.number", "frame.comment"]);
     assert_eq!(
         frames.len(),
         with_evidence.len(),
@@ -318,14 +289,16 @@ fn a_recording_with_every_kind_matches_the_schema_and_its_pcapng() {
     );
     for line in &with_evidence {
         let n = line["pcap_frame"].as_u64().unwrap() as usize;
-        let frame = &frames[n - 1];
+        let [number, comment] = &frames[n - 1][..] else {
+            panic!("frame {n}: {:?}", frames[n - 1]);
+        };
         let kind = line["kind"].as_str().unwrap();
         assert!(
-            frame.starts_with(&format!("{n}\t{kind} ")),
-            "frame {n} is the {kind}: {frame}"
+            *number == n.to_string() && comment.starts_with(&format!("{kind} ")),
+            "frame {n} is the {kind}: {number} {comment}"
         );
         if let Some(reason) = line["reason"].as_str() {
-            assert!(frame.contains(&format!("reason={reason}")), "{frame}");
+            assert!(comment.contains(&format!("reason={reason}")), "{comment}");
         }
     }
     let summary = lines.last().unwrap();

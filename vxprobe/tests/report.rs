@@ -174,15 +174,8 @@ fn record_incident(name: &str) -> Incident {
     let received_before = faults::snmp(&n2.pod.netns, "Ip", "InReceives").unwrap();
     for _ in 0..(N / 100) {
         for port in [WIRE_PORT, HOP_PORT, BETWEEN_PORT] {
-            faults::udp_datagrams(
-                &n1.pod.netns,
-                n2.pod.ip.into(),
-                port,
-                200,
-                100,
-                faults::Df::Default,
-            )
-            .unwrap();
+            lab.pod_datagrams(port, 200, 100, faults::Df::Default)
+                .unwrap();
         }
         // Bursts of 100 per flow, paced so no backlog queue overflows.
         std::thread::sleep(Duration::from_millis(20));
@@ -229,14 +222,8 @@ fn record_incident(name: &str) -> Incident {
         "ip",
         &["link", "set", POD_HOST_DEV, "mtu", "1500"],
     );
-    let doctor = Command::new("ip")
-        .args(["netns", "exec", &n1.netns, VXPROBE, "doctor", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        doctor.status.success(),
-        "{}",
-        String::from_utf8_lossy(&doctor.stderr)
+    let doctor = common::run::output_ok(
+        Command::new("ip").args(["netns", "exec", &n1.netns, VXPROBE, "doctor", "--json"]),
     );
     std::fs::write(dir.join("node1-doctor.json"), &doctor.stdout).unwrap();
     Incident {
@@ -416,12 +403,7 @@ fn report_locates_each_loss_on_the_wire_at_a_hop_or_between_hops_exactly() {
     for code in ["wire-loss", "uncounted-loss", "drops"] {
         assert!(codes.contains(&code), "no {code} finding: {codes:?}");
     }
-    let wire_finding = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["code"] == "wire-loss")
-        .unwrap();
+    let wire_finding = common::run::element(&report["findings"], "code", "wire-loss");
     assert_eq!(wire_finding["count"], incident.wire);
     // Anomaly rows carry their evidence frame, read back from the pcapng.
     let framed: Vec<&Value> = report["anomalies"]
@@ -795,17 +777,12 @@ fn demo_report_writes_both_recordings_and_the_report() {
         return;
     }
     let dir = scratch("demo");
-    let demo = Command::new(VXPROBE)
-        .args(["demo", "--report"])
-        .arg(&dir)
-        .args(["--phase", "3s"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        demo.status.success(),
-        "demo --report failed: {}",
-        String::from_utf8_lossy(&demo.stderr)
+    common::run::output_ok(
+        Command::new(VXPROBE)
+            .args(["demo", "--report"])
+            .arg(&dir)
+            .args(["--phase", "3s"])
+            .stdin(Stdio::null()),
     );
     for name in [
         "node1.jsonl",

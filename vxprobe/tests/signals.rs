@@ -215,15 +215,9 @@ fn df_traffic_above_the_overlay_mtu_is_refused_at_the_hop_then_at_the_sender() {
             .count() as u64
     };
     for sent in 1..=N {
-        refused += faults::udp_datagrams(
-            &n1.pod.netns,
-            n2.pod.ip.into(),
-            7780,
-            1472,
-            1,
-            faults::Df::Always,
-        )
-        .unwrap();
+        refused += lab
+            .pod_datagrams(7780, 1472, 1, faults::Df::Always)
+            .unwrap();
         // One datagram at a time, each refused (and reported) before the next: by then the
         // node's ICMP reply has taught the sender the path MTU.
         rec.wait_until(

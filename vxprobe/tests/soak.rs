@@ -52,7 +52,7 @@ fn ten_minutes_of_traffic_faults_and_churn_keep_rss_flat() {
             .unwrap_or(600),
     );
     let lab = Lab::build(&LabOptions::default()).expect("building the lab");
-    let [n1, n2] = &lab.nodes;
+    let n1 = &lab.nodes[0];
     let _traffic = Traffic::start(&lab).expect("iperf3 between the pods");
     let dir = std::env::temp_dir();
     let output: PathBuf = dir.join(format!("vxprobe-soak-{}.jsonl", std::process::id()));
@@ -106,15 +106,8 @@ fn ten_minutes_of_traffic_faults_and_churn_keep_rss_flat() {
         // New flows all the time, through a table of 1024: evictions.
         for _ in 0..40 {
             port = if port >= 60_000 { 10_000 } else { port + 1 };
-            faults::udp_datagrams(
-                &n1.pod.netns,
-                n2.pod.ip.into(),
-                port,
-                64,
-                1,
-                faults::Df::Default,
-            )
-            .expect("udp");
+            lab.pod_datagrams(port, 64, 1, faults::Df::Default)
+                .expect("udp");
         }
         // A pod veth every 2 s, the previous one deleted: device churn at the glob.
         if second.is_multiple_of(2) {

@@ -345,12 +345,7 @@ fn without_btf_or_tracefs_the_recording_goes_on_and_says_why() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(stdout.contains("\"kind\":\"hop\""), "{stdout}");
     let meta: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
-    let send = meta["hooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["signal"] == "send_emsgsize")
-        .unwrap();
+    let send = common::run::element(&meta["hooks"], "signal", "send_emsgsize");
     match send["hook"].as_str() {
         Some(hook) => assert!(hook.starts_with("fexit:"), "{meta}"),
         None => assert!(stderr.contains("tracefs is not mounted"), "{stderr}"),
@@ -364,11 +359,6 @@ fn without_btf_or_tracefs_the_recording_goes_on_and_says_why() {
             );
         }
     }
-    let drop = meta["hooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["signal"] == "drop")
-        .unwrap();
+    let drop = common::run::element(&meta["hooks"], "signal", "drop");
     assert!(drop["hook"].is_string(), "drops still observed: {meta}");
 }

@@ -197,12 +197,13 @@ pub(super) fn read_all<K: Pod, V: Counters>(
     Ok(())
 }
 
-pub(super) fn take_map<K: Pod, V: Pod>(
-    ebpf: &mut aya::Ebpf,
-    name: &str,
-) -> anyhow::Result<PerCpuHashMap<MapData, K, V>> {
+/// The map `name`, moved out of `ebpf` as the aya map type `T`.
+pub(super) fn take_map<T>(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
     let map = ebpf
         .take_map(name)
         .with_context(|| format!("map {name} missing from the eBPF object"))?;
-    Ok(PerCpuHashMap::try_from(map)?)
+    Ok(T::try_from(map)?)
 }

@@ -5,6 +5,8 @@ use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray};
 use vxprobe_common::{EventKind, names};
 
+use super::batch::take_map;
+
 /// Flow entries the LRU evicted, from the kernel's count of entries it created: created minus
 /// still there minus deleted by us. Exact once the map is quiet; while flows are created during
 /// the read it can only lag behind, never run ahead (the creations are read first).
@@ -17,11 +19,8 @@ pub struct Evictions {
 
 impl Evictions {
     pub fn take(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
-        let map = ebpf
-            .take_map(names::FLOW_INSERTS)
-            .with_context(|| format!("map {} missing from the eBPF object", names::FLOW_INSERTS))?;
         Ok(Self {
-            inserts: aya::maps::PerCpuArray::try_from(map)?,
+            inserts: take_map(ebpf, names::FLOW_INSERTS)?,
             deleted: 0,
             total: 0,
         })
@@ -62,11 +61,8 @@ pub struct Epoch {
 
 impl Epoch {
     pub fn take(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
-        let map = ebpf
-            .take_map(names::EPOCH)
-            .with_context(|| format!("map {} missing from the eBPF object", names::EPOCH))?;
         Ok(Self {
-            map: aya::maps::Array::try_from(map)?,
+            map: take_map(ebpf, names::EPOCH)?,
             current: 0,
         })
     }

@@ -292,21 +292,7 @@ pub fn flow_stats(ebpf: &mut aya::Ebpf) -> anyhow::Result<FlowStats> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn counters(packets: u64, fragments: u64) -> FlowCounters {
-        FlowCounters {
-            counters: vxprobe_common::Counters {
-                packets,
-                bytes: packets * 100,
-                segs: packets,
-                fragments,
-                max_len: 1500,
-                max_epoch: 7,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-    }
+    use crate::kernel::seen::tests::counters;
 
     #[test]
     fn the_record_finds_keeps_and_forgets() {

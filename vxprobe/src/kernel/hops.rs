@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use vxprobe_common::{Counters, Direction, HopKey, MAX_DEVICES, hop_index, names};
 
-use super::batch::sum;
+use super::batch::{sum, take_map};
 
 /// Which slot of the kernel's per-hop counter array each observed device counts in. A slot
 /// stays taken until its device's last interval was reported ([`HopStats::forget`]).
@@ -59,11 +59,8 @@ pub struct HopStats {
 
 impl HopStats {
     pub fn take(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
-        let map = ebpf
-            .take_map(names::HOP_STATS)
-            .context("map HOP_STATS missing from the eBPF object")?;
         Ok(Self {
-            map: PerCpuArray::try_from(map)?,
+            map: take_map(ebpf, names::HOP_STATS)?,
             last: BTreeMap::new(),
         })
     }

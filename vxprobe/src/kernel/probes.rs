@@ -14,7 +14,7 @@ use aya::{
 };
 use vxprobe_common::{FlowFilter, KernelOffsets, names};
 
-use crate::kernel::hops::HopSlots;
+use crate::kernel::{batch::take_map, hops::HopSlots};
 
 /// The kernel programs, built by build.rs and embedded in the binary.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vxprobe"));
@@ -161,15 +161,10 @@ impl Probes {
     pub fn take_event_maps(
         &mut self,
     ) -> anyhow::Result<(RingBuf<MapData>, PerCpuArray<MapData, u64>)> {
-        let events = self
-            .ebpf
-            .take_map(names::EVENTS)
-            .context("map EVENTS missing from the eBPF object")?;
-        let lost = self
-            .ebpf
-            .take_map(names::LOST)
-            .context("map LOST missing from the eBPF object")?;
-        Ok((RingBuf::try_from(events)?, PerCpuArray::try_from(lost)?))
+        Ok((
+            take_map(&mut self.ebpf, names::EVENTS)?,
+            take_map(&mut self.ebpf, names::LOST)?,
+        ))
     }
 }
 

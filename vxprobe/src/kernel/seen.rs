@@ -88,10 +88,12 @@ impl FlowSeen {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn counters(packets: u64, fragments: u64) -> FlowCounters {
+    /// A flow's counters for tests: `packets` of 100 bytes, one segment each, the largest
+    /// 1500 bytes in epoch 7.
+    pub(in crate::kernel) fn counters(packets: u64, fragments: u64) -> FlowCounters {
         FlowCounters {
             counters: Counters {
                 packets,

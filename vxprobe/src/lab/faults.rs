@@ -6,7 +6,7 @@ use std::{
     ffi::CString,
     io,
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd as _, OwnedFd},
     process::{Command, Stdio},
 };
 
@@ -36,6 +36,26 @@ pub fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// setsockopt(2) of one `c_int` option on `socket`.
+pub fn set_int_option(
+    socket: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: setsockopt reads one c_int we own, of the size passed.
+    check(unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
 /// socket(2), close-on-exec, owned.
 pub fn socket(domain: libc::c_int, kind: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: socket(2) has no memory arguments; the fd is owned right away.
@@ -44,30 +64,50 @@ pub fn socket(domain: libc::c_int, kind: libc::c_int, proto: libc::c_int) -> io:
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Sends `count` copies of `payload` (a transport header and data) to `dst` through a raw
-/// socket of protocol `proto`: the kernel adds the IP header and leaves the rest as given.
-fn raw_sends(proto: libc::c_int, dst: Ipv4Addr, payload: &[u8], count: u32) -> io::Result<()> {
-    let fd = socket(libc::AF_INET, libc::SOCK_RAW, proto)?;
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(dst.octets()),
-        },
-        sin_zero: [0; 8],
-    };
-    for _ in 0..count {
+/// A raw IPv4 socket of protocol `proto` that sends to `dst`: the kernel adds the IP header
+/// and leaves the rest (a transport header and data) as given.
+pub struct RawSender {
+    fd: OwnedFd,
+    addr: libc::sockaddr_in,
+}
+
+impl RawSender {
+    pub fn open(proto: libc::c_int, dst: Ipv4Addr) -> io::Result<Self> {
+        Ok(Self {
+            fd: socket(libc::AF_INET, libc::SOCK_RAW, proto)?,
+            addr: libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(dst.octets()),
+                },
+                sin_zero: [0; 8],
+            },
+        })
+    }
+
+    /// Sends one packet carrying `payload`.
+    pub fn send(&self, payload: &[u8]) -> io::Result<()> {
         // SAFETY: the buffer and the sockaddr_in outlive the call; lengths match them.
         check(unsafe {
             libc::sendto(
-                fd.as_raw_fd(),
+                self.fd.as_raw_fd(),
                 payload.as_ptr().cast(),
                 payload.len(),
                 0,
-                (&raw const addr).cast(),
+                (&raw const self.addr).cast(),
                 size_of::<libc::sockaddr_in>() as libc::socklen_t,
             ) as libc::c_int
-        })?;
+        })
+        .map(drop)
+    }
+}
+
+/// Sends `count` copies of `payload` to `dst` through a [`RawSender`] of protocol `proto`.
+fn raw_sends(proto: libc::c_int, dst: Ipv4Addr, payload: &[u8], count: u32) -> io::Result<()> {
+    let sender = RawSender::open(proto, dst)?;
+    for _ in 0..count {
+        sender.send(payload)?;
     }
     Ok(())
 }
@@ -160,17 +200,7 @@ pub fn udp_datagrams(
             Df::Always => Some(libc::IP_PMTUDISC_DO),
         };
         if let (Some(mode), true) = (mode, dst.is_ipv4()) {
-            let dont: libc::c_int = mode;
-            // SAFETY: setsockopt reads one c_int we own.
-            check(unsafe {
-                libc::setsockopt(
-                    sock.as_raw_fd(),
-                    libc::IPPROTO_IP,
-                    libc::IP_MTU_DISCOVER,
-                    (&raw const dont).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            })?;
+            set_int_option(&sock, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, mode)?;
         }
         let payload = vec![b'v'; size];
         let mut refused = 0;
@@ -334,19 +364,11 @@ pub fn loss_counter(netns: &str, name: &str) -> io::Result<u64> {
 
 /// `ethtool -K dev feature on|off` inside the namespace.
 pub fn set_offload(netns: &str, dev: &str, feature: &str, on: bool) -> io::Result<()> {
-    let status = Command::new("ip")
-        .args(["netns", "exec", netns, "ethtool", "-K", dev, feature])
-        .arg(if on { "on" } else { "off" })
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "ethtool -K {dev} {feature} failed"
-        )))
-    }
+    let state = if on { "on" } else { "off" };
+    super::run(
+        "ip",
+        &format!("netns exec {netns} ethtool -K {dev} {feature} {state}"),
+    )
 }
 
 /// A counter of /proc/net/snmp (`Udp`, `Tcp`, ...) or /proc/net/netstat (`TcpExt`) read
@@ -491,14 +513,5 @@ pub fn udp_sink(
 
 /// Sets a device's MTU inside the namespace.
 pub fn set_mtu(netns: &str, dev: &str, mtu: u32) -> io::Result<()> {
-    let status = Command::new("ip")
-        .args(["-n", netns, "link", "set", dev, "mtu", &mtu.to_string()])
-        .status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "ip link set {dev} mtu {mtu} failed"
-        )))
-    }
+    super::ip(&format!("-n {netns} link set {dev} mtu {mtu}"))
 }

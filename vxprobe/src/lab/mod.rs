@@ -287,6 +287,19 @@ impl Lab {
         ip(&format!("-n {pod} link set {peer} up"))
     }
 
+    /// [`faults::udp_datagrams`] from node 1's pod to node 2's pod (IPv4): the pod-to-pod
+    /// traffic across the overlay that the tests and the benchmarks send.
+    pub fn pod_datagrams(
+        &self,
+        port: u16,
+        size: usize,
+        count: u32,
+        df: faults::Df,
+    ) -> io::Result<u32> {
+        let [n1, n2] = &self.nodes;
+        faults::udp_datagrams(&n1.pod.netns, n2.pod.ip.into(), port, size, count, df)
+    }
+
     /// Runs a command inside a namespace of this lab and waits for it.
     pub fn exec(netns: &str, program: &str, args: &[&str]) -> io::Result<Output> {
         Command::new("ip")

@@ -100,28 +100,15 @@ impl Phase {
     pub fn tick(self, lab: &Lab) -> io::Result<()> {
         let [n1, n2] = &lab.nodes;
         // The steady UDP between the pods, in every phase.
-        faults::udp_datagrams(
-            &n1.pod.netns,
-            n2.pod.ip.into(),
-            UDP_PORT,
-            200,
-            20,
-            faults::Df::Default,
-        )?;
+        lab.pod_datagrams(UDP_PORT, 200, 20, faults::Df::Default)?;
         match self {
             Phase::BadChecksums => {
                 faults::bad_udp_checksums(&n1.pod.netns, n2.pod.ip, BAD_CSUM_PORT, 5)
             }
             // Full-size datagrams with DF: too big for the overlay once forwarded.
-            Phase::MtuMismatch => faults::udp_datagrams(
-                &n1.pod.netns,
-                n2.pod.ip.into(),
-                UDP_PORT,
-                1472,
-                5,
-                faults::Df::Default,
-            )
-            .map(drop),
+            Phase::MtuMismatch => lab
+                .pod_datagrams(UDP_PORT, 1472, 5, faults::Df::Default)
+                .map(drop),
             Phase::TapOversize => faults::packet_sends(&n1.netns, TAP_DEV, 2000, 5).map(drop),
             Phase::Baseline | Phase::RandomLoss | Phase::OffloadOff | Phase::WireLoss => Ok(()),
         }

@@ -256,14 +256,7 @@ mod tests {
     const NETNS: u64 = 4026531840;
 
     fn hop(ifindex: u32) -> MetaHop {
-        MetaHop {
-            ifname: format!("cali{ifindex}"),
-            ifindex,
-            role: Role::Pod,
-            mtu: 1450,
-            ahead: Vec::new(),
-            pod: None,
-        }
+        MetaHop::new(&format!("cali{ifindex}"), ifindex, Role::Pod, 1450)
     }
 
     fn count(ifindex: u32, dir: Direction, packets: u64) -> HopCount {

@@ -98,15 +98,28 @@ pub struct MetaHop {
 }
 
 impl MetaHop {
+    /// A device with nothing known ahead of vxprobe's programs and no pod.
+    pub fn new(ifname: &str, ifindex: u32, role: Role, mtu: u32) -> Self {
+        Self {
+            ifname: ifname.to_owned(),
+            ifindex,
+            role,
+            mtu,
+            ahead: Vec::new(),
+            pod: None,
+        }
+    }
+
     /// A hop as lines name it, with the pod at its other end as `pods` knows it.
     pub fn of(hop: &Hop, pods: &Snapshot) -> Self {
         Self {
-            ifname: hop.device.name.clone(),
-            ifindex: hop.device.ifindex,
-            role: hop.role,
-            mtu: hop.device.mtu,
-            ahead: Vec::new(),
             pod: pods.pod_of_device(hop.device.ifindex).cloned(),
+            ..Self::new(
+                &hop.device.name,
+                hop.device.ifindex,
+                hop.role,
+                hop.device.mtu,
+            )
         }
     }
 }

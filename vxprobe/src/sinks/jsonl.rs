@@ -8,6 +8,7 @@ use std::{
 };
 
 use serde::Serialize;
+use vxprobe_common::Direction;
 
 use crate::{
     node::{devices::Role, pods::PodId},
@@ -16,7 +17,8 @@ use crate::{
         packet::{Flow, Outer},
         pipeline::Sink,
         report::{
-            DeviceEvent, FlowReport, HopChange, IntervalEnd, IntervalReport, Meta, Summary, Warning,
+            DeviceEvent, FlowReport, HopChange, IntervalEnd, IntervalReport, Meta, MetaHop,
+            Summary, Warning,
         },
     },
 };
@@ -26,9 +28,9 @@ pub fn timestamp(at: SystemTime) -> String {
     humantime::format_rfc3339_micros(at).to_string()
 }
 
-/// One `hop` line: what a device saw in one direction over one interval.
+/// Where a `hop` or `flow` line was counted: the fields both start with.
 #[derive(Debug, Serialize)]
-pub struct HopLine<'a> {
+pub struct AtHop<'a> {
     pub kind: &'static str,
     pub ts: &'a str,
     pub ifname: &'a str,
@@ -39,6 +41,28 @@ pub struct HopLine<'a> {
     pub pod: Option<&'a PodId>,
     pub dir: &'static str,
     pub role: Role,
+}
+
+impl<'a> AtHop<'a> {
+    fn new(kind: &'static str, ts: &'a str, netns: u64, hop: &'a MetaHop, dir: Direction) -> Self {
+        Self {
+            kind,
+            ts,
+            ifname: &hop.ifname,
+            ifindex: hop.ifindex,
+            netns,
+            pod: hop.pod.as_ref().map(|p| &p.id),
+            dir: dir.as_str(),
+            role: hop.role,
+        }
+    }
+}
+
+/// One `hop` line: what a device saw in one direction over one interval.
+#[derive(Debug, Serialize)]
+pub struct HopLine<'a> {
+    #[serde(flatten)]
+    pub at: AtHop<'a>,
     pub packets: u64,
     pub bytes: u64,
     pub drops: u64,
@@ -57,15 +81,8 @@ pub struct HopLine<'a> {
 /// One `flow` line: what one flow did at one hop over one interval.
 #[derive(Debug, Serialize)]
 pub struct FlowLine<'a> {
-    pub kind: &'static str,
-    pub ts: &'a str,
-    pub ifname: &'a str,
-    pub ifindex: u32,
-    pub netns: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<&'a PodId>,
-    pub dir: &'static str,
-    pub role: Role,
+    #[serde(flatten)]
+    pub at: AtHop<'a>,
     pub flow: &'a Flow,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outer: Option<&'a Outer>,
@@ -355,14 +372,7 @@ impl Sink for JsonSink {
         for h in &report.hops {
             let c = &h.counters;
             self.put(&HopLine {
-                kind: "hop",
-                ts: &ts,
-                ifname: &h.hop.ifname,
-                ifindex: h.hop.ifindex,
-                netns: self.netns,
-                pod: h.hop.pod.as_ref().map(|p| &p.id),
-                dir: h.dir.as_str(),
-                role: h.hop.role,
+                at: AtHop::new("hop", &ts, self.netns, &h.hop, h.dir),
                 packets: c.packets,
                 bytes: c.bytes,
                 drops: h.drops(),
@@ -393,14 +403,7 @@ impl Sink for JsonSink {
         for f in flows {
             let c = &f.counters;
             self.put(&FlowLine {
-                kind: "flow",
-                ts: &ts,
-                ifname: &f.hop.ifname,
-                ifindex: f.hop.ifindex,
-                netns: self.netns,
-                pod: f.hop.pod.as_ref().map(|p| &p.id),
-                dir: f.dir.as_str(),
-                role: f.hop.role,
+                at: AtHop::new("flow", &ts, self.netns, &f.hop, f.dir),
                 flow: &f.flow,
                 outer: f.outer.as_ref(),
                 packets: c.counters.packets,

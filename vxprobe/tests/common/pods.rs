@@ -382,19 +382,12 @@ impl LayoutPod {
 /// The evidence file's packets as tshark reads them: each one's comment and its interface's
 /// description.
 pub fn tshark_packets(path: &Path) -> Vec<(String, String)> {
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(path)
-        .args(["-T", "fields", "-E", "separator=|"])
-        .args(["-e", "frame.comment", "-e", "frame.interface_description"])
-        .output()
-        .expect("running tshark");
-    super::run::assert_ok("tshark", &out);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let (comment, description) = l.split_once('|').unwrap_or((l, ""));
-            (comment.to_owned(), description.to_owned())
+    let fields = ["frame.comment", "frame.interface_description"];
+    super::run::tshark_fields(path, &fields)
+        .into_iter()
+        .map(|f| {
+            let mut f = f.into_iter();
+            (f.next().unwrap_or_default(), f.next().unwrap_or_default())
         })
         .collect()
 }

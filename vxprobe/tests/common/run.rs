@@ -1,6 +1,9 @@
 //! Running vxprobe (and other programs) to completion and reading what they printed.
 
-use std::process::{Command, Output};
+use std::{
+    path::Path,
+    process::{Command, Output},
+};
 
 use serde_json::Value;
 
@@ -20,6 +23,32 @@ pub fn output_ok(command: &mut Command) -> Output {
     let out = command.output().unwrap();
     assert_ok(&format!("{command:?}"), &out);
     out
+}
+
+/// Every packet of the pcapng file `pcap`, as tshark reads it: the packet's `fields`, in order
+/// (the last one keeps any `|` of its own).
+pub fn tshark_fields(pcap: &Path, fields: &[&str]) -> Vec<Vec<String>> {
+    let mut command = Command::new("tshark");
+    command
+        .arg("-r")
+        .arg(pcap)
+        .args(["-T", "fields", "-E", "separator=|"]);
+    for field in fields {
+        command.args(["-e", field]);
+    }
+    let out = output_ok(&mut command);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| line.splitn(fields.len(), '|').map(str::to_owned).collect())
+        .collect()
+}
+
+/// The element of the JSON array `list` whose `field` is `value`; panics naming both without
+/// one.
+pub fn element<'a>(list: &'a Value, field: &str, value: &str) -> &'a Value {
+    list.as_array()
+        .and_then(|items| items.iter().find(|item| item[field] == value))
+        .unwrap_or_else(|| panic!("no {field} {value} in {list}"))
 }
 
 /// `vxprobe record`, to be run inside `netns`.

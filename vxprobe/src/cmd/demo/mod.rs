@@ -16,6 +16,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use tokio::sync::mpsc::{Receiver, Sender};
 
 pub use phases::SCENARIO_OVER;
 use phases::{Seen, Timing, Watch, inject};
@@ -51,19 +52,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let mut node1 = Node1::watch(&lab, None, &args).await?;
 
-    let (notes_tx, notes_rx) = tokio::sync::mpsc::channel(16);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (phases_done_tx, phases_done) = tokio::sync::oneshot::channel::<()>();
-    let injector = {
-        let (lab, stop, seen) = (Arc::clone(&lab), Arc::clone(&stop), Arc::clone(&node1.seen));
-        let timing = Timing::new(args.phase);
-        let cycle = args.record.is_none();
-        std::thread::spawn(move || {
-            let injected = inject(&lab, &Phase::ALL, timing, cycle, &stop, &seen, &notes_tx);
-            let _ = phases_done_tx.send(());
-            injected
-        })
-    };
+    let timing = Timing::new(args.phase);
+    let cycle = args.record.is_none();
+    let (injector, notes_rx, phases_done) =
+        Injector::spawn(&lab, &node1.seen, move |lab, stop, seen, notes| {
+            inject(lab, &Phase::ALL, timing, cycle, stop, seen, notes)
+        });
     let interval = Duration::from_secs(1);
     let result = match outputs {
         Some(outputs) => {
@@ -85,7 +79,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             top::show(session, interval, Some(notes_rx), Some(watch)).await
         }
     };
-    let injected = stop_injector(&stop, injector)?;
+    let injected = injector.stop()?;
     node1.session.stop();
     drop(node1.inside);
     drop(_traffic);
@@ -165,10 +159,39 @@ fn phases_then(
     })
 }
 
-/// Tells the fault injector to stop, and waits for what it returns.
-fn stop_injector<T>(stop: &AtomicBool, injector: std::thread::JoinHandle<T>) -> anyhow::Result<T> {
-    stop.store(true, Ordering::Relaxed);
-    injector
-        .join()
-        .map_err(|_| anyhow::anyhow!("the fault injector panicked"))
+/// The fault phases, on a thread of their own beside the session.
+struct Injector<T> {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<T>,
+}
+
+impl<T: Send + 'static> Injector<T> {
+    /// Runs `work(lab, stop, seen, notes)` on a thread; returns it with the notes `work`
+    /// sends and word that it has returned (its phases are done).
+    fn spawn(
+        lab: &Arc<Lab>,
+        seen: &Arc<Seen>,
+        work: impl FnOnce(&Lab, &AtomicBool, &Seen, &Sender<String>) -> T + Send + 'static,
+    ) -> (Self, Receiver<String>, tokio::sync::oneshot::Receiver<()>) {
+        let (notes_tx, notes_rx) = tokio::sync::mpsc::channel(16);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (phases_done_tx, phases_done) = tokio::sync::oneshot::channel();
+        let thread = {
+            let (lab, stop, seen) = (Arc::clone(lab), Arc::clone(&stop), Arc::clone(seen));
+            std::thread::spawn(move || {
+                let injected = work(&lab, &stop, &seen, &notes_tx);
+                let _ = phases_done_tx.send(());
+                injected
+            })
+        };
+        (Self { stop, thread }, notes_rx, phases_done)
+    }
+
+    /// Tells the fault injector to stop, and waits for what it returns.
+    fn stop(self) -> anyhow::Result<T> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the fault injector panicked"))
+    }
 }

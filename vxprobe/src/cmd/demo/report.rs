@@ -9,16 +9,16 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, atomic::AtomicBool},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 
 use super::{
-    Node1, need_caps,
+    Injector, Node1, need_caps,
     phases::{Timing, inject},
-    phases_then, stop_injector,
+    phases_then,
 };
 use crate::{
     cli::DemoArgs,
@@ -60,32 +60,17 @@ pub async fn run(args: DemoArgs, dir: &Path) -> anyhow::Result<()> {
 
     let mut node1 = Node1::watch(&lab, Some("node1"), &args).await?;
 
-    let (notes_tx, notes_rx) = tokio::sync::mpsc::channel(16);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (phases_done_tx, phases_done) = tokio::sync::oneshot::channel::<()>();
-    let injector = {
-        let (lab, stop, seen) = (Arc::clone(&lab), Arc::clone(&stop), Arc::clone(&node1.seen));
-        let timing = Timing::new(args.phase);
-        std::thread::spawn(move || -> anyhow::Result<()> {
+    let timing = Timing::new(args.phase);
+    let (injector, notes_rx, phases_done) =
+        Injector::spawn(&lab, &node1.seen, move |lab, stop, seen, notes| {
             // Traffic from here, while both nodes record, and stopped before they stop.
-            let traffic = Traffic::start(&lab).context("starting iperf3 between the pods");
-            let injected = traffic.and_then(|traffic| {
-                let injected = inject(
-                    &lab,
-                    &Phase::WITH_SWITCH,
-                    timing,
-                    false,
-                    &stop,
-                    &seen,
-                    &notes_tx,
-                );
+            let traffic = Traffic::start(lab).context("starting iperf3 between the pods");
+            traffic.and_then(|traffic| {
+                let injected = inject(lab, &Phase::WITH_SWITCH, timing, false, stop, seen, notes);
                 drop(traffic);
                 injected.context("injecting faults")
-            });
-            let _ = phases_done_tx.send(());
-            injected
-        })
-    };
+            })
+        });
     // The last packets of the traffic counted, on both nodes.
     let until = phases_then(phases_done, INTERVAL + INTERVAL / 2, args.duration)?;
     let recorded = outputs
@@ -97,7 +82,7 @@ pub async fn run(args: DemoArgs, dir: &Path) -> anyhow::Result<()> {
             until,
         )
         .await;
-    let injected = stop_injector(&stop, injector)?;
+    let injected = injector.stop()?;
     node1.session.stop();
     let node2_stopped = node2.stop();
     drop(node1.inside);

@@ -13,14 +13,7 @@ use crate::{
 };
 
 fn meta_hop(ifindex: u32, name: &str, role: Role) -> MetaHop {
-    MetaHop {
-        ifname: name.into(),
-        ifindex,
-        role,
-        mtu: 1450,
-        ahead: Vec::new(),
-        pod: None,
-    }
+    MetaHop::new(name, ifindex, role, 1450)
 }
 
 fn meta(hops: Vec<MetaHop>) -> Meta {

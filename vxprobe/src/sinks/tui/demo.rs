@@ -77,6 +77,26 @@ fn hop((name, ifindex, role): Device, dir: Direction, counts: HopCounts) -> Flow
     }
 }
 
+/// The hops of a flow from the pod out through the tunnel: what the pod sent, what the
+/// tunnel sent, what went on the wire.
+fn departing(pod: HopCounts, tunnel: HopCounts, wire: HopCounts) -> Vec<FlowHop> {
+    vec![
+        hop(CALI0, Direction::Ingress, pod),
+        hop(VXLAN, Direction::Egress, tunnel),
+        hop(ETH0, Direction::Egress, wire),
+    ]
+}
+
+/// The hops of a flow arriving through the tunnel: what came off the wire, then what went on
+/// through the tunnel to the pod.
+fn arriving(wire: HopCounts, delivered: HopCounts) -> Vec<FlowHop> {
+    vec![
+        hop(ETH0, Direction::Ingress, wire),
+        hop(VXLAN, Direction::Ingress, delivered.clone()),
+        hop(CALI0, Direction::Egress, delivered),
+    ]
+}
+
 struct Node {
     /// The iperf client's data flow: pod -> tunnel -> NIC.
     data: Flow,
@@ -146,44 +166,30 @@ fn interval(node: &Node, i: usize) -> AppEvent {
     let acks_flow = FlowSample::from_hops(
         node.acks.clone(),
         vxlan_outer(ip(198, 18, 0, 2), 47001, ip(198, 18, 0, 1)),
-        vec![
-            hop(
-                ETH0,
-                Ingress,
-                HopCounts {
-                    drops: csum,
-                    csum_errors: csum,
-                    ..counts(acks, 116)
-                },
-            ),
-            hop(VXLAN, Ingress, counts(acks - csum, 66)),
-            hop(CALI0, Egress, counts(acks - csum, 66)),
-        ],
+        arriving(
+            HopCounts {
+                drops: csum,
+                csum_errors: csum,
+                ..counts(acks, 116)
+            },
+            counts(acks - csum, 66),
+        ),
     );
     let dns = FlowSample::from_hops(
         node.dns.clone(),
         vxlan_outer(ip(198, 18, 0, 1), 51000, ip(198, 18, 0, 3)),
-        vec![
-            hop(CALI0, Ingress, counts(4, 74)),
-            hop(VXLAN, Egress, counts(4, 74)),
-            hop(ETH0, Egress, counts(4, 124)),
-        ],
+        departing(counts(4, 74), counts(4, 74), counts(4, 124)),
     );
     let web = FlowSample::from_hops(
         node.web.clone(),
         vxlan_outer(ip(198, 18, 0, 2), 47100, ip(198, 18, 0, 1)),
-        vec![
-            hop(
-                ETH0,
-                Ingress,
-                HopCounts {
-                    drops: fw,
-                    ..counts(web_in, 900)
-                },
-            ),
-            hop(VXLAN, Ingress, counts(web_in - fw, 850)),
-            hop(CALI0, Egress, counts(web_in - fw, 850)),
-        ],
+        arriving(
+            HopCounts {
+                drops: fw,
+                ..counts(web_in, 900)
+            },
+            counts(web_in - fw, 850),
+        ),
     );
     let media = FlowSample::from_hops(
         node.media.clone(),
@@ -211,18 +217,14 @@ fn interval(node: &Node, i: usize) -> AppEvent {
     let https = FlowSample::from_hops(
         node.https.clone(),
         vxlan_outer(ip(198, 18, 0, 1), 47200, ip(198, 18, 0, 2)),
-        vec![
-            hop(
-                CALI0,
-                Ingress,
-                HopCounts {
-                    retransmits: 3,
-                    ..counts(20, 1_300)
-                },
-            ),
-            hop(VXLAN, Egress, counts(20, 1_300)),
-            hop(ETH0, Egress, counts(10, 1_350)),
-        ],
+        departing(
+            HopCounts {
+                retransmits: 3,
+                ..counts(20, 1_300)
+            },
+            counts(20, 1_300),
+            counts(10, 1_350),
+        ),
     );
 
     let on = Offload {

@@ -51,15 +51,21 @@ pub(super) fn render_history(app: &App, area: Rect, buf: &mut Buffer) {
         .render(inner, buf);
 }
 
+/// A badge in the status line: black on `bg`, then a space.
+fn badge(spans: &mut Vec<Span<'_>>, text: String, bg: Color) {
+    spans.push(Span::styled(text, Style::new().fg(Color::Black).bg(bg)));
+    spans.push(Span::raw(" "));
+}
+
 pub(super) fn render_status(app: &App, area: Rect, buf: &mut Buffer) {
     let sep = || Span::styled(" │ ", DIM);
     let mut spans = Vec::new();
     if app.paused {
-        spans.push(Span::styled(
+        badge(
+            &mut spans,
             format!(" PAUSED ({} held) ", app.held()),
-            Style::new().fg(Color::Black).bg(Color::Yellow),
-        ));
-        spans.push(Span::raw(" "));
+            Color::Yellow,
+        );
     }
     if let Some(input) = &app.filter_input {
         spans.push(Span::styled(
@@ -74,18 +80,10 @@ pub(super) fn render_status(app: &App, area: Rect, buf: &mut Buffer) {
         return;
     }
     if app.feed_ended {
-        spans.push(Span::styled(
-            " FEED ENDED ",
-            Style::new().fg(Color::Black).bg(Color::Red),
-        ));
-        spans.push(Span::raw(" "));
+        badge(&mut spans, " FEED ENDED ".into(), Color::Red);
     }
     if let Some(notice) = &app.notice {
-        spans.push(Span::styled(
-            format!(" {notice} "),
-            Style::new().fg(Color::Black).bg(Color::Yellow),
-        ));
-        spans.push(Span::raw(" "));
+        badge(&mut spans, format!(" {notice} "), Color::Yellow);
     }
     if !app.filter.is_empty() {
         spans.push(Span::styled(

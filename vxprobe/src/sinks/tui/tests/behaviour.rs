@@ -376,7 +376,7 @@ fn status_shows_evicted_flows_only_when_some_were() {
 /// lines; and a flow all of whose packets died reads 100%.
 #[test]
 fn the_ui_shows_the_models_loss() {
-    use std::{collections::HashMap, time::SystemTime};
+    use std::collections::HashMap;
 
     use vxprobe_common::{Counters, FlowCounters};
 
@@ -384,7 +384,6 @@ fn the_ui_shows_the_models_loss() {
         observe::{
             anomaly::{AnomalyKind, tests_support::empty},
             interval::{HopCount, Interval},
-            pipeline::Sink as _,
             report::FlowReport,
         },
         sinks::tui::feed::TuiFeed,
@@ -421,28 +420,21 @@ fn the_ui_shows_the_models_loss() {
         segs: packets,
         ..Default::default()
     };
-    let report = model.close(
-        SystemTime::now(),
-        std::time::Duration::from_secs(1),
-        vec![
-            HopCount {
-                hop: cali.clone(),
-                dir: Direction::Ingress,
-                counters: counters(80),
-            },
-            HopCount {
-                hop: cali.clone(),
-                dir: Direction::Egress,
-                counters: counters(0),
-            },
-        ],
-        vec![],
-    );
-    assert_eq!(report.hops[0].loss_pct, 3.75);
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let mut feed = TuiFeed::new(tx, std::time::Duration::from_secs(1), HashMap::new());
-    feed.interval(&report).unwrap();
-    feed.flows(&[FlowReport {
+    let hops = vec![
+        HopCount {
+            hop: cali.clone(),
+            dir: Direction::Ingress,
+            counters: counters(80),
+        },
+        HopCount {
+            hop: cali.clone(),
+            dir: Direction::Egress,
+            counters: counters(0),
+        },
+    ];
+    let flow_report = FlowReport {
         hop: cali,
         dir: Direction::Ingress,
         flow: flow.clone(),
@@ -457,9 +449,9 @@ fn the_ui_shows_the_models_loss() {
             ..Default::default()
         },
         mean_segment: 200,
-    }])
-    .unwrap();
-    feed.interval_end(&model.end(0, |_| true)).unwrap();
+    };
+    let report = feed_interval(&mut feed, &mut model, hops, flow_report);
+    assert_eq!(report.hops[0].loss_pct, 3.75);
     let mut app = App::new();
     super::feed(&mut app, std::iter::from_fn(|| rx.try_recv().ok()));
     assert_eq!(app.hops()[0].loss_pct, report.hops[0].loss_pct);

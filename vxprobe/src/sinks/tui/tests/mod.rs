@@ -21,12 +21,8 @@ pub(super) fn cali0(
     pod: Option<std::sync::Arc<crate::node::pods::Pod>>,
 ) -> crate::observe::report::MetaHop {
     crate::observe::report::MetaHop {
-        ifname: "cali0".into(),
-        ifindex: 7,
-        role: crate::node::devices::Role::Pod,
-        mtu: 1450,
-        ahead: Vec::new(),
         pod,
+        ..crate::observe::report::MetaHop::new("cali0", 7, crate::node::devices::Role::Pod, 1450)
     }
 }
 
@@ -39,6 +35,23 @@ pub(super) fn pod_udp() -> crate::observe::packet::Flow {
         sport: 40000,
         dport: 5555,
     }
+}
+
+/// One interval through `feed` as the pipeline sends it: `model` closed over `hops` (1 s, no
+/// lost events), then `flow`, then the interval's end. Returns the closed interval's report.
+pub(super) fn feed_interval(
+    feed: &mut super::feed::TuiFeed,
+    model: &mut crate::observe::interval::Interval,
+    hops: Vec<crate::observe::interval::HopCount>,
+    flow: crate::observe::report::FlowReport,
+) -> crate::observe::report::IntervalReport {
+    use crate::observe::pipeline::Sink as _;
+    let ts = std::time::SystemTime::now();
+    let report = model.close(ts, std::time::Duration::from_secs(1), hops, vec![]);
+    feed.interval(&report).unwrap();
+    feed.flows(&[flow]).unwrap();
+    feed.interval_end(&model.end(0, |_| true)).unwrap();
+    report
 }
 
 pub(super) fn press(code: KeyCode) -> AppEvent {

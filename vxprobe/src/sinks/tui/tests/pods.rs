@@ -187,7 +187,7 @@ fn a_flow_takes_its_pod_once_named() {
 /// pod's namespace named `device@namespace/name` rather than by its inode.
 #[test]
 fn the_feed_carries_the_pods() {
-    use std::{collections::HashMap, sync::Arc, time::SystemTime};
+    use std::{collections::HashMap, sync::Arc};
 
     use crate::{
         node::pods::Pod,
@@ -237,27 +237,20 @@ fn the_feed_carries_the_pods() {
     feed.anomaly(&inside).unwrap();
     let mut model = Interval::new(netns, HashMap::new());
     model.observe_device(7);
-    let report = model.close(
-        SystemTime::now(),
-        std::time::Duration::from_secs(1),
-        vec![HopCount {
-            hop: cali.clone(),
-            dir: Direction::Ingress,
-            counters: Default::default(),
-        }],
-        vec![],
-    );
-    feed.interval(&report).unwrap();
-    feed.flows(&[FlowReport {
+    let hops = vec![HopCount {
+        hop: cali.clone(),
+        dir: Direction::Ingress,
+        counters: Default::default(),
+    }];
+    let flow_report = FlowReport {
         hop: cali,
         dir: Direction::Ingress,
         flow: flow.clone(),
         outer: None,
         counters: Default::default(),
         mean_segment: 0,
-    }])
-    .unwrap();
-    feed.interval_end(&model.end(0, |_| true)).unwrap();
+    };
+    feed_interval(&mut feed, &mut model, hops, flow_report);
     let mut app = App::new();
     super::feed(&mut app, std::iter::from_fn(|| rx.try_recv().ok()));
     assert_eq!(app.hops()[0].pod, Some(web()));
