@@ -241,15 +241,19 @@ impl Anomaly {
     ///   original is freed with NO_SOCKET in `ping_rcv` when no unprivileged ping socket
     ///   wants it;
     /// - the fragments of a reassembled datagram hang on its `frag_list` and are freed with
-    ///   it, in `skb_release_data`, with the datagram's reason: NOT_SPECIFIED when it was
-    ///   delivered and consumed (each reassembled datagram read as fragments - 1 drops). A
-    ///   datagram that was dropped is its own drop line, at its own location.
+    ///   it (in `skb_release_data`; through `kfree_skb_list[_reason]` before 6.3) with the
+    ///   datagram's reason: NOT_SPECIFIED when it was delivered and consumed (each reassembled
+    ///   datagram read as fragments - 1 drops). When the datagram was dropped for a reason,
+    ///   its fragments carry that reason and are losses too (each was a packet on the wire).
     pub fn is_benign(&self) -> bool {
+        let reason = self.reason.as_deref();
         self.kind == AnomalyKind::Drop
             && match self.location.as_deref() {
                 // icmp_rcv: kernels without drop reasons (btf_needs::reasonless_name)
-                Some("ping_rcv" | "icmp_rcv") => self.reason.as_deref() == Some("NO_SOCKET"),
-                Some("skb_release_data") => true,
+                Some("ping_rcv" | "icmp_rcv") => reason == Some("NO_SOCKET"),
+                Some("skb_release_data" | "kfree_skb_list" | "kfree_skb_list_reason") => {
+                    reason == Some("NOT_SPECIFIED")
+                }
                 _ => false,
             }
     }
@@ -556,7 +560,9 @@ mod tests {
         assert!(drop("NO_SOCKET", "ping_rcv").is_benign());
         assert!(drop("NO_SOCKET", "icmp_rcv").is_benign());
         assert!(drop("NOT_SPECIFIED", "skb_release_data").is_benign());
-        assert!(drop("NETFILTER_DROP", "skb_release_data").is_benign());
+        assert!(drop("NOT_SPECIFIED", "kfree_skb_list").is_benign());
+        // A reassembled datagram dropped for a reason: its fragments are losses.
+        assert!(!drop("NETFILTER_DROP", "skb_release_data").is_benign());
         assert!(!drop("NO_SOCKET", "udp_queue_rcv_one_skb").is_benign());
         assert!(!drop("NOT_SPECIFIED", "ip_rcv_finish").is_benign());
         assert!(!drop("NETFILTER_DROP", "nf_hook_slow").is_benign());

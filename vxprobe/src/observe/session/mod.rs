@@ -386,18 +386,22 @@ impl Session {
     /// observed or its MTU is the same.
     pub fn update_hop(&mut self, hop: &Hop) -> anyhow::Result<Option<(u32, MetaHop)>> {
         let ifindex = hop.device.ifindex;
-        let Some(known) = self.hops.iter_mut().find(|h| h.device.ifindex == ifindex) else {
+        let Some(at) = self.hops.iter().position(|h| h.device.ifindex == ifindex) else {
             return Ok(None);
         };
-        let was = known.device.mtu;
-        known.device = hop.device.clone();
+        // The kernel first: if it refuses, the old MTU stays known, and the next change is
+        // told and tried again.
         self.probes.set_device_info(hop)?;
+        let was = std::mem::replace(&mut self.hops[at].device, hop.device.clone()).mtu;
         for m in self.meta.hops.iter_mut().filter(|m| m.ifindex == ifindex) {
             m.mtu = hop.device.mtu;
         }
         Ok((was != hop.device.mtu).then(|| {
-            let meta = self.meta.hops.iter().find(|m| m.ifindex == ifindex);
-            (was, meta.cloned().unwrap_or_else(|| self.describe(hop)))
+            let now = MetaHop {
+                ahead: self.probes.ahead_of(ifindex),
+                ..self.describe(hop)
+            };
+            (was, now)
         }))
     }
 
