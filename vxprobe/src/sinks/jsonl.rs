@@ -495,3 +495,37 @@ impl Sink for JsonSink {
         Ok(self.lines.flush()?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hop line's bytes, field order included: the contract's consumers (jq scripts, the
+    /// report's reader) see exactly what they saw before the fields were shared (`AtHop`).
+    #[test]
+    fn a_hop_line_is_byte_for_byte_the_contracts() {
+        let hop = MetaHop::new("cali0", 5, Role::Pod, 1500);
+        let line = HopLine {
+            at: AtHop::new("hop", "2026-12-07T00:00:00Z", 7, &hop, Direction::Egress),
+            packets: 3,
+            bytes: 300,
+            drops: 1,
+            loss_pct: 25.0,
+            segs: 3,
+            mean_segment: 100,
+            max_len: 100,
+            fragments: 0,
+            oversize: 0,
+            interval_ms: 1000,
+        };
+        assert_eq!(
+            serde_json::to_string(&line).unwrap(),
+            concat!(
+                r#"{"kind":"hop","ts":"2026-12-07T00:00:00Z","ifname":"cali0","ifindex":5,"#,
+                r#""netns":7,"dir":"egress","role":"pod","packets":3,"bytes":300,"drops":1,"#,
+                r#""loss_pct":25.0,"segs":3,"mean_segment":100,"max_len":100,"fragments":0,"#,
+                r#""oversize":0,"interval_ms":1000}"#
+            )
+        );
+    }
+}
