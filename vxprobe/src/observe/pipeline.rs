@@ -363,10 +363,17 @@ async fn next_change(watch: &mut Option<DeviceWatch>) -> DeviceChange {
     std::future::pending().await
 }
 
-/// Selected devices that could not be attached, by ifindex, with the reason last reported
-/// and how many attaches in a row failed.
+/// Selected devices that could not be attached, by ifindex.
 #[derive(Default)]
-struct Failed(BTreeMap<u32, (Hop, String, u32)>);
+struct Failed(BTreeMap<u32, Failure>);
+
+/// A device that could not be attached: as last seen, why, and how many attaches in a row
+/// failed.
+struct Failure {
+    hop: Hop,
+    why: String,
+    tries: u32,
+}
 
 /// When a device that failed to attach `tries` times in a row is tried again: 2 s, then twice
 /// as long each time up to 16 s (the periodic resync comes every 30 s anyway). A hook that
@@ -387,8 +394,8 @@ impl Failed {
         watch: Option<&DeviceWatch>,
     ) -> anyhow::Result<()> {
         let known = self.0.get(&hop.device.ifindex);
-        let tries = known.map_or(0, |(_, _, tries)| *tries) + 1;
-        let known = known.map(|(_, w, _)| w.as_str());
+        let tries = known.map_or(0, |f| f.tries) + 1;
+        let known = known.map(|f| f.why.as_str());
         if known != Some(why.as_str()) {
             eprintln!("vxprobe: cannot attach to {}: {why}", hop.device.name);
             let change = HopChange::attach_failed(session.describe(&hop), why.clone());
@@ -396,7 +403,8 @@ impl Failed {
                 sink.device(&change)?;
             }
         }
-        self.0.insert(hop.device.ifindex, (hop, why, tries));
+        self.0
+            .insert(hop.device.ifindex, Failure { hop, why, tries });
         if let Some(watch) = watch {
             watch.resync_in(retry_after(tries));
         }
@@ -454,7 +462,7 @@ fn apply(
             return attach(session, model, sinks, hop, failed, watch);
         }
         DeviceChange::Resynced => {
-            let retry: Vec<Hop> = failed.0.values().map(|(hop, _, _)| hop.clone()).collect();
+            let retry: Vec<Hop> = failed.0.values().map(|f| f.hop.clone()).collect();
             for hop in retry {
                 attach(session, model, sinks, hop, failed, watch)?;
             }
@@ -465,8 +473,8 @@ fn apply(
             session.remove_hop(ifindex).map(HopChange::removed)
         }
         DeviceChange::Updated(hop) => {
-            if let Some((known, _, _)) = failed.0.get_mut(&hop.device.ifindex) {
-                *known = hop.clone();
+            if let Some(known) = failed.0.get_mut(&hop.device.ifindex) {
+                known.hop = hop.clone();
             }
             match session.update_hop(&hop) {
                 Ok(changed) => {
