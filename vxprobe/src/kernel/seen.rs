@@ -38,13 +38,11 @@ impl FlowSeen {
     /// fragments than seen read as four billion of them.
     pub fn since(&self, now: &FlowCounters, epoch: u32) -> FlowCounters {
         let c = &now.counters;
-        // Fragments and oversize as the low 32 bits give them: right across a wrap.
-        let since_low = |low: u32, now: u64| u64::from((now as u32).wrapping_sub(low));
         let continues = c.packets >= self.packets
             && c.bytes >= self.bytes
             && c.segs >= self.segs
-            && since_low(self.fragments, c.fragments) <= c.packets - self.packets
-            && since_low(self.oversize, c.oversize) <= c.packets - self.packets;
+            && low_since(self.fragments, c.fragments) <= c.packets - self.packets
+            && low_since(self.oversize, c.oversize) <= c.packets - self.packets;
         if continues {
             self.delta(now, epoch)
         } else {
@@ -55,8 +53,7 @@ impl FlowSeen {
     /// What was seen, as counters next to `now`: the rarely counted fragments and oversize
     /// are kept as their low 32 bits, taken back to full width under `now`'s.
     fn before(&self, now: &Counters) -> Counters {
-        let widen =
-            |low: u32, now: u64| now.saturating_sub(u64::from((now as u32).wrapping_sub(low)));
+        let widen = |low: u32, now: u64| now.saturating_sub(low_since(low, now));
         Counters {
             packets: self.packets,
             bytes: self.bytes,
@@ -85,6 +82,12 @@ impl FlowSeen {
         delta.counters = delta.counters.delta(&before, epoch);
         delta.counters.max_len = max_len;
     }
+}
+
+/// How much a counter kept as its low 32 bits (`low`) grew to `now`: right across a wrap, as
+/// long as fewer than 2^32 came between.
+fn low_since(low: u32, now: u64) -> u64 {
+    u64::from((now as u32).wrapping_sub(low))
 }
 
 #[cfg(test)]
