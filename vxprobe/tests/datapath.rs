@@ -171,6 +171,75 @@ fn flows_that_share_one_cache_slot_are_counted_exactly() {
     }
 }
 
+/// Every packet the pod sends leaves its eth0 with one and the same skb hash (a classifier
+/// there sets it): the worst case for the TC programs' shortcut, which finds a flow's cache
+/// slot by its hash and skips the parse when the packet's headers confirm the flow. Four UDP
+/// flows, their fragments and a ping, all with that hash, interleaved: each is still counted
+/// exactly, as its own flow, and the fragments as fragments.
+#[test]
+fn flows_whose_packets_all_carry_one_skb_hash_are_told_apart_and_counted_exactly() {
+    let Some(lab) = common::lab::root_lab() else {
+        return;
+    };
+    let [n1, n2] = &lab.nodes;
+    let setter = common::tc::load_hash_setter("one_hash", 0x5eed_1234)
+        .unwrap_or_else(|e| panic!("BPF_PROG_LOAD one_hash: {e}"));
+    let pinned = common::tc::PinnedProgram::pin("one_hash", &setter);
+    common::tc::add_clsact(&n1.pod.netns, "eth0");
+    common::tc::add_filter(
+        &n1.pod.netns,
+        "eth0",
+        "egress",
+        "1",
+        &["bpf", "da", "object-pinned", pinned.path()],
+    );
+    let mut rec = Recorder::start(&n1.netns, ALL_HOPS);
+    // Per flow: small datagrams and 3000-byte ones (three fragments each), interleaved.
+    const SMALL: u64 = 30;
+    const LARGE: u64 = 5;
+    const PINGS: u64 = 10;
+    let ports = [42001u16, 42002, 42003, 42004];
+    let dst = n2.pod.ip;
+    faults::in_netns(&n1.pod.netns, move || {
+        let socks = ports
+            .iter()
+            .map(|p| std::net::UdpSocket::bind(("0.0.0.0", *p)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let large = [7u8; 3000];
+        for i in 0..SMALL {
+            for s in &socks {
+                s.send_to(b"hash", (dst, 9))?;
+                if i % (SMALL / LARGE) == 0 {
+                    s.send_to(&large, (dst, 9))?;
+                }
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    common::ping(&n1.pod.netns, PINGS, &dst.to_string());
+    let per_flow = SMALL + 3 * LARGE;
+    for port in ports {
+        rec.wait_total(&format!("port {port}"), "packets", per_flow, |l| {
+            l["kind"] == "flow" && l["ifname"] == UNDERLAY_DEV && l["flow"]["sport"] == port
+        });
+    }
+    let lines = rec.stop();
+    for port in ports {
+        let ours = |l: &Value| l["flow"]["sport"] == port && l["flow"]["dport"] == 9;
+        let packets = totals(&lines, "flow", Some("packets"), ours);
+        assert_along_sender_path(&packets, per_flow, &format!("port {port} packets"));
+        let fragments = totals(&lines, "flow", Some("fragments"), ours);
+        assert_along_sender_path(&fragments, 3 * LARGE, &format!("port {port} fragments"));
+    }
+    let requests = totals(&lines, "flow", Some("packets"), |l| {
+        l["flow"]["proto"] == "icmp" && l["flow"]["src"] == n1.pod.ip.to_string()
+    });
+    assert_along_sender_path(&requests, PINGS, "echo requests");
+    let hop_fragments = totals(&lines, "hop", Some("fragments"), |_| true);
+    assert_along_sender_path(&hop_fragments, 4 * 3 * LARGE, "hop fragments");
+}
+
 #[test]
 fn an_overlay_mtu_above_the_underlay_fragments_outer_packets_of_the_inner_flow() {
     let Some(lab) = common::lab::root_lab_with(LabOptions {

@@ -10,7 +10,7 @@ use std::{
     process::Command,
 };
 
-use common::{Recorder, hop_totals, is_root, must, tc};
+use common::{Recorder, hop_totals, is_root, must, tc, tc::PinnedProgram};
 use serde_json::Value;
 use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, faults};
 
@@ -41,49 +41,6 @@ impl TcxProgram {
             _link: link,
             _prog: prog,
         }
-    }
-}
-
-/// Another tool's BPF classifier, pinned in a bpffs of its own for `tc ... object-pinned`.
-struct PinnedProgram {
-    dir: std::path::PathBuf,
-    pin: std::path::PathBuf,
-}
-
-impl PinnedProgram {
-    fn load(name: &str, verdict: i32) -> Self {
-        let dir = std::env::temp_dir().join(format!("vxp-first-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mounted = Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(mounted.success(), "mounting a bpffs");
-        let prog = load_verdict(name, verdict, false);
-        let pin = dir.join(name);
-        let path = std::ffi::CString::new(pin.to_str().unwrap()).unwrap();
-        let mut attr = [0u8; 128];
-        attr[0..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
-        attr[8..12].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
-        // BPF_OBJ_PIN returns 0, not an fd: wrap nothing.
-        // SAFETY: bpf(2) with a NUL-terminated path that outlives the call.
-        let rc =
-            unsafe { libc::syscall(libc::SYS_bpf, tc::BPF_OBJ_PIN, attr.as_ptr(), attr.len()) };
-        assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
-        Self { dir, pin }
-    }
-
-    fn path(&self) -> &str {
-        self.pin.to_str().unwrap()
-    }
-}
-
-impl Drop for PinnedProgram {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.pin);
-        let _ = Command::new("umount").arg(&self.dir).status();
-        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
@@ -178,7 +135,7 @@ fn clsact_goes_ahead_of_the_filters_already_there() {
     let ns = &lab.nodes[0].netns;
     // Another tool's direct-action filters that pass every packet (TC_ACT_OK ends the
     // classification): at priority 1 on ingress, 7 on egress.
-    let pass = PinnedProgram::load("cni_pass", TC_ACT_OK);
+    let pass = PinnedProgram::pin("cni_pass", &load_verdict("cni_pass", TC_ACT_OK, false));
     tc::add_clsact(ns, POD_HOST_DEV);
     for (dir, prio) in [("ingress", "1"), ("egress", "7")] {
         tc::add_filter(
