@@ -29,6 +29,7 @@ pub mod names {
     pub const FLOW_INSERTS: &str = "FLOW_INSERTS";
     pub const FLOW_CACHE: &str = "FLOW_CACHE";
     pub const FLOW_CACHE_SLOTS: &str = "FLOW_CACHE_SLOTS";
+    pub const HINTS: &str = "HINTS";
     pub const DEVICE_INFO: &str = "DEVICE_INFO";
     pub const DEVICE_INFO_LOW: &str = "DEVICE_INFO_LOW";
     pub const FILTER: &str = "FILTER";

@@ -39,17 +39,22 @@ static FLOW_INSERTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 const NOEXIST: u64 = 1;
 
 /// Counts one packet (`sample`) of `key`; `spare`: room for a map value, if one is needed.
+/// Returns the cache slot it counted in (its index and generation), if it did.
 #[inline(always)]
-pub fn count(key: &FlowKey, sample: &Counters, outer: &OuterHeader, spare: &mut FlowCounters) {
-    // SAFETY: a plain read of a static; volatile so the compiler cannot fold the placeholder.
-    let slots = unsafe { core::ptr::read_volatile(&FLOW_CACHE_SLOTS) };
+pub fn count(
+    key: &FlowKey,
+    sample: &Counters,
+    outer: &OuterHeader,
+    spare: &mut FlowCounters,
+) -> Option<(u32, u64)> {
+    let slots = slots();
     // SAFETY: a helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let index = cpu * slots + flow_cache_slot(key, slots);
     let Some(slot) = FLOW_CACHE.get_ptr_mut(index) else {
         // Only if user space sized the cache for fewer CPUs than run this program.
         count_uncached(key, sample, outer, spare);
-        return;
+        return None;
     };
     // SAFETY: slots of this CPU's share are written only by programs on this CPU, which do
     // not preempt each other; user space only reads them.
@@ -61,15 +66,33 @@ pub fn count(key: &FlowKey, sample: &Counters, outer: &OuterHeader, spare: &mut 
         if held.counters.outer.family == 0 && outer.family != 0 {
             held.counters.outer = *outer;
         }
-        return;
+        return Some((index, held.generation));
     }
-    take(held, key, sample, outer);
+    Some((index, take(held, key, sample, outer)))
 }
 
-/// `key` takes the slot from its holder. Out of line: a flow takes a slot once, and then
-/// counts there.
+/// Slots per CPU in the flow cache (a power of two).
+#[inline(always)]
+pub fn slots() -> u32 {
+    // SAFETY: a plain read of a static; volatile so the compiler cannot fold the placeholder.
+    unsafe { core::ptr::read_volatile(&FLOW_CACHE_SLOTS) }
+}
+
+/// The cache slot at `index` (this CPU's share: only this CPU's programs write it), if it
+/// still has the holder whose generation's low half is `generation`: a slot changes
+/// generation whenever it changes hands.
+#[inline(always)]
+pub fn slot_held(index: u32, generation: u32) -> Option<&'static mut CachedFlow> {
+    let slot = FLOW_CACHE.get_ptr_mut(index)?;
+    // SAFETY: as in `count`.
+    let held = unsafe { &mut *slot };
+    (held.generation as u32 == generation).then_some(held)
+}
+
+/// `key` takes the slot from its holder; returns its new generation. Out of line: a flow
+/// takes a slot once, and then counts there.
 #[inline(never)]
-fn take(slot: &mut CachedFlow, key: &FlowKey, sample: &Counters, outer: &OuterHeader) {
+fn take(slot: &mut CachedFlow, key: &FlowKey, sample: &Counters, outer: &OuterHeader) -> u64 {
     if slot.key.ifindex != 0 {
         // Into the map before the slot changes hands: a reader that sees the new holder
         // finds the old one's counters in the map.
@@ -85,6 +108,7 @@ fn take(slot: &mut CachedFlow, key: &FlowKey, sample: &Counters, outer: &OuterHe
     first_count(&mut slot.counters, sample, outer);
     compiler_barrier();
     slot.generation = generation;
+    generation
 }
 
 /// Without a cache slot: straight into the map.

@@ -14,6 +14,7 @@ mod csum;
 mod drops;
 mod events;
 mod flows;
+mod hint;
 mod kernel;
 mod parse;
 mod pmtu;

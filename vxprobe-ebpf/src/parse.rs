@@ -56,6 +56,11 @@ pub struct Facts {
     pub frag: Frag,
     /// The tunnel's outer IP header's, when there is a tunnel.
     pub outer_frag: Frag,
+    /// Where the flow's own IP header starts, and its transport header.
+    pub l3: u32,
+    pub l4: u32,
+    /// Where the tunnel's outer IP header starts, when there is a tunnel.
+    pub outer_l3: u32,
 }
 
 /// Sixteen bytes as four aligned words: every address in these structs is 4-aligned, and a
@@ -361,6 +366,8 @@ pub fn packet(
     let Some(l4) = ip(ctx, ethertype, off, key, &mut facts.frag, spill) else {
         return false;
     };
+    facts.l3 = off as u32;
+    facts.l4 = l4 as u32;
     if key.proto != IPPROTO_UDP || !facts.frag.has_transport() {
         return true;
     }
@@ -380,7 +387,11 @@ pub fn packet(
     copy_addr(&mut outer.src, &key.src);
     copy_addr(&mut outer.dst, &key.dst);
     facts.outer_frag.set(&facts.frag);
-    if ip(ctx, inner_type, inner_off, key, &mut facts.frag, spill).is_none() {
+    facts.outer_l3 = facts.l3;
+    if let Some(inner_l4) = ip(ctx, inner_type, inner_off, key, &mut facts.frag, spill) {
+        facts.l3 = inner_off as u32;
+        facts.l4 = inner_l4 as u32;
+    } else {
         let outer = &facts.outer;
         set_proto_family(key, IPPROTO_UDP, outer.family);
         key.sport = outer.sport;

@@ -21,6 +21,7 @@ use vxprobe_common::{
 use crate::{
     events,
     flows::{self, store_outer},
+    hint,
     parse::{self, Facts, Frag, Spill, copy_addr, set_proto_family},
 };
 
@@ -109,6 +110,9 @@ pub fn observe<const UPTO: u8>(ctx: &TcContext, direction: Direction) {
         core::hint::black_box(len ^ gso_segs ^ device.mtu ^ device.l3 ^ device.slot);
         return;
     }
+    if UPTO == step::ALL && count_hinted(ctx, ifindex, direction, len, &device) {
+        return;
+    }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -130,25 +134,11 @@ pub fn observe<const UPTO: u8>(ctx: &TcContext, direction: Direction) {
 
     let fragment = is_ip
         && (facts.frag.is_fragment() || facts.outer.family != 0 && facts.outer_frag.is_fragment());
-    let link_header = if device.l3 != 0 { 0 } else { 14 };
     // SAFETY: as above.
     let gso_segs = unsafe { (*ctx.skb.skb).gso_segs };
-    let oversize = is_ip && gso_segs <= 1 && device.mtu != 0 && len > device.mtu + link_header;
-    let sample = Counters {
-        packets: 1,
-        bytes: u64::from(len),
-        segs: u64::from(gso_segs.max(1)),
-        fragments: u64::from(fragment),
-        oversize: u64::from(oversize),
-        max_len: len,
-        max_epoch: EPOCH.get(0).copied().unwrap_or(0),
-    };
-    if device.known != 0
-        && let Some(counters) = HOP_STATS.get_ptr_mut(hop_index(device.slot, direction))
-    {
-        // SAFETY: a per-CPU slot: only this CPU writes it while this program runs.
-        unsafe { (*counters).merge(&sample) };
-    }
+    let oversize = is_ip && too_big(len, gso_segs, &device);
+    let sample = sample(len, gso_segs, fragment, oversize);
+    count_hop(&device, direction, &sample);
     if UPTO == step::HOP || !is_ip {
         return;
     }
@@ -156,7 +146,14 @@ pub fn observe<const UPTO: u8>(ctx: &TcContext, direction: Direction) {
         remember_or_recall(scratch);
     }
     let (key, facts) = (&scratch.key, &scratch.facts);
-    flows::count(key, &sample, &facts.outer, &mut scratch.spare);
+    let counted = flows::count(key, &sample, &facts.outer, &mut scratch.spare);
+    if let Some((slot, generation)) = counted
+        && !fragment
+    {
+        // SAFETY: as above.
+        let hash = unsafe { (*ctx.skb.skb).hash };
+        hint::remember(hash, key, facts, slot, generation);
+    }
     if fragment || oversize {
         let (kind, frag) = if oversize {
             (EventKind::HopOversize, Frag::default())
@@ -174,6 +171,65 @@ pub fn observe<const UPTO: u8>(ctx: &TcContext, direction: Direction) {
             frag_more: frag.more,
         };
         report(ctx, &what, key, &facts.outer);
+    }
+}
+
+/// A packet whose skb hash names its flow's cache slot, its headers confirming it (`hint`),
+/// counted without a parse; false: the caller parses it. Packets with something to report
+/// (oversized ones) always take the parse.
+#[inline(always)]
+fn count_hinted(
+    ctx: &TcContext,
+    ifindex: u32,
+    direction: Direction,
+    len: u32,
+    device: &DeviceInfo,
+) -> bool {
+    // SAFETY: plain fields of the context, as in `observe`. The hash is read as the skb has
+    // it (0: none), never computed here.
+    let (hash, gso_segs) = unsafe { ((*ctx.skb.skb).hash, (*ctx.skb.skb).gso_segs) };
+    if hash == 0 || too_big(len, gso_segs, device) {
+        return false;
+    }
+    let Some(held) = hint::find(ctx, hash, ifindex, direction as u32) else {
+        return false;
+    };
+    let sample = sample(len, gso_segs, false, false);
+    count_hop(device, direction, &sample);
+    held.counters.counters.merge(&sample);
+    true
+}
+
+/// A packet longer than the device's MTU allows that is not a GSO packet (which the stack
+/// segments later).
+#[inline(always)]
+fn too_big(len: u32, gso_segs: u32, device: &DeviceInfo) -> bool {
+    let link_header = if device.l3 != 0 { 0 } else { 14 };
+    gso_segs <= 1 && device.mtu != 0 && len > device.mtu + link_header
+}
+
+/// One packet, as the counters add it.
+#[inline(always)]
+fn sample(len: u32, gso_segs: u32, fragment: bool, oversize: bool) -> Counters {
+    Counters {
+        packets: 1,
+        bytes: u64::from(len),
+        segs: u64::from(gso_segs.max(1)),
+        fragments: u64::from(fragment),
+        oversize: u64::from(oversize),
+        max_len: len,
+        max_epoch: EPOCH.get(0).copied().unwrap_or(0),
+    }
+}
+
+/// Into the hop's per-CPU counters, if user space gave the device a slot.
+#[inline(always)]
+fn count_hop(device: &DeviceInfo, direction: Direction, sample: &Counters) {
+    if device.known != 0
+        && let Some(counters) = HOP_STATS.get_ptr_mut(hop_index(device.slot, direction))
+    {
+        // SAFETY: a per-CPU slot: only this CPU writes it while this program runs.
+        unsafe { (*counters).merge(sample) };
     }
 }
 

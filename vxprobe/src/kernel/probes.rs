@@ -109,6 +109,8 @@ impl Probes {
             .unwrap_or_else(|| default_flow_cache_slots(shares));
         loader.override_global(names::FLOW_CACHE_SLOTS, &slots, true);
         loader.map_max_entries(names::FLOW_CACHE, (shares as u32).saturating_mul(slots));
+        // The skb-hash hints to the cache's slots: as many, in the same shares.
+        loader.map_max_entries(names::HINTS, (shares as u32).saturating_mul(slots));
         raise_memlock_limit();
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
             let hint = refused_hint(&e);
