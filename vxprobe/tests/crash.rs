@@ -4,11 +4,7 @@
 
 mod common;
 
-use std::{
-    os::fd::{FromRawFd as _, OwnedFd},
-    process::Command,
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use common::{Recorder, hop_totals, is_root, loaded, programs_of, still_loaded, tc};
 use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV};
@@ -53,64 +49,6 @@ fn after_sigkill_in_tcx_mode_nothing_stays_attached() {
     assert!(!filters.contains("vxprobe"), "{filters}");
 }
 
-/// A BPF classifier of "another tool": `mov r0, -1; exit` (TC_ACT_UNSPEC, pass on), named
-/// `othertool_tc`, pinned in a bpffs of its own so `tc ... object-pinned` can attach it.
-struct ForeignProgram {
-    dir: std::path::PathBuf,
-    pin: std::path::PathBuf,
-}
-
-impl ForeignProgram {
-    fn load() -> Self {
-        let dir = std::env::temp_dir().join(format!("vxp-bpffs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mounting a bpffs");
-        let insns: [u8; 16] = [
-            0xb7, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, // mov64 r0, -1
-            0x95, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // exit
-        ];
-        let license = b"GPL\0";
-        let mut attr = [0u8; 128];
-        attr[0..4].copy_from_slice(&3u32.to_ne_bytes()); // BPF_PROG_TYPE_SCHED_CLS
-        attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
-        attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
-        attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-        attr[48..60].copy_from_slice(b"othertool_tc");
-        // SAFETY: BPF_PROG_LOAD with an attr buffer that outlives the call; the pointers in it
-        // point to live arrays of the stated sizes.
-        let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, attr.as_ptr(), attr.len()) };
-        assert!(
-            fd >= 0,
-            "BPF_PROG_LOAD: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: a new fd returned by bpf(2), owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let pin = dir.join("othertool_tc");
-        let path = std::ffi::CString::new(pin.to_str().unwrap()).unwrap();
-        let mut attr = [0u8; 128];
-        attr[0..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
-        attr[8..12].copy_from_slice(&(std::os::fd::AsRawFd::as_raw_fd(&fd) as u32).to_ne_bytes());
-        // SAFETY: BPF_OBJ_PIN with a NUL-terminated path that outlives the call.
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, 6, attr.as_ptr(), attr.len()) };
-        assert!(rc == 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
-        Self { dir, pin }
-    }
-}
-
-impl Drop for ForeignProgram {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.pin);
-        let _ = Command::new("umount").arg(&self.dir).status();
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
 #[test]
 fn after_sigkill_in_clsact_mode_the_next_start_removes_only_vxprobes_filters() {
     let Some(lab) = common::lab::root_lab() else {
@@ -118,14 +56,18 @@ fn after_sigkill_in_clsact_mode_the_next_start_removes_only_vxprobes_filters() {
     };
     let ns = &lab.nodes[0].netns;
     // Another tool's filters on the hooks vxprobe shares: a BPF one and a u32 one.
-    let foreign = ForeignProgram::load();
+    // A BPF classifier of "another tool" (TC_ACT_UNSPEC: pass on), pinned for
+    // `tc ... object-pinned`.
+    let program = tc::load_verdict("othertool_tc", -1, false)
+        .unwrap_or_else(|e| panic!("BPF_PROG_LOAD othertool_tc: {e}"));
+    let foreign = tc::PinnedProgram::pin("othertool_tc", &program);
     tc::add_clsact(ns, POD_HOST_DEV);
     tc::add_filter(
         ns,
         POD_HOST_DEV,
         "egress",
         "20",
-        &["bpf", "da", "object-pinned", foreign.pin.to_str().unwrap()],
+        &["bpf", "da", "object-pinned", foreign.path()],
     );
     // Matches nothing: packets pass on as if it were not there.
     tc::add_filter(

@@ -123,6 +123,29 @@ fn udp_datagrams_of_3000_bytes_are_fragments_at_every_hop() {
     }
 }
 
+/// In `netns`, a UDP socket bound to each of `ports` sends what `send(round, socket)` does, in
+/// `rounds` rounds, every socket in turn.
+fn send_rounds(
+    netns: &str,
+    ports: [u16; 4],
+    rounds: u64,
+    send: impl Fn(u64, &std::net::UdpSocket) -> std::io::Result<()> + Send + 'static,
+) {
+    faults::in_netns(netns, move || {
+        let socks = ports
+            .iter()
+            .map(|p| std::net::UdpSocket::bind(("0.0.0.0", *p)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        for round in 0..rounds {
+            for s in &socks {
+                send(round, s)?;
+            }
+        }
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("sending from ports {ports:?} in {netns}: {e}"));
+}
+
 /// `--flow-cache 1`: every flow of a CPU shares one cache slot, so the flows below (and the
 /// ICMP errors they draw) take it from each other at almost every packet, over several
 /// intervals: slots are read while a flow holds them, then handed over to the flow map. The
@@ -139,21 +162,12 @@ fn flows_that_share_one_cache_slot_are_counted_exactly() {
     const N: u64 = 40;
     let ports = [41001u16, 41002, 41003, 41004];
     let dst = n2.pod.ip;
-    faults::in_netns(&n1.pod.netns, move || {
-        let socks = ports
-            .iter()
-            .map(|p| std::net::UdpSocket::bind(("0.0.0.0", *p)))
-            .collect::<std::io::Result<Vec<_>>>()?;
-        // Spread over several intervals, so slots are read while held and handed over after.
-        for _ in 0..N {
-            for s in &socks {
-                s.send_to(b"slot", (dst, 9))?;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+    // Spread over several intervals, so slots are read while held and handed over after.
+    send_rounds(&n1.pod.netns, ports, N, move |_, s| {
+        s.send_to(b"slot", (dst, 9))?;
+        std::thread::sleep(std::time::Duration::from_millis(5));
         Ok(())
-    })
-    .unwrap();
+    });
     for port in ports {
         rec.wait_total(&format!("port {port}"), "packets", N, |l| {
             l["kind"] == "flow"
@@ -200,23 +214,13 @@ fn flows_whose_packets_all_carry_one_skb_hash_are_told_apart_and_counted_exactly
     const PINGS: u64 = 10;
     let ports = [42001u16, 42002, 42003, 42004];
     let dst = n2.pod.ip;
-    faults::in_netns(&n1.pod.netns, move || {
-        let socks = ports
-            .iter()
-            .map(|p| std::net::UdpSocket::bind(("0.0.0.0", *p)))
-            .collect::<std::io::Result<Vec<_>>>()?;
-        let large = [7u8; 3000];
-        for i in 0..SMALL {
-            for s in &socks {
-                s.send_to(b"hash", (dst, 9))?;
-                if i % (SMALL / LARGE) == 0 {
-                    s.send_to(&large, (dst, 9))?;
-                }
-            }
+    send_rounds(&n1.pod.netns, ports, SMALL, move |round, s| {
+        s.send_to(b"hash", (dst, 9))?;
+        if round % (SMALL / LARGE) == 0 {
+            s.send_to(&[7u8; 3000], (dst, 9))?;
         }
         Ok(())
-    })
-    .unwrap();
+    });
     common::ping(&n1.pod.netns, PINGS, &dst.to_string());
     let per_flow = SMALL + 3 * LARGE;
     for port in ports {

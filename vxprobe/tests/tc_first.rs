@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::{
-    os::fd::{AsRawFd as _, OwnedFd},
-    process::Command,
-};
+use std::os::fd::OwnedFd;
 
 use common::{Recorder, hop_totals, is_root, must, tc, tc::PinnedProgram};
 use serde_json::Value;
