@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use common::{Recorder, is_root, open_tap};
 use serde_json::Value;
-use vxprobe::lab::{Lab, LabOptions, TAP_DEV, faults};
+use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV, faults};
 use vxprobe::{
     kernel::flows::FlowStats,
     kernel::probes::{Probes, Tables, TcMode},
@@ -397,4 +397,95 @@ fn headers_in_paged_data_are_read_through_the_helper() {
     assert_eq!(tunneled["outer"]["sport"], 40002);
     let v6 = at_tap.iter().find(|l| l["flow"]["dport"] == 7004).unwrap();
     assert_eq!(v6["flow"]["dst"], "fd00::a:2");
+}
+
+/// The skb-hash shortcut (a packet whose hash has a hint skips the parse) must never read a
+/// packet otherwise than the parse does. Every frame the pod writes here leaves its eth0 with
+/// one and the same hash (a classifier there sets it), so each frame below meets the hint the
+/// frame before it left at cali0:
+/// - a VXLAN frame whose inner frame is not IP is the outer flow, and the VXLAN frames of an
+///   IP inner flow between the same nodes after it are that inner flow;
+/// - an IPv6 packet whose extension chain ends with the packet (its "protocol" is the
+///   fragment header) is followed by fragments between the same hosts: they are fragments.
+#[test]
+fn frames_that_share_a_hash_are_still_read_as_the_parse_reads_them() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::build(&LabOptions::default()).expect("building the lab");
+    let pod = lab.nodes[0].pod.netns.clone();
+    let setter = common::tc::load_hash_setter("one_hash", 0x5eed_5678)
+        .unwrap_or_else(|e| panic!("BPF_PROG_LOAD one_hash: {e}"));
+    let pinned = common::tc::PinnedProgram::pin("one_hash_parse", &setter);
+    common::tc::add_clsact(&pod, "eth0");
+    common::tc::add_filter(
+        &pod,
+        "eth0",
+        "egress",
+        "1",
+        &["bpf", "da", "object-pinned", pinned.path()],
+    );
+    let mut rec = Recorder::start(
+        &lab.nodes[0].netns,
+        &["--stats-interval", "200ms", "-i", POD_HOST_DEV],
+    );
+    const N: u64 = 20;
+    let arp = eth(0x0806, &[0u8; 28]);
+    let not_ip = tunnel4(4789, &vxlan(7, &arp));
+    let inner = tunnel4(
+        4789,
+        &vxlan(7, &frame4(17, POD_A, POD_B, 5, 7000, 8000, b"in")),
+    );
+    let (a, b) = ("fd00::5:1", "fd00::5:2");
+    let chain_cut_short = eth(0x86dd, &ipv6(44, a, b, &[]));
+    let fragment = |id: u32| {
+        // Fragment header: next header UDP, offset 0 with more fragments to come.
+        let mut header = vec![17, 0, 0x00, 0x01];
+        header.extend(id.to_be_bytes());
+        header.extend(l4(7001, 8001, b"fragment"));
+        eth(0x86dd, &ipv6(44, a, b, &header))
+    };
+    faults::in_netns(&pod, move || {
+        let writer = faults::FrameWriter::open("eth0")?;
+        writer.send(&not_ip, false)?;
+        for _ in 0..N {
+            writer.send(&inner, false)?;
+        }
+        writer.send(&chain_cut_short, false)?;
+        for id in 0..N as u32 {
+            writer.send(&fragment(id), false)?;
+        }
+        Ok(())
+    })
+    .expect("writing frames into the pod's eth0");
+    let at_cali0 = |l: &Value| l["ifname"] == POD_HOST_DEV && l["dir"] == "ingress";
+    rec.wait_total("the inner flow", "packets", N, |l| {
+        l["kind"] == "flow" && at_cali0(l) && l["flow"]["dport"] == 8000
+    });
+    rec.wait_hop(POD_HOST_DEV, "ingress", "fragments", N);
+    let lines = rec.stop();
+    let flows: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["kind"] == "flow" && at_cali0(l))
+        .collect();
+    let sum = |field: &str, keep: &dyn Fn(&Value) -> bool| -> u64 {
+        flows
+            .iter()
+            .filter(|l| keep(l))
+            .map(|l| l[field].as_u64().unwrap())
+            .sum()
+    };
+    let inner_flow = |l: &Value| l["flow"]["sport"] == 7000 && l["flow"]["dport"] == 8000;
+    let outer_flow = |l: &Value| l["flow"]["dport"] == 4789;
+    assert_eq!(sum("packets", &inner_flow), N, "the inner flow: {flows:#?}");
+    assert_eq!(sum("packets", &outer_flow), 1, "the outer flow: {flows:#?}");
+    let v6 = |l: &Value| l["flow"]["dst"] == b;
+    assert_eq!(sum("packets", &v6), N + 1, "IPv6: {flows:#?}");
+    assert_eq!(sum("fragments", &v6), N, "IPv6 fragments: {flows:#?}");
+    let hop_fragments: u64 = lines
+        .iter()
+        .filter(|l| l["kind"] == "hop" && at_cali0(l))
+        .map(|l| l["fragments"].as_u64().unwrap())
+        .sum();
+    assert_eq!(hop_fragments, N);
 }
