@@ -175,6 +175,16 @@ impl CacheMerge {
         held
     }
 
+    /// Whether a slot may hold a flow of device `ifindex`, as the last read of the cache saw
+    /// them (a slot torn at every try may hold any).
+    pub fn may_hold(&self, ifindex: u32) -> bool {
+        self.seen.iter().any(|seen| match seen.status {
+            Status::Torn => true,
+            Status::Held => seen.slot.key.ifindex == ifindex,
+            Status::Empty | Status::InMap => false,
+        })
+    }
+
     /// Hands `out` what each slot counted since it was last reported (several calls for a
     /// flow that holds slots on several CPUs).
     pub fn deltas(&mut self, epoch: u32, mut out: impl FnMut(&FlowKey, &FlowCounters)) {
@@ -397,6 +407,19 @@ mod tests {
             counters: counted(packets),
             generation_end: generation,
         }
+    }
+
+    #[test]
+    fn a_device_is_held_while_a_slot_has_one_of_its_flows_or_any_slot_is_torn() {
+        let mut merge = CacheMerge::new(vec![0], 4);
+        assert!(!merge.may_hold(3), "an empty cache holds nothing");
+        merge.see(1, Some(slot(key(40001), 1, 5)));
+        assert!(merge.may_hold(3));
+        assert!(!merge.may_hold(4));
+        merge.see(1, Some(slot(FlowKey::default(), 0, 0)));
+        assert!(!merge.may_hold(3), "a slot never taken");
+        merge.see(2, None);
+        assert!(merge.may_hold(4), "a torn slot may hold any device's flow");
     }
 
     /// A model of the kernel's side for one CPU and one slot, and the reader's total per

@@ -113,7 +113,7 @@ pub struct FlowStats {
     pending: Pending,
     /// Devices whose flows were deleted ([`FlowStats::forget_device`]): their flows still
     /// holding cache slots reach the map again when another flow takes the slot, and are
-    /// deleted then.
+    /// deleted then. A device leaves the set once no slot holds one of its flows.
     forgotten: BTreeSet<u32>,
     /// Keys of forgotten devices found in the last read, to delete.
     stale: Vec<FlowKey>,
@@ -235,6 +235,11 @@ impl FlowStats {
                 self.deleted += 1;
             }
         }
+        // A vanished device whose flows no cache slot holds has none left to reach the map
+        // (its programs are gone, no packet of it comes): forgotten for good, so the set does
+        // not grow with every veth a node has had.
+        let cache = self.cache.merge();
+        self.forgotten.retain(|&ifindex| cache.may_hold(ifindex));
         Ok(())
     }
 
