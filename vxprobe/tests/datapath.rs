@@ -162,12 +162,15 @@ fn flows_that_share_one_cache_slot_are_counted_exactly() {
     const N: u64 = 40;
     let ports = [41001u16, 41002, 41003, 41004];
     let dst = n2.pod.ip;
-    // Spread over several intervals, so slots are read while held and handed over after.
-    send_rounds(&n1.pod.netns, ports, N, move |_, s| {
-        s.send_to(b"slot", (dst, 9))?;
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        Ok(())
-    });
+    // Spread over several intervals, so slots are read while held and handed over after:
+    // after each batch, an interval closes before the next one is sent.
+    const BATCHES: u64 = 4;
+    for _ in 0..BATCHES {
+        send_rounds(&n1.pod.netns, ports, N / BATCHES, move |_, s| {
+            s.send_to(b"slot", (dst, 9)).map(drop)
+        });
+        rec.wait_intervals_after(&common::ts_now(), 1);
+    }
     for port in ports {
         rec.wait_total(&format!("port {port}"), "packets", N, |l| {
             l["kind"] == "flow"
