@@ -100,10 +100,10 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// there ([`count_hinted`]), else through the parse ([`observe_parsed`]).
 ///
 /// The parse is a subprogram of its own, called with the context and the direction alone:
-/// the verifier walks it once, whichever of the shortcut's checks failed before the call
-/// (inlined after them, it was walked once per check: vxprobe's start took two to three
-/// times as long in Debian's 5.10 and 6.1 guests). Packets that take the shortcut never
-/// make the call.
+/// every caller state is the same, whichever of the shortcut's checks failed before the
+/// call, so the verifier can walk it once (inlined after checks that shared its skb reads,
+/// it was walked once per check, and vxprobe's start took twice as long). Packets that take
+/// the shortcut never make the call.
 #[inline(always)]
 pub fn observe<const UPTO: u8>(ctx: &TcContext, direction: Direction) {
     if UPTO == step::ALL {
