@@ -20,6 +20,7 @@ pub mod cli;
 pub mod cmd;
 pub mod error;
 pub mod fuzz;
+pub mod interrupt;
 pub mod kernel;
 pub mod lab;
 pub mod memory;

@@ -45,6 +45,14 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => code(exit::OK),
+        // The contract: Ctrl-C and SIGTERM end with 0, every attachment removed.
+        Err(e)
+            if e.downcast_ref::<vxprobe::interrupt::Interrupted>()
+                .is_some() =>
+        {
+            eprintln!("vxprobe: {e}");
+            code(exit::OK)
+        }
         Err(e) if e.downcast_ref::<UsageError>().is_some() => {
             eprintln!("vxprobe: {e}");
             code(exit::USAGE)

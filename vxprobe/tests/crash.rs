@@ -4,7 +4,10 @@
 
 mod common;
 
-use std::{process::Command, time::Duration};
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use common::{Recorder, hop_totals, is_root, loaded, programs_of, still_loaded, tc};
 use vxprobe::lab::{Lab, LabOptions, POD_HOST_DEV, TAP_DEV, UNDERLAY_DEV, VXLAN_DEV};
@@ -300,16 +303,9 @@ fn cleanup_in_a_pid_namespace_of_its_own_leaves_a_live_instances_filters() {
     );
 }
 
-/// Instances serialize cleanup and attach with a lock under /run: while another holds
-/// `/run/vxprobe/tc.lock`, a starting recorder waits on it and attaches nothing; once it is
-/// released, the recorder attaches and becomes ready.
-#[test]
-fn starting_instances_take_the_lock_before_cleanup_and_attach() {
+/// Holds `/run/vxprobe/tc.lock` as another instance would, until dropped.
+fn hold_tc_lock() -> std::fs::File {
     use std::os::fd::AsRawFd as _;
-    let Some(lab) = common::lab::root_lab() else {
-        return;
-    };
-    let ns = &lab.nodes[0].netns;
     std::fs::create_dir_all("/run/vxprobe").unwrap();
     let lock = std::fs::OpenOptions::new()
         .read(true)
@@ -321,15 +317,11 @@ fn starting_instances_take_the_lock_before_cleanup_and_attach() {
     // Another instance (of another test, elsewhere on the machine) may hold it a moment.
     // SAFETY: flock(2) on a descriptor we own.
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-    let ready = std::env::temp_dir().join(format!("vxprobe-lock-ready-{}", std::process::id()));
-    let _ = std::fs::remove_file(&ready);
-    let mut waiting = common::run::record_command(ns)
-        .args(["--tc-attach", "clsact"])
-        .args(["-i", POD_HOST_DEV, "-o", "/dev/null", "--ready-file"])
-        .arg(&ready)
-        .spawn()
-        .unwrap();
-    let pid = waiting.id();
+    lock
+}
+
+/// Waits until process `pid` has the lock file open (it is waiting for the lock).
+fn wait_for_lock_waiter(pid: u32) {
     let holds_lock = || {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .map(|fds| {
@@ -342,10 +334,32 @@ fn starting_instances_take_the_lock_before_cleanup_and_attach() {
     };
     common::wait_until(
         "the recorder waiting on the lock",
-        Duration::from_secs(30),
+        Duration::from_secs(30) * common::time_scale(),
         holds_lock,
         |open| *open,
     );
+}
+
+/// Instances serialize cleanup and attach with a lock under /run: while another holds
+/// `/run/vxprobe/tc.lock`, a starting recorder waits on it and attaches nothing; once it is
+/// released, the recorder attaches and becomes ready.
+#[test]
+fn starting_instances_take_the_lock_before_cleanup_and_attach() {
+    let Some(lab) = common::lab::root_lab() else {
+        return;
+    };
+    let ns = &lab.nodes[0].netns;
+    let lock = hold_tc_lock();
+    let ready = std::env::temp_dir().join(format!("vxprobe-lock-ready-{}", std::process::id()));
+    let _ = std::fs::remove_file(&ready);
+    let mut waiting = common::run::record_command(ns)
+        .args(["--tc-attach", "clsact"])
+        .args(["-i", POD_HOST_DEV, "-o", "/dev/null", "--ready-file"])
+        .arg(&ready)
+        .spawn()
+        .unwrap();
+    let pid = waiting.id();
+    wait_for_lock_waiter(pid);
     assert!(!ready.exists(), "ready while another holds the lock");
     let before = filters(ns);
     assert!(
@@ -364,4 +378,47 @@ fn starting_instances_take_the_lock_before_cleanup_and_attach() {
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     assert!(waiting.wait().unwrap().success());
     let _ = std::fs::remove_file(&ready);
+}
+
+/// A signal while starting ends the start at its next step, with exit 0 and nothing attached:
+/// here the step is waiting for another instance's lock (up to 30 s), which a recorder
+/// interrupted there gives up at once. (Loading the programs is such a step too: minutes on an
+/// emulated CPU, where `doctor --watch` used to load everything before it saw the signal.)
+#[test]
+fn a_signal_while_starting_ends_the_start_without_attaching() {
+    let Some(lab) = common::lab::root_lab() else {
+        return;
+    };
+    let ns = &lab.nodes[0].netns;
+    let lock = hold_tc_lock();
+    let waiting = common::run::record_command(ns)
+        .args(["--tc-attach", "clsact", "-i", POD_HOST_DEV, "-o", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_lock_waiter(waiting.id());
+    let signalled = std::time::Instant::now();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(waiting.id() as i32, libc::SIGTERM) };
+    let out = waiting.wait_with_output().unwrap();
+    let waited = signalled.elapsed();
+    // The lock is still ours: the recorder ended without it.
+    drop(lock);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("stopped by a signal while starting"),
+        "not stopped while starting: {stderr}"
+    );
+    // A recorder that waited out the lock (30 s, counted from before we saw it waiting)
+    // ends about 30 s after the signal; one that saw the signal ends at once.
+    assert!(
+        waited < Duration::from_secs(20),
+        "waited out the lock ({waited:?} after the signal) before stopping: {stderr}"
+    );
+    eprintln!("stopped {waited:?} after the signal");
+    assert!(out.stdout.is_empty(), "recorded anyway: {:?}", out.stdout);
+    let after = filters(ns);
+    assert!(!after.contains("vxprobe"), "attached: {after}");
 }

@@ -184,6 +184,8 @@ fn same_place(a: &Path, b: &Path) -> bool {
 pub fn stop_signal(duration: Option<Duration>) -> anyhow::Result<impl Future<Output = ()>> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    // The same signals also stop a session that is still starting.
+    crate::interrupt::watch().context("installing the start-up's signal flag")?;
     Ok(async move {
         let after = async {
             match duration {

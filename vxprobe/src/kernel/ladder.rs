@@ -161,6 +161,10 @@ impl Probes {
         let skipped = std::env::var(SKIP_SIGNALS_ENV).unwrap_or_default();
         let skipped: Vec<&str> = skipped.split(',').map(str::trim).collect();
         for (signal, rungs) in LADDERS {
+            // A signal while starting: the session gives up after this step.
+            if crate::interrupt::requested() {
+                return &self.hooks;
+            }
             if skipped.contains(signal) {
                 self.hooks.push(HookChoice {
                     signal,
@@ -224,6 +228,9 @@ impl Probes {
             unavailable: Vec::new(),
         };
         for rung in rungs {
+            if crate::interrupt::requested() {
+                break;
+            }
             let targets: Vec<&str> = rung.programs.iter().map(|(_, target)| *target).collect();
             let label = format!("{}:{}", rung.hook.as_str(), targets.join("+"));
             if skip.contains(&rung.hook) {

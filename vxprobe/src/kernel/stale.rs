@@ -124,6 +124,9 @@ impl TcLock {
             if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
                 return Err(why(e));
             }
+            if crate::interrupt::requested() {
+                return Err("stopped by a signal while waiting for it".to_owned());
+            }
             if Instant::now() >= deadline {
                 return Err(format!(
                     "{} is held by another instance for more than {}s",

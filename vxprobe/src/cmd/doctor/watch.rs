@@ -17,6 +17,7 @@ use serde_json::Value;
 use super::rules::Finding;
 use crate::{
     error::UsageError,
+    interrupt::Interrupted,
     node::{devices, facts::Facts},
     observe::{
         anomaly::{Anomaly, AnomalyKind},
@@ -105,8 +106,15 @@ pub async fn observe(
     // Handlers first: a signal while attaching ends the watch as soon as it starts.
     let stop = crate::cmd::record::stop_signal(Some(duration))?;
     let started = tokio::time::Instant::now();
-    let Some(mut session) = start(facts, pods).await? else {
-        return Ok(()); // every device vanished: nothing to watch
+    let mut session = match start(facts, pods).await {
+        Ok(Some(session)) => session,
+        Ok(None) => return Ok(()), // every device vanished: nothing to watch
+        // The report without what it would have watched.
+        Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
+            eprintln!("vxprobe: {e}");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
     };
     let mut observed = Observed::default();
     let mut sinks: [&mut dyn Sink; 1] = [&mut observed];

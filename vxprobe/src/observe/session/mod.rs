@@ -18,6 +18,7 @@ use super::{
 };
 use crate::{
     error::UsageError,
+    interrupt::Interrupted,
     kernel::{
         btf::KernelBtf,
         caps,
@@ -116,7 +117,19 @@ pub struct Session {
 }
 
 impl Session {
+    /// Selects the devices, loads and attaches the programs, takes the maps. A SIGINT or
+    /// SIGTERM meanwhile (with [`crate::interrupt::watch`]) ends it at the next step with
+    /// [`Interrupted`], everything attached so far detached again; a load the signal cut
+    /// short (the verifier gives up with EAGAIN) is that too, not a failure.
     pub async fn start(config: &SessionConfig) -> anyhow::Result<Self> {
+        let started = Self::start_steps(config).await;
+        if crate::interrupt::requested() {
+            return Err(Interrupted.into());
+        }
+        started
+    }
+
+    async fn start_steps(config: &SessionConfig) -> anyhow::Result<Self> {
         // The pod index looks at the node on a thread of its own, in this thread's namespace
         // (whose veths it names): started first, it has done so by the time we are attached.
         let mut pods = match &config.pods {
@@ -161,6 +174,7 @@ impl Session {
         // take for their cleanup and attach too (held until ours are attached).
         let tc_lock = crate::kernel::stale::TcLock::take();
         crate::kernel::stale::remove_stale_filters(&tc_lock).await;
+        crate::interrupt::check()?;
 
         // Kernel-wide hooks need the running kernel's BTF; without it, say so and count hops.
         // With it, each signal gets what it needs or says what it misses (btf_needs).
@@ -189,8 +203,10 @@ impl Session {
                 ring_size: config.ring_size,
             },
         )?;
+        crate::interrupt::check()?;
         let attach_failures = probes.attach_tc(&hops);
         drop(tc_lock);
+        crate::interrupt::check()?;
         // Nothing attached where something should have been: that is the run's failure.
         if let Some((_, e)) = attach_failures.first()
             && !hops.iter().any(|h| probes.is_attached(h.device.ifindex))
@@ -223,6 +239,7 @@ impl Session {
                 }
             }
         }
+        crate::interrupt::check()?;
         let hop_stats = HopStats::take(probes.ebpf_mut())?;
         let flow_stats = FlowStats::take(probes.ebpf_mut())?;
         let evictions = Evictions::take(probes.ebpf_mut())?;
