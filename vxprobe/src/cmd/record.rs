@@ -18,6 +18,7 @@ use tokio::{
 use crate::{
     cli::RecordArgs,
     error::UsageError,
+    interrupt::Interrupted,
     observe::pipeline::{self, Sink},
     observe::report::Summary,
     observe::session::{Session, SessionConfig},
@@ -42,11 +43,21 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         outputs = outputs.within(limit);
     }
     outputs.event_lines = args.event_lines;
-    let mut session = Session::start(&SessionConfig {
+    let mut session = match Session::start(&SessionConfig {
         node: args.node.clone(),
         ..args.probe.session(&args.selection, &args.pods)
     })
-    .await?;
+    .await
+    {
+        Ok(session) => session,
+        Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
+            // Stopped before the first moment: still a recording, whose summary says nothing
+            // was counted (main says why and exits 0).
+            outputs.finish_unstarted()?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     signal_ready(args.ready_file.as_ref())?;
     outputs
         .write(&mut session, args.stats_interval, None, None, stop)
@@ -158,6 +169,17 @@ impl Outputs {
             sinks.push(also);
         }
         pipeline::run_with(session, &mut sinks, options, notes, stop).await
+    }
+}
+
+impl Outputs {
+    /// Ends outputs no session wrote to: the summary of an empty recording.
+    fn finish_unstarted(mut self) -> anyhow::Result<()> {
+        let mut summary = Summary::default();
+        if let Some(evidence) = self.evidence.as_mut() {
+            evidence.finish(&mut summary)?;
+        }
+        self.json.finish(&mut summary)
     }
 }
 
