@@ -4,10 +4,7 @@
 //! all collected (at 100,000 flows, 300,000 entries over three hops, that cost hundreds of
 //! MiB): only those of flows holding a cache slot wait, at most the cache's size.
 
-use std::{
-    collections::BTreeSet,
-    hash::{Hash, Hasher as _},
-};
+use std::{collections::BTreeSet, hash::BuildHasher as _};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuHashMap, PerCpuValues};
@@ -19,10 +16,9 @@ use super::{
     seen::FlowSeen,
 };
 
+/// A fixed-seed hash: the record is sorted by it from one read to the next.
 fn key_hash(key: &FlowKey) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    key.hash(&mut h);
-    h.finish()
+    foldhash::quality::FixedState::default().hash_one(key)
 }
 
 /// What was seen of every flow entry at the last read, sorted by key hash: the hashes apart

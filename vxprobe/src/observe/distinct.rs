@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashSet,
-    hash::{DefaultHasher, Hash, Hasher as _},
+    hash::{BuildHasher as _, Hash},
 };
 
 /// Distinct items counted exactly (a 64-bit hash each) before the estimate takes over.
@@ -14,17 +14,17 @@ const REGISTERS: usize = 1 << REGISTER_BITS;
 
 #[derive(Debug, Default)]
 pub struct DistinctCount {
-    exact: HashSet<u64>,
+    /// The items' hashes, themselves well mixed: the set's own hash need only be fast.
+    exact: HashSet<u64, foldhash::fast::FixedState>,
     /// Empty until the exact set would outgrow its limit.
     registers: Vec<u8>,
 }
 
 impl DistinctCount {
     pub fn insert(&mut self, item: &impl Hash) {
-        // DefaultHasher::new() has fixed keys: the same item always hashes the same.
-        let mut hasher = DefaultHasher::new();
-        item.hash(&mut hasher);
-        let hash = hasher.finish();
+        // A fixed seed: the same item always hashes the same. The quality variant mixes
+        // every bit of the result, which the estimate's registers and ranks rely on.
+        let hash = foldhash::quality::FixedState::default().hash_one(item);
         if self.registers.is_empty() {
             self.exact.insert(hash);
             if self.exact.len() <= EXACT_LIMIT {
