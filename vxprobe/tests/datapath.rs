@@ -186,6 +186,20 @@ fn flows_that_share_one_cache_slot_are_counted_exactly() {
         });
         assert_along_sender_path(&packets, N, &format!("port {port}"));
     }
+    // Each entry is reported in several intervals, from its slot and from the map: the
+    // summary counts it once.
+    let entries: std::collections::BTreeSet<String> = lines
+        .iter()
+        .filter(|l| l["kind"] == "flow")
+        .map(|l| format!("{} {} {}", l["ifindex"], l["dir"], l["flow"]))
+        .collect();
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["kind"], "summary");
+    assert_eq!(
+        summary["flow_entries"],
+        entries.len() as u64,
+        "distinct flow entries reported: {entries:#?}"
+    );
 }
 
 /// Every packet the pod sends leaves its eth0 with one and the same skb hash (a classifier

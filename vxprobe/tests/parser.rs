@@ -130,7 +130,7 @@ fn counted_all(packets: &[&[u8]]) -> BTreeMap<FlowKey, FlowCounters> {
     let mut flows = BTreeMap::new();
     FlowStats::take(probes.ebpf_mut())
         .unwrap()
-        .interval(0, |key, counters| {
+        .interval(0, |key, counters, _new| {
             flows.insert(*key, *counters);
             Ok(())
         })

@@ -148,11 +148,12 @@ impl FlowStats {
     /// Hands `out` what each flow counted since the previous call, once per flow: map entries
     /// as the map is read, flows holding cache slots after it ([`crate::kernel::flowcache`]). Flows
     /// that counted nothing are left out, entries gone from the map (LRU eviction) are
-    /// forgotten.
+    /// forgotten. The flag says the entry may not have been handed out before (it was not in
+    /// the record of the last read): repeats need not be counted again as distinct entries.
     pub fn interval(
         &mut self,
         epoch: u32,
-        mut out: impl FnMut(&FlowKey, &FlowCounters) -> anyhow::Result<()>,
+        mut out: impl FnMut(&FlowKey, &FlowCounters, bool) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         self.read = self.read.wrapping_add(1);
         let read = self.read;
@@ -178,23 +179,22 @@ impl FlowStats {
             };
             let now = &sum(per_cpu);
             let hash = key_hash(key);
-            let delta = match record.find(hash) {
+            let (mut delta, new_entry) = match record.find(hash) {
                 Some(at) => {
                     let seen = &mut record.seen[at];
                     let delta = seen.since(now, epoch);
                     *seen = FlowSeen::of(now, read);
-                    delta
+                    (delta, false)
                 }
                 None => {
                     fresh.push((hash, FlowSeen::of(now, read)));
-                    FlowSeen::default().delta(now, epoch)
+                    (FlowSeen::default().delta(now, epoch), true)
                 }
             };
-            let mut delta = delta;
             if cache.settle(key, per_cpu, &mut delta) {
                 pending.add(key, &delta);
             } else if delta.counters.packets > 0
-                && let Err(e) = out(key, &delta)
+                && let Err(e) = out(key, &delta, new_entry)
             {
                 failed = Some(e);
             }
@@ -217,9 +217,11 @@ impl FlowStats {
                 pending.add(key, delta);
             }
         });
+        // Flows holding cache slots (at most the cache's size): said new every time, which
+        // the distinct count takes as it takes any repeat.
         for (key, delta) in pending.drain() {
             if delta.counters.packets > 0 {
-                out(&key, &delta)?;
+                out(&key, &delta, true)?;
             }
         }
         record.rebuild(read, fresh);

@@ -234,8 +234,8 @@ fn close_interval(
     }
     let mut batch = Vec::with_capacity(FLOW_BATCH);
     let mut sink_failed = None;
-    let created = session.read_flows(|hop, key, counters| {
-        if let Some(flow) = model.flow_report(hop.clone(), key, counters) {
+    let created = session.read_flows(|hop, key, counters, new_entry| {
+        if let Some(flow) = model.flow_report(hop.clone(), key, counters, new_entry) {
             batch.push(flow);
         }
         if batch.len() == FLOW_BATCH {

@@ -124,7 +124,7 @@ impl Session {
     /// far, for [`Session::end_interval`].
     pub fn read_flows(
         &mut self,
-        mut out: impl FnMut(&MetaHop, &FlowKey, &FlowCounters) -> anyhow::Result<()>,
+        mut out: impl FnMut(&MetaHop, &FlowKey, &FlowCounters, bool) -> anyhow::Result<()>,
     ) -> anyhow::Result<u64> {
         let created = self.evictions.created()?;
         let pods = self.pods.snapshot();
@@ -134,12 +134,13 @@ impl Session {
             .chain(&self.gone)
             .map(|hop| MetaHop::of(hop, &pods))
             .collect();
-        self.flow_stats.interval(self.ending, |key, counters| {
-            match hops.iter().find(|h| h.ifindex == key.ifindex) {
-                Some(hop) => out(hop, key, counters),
-                None => Ok(()),
-            }
-        })?;
+        self.flow_stats
+            .interval(self.ending, |key, counters, new_entry| {
+                match hops.iter().find(|h| h.ifindex == key.ifindex) {
+                    Some(hop) => out(hop, key, counters, new_entry),
+                    None => Ok(()),
+                }
+            })?;
         Ok(created)
     }
 
