@@ -30,6 +30,53 @@ pub fn watch() -> std::io::Result<()> {
     result
 }
 
+/// Runs `load` (a program's verification) with SIGINT and SIGTERM held back from this thread;
+/// they are delivered when it returns, or meanwhile to another thread. A signal in the middle
+/// of a verification makes the verifier give up (EAGAIN), and aya answers any failed load by
+/// loading again with the verifier's log on: on kernels before 6.4, whose full log fails the
+/// load (ENOSPC), that is load after load with ever larger logs, tens of minutes under an
+/// emulated CPU where one load takes seconds. Held back, the load finishes and start-up stops
+/// at its next step.
+pub fn held_back<T>(load: impl FnOnce() -> T) -> T {
+    let _held = Held::new();
+    load()
+}
+
+/// This thread's signal mask with SIGINT and SIGTERM blocked, restored when dropped.
+struct Held {
+    before: Option<libc::sigset_t>,
+}
+
+impl Held {
+    fn new() -> Self {
+        // SAFETY: the sets are plain values owned here; sigemptyset/sigaddset only write them,
+        // and pthread_sigmask changes this thread's mask alone (restored by Drop). On failure
+        // nothing is changed and nothing is restored.
+        unsafe {
+            let mut block: libc::sigset_t = std::mem::zeroed();
+            let mut before: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut block);
+            libc::sigaddset(&mut block, libc::SIGINT);
+            libc::sigaddset(&mut block, libc::SIGTERM);
+            let held = libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut before) == 0;
+            Self {
+                before: held.then_some(before),
+            }
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(before) = &self.before {
+            // SAFETY: restores the mask saved in `new` for this same thread.
+            unsafe {
+                libc::pthread_sigmask(libc::SIG_SETMASK, before, std::ptr::null_mut());
+            }
+        }
+    }
+}
+
 /// Whether a watched signal has come.
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::Relaxed)

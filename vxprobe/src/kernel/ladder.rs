@@ -239,7 +239,7 @@ impl Probes {
             }
             let attached = rung.programs.iter().try_for_each(|&(program, target)| {
                 let program = self.variant(program);
-                self.try_attach(rung.hook, program, target)
+                crate::interrupt::held_back(|| self.try_attach(rung.hook, program, target))
                     .with_context(|| target.to_owned())
             });
             match attached {

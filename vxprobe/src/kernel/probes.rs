@@ -112,18 +112,17 @@ impl Probes {
         // The skb-hash hints to the cache's slots: as many, in the same shares.
         loader.map_max_entries(names::HINTS, (shares as u32).saturating_mul(slots));
         raise_memlock_limit();
-        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
+        let mut ebpf = crate::interrupt::held_back(|| loader.load(EBPF_OBJECT)).map_err(|e| {
             let hint = refused_hint(&e);
             anyhow::Error::new(e).context(format!("loading vxprobe's eBPF object{hint}"))
         })?;
         for name in [names::TC_INGRESS, names::TC_EGRESS] {
-            program::<SchedClassifier>(&mut ebpf, name)?
-                .load()
-                .map_err(|e| {
-                    let hint = refused_hint(&e);
-                    anyhow::Error::new(e)
-                        .context(format!("loading program {name} into the kernel{hint}"))
-                })?;
+            let program = program::<SchedClassifier>(&mut ebpf, name)?;
+            crate::interrupt::held_back(|| program.load()).map_err(|e| {
+                let hint = refused_hint(&e);
+                anyhow::Error::new(e)
+                    .context(format!("loading program {name} into the kernel{hint}"))
+            })?;
         }
         Ok(Self {
             ebpf,

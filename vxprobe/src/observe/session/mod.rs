@@ -119,8 +119,9 @@ pub struct Session {
 impl Session {
     /// Selects the devices, loads and attaches the programs, takes the maps. A SIGINT or
     /// SIGTERM meanwhile (with [`crate::interrupt::watch`]) ends it at the next step with
-    /// [`Interrupted`], everything attached so far detached again; a load the signal cut
-    /// short (the verifier gives up with EAGAIN) is that too, not a failure.
+    /// [`Interrupted`], everything attached so far detached again. Program loads hold the
+    /// signals back ([`crate::interrupt::held_back`]); any other step the signal cut short is
+    /// the interruption too, not a failure.
     pub async fn start(config: &SessionConfig) -> anyhow::Result<Self> {
         let started = Self::start_steps(config).await;
         if crate::interrupt::requested() {
