@@ -132,7 +132,7 @@ fn counted_all(packets: &[&[u8]]) -> BTreeMap<FlowKey, FlowCounters> {
         .unwrap()
         .interval(0, |key, counters, _new| {
             flows.insert(*key, *counters);
-            Ok(())
+            Ok(true)
         })
         .unwrap();
     flows

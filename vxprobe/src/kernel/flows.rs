@@ -16,9 +16,11 @@ use super::{
     seen::FlowSeen,
 };
 
-/// A fixed-seed hash: the record is sorted by it from one read to the next.
-fn key_hash(key: &FlowKey) -> u64 {
-    foldhash::quality::FixedState::default().hash_one(key)
+/// The record's key hash: the same for a key throughout the process (the record is sorted by
+/// it from one read to the next), seeded at random per process so that no one can make up
+/// flows whose keys collide in it.
+fn key_hash(hasher: &foldhash::quality::RandomState, key: &FlowKey) -> u64 {
+    hasher.hash_one(key)
 }
 
 /// What was seen of every flow entry at the last read, sorted by key hash: the hashes apart
@@ -118,6 +120,7 @@ pub struct FlowStats {
     /// Entries new in the current read, with their key hashes.
     fresh: Vec<(u64, FlowSeen)>,
     read: u32,
+    hasher: foldhash::quality::RandomState,
 }
 
 impl FlowStats {
@@ -142,24 +145,26 @@ impl FlowStats {
             deleted: 0,
             fresh: Vec::new(),
             read: 0,
+            hasher: foldhash::quality::RandomState::default(),
         })
     }
 
     /// Hands `out` what each flow counted since the previous call, once per flow: map entries
     /// as the map is read, flows holding cache slots after it ([`crate::kernel::flowcache`]). Flows
     /// that counted nothing are left out, entries gone from the map (LRU eviction) are
-    /// forgotten. The flag says the entry may not have been handed out before (it was not in
-    /// the record of the last read): repeats need not be counted again as distinct entries.
+    /// forgotten. The flag says the entry may not have been taken before (`out` answers
+    /// whether it took it): repeats need not be counted again as distinct entries.
     pub fn interval(
         &mut self,
         epoch: u32,
-        mut out: impl FnMut(&FlowKey, &FlowCounters, bool) -> anyhow::Result<()>,
+        mut out: impl FnMut(&FlowKey, &FlowCounters, bool) -> anyhow::Result<bool>,
     ) -> anyhow::Result<()> {
         self.read = self.read.wrapping_add(1);
         let read = self.read;
         self.cache.read();
         let (record, fresh, pending) = (&mut self.record, &mut self.fresh, &mut self.pending);
         let (forgotten, stale, map) = (&self.forgotten, &mut self.stale, &self.map);
+        let hasher = &self.hasher;
         let cache = self.cache.merge();
         let mut failed = None;
         let read_all = read_all(map, &mut self.batch, |key, per_cpu| {
@@ -178,25 +183,30 @@ impl FlowStats {
                 per_cpu
             };
             let now = &sum(per_cpu);
-            let hash = key_hash(key);
-            let (mut delta, new_entry) = match record.find(hash) {
+            let hash = key_hash(hasher, key);
+            let (mut delta, at, reported) = match record.find(hash) {
                 Some(at) => {
-                    let seen = &mut record.seen[at];
-                    let delta = seen.since(now, epoch);
-                    *seen = FlowSeen::of(now, read);
-                    (delta, false)
+                    let seen = &record.seen[at];
+                    (seen.since(now, epoch), Some(at), seen.reported)
                 }
-                None => {
-                    fresh.push((hash, FlowSeen::of(now, read)));
-                    (FlowSeen::default().delta(now, epoch), true)
-                }
+                None => (FlowSeen::default().delta(now, epoch), None, false),
             };
+            let mut taken = false;
             if cache.settle(key, per_cpu, &mut delta) {
                 pending.add(key, &delta);
-            } else if delta.counters.packets > 0
-                && let Err(e) = out(key, &delta, new_entry)
-            {
-                failed = Some(e);
+            } else if delta.counters.packets > 0 {
+                match out(key, &delta, !reported) {
+                    Ok(took) => taken = took,
+                    Err(e) => failed = Some(e),
+                }
+            }
+            let seen = FlowSeen {
+                reported: reported || taken,
+                ..FlowSeen::of(now, read)
+            };
+            match at {
+                Some(at) => record.seen[at] = seen,
+                None => fresh.push((hash, seen)),
             }
         });
         if let Err(e) = read_all {

@@ -16,6 +16,8 @@ pub struct FlowSeen {
     pub(super) oversize: u32,
     /// The read that last saw the entry.
     pub(super) read: u32,
+    /// Handed out at least once (so counted among the run's distinct entries).
+    pub(super) reported: bool,
 }
 
 impl FlowSeen {
@@ -28,6 +30,7 @@ impl FlowSeen {
             fragments: c.fragments as u32,
             oversize: c.oversize as u32,
             read,
+            reported: false,
         }
     }
 

@@ -16,15 +16,17 @@ const REGISTERS: usize = 1 << REGISTER_BITS;
 pub struct DistinctCount {
     /// The items' hashes, themselves well mixed: the set's own hash need only be fast.
     exact: HashSet<u64, foldhash::fast::FixedState>,
+    /// The items' hash: the same for an item throughout the count, seeded at random.
+    items: foldhash::quality::RandomState,
     /// Empty until the exact set would outgrow its limit.
     registers: Vec<u8>,
 }
 
 impl DistinctCount {
     pub fn insert(&mut self, item: &impl Hash) {
-        // A fixed seed: the same item always hashes the same. The quality variant mixes
-        // every bit of the result, which the estimate's registers and ranks rely on.
-        let hash = foldhash::quality::FixedState::default().hash_one(item);
+        // The quality variant mixes every bit of the result, which the estimate's registers
+        // and ranks rely on.
+        let hash = self.items.hash_one(item);
         if self.registers.is_empty() {
             self.exact.insert(hash);
             if self.exact.len() <= EXACT_LIMIT {

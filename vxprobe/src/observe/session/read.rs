@@ -137,8 +137,9 @@ impl Session {
         self.flow_stats
             .interval(self.ending, |key, counters, new_entry| {
                 match hops.iter().find(|h| h.ifindex == key.ifindex) {
-                    Some(hop) => out(hop, key, counters, new_entry),
-                    None => Ok(()),
+                    Some(hop) => out(hop, key, counters, new_entry).map(|()| true),
+                    // Not taken: when its hop comes, it is new to the distinct count still.
+                    None => Ok(false),
                 }
             })?;
         Ok(created)
