@@ -30,8 +30,9 @@ pub fn watch() -> std::io::Result<()> {
     result
 }
 
-/// Runs `load` (a program's verification) with SIGINT and SIGTERM held back from this thread;
-/// they are delivered when it returns, or meanwhile to another thread. A signal in the middle
+/// Runs `load` (a program's verification) with the asynchronous signals held back from this
+/// thread (SIGINT, SIGTERM, but also a terminal's SIGWINCH or SIGTSTP); they are delivered
+/// when it returns, or meanwhile to another thread. A signal in the middle
 /// of a verification makes the verifier give up (EAGAIN), and aya answers any failed load by
 /// loading again with the verifier's log on: on kernels before 6.4, whose full log fails the
 /// load (ENOSPC), that is load after load with ever larger logs, tens of minutes under an
@@ -42,22 +43,30 @@ pub fn held_back<T>(load: impl FnOnce() -> T) -> T {
     load()
 }
 
-/// This thread's signal mask with SIGINT and SIGTERM blocked, restored when dropped.
+/// This thread's signal mask with every signal blocked but those a fault raises (which
+/// cannot wait), restored when dropped.
 struct Held {
     before: Option<libc::sigset_t>,
 }
 
 impl Held {
     fn new() -> Self {
-        // SAFETY: the sets are plain values owned here; sigemptyset/sigaddset only write them,
+        // SAFETY: the sets are plain values owned here; sigfillset/sigdelset only write them,
         // and pthread_sigmask changes this thread's mask alone (restored by Drop). On failure
         // nothing is changed and nothing is restored.
         unsafe {
             let mut block: libc::sigset_t = std::mem::zeroed();
             let mut before: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut block);
-            libc::sigaddset(&mut block, libc::SIGINT);
-            libc::sigaddset(&mut block, libc::SIGTERM);
+            libc::sigfillset(&mut block);
+            for fault in [
+                libc::SIGSEGV,
+                libc::SIGBUS,
+                libc::SIGFPE,
+                libc::SIGILL,
+                libc::SIGTRAP,
+            ] {
+                libc::sigdelset(&mut block, fault);
+            }
             let held = libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut before) == 0;
             Self {
                 before: held.then_some(before),

@@ -53,7 +53,9 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
             // Stopped before the first moment: still a recording, whose summary says nothing
             // was counted (main says why and exits 0).
-            outputs.finish_unstarted()?;
+            if let Err(finishing) = outputs.finish_unstarted() {
+                eprintln!("vxprobe: {finishing:#}");
+            }
             return Err(e);
         }
         Err(e) => return Err(e),

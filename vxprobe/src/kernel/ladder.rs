@@ -228,8 +228,9 @@ impl Probes {
             unavailable: Vec::new(),
         };
         for rung in rungs {
+            // Stopping: the session gives up after this step; no choice is said.
             if crate::interrupt::requested() {
-                break;
+                return;
             }
             let targets: Vec<&str> = rung.programs.iter().map(|(_, target)| *target).collect();
             let label = format!("{}:{}", rung.hook.as_str(), targets.join("+"));

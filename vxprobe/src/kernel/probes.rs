@@ -117,6 +117,7 @@ impl Probes {
             anyhow::Error::new(e).context(format!("loading vxprobe's eBPF object{hint}"))
         })?;
         for name in [names::TC_INGRESS, names::TC_EGRESS] {
+            crate::interrupt::check()?;
             let program = program::<SchedClassifier>(&mut ebpf, name)?;
             crate::interrupt::held_back(|| program.load()).map_err(|e| {
                 let hint = refused_hint(&e);

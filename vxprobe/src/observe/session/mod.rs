@@ -174,12 +174,14 @@ impl Session {
         // vxprobe's, and only those no running vxprobe holds), under the lock other instances
         // take for their cleanup and attach too (held until ours are attached).
         let tc_lock = crate::kernel::stale::TcLock::take();
+        crate::interrupt::check()?;
         crate::kernel::stale::remove_stale_filters(&tc_lock).await;
         crate::interrupt::check()?;
 
         // Kernel-wide hooks need the running kernel's BTF; without it, say so and count hops.
         // With it, each signal gets what it needs or says what it misses (btf_needs).
         let kernel = KernelBtf::load().map(|btf| crate::kernel::btf_needs::resolve(&btf));
+        crate::interrupt::check()?;
         let (offsets, reasons, no_btf) = match &kernel {
             Ok(facts) => {
                 for note in facts.degradations() {
@@ -252,6 +254,7 @@ impl Session {
         let netns = std::fs::metadata("/proc/self/ns/net")
             .context("reading /proc/self/ns/net")?
             .ino();
+        crate::interrupt::check()?;
         let (first_pods, pods_meta) = first_pods(&mut pods).await;
         let meta = Meta {
             node: config
