@@ -16,7 +16,13 @@ fn ticks_per_second() -> f64 {
 /// as record spends on an interval of 1,000 flows; they stand in where the clock cannot be
 /// read.
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
-    process_clock(pid).or_else(|_| cpu_ticks(pid))
+    // One source for the whole run: differences of one figure from each would be nonsense.
+    static CLOCK_WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *CLOCK_WORKS.get_or_init(|| process_clock(std::process::id()).is_ok()) {
+        process_clock(pid)
+    } else {
+        cpu_ticks(pid)
+    }
 }
 
 fn process_clock(pid: u32) -> anyhow::Result<Duration> {
@@ -174,11 +180,14 @@ mod tests {
     fn the_process_clock_is_finer_than_ticks_and_agrees_with_them() {
         let pid = std::process::id();
         let (clock, ticks) = (process_clock(pid).unwrap(), cpu_ticks(pid).unwrap());
-        let start = std::time::Instant::now();
-        while start.elapsed() < Duration::from_millis(3) {}
-        // 3 ms of spinning shows on the clock; ticks move by 10 ms steps at best.
+        // Spin until this thread has run 3 ms (however busy the machine): the process clock
+        // shows at least that; ticks move by 10 ms steps.
+        let (thread, start) = (thread_cpu_time(), std::time::Instant::now());
+        while thread_cpu_time() - thread < Duration::from_millis(3) {
+            assert!(start.elapsed() < Duration::from_secs(60), "never ran 3 ms");
+        }
         let spun = process_clock(pid).unwrap() - clock;
-        assert!(spun >= Duration::from_millis(2), "{spun:?}");
+        assert!(spun >= Duration::from_millis(3), "{spun:?}");
         // Both count the same time: within a tick or two of each other.
         let (clock, ticks_now) = (process_clock(pid).unwrap(), cpu_ticks(pid).unwrap());
         assert!(ticks_now >= ticks);

@@ -335,7 +335,7 @@ fn wait_for_lock_waiter(pid: u32) {
     };
     common::wait_until(
         "the recorder waiting on the lock",
-        Duration::from_secs(30) * common::time_scale(),
+        Duration::from_secs(30),
         holds_lock,
         |open| *open,
     );
@@ -392,8 +392,10 @@ fn a_signal_while_starting_ends_the_start_without_attaching() {
     };
     let ns = &lab.nodes[0].netns;
     let lock = hold_tc_lock();
+    // A duration bounds a recorder this test would leave behind if it failed early.
     let waiting = common::run::record_command(ns)
         .args(["--tc-attach", "clsact", "-i", POD_HOST_DEV, "-o", "-"])
+        .args(["--duration", "300s"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -624,7 +624,7 @@ fn watch_takes_exact_names_survives_churn_and_stops_on_sigint() {
     // debug build needs, then interrupt it.
     let (programs, _) = common::wait_until(
         "the doctor's programs",
-        std::time::Duration::from_secs(30) * scale,
+        std::time::Duration::from_secs(30),
         || bpf_fds(pid),
         |(programs, links)| *programs > 0 && (*links > 0 || !common::has_tcx()),
     );

@@ -51,8 +51,8 @@ pub struct Flavor {
     /// type alone, `tp_btf`, matches any target). Checked by `tests/kernel_hooks.rs` through
     /// VXPROBE_EXPECT_HOOKS; update it when the ladder changes.
     expect_hooks: &'static str,
-    /// How much longer the tests wait there than on the host (VXPROBE_TEST_TIME_SCALE; the
-    /// host's own value, when set, wins): TCG is several times slower than the host, and
+    /// How much longer the tests wait there than on the host (VXPROBE_TEST_TIME_SCALE; a
+    /// larger value set on the host wins): TCG is several times slower than the host, and
     /// older verifiers walk our programs more slowly still.
     time_scale: u32,
 }
@@ -714,10 +714,11 @@ fn guest_script(
     );
     s += "export HOME=/root TMPDIR=/tmp LANG=C.UTF-8\n";
     // TCG is several times slower than the host: the tests' waits stretch by this much
+    // A larger scale from the host (a busier machine) wins; a smaller one does not.
     let scale = std::env::var("VXPROBE_TEST_TIME_SCALE")
         .ok()
         .and_then(|v| v.parse::<u32>().ok())
-        .unwrap_or(flavor.time_scale);
+        .map_or(flavor.time_scale, |host| host.max(flavor.time_scale));
     s += &format!("export VXPROBE_TEST_TIME_SCALE={scale}\n");
     s += &format!(
         "export VXPROBE_EXPECT_HOOKS={} VXPROBE_VM_KERNEL={}\n",
