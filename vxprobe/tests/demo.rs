@@ -222,10 +222,20 @@ fn a_killed_demos_processes_are_ended_by_the_next_demo() {
         .unwrap();
     let pid = first.id();
     let prefix = format!("{NETNS_PREFIX}{pid}-");
+    // Its iperf3 server and client (the lab runs short commands there too, which may be gone
+    // by the time they are looked at: they prove nothing about what outlives the demo).
     let left = common::wait_until(
-        "the first demo's traffic",
+        "the first demo's traffic (iperf3 server and client)",
         std::time::Duration::from_secs(60),
-        || processes_in(&prefix, pid),
+        || {
+            processes_in(&prefix, pid)
+                .into_iter()
+                .filter(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/comm"))
+                        .is_ok_and(|comm| comm.trim() == "iperf3")
+                })
+                .collect::<Vec<u32>>()
+        },
         |pids| pids.len() >= 2,
     );
     first.kill().unwrap();
