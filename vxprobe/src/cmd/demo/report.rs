@@ -126,6 +126,10 @@ fn cri_socket_arg(pods: &crate::cli::PodOptions) -> Vec<std::ffi::OsString> {
     }
 }
 
+/// How long a recorder may take to attach before the demo says it is slow, and gives up.
+const ATTACH_SLOW: Duration = Duration::from_secs(60);
+const ATTACH_GIVE_UP: Duration = Duration::from_secs(600);
+
 /// A `vxprobe record` (this executable) inside a node's namespace.
 struct NodeRecorder {
     child: Child,
@@ -169,7 +173,10 @@ impl NodeRecorder {
             text
         }));
         let mut recorder = Self { child, stderr };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Seconds here; minutes on a busy or emulated machine, where a fixed minute failed the
+        // demo while the recorder was still loading: say so after a minute, give up after ten.
+        let started = Instant::now();
+        let mut said = false;
         while !ready.exists() {
             if let Some(status) = recorder.child.try_wait()? {
                 anyhow::bail!(
@@ -177,8 +184,21 @@ impl NodeRecorder {
                     recorder.stderr_text().trim()
                 );
             }
-            if Instant::now() > deadline {
-                anyhow::bail!("vxprobe record for {node} not attached after 60 s");
+            let waited = started.elapsed();
+            if waited > ATTACH_GIVE_UP {
+                anyhow::bail!(
+                    "vxprobe record for {node} not attached after {} s",
+                    waited.as_secs()
+                );
+            }
+            if !said && waited > ATTACH_SLOW {
+                eprintln!(
+                    "vxprobe: record for {node} still attaching after {} s (a slow machine); \
+                     waiting up to {} s",
+                    waited.as_secs(),
+                    ATTACH_GIVE_UP.as_secs()
+                );
+                said = true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
