@@ -207,25 +207,55 @@ pub fn ensure_fuzz_packages() -> anyhow::Result<()> {
 }
 
 fn install_missing(packages: &[&str]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = packages
-        .iter()
-        .copied()
-        .filter(|pkg| {
-            !output("dpkg-query", &["-W", "-f=${Status}", pkg])
-                .is_ok_and(|s| s.contains("install ok installed"))
-        })
-        .collect();
+    if missing_of(packages).is_empty() {
+        return Ok(());
+    }
+    // Two xtask commands started at once (three `vm-test --kernel` runs, say) would otherwise
+    // race for dpkg's lock, and the loser fails: take turns (and ask again what is missing
+    // once it is ours), and let apt itself wait for any other apt user.
+    let _turn = install_turn()?;
+    let missing = missing_of(packages);
     if missing.is_empty() {
         return Ok(());
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     run(Command::new("apt-get")
         .args(["update", "-q"])
+        .args(APT_WAITS)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(APT_WAITS)
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn missing_of<'a>(packages: &[&'a str]) -> Vec<&'a str> {
+    packages
+        .iter()
+        .copied()
+        .filter(|pkg| {
+            !output("dpkg-query", &["-W", "-f=${Status}", pkg])
+                .is_ok_and(|s| s.contains("install ok installed"))
+        })
+        .collect()
+}
+
+/// apt's own wait for its locks, held by an apt outside xtask (seconds).
+const APT_WAITS: &[&str] = &["-o", "DPkg::Lock::Timeout=600"];
+
+/// An exclusive lock on a file in the cache, held while this process installs packages.
+fn install_turn() -> anyhow::Result<fs::File> {
+    let dir = cache_dir();
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("install.lock");
+    let file = fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    if file.try_lock().is_err() {
+        eprintln!("xtask: waiting for another xtask's package install");
+        file.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
+    }
+    Ok(file)
 }
 
 fn ensure_mount(fstype: &str, target: &str) -> anyhow::Result<()> {
