@@ -54,10 +54,14 @@ const PACKAGES: &[&str] = &[
 const FUZZ_PACKAGES: &[&str] = &["g++"];
 
 pub fn ensure_all() -> anyhow::Result<BuildEnv> {
+    // Two xtask commands started at once on a fresh machine (three `vm-test --kernel` runs,
+    // say) would otherwise both install the toolchain parts, build bpf-linker into one
+    // directory and race for dpkg's lock: they take turns.
+    let _turn = install_turn()?;
     ensure_nightly()?;
     let linker_dir = ensure_bpf_linker()?;
     if is_root() {
-        ensure_packages(PACKAGES)?;
+        install_missing(PACKAGES)?;
         ensure_mount("tracefs", "/sys/kernel/tracing")?;
         ensure_mount("bpf", "/sys/fs/bpf")?;
     } else {
@@ -190,15 +194,19 @@ pub fn cache_dir() -> PathBuf {
         .join("vxprobe")
 }
 
-/// Installs those of `packages` that are missing (root only).
+/// Installs those of `packages` that are missing (root only), in turn with other xtasks.
 pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
+    if missing_of(packages).is_empty() {
+        return Ok(());
+    }
+    let _turn = install_turn()?;
     install_missing(packages)
 }
 
 /// The fuzz task's packages (as root; otherwise say what is missing, if anything).
 pub fn ensure_fuzz_packages() -> anyhow::Result<()> {
     if is_root() {
-        return install_missing(FUZZ_PACKAGES);
+        return ensure_packages(FUZZ_PACKAGES);
     }
     if Command::new("c++").arg("--version").output().is_err() {
         bail!("libFuzzer needs a C++ compiler: install g++ (or run as root)");
@@ -206,14 +214,9 @@ pub fn ensure_fuzz_packages() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// (With [`install_turn`] held: asked again once the turn is ours, what another xtask
+/// installed meanwhile is not missing any more.)
 fn install_missing(packages: &[&str]) -> anyhow::Result<()> {
-    if missing_of(packages).is_empty() {
-        return Ok(());
-    }
-    // Two xtask commands started at once (three `vm-test --kernel` runs, say) would otherwise
-    // race for dpkg's lock, and the loser fails: take turns (and ask again what is missing
-    // once it is ours), and let apt itself wait for any other apt user.
-    let _turn = install_turn()?;
     let missing = missing_of(packages);
     if missing.is_empty() {
         return Ok(());
@@ -241,17 +244,19 @@ fn missing_of<'a>(packages: &[&'a str]) -> Vec<&'a str> {
         .collect()
 }
 
-/// apt's own wait for its locks, held by an apt outside xtask (seconds).
+/// apt's own wait for its locks held by an apt outside xtask (seconds).
 const APT_WAITS: &[&str] = &["-o", "DPkg::Lock::Timeout=600"];
 
-/// An exclusive lock on a file in the cache, held while this process installs packages.
+/// An exclusive lock on a file in the cache, held while this process installs anything
+/// (flock: released when the file is dropped, or the process dies). Not re-entrant: take it
+/// once per install step.
 fn install_turn() -> anyhow::Result<fs::File> {
     let dir = cache_dir();
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("install.lock");
     let file = fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     if file.try_lock().is_err() {
-        eprintln!("xtask: waiting for another xtask's package install");
+        eprintln!("xtask: waiting for another xtask's install to end");
         file.lock()
             .with_context(|| format!("locking {}", path.display()))?;
     }
