@@ -192,7 +192,7 @@ pub fn run(env: &BuildEnv, opts: &Options) -> anyhow::Result<i32> {
             kernel.kver,
             started.elapsed().as_secs_f64()
         );
-        let run_dir = workspace.join("target/vm-test").join(flavor.name);
+        let (run_dir, _claim) = claim_run_dir(&workspace.join("target/vm-test"), flavor.name)?;
         let script = guest_script(&workspace, &build.vxprobe, &selected, opts, flavor);
         let outcome = boot_and_test(&kernel, &run_dir, &script, opts)?;
         results.push((flavor.name, kernel.kver, outcome));
@@ -207,6 +207,27 @@ pub fn run(env: &BuildEnv, opts: &Options) -> anyhow::Result<i32> {
         }
     }
     Ok(status)
+}
+
+/// A run directory of `flavor` no other vm-test uses: `<flavor>`, or `<flavor>-2`, `-3`...
+/// while others run the same kernel from this checkout (each starts by clearing its own).
+/// Held until the returned lock is dropped.
+fn claim_run_dir(parent: &Path, flavor: &str) -> anyhow::Result<(PathBuf, fs::File)> {
+    fs::create_dir_all(parent)?;
+    for n in 1.. {
+        let name = if n == 1 {
+            flavor.to_owned()
+        } else {
+            format!("{flavor}-{n}")
+        };
+        let path = parent.join(format!("{name}.lock"));
+        let lock =
+            fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        if lock.try_lock().is_ok() {
+            return Ok((parent.join(name), lock));
+        }
+    }
+    unreachable!("an unbounded search ends with a free directory")
 }
 
 fn workspace_root() -> PathBuf {
