@@ -250,17 +250,35 @@ const APT_WAITS: &[&str] = &["-o", "DPkg::Lock::Timeout=600"];
 /// An exclusive lock on a file in the cache, held while this process installs anything
 /// (flock: released when the file is dropped, or the process dies). Not re-entrant: take it
 /// once per install step.
-fn install_turn() -> anyhow::Result<fs::File> {
+pub fn install_turn() -> anyhow::Result<fs::File> {
     let dir = cache_dir();
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("install.lock");
-    let file = fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    if file.try_lock().is_err() {
-        eprintln!("xtask: waiting for another xtask's install to end");
-        file.lock()
-            .with_context(|| format!("locking {}", path.display()))?;
+    let file = lock_file(&dir.join("install.lock"))?;
+    match file.try_lock() {
+        Ok(()) => return Ok(file),
+        Err(fs::TryLockError::WouldBlock) => {
+            eprintln!("xtask: waiting for another xtask's install to end");
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(e).context("locking the install lock"),
     }
+    file.lock().context("locking the install lock")?;
     Ok(file)
+}
+
+/// A file to flock, created if missing. Opened read-only where it is not ours to write (a
+/// root run made it, say): a lock needs no write access.
+pub fn lock_file(path: &Path) -> anyhow::Result<fs::File> {
+    let writable = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path);
+    match writable {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => fs::File::open(path),
+        other => other,
+    }
+    .with_context(|| format!("opening {}", path.display()))
 }
 
 fn ensure_mount(fstype: &str, target: &str) -> anyhow::Result<()> {

@@ -184,7 +184,11 @@ pub fn run(env: &BuildEnv, opts: &Options) -> anyhow::Result<i32> {
     let mut results = Vec::new();
     for flavor in &opts.flavors {
         let started = Instant::now();
-        let kernel = prepare_kernel(flavor)?;
+        let (kernel, _in_use) = {
+            // apt's lists and the kernel cache are shared with any other vm-test running
+            let _turn = setup::install_turn()?;
+            prepare_kernel(flavor)?
+        };
         eprintln!(
             "vm-test: {}: {} ({}), prepared in {:.1} s",
             flavor.name,
@@ -214,20 +218,27 @@ pub fn run(env: &BuildEnv, opts: &Options) -> anyhow::Result<i32> {
 /// Held until the returned lock is dropped.
 fn claim_run_dir(parent: &Path, flavor: &str) -> anyhow::Result<(PathBuf, fs::File)> {
     fs::create_dir_all(parent)?;
-    for n in 1.. {
+    for n in 1..=16 {
         let name = if n == 1 {
             flavor.to_owned()
         } else {
             format!("{flavor}-{n}")
         };
-        let path = parent.join(format!("{name}.lock"));
-        let lock =
-            fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        if lock.try_lock().is_ok() {
-            return Ok((parent.join(name), lock));
+        let lock = setup::lock_file(&parent.join(format!("{name}.lock")))?;
+        match lock.try_lock() {
+            Ok(()) => {
+                if n > 1 {
+                    eprintln!("vm-test: another run of {flavor} is under way: this one in {name}");
+                }
+                return Ok((parent.join(name), lock));
+            }
+            Err(fs::TryLockError::WouldBlock) => {}
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking the run directory {name}"));
+            }
         }
     }
-    unreachable!("an unbounded search ends with a free directory")
+    bail!("16 runs of {flavor} are under way from this checkout")
 }
 
 fn workspace_root() -> PathBuf {
@@ -346,8 +357,10 @@ fn kernels_dir() -> PathBuf {
     setup::cache_dir().join("kernels")
 }
 
-/// The newest package of `flavor`, downloaded and prepared once (cached by package name).
-fn prepare_kernel(flavor: &Flavor) -> anyhow::Result<Kernel> {
+/// The newest package of `flavor`, downloaded and prepared once (cached by package name),
+/// with a shared lock that keeps another run from pruning it while it boots. Called with the
+/// install turn held.
+fn prepare_kernel(flavor: &Flavor) -> anyhow::Result<(Kernel, fs::File)> {
     let package = resolve_package(flavor)?;
     let dir = kernels_dir().join(&package);
     if !dir.is_dir() {
@@ -359,7 +372,16 @@ fn prepare_kernel(flavor: &Flavor) -> anyhow::Result<Kernel> {
         fs::rename(&partial, &dir)?;
         prune_older(flavor, &package);
     }
-    load_kernel(&package, &dir)
+    let in_use = setup::lock_file(&kernel_lock(&package))?;
+    in_use
+        .lock_shared()
+        .context("locking the kernel in the cache")?;
+    Ok((load_kernel(&package, &dir)?, in_use))
+}
+
+/// Locked shared by each run booting `package`, exclusively by a prune.
+fn kernel_lock(package: &str) -> PathBuf {
+    kernels_dir().join(format!("{package}.lock"))
 }
 
 /// Asks apt for the newest package of the line; without an answer (no package lists, no
@@ -529,14 +551,24 @@ fn load_kernel(package: &str, dir: &Path) -> anyhow::Result<Kernel> {
     })
 }
 
-/// Removes older packages of the same line from the cache.
+/// Removes older packages of the same line from the cache, except those another run is
+/// booting.
 fn prune_older(flavor: &Flavor, keep: &str) {
     for entry in fs::read_dir(kernels_dir()).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name != keep && newest(flavor, std::slice::from_ref(&name)).is_some() {
-            eprintln!("vm-test: removing the older {name} from the cache");
-            let _ = fs::remove_dir_all(entry.path());
+        if name == keep || newest(flavor, std::slice::from_ref(&name)).is_none() {
+            continue;
         }
+        let Ok(lock) = setup::lock_file(&kernel_lock(&name)) else {
+            continue;
+        };
+        if lock.try_lock().is_err() {
+            eprintln!("vm-test: keeping the older {name}: another run uses it");
+            continue;
+        }
+        eprintln!("vm-test: removing the older {name} from the cache");
+        let _ = fs::remove_dir_all(entry.path());
+        let _ = fs::remove_file(kernel_lock(&name));
     }
 }
 
