@@ -797,14 +797,17 @@ fn guest_script(
         "{} probes || echo 'vm-test: warning: vxprobe probes failed'\n",
         sh_quote(&vxprobe.to_string_lossy())
     );
-    s += "rc=0\n\
+    // Each binary's status and time, and at the end the passed ones with their times and
+    // the failed ones by name (what a matrix run's report needs, without reading the log).
+    s += "rc=0 passed= failed=\n\
           run() {\n\
           \x20 name=$1; shift\n\
           \x20 echo; echo \"vm-test: ==== $name\"\n\
           \x20 start=$(date +%s)\n\
           \x20 \"$@\"; r=$?\n\
-          \x20 echo \"vm-test: ==== $name: exit $r after $(( $(date +%s) - start )) s\"\n\
-          \x20 [ $r = 0 ] || rc=$r\n\
+          \x20 t=$(( $(date +%s) - start ))\n\
+          \x20 echo \"vm-test: ==== $name: exit $r after $t s\"\n\
+          \x20 if [ $r = 0 ]; then passed=\"$passed $name $t,\"; else failed=\"$failed $name\"; rc=$r; fi\n\
           }\n";
     let args: String = opts
         .test_args
@@ -817,7 +820,9 @@ fn guest_script(
             sh_quote(&binary.to_string_lossy())
         );
     }
-    s += "exit $rc\n";
+    s += "echo; echo \"vm-test: passed (s):${passed%,}\"\n\
+          [ -z \"$failed\" ] || echo \"vm-test: failed:$failed\"\n\
+          exit $rc\n";
     s
 }
 
@@ -1182,5 +1187,51 @@ mod tests {
     #[test]
     fn sh_quote_survives_single_quotes() {
         assert_eq!(sh_quote("it's"), r"'it'\''s'");
+    }
+
+    /// The guest script's test loop, run by the host's sh on stand-in binaries: each binary's
+    /// line, then the passed ones with their times, the failed ones, and the worst status.
+    #[test]
+    fn the_guest_script_sums_up_passed_and_failed_binaries() {
+        let opts = Options {
+            flavors: vec![],
+            tests: vec![],
+            test_args: vec![],
+            cpus: 1,
+            mem: "1G".into(),
+            timeout: Duration::from_secs(1),
+            boot_timeout: Duration::from_secs(1),
+            boot_retries: 0,
+            console: false,
+        };
+        let tests = [
+            ("good".to_owned(), PathBuf::from("true")),
+            ("bad".to_owned(), PathBuf::from("false")),
+            ("fine".to_owned(), PathBuf::from("true")),
+        ];
+        let script = guest_script(
+            Path::new("/"),
+            Path::new("true"),
+            &tests,
+            &opts,
+            &FLAVORS[0],
+        );
+        // From the loop on: what comes before it loads modules, which the host must not.
+        let start = script.find("rc=0").expect("the test loop");
+        let out = Command::new("sh")
+            .args(["-c", &script[start..]])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        assert!(
+            stdout.contains("vm-test: ==== bad: exit 1 after 0 s"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("vm-test: passed (s): good 0, fine 0\n"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("vm-test: failed: bad\n"), "{stdout}");
     }
 }
