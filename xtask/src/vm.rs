@@ -1234,4 +1234,20 @@ mod tests {
         );
         assert!(stdout.contains("vm-test: failed: bad\n"), "{stdout}");
     }
+
+    /// A second run of a kernel gets its own directory while the first holds its claim, and
+    /// the first name again once that claim is gone.
+    #[test]
+    fn runs_of_one_kernel_claim_their_own_directories() {
+        let parent = std::env::temp_dir().join(format!("vm-test-claims-{}", std::process::id()));
+        let first = claim_run_dir(&parent, "k").unwrap();
+        let second = claim_run_dir(&parent, "k").unwrap();
+        assert_eq!(first.0, parent.join("k"));
+        assert_eq!(second.0, parent.join("k-2"));
+        drop(first);
+        let again = claim_run_dir(&parent, "k").unwrap();
+        assert_eq!(again.0, parent.join("k"));
+        drop((second, again));
+        fs::remove_dir_all(&parent).unwrap();
+    }
 }
